@@ -1,0 +1,133 @@
+// Package audit defines the record of one Modbus operation as the proxy saw
+// it — who asked what of which device, what the policy decided and why, and
+// what the device answered — and the simplest recorder, a structured log
+// line per operation. The chain stores the same events, tamper-evidently.
+//
+// The event is its own package, not part of the proxy or the chain, because
+// three parties share it: the proxy writes events, the chain stores them and
+// the console and exports read them. None of them should import another's
+// sockets, keys or NATS client to agree on what an operation is.
+package audit
+
+import (
+	"context"
+	"encoding/hex"
+	"net/netip"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Verdict is the recorded outcome of the policy check. The zero value is
+// invalid so that a forgotten field never reads as "allowed".
+type Verdict uint8
+
+// Verdicts.
+const (
+	Allow     Verdict = iota + 1 // forwarded to the device
+	Deny                         // refused by policy, rate limit, or a recording failure
+	Malformed                    // not a valid Modbus request; answered per spec or closed
+)
+
+// String returns allow, deny or malformed.
+func (v Verdict) String() string {
+	switch v {
+	case Allow:
+		return "allow"
+	case Deny:
+		return "deny"
+	case Malformed:
+		return "malformed"
+	}
+	return "invalid"
+}
+
+// Phase says which moment of an operation an event records.
+type Phase uint8
+
+// Phases. A write that is allowed is recorded twice: durably before it is
+// forwarded (Request), and with the device's answer (Complete). Everything
+// else is recorded once, as Complete.
+const (
+	PhaseRequest Phase = iota + 1
+	PhaseComplete
+)
+
+// String returns request or complete.
+func (p Phase) String() string {
+	if p == PhaseRequest {
+		return "request"
+	}
+	return "complete"
+}
+
+// Event is one recorded operation. Its byte slices alias the caller's
+// buffers: a recorder must copy what it keeps before Record returns.
+type Event struct {
+	Time     time.Time
+	Op       uint64 // operation id, unique per writer; links a request to its completion
+	Phase    Phase
+	Client   netip.AddrPort
+	Listener string // address the client connected to
+	Device   string
+	Unit     byte
+	Function byte
+	Class    string // read, write or diagnostic; empty when malformed
+	Address  uint16
+	Quantity uint16
+	PDU      []byte // the exact request PDU; empty if the frame could not be read
+	Verdict  Verdict
+	Rule     string
+	Reason   string
+	Policy   string // hex digest of the policy that decided
+	Approval string // approval id that allowed a write; empty if none
+	// Exception is the exception code answered to the client (by the proxy
+	// or relayed from the device); 0 for a normal response.
+	Exception byte
+	Response  []byte        // the device's response PDU, if any
+	Upstream  time.Duration // time the device took to answer
+	Closed    bool          // the proxy closed the client connection
+}
+
+// LogRecorder records every event as one structured log line. It keeps
+// nothing, so Record is durable only as far as the log sink is.
+type LogRecorder struct {
+	log *zap.Logger
+}
+
+// NewLogRecorder returns a recorder writing to log.
+func NewLogRecorder(log *zap.Logger) *LogRecorder {
+	return &LogRecorder{log: log}
+}
+
+// Record writes ev as one log line. It is safe for concurrent use.
+func (r *LogRecorder) Record(_ context.Context, ev *Event, _ bool) error {
+	level := zap.InfoLevel
+	if ev.Verdict != Allow {
+		level = zap.WarnLevel
+	}
+	ce := r.log.Check(level, "modbus operation")
+	if ce == nil {
+		return nil
+	}
+	ce.Write(
+		zap.Uint64("op", ev.Op),
+		zap.Stringer("phase", ev.Phase),
+		zap.String("client", ev.Client.String()),
+		zap.String("device", ev.Device),
+		zap.Uint8("unit", ev.Unit),
+		zap.Uint8("fc", ev.Function),
+		zap.String("class", ev.Class),
+		zap.Uint16("addr", ev.Address),
+		zap.Uint16("qty", ev.Quantity),
+		zap.String("pdu", hex.EncodeToString(ev.PDU)),
+		zap.Stringer("verdict", ev.Verdict),
+		zap.String("rule", ev.Rule),
+		zap.String("reason", ev.Reason),
+		zap.String("policy", ev.Policy),
+		zap.Uint8("exception", ev.Exception),
+		zap.Duration("upstream", ev.Upstream),
+		zap.Bool("closed", ev.Closed),
+	)
+	return nil
+}

@@ -1,0 +1,9 @@
+// Package policy decides every Modbus request the proxy sees.
+//
+// A policy is a YAML file naming the devices behind the proxy (upstream
+// address, unit ids) and, per device, the rules that allow reads, writes and
+// diagnostics by function, address range and value range. Anything no rule
+// allows is denied: unknown and diagnostic function codes included. The
+// Engine answers each request with a Verdict that names the rule or the
+// reason, and the digest of the policy that decided it.
+package policy

@@ -1,0 +1,187 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// Engine decides requests against the policy in force. Decide is safe for
+// concurrent use, and Swap replaces the policy atomically: a request is
+// decided wholly under one policy.
+type Engine struct {
+	cur atomic.Pointer[Policy]
+	log *zap.Logger
+}
+
+// NewEngine returns an Engine enforcing p.
+func NewEngine(p *Policy, log *zap.Logger) *Engine {
+	e := &Engine{log: log}
+	e.cur.Store(p)
+	return e
+}
+
+// Policy returns the policy in force.
+func (e *Engine) Policy() *Policy { return e.cur.Load() }
+
+// Swap puts p in force for every request decided after it returns.
+func (e *Engine) Swap(p *Policy) {
+	old := e.cur.Swap(p)
+	e.log.Info("policy in force", zap.String("id", p.ID), zap.Int("version", p.Version),
+		zap.String("digest", p.Digest), zap.String("previous", old.Digest))
+}
+
+// Decide returns the verdict for one request. Allowing does not allocate.
+func (e *Engine) Decide(_ context.Context, in *Input) Verdict {
+	p := e.cur.Load()
+	d := p.byName[in.Device]
+	if d == nil {
+		return Verdict{Decision: Deny, Denial: DenyDevice, Policy: p.Digest,
+			Reason: fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)}
+	}
+	req := &in.Request
+	cls := req.Class()
+	worst := DenyFunction
+	var near *Rule
+	var detail string
+	for _, r := range d.Rules {
+		if r.Class != cls || !r.functions[req.Function] {
+			continue
+		}
+		denial, why := r.check(d, in)
+		if denial == 0 {
+			return Verdict{Decision: Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
+		}
+		if denial > worst || near == nil {
+			worst, near, detail = denial, r, why
+		}
+	}
+	v := Verdict{Decision: Deny, Denial: worst, Policy: p.Digest}
+	if near == nil {
+		v.Reason = fmt.Sprintf("no rule of device %s allows function %d (%s, a %s)",
+			d.Name, req.Function, req.Function, cls)
+		return v
+	}
+	v.Rule = near.Name
+	v.Reason = fmt.Sprintf("rule %s: %s", near.Name, detail)
+	return v
+}
+
+// check returns 0 if r allows the request, or the denial and why.
+func (r *Rule) check(d *Device, in *Input) (Denial, string) {
+	req := &in.Request
+	if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
+		return DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
+	}
+	switch r.Class {
+	case modbus.ClassRead:
+		return r.checkRead(req)
+	case modbus.ClassWrite:
+		if denial, why := r.checkWrite(req); denial != 0 {
+			return denial, why
+		}
+		if req.Function == modbus.ReadWriteMultipleRegisters && !readAllowed(d, in) {
+			return DenyAddress, fmt.Sprintf("read part %d+%d of function 23 is not allowed by any read rule",
+				req.Address, req.Quantity)
+		}
+	}
+	return 0, ""
+}
+
+func (r *Rule) checkRead(req *modbus.Request) (Denial, string) {
+	if r.Table != modbus.SpaceNone && req.Space != r.Table {
+		return DenyAddress, fmt.Sprintf("reads %s, rule allows %s", req.Space, r.Table)
+	}
+	if r.addresses == nil {
+		return 0, ""
+	}
+	switch req.Function {
+	case modbus.ReadFIFOQueue:
+		if !r.addresses.containsRange(req.Address, 1) {
+			return DenyAddress, fmt.Sprintf("fifo %d outside %s", req.Address, r.addresses)
+		}
+	case modbus.ReadFileRecord, modbus.EncapsulatedInterface:
+	default:
+		if !r.addresses.containsRange(req.Address, req.Quantity) {
+			return DenyAddress, fmt.Sprintf("%s %d+%d outside %s", req.Space, req.Address, req.Quantity, r.addresses)
+		}
+	}
+	return 0, ""
+}
+
+func (r *Rule) checkWrite(req *modbus.Request) (Denial, string) {
+	space, addr, qty, ok := req.WriteRange()
+	if !ok { // function 21: file records, no addresses or values to check
+		if r.values != nil {
+			return DenyValue, "file record values cannot be checked against a value range"
+		}
+		return 0, ""
+	}
+	if r.Table != modbus.SpaceNone && space != r.Table {
+		return DenyAddress, fmt.Sprintf("writes %s, rule allows %s", space, r.Table)
+	}
+	if !r.addresses.containsRange(addr, qty) {
+		return DenyAddress, fmt.Sprintf("%s %d+%d outside %s", space, addr, qty, r.addresses)
+	}
+	if r.values == nil {
+		return 0, ""
+	}
+	switch req.Function {
+	case modbus.WriteSingleCoil, modbus.WriteMultipleCoils:
+		for i := 0; i < int(qty); i++ {
+			v := uint16(0)
+			if req.CoilValue(i) {
+				v = 1
+			}
+			if !r.values.containsValue(v) {
+				return DenyValue, fmt.Sprintf("coil %d value %d outside %s", int(addr)+i, v, r.values)
+			}
+		}
+	case modbus.MaskWriteRegister:
+		if req.AndMask != 0 {
+			return DenyValue, "mask write with a non-zero AND mask: the result depends on the current value"
+		}
+		if !r.values.containsValue(req.OrMask) {
+			return DenyValue, fmt.Sprintf("register %d value %d outside %s", addr, req.OrMask, r.values)
+		}
+	default:
+		for i := 0; i < int(qty); i++ {
+			if v := req.RegisterValue(i); !r.values.containsValue(v) {
+				return DenyValue, fmt.Sprintf("register %d value %d outside %s", int(addr)+i, v, r.values)
+			}
+		}
+	}
+	return 0, ""
+}
+
+// readAllowed reports whether a read rule allows function 23's read part,
+// as a function 3 read of the same range.
+func readAllowed(d *Device, in *Input) bool {
+	req := in.Request
+	req.Function = modbus.ReadHoldingRegisters
+	for _, r := range d.Rules {
+		if r.Class != modbus.ClassRead || !r.functions[modbus.ReadHoldingRegisters] {
+			continue
+		}
+		if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
+			continue
+		}
+		if denial, _ := r.checkRead(&req); denial == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func hasUnit(units []byte, u byte) bool {
+	for _, x := range units {
+		if x == u {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,73 @@
+package policy
+
+import (
+	"net/netip"
+
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// Decision is the outcome of a policy check. The zero value is not Allow:
+// anything but Allow must be treated as a deny.
+type Decision uint8
+
+// Decisions.
+const (
+	Allow Decision = iota + 1
+	Deny
+)
+
+// String returns "allow" or "deny".
+func (d Decision) String() string {
+	if d == Allow {
+		return "allow"
+	}
+	return "deny"
+}
+
+// Denial says why a request was denied, so the proxy can pick the exception.
+type Denial uint8
+
+// Denial kinds.
+const (
+	DenyFunction Denial = iota + 1 // no rule allows this function (or class)
+	DenyAddress                    // a rule allows the function, not this range or unit
+	DenyValue                      // a rule allows the range, not these values
+	DenyDevice                     // the device is not in the policy
+)
+
+// String names the denial kind.
+func (d Denial) String() string {
+	switch d {
+	case DenyFunction:
+		return "function"
+	case DenyAddress:
+		return "address"
+	case DenyValue:
+		return "value"
+	case DenyDevice:
+		return "device"
+	}
+	return "none"
+}
+
+// Input is one request to decide. The proxy keeps it in its per-request
+// state and passes a pointer, so deciding does not allocate.
+type Input struct {
+	Device  string
+	Unit    byte
+	Client  netip.AddrPort
+	Request modbus.Request
+}
+
+// Verdict is the Engine's answer for one request.
+type Verdict struct {
+	Decision Decision
+	Denial   Denial // set when Decision is Deny
+	Rule     string // the rule that allowed (or nearly allowed) the request
+	Reason   string // human-readable; names the rule or what is missing
+	Policy   string // hex SHA-256 of the policy file that decided
+}
+
+// Allowed reports whether the verdict allows the request. Anything but an
+// explicit Allow is a deny.
+func (v *Verdict) Allowed() bool { return v.Decision == Allow }

@@ -1,0 +1,71 @@
+package proxy
+
+import (
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// call is one request on its way through the proxy. Calls are pooled: the
+// frame buffers and the decision input live here so the hot path does not
+// allocate.
+type call struct {
+	ss        *session
+	frame     [modbus.MaxFrameLen]byte
+	n         int // frame length
+	clientTID uint16
+	upTID     uint16
+	in        policy.Input
+	ev        audit.Event
+	start     time.Time
+	deadline  time.Time // upstream response deadline
+}
+
+func (c *call) reset(ss *session, f modbus.Frame) {
+	c.ss = ss
+	c.n = copy(c.frame[:], f.Raw)
+	c.clientTID = f.Transaction
+	c.start = time.Now()
+	c.in = policy.Input{Client: ss.client, Unit: f.Unit}
+	c.ev = audit.Event{
+		Time:     c.start,
+		Op:       ss.s.opSeq.Add(1),
+		Phase:    audit.PhaseComplete,
+		Client:   ss.client,
+		Listener: ss.listener,
+		Unit:     f.Unit,
+		Function: f.PDU[0],
+		PDU:      c.pdu(),
+	}
+}
+
+func (c *call) pdu() []byte { return c.frame[modbus.HeaderLen:c.n] }
+
+// done answers the client — with pdu from the device, or with exception ex,
+// or not at all when the connection is closing — records the completed
+// operation and returns the call to the pool. It runs exactly once per call.
+func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
+	ss := c.ss
+	switch {
+	case c.ev.Closed:
+		ss.close()
+	case pdu != nil:
+		ss.reply(c.clientTID, c.in.Unit, pdu)
+		c.ev.Response = pdu
+		if len(pdu) == 2 && pdu[0]&0x80 != 0 {
+			c.ev.Exception = pdu[1]
+		}
+	default:
+		var buf [2]byte
+		ss.reply(c.clientTID, c.in.Unit, modbus.AppendException(buf[:0], modbus.Function(c.ev.Function&0x7F), ex))
+		c.ev.Exception = byte(ex)
+	}
+	ss.s.record(&c.ev, false)
+	c.ev = audit.Event{}
+	c.in = policy.Input{}
+	c.ss = nil
+	ss.s.calls.Put(c)
+	<-ss.slots
+}

@@ -1,0 +1,236 @@
+// Package proxy is gridseal's inline Modbus/TCP firewall: it accepts client
+// connections, parses every request strictly, asks a decider whether it may
+// pass, has a recorder log it, and forwards allowed requests to the device
+// over a small pool of upstream connections, rewriting transaction ids so
+// that many pipelining clients can share one PLC connection.
+//
+// The proxy owns sockets, ordering and timeouts. It knows nothing about
+// keys, hashes or NATS: the decider and recorder it is given do.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy"
+)
+
+// decider decides one request. Anything but an Allow verdict is a deny.
+type decider interface {
+	Decide(ctx context.Context, in *policy.Input) policy.Verdict
+}
+
+// recorder records one event. With durable set it returns only once the
+// event is durable, or an error; the proxy then refuses the request. It must
+// not keep ev or its slices after returning.
+type recorder interface {
+	Record(ctx context.Context, ev *audit.Event, durable bool) error
+}
+
+// Device is one upstream PLC the proxy forwards to.
+type Device struct {
+	Name     string
+	Upstream string // host:port
+}
+
+// Route maps the unit ids arriving on one listener to devices.
+type Route struct {
+	Units   map[byte]string // unit id → device name
+	Default string          // device for units not in Units; "" leaves them unrouted
+}
+
+func (r *Route) lookup(unit byte) string {
+	if d, ok := r.Units[unit]; ok {
+		return d
+	}
+	return r.Default
+}
+
+// Server is the proxy. Create it with New, serve listeners with Serve, stop
+// it with Close.
+type Server struct {
+	cfg       Config
+	dec       decider
+	rec       recorder
+	log       *zap.Logger
+	upstreams map[string]*upstream
+	ctx       context.Context
+	cancel    context.CancelFunc
+	opSeq     atomic.Uint64
+	calls     sync.Pool
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	sessions  map[*session]struct{}
+	perIP     map[netip.Addr]int
+	wg        sync.WaitGroup
+}
+
+// New returns a proxy for devices. It dials nothing until the first request.
+func New(cfg Config, devices []Device, dec decider, rec recorder, log *zap.Logger) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{
+		cfg:       cfg,
+		dec:       dec,
+		rec:       rec,
+		log:       log,
+		upstreams: map[string]*upstream{},
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: map[net.Listener]struct{}{},
+		sessions:  map[*session]struct{}{},
+		perIP:     map[netip.Addr]int{},
+	}
+	s.calls.New = func() any { return new(call) }
+	for _, d := range devices {
+		if _, dup := s.upstreams[d.Name]; dup {
+			cancel()
+			return nil, fmt.Errorf("device %q listed twice", d.Name)
+		}
+		s.upstreams[d.Name] = newUpstream(s, d)
+	}
+	return s, nil
+}
+
+// ErrClosed is returned by Serve after Close.
+var ErrClosed = errors.New("proxy closed")
+
+// Serve accepts connections on ln and routes their requests by rt until
+// Close is called or ln fails. It returns ErrClosed after Close.
+func (s *Server) Serve(ln net.Listener, rt Route) error {
+	for unit, name := range rt.Units {
+		if s.upstreams[name] == nil {
+			return fmt.Errorf("route unit %d: unknown device %q", unit, name)
+		}
+	}
+	if rt.Default != "" && s.upstreams[rt.Default] == nil {
+		return fmt.Errorf("route default: unknown device %q", rt.Default)
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+	}()
+	local := ln.Addr().String()
+	s.log.Info("listening", zap.String("addr", local))
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return ErrClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", local, err)
+		}
+		ss, ok := s.admit(conn, local, &rt)
+		if !ok {
+			continue
+		}
+		go func() {
+			defer s.wg.Done()
+			ss.serve()
+			s.release(ss)
+		}()
+	}
+}
+
+// admit applies the connection limits and registers a new session.
+func (s *Server) admit(conn net.Conn, local string, rt *Route) (*session, bool) {
+	client := addrPort(conn.RemoteAddr())
+	ip := client.Addr()
+	s.mu.Lock()
+	var why string
+	switch {
+	case s.closed:
+		why = "proxy closing"
+	case len(s.sessions) >= s.cfg.Limits.MaxConnections:
+		why = "connection limit reached"
+	case s.perIP[ip] >= s.cfg.Limits.MaxConnectionsPerClient:
+		why = "per-client connection limit reached"
+	}
+	if why != "" {
+		s.mu.Unlock()
+		s.log.Warn("connection refused", zap.String("client", client.String()), zap.String("reason", why))
+		_ = conn.Close()
+		return nil, false
+	}
+	ss := newSession(s, conn, client, local, rt)
+	s.sessions[ss] = struct{}{}
+	s.perIP[ip]++
+	s.wg.Add(1)
+	s.mu.Unlock()
+	return ss, true
+}
+
+func (s *Server) release(ss *session) {
+	s.mu.Lock()
+	delete(s.sessions, ss)
+	ip := ss.client.Addr()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+	s.mu.Unlock()
+}
+
+// Connections returns the number of open client connections.
+func (s *Server) Connections() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Close stops every listener, client session and upstream connection and
+// waits for the sessions to end. Requests in flight are answered or
+// recorded as failed before Close returns.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	for ln := range s.listeners {
+		_ = ln.Close()
+	}
+	for ss := range s.sessions {
+		ss.close()
+	}
+	s.mu.Unlock()
+	for _, u := range s.upstreams {
+		u.close()
+	}
+	s.wg.Wait()
+	return nil
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}

@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// session is one client connection. Its reader goroutine decides and
+// dispatches requests in arrival order; replies are written by whichever
+// goroutine completes them, under wmu.
+type session struct {
+	s        *Server
+	conn     net.Conn
+	client   netip.AddrPort
+	listener string
+	route    *Route
+	rd       *modbus.Reader
+	limiter  *rate.Limiter
+	slots    chan struct{} // one per outstanding request
+	pin      uint32        // upstream pool member, so one client's requests stay in order
+	closed   atomic.Bool
+
+	wmu  sync.Mutex
+	wbuf []byte
+}
+
+var pinSeq atomic.Uint32
+
+func newSession(s *Server, conn net.Conn, client netip.AddrPort, local string, rt *Route) *session {
+	l := s.cfg.Limits
+	return &session{
+		s:        s,
+		conn:     conn,
+		client:   client,
+		listener: local,
+		route:    rt,
+		rd:       modbus.NewReader(conn),
+		limiter:  rate.NewLimiter(rate.Limit(l.RequestsPerSecond), l.Burst),
+		slots:    make(chan struct{}, l.MaxPipeline),
+		pin:      pinSeq.Add(1),
+		wbuf:     make([]byte, 0, modbus.MaxFrameLen),
+	}
+}
+
+func (ss *session) close() {
+	if ss.closed.CompareAndSwap(false, true) {
+		_ = ss.conn.Close()
+	}
+}
+
+// serve runs the session's read loop until the client leaves, misbehaves,
+// or the proxy closes. It waits for the session's outstanding requests.
+func (ss *session) serve() {
+	defer func() {
+		ss.close()
+		for i := 0; i < cap(ss.slots); i++ { // wait for in-flight requests to finish
+			ss.slots <- struct{}{}
+		}
+	}()
+	lim := ss.s.cfg.Limits
+	for {
+		if ss.rd.Buffered() == 0 {
+			_ = ss.conn.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+			if err := ss.rd.WaitByte(); err != nil {
+				if !errors.Is(err, io.EOF) && !ss.closed.Load() {
+					ss.s.log.Debug("client idle or gone", zap.String("client", ss.client.String()), zap.Error(err))
+				}
+				return
+			}
+		}
+		if ss.rd.Buffered() < modbus.MaxFrameLen {
+			_ = ss.conn.SetReadDeadline(time.Now().Add(lim.ReadTimeout))
+		}
+		f, err := ss.rd.ReadFrame()
+		if err != nil {
+			if !ss.closed.Load() {
+				ss.malformed(f, err)
+			}
+			return
+		}
+		select {
+		case ss.slots <- struct{}{}:
+		case <-ss.s.ctx.Done():
+			return
+		}
+		c := ss.s.calls.Get().(*call)
+		c.reset(ss, f)
+		if !ss.handle(c) {
+			return
+		}
+	}
+}
+
+// malformed records a frame that could not be read and closes the connection.
+func (ss *session) malformed(f modbus.Frame, err error) {
+	reason := err.Error()
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		reason = "frame not completed within read timeout"
+	}
+	ev := audit.Event{
+		Time: time.Now(), Op: ss.s.opSeq.Add(1), Phase: audit.PhaseComplete,
+		Client: ss.client, Listener: ss.listener, Unit: f.Unit,
+		Verdict: audit.Malformed, Reason: reason, Closed: true,
+	}
+	ss.s.record(&ev, false)
+}
+
+// handle decides one request and forwards or answers it. It returns false
+// when the connection must close.
+func (ss *session) handle(c *call) bool {
+	s := ss.s
+	req, err := modbus.ParseRequest(c.pdu())
+	c.in.Request = req
+	if err != nil {
+		var me *modbus.Error
+		errors.As(err, &me)
+		c.ev.Verdict, c.ev.Reason = audit.Malformed, err.Error()
+		if me == nil || me.Exception == 0 {
+			c.ev.Closed = true
+			c.done(nil, 0)
+			return false
+		}
+		c.done(nil, me.Exception)
+		return true
+	}
+	c.ev.Class = req.Class().String()
+	c.ev.Address, c.ev.Quantity = req.Address, req.Quantity
+	if !ss.limiter.Allow() {
+		c.ev.Verdict, c.ev.Reason = audit.Deny, "client over its request rate limit"
+		c.done(nil, s.cfg.Exceptions.RateLimit)
+		return true
+	}
+	name := ss.route.lookup(c.in.Unit)
+	up := s.upstreams[name]
+	if up == nil {
+		c.ev.Verdict, c.ev.Reason = audit.Deny, "no device routed for this unit id"
+		c.done(nil, s.cfg.Exceptions.Unrouted)
+		return true
+	}
+	c.in.Device, c.ev.Device = name, name
+	v := s.dec.Decide(s.ctx, &c.in)
+	c.ev.Rule, c.ev.Reason, c.ev.Policy = v.Rule, v.Reason, v.Policy
+	if !v.Allowed() {
+		c.ev.Verdict = audit.Deny
+		c.done(nil, s.exceptionFor(v.Denial))
+		return true
+	}
+	c.ev.Verdict = audit.Allow
+	if req.Class() == modbus.ClassWrite {
+		// A state-changing request is durable in the record before it moves.
+		c.ev.Phase = audit.PhaseRequest
+		err := s.rec.Record(s.ctx, &c.ev, true)
+		c.ev.Phase = audit.PhaseComplete
+		if err != nil {
+			s.log.Error("write refused: cannot record it", zap.String("device", name),
+				zap.String("client", ss.client.String()), zap.Error(err))
+			c.ev.Verdict, c.ev.Reason = audit.Deny, "write refused: the record is unavailable ("+err.Error()+")"
+			c.done(nil, s.cfg.Exceptions.Unrecorded)
+			return true
+		}
+	}
+	up.send(c, ss.pin)
+	return true
+}
+
+func (s *Server) exceptionFor(d policy.Denial) modbus.ExceptionCode {
+	switch d {
+	case policy.DenyAddress:
+		return s.cfg.Exceptions.Address
+	case policy.DenyValue:
+		return s.cfg.Exceptions.Value
+	case policy.DenyDevice:
+		return s.cfg.Exceptions.Unrouted
+	}
+	return s.cfg.Exceptions.Function
+}
+
+// reply writes one frame to the client. A client that does not take its
+// reply within the write timeout is disconnected.
+func (ss *session) reply(tid uint16, unit byte, pdu []byte) {
+	ss.wmu.Lock()
+	defer ss.wmu.Unlock()
+	if ss.closed.Load() {
+		return
+	}
+	ss.wbuf = modbus.AppendFrame(ss.wbuf[:0], tid, unit, pdu)
+	_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.s.cfg.Limits.WriteTimeout))
+	if _, err := ss.conn.Write(ss.wbuf); err != nil {
+		ss.s.log.Debug("client write failed", zap.String("client", ss.client.String()), zap.Error(err))
+		ss.close()
+	}
+}
+
+// record hands an event to the recorder and logs a failure; the caller has
+// already answered the client.
+func (s *Server) record(ev *audit.Event, durable bool) {
+	if err := s.rec.Record(s.ctx, ev, durable); err != nil {
+		s.log.Error("event not recorded", zap.Uint64("op", ev.Op), zap.Error(err))
+	}
+}

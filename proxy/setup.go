@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// Config holds the proxy's limits, timeouts and answers. Zero fields take
+// the defaults of DefaultConfig.
+type Config struct {
+	Limits     Limits
+	Upstream   UpstreamConfig
+	Exceptions Exceptions
+}
+
+// Limits bound what one client, and all of them, may ask of the proxy.
+type Limits struct {
+	MaxConnections          int           `yaml:"max_connections"`            // total client connections
+	MaxConnectionsPerClient int           `yaml:"max_connections_per_client"` // per client IP address
+	IdleTimeout             time.Duration `yaml:"idle_timeout"`               // no request for this long: close
+	ReadTimeout             time.Duration `yaml:"read_timeout"`               // a started frame must complete within this
+	WriteTimeout            time.Duration `yaml:"write_timeout"`              // a reply must be taken by the client within this
+	RequestsPerSecond       float64       `yaml:"requests_per_second"`        // per connection, sustained
+	Burst                   int           `yaml:"burst"`                      // per connection
+	MaxPipeline             int           `yaml:"max_pipeline"`               // outstanding requests per connection
+}
+
+// UpstreamConfig governs the connections to each PLC.
+type UpstreamConfig struct {
+	PoolSize        int           `yaml:"pool_size"`        // connections per device (PLCs allow few)
+	MaxInflight     int           `yaml:"max_inflight"`     // outstanding requests per connection
+	DialTimeout     time.Duration `yaml:"dial_timeout"`     // connecting to the PLC
+	ResponseTimeout time.Duration `yaml:"response_timeout"` // after this, the client gets exception 0x0B
+	RetryBackoff    time.Duration `yaml:"retry_backoff"`    // after a failed dial, answer 0x0A without redialling for this long
+}
+
+// Exceptions are the codes the proxy answers with when it refuses a request.
+type Exceptions struct {
+	Function   modbus.ExceptionCode `yaml:"function"`      // policy forbids the function
+	Address    modbus.ExceptionCode `yaml:"address"`       // policy forbids the range or unit
+	Value      modbus.ExceptionCode `yaml:"value"`         // policy forbids the values
+	Unrouted   modbus.ExceptionCode `yaml:"unrouted"`      // no device for this unit id
+	RateLimit  modbus.ExceptionCode `yaml:"rate_limit"`    // client over its request rate
+	Unrecorded modbus.ExceptionCode `yaml:"unrecorded"`    // a write could not be recorded: fail closed
+	Busy       modbus.ExceptionCode `yaml:"upstream_busy"` // upstream queue full past the response timeout
+}
+
+// DefaultConfig returns the limits and answers gridseal ships with.
+func DefaultConfig() Config {
+	return Config{
+		Limits: Limits{
+			MaxConnections:          1024,
+			MaxConnectionsPerClient: 64,
+			IdleTimeout:             5 * time.Minute,
+			ReadTimeout:             10 * time.Second,
+			WriteTimeout:            10 * time.Second,
+			RequestsPerSecond:       2000,
+			Burst:                   4000,
+			MaxPipeline:             32,
+		},
+		Upstream: UpstreamConfig{
+			PoolSize:        1,
+			MaxInflight:     64,
+			DialTimeout:     3 * time.Second,
+			ResponseTimeout: 3 * time.Second,
+			RetryBackoff:    time.Second,
+		},
+		Exceptions: Exceptions{
+			Function:   modbus.IllegalFunction,
+			Address:    modbus.IllegalDataAddress,
+			Value:      modbus.IllegalDataValue,
+			Unrouted:   modbus.GatewayPathUnavailable,
+			RateLimit:  modbus.ServerDeviceBusy,
+			Unrecorded: modbus.ServerDeviceBusy,
+			Busy:       modbus.ServerDeviceBusy,
+		},
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig and checks the rest.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setEx := func(v *modbus.ExceptionCode, def modbus.ExceptionCode) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	l, dl := &c.Limits, d.Limits
+	setInt(&l.MaxConnections, dl.MaxConnections)
+	setInt(&l.MaxConnectionsPerClient, dl.MaxConnectionsPerClient)
+	setDur(&l.IdleTimeout, dl.IdleTimeout)
+	setDur(&l.ReadTimeout, dl.ReadTimeout)
+	setDur(&l.WriteTimeout, dl.WriteTimeout)
+	if l.RequestsPerSecond == 0 {
+		l.RequestsPerSecond = dl.RequestsPerSecond
+	}
+	setInt(&l.Burst, dl.Burst)
+	setInt(&l.MaxPipeline, dl.MaxPipeline)
+	u, du := &c.Upstream, d.Upstream
+	setInt(&u.PoolSize, du.PoolSize)
+	setInt(&u.MaxInflight, du.MaxInflight)
+	setDur(&u.DialTimeout, du.DialTimeout)
+	setDur(&u.ResponseTimeout, du.ResponseTimeout)
+	setDur(&u.RetryBackoff, du.RetryBackoff)
+	e, de := &c.Exceptions, d.Exceptions
+	setEx(&e.Function, de.Function)
+	setEx(&e.Address, de.Address)
+	setEx(&e.Value, de.Value)
+	setEx(&e.Unrouted, de.Unrouted)
+	setEx(&e.RateLimit, de.RateLimit)
+	setEx(&e.Unrecorded, de.Unrecorded)
+	setEx(&e.Busy, de.Busy)
+	for name, code := range map[string]modbus.ExceptionCode{
+		"function": e.Function, "address": e.Address, "value": e.Value, "unrouted": e.Unrouted,
+		"rate_limit": e.RateLimit, "unrecorded": e.Unrecorded, "upstream_busy": e.Busy,
+	} {
+		if !code.Valid() {
+			return c, fmt.Errorf("exceptions.%s: %d is not a Modbus exception code", name, code)
+		}
+	}
+	if l.MaxConnections < 0 || l.MaxConnectionsPerClient < 0 || l.Burst < 0 || l.MaxPipeline < 0 ||
+		u.PoolSize < 0 || u.MaxInflight < 0 || l.RequestsPerSecond < 0 {
+		return c, fmt.Errorf("limits must not be negative")
+	}
+	if u.PoolSize > 64 {
+		return c, fmt.Errorf("upstream.pool_size %d: at most 64 (PLCs accept few connections)", u.PoolSize)
+	}
+	return c, nil
+}

@@ -1,0 +1,257 @@
+package proxy
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// upstream is one device: a small pool of connections to its PLC.
+type upstream struct {
+	s     *Server
+	name  string
+	addr  string
+	conns []*upconn
+}
+
+func newUpstream(s *Server, d Device) *upstream {
+	u := &upstream{s: s, name: d.Name, addr: d.Upstream}
+	for i := 0; i < s.cfg.Upstream.PoolSize; i++ {
+		uc := &upconn{
+			up:      u,
+			pending: make(map[uint16]*call),
+			slots:   make(chan struct{}, s.cfg.Upstream.MaxInflight),
+			stop:    make(chan struct{}),
+		}
+		u.conns = append(u.conns, uc)
+		go uc.reap()
+	}
+	return u
+}
+
+// send forwards c on the pool member pin selects. The call completes
+// asynchronously: with the device's reply, or with 0x0A (unreachable),
+// 0x0B (no reply in time) or the busy exception.
+func (u *upstream) send(c *call, pin uint32) {
+	u.conns[int(pin)%len(u.conns)].send(c)
+}
+
+func (u *upstream) close() {
+	for _, uc := range u.conns {
+		uc.shutdown()
+	}
+}
+
+// upconn is one upstream TCP connection, dialled on demand and redialled
+// after a failure. Requests are pipelined on it with rewritten transaction
+// ids; pending maps those ids back to calls.
+type upconn struct {
+	up    *upstream
+	slots chan struct{} // one per outstanding request
+	stop  chan struct{}
+
+	mu        sync.Mutex
+	closed    bool
+	conn      net.Conn
+	bw        *bufio.Writer
+	pending   map[uint16]*call
+	nextTID   uint16
+	downUntil time.Time
+}
+
+func (uc *upconn) send(c *call) {
+	cfg := uc.up.s.cfg
+	select {
+	case uc.slots <- struct{}{}:
+	default:
+		t := time.NewTimer(cfg.Upstream.ResponseTimeout)
+		select {
+		case uc.slots <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			c.ev.Reason = "upstream queue full past the response timeout"
+			c.done(nil, cfg.Exceptions.Busy)
+			return
+		case <-uc.stop:
+			t.Stop()
+			c.done(nil, modbus.GatewayPathUnavailable)
+			return
+		}
+	}
+	uc.mu.Lock()
+	if uc.closed {
+		uc.mu.Unlock()
+		<-uc.slots
+		c.ev.Reason = "proxy closing"
+		c.done(nil, modbus.GatewayPathUnavailable)
+		return
+	}
+	if uc.conn == nil {
+		if err := uc.dialLocked(); err != nil {
+			uc.mu.Unlock()
+			<-uc.slots
+			c.ev.Reason = "upstream unreachable: " + err.Error()
+			c.done(nil, modbus.GatewayPathUnavailable)
+			return
+		}
+	}
+	tid := uc.nextTID
+	for uc.pending[tid] != nil {
+		tid++
+	}
+	uc.nextTID = tid + 1
+	c.upTID = tid
+	c.deadline = time.Now().Add(cfg.Upstream.ResponseTimeout)
+	uc.pending[tid] = c
+	c.frame[0], c.frame[1] = byte(tid>>8), byte(tid)
+	conn := uc.conn
+	_ = conn.SetWriteDeadline(time.Now().Add(cfg.Upstream.ResponseTimeout))
+	_, err := uc.bw.Write(c.frame[:c.n])
+	if err == nil {
+		err = uc.bw.Flush()
+	}
+	uc.mu.Unlock()
+	if err != nil {
+		uc.drop(conn, err)
+	}
+}
+
+var errBackoff = errors.New("recent dial failed; retrying after backoff")
+
+// dialLocked connects to the PLC. Callers hold mu. After a failure, calls
+// within the retry backoff fail at once instead of piling up dials.
+func (uc *upconn) dialLocked() error {
+	cfg := uc.up.s.cfg.Upstream
+	if time.Now().Before(uc.downUntil) {
+		return errBackoff
+	}
+	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(uc.up.s.ctx, "tcp", uc.up.addr)
+	if err != nil {
+		uc.downUntil = time.Now().Add(cfg.RetryBackoff)
+		uc.up.s.log.Warn("upstream unreachable", zap.String("device", uc.up.name),
+			zap.String("addr", uc.up.addr), zap.Error(err))
+		return err
+	}
+	uc.conn = conn
+	uc.bw = bufio.NewWriterSize(conn, 4096)
+	go uc.readLoop(conn)
+	uc.up.s.log.Info("upstream connected", zap.String("device", uc.up.name), zap.String("addr", uc.up.addr))
+	return nil
+}
+
+// readLoop matches the device's replies to pending calls until conn fails.
+func (uc *upconn) readLoop(conn net.Conn) {
+	rd := modbus.NewReader(conn)
+	log := uc.up.s.log
+	for {
+		f, err := rd.ReadFrame()
+		if err != nil {
+			uc.drop(conn, err)
+			return
+		}
+		uc.mu.Lock()
+		c := uc.pending[f.Transaction]
+		if c != nil && c.in.Unit == f.Unit {
+			delete(uc.pending, f.Transaction)
+		} else {
+			c = nil
+		}
+		uc.mu.Unlock()
+		if c == nil {
+			log.Warn("upstream reply matches no request; dropped", zap.String("device", uc.up.name),
+				zap.Uint16("tid", f.Transaction), zap.Uint8("unit", f.Unit))
+			continue
+		}
+		<-uc.slots
+		c.ev.Upstream = time.Since(c.start)
+		if _, err := modbus.ParseResponse(&c.in.Request, f.PDU); err != nil {
+			c.ev.Reason = "malformed reply from device: " + err.Error()
+			c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+			uc.drop(conn, err)
+			return
+		}
+		c.done(f.PDU, 0)
+	}
+}
+
+// drop closes conn if it is still current and fails its pending calls with
+// 0x0B: they were sent, and their outcome on the device is unknown.
+func (uc *upconn) drop(conn net.Conn, cause error) {
+	uc.mu.Lock()
+	var failed []*call
+	if uc.conn == conn {
+		uc.conn, uc.bw = nil, nil
+		for tid, c := range uc.pending {
+			failed = append(failed, c)
+			delete(uc.pending, tid)
+		}
+	}
+	closing := uc.closed
+	uc.mu.Unlock()
+	_ = conn.Close()
+	if len(failed) > 0 || !closing {
+		uc.up.s.log.Warn("upstream connection lost", zap.String("device", uc.up.name),
+			zap.Int("pending", len(failed)), zap.Error(cause))
+	}
+	for _, c := range failed {
+		<-uc.slots
+		c.ev.Reason = "upstream connection lost before the reply"
+		c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+	}
+}
+
+// reap fails calls whose device did not answer within the response timeout.
+// Their transaction ids are not reused until the counter wraps, so a late
+// reply finds no call and is dropped.
+func (uc *upconn) reap() {
+	timeout := uc.up.s.cfg.Upstream.ResponseTimeout
+	tick := max(timeout/20, 5*time.Millisecond)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var expired []*call
+	for {
+		select {
+		case <-uc.stop:
+			return
+		case now := <-t.C:
+			uc.mu.Lock()
+			for tid, c := range uc.pending {
+				if now.After(c.deadline) {
+					expired = append(expired, c)
+					delete(uc.pending, tid)
+				}
+			}
+			uc.mu.Unlock()
+			for i, c := range expired {
+				<-uc.slots
+				c.ev.Upstream = time.Since(c.start)
+				c.ev.Reason = "device did not answer within the response timeout"
+				c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+				expired[i] = nil
+			}
+			expired = expired[:0]
+		}
+	}
+}
+
+func (uc *upconn) shutdown() {
+	uc.mu.Lock()
+	if uc.closed {
+		uc.mu.Unlock()
+		return
+	}
+	uc.closed = true
+	conn := uc.conn
+	close(uc.stop)
+	uc.mu.Unlock()
+	if conn != nil {
+		uc.drop(conn, errors.New("proxy closing"))
+	}
+}
