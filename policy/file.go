@@ -358,4 +358,3 @@ func (r *Rule) Functions() []modbus.Function {
 	}
 	return out
 }
-

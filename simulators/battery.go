@@ -56,9 +56,23 @@ func NewBattery(o Options) *Battery {
 // Kind implements Device.
 func (b *Battery) Kind() string { return "battery" }
 
-// update integrates state of charge to now. Callers hold mu.
+// update integrates state of charge to now in steps of at most a second
+// (at most 10 000 steps), so limits are met where they are crossed. Callers hold mu.
 func (b *Battery) update() {
 	dt := b.ph.step()
+	n := int(math.Ceil(dt))
+	if n > 10_000 {
+		n = 10_000
+	}
+	alarms := b.input[BatteryAlarms]
+	for i := 0; i < n; i++ {
+		alarms = b.advance(dt / float64(n))
+	}
+	b.publish(alarms)
+}
+
+// advance integrates dt seconds and returns the alarms in force.
+func (b *Battery) advance(dt float64) uint16 {
 	var alarms uint16
 	target := 0.0
 	if b.hold[BatteryMode] == 1 {
@@ -84,6 +98,11 @@ func (b *Battery) update() {
 		b.charged -= kwh
 	}
 	b.temperature = approach(b.temperature, 22+math.Abs(b.kw)*0.1, 0.05*dt)
+	return alarms
+}
+
+// publish refreshes the input registers from the state.
+func (b *Battery) publish(alarms uint16) {
 	state := uint16(0)
 	switch {
 	case b.kw < -0.05:

@@ -1,0 +1,431 @@
+package proxy_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/protocols/modbus"
+	"github.com/gridseal/gridseal/proxy"
+	"github.com/gridseal/gridseal/simulators"
+	"github.com/gridseal/gridseal/simulators/simtest"
+)
+
+func plcRoute() proxy.Route { return proxy.Route{Default: "plc"} }
+
+func TestSimulatorsThroughProxy(t *testing.T) {
+	simAddr, plant := simtest.Start(t, simulators.Options{})
+	pol, err := readExamplePolicy(simAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := startProxy(t, proxy.Config{}, pol,
+		proxy.Route{Units: map[byte]string{1: "inverter-1", 2: "battery-1", 3: "breaker-1"}},
+		proxy.Device{Name: "inverter-1", Upstream: simAddr},
+		proxy.Device{Name: "battery-1", Upstream: simAddr},
+		proxy.Device{Name: "breaker-1", Upstream: simAddr})
+	c := dial(t, fx.addr)
+	inv := plant.Device(simulators.UnitInverter).(*simulators.Inverter)
+	bat := plant.Device(simulators.UnitBattery).(*simulators.Battery)
+	brk := plant.Device(simulators.UnitBreaker).(*simulators.Breaker)
+
+	t.Run("inverter read", func(t *testing.T) {
+		resp := c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, simulators.InverterBase, 4))
+		if !bytes.Equal(resp, []byte{3, 8, 0x53, 0x75, 0x6e, 0x53, 0, 1, 0, 66}) {
+			t.Fatalf("SunSpec header through proxy = %x", resp)
+		}
+	})
+	t.Run("inverter allowed write moves the physics", func(t *testing.T) {
+		pdu := modbus.AppendWriteSingleRegister(nil, simulators.InverterLimitPct, 20)
+		if resp := c.roundTrip(2, 1, pdu); !bytes.Equal(resp, pdu) {
+			t.Fatalf("write echo = %x", resp)
+		}
+		waitFor(t, "inverter output to fall to its 20 kW limit", func() bool { return inv.Watts() <= 20_000 })
+	})
+	t.Run("inverter forbidden write", func(t *testing.T) {
+		resp := c.roundTrip(3, 1, modbus.AppendWriteSingleRegister(nil, simulators.InverterConn, 0))
+		if !bytes.Equal(resp, exception(modbus.WriteSingleRegister, modbus.IllegalDataAddress)) {
+			t.Fatalf("disconnect reply = %x, want exception 2", resp)
+		}
+		if inv.Watts() == 0 {
+			t.Fatal("a denied disconnect reached the inverter")
+		}
+	})
+	t.Run("battery allowed and denied setpoints", func(t *testing.T) {
+		ok := modbus.AppendWriteMultipleRegisters(nil, simulators.BatterySetpoint, []uint16{40, 1})
+		if resp := c.roundTrip(4, 2, ok); resp[0] != 16 {
+			t.Fatalf("dispatch 40 kW reply = %x", resp)
+		}
+		too := modbus.AppendWriteSingleRegister(nil, simulators.BatterySetpoint, 80)
+		if resp := c.roundTrip(5, 2, too); !bytes.Equal(resp, exception(modbus.WriteSingleRegister, modbus.IllegalDataValue)) {
+			t.Fatalf("dispatch 80 kW reply = %x, want exception 3", resp)
+		}
+		tid := uint16(100)
+		waitFor(t, "battery to discharge at up to 40 kW", func() bool {
+			tid++
+			resp := c.roundTrip(tid, 2, modbus.AppendReadRequest(nil, modbus.ReadInputRegisters, simulators.BatteryPower, 1))
+			kw := int16(binary.BigEndian.Uint16(resp[2:]))
+			if kw > 40 {
+				t.Fatalf("battery power %d kW above the 40 kW setpoint", kw)
+			}
+			return kw > 0 && bat.SoC() < 0.5
+		})
+	})
+	t.Run("breaker read allowed, open denied", func(t *testing.T) {
+		resp := c.roundTrip(7, 3, modbus.AppendReadRequest(nil, modbus.ReadDiscreteInputs, 0, 2))
+		if !bytes.Equal(resp, []byte{2, 1, 0b01}) {
+			t.Fatalf("breaker status = %x, want closed", resp)
+		}
+		resp = c.roundTrip(8, 3, modbus.AppendWriteSingleCoil(nil, simulators.BreakerCoilOpen, true))
+		if !bytes.Equal(resp, exception(modbus.WriteSingleCoil, modbus.IllegalFunction)) {
+			t.Fatalf("open reply = %x, want exception 1", resp)
+		}
+		if !brk.Closed() {
+			t.Fatal("a denied open reached the breaker")
+		}
+	})
+	t.Run("every operation recorded once with its verdict", func(t *testing.T) {
+		var got []string
+		for _, e := range fx.events.completed() {
+			s := fmt.Sprintf("%s/%d/%s", e.Device, e.Function, e.Verdict)
+			if len(got) > 0 && got[len(got)-1] == s && e.Function == 4 {
+				continue // the battery poll repeats until it sees the discharge
+			}
+			got = append(got, s)
+		}
+		want := []string{
+			"inverter-1/3/allow", "inverter-1/6/allow", "inverter-1/6/deny", "battery-1/16/allow",
+			"battery-1/6/deny", "battery-1/4/allow", "breaker-1/2/allow", "breaker-1/5/deny",
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Fatalf("recorded\n %v\nwant\n %v", got, want)
+		}
+		var durable int
+		for _, e := range fx.events.all() {
+			if e.Phase == audit.PhaseRequest {
+				durable++
+				if e.Verdict != audit.Allow || e.Class != "write" {
+					t.Errorf("durable pre-forward record for a non-write: %+v", e)
+				}
+			}
+		}
+		if durable != 2 {
+			t.Fatalf("%d writes recorded before forwarding, want 2", durable)
+		}
+	})
+}
+
+func readExamplePolicy(simAddr string) (string, error) {
+	b, err := readFile("../deploy/examples/policy.yaml")
+	if err != nil {
+		return "", err
+	}
+	return strings.ReplaceAll(b, "127.0.0.1:15020", simAddr), nil
+}
+
+func readFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	return string(b), err
+}
+
+func TestPipeliningClientsShareOneUpstreamConnection(t *testing.T) {
+	up := startUpstream(t, nil)
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	const clients, depth, rounds = 50, 8, 5
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := dial(t, fx.addr)
+			unit := byte(1 + i%4)
+			for r := 0; r < rounds; r++ {
+				// Pipeline depth requests, each asking for a distinct address,
+				// with transaction ids that collide across clients.
+				for k := 0; k < depth; k++ {
+					addr := uint16(i*100 + r*10 + k)
+					c.send(uint16(k), unit, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, addr, 2))
+				}
+				seen := map[uint16]bool{}
+				for k := 0; k < depth; k++ {
+					f, err := c.recv()
+					if err != nil {
+						errs <- fmt.Errorf("client %d: %v", i, err)
+						return
+					}
+					tid := f.Transaction
+					want := uint16(i*100+r*10+int(tid)) + uint16(unit)
+					if seen[tid] || f.Unit != unit || len(f.PDU) != 6 || binary.BigEndian.Uint16(f.PDU[2:]) != want {
+						errs <- fmt.Errorf("client %d: reply tid %d unit %d pdu %x, want value %d", i, tid, f.Unit, f.PDU, want)
+						return
+					}
+					seen[tid] = true
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := up.connections(); n != 1 {
+		t.Fatalf("upstream saw %d connections, want the pool's 1", n)
+	}
+	if n := len(up.received()); n != clients*depth*rounds {
+		t.Fatalf("upstream received %d requests, want %d", n, clients*depth*rounds)
+	}
+}
+
+func TestUpstreamUnreachable(t *testing.T) {
+	up := startUpstream(t, nil)
+	dead := up.addr()
+	_ = up.ln.Close() // nothing listens there now
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, dead), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: dead})
+	c := dial(t, fx.addr)
+	for tid := uint16(1); tid <= 3; tid++ { // the second and third fail fast during the retry backoff
+		resp := c.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+		if !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.GatewayPathUnavailable)) {
+			t.Fatalf("reply = %x, want exception 0x0A", resp)
+		}
+	}
+	ev := fx.events.completed()
+	if len(ev) != 3 || ev[0].Exception != 0x0A || !strings.Contains(ev[0].Reason, "unreachable") {
+		t.Fatalf("events = %+v", ev)
+	}
+}
+
+func TestDeadUnitDoesNotBlockOthers(t *testing.T) {
+	up := startUpstream(t, func(f modbus.Frame) []byte {
+		if f.Unit == 2 {
+			return nil // unit 2 behind this gateway never answers
+		}
+		return registerEcho(f)
+	})
+	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{ResponseTimeout: 400 * time.Millisecond}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	dead, alive := dial(t, fx.addr), dial(t, fx.addr)
+	start := time.Now()
+	dead.send(1, 2, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	for i := uint16(0); i < 20; i++ {
+		resp := alive.roundTrip(i, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, i, 1))
+		if binary.BigEndian.Uint16(resp[2:]) != i+1 {
+			t.Fatalf("unit 1 reply %x", resp)
+		}
+	}
+	if time.Since(start) >= 400*time.Millisecond {
+		t.Fatal("unit 1 waited for the dead unit's timeout")
+	}
+	f, err := dead.recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(f.PDU, exception(modbus.ReadHoldingRegisters, modbus.GatewayTargetDeviceFailedToRespond)) {
+		t.Fatalf("dead unit reply = %x, want exception 0x0B", f.PDU)
+	}
+	if el := time.Since(start); el < 400*time.Millisecond {
+		t.Fatalf("0x0B after %v, before the response timeout", el)
+	}
+}
+
+func TestUnmatchedUpstreamReplyIsDropped(t *testing.T) {
+	up := startUpstream(t, nil)
+	up.stray = func(f modbus.Frame) []byte {
+		// A reply for a transaction the proxy never sent, then one for the
+		// right transaction but another unit: both must be dropped.
+		b := modbus.AppendFrame(nil, f.Transaction+1000, f.Unit, []byte{3, 2, 0xde, 0xad})
+		return modbus.AppendFrame(b, f.Transaction, f.Unit+1, []byte{3, 2, 0xbe, 0xef})
+	}
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	for tid := uint16(1); tid <= 5; tid++ {
+		resp := c.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 10*tid, 1))
+		if got := binary.BigEndian.Uint16(resp[2:]); got != 10*tid+1 {
+			t.Fatalf("request %d got value %#x: a stray reply was delivered", tid, got)
+		}
+	}
+}
+
+func TestMalformedFramesAreNeverForwarded(t *testing.T) {
+	up := startUpstream(t, nil)
+	fx := startProxy(t, proxy.Config{Limits: proxy.Limits{ReadTimeout: 300 * time.Millisecond}},
+		fmt.Sprintf(openPolicy, up.addr()), plcRoute(), proxy.Device{Name: "plc", Upstream: up.addr()})
+	h := func(s string) []byte {
+		b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	cases := []struct {
+		name  string
+		frame []byte
+		reply []byte // nil: the connection must close
+	}{
+		{"bad protocol id", h("0001 0001 0006 01 03 0000 0001"), nil},
+		{"length 0", h("0001 0000 0000 01"), nil},
+		{"length 1", h("0001 0000 0001 01"), nil},
+		{"length 255", append(h("0001 0000 00FF 01"), make([]byte, 254)...), nil},
+		{"truncated then silent", h("0001 0000 0006 01 03 00"), nil},
+		{"pdu shorter than its function", h("0001 0000 0004 01 03 0000"), nil},
+		{"pdu longer than its function", h("0001 0000 0007 01 03 0000 0001 00"), nil},
+		{"fc16 byte count not 2x quantity", h("0001 0000 000A 01 10 0001 0002 03 000A 01"), h("90 03")},
+		{"fc3 quantity 0", h("0001 0000 0006 01 03 0000 0000"), h("83 03")},
+		{"fc3 quantity 126", h("0001 0000 0006 01 03 0000 007E"), h("83 03")},
+		{"fc5 value not 0 or FF00", h("0001 0000 0006 01 05 0001 1234"), h("85 03")},
+		{"unknown function 0x41", h("0001 0000 0002 01 41"), h("C1 01")},
+	}
+	for _, tc := range cases {
+		if tc.frame == nil {
+			continue
+		}
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, fx.addr)
+			c.write(tc.frame)
+			if tc.reply == nil {
+				if !c.closed() {
+					t.Fatal("connection not closed")
+				}
+				return
+			}
+			f, err := c.recv()
+			if err != nil || !bytes.Equal(f.PDU, tc.reply) || f.Transaction != 1 {
+				t.Fatalf("reply %x tid %d err %v, want %x", f.PDU, f.Transaction, err, tc.reply)
+			}
+			// The connection stays usable after a per-spec exception.
+			if resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1)); resp[0] != 3 {
+				t.Fatalf("next request after exception: %x", resp)
+			}
+		})
+	}
+	for _, f := range up.received() {
+		if req, err := modbus.ParseRequest(f[modbus.HeaderLen:]); err != nil || req.Address != 5 {
+			t.Fatalf("upstream received %x: a malformed frame was forwarded", f)
+		}
+	}
+	var malformed int
+	for _, e := range fx.events.completed() {
+		if e.Verdict == audit.Malformed {
+			malformed++
+		}
+	}
+	if malformed != 12 {
+		t.Fatalf("%d malformed operations recorded, want 12", malformed)
+	}
+}
+
+func TestWriteFailsClosedWhenItCannotBeRecorded(t *testing.T) {
+	up := startUpstream(t, nil)
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	fx.events.mu.Lock()
+	fx.events.refuseDurable = true
+	fx.events.mu.Unlock()
+	c := dial(t, fx.addr)
+	resp := c.roundTrip(1, 1, modbus.AppendWriteSingleRegister(nil, 7, 42))
+	if !bytes.Equal(resp, exception(modbus.WriteSingleRegister, modbus.ServerDeviceBusy)) {
+		t.Fatalf("unrecordable write reply = %x, want exception 6", resp)
+	}
+	if resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 7, 1)); resp[0] != 3 {
+		t.Fatalf("read while the record is down: %x", resp)
+	}
+	if got := up.received(); len(got) != 1 || got[0][modbus.HeaderLen] != 3 {
+		t.Fatalf("upstream received %x; the write must not be forwarded", got)
+	}
+	fx.events.mu.Lock()
+	fx.events.refuseDurable = false
+	fx.events.mu.Unlock()
+	pdu := modbus.AppendWriteSingleRegister(nil, 7, 42)
+	if resp := c.roundTrip(3, 1, pdu); !bytes.Equal(resp, pdu) {
+		t.Fatalf("write after the record is back: %x", resp)
+	}
+}
+
+func TestConnectionLimits(t *testing.T) {
+	up := startUpstream(t, nil)
+	cfg := proxy.Config{Limits: proxy.Limits{MaxConnectionsPerClient: 2}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	a, b := dial(t, fx.addr), dial(t, fx.addr)
+	a.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	b.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	third := dial(t, fx.addr)
+	if !third.closed() {
+		t.Fatal("a third connection from one address was accepted")
+	}
+	_ = a.c.Close()
+	waitFor(t, "the first connection to be released", func() bool { return fx.srv.Connections() == 1 })
+	d := dial(t, fx.addr)
+	d.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+}
+
+func TestRateLimit(t *testing.T) {
+	up := startUpstream(t, nil)
+	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 0.5, Burst: 3}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	for tid := uint16(0); tid < 3; tid++ {
+		if resp := c.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); resp[0] != 3 {
+			t.Fatalf("request %d within burst: %x", tid, resp)
+		}
+	}
+	resp := c.roundTrip(9, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	if !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+		t.Fatalf("request over the rate = %x, want exception 6", resp)
+	}
+	if n := len(up.received()); n != 3 {
+		t.Fatalf("upstream received %d requests, want 3", n)
+	}
+}
+
+func TestIdleAndSlowClientsAreDisconnected(t *testing.T) {
+	up := startUpstream(t, nil)
+	cfg := proxy.Config{Limits: proxy.Limits{IdleTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	idle := dial(t, fx.addr)
+	idle.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	if !idle.closed() {
+		t.Fatal("idle connection not closed")
+	}
+	slow := dial(t, fx.addr)
+	slow.write([]byte{0, 1, 0, 0, 0, 6, 1, 3}) // half a frame, then nothing
+	if !slow.closed() {
+		t.Fatal("a client that never finished its frame was not disconnected")
+	}
+	waitFor(t, "the slow frame to be recorded", func() bool {
+		for _, e := range fx.events.completed() {
+			if e.Verdict == audit.Malformed && strings.Contains(e.Reason, "read timeout") {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+func TestUnroutedUnit(t *testing.T) {
+	up := startUpstream(t, nil)
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()),
+		proxy.Route{Units: map[byte]string{1: "plc"}}, proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	resp := c.roundTrip(1, 7, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	if !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.GatewayPathUnavailable)) {
+		t.Fatalf("unit 7 reply = %x, want 0x0A", resp)
+	}
+	if len(up.received()) != 0 {
+		t.Fatal("an unrouted request was forwarded")
+	}
+}
