@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"errors"
@@ -25,6 +26,7 @@ var demoPolicy []byte
 func demoCmd(g *globals) *cobra.Command {
 	var (
 		listen   string
+		simAddr  string
 		duration time.Duration
 		tour     bool
 	)
@@ -34,11 +36,6 @@ func demoCmd(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if duration > 0 {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, duration)
-				defer cancel()
-			}
 			log, err := g.logger("", "")
 			if err != nil {
 				return err
@@ -51,12 +48,21 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			simAddr := pol.Device("inverter-1").Upstream
+			if simAddr == "" {
+				simAddr = pol.Device("inverter-1").Upstream
+			}
 			sim, err := simulators.Start(simAddr, plant)
 			if err != nil {
 				return fmt.Errorf("start simulators: %w (is another demo running?)", err)
 			}
 			defer func() { _ = sim.Stop() }()
+			if up := pol.Device("inverter-1").Upstream; sim.Addr != up {
+				// The simulators moved: so do the policy's upstreams (and its digest).
+				pol, err = policy.Parse("demo-policy.yaml", bytes.ReplaceAll(demoPolicy, []byte(up), []byte(sim.Addr)))
+				if err != nil {
+					return err
+				}
+			}
 			specs, err := routes([]listenerConfig{{Listen: listen, Devices: []string{"inverter-1", "battery-1", "breaker-1"}}}, pol)
 			if err != nil {
 				return err
@@ -74,11 +80,17 @@ func demoCmd(g *globals) *cobra.Command {
 				}
 				fmt.Fprintln(g.stdout, "\nThe proxy keeps running; try the commands above. Ctrl-C stops it.")
 			}
+			if duration > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, duration)
+				defer cancel()
+			}
 			return st.wait(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:5020", "proxy listen address")
-	cmd.Flags().DurationVar(&duration, "duration", 0, "stop after this long (0: run until interrupted)")
+	cmd.Flags().StringVar(&simAddr, "sim-listen", "", "simulators' address (default: the example policy's upstream, 127.0.0.1:15020)")
+	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed and denied commands at start")
 	return cmd
 }

@@ -112,6 +112,6 @@ func (g *globals) logger(level, format string) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: want console, json or auto", format)
 	}
-	core := zapcore.NewCore(enc, zapcore.AddSync(g.stderr), lvl)
+	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(g.stderr)), lvl)
 	return zap.New(core), nil
 }
