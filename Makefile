@@ -4,7 +4,7 @@ BIN      := bin/gridseal
 PKGS     := ./...
 FUZZTIME ?= 20s
 
-.PHONY: all build demo test vet fmt-check lint bench fuzz deps clean
+.PHONY: all build demo test vet fmt-check lint bench fuzz deps tools clean
 
 all: build
 
@@ -26,7 +26,14 @@ vet: deps
 
 lint: fmt-check vet
 
-test: lint
+# Independent Modbus client the interoperability tests drive (Debian package).
+tools:
+	@command -v mbpoll >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mbpoll >/dev/null; \
+	  else echo "mbpoll missing: install it (apt-get install mbpoll) for the interop test"; fi; }
+
+test: lint tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
 bench: deps

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -427,5 +428,48 @@ func TestUnroutedUnit(t *testing.T) {
 	}
 	if len(up.received()) != 0 {
 		t.Fatal("an unrouted request was forwarded")
+	}
+}
+
+// TestMbpollThroughProxy drives the proxy with mbpoll, an independent Modbus
+// client (libmodbus), against the real simulators. `make test` installs it.
+func TestMbpollThroughProxy(t *testing.T) {
+	mbpoll, err := exec.LookPath("mbpoll")
+	if err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skip("mbpoll not installed; `make test` installs it")
+		}
+		t.Fatal("mbpoll not installed in CI: the Makefile's tools target should have installed it")
+	}
+	simAddr, plant := simtest.Start(t, simulators.Options{})
+	pol, err := readExamplePolicy(simAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx := startProxy(t, proxy.Config{}, pol, proxy.Route{Units: map[byte]string{1: "inverter-1"}},
+		proxy.Device{Name: "inverter-1", Upstream: simAddr})
+	host, port, _ := strings.Cut(fx.addr, ":")
+	run := func(args ...string) (string, error) {
+		// args: options, then the value to write ("" to read).
+		argv := []string{"-m", "tcp", "-p", port, "-a", "1", "-0", "-t", "4", "-1", "-o", "2"}
+		argv = append(append(argv, args[:len(args)-1]...), host)
+		if v := args[len(args)-1]; v != "" {
+			argv = append(argv, v)
+		}
+		out, err := exec.CommandContext(t.Context(), mbpoll, argv...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("-r", "40002", "-c", "2", "")
+	if err != nil || !strings.Contains(out, "[40002]: \t1") || !strings.Contains(out, "[40003]: \t66") {
+		t.Fatalf("mbpoll read of the SunSpec header: %v\n%s", err, out)
+	}
+	if out, err := run("-r", "40127", "25"); err != nil || !strings.Contains(out, "Written 1 references") {
+		t.Fatalf("mbpoll allowed write: %v\n%s", err, out)
+	}
+	waitFor(t, "the inverter to follow the 25 % limit", func() bool {
+		return plant.Device(1).(*simulators.Inverter).Watts() <= 25_000
+	})
+	if out, err := run("-r", "40126", "0"); err == nil || !strings.Contains(out, "Illegal data address") {
+		t.Fatalf("mbpoll forbidden write: want exception 2, got %v\n%s", err, out)
 	}
 }

@@ -103,10 +103,10 @@ func printBanner(w io.Writer, sim, addr string, pol *policy.Policy) {
   operations are logged as "modbus operation" lines on stderr
 
 Try it with mbpoll (apt-get install mbpoll; -0 = 0-based addresses):
-  mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40084 -c 1 %s        # inverter AC power, 10 W steps
+  mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40084 -c 1 -1 %s      # inverter AC power, 10 W steps
   mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40127 -1 %s 30       # power limit 30 %% (rule power-limit-setpoint)
   mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40126 -1 %s 0        # disconnect inverter: denied, exception 2
-  mbpoll -m tcp -p %s -a 2 -0 -t 3 -r 0 -c 3 %s            # battery SoC, power, alarms
+  mbpoll -m tcp -p %s -a 2 -0 -t 3 -r 0 -c 3 -1 %s          # battery SoC, power, alarms
   mbpoll -m tcp -p %s -a 3 -0 -t 0 -r 1 -1 %s 1            # open breaker: denied, exception 1
 `, sim, addr, pol.ID, pol.Version, pol.Digest[:12], port, host, port, host, port, host, port, host, port, host)
 }
