@@ -65,6 +65,7 @@ type Server struct {
 	ctx       context.Context
 	cancel    context.CancelFunc
 	opSeq     atomic.Uint64
+	pinSeq    atomic.Uint32 // spreads sessions over the upstream pool
 	calls     sync.Pool
 
 	mu        sync.Mutex

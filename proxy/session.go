@@ -36,8 +36,6 @@ type session struct {
 	wbuf []byte
 }
 
-var pinSeq atomic.Uint32
-
 func newSession(s *Server, conn net.Conn, client netip.AddrPort, local string, rt *Route) *session {
 	l := s.cfg.Limits
 	return &session{
@@ -49,7 +47,7 @@ func newSession(s *Server, conn net.Conn, client netip.AddrPort, local string, r
 		rd:       modbus.NewReader(conn),
 		limiter:  rate.NewLimiter(rate.Limit(l.RequestsPerSecond), l.Burst),
 		slots:    make(chan struct{}, l.MaxPipeline),
-		pin:      pinSeq.Add(1),
+		pin:      s.pinSeq.Add(1),
 		wbuf:     make([]byte, 0, modbus.MaxFrameLen),
 	}
 }
