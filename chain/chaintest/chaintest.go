@@ -1,0 +1,146 @@
+// Package chaintest runs real in-process nats-servers with JetStream for
+// tests: one server, or a cluster on loopback, each stopped with the test.
+package chaintest
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/gridseal/gridseal/internal/natsembed"
+)
+
+// Server is a running embedded server that a test can stop and restart on
+// the same port and store.
+type Server struct {
+	*server.Server
+	t    testing.TB
+	opts natsembed.Options
+}
+
+// RunJetStream starts one JetStream server (fsync always) on a free
+// loopback port with its store in a temporary directory.
+func RunJetStream(t testing.TB) *Server {
+	t.Helper()
+	o := natsembed.Options{Port: freePort(t), StoreDir: t.TempDir(), SyncAlways: true}
+	s, err := natsembed.Start(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Server: s, t: t, opts: o}
+	t.Cleanup(func() { srv.Shutdown() })
+	return srv
+}
+
+// URL is the client URL; it stays the same across Restart.
+func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
+
+// Stop shuts the server down and waits for it.
+func (s *Server) Stop() {
+	s.Shutdown()
+	s.WaitForShutdown()
+}
+
+// Restart starts the server again on the same port and store.
+func (s *Server) Restart() {
+	s.t.Helper()
+	var err error
+	for i := 0; i < 50; i++ { // the old listener may take a moment to let go
+		var ns *server.Server
+		if ns, err = natsembed.Start(s.opts); err == nil {
+			s.Server = ns
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("restart nats-server: %v", err)
+}
+
+// Connect returns a client that reconnects forever, closed with the test.
+func Connect(t testing.TB, urls string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
+		nats.RetryOnFailedConnect(true), nats.Timeout(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// RunCluster starts n clustered JetStream servers on loopback and waits
+// until they have a meta leader.
+func RunCluster(t testing.TB, n int) []*Server {
+	t.Helper()
+	ports := make([]int, n)
+	routes := make([]string, n)
+	for i := range ports {
+		ports[i] = freePort(t)
+		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
+	}
+	out := make([]*Server, n)
+	for i := 0; i < n; i++ {
+		o := natsembed.Options{
+			Name: fmt.Sprintf("n%d", i+1), Port: freePort(t), StoreDir: t.TempDir(), SyncAlways: true,
+			Cluster: "gridseal-test", ClusterPort: ports[i], Routes: routes,
+		}
+		s, err := natsembed.Start(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[i] = &Server{Server: s, t: t, opts: o}
+		srv := out[i]
+		t.Cleanup(func() { srv.Shutdown() })
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ready := 0
+		for _, s := range out {
+			if s.Running() && s.JetStreamIsLeader() || s.JetStreamEnabled() && s.JetStreamIsCurrent() {
+				ready++
+			}
+		}
+		if ready == n && hasLeader(out) {
+			return out
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("cluster formed no JetStream meta leader")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func hasLeader(ss []*Server) bool {
+	for _, s := range ss {
+		if s.Running() && s.JetStreamIsLeader() {
+			return true
+		}
+	}
+	return false
+}
+
+// ClusterURLs joins the servers' client URLs for nats.Connect.
+func ClusterURLs(ss []*Server) string {
+	u := ""
+	for i, s := range ss {
+		if i > 0 {
+			u += ","
+		}
+		u += s.URL()
+	}
+	return u
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

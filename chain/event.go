@@ -1,0 +1,176 @@
+package chain
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+)
+
+const eventVersion = 1
+
+// AppendEvent appends the stored encoding of ev to dst.
+func AppendEvent(dst []byte, ev *audit.Event) []byte {
+	dst = append(dst, eventVersion)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(ev.Time.UnixNano()))
+	dst = binary.BigEndian.AppendUint64(dst, ev.Op)
+	dst = append(dst, byte(ev.Phase), byte(ev.Verdict))
+	var client string
+	if ev.Client.IsValid() {
+		client = ev.Client.String()
+	}
+	dst = lp16(dst, client)
+	dst = lp16(dst, ev.Listener)
+	dst = lp16(dst, ev.Device)
+	dst = append(dst, ev.Unit, ev.Function)
+	dst = append(dst, byte(min(len(ev.Class), 255)))
+	dst = append(dst, ev.Class[:min(len(ev.Class), 255)]...)
+	dst = binary.BigEndian.AppendUint16(dst, ev.Address)
+	dst = binary.BigEndian.AppendUint16(dst, ev.Quantity)
+	dst = lp16(dst, string(ev.PDU))
+	dst = lp16(dst, ev.Rule)
+	dst = lp16(dst, ev.Reason)
+	dst = lp16(dst, ev.Policy)
+	dst = lp16(dst, ev.Approval)
+	dst = append(dst, ev.Exception)
+	dst = lp16(dst, string(ev.Response))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(ev.Upstream))
+	var flags byte
+	if ev.Closed {
+		flags |= 1
+	}
+	return append(dst, flags)
+}
+
+// lp16 appends s with a 16-bit length, cut at 65535 bytes.
+func lp16(dst []byte, s string) []byte {
+	if len(s) > 0xFFFF {
+		s = s[:0xFFFF]
+	}
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(s)))
+	return append(dst, s...)
+}
+
+// ErrFormat marks bytes that are not a valid event or block.
+var ErrFormat = errors.New("malformed chain data")
+
+// reader decodes fixed and length-prefixed fields, remembering the first error.
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err != nil {
+		return nil
+	}
+	if n > len(r.b) {
+		r.err = fmt.Errorf("%w: truncated", ErrFormat)
+		return nil
+	}
+	out := r.b[:n]
+	r.b = r.b[n:]
+	return out
+}
+
+func (r *reader) u8() byte {
+	if b := r.take(1); b != nil {
+		return b[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if b := r.take(2); b != nil {
+		return binary.BigEndian.Uint16(b)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if b := r.take(4); b != nil {
+		return binary.BigEndian.Uint32(b)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if b := r.take(8); b != nil {
+		return binary.BigEndian.Uint64(b)
+	}
+	return 0
+}
+
+func (r *reader) lp8() []byte  { return r.take(int(r.u8())) }
+func (r *reader) lp16() []byte { return r.take(int(r.u16())) }
+func (r *reader) lp32() []byte {
+	n := r.u32()
+	if n > uint32(len(r.b)) {
+		r.err = fmt.Errorf("%w: length %d past the end", ErrFormat, n)
+		return nil
+	}
+	return r.take(int(n))
+}
+
+func (r *reader) end() error {
+	if r.err == nil && len(r.b) != 0 {
+		r.err = fmt.Errorf("%w: %d trailing bytes", ErrFormat, len(r.b))
+	}
+	return r.err
+}
+
+// DecodeEvent parses one stored event. Byte slices in the result are copies.
+func DecodeEvent(b []byte) (audit.Event, error) {
+	r := reader{b: b}
+	var ev audit.Event
+	if v := r.u8(); r.err == nil && v != eventVersion {
+		return ev, fmt.Errorf("%w: event version %d", ErrFormat, v)
+	}
+	ev.Time = time.Unix(0, int64(r.u64())).UTC()
+	ev.Op = r.u64()
+	ev.Phase = audit.Phase(r.u8())
+	ev.Verdict = audit.Verdict(r.u8())
+	if c := string(r.lp16()); c != "" {
+		ap, err := netip.ParseAddrPort(c)
+		if err != nil && r.err == nil {
+			r.err = fmt.Errorf("%w: client %q", ErrFormat, c)
+		}
+		ev.Client = ap
+	}
+	ev.Listener = string(r.lp16())
+	ev.Device = string(r.lp16())
+	ev.Unit, ev.Function = r.u8(), r.u8()
+	ev.Class = string(r.lp8())
+	ev.Address, ev.Quantity = r.u16(), r.u16()
+	ev.PDU = clone(r.lp16())
+	ev.Rule = string(r.lp16())
+	ev.Reason = string(r.lp16())
+	ev.Policy = string(r.lp16())
+	ev.Approval = string(r.lp16())
+	ev.Exception = r.u8()
+	ev.Response = clone(r.lp16())
+	ev.Upstream = time.Duration(r.u64())
+	flags := r.u8()
+	ev.Closed = flags&1 != 0
+	if err := r.end(); err != nil {
+		return ev, err
+	}
+	if flags&^1 != 0 {
+		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
+	}
+	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseComplete ||
+		ev.Verdict < audit.Allow || ev.Verdict > audit.Malformed {
+		return ev, fmt.Errorf("%w: phase %d verdict %d", ErrFormat, ev.Phase, ev.Verdict)
+	}
+	return ev, nil
+}
+
+func clone(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}

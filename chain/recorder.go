@@ -1,0 +1,490 @@
+package chain
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+)
+
+// Errors a Recorder returns; callers branch on them with errors.Is.
+var (
+	ErrUnavailable = errors.New("chain unavailable: the block was not acknowledged in time")
+	ErrSpoolFull   = errors.New("chain spool full: NATS has been away too long")
+	ErrFenced      = errors.New("chain fenced: another process appends as this writer")
+	ErrClosed      = errors.New("chain recorder closed")
+	ErrTruncated   = errors.New("chain truncated: the stream is behind this writer's local head")
+)
+
+// Config of a Recorder. Zero fields take the defaults in brackets.
+type Config struct {
+	Writer         string        // writer id: the subject token and the name in the trust file
+	Signer         BlockSigner   // the writer's Tink signer
+	Replicas       int           // stream replicas when the recorder creates it [1]
+	HeadDir        string        // where the writer's head is kept locally; "" keeps none
+	MaxBlockEvents int           // events per block [4096]
+	MaxBlockBytes  int           // encoded events per block [1 MiB]
+	SpoolEvents    int           // events held while NATS is away [1 048 576]
+	DurableTimeout time.Duration // how long a durable Record waits for its block [2s]
+	PublishTimeout time.Duration // one publish attempt [2s]
+}
+
+// BlockSigner signs block hashes: a Tink signer and its primary key id.
+type BlockSigner interface {
+	Sign(data []byte) ([]byte, error)
+	PrimaryKeyID() uint32
+}
+
+// entry is one spooled event; done is non-nil for a durable record.
+type entry struct {
+	data []byte
+	done chan error
+}
+
+// Recorder appends events to the writer's chain with group commit: events
+// that arrive while a block is being acknowledged go into the next block.
+// Record is safe for concurrent use.
+type Recorder struct {
+	cfg Config
+	js  jetstream.JetStream
+	log *zap.Logger
+
+	mu     sync.Mutex
+	spool  []entry
+	closed bool
+	failed error // fatal: fenced or truncated
+	wake   chan struct{}
+
+	available atomic.Bool
+	stop      chan struct{}
+	done      chan struct{}
+
+	// committer state, owned by run
+	synced   bool
+	height   uint64 // next block's height
+	prev     Hash
+	lastSeq  uint64
+	headSave time.Time
+	leaves   []Hash
+
+	stats Stats
+}
+
+// Stats are the recorder's counters, for metrics and benchmarks.
+type Stats struct {
+	Blocks  atomic.Uint64
+	Events  atomic.Uint64
+	Retries atomic.Uint64
+}
+
+// Open starts a recorder for cfg.Writer on nc. It does not need NATS to be
+// reachable: events are spooled until the writer's head is read, and a
+// durable Record fails fast while the chain is unavailable.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Recorder, error) {
+	if err := CheckWriterID(cfg.Writer); err != nil {
+		return nil, err
+	}
+	if cfg.Signer == nil {
+		return nil, errors.New("chain recorder: no signer")
+	}
+	if cfg.MaxBlockEvents <= 0 {
+		cfg.MaxBlockEvents = 4096
+	}
+	if cfg.MaxBlockBytes <= 0 {
+		cfg.MaxBlockBytes = 1 << 20
+	}
+	if cfg.SpoolEvents <= 0 {
+		cfg.SpoolEvents = 1 << 20
+	}
+	if cfg.DurableTimeout <= 0 {
+		cfg.DurableTimeout = 2 * time.Second
+	}
+	if cfg.PublishTimeout <= 0 {
+		cfg.PublishTimeout = 2 * time.Second
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	r := &Recorder{
+		cfg:  cfg,
+		js:   js,
+		log:  log,
+		wake: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	// A first attempt to read the head now, so a fenced or truncated writer
+	// fails at start; if NATS is away the committer keeps trying.
+	sctx, cancel := context.WithTimeout(ctx, cfg.PublishTimeout)
+	err = r.syncHead(sctx)
+	cancel()
+	if errors.Is(err, ErrTruncated) {
+		return nil, err
+	}
+	if err != nil {
+		log.Warn("chain not reachable at start; spooling until it is", zap.Error(err))
+	}
+	go r.run()
+	return r, nil
+}
+
+// Record appends ev to the spool. With durable set it returns only once the
+// block holding ev is acknowledged by JetStream (fsync'd on every replica
+// the stream requires), or ErrUnavailable after DurableTimeout; while the
+// chain is known to be down it fails at once. Without durable it returns
+// at once; the event is never dropped unless the spool is full.
+func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) error {
+	data := AppendEvent(make([]byte, 0, 96+len(ev.PDU)+len(ev.Reason)+len(ev.Response)+len(ev.Policy)), ev)
+	var done chan error
+	if durable {
+		if !r.available.Load() {
+			return ErrUnavailable
+		}
+		done = make(chan error, 1)
+	}
+	r.mu.Lock()
+	switch {
+	case r.failed != nil:
+		r.mu.Unlock()
+		return r.failed
+	case r.closed:
+		r.mu.Unlock()
+		return ErrClosed
+	case len(r.spool) >= r.cfg.SpoolEvents:
+		r.mu.Unlock()
+		return ErrSpoolFull
+	}
+	r.spool = append(r.spool, entry{data: data, done: done})
+	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	if !durable {
+		return nil
+	}
+	t := time.NewTimer(r.cfg.DurableTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return ErrUnavailable
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Available reports whether the last publish succeeded.
+func (r *Recorder) Available() bool { return r.available.Load() }
+
+// Pending returns the number of spooled events not yet acknowledged.
+func (r *Recorder) Pending() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.spool)
+}
+
+// Stats returns the recorder's counters.
+func (r *Recorder) Stats() *Stats { return &r.stats }
+
+// Flush waits until every event recorded before it is acknowledged.
+func (r *Recorder) Flush(ctx context.Context) error {
+	for {
+		r.mu.Lock()
+		n, failed := len(r.spool), r.failed
+		r.mu.Unlock()
+		if failed != nil {
+			return failed
+		}
+		if n == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("flush chain (%d events pending): %w", n, ctx.Err())
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops accepting events, tries for up to timeout to commit what is
+// spooled, and stops. Events still spooled then are reported in the error.
+func (r *Recorder) Close(timeout time.Duration) error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		<-r.done
+		return nil
+	}
+	r.closed = true
+	r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	err := r.Flush(ctx)
+	cancel()
+	close(r.stop)
+	<-r.done
+	r.saveHead(true)
+	return err
+}
+
+// run is the committer: one block in flight at a time.
+func (r *Recorder) run() {
+	defer close(r.done)
+	backoff := 50 * time.Millisecond
+	sleep := func() bool {
+		select {
+		case <-r.stop:
+			return false
+		case <-time.After(backoff):
+			backoff = min(2*backoff, time.Second)
+			return true
+		}
+	}
+	for {
+		if !r.synced {
+			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.PublishTimeout)
+			err := r.syncHead(ctx)
+			cancel()
+			if err != nil {
+				if errors.Is(err, ErrTruncated) {
+					r.fail(err)
+					return
+				}
+				if !sleep() {
+					return
+				}
+				continue
+			}
+		}
+		batch := r.next()
+		if batch == nil {
+			return
+		}
+		events := make([][]byte, len(batch))
+		for i := range batch {
+			events[i] = batch[i].data
+		}
+		msg, hash, err := buildBlock(r.cfg.Writer, r.cfg.Signer.PrimaryKeyID(), r.cfg.Signer, r.height, r.prev, time.Now(), events, r.leaves)
+		if err != nil {
+			r.fail(err)
+			return
+		}
+		for {
+			seq, err := r.publish(msg, hash)
+			if err == nil {
+				r.commit(batch, hash, seq)
+				backoff = 50 * time.Millisecond
+				break
+			}
+			if errors.Is(err, ErrFenced) {
+				r.fail(err)
+				return
+			}
+			r.available.Store(false)
+			r.stats.Retries.Add(1)
+			r.log.Warn("chain publish failed; retrying", zap.Uint64("height", r.height), zap.Error(err))
+			if !sleep() {
+				return
+			}
+		}
+	}
+}
+
+// next waits for spooled events and returns the next block's worth, which
+// stays in the spool until committed. It returns nil when stopped.
+func (r *Recorder) next() []entry {
+	for {
+		r.mu.Lock()
+		n, size := 0, 0
+		for n < len(r.spool) && n < r.cfg.MaxBlockEvents {
+			size += len(r.spool[n].data) + 4
+			if n > 0 && size > r.cfg.MaxBlockBytes {
+				break
+			}
+			n++
+		}
+		batch := r.spool[:n:n]
+		r.mu.Unlock()
+		if n > 0 {
+			return batch
+		}
+		select {
+		case <-r.wake:
+		case <-r.stop:
+			return nil
+		}
+	}
+}
+
+func (r *Recorder) publish(msg []byte, hash Hash) (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.PublishTimeout)
+	defer cancel()
+	id := hash.String()
+	ack, err := r.js.PublishMsg(ctx, &nats.Msg{Subject: Subject(r.cfg.Writer), Data: msg},
+		jetstream.WithMsgID(id), jetstream.WithExpectLastSequencePerSubject(r.lastSeq))
+	if err == nil {
+		return ack.Sequence, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		// Either our earlier attempt landed and its ack was lost, or another
+		// process appended as this writer.
+		last, gerr := r.lastMsg(ctx)
+		if gerr != nil {
+			return 0, gerr
+		}
+		if last != nil && last.Header.Get(jetstream.MsgIDHeader) == id {
+			return last.Sequence, nil
+		}
+		return 0, fmt.Errorf("%w (writer %s, expected last sequence %d)", ErrFenced, r.cfg.Writer, r.lastSeq)
+	}
+	return 0, err
+}
+
+func (r *Recorder) lastMsg(ctx context.Context) (*jetstream.RawStreamMsg, error) {
+	s, err := r.js.Stream(ctx, StreamName)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.GetLastMsgForSubject(ctx, Subject(r.cfg.Writer))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	return m, err
+}
+
+// commit drops the batch from the spool, wakes its durable waiters and
+// advances the head.
+func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
+	r.height++
+	r.prev = hash
+	r.lastSeq = seq
+	r.available.Store(true)
+	r.stats.Blocks.Add(1)
+	r.stats.Events.Add(uint64(len(batch)))
+	for _, e := range batch {
+		if e.done != nil {
+			e.done <- nil
+		}
+	}
+	r.mu.Lock()
+	n := len(batch)
+	clear(r.spool[:n]) // batch aliases these entries: release them to the GC
+	r.spool = r.spool[n:]
+	r.mu.Unlock()
+	r.saveHead(false)
+}
+
+func (r *Recorder) fail(err error) {
+	r.log.Error("chain recorder stopped", zap.String("writer", r.cfg.Writer), zap.Error(err))
+	r.available.Store(false)
+	r.mu.Lock()
+	r.failed = err
+	spool := r.spool
+	r.spool = nil
+	r.mu.Unlock()
+	for _, e := range spool {
+		if e.done != nil {
+			e.done <- err
+		}
+	}
+	if len(spool) > 0 {
+		r.log.Error("chain events not recorded", zap.Int("events", len(spool)))
+	}
+}
+
+// syncHead reads the writer's last block from the stream (creating the
+// stream if needed) and checks it against the locally kept head.
+func (r *Recorder) syncHead(ctx context.Context) error {
+	if _, err := EnsureStream(ctx, r.js, r.cfg.Replicas); err != nil {
+		return err
+	}
+	last, err := r.lastMsg(ctx)
+	if err != nil {
+		return fmt.Errorf("read head of %s: %w", r.cfg.Writer, err)
+	}
+	height, prev, seq := uint64(0), GenesisPrev(r.cfg.Writer), uint64(0)
+	if last != nil {
+		b, err := ParseBlock(last.Data)
+		if err != nil {
+			return fmt.Errorf("head of %s at sequence %d: %w", r.cfg.Writer, last.Sequence, err)
+		}
+		height, prev, seq = b.Height+1, b.Hash, last.Sequence
+	}
+	if local, ok := LoadHead(r.cfg.HeadDir, r.cfg.Writer); ok {
+		if local.Height >= height || (local.Height == height-1 && local.Hash != prev.String()) {
+			return fmt.Errorf("%w: local head is block %d %s, the stream's is block %d", ErrTruncated,
+				local.Height, local.Hash, int64(height)-1)
+		}
+	}
+	r.height, r.prev, r.lastSeq, r.synced = height, prev, seq, true
+	r.available.Store(true)
+	r.log.Info("chain head", zap.String("writer", r.cfg.Writer), zap.Uint64("next_height", height),
+		zap.Uint64("last_seq", seq))
+	return nil
+}
+
+// Head is a writer's last committed block, kept locally so that a verifier
+// can tell a truncated stream from a short chain.
+type Head struct {
+	Writer string `json:"writer"`
+	Height uint64 `json:"height"`
+	Hash   string `json:"hash"`
+	Seq    uint64 `json:"seq"`
+}
+
+func headPath(dir, writer string) string { return filepath.Join(dir, writer+".head.json") }
+
+// LoadHead reads the local head of writer from dir.
+func LoadHead(dir, writer string) (Head, bool) {
+	if dir == "" {
+		return Head{}, false
+	}
+	data, err := os.ReadFile(headPath(dir, writer))
+	if err != nil {
+		return Head{}, false
+	}
+	var h Head
+	if json.Unmarshal(data, &h) != nil || h.Writer != writer {
+		return Head{}, false
+	}
+	if _, err := hex.DecodeString(h.Hash); err != nil || len(h.Hash) != 64 {
+		return Head{}, false
+	}
+	return h, true
+}
+
+// saveHead writes the head atomically, at most every 200 ms unless forced.
+func (r *Recorder) saveHead(force bool) {
+	if r.cfg.HeadDir == "" || r.height == 0 || (!force && time.Since(r.headSave) < 200*time.Millisecond) {
+		return
+	}
+	r.headSave = time.Now()
+	h := Head{Writer: r.cfg.Writer, Height: r.height - 1, Hash: r.prev.String(), Seq: r.lastSeq}
+	data, _ := json.Marshal(h)
+	path := headPath(r.cfg.HeadDir, r.cfg.Writer)
+	tmp := path + ".tmp"
+	if err := os.MkdirAll(r.cfg.HeadDir, 0o700); err == nil {
+		if err = os.WriteFile(tmp, data, 0o600); err == nil {
+			err = os.Rename(tmp, path)
+		}
+		if err != nil {
+			r.log.Warn("cannot keep local chain head", zap.String("path", path), zap.Error(err))
+		}
+	}
+}

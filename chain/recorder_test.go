@@ -1,0 +1,188 @@
+package chain_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/chain/chaintest"
+)
+
+func TestRecordAndVerify(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, wk := newKey(t)
+	heads := t.TempDir()
+	r := openRecorder(t, nc, "gw-1", signer, heads)
+	const n = 2000
+	var wg sync.WaitGroup
+	for i := uint64(1); i <= n; i++ {
+		durable := i%10 == 0
+		if durable {
+			// Durable records from many goroutines at once: group commit.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+					t.Error(err)
+				}
+			}()
+			continue
+		}
+		if err := r.Record(t.Context(), event(i, audit.Deny), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	msgs := readAll(t, nc)
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
+	if h, ok := chain.LoadHead(heads, "gw-1"); ok {
+		trust.Heads = map[string]chain.Head{"gw-1": h}
+	} else {
+		t.Fatal("no local head kept")
+	}
+	evs, err := verify(trust, msgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != n {
+		t.Fatalf("%d events in the chain, want %d", len(evs), n)
+	}
+	seen := map[uint64]bool{}
+	for _, e := range evs {
+		if seen[e.Op] {
+			t.Fatalf("op %d recorded twice", e.Op)
+		}
+		seen[e.Op] = true
+		if want := event(e.Op, e.Verdict); e.Device != want.Device || string(e.PDU) != string(want.PDU) || (e.Op%10 == 0) != (e.Verdict == audit.Allow) {
+			t.Fatalf("event %d decoded as %+v", e.Op, e)
+		}
+	}
+	if len(msgs) >= n/4 {
+		t.Fatalf("%d blocks for %d events: group commit did not batch", len(msgs), n)
+	}
+	// Non-durable events from one goroutine keep their order.
+	last := uint64(0)
+	for _, e := range evs {
+		if e.Op%10 != 0 {
+			if e.Op < last {
+				t.Fatalf("op %d after op %d: order lost", e.Op, last)
+			}
+			last = e.Op
+		}
+	}
+}
+
+func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, wk := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop()
+	// The first durable record after the outage waits for its block, which
+	// cannot be acknowledged; after that the recorder knows and fails fast.
+	if err := r.Record(t.Context(), event(2, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) {
+		t.Fatalf("durable record during outage: %v, want ErrUnavailable", err)
+	}
+	start := time.Now()
+	if err := r.Record(t.Context(), event(3, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) || time.Since(start) > 100*time.Millisecond {
+		t.Fatalf("second durable record during outage: %v after %v, want an immediate ErrUnavailable", err, time.Since(start))
+	}
+	for i := uint64(4); i <= 50; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Deny), false); err != nil {
+			t.Fatalf("read during outage: %v", err)
+		}
+	}
+	srv.Restart()
+	waitFor(t, "the spool to drain", func() bool { return r.Pending() == 0 })
+	if err := r.Record(t.Context(), event(51, audit.Allow), true); err != nil {
+		t.Fatalf("durable record after NATS returned: %v", err)
+	}
+	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, nc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Event 2 was spooled before the refusal and lands too: its completion
+	// (recorded by the proxy) says the write was refused.
+	want := "1 2 "
+	for i := 4; i <= 51; i++ {
+		want += itoa(i) + " "
+	}
+	if got := ops(evs); got != want {
+		t.Fatalf("chain holds ops %s\nwant %s", got, want)
+	}
+}
+
+func itoa(i int) string { return string(appendInt(nil, i)) }
+
+func appendInt(b []byte, i int) []byte {
+	if i >= 10 {
+		b = appendInt(b, i/10)
+	}
+	return append(b, byte('0'+i%10))
+}
+
+func TestRestartedRecorderContinuesTheChain(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	signer, wk := newKey(t)
+	heads := t.TempDir()
+	for round := 0; round < 3; round++ {
+		nc := chaintest.Connect(t, srv.URL())
+		r := openRecorder(t, nc, "gw-1", signer, heads)
+		for i := 0; i < 100; i++ {
+			if err := r.Record(t.Context(), event(uint64(round*100+i), audit.Allow), i == 99); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Kill: the connection goes away with no Close and no flush beyond
+		// the last durable record.
+		nc.Close()
+	}
+	nc := chaintest.Connect(t, srv.URL())
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
+	evs, err := verify(trust, readAll(t, nc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != 300 {
+		t.Fatalf("%d events after three killed recorders, want 300", len(evs))
+	}
+}
+
+func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	signer, wk := newKey(t)
+	a := openRecorder(t, chaintest.Connect(t, srv.URL()), "gw-1", signer, "")
+	b := openRecorder(t, chaintest.Connect(t, srv.URL()), "gw-1", signer, "")
+	// Both read the same (empty) head; the first to append wins.
+	if err := a.Record(t.Context(), event(1, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	err := b.Record(t.Context(), event(2, audit.Allow), true)
+	if !errors.Is(err, chain.ErrFenced) {
+		t.Fatalf("second writer: %v, want ErrFenced", err)
+	}
+	if err := b.Record(t.Context(), event(3, audit.Deny), false); !errors.Is(err, chain.ErrFenced) {
+		t.Fatalf("fenced writer keeps accepting events: %v", err)
+	}
+	if err := a.Record(t.Context(), event(4, audit.Allow), true); err != nil {
+		t.Fatalf("first writer after the fence: %v", err)
+	}
+	nc := chaintest.Connect(t, srv.URL())
+	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, nc))
+	if err != nil || ops(evs) != "1 4 " {
+		t.Fatalf("chain = %q, %v; want ops 1 4", ops(evs), err)
+	}
+}

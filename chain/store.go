@@ -1,0 +1,142 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream and subject names.
+const (
+	StreamName    = "GRIDSEAL_CHAIN"
+	SubjectPrefix = "gridseal.chain."
+)
+
+var writerPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,62}$`)
+
+// CheckWriterID reports whether id can name a writer (a NATS subject token).
+func CheckWriterID(id string) error {
+	if !writerPattern.MatchString(id) {
+		return fmt.Errorf("writer id %q: use 1-63 lower-case letters, digits, '_' or '-'", id)
+	}
+	return nil
+}
+
+// Subject returns the subject a writer appends to.
+func Subject(writer string) string { return SubjectPrefix + writer }
+
+// StreamConfig is the chain stream's configuration: file storage, messages
+// neither deletable nor purgeable, no rollups, direct gets for readers.
+func StreamConfig(replicas int) jetstream.StreamConfig {
+	if replicas <= 0 {
+		replicas = 1
+	}
+	return jetstream.StreamConfig{
+		Name:        StreamName,
+		Description: "gridseal tamper-evident operation record",
+		Subjects:    []string{SubjectPrefix + ">"},
+		Storage:     jetstream.FileStorage,
+		Replicas:    replicas,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		DenyDelete:  true,
+		DenyPurge:   true,
+		AllowRollup: false,
+		AllowDirect: true,
+		Duplicates:  2 * time.Minute,
+		MaxMsgSize:  -1,
+	}
+}
+
+// EnsureStream creates the chain stream, or checks that the existing one
+// still forbids deletes, purges and rollups.
+func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (jetstream.Stream, error) {
+	s, err := js.Stream(ctx, StreamName)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		s, err = js.CreateStream(ctx, StreamConfig(replicas))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chain stream %s: %w", StreamName, err)
+	}
+	cfg := s.CachedInfo().Config
+	if !cfg.DenyDelete || !cfg.DenyPurge || cfg.AllowRollup {
+		return nil, fmt.Errorf("chain stream %s allows deletes, purges or rollups: refusing to record into it", StreamName)
+	}
+	return s, nil
+}
+
+// Msg is one stored block message.
+type Msg struct {
+	Seq     uint64
+	Subject string
+	Data    []byte
+	MsgID   string
+	Stored  time.Time
+}
+
+// Writer returns the writer id named by the message's subject.
+func (m *Msg) Writer() string { return strings.TrimPrefix(m.Subject, SubjectPrefix) }
+
+// Scan calls fn for every message of the stream, in stream order, from
+// sequence from up to the last message stored when Scan started (or, with
+// follow, until ctx ends).
+func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, fn func(*Msg) error) error {
+	s, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		return fmt.Errorf("chain stream %s: %w", StreamName, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("chain stream %s: %w", StreamName, err)
+	}
+	last := info.State.LastSeq
+	if from < 1 {
+		from = 1
+	}
+	if !follow && (info.State.Msgs == 0 || from > last) {
+		return nil
+	}
+	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   from,
+	})
+	if err != nil {
+		return fmt.Errorf("chain consumer: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return fmt.Errorf("chain consumer: %w", err)
+	}
+	defer it.Stop()
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				if follow {
+					return nil
+				}
+				return ctx.Err()
+			}
+			return fmt.Errorf("read chain: %w", err)
+		}
+		md, err := m.Metadata()
+		if err != nil {
+			return fmt.Errorf("read chain: %w", err)
+		}
+		msg := &Msg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(),
+			MsgID: m.Headers().Get(jetstream.MsgIDHeader), Stored: md.Timestamp}
+		if err := fn(msg); err != nil {
+			return err
+		}
+		if !follow && msg.Seq >= last {
+			return nil
+		}
+	}
+}

@@ -1,0 +1,163 @@
+// Package keys reads and writes gridseal's Tink signature keysets: a private
+// keyset (NAME.private.json, mode 0600, never logged) and its public half
+// (NAME.public.json, shareable) that verifiers pin.
+package keys
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/tink-crypto/tink-go/v2/insecurecleartextkeyset"
+	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/signature"
+	"github.com/tink-crypto/tink-go/v2/tink"
+)
+
+// Algorithms a keyset may be created with.
+const (
+	Ed25519   = "ed25519"
+	ECDSAP256 = "ecdsa-p256"
+)
+
+// Signer signs with the primary key of a private keyset.
+type Signer struct {
+	tink.Signer
+	KeyID uint32 // primary key id: the Tink output prefix names it
+}
+
+// PrimaryKeyID returns the id of the key that signs.
+func (s *Signer) PrimaryKeyID() uint32 { return s.KeyID }
+
+// New creates a keyset with one key of the given algorithm.
+func New(alg string) (*keyset.Handle, error) {
+	switch alg {
+	case "", Ed25519:
+		return keyset.NewHandle(signature.ED25519KeyTemplate())
+	case ECDSAP256:
+		return keyset.NewHandle(signature.ECDSAP256KeyTemplate())
+	}
+	return nil, fmt.Errorf("unknown key algorithm %q: want %s or %s", alg, Ed25519, ECDSAP256)
+}
+
+// Paths returns the private and public file names for name in dir.
+func Paths(dir, name string) (private, public string) {
+	return filepath.Join(dir, name+".private.json"), filepath.Join(dir, name+".public.json")
+}
+
+// ErrExists is returned when a keyset would overwrite another.
+var ErrExists = errors.New("keyset already exists")
+
+// WritePair writes h's private keyset (0600) and public keyset (0644) for
+// name in dir. It refuses to overwrite either file.
+func WritePair(dir, name string, h *keyset.Handle) (private, public string, err error) {
+	private, public = Paths(dir, name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("key directory: %w", err)
+	}
+	var priv bytes.Buffer
+	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&priv)); err != nil {
+		return "", "", fmt.Errorf("encode private keyset: %w", err)
+	}
+	pubH, err := h.Public()
+	if err != nil {
+		return "", "", fmt.Errorf("public keyset: %w", err)
+	}
+	var pub bytes.Buffer
+	if err := pubH.WriteWithNoSecrets(keyset.NewJSONWriter(&pub)); err != nil {
+		return "", "", fmt.Errorf("encode public keyset: %w", err)
+	}
+	if err := writeNew(private, priv.Bytes(), 0o600); err != nil {
+		return "", "", err
+	}
+	if err := writeNew(public, pub.Bytes(), 0o644); err != nil {
+		return "", "", err
+	}
+	return private, public, nil
+}
+
+func writeNew(path string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("%s: %w", path, ErrExists)
+	}
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// LoadSigner reads a private keyset. It refuses a file others can read.
+func LoadSigner(path string) (*Signer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("private keyset: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("private keyset %s is readable by others (mode %o); chmod 600 it", path, fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("private keyset: %w", err)
+	}
+	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		return nil, fmt.Errorf("private keyset %s: not a Tink keyset", path)
+	}
+	return SignerFromHandle(h)
+}
+
+// SignerFromHandle returns a signer for a private keyset handle.
+func SignerFromHandle(h *keyset.Handle) (*Signer, error) {
+	s, err := signature.NewSigner(h)
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	return &Signer{Signer: s, KeyID: h.KeysetInfo().GetPrimaryKeyId()}, nil
+}
+
+// Verifier checks signatures against a public keyset.
+type Verifier struct {
+	tink.Verifier
+	KeyIDs map[uint32]bool // ids of the keys in the keyset
+}
+
+// LoadVerifier reads a public keyset.
+func LoadVerifier(path string) (*Verifier, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("public keyset: %w", err)
+	}
+	h, err := keyset.ReadWithNoSecrets(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		return nil, fmt.Errorf("public keyset %s: not a Tink public keyset", path)
+	}
+	return VerifierFromHandle(h)
+}
+
+// VerifierFromHandle returns a verifier for a public keyset handle (or the
+// public half of a private one).
+func VerifierFromHandle(h *keyset.Handle) (*Verifier, error) {
+	if pub, err := h.Public(); err == nil {
+		h = pub
+	}
+	v, err := signature.NewVerifier(h)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: %w", err)
+	}
+	ids := map[uint32]bool{}
+	for _, k := range h.KeysetInfo().GetKeyInfo() {
+		ids[k.GetKeyId()] = true
+	}
+	return &Verifier{Verifier: v, KeyIDs: ids}, nil
+}
