@@ -115,13 +115,14 @@ func (b *Block) ComputeRoot() Hash {
 	return MerkleRoot(leaves)
 }
 
-// signer is what a writer signs blocks with (a Tink signer).
-type signer interface {
-	Sign(data []byte) ([]byte, error)
+// EncodeBlock encodes a block of events after prev, signed by s. It is how
+// the recorder builds blocks, exported for tools and test vectors.
+func EncodeBlock(writer string, s BlockSigner, height uint64, prev Hash, t time.Time, events [][]byte) (msg []byte, hash Hash, err error) {
+	return buildBlock(writer, s.PrimaryKeyID(), s, height, prev, t, events, nil)
 }
 
-// buildBlock encodes a signed block of events after prev.
-func buildBlock(writer string, keyID uint32, s signer, height uint64, prev Hash, t time.Time, events [][]byte, leaves []Hash) (msg []byte, hash Hash, err error) {
+// buildBlock encodes a signed block of events after prev; leaves is scratch space.
+func buildBlock(writer string, keyID uint32, s BlockSigner, height uint64, prev Hash, t time.Time, events [][]byte, leaves []Hash) (msg []byte, hash Hash, err error) {
 	leaves = leaves[:0]
 	size := 0
 	for _, e := range events {

@@ -54,7 +54,7 @@ func event(n uint64, verdict audit.Verdict) *audit.Event {
 		Client: netip.MustParseAddrPort("127.0.0.1:50200"), Listener: "127.0.0.1:5020",
 		Device: "inverter-1", Unit: 1, Function: 6, Class: "write", Address: 40127, Quantity: 1,
 		PDU: pdu, Verdict: verdict, Rule: "power-limit-setpoint", Reason: "power-limit-setpoint",
-		Policy: "7fbde7198b85dc50ef0d112d46d9d889159460634310496d1b19cdf65da7db40",
+		Policy:   "7fbde7198b85dc50ef0d112d46d9d889159460634310496d1b19cdf65da7db40",
 		Response: pdu, Upstream: 800 * time.Microsecond,
 	}
 }
@@ -116,3 +116,5 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		}
 	}
 }
+
+func nopLog() *zap.Logger { return zap.NewNop() }

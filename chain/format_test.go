@@ -1,0 +1,163 @@
+package chain_test
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files in testdata")
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := "testdata/" + name
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./chain -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s changed: the stored format is a contract; bump its version instead\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// TestEventGolden pins the stored encoding of an event (format version 1)
+// and its leaf hash, so another implementation can check itself.
+func TestEventGolden(t *testing.T) {
+	ev := event(42, audit.Allow)
+	ev.Approval = "a1b2"
+	ev.Closed = true
+	enc := chain.AppendEvent(nil, ev)
+	leaf := chain.LeafHash(enc)
+	golden(t, "event-v1.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	back, err := chain.DecodeEvent(enc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(chain.AppendEvent(nil, &back), enc) {
+		t.Fatalf("decode/encode round trip differs:\n%+v", back)
+	}
+	for i := range enc { // every strict prefix is rejected
+		if _, err := chain.DecodeEvent(enc[:i]); err == nil {
+			t.Fatalf("prefix of %d bytes decoded", i)
+		}
+	}
+	if _, err := chain.DecodeEvent(append(enc, 0)); err == nil {
+		t.Fatal("trailing byte accepted")
+	}
+}
+
+// refRoot is RFC 6962's recursive definition of the Merkle tree hash.
+func refRoot(leaves []chain.Hash) chain.Hash {
+	switch len(leaves) {
+	case 0:
+		return sha256.Sum256(nil)
+	case 1:
+		return leaves[0]
+	}
+	k := 1
+	for k*2 < len(leaves) {
+		k *= 2
+	}
+	l, r := refRoot(leaves[:k]), refRoot(leaves[k:])
+	return sha256.Sum256(append(append([]byte{1}, l[:]...), r[:]...))
+}
+
+func TestMerkleRootMatchesRFC6962(t *testing.T) {
+	for n := 0; n <= 70; n++ {
+		leaves := make([]chain.Hash, n)
+		for i := range leaves {
+			leaves[i] = chain.LeafHash([]byte{byte(i)})
+		}
+		want := refRoot(append([]chain.Hash(nil), leaves...))
+		if got := chain.MerkleRoot(leaves); got != want {
+			t.Fatalf("n=%d: root %x, want %x", n, got, want)
+		}
+	}
+	// RFC 6962 / Certificate Transparency test vector: the tree of the
+	// single empty leaf.
+	if got := hex.EncodeToString(func() []byte { h := chain.MerkleRoot([]chain.Hash{chain.LeafHash(nil)}); return h[:] }()); got != "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d" {
+		t.Fatalf("leaf hash of the empty string = %s", got)
+	}
+}
+
+// TestBlockVector pins a block header's encoding and hash, and the genesis
+// hash, for writer "gw-1".
+func TestBlockVector(t *testing.T) {
+	h := chain.Header{Writer: "gw-1", KeyID: 0x01020304, Height: 7, Prev: chain.GenesisPrev("gw-1"),
+		Time: time.Unix(1764072000, 5).UTC(), Count: 2, Root: chain.MerkleRoot([]chain.Hash{chain.LeafHash([]byte("a")), chain.LeafHash([]byte("b"))})}
+	hdr := chain.AppendHeader(nil, &h)
+	var b strings.Builder
+	fmt.Fprintf(&b, "genesis-prev(gw-1) %s\n", chain.GenesisPrev("gw-1"))
+	fmt.Fprintf(&b, "header %x\n", hdr)
+	fmt.Fprintf(&b, "block-hash %x\n", sha256.Sum256(hdr))
+	fmt.Fprintf(&b, "signing-input %x\n", chain.SigningInput(sha256.Sum256(hdr)))
+	golden(t, "block-v1.txt", []byte(b.String()))
+}
+
+func TestBlockRoundTrip(t *testing.T) {
+	signer, wk := newKey(t)
+	events := [][]byte{chain.AppendEvent(nil, event(1, audit.Allow)), chain.AppendEvent(nil, event(2, audit.Deny))}
+	msg, hash, err := chain.EncodeBlock("gw-1", signer, 0, chain.GenesisPrev("gw-1"), time.Now(), events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := chain.ParseBlock(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Hash != hash || b.Count != 2 || b.ComputeRoot() != b.Root || b.KeyID != signer.KeyID {
+		t.Fatalf("block = %+v", b.Header)
+	}
+	if err := wk.Verifier.Verify(b.Signature, chain.SigningInput(hash)); err != nil {
+		t.Fatal(err)
+	}
+	for _, cut := range []int{0, 1, 10, len(msg) - 1} {
+		if _, err := chain.ParseBlock(msg[:cut]); err == nil {
+			t.Fatalf("truncated block (%d bytes) parsed", cut)
+		}
+	}
+}
+
+func FuzzDecodeEvent(f *testing.F) {
+	f.Add(chain.AppendEvent(nil, event(1, audit.Allow)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ev, err := chain.DecodeEvent(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(chain.AppendEvent(nil, &ev), b) {
+			t.Fatalf("accepted a non-canonical encoding: %x", b)
+		}
+	})
+}
+
+func FuzzParseBlock(f *testing.F) {
+	signer, _ := newKey(f)
+	msg, _, err := chain.EncodeBlock("gw-1", signer, 0, chain.GenesisPrev("gw-1"), time.Unix(0, 0),
+		[][]byte{chain.AppendEvent(nil, event(1, audit.Allow))})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(msg)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		blk, err := chain.ParseBlock(b)
+		if err != nil {
+			return
+		}
+		_ = blk.ComputeRoot()
+	})
+}
