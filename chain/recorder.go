@@ -36,7 +36,7 @@ type Config struct {
 	HeadDir        string        // where the writer's head is kept locally; "" keeps none
 	MaxBlockEvents int           // events per block [4096]
 	MaxBlockBytes  int           // encoded events per block [1 MiB]
-	SpoolEvents    int           // events held while NATS is away [1 048 576]
+	SpoolBytes     int           // encoded events held while NATS is away [128 MiB]
 	DurableTimeout time.Duration // how long a durable Record waits for its block [2s]
 	PublishTimeout time.Duration // one publish attempt [2s]
 }
@@ -61,11 +61,12 @@ type Recorder struct {
 	js  jetstream.JetStream
 	log *zap.Logger
 
-	mu     sync.Mutex
-	spool  []entry
-	closed bool
-	failed error // fatal: fenced or truncated
-	wake   chan struct{}
+	mu         sync.Mutex
+	spool      []entry
+	spoolBytes int
+	closed     bool
+	failed     error // fatal: fenced or truncated
+	wake       chan struct{}
 
 	available atomic.Bool
 	stop      chan struct{}
@@ -105,8 +106,8 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	if cfg.MaxBlockBytes <= 0 {
 		cfg.MaxBlockBytes = 1 << 20
 	}
-	if cfg.SpoolEvents <= 0 {
-		cfg.SpoolEvents = 1 << 20
+	if cfg.SpoolBytes <= 0 {
+		cfg.SpoolBytes = 128 << 20
 	}
 	if cfg.DurableTimeout <= 0 {
 		cfg.DurableTimeout = 2 * time.Second
@@ -144,8 +145,10 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 // Record appends ev to the spool. With durable set it returns only once the
 // block holding ev is acknowledged by JetStream (fsync'd on every replica
 // the stream requires), or ErrUnavailable after DurableTimeout; while the
-// chain is known to be down it fails at once. Without durable it returns
-// at once; the event is never dropped unless the spool is full.
+// chain is known to be down, or the spool is full, it fails at once.
+// Without durable it returns as soon as ev is spooled; when the spool is
+// full it waits for room (backpressure, never a dropped event) until ctx
+// ends, and only then returns ErrSpoolFull.
 func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) error {
 	data := AppendEvent(make([]byte, 0, 96+len(ev.PDU)+len(ev.Reason)+len(ev.Response)+len(ev.Policy)), ev)
 	var done chan error
@@ -155,20 +158,32 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 		}
 		done = make(chan error, 1)
 	}
-	r.mu.Lock()
-	switch {
-	case r.failed != nil:
+	for {
+		r.mu.Lock()
+		switch {
+		case r.failed != nil:
+			r.mu.Unlock()
+			return r.failed
+		case r.closed:
+			r.mu.Unlock()
+			return ErrClosed
+		case r.spoolBytes+len(data) > r.cfg.SpoolBytes:
+			r.mu.Unlock()
+			if durable {
+				return ErrSpoolFull
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w: %w", ErrSpoolFull, ctx.Err())
+			case <-time.After(time.Millisecond):
+			}
+			continue
+		}
+		r.spool = append(r.spool, entry{data: data, done: done})
+		r.spoolBytes += len(data)
 		r.mu.Unlock()
-		return r.failed
-	case r.closed:
-		r.mu.Unlock()
-		return ErrClosed
-	case len(r.spool) >= r.cfg.SpoolEvents:
-		r.mu.Unlock()
-		return ErrSpoolFull
+		break
 	}
-	r.spool = append(r.spool, entry{data: data, done: done})
-	r.mu.Unlock()
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -384,6 +399,9 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	}
 	r.mu.Lock()
 	n := len(batch)
+	for _, e := range batch {
+		r.spoolBytes -= len(e.data)
+	}
 	clear(r.spool[:n]) // batch aliases these entries: release them to the GC
 	r.spool = r.spool[n:]
 	r.mu.Unlock()
@@ -396,7 +414,7 @@ func (r *Recorder) fail(err error) {
 	r.mu.Lock()
 	r.failed = err
 	spool := r.spool
-	r.spool = nil
+	r.spool, r.spoolBytes = nil, 0
 	r.mu.Unlock()
 	for _, e := range spool {
 		if e.done != nil {

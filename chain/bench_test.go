@@ -1,0 +1,130 @@
+package chain_test
+
+import (
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/chain/chaintest"
+)
+
+// benchDurable records durable events from many goroutines at once, as many
+// proxied writes would, and reports events/s and the p50/p99 time until a
+// write's record is durable.
+func benchDurable(b *testing.B, nc *nats.Conn, replicas, parallelism int) {
+	signer, _ := newKey(b)
+	r, err := chain.Open(b.Context(), nc, chain.Config{Writer: "bench", Signer: signer, Replicas: replicas,
+		DurableTimeout: 10 * time.Second}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = r.Close(10 * time.Second) }()
+	ev := event(1, audit.Allow)
+	var mu sync.Mutex
+	var lat []time.Duration
+	b.SetParallelism(parallelism)
+	b.ResetTimer()
+	start := time.Now()
+	b.RunParallel(func(pb *testing.PB) {
+		var mine []time.Duration
+		for pb.Next() {
+			t0 := time.Now()
+			if err := r.Record(b.Context(), ev, true); err != nil {
+				b.Error(err)
+				return
+			}
+			mine = append(mine, time.Since(t0))
+		}
+		mu.Lock()
+		lat = append(lat, mine...)
+		mu.Unlock()
+	})
+	el := time.Since(start)
+	b.StopTimer()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		b.ReportMetric(float64(len(lat))/el.Seconds(), "events/s")
+		b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+		b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		b.ReportMetric(float64(r.Stats().Events.Load())/float64(max(1, r.Stats().Blocks.Load())), "events/block")
+	}
+}
+
+func BenchmarkRecordDurableEmbedded(b *testing.B) {
+	srv := chaintest.RunJetStream(b)
+	benchDurable(b, chaintest.Connect(b, srv.URL()), 1, 256)
+}
+
+// BenchmarkRecordDurableAlone is one write at a time: the latency a lone
+// operator's setpoint change pays for its durable record.
+func BenchmarkRecordDurableAlone(b *testing.B) {
+	srv := chaintest.RunJetStream(b)
+	benchDurable(b, chaintest.Connect(b, srv.URL()), 1, 1)
+}
+
+func BenchmarkRecordDurableCluster(b *testing.B) {
+	nodes := chaintest.RunCluster(b, 3)
+	benchDurable(b, chaintest.Connect(b, chaintest.ClusterURLs(nodes)), 3, 256)
+}
+
+// BenchmarkRecordSpooled records non-durable events (reads) from one
+// goroutine and waits until all are acknowledged.
+func BenchmarkRecordSpooled(b *testing.B) {
+	srv := chaintest.RunJetStream(b)
+	signer, _ := newKey(b)
+	r, err := chain.Open(b.Context(), chaintest.Connect(b, srv.URL()), chain.Config{Writer: "bench", Signer: signer}, zap.NewNop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = r.Close(10 * time.Second) }()
+	ev := event(1, audit.Deny)
+	b.ReportAllocs()
+	start := time.Now()
+	for b.Loop() {
+		if err := r.Record(b.Context(), ev, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := r.Flush(b.Context()); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "events/s")
+}
+
+// BenchmarkVerify measures chain verification over an in-memory chain of
+// 100 blocks of 1000 events, signatures and Merkle roots included.
+func BenchmarkVerify(b *testing.B) {
+	signer, wk := newKey(b)
+	var msgs []*chain.Msg
+	prev := chain.GenesisPrev("gw-1")
+	for h := uint64(0); h < 100; h++ {
+		events := make([][]byte, 1000)
+		for i := range events {
+			events[i] = chain.AppendEvent(nil, event(h*1000+uint64(i), audit.Allow))
+		}
+		msg, hash, err := chain.EncodeBlock("gw-1", signer, h, prev, time.Now(), events)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs = append(msgs, &chain.Msg{Seq: h + 1, Subject: chain.Subject("gw-1"), Data: msg})
+		prev = hash
+	}
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
+	b.ResetTimer()
+	start := time.Now()
+	for b.Loop() {
+		v := chain.NewVerifier(trust)
+		for _, m := range msgs {
+			if err := v.Add(m); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N)*100000/time.Since(start).Seconds(), "events/s")
+}
