@@ -131,3 +131,23 @@ func (r *LogRecorder) Record(_ context.Context, ev *Event, _ bool) error {
 	)
 	return nil
 }
+
+// Recorder records events; see the proxy's contract for durable.
+type Recorder interface {
+	Record(ctx context.Context, ev *Event, durable bool) error
+}
+
+// Tee records every event with each recorder in turn and returns the first
+// error. Put the recorder whose durability matters first.
+type Tee []Recorder
+
+// Record implements Recorder.
+func (t Tee) Record(ctx context.Context, ev *Event, durable bool) error {
+	var first error
+	for _, r := range t {
+		if err := r.Record(ctx, ev, durable); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -22,7 +23,18 @@ type fileConfig struct {
 	Limits     proxy.Limits         `yaml:"limits"`
 	Upstream   proxy.UpstreamConfig `yaml:"upstream"`
 	Exceptions proxy.Exceptions     `yaml:"exceptions"`
+	Chain      chainConfig          `yaml:"chain"`
 	Log        logConfig            `yaml:"log"`
+}
+
+// chainConfig says where and as whom the proxy records.
+type chainConfig struct {
+	Writer         string        `yaml:"writer"`          // writer id, unique per proxy instance
+	Key            string        `yaml:"key"`             // the writer's private Tink keyset
+	NATS           string        `yaml:"nats"`            // NATS URL(s); default --nats, else embedded
+	Replicas       int           `yaml:"replicas"`        // stream replicas when creating it
+	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
+	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
 }
 
 type listenerConfig struct {
@@ -58,6 +70,15 @@ func loadConfig(path string) (*fileConfig, error) {
 	}
 	if !filepath.IsAbs(c.Policy) {
 		c.Policy = filepath.Join(filepath.Dir(path), c.Policy)
+	}
+	if c.Chain.Writer == "" {
+		return nil, fmt.Errorf("%s: chain.writer: name this proxy's chain (e.g. gw-1)", path)
+	}
+	if c.Chain.Key == "" {
+		return nil, fmt.Errorf("%s: chain.key: the writer's private keyset (create one with: gridseal keys new %s --dir DIR)", path, c.Chain.Writer)
+	}
+	if !filepath.IsAbs(c.Chain.Key) {
+		c.Chain.Key = filepath.Join(filepath.Dir(path), c.Chain.Key)
 	}
 	if len(c.Listeners) == 0 {
 		return nil, fmt.Errorf("%s: listeners must name at least one listen address", path)

@@ -8,11 +8,15 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"os"
+	"path/filepath"
 	"time"
 
 	mbclient "github.com/simonvetter/modbus"
 	"github.com/spf13/cobra"
 
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/proxy"
 	"github.com/gridseal/gridseal/simulators"
@@ -67,12 +71,27 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := startProxy(ctx, proxy.DefaultConfig(), pol, specs, log)
+			signer, err := g.demoKey(demoWriter)
+			if err != nil {
+				return err
+			}
+			rec, err := g.openRecorder(ctx, chain.Config{Writer: demoWriter, Signer: signer}, log)
+			if err != nil {
+				return err
+			}
+			defer rec.close()
+			st, err := startProxy(ctx, proxy.DefaultConfig(), pol, specs, rec.rec, log)
 			if err != nil {
 				return err
 			}
 			addr := st.addrs[0]
 			printBanner(g.stdout, sim.Addr, addr, pol)
+			fmt.Fprintf(g.stdout, `
+Every operation is recorded in the hash chain (writer %s, embedded NATS JetStream under %s):
+  gridseal chain tail --data-dir %s            # newest operations (add --follow to stream them)
+  gridseal chain tail --data-dir %s --verdict deny
+  gridseal chain verify --data-dir %s          # every hash, Merkle root and signature
+`, demoWriter, g.dataDir, g.dataDir, g.dataDir, g.dataDir)
 			if tour {
 				if err := runTour(ctx, g.stdout, addr); err != nil {
 					_ = st.srv.Close()
@@ -93,6 +112,31 @@ func demoCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed and denied commands at start")
 	return cmd
+}
+
+// demoWriter is the demo proxy's writer id.
+const demoWriter = "demo-gw"
+
+// demoKey loads the demo writer's key from --data-dir, creating it and a
+// trust file pinning its public half on first use.
+func (g *globals) demoKey(writer string) (*keys.Signer, error) {
+	dir := filepath.Join(g.dataDir, "keys")
+	priv, pub := keys.Paths(dir, writer)
+	if _, err := os.Stat(priv); errors.Is(err, os.ErrNotExist) {
+		h, err := keys.New(keys.Ed25519)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := keys.WritePair(dir, writer, h); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := os.Stat(g.defaultTrust()); errors.Is(err, os.ErrNotExist) {
+		if err := chain.WriteTrust(g.defaultTrust(), writer, pub); err != nil {
+			return nil, err
+		}
+	}
+	return keys.LoadSigner(priv)
 }
 
 func printBanner(w io.Writer, sim, addr string, pol *policy.Policy) {

@@ -32,6 +32,8 @@ func main() {
 type globals struct {
 	logLevel  string
 	logFormat string
+	natsURL   string
+	dataDir   string
 	stdout    io.Writer
 	stderr    io.Writer
 }
@@ -51,7 +53,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: console, json, or auto (console on a terminal)")
-	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), versionCmd(g))
+	root.PersistentFlags().StringVar(&g.natsURL, "nats", "", "NATS URL(s) of the chain's JetStream (default: the embedded server under --data-dir)")
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
+	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), versionCmd(g))
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

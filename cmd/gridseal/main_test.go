@@ -3,11 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/gridseal/gridseal/chain"
 )
 
 func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout, stderr string) {
@@ -49,9 +52,11 @@ func TestCommandErrors(t *testing.T) {
 	badYAML := write("bad.yaml", "policy: p.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nlimits:\n  idle_timeout: soon\n")
 	unknownKey := write("typo.yaml", "policy: p.yaml\nlistners: []\n")
 	write("badpolicy.yaml", "id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n    rules:\n      - {name: r, allow: wirte}\n")
-	badPolicyRef := write("cfg.yaml", "policy: badpolicy.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\n")
+	badPolicyRef := write("cfg.yaml", "policy: badpolicy.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
 	write("good.yaml", "id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n")
-	unknownDevice := write("cfg2.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [b]\n")
+	unknownDevice := write("cfg2.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [b]\nchain: {writer: gw-1, key: k.json}\n")
+	noKey := write("cfg3.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1}\n")
+	missingKey := write("cfg4.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: nope.json}\n")
 
 	cases := []struct {
 		name string
@@ -65,6 +70,12 @@ func TestCommandErrors(t *testing.T) {
 		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: field listners not found`},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
+		{"no chain key", []string{"proxy", "--config", noKey}, 1, "chain.key: the writer's private keyset (create one with: gridseal keys new gw-1"},
+		{"missing key file", []string{"proxy", "--config", missingKey}, 1, "private keyset: stat"},
+		{"verify without trust", []string{"chain", "verify", "--data-dir", dir}, 1, "trust file: open"},
+		{"bad export format", []string{"chain", "export", "--format", "xml"}, 2, `--format "xml": want jsonl`},
+		{"bad verdict filter", []string{"chain", "tail", "--verdict", "maybe"}, 2, `--verdict "maybe"`},
+		{"bad key name", []string{"keys", "new", "Bad.Name", "--dir", dir}, 2, "key name"},
 		{"unknown sim device", []string{"sim", "--device", "pump"}, 2, `unknown device "pump"`},
 		{"bad log level", []string{"sim", "--log-level", "loud"}, 1, `--log-level "loud"`},
 		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
@@ -95,8 +106,9 @@ func TestVersion(t *testing.T) {
 func TestDemoTour(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	data := t.TempDir()
 	code, out, stderr := runCLI(t, ctx, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
-		"--duration", "100ms", "--log-format", "json")
+		"--duration", "100ms", "--log-format", "json", "--data-dir", data)
 	if code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
@@ -112,5 +124,67 @@ func TestDemoTour(t *testing.T) {
 	}
 	if !strings.Contains(stderr, `"verdict":"deny"`) || !strings.Contains(stderr, `"verdict":"allow"`) {
 		t.Errorf("operations were not logged:\n%s", stderr)
+	}
+
+	// The demo recorded every operation in the chain: it verifies, and the
+	// analyst's views show the tour's denies.
+	code, out, stderr = runCLI(t, ctx, "chain", "verify", "--data-dir", data)
+	if code != 0 || !strings.Contains(out, "chain OK: 1 writers") {
+		t.Fatalf("chain verify after the demo: exit %d\n%s%s", code, out, stderr)
+	}
+	code, out, stderr = runCLI(t, ctx, "chain", "tail", "--data-dir", data, "--verdict", "deny", "--json", "-n", "100")
+	if code != 0 {
+		t.Fatalf("chain tail: exit %d: %s", code, stderr)
+	}
+	var denies []chain.Record
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var r chain.Record
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatalf("tail --json line %q: %v", line, err)
+		}
+		denies = append(denies, r)
+	}
+	// The tour's denies: disconnect, 150 %, 80 kW, breaker open, unit 9.
+	if len(denies) != 5 || denies[0].Address != 40126 || denies[0].Exception != 2 || denies[3].Device != "breaker-1" {
+		t.Fatalf("denied operations in the chain: %+v", denies)
+	}
+	code, out, _ = runCLI(t, ctx, "chain", "tail", "--data-dir", data, "--device", "inverter-1", "-n", "3")
+	if code != 0 || !strings.Contains(out, "DEVICE") || strings.Count(out, "inverter-1") != 3 {
+		t.Fatalf("chain tail table:\n%s", out)
+	}
+	code, out, _ = runCLI(t, ctx, "chain", "export", "--data-dir", data, "--format", "jsonl")
+	// The tour makes 15 requests; the one allowed write is recorded twice
+	// (durably before forwarding, and with its answer).
+	if lines := strings.Count(out, "\n"); code != 0 || lines != 16 {
+		t.Fatalf("export: exit %d, %d lines, want 16:\n%s", code, lines, out)
+	}
+	if strings.Count(out, `"phase":"request"`) != 1 || !strings.Contains(out, `"values":[30]`) {
+		t.Fatalf("the allowed write is not recorded before forwarding:\n%s", out)
+	}
+}
+
+func TestKeysNew(t *testing.T) {
+	dir := t.TempDir()
+	code, out, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", dir)
+	if code != 0 {
+		t.Fatalf("keys new: exit %d %s", code, stderr)
+	}
+	priv, pub := filepath.Join(dir, "gw-1.private.json"), filepath.Join(dir, "gw-1.public.json")
+	for path, mode := range map[string]os.FileMode{priv: 0o600, pub: 0o644} {
+		fi, err := os.Stat(path)
+		if err != nil || fi.Mode().Perm() != mode {
+			t.Fatalf("%s: %v mode %v, want %v", path, err, fi.Mode().Perm(), mode)
+		}
+	}
+	pubBytes, _ := os.ReadFile(pub)
+	privBytes, _ := os.ReadFile(priv)
+	if strings.Contains(string(pubBytes), "ASYMMETRIC_PRIVATE") || !strings.Contains(string(privBytes), "ASYMMETRIC_PRIVATE") {
+		t.Fatal("public keyset must hold no private key material, and the private one must")
+	}
+	if strings.Contains(out, string(privBytes)) {
+		t.Fatal("keys new printed the private keyset")
+	}
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", dir); code != 1 || !strings.Contains(stderr, "already exists") {
+		t.Fatalf("overwrite: exit %d %s", code, stderr)
 	}
 }

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/proxy"
 )
@@ -41,7 +44,22 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", configPath, err)
 			}
-			st, err := startProxy(cmd.Context(), cfg.proxyConfig(), pol, specs, log)
+			signer, err := keys.LoadSigner(cfg.Chain.Key)
+			if err != nil {
+				return err
+			}
+			if cfg.Chain.NATS != "" {
+				g.natsURL = cfg.Chain.NATS
+			}
+			rec, err := g.openRecorder(cmd.Context(), chain.Config{
+				Writer: cfg.Chain.Writer, Signer: signer, Replicas: cfg.Chain.Replicas,
+				DurableTimeout: cfg.Chain.DurableTimeout, SpoolBytes: cfg.Chain.SpoolBytes,
+			}, log)
+			if err != nil {
+				return err
+			}
+			defer rec.close()
+			st, err := startProxy(cmd.Context(), cfg.proxyConfig(), pol, specs, rec.rec, log)
 			if err != nil {
 				return err
 			}
@@ -62,10 +80,11 @@ type running struct {
 
 // startProxy binds every listener first, so a busy port fails the start
 // before anything is served, then serves them.
-func startProxy(_ context.Context, cfg proxy.Config, pol *policy.Policy, specs []listenerSpec, log *zap.Logger) (*running, error) {
+func startProxy(_ context.Context, cfg proxy.Config, pol *policy.Policy, specs []listenerSpec, rec *chain.Recorder, log *zap.Logger) (*running, error) {
 	engine := policy.NewEngine(pol, log.Named("policy"))
-	rec := audit.NewLogRecorder(log.Named("ops"))
-	srv, err := proxy.New(cfg, devices(pol), engine, rec, log.Named("proxy"))
+	// The chain first: its durable answer decides whether a write moves.
+	tee := audit.Tee{rec, audit.NewLogRecorder(log.Named("ops"))}
+	srv, err := proxy.New(cfg, devices(pol), engine, tee, log.Named("proxy"))
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +109,42 @@ func startProxy(_ context.Context, cfg proxy.Config, pol *policy.Policy, specs [
 	log.Info("gridseal proxy running", zap.String("policy", pol.ID), zap.Int("version", pol.Version),
 		zap.String("digest", pol.Digest), zap.Strings("listen", r.addrs))
 	return r, nil
+}
+
+// recording is an open chain recorder and its NATS connection.
+type recording struct {
+	rec  *chain.Recorder
+	conn *natsConn
+	log  *zap.Logger
+}
+
+// openRecorder connects to NATS (or starts the embedded server) and opens
+// the writer's chain, keeping its head under --data-dir.
+func (g *globals) openRecorder(ctx context.Context, cfg chain.Config, log *zap.Logger) (*recording, error) {
+	conn, err := g.connectNATS(ctx, "recorder "+cfg.Writer)
+	if err != nil {
+		return nil, err
+	}
+	cfg.HeadDir = g.headDir()
+	rec, err := chain.Open(ctx, conn.nc, cfg, log.Named("chain"))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	where := g.natsURL
+	if conn.embedded {
+		where = "embedded under " + g.dataDir
+	}
+	log.Info("recording to the chain", zap.String("writer", cfg.Writer), zap.String("nats", where))
+	return &recording{rec: rec, conn: conn, log: log}, nil
+}
+
+// close commits what is spooled (for up to 5 s) and disconnects.
+func (r *recording) close() {
+	if err := r.rec.Close(5 * time.Second); err != nil {
+		r.log.Error("chain closed with events not recorded", zap.Error(err))
+	}
+	r.conn.Close()
 }
 
 // wait serves until ctx ends or a listener fails, then closes the proxy.

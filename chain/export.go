@@ -1,0 +1,89 @@
+package chain
+
+import (
+	"encoding/hex"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// Record is one event as exported: the event's fields plus where it sits in
+// the chain. It is the lossless JSON form (pdu and response as hex).
+type Record struct {
+	Seq       uint64    `json:"seq"`
+	Writer    string    `json:"writer"`
+	Height    uint64    `json:"height"`
+	Index     int       `json:"index"`
+	Block     string    `json:"block"`
+	Time      time.Time `json:"time"`
+	Op        uint64    `json:"op"`
+	Phase     string    `json:"phase"`
+	Client    string    `json:"client,omitempty"`
+	Listener  string    `json:"listener,omitempty"`
+	Device    string    `json:"device,omitempty"`
+	Unit      byte      `json:"unit"`
+	Function  byte      `json:"fc"`
+	FuncName  string    `json:"function,omitempty"`
+	Class     string    `json:"class,omitempty"`
+	Address   uint16    `json:"address"`
+	Quantity  uint16    `json:"quantity"`
+	Values    []uint16  `json:"values,omitempty"`
+	PDU       string    `json:"pdu,omitempty"`
+	Verdict   string    `json:"verdict"`
+	Rule      string    `json:"rule,omitempty"`
+	Reason    string    `json:"reason,omitempty"`
+	Policy    string    `json:"policy,omitempty"`
+	Approval  string    `json:"approval,omitempty"`
+	Exception byte      `json:"exception,omitempty"`
+	Response  string    `json:"response,omitempty"`
+	Upstream  float64   `json:"upstream_ms,omitempty"`
+	Closed    bool      `json:"closed,omitempty"`
+}
+
+// NewRecord builds the exported form of event i of block b stored at m.
+func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
+	r := Record{
+		Seq: m.Seq, Writer: b.Writer, Height: b.Height, Index: i, Block: b.Hash.String(),
+		Time: ev.Time, Op: ev.Op, Phase: ev.Phase.String(), Listener: ev.Listener,
+		Device: ev.Device, Unit: ev.Unit, Function: ev.Function, Class: ev.Class,
+		Address: ev.Address, Quantity: ev.Quantity, PDU: hex.EncodeToString(ev.PDU),
+		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,
+		Approval: ev.Approval, Exception: ev.Exception, Response: hex.EncodeToString(ev.Response),
+		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed,
+	}
+	if ev.Client.IsValid() {
+		r.Client = ev.Client.String()
+	}
+	if len(ev.PDU) > 0 {
+		r.FuncName = modbus.Function(ev.PDU[0]).String()
+		if req, err := modbus.ParseRequest(ev.PDU); err == nil {
+			r.Values = writtenValues(&req)
+		}
+	}
+	return r
+}
+
+// writtenValues lists the values a write carries (coils as 0/1).
+func writtenValues(req *modbus.Request) []uint16 {
+	_, _, qty, ok := req.WriteRange()
+	if !ok {
+		return nil
+	}
+	out := make([]uint16, 0, qty)
+	for i := 0; i < int(qty); i++ {
+		switch req.Function {
+		case modbus.WriteSingleCoil, modbus.WriteMultipleCoils:
+			v := uint16(0)
+			if req.CoilValue(i) {
+				v = 1
+			}
+			out = append(out, v)
+		case modbus.MaskWriteRegister:
+			return []uint16{req.AndMask, req.OrMask}
+		default:
+			out = append(out, req.RegisterValue(i))
+		}
+	}
+	return out
+}

@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/gridseal/gridseal/chain"
+)
+
+func chainCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "chain", Short: "Verify, follow and export the tamper-evident record"}
+	cmd.AddCommand(chainVerifyCmd(g), chainTailCmd(g), chainExportCmd(g))
+	return cmd
+}
+
+func (g *globals) defaultTrust() string { return filepath.Join(g.dataDir, "trust.yaml") }
+func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads") }
+
+func chainVerifyCmd(g *globals) *cobra.Command {
+	var trustPath, heads string
+	cmd := &cobra.Command{
+		Use:   "verify [--trust FILE] [--heads DIR]",
+		Short: "Check every hash, Merkle root, signature and height of the chain",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if trustPath == "" {
+				trustPath = g.defaultTrust()
+			}
+			if heads == "" {
+				heads = g.headDir()
+			}
+			trust, err := chain.LoadTrust(trustPath, heads)
+			if err != nil {
+				return err
+			}
+			conn, err := g.connectNATS(cmd.Context(), "chain verify")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			js, err := jetstream.New(conn.nc)
+			if err != nil {
+				return err
+			}
+			v := chain.NewVerifier(trust)
+			start, lastProgress := time.Now(), time.Now()
+			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
+				if time.Since(lastProgress) > 2*time.Second {
+					lastProgress = time.Now()
+					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", v.Blocks, v.Events)
+				}
+				return v.Add(m)
+			})
+			if err == nil {
+				err = v.Finish()
+			}
+			var p *chain.Problem
+			if errors.As(err, &p) {
+				return fmt.Errorf("chain verify FAILED at %v", p)
+			}
+			if err != nil {
+				return err
+			}
+			el := time.Since(start)
+			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(v.Writers()), v.Blocks, v.Events)
+			if v.Blocks > 0 {
+				fmt.Fprintf(g.stdout, ", %s … %s", v.First.Format(time.RFC3339), v.Last.Format(time.RFC3339))
+			}
+			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
+			for w, st := range v.Writers() {
+				pinned := "no local head"
+				if h, ok := trust.Heads[w]; ok {
+					pinned = fmt.Sprintf("local head %d present", h.Height)
+				}
+				fmt.Fprintf(g.stdout, "  writer %-16s blocks 0..%d  events %d  last hash %s  (%s)\n", w, st.Height, st.Events, st.Hash.String()[:16], pinned)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file pinning writer public keysets (default DATA-DIR/trust.yaml)")
+	cmd.Flags().StringVar(&heads, "heads", "", "directory of locally kept writer heads (default DATA-DIR/heads)")
+	return cmd
+}
+
+// eventFilter selects exported events.
+type eventFilter struct {
+	device, verdict string
+	since, until    time.Time
+}
+
+func (f *eventFilter) match(r *chain.Record) bool {
+	return (f.device == "" || r.Device == f.device) && (f.verdict == "" || r.Verdict == f.verdict) &&
+		(f.since.IsZero() || !r.Time.Before(f.since)) && (f.until.IsZero() || r.Time.Before(f.until))
+}
+
+// scanRecords reads the chain and calls fn for each event that passes f.
+// It checks each block's structure, not its signature: run chain verify.
+func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record) error) error {
+	conn, err := g.connectNATS(ctx, name)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	js, err := jetstream.New(conn.nc)
+	if err != nil {
+		return err
+	}
+	return chain.Scan(ctx, js, from, follow, func(m *chain.Msg) error {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			return fmt.Errorf("sequence %d: %w", m.Seq, err)
+		}
+		for i, e := range b.Events {
+			ev, err := chain.DecodeEvent(e)
+			if err != nil {
+				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+			}
+			rec := chain.NewRecord(m, b, i, &ev)
+			if f.match(&rec) {
+				if err := fn(&rec); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func chainTailCmd(g *globals) *cobra.Command {
+	var (
+		f       eventFilter
+		follow  bool
+		asJSON  bool
+		lastN   int
+		verdict string
+	)
+	cmd := &cobra.Command{
+		Use:   "tail [--follow] [--device D] [--verdict allow|deny|malformed] [--json]",
+		Short: "Show the newest recorded operations, or follow them live",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			switch verdict {
+			case "", "allow", "deny", "malformed":
+				f.verdict = verdict
+			default:
+				return fmt.Errorf("%w: --verdict %q: want allow, deny or malformed", errUsage, verdict)
+			}
+			var tw *tabwriter.Writer
+			out := func(r *chain.Record) error {
+				if asJSON {
+					return json.NewEncoder(g.stdout).Encode(r)
+				}
+				printRow(tw, r)
+				if follow {
+					return tw.Flush()
+				}
+				return nil
+			}
+			if !asJSON {
+				tw = tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "TIME\tCLIENT\tDEVICE\tUNIT\tFC\tADDR+QTY\tVALUES\tVERDICT\tEXC\tREASON")
+			}
+			if follow {
+				ctx := cmd.Context()
+				err := g.scanRecords(ctx, "chain tail", 1, true, &f, out)
+				if tw != nil {
+					_ = tw.Flush()
+				}
+				return err
+			}
+			// Keep the last N matching events.
+			ring := make([]chain.Record, 0, lastN)
+			err := g.scanRecords(cmd.Context(), "chain tail", 1, false, &f, func(r *chain.Record) error {
+				if len(ring) == lastN {
+					copy(ring, ring[1:])
+					ring = ring[:lastN-1]
+				}
+				ring = append(ring, *r)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for i := range ring {
+				if err := out(&ring[i]); err != nil {
+					return err
+				}
+			}
+			if tw != nil {
+				return tw.Flush()
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new operations as they are recorded")
+	cmd.Flags().StringVar(&f.device, "device", "", "only this device")
+	cmd.Flags().StringVar(&verdict, "verdict", "", "only this verdict: allow, deny or malformed")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON lines instead of a table")
+	cmd.Flags().IntVarP(&lastN, "lines", "n", 20, "how many of the newest operations to show")
+	return cmd
+}
+
+func printRow(w io.Writer, r *chain.Record) {
+	vals := ""
+	if len(r.Values) > 0 {
+		parts := make([]string, len(r.Values))
+		for i, v := range r.Values {
+			parts[i] = fmt.Sprint(v)
+		}
+		vals = strings.Join(parts, ",")
+		if len(vals) > 24 {
+			vals = vals[:21] + "..."
+		}
+	}
+	exc := ""
+	if r.Exception != 0 {
+		exc = fmt.Sprintf("0x%02X", r.Exception)
+	}
+	reason := r.Reason
+	if r.Phase == "request" {
+		reason = "(durable before forwarding) " + reason
+	}
+	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d+%d\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"),
+		r.Client, r.Device, r.Unit, r.Function, r.Address, r.Quantity, vals, r.Verdict, exc, reason)
+}
+
+func chainExportCmd(g *globals) *cobra.Command {
+	var (
+		format       string
+		since, until string
+		f            eventFilter
+	)
+	cmd := &cobra.Command{
+		Use:   "export --format jsonl [--since T] [--until T]",
+		Short: "Write every recorded operation as JSON lines",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "jsonl" {
+				return fmt.Errorf("%w: --format %q: want jsonl", errUsage, format)
+			}
+			var err error
+			if f.since, err = parseTime(since); err != nil {
+				return fmt.Errorf("%w: --since: %v", errUsage, err)
+			}
+			if f.until, err = parseTime(until); err != nil {
+				return fmt.Errorf("%w: --until: %v", errUsage, err)
+			}
+			enc := json.NewEncoder(g.stdout)
+			return g.scanRecords(cmd.Context(), "chain export", 1, false, &f, func(r *chain.Record) error {
+				return enc.Encode(r)
+			})
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "jsonl", "jsonl")
+	cmd.Flags().StringVar(&since, "since", "", "only operations at or after this time (RFC 3339, or a duration ago such as 1h)")
+	cmd.Flags().StringVar(&until, "until", "", "only operations before this time (RFC 3339, or a duration ago)")
+	return cmd
+}
+
+func parseTime(s string) (time.Time, error) {
+	if s == "" {
+		return time.Time{}, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor a duration", s)
+	}
+	return t, nil
+}

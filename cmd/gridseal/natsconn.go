@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gridseal/gridseal/internal/natsembed"
+)
+
+// natsConn is a connection to the chain's NATS, and whatever must be
+// stopped with it (an embedded server this process started).
+type natsConn struct {
+	nc       *nats.Conn
+	embedded bool
+	stop     func()
+}
+
+func (c *natsConn) Close() {
+	c.nc.Close()
+	if c.stop != nil {
+		c.stop()
+	}
+}
+
+// connectNATS connects to --nats URL, or else to the embedded server under
+// --data-dir: the one another gridseal process already runs there, or a new
+// one this process runs (fsync always, loopback only).
+func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, error) {
+	opts := []nats.Option{
+		nats.Name("gridseal " + name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(3 * time.Second),
+	}
+	if g.natsURL != "" {
+		nc, err := nats.Connect(g.natsURL, append(opts, nats.RetryOnFailedConnect(true))...)
+		if err != nil {
+			return nil, fmt.Errorf("connect to NATS %s: %w", g.natsURL, err)
+		}
+		return &natsConn{nc: nc}, nil
+	}
+	dir := filepath.Join(g.dataDir, "nats")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	urlFile := filepath.Join(dir, "client.url")
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = lock.Close()
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lock %s: %w", dir, err)
+		}
+		// Another gridseal process runs the embedded server: use it.
+		url, err := waitURL(ctx, urlFile)
+		if err != nil {
+			return nil, err
+		}
+		nc, err := nats.Connect(url, opts...)
+		if err != nil {
+			return nil, fmt.Errorf("connect to the embedded NATS of %s at %s: %w", g.dataDir, url, err)
+		}
+		return &natsConn{nc: nc}, nil
+	}
+	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true})
+	if err != nil {
+		_ = lock.Close()
+		return nil, err
+	}
+	url := srv.ClientURL()
+	stop := func() {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+		_ = os.Remove(urlFile)
+		_ = lock.Close()
+	}
+	if err := os.WriteFile(urlFile, []byte(url), 0o600); err != nil {
+		stop()
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		stop()
+		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
+	}
+	return &natsConn{nc: nc, embedded: true, stop: stop}, nil
+}
+
+func waitURL(ctx context.Context, path string) (string, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := os.ReadFile(path)
+		if err == nil && len(b) > 0 {
+			return strings.TrimSpace(string(b)), nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("another process holds %s but published no NATS address", filepath.Dir(path))
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
