@@ -157,15 +157,15 @@ func (ss *session) handle(c *call) bool {
 		return true
 	}
 	c.ev.Verdict = audit.Allow
-	if req.Class() == modbus.ClassWrite {
+	if req.Class() == modbus.ClassWrite || s.cfg.DurableReads {
 		// A state-changing request is durable in the record before it moves.
 		c.ev.Phase = audit.PhaseRequest
 		err := s.rec.Record(s.ctx, &c.ev, true)
 		c.ev.Phase = audit.PhaseComplete
 		if err != nil {
-			s.log.Error("write refused: cannot record it", zap.String("device", name),
+			s.log.Error("request refused: cannot record it", zap.String("device", name),
 				zap.String("client", ss.client.String()), zap.Error(err))
-			c.ev.Verdict, c.ev.Reason = audit.Deny, "write refused: the record is unavailable ("+err.Error()+")"
+			c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record is unavailable ("+err.Error()+")"
 			c.done(nil, s.cfg.Exceptions.Unrecorded)
 			return true
 		}

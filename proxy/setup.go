@@ -13,6 +13,10 @@ type Config struct {
 	Limits     Limits
 	Upstream   UpstreamConfig
 	Exceptions Exceptions
+	// DurableReads records reads durably before forwarding them, as writes
+	// always are. Off by default: a read is recorded with its answer, and
+	// the recorder spools it without making the client wait.
+	DurableReads bool
 }
 
 // Limits bound what one client, and all of them, may ask of the proxy.

@@ -35,6 +35,7 @@ type chainConfig struct {
 	Replicas       int           `yaml:"replicas"`        // stream replicas when creating it
 	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
 	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
+	DurableReads   bool          `yaml:"durable_reads"`   // reads too wait for their record
 }
 
 type listenerConfig struct {
@@ -88,7 +89,7 @@ func loadConfig(path string) (*fileConfig, error) {
 
 // proxyConfig returns the proxy's part of the file.
 func (c *fileConfig) proxyConfig() proxy.Config {
-	return proxy.Config{Limits: c.Limits, Upstream: c.Upstream, Exceptions: c.Exceptions}
+	return proxy.Config{Limits: c.Limits, Upstream: c.Upstream, Exceptions: c.Exceptions, DurableReads: c.Chain.DurableReads}
 }
 
 type listenerSpec struct {

@@ -33,6 +33,10 @@ type globals struct {
 	logLevel  string
 	logFormat string
 	natsURL   string
+	natsCreds string
+	natsCA    string
+	natsCert  string
+	natsKey   string
 	dataDir   string
 	stdout    io.Writer
 	stderr    io.Writer
@@ -54,6 +58,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: console, json, or auto (console on a terminal)")
 	root.PersistentFlags().StringVar(&g.natsURL, "nats", "", "NATS URL(s) of the chain's JetStream (default: the embedded server under --data-dir)")
+	root.PersistentFlags().StringVar(&g.natsCreds, "nats-creds", "", "NATS credentials file (JWT and nkey) for --nats")
+	root.PersistentFlags().StringVar(&g.natsCA, "nats-tls-ca", "", "CA bundle to verify the NATS servers of --nats")
+	root.PersistentFlags().StringVar(&g.natsCert, "nats-tls-cert", "", "client certificate for --nats (with --nats-tls-key)")
+	root.PersistentFlags().StringVar(&g.natsKey, "nats-tls-key", "", "client key for --nats-tls-cert")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
 	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), versionCmd(g))
 	err := root.ExecuteContext(ctx)

@@ -4,13 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"log"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	mbclient "github.com/simonvetter/modbus"
+
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/simulators"
+	"github.com/gridseal/gridseal/simulators/simtest"
 )
 
 func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout, stderr string) {
@@ -186,5 +193,103 @@ func TestKeysNew(t *testing.T) {
 	}
 	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", dir); code != 1 || !strings.Contains(stderr, "already exists") {
 		t.Fatalf("overwrite: exit %d %s", code, stderr)
+	}
+}
+
+// TestProxyCommandRecordsToTheChain runs `gridseal proxy --config` as an
+// operator would: a fresh keyset, the example configuration pointed at the
+// simulators, traffic through it, then `chain verify` against a trust file.
+func TestProxyCommandRecordsToTheChain(t *testing.T) {
+	dir, data := t.TempDir(), t.TempDir()
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", filepath.Join(dir, "keys")); code != 0 {
+		t.Fatal(stderr)
+	}
+	simAddr, _ := simtest.Start(t, simulators.Options{})
+	pol, err := os.ReadFile("../../deploy/examples/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol = bytes.ReplaceAll(pol, []byte("127.0.0.1:15020"), []byte(simAddr))
+	cfg, err := os.ReadFile("../../deploy/examples/gridseal.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := freeAddr(t)
+	cfg = bytes.ReplaceAll(cfg, []byte("127.0.0.1:5020"), []byte(listen))
+	for name, body := range map[string][]byte{"policy.yaml": pol, "gridseal.yaml": cfg,
+		"trust.yaml": []byte("writers:\n  - id: gw-1\n    keyset: keys/gw-1.public.json\n")} {
+		if err := os.WriteFile(filepath.Join(dir, name), body, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	var stderr string
+	go func() {
+		var code int
+		code, _, stderr = runCLI(t, ctx, "proxy", "--config", filepath.Join(dir, "gridseal.yaml"), "--data-dir", data, "--log-format", "json")
+		done <- code
+	}()
+	waitForCond(t, "the proxy to listen", func() bool {
+		conn, err := net.Dial("tcp", listen)
+		if err == nil {
+			_ = conn.Close()
+		}
+		return err == nil
+	})
+	c := modbusClient(t, listen, 1)
+	if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
+		t.Fatalf("read through the proxy: %v", err)
+	}
+	if err := c.WriteRegister(simulators.InverterLimitPct, 40); err != nil {
+		t.Fatalf("allowed write: %v", err)
+	}
+	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
+		t.Fatal("forbidden write went through")
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("proxy exit %d: %s", code, stderr)
+	}
+	code, out, errOut := runCLI(t, t.Context(), "chain", "verify", "--data-dir", data, "--trust", filepath.Join(dir, "trust.yaml"))
+	if code != 0 || !strings.Contains(out, "writer gw-1") || !strings.Contains(out, "present)") {
+		t.Fatalf("verify: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
+	t.Helper()
+	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 3 * time.Second,
+		Logger: log.New(io.Discard, "", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetUnitId(unit)
+	return c
+}
+
+// waitForCond polls cond until it holds or 10 s pass.
+func waitForCond(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -41,6 +41,18 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		nats.Timeout(3 * time.Second),
 	}
 	if g.natsURL != "" {
+		if g.natsCreds != "" {
+			opts = append(opts, nats.UserCredentials(g.natsCreds))
+		}
+		if g.natsCA != "" {
+			opts = append(opts, nats.RootCAs(g.natsCA))
+		}
+		if (g.natsCert == "") != (g.natsKey == "") {
+			return nil, fmt.Errorf("%w: --nats-tls-cert and --nats-tls-key go together", errUsage)
+		}
+		if g.natsCert != "" {
+			opts = append(opts, nats.ClientCert(g.natsCert, g.natsKey))
+		}
 		nc, err := nats.Connect(g.natsURL, append(opts, nats.RetryOnFailedConnect(true))...)
 		if err != nil {
 			return nil, fmt.Errorf("connect to NATS %s: %w", g.natsURL, err)
