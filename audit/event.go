@@ -51,12 +51,18 @@ type Phase uint8
 const (
 	PhaseRequest Phase = iota + 1
 	PhaseComplete
+	// PhaseApproval records a step of an m-of-n approval (proposed, signed,
+	// used) as the proxy saw it; Approval names it and Reason says which.
+	PhaseApproval
 )
 
-// String returns request or complete.
+// String returns request, complete or approval.
 func (p Phase) String() string {
-	if p == PhaseRequest {
+	switch p {
+	case PhaseRequest:
 		return "request"
+	case PhaseApproval:
+		return "approval"
 	}
 	return "complete"
 }

@@ -3,7 +3,9 @@ package policy
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -14,16 +16,35 @@ import (
 // concurrent use, and Swap replaces the policy atomically: a request is
 // decided wholly under one policy.
 type Engine struct {
-	cur atomic.Pointer[Policy]
-	log *zap.Logger
+	cur       atomic.Pointer[Policy]
+	log       *zap.Logger
+	approvals approvalSource
+	writer    string
+	now       func() time.Time
+}
+
+// approvalSource finds approvals for an exact command and consumes them.
+type approvalSource interface {
+	Candidates(device string, unit byte, pdu []byte) []*Stored
+	Consume(ctx context.Context, st *Stored, by string, op uint64) error
+}
+
+// UseApprovals lets rules that require a quorum allow writes with approvals
+// from src; writer names this proxy in each consumption. Call it before
+// deciding.
+func (e *Engine) UseApprovals(src approvalSource, writer string) {
+	e.approvals, e.writer = src, writer
 }
 
 // NewEngine returns an Engine enforcing p.
 func NewEngine(p *Policy, log *zap.Logger) *Engine {
-	e := &Engine{log: log}
+	e := &Engine{log: log, now: time.Now}
 	e.cur.Store(p)
 	return e
 }
+
+// SetClock replaces the clock approval windows are judged by (tests).
+func (e *Engine) SetClock(now func() time.Time) { e.now = now }
 
 // Policy returns the policy in force.
 func (e *Engine) Policy() *Policy { return e.cur.Load() }
@@ -36,7 +57,7 @@ func (e *Engine) Swap(p *Policy) {
 }
 
 // Decide returns the verdict for one request. Allowing does not allocate.
-func (e *Engine) Decide(_ context.Context, in *Input) Verdict {
+func (e *Engine) Decide(ctx context.Context, in *Input) Verdict {
 	p := e.cur.Load()
 	d := p.byName[in.Device]
 	if d == nil {
@@ -53,6 +74,9 @@ func (e *Engine) Decide(_ context.Context, in *Input) Verdict {
 			continue
 		}
 		denial, why := r.check(d, in)
+		if denial == 0 && r.Requires != nil {
+			return e.decideApproval(ctx, p, r, in)
+		}
 		if denial == 0 {
 			return Verdict{Decision: Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
 		}
@@ -68,6 +92,59 @@ func (e *Engine) Decide(_ context.Context, in *Input) Verdict {
 	}
 	v.Rule = near.Name
 	v.Reason = fmt.Sprintf("rule %s: %s", near.Name, detail)
+	return v
+}
+
+// decideApproval allows a command that rule r allows only with a quorum:
+// it finds an approval for exactly this command, checks it, and consumes it
+// before answering Allow.
+func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *Input) Verdict {
+	v := Verdict{Decision: Deny, Denial: DenyApproval, Rule: r.Name, Policy: p.Digest}
+	if e.approvals == nil {
+		v.Reason = fmt.Sprintf("rule %s: needs %d of %s, and this proxy has no approval store", r.Name, r.Requires.M, r.Requires.Group)
+		return v
+	}
+	cands := e.approvals.Candidates(in.Device, in.Unit, in.Request.PDU)
+	if len(cands) == 0 {
+		v.Reason = fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command (gridseal propose)", r.Name, r.Requires.M, r.Requires.Group)
+		return v
+	}
+	now := e.now()
+	var best *Evaluation
+	var bestSt *Stored
+	for _, st := range cands {
+		ev := p.Evaluate(st, now)
+		if ev.Rule != r { // judged under another rule: not for this request
+			continue
+		}
+		better := best == nil || (ev.Usable() && !best.Usable()) ||
+			(ev.Usable() == best.Usable() && ev.Enough && !best.Enough) ||
+			(ev.Usable() == best.Usable() && ev.Enough == best.Enough && len(ev.Approvers) > len(best.Approvers))
+		if better {
+			evCopy := ev
+			best, bestSt = &evCopy, st
+		}
+	}
+	if best == nil {
+		v.Reason = fmt.Sprintf("rule %s: no approval for this command under this rule", r.Name)
+		return v
+	}
+	v.Approval = bestSt.ID.String()
+	if !best.Usable() {
+		v.Reason = fmt.Sprintf("rule %s: approval %s…: %s", r.Name, v.Approval[:12], best.Summary())
+		return v
+	}
+	if err := e.approvals.Consume(ctx, bestSt, e.writer, in.Op); err != nil {
+		v.Reason = fmt.Sprintf("rule %s: approval %s…: %v", r.Name, v.Approval[:12], err)
+		return v
+	}
+	v.Decision, v.Denial, v.Approvers, v.BreakGlass = Allow, 0, best.Approvers, best.BreakGlass
+	v.Reason = fmt.Sprintf("%s: approval %s… by %s", r.Name, v.Approval[:12], strings.Join(best.Approvers, ", "))
+	if best.BreakGlass {
+		v.Reason = "BREAK-GLASS " + v.Reason + fmt.Sprintf(" (%d of %d)", len(best.Approvers), r.Requires.M)
+		e.log.Error("break-glass approval used", zap.String("rule", r.Name), zap.String("approval", v.Approval),
+			zap.Strings("approvers", best.Approvers), zap.String("device", in.Device))
+	}
 	return v
 }
 

@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -20,11 +21,16 @@ import (
 // Policy is a parsed, checked policy file. It is immutable once returned by
 // Parse, so one Policy may be shared by any number of goroutines.
 type Policy struct {
-	ID      string
-	Version int
-	Digest  string // hex SHA-256 of the file's bytes, as written
-	Devices []*Device
-	byName  map[string]*Device
+	ID        string
+	Version   int
+	Digest    string // hex SHA-256 of the file's bytes, as written
+	Devices   []*Device
+	Approvers []*Approver
+	byName    map[string]*Device
+	approvers map[string]*Approver
+	keyIndex  map[uint32]approverKey
+	revoked   map[uint32]bool
+	raw       []byte
 }
 
 // Device is one controller behind the proxy.
@@ -46,6 +52,10 @@ type Rule struct {
 	units     []byte       // empty: every unit of the device
 	addresses ranges       // nil: any address (reads and diagnostics only)
 	values    ranges       // nil: any value
+
+	Requires   *Quorum       // non-nil: a write needs an m-of-n approval
+	BreakGlass *Quorum       // fewer signatures that still pass, flagged loudly
+	MaxTTL     time.Duration // longest approval window this rule accepts
 }
 
 // Device returns the named device, or nil.
@@ -72,6 +82,7 @@ func Parse(name string, data []byte) (*Policy, error) {
 	}
 	sum := sha256.Sum256(data)
 	p.Digest = hex.EncodeToString(sum[:])
+	p.raw = append([]byte(nil), data...)
 	return p, nil
 }
 
@@ -138,11 +149,22 @@ func parse(data []byte) (*Policy, error) {
 		return nil, errors.New("empty policy")
 	}
 	root := doc.Content[0]
-	f, err := fields(root, "policy", "id", "version", "devices")
+	f, err := fields(root, "policy", "id", "version", "approvers", "revoked_keys", "devices")
 	if err != nil {
 		return nil, err
 	}
-	p := &Policy{byName: map[string]*Device{}}
+	p := &Policy{byName: map[string]*Device{}, approvers: map[string]*Approver{},
+		keyIndex: map[uint32]approverKey{}, revoked: map[uint32]bool{}}
+	if n := f["approvers"]; n != nil {
+		if err := parseApprovers(p, n); err != nil {
+			return nil, err
+		}
+	}
+	if n := f["revoked_keys"]; n != nil {
+		if err := parseRevoked(p, n); err != nil {
+			return nil, err
+		}
+	}
 	if n := f["id"]; n != nil {
 		if p.ID, err = scalar(n, "id"); err != nil {
 			return nil, err
@@ -170,6 +192,9 @@ func parse(data []byte) (*Policy, error) {
 		}
 		p.byName[d.Name] = d
 		p.Devices = append(p.Devices, d)
+	}
+	if err := checkQuorums(p); err != nil {
+		return nil, err
 	}
 	return p, nil
 }
@@ -259,7 +284,8 @@ var defaultFunctions = map[modbus.Class][]modbus.Function{
 }
 
 func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
-	f, err := fields(n, "rule", "name", "allow", "functions", "table", "units", "addresses", "values")
+	f, err := fields(n, "rule", "name", "allow", "functions", "table", "units", "addresses", "values",
+		"requires", "break_glass", "max_ttl")
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +361,35 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		if r.values, err = parseRanges(vn, -32768, 65535, map[string]int32{"on": 1, "off": 0, "true": 1, "false": 0}); err != nil {
 			return nil, err
 		}
+	}
+	if qn := f["requires"]; qn != nil {
+		if r.Class != modbus.ClassWrite {
+			return nil, lineErr(qn, "%s: requires applies to write rules only", where)
+		}
+		q, err := parseQuorum(qn, where+" requires")
+		if err != nil {
+			return nil, err
+		}
+		r.Requires = &q
+	}
+	if bn := f["break_glass"]; bn != nil {
+		if r.Requires == nil {
+			return nil, lineErr(bn, "%s: break_glass needs requires", where)
+		}
+		q, err := parseQuorum(bn, where+" break_glass")
+		if err != nil {
+			return nil, err
+		}
+		q.Group = r.Requires.Group
+		r.BreakGlass = &q
+	}
+	r.MaxTTL = defaultMaxTTL
+	if tn := f["max_ttl"]; tn != nil {
+		d, err := time.ParseDuration(tn.Value)
+		if err != nil || d <= 0 || d > 24*time.Hour {
+			return nil, lineErr(tn, "%s: max_ttl must be a duration up to 24h, such as 30m", where)
+		}
+		r.MaxTTL = d
 	}
 	return r, nil
 }

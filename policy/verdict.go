@@ -33,6 +33,7 @@ const (
 	DenyAddress                    // a rule allows the function, not this range or unit
 	DenyValue                      // a rule allows the range, not these values
 	DenyDevice                     // the device is not in the policy
+	DenyApproval                   // a rule allows the command only with an m-of-n approval, and none holds
 )
 
 // String names the denial kind.
@@ -46,6 +47,8 @@ func (d Denial) String() string {
 		return "value"
 	case DenyDevice:
 		return "device"
+	case DenyApproval:
+		return "approval"
 	}
 	return "none"
 }
@@ -53,6 +56,7 @@ func (d Denial) String() string {
 // Input is one request to decide. The proxy keeps it in its per-request
 // state and passes a pointer, so deciding does not allocate.
 type Input struct {
+	Op      uint64 // the proxy's operation id, recorded with a consumed approval
 	Device  string
 	Unit    byte
 	Client  netip.AddrPort
@@ -66,6 +70,10 @@ type Verdict struct {
 	Rule     string // the rule that allowed (or nearly allowed) the request
 	Reason   string // human-readable; names the rule or what is missing
 	Policy   string // hex SHA-256 of the policy file that decided
+	// Approval is the id of the approval consumed to allow the request.
+	Approval   string
+	Approvers  []string // who signed it
+	BreakGlass bool     // allowed by the rule's break-glass quorum: flag loudly
 }
 
 // Allowed reports whether the verdict allows the request. Anything but an

@@ -148,9 +148,9 @@ func (ss *session) handle(c *call) bool {
 		c.done(nil, s.cfg.Exceptions.Unrouted)
 		return true
 	}
-	c.in.Device, c.ev.Device = name, name
+	c.in.Device, c.ev.Device, c.in.Op = name, name, c.ev.Op
 	v := s.dec.Decide(s.ctx, &c.in)
-	c.ev.Rule, c.ev.Reason, c.ev.Policy = v.Rule, v.Reason, v.Policy
+	c.ev.Rule, c.ev.Reason, c.ev.Policy, c.ev.Approval = v.Rule, v.Reason, v.Policy, v.Approval
 	if !v.Allowed() {
 		c.ev.Verdict = audit.Deny
 		c.done(nil, s.exceptionFor(v.Denial))
@@ -182,6 +182,8 @@ func (s *Server) exceptionFor(d policy.Denial) modbus.ExceptionCode {
 		return s.cfg.Exceptions.Value
 	case policy.DenyDevice:
 		return s.cfg.Exceptions.Unrouted
+	case policy.DenyApproval:
+		return s.cfg.Exceptions.Approval
 	}
 	return s.cfg.Exceptions.Function
 }

@@ -45,6 +45,7 @@ type Exceptions struct {
 	Function   modbus.ExceptionCode `yaml:"function"`      // policy forbids the function
 	Address    modbus.ExceptionCode `yaml:"address"`       // policy forbids the range or unit
 	Value      modbus.ExceptionCode `yaml:"value"`         // policy forbids the values
+	Approval   modbus.ExceptionCode `yaml:"approval"`      // the command needs an m-of-n approval that is not there
 	Unrouted   modbus.ExceptionCode `yaml:"unrouted"`      // no device for this unit id
 	RateLimit  modbus.ExceptionCode `yaml:"rate_limit"`    // client over its request rate
 	Unrecorded modbus.ExceptionCode `yaml:"unrecorded"`    // a write could not be recorded: fail closed
@@ -75,6 +76,7 @@ func DefaultConfig() Config {
 			Function:   modbus.IllegalFunction,
 			Address:    modbus.IllegalDataAddress,
 			Value:      modbus.IllegalDataValue,
+			Approval:   modbus.IllegalFunction,
 			Unrouted:   modbus.GatewayPathUnavailable,
 			RateLimit:  modbus.ServerDeviceBusy,
 			Unrecorded: modbus.ServerDeviceBusy,
@@ -122,12 +124,13 @@ func (c Config) withDefaults() (Config, error) {
 	setEx(&e.Function, de.Function)
 	setEx(&e.Address, de.Address)
 	setEx(&e.Value, de.Value)
+	setEx(&e.Approval, de.Approval)
 	setEx(&e.Unrouted, de.Unrouted)
 	setEx(&e.RateLimit, de.RateLimit)
 	setEx(&e.Unrecorded, de.Unrecorded)
 	setEx(&e.Busy, de.Busy)
 	for name, code := range map[string]modbus.ExceptionCode{
-		"function": e.Function, "address": e.Address, "value": e.Value, "unrouted": e.Unrouted,
+		"function": e.Function, "address": e.Address, "value": e.Value, "approval": e.Approval, "unrouted": e.Unrouted,
 		"rate_limit": e.RateLimit, "unrecorded": e.Unrecorded, "upstream_busy": e.Busy,
 	} {
 		if !code.Valid() {

@@ -1,0 +1,87 @@
+package policy_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gridseal/gridseal/policy"
+)
+
+func writeRoot(t *testing.T, dir string, threshold int, admins ...*person) string {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "threshold: %d\nadmins:\n", threshold)
+	for _, a := range admins {
+		fmt.Fprintf(&b, "  - name: %s\n    keyset: |\n", a.name)
+		for _, line := range strings.Split(strings.TrimSpace(a.publicJSON(t)), "\n") {
+			b.WriteString("      " + line + "\n")
+		}
+	}
+	path := filepath.Join(dir, "policy-root.yaml")
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestSignedPolicyBundle(t *testing.T) {
+	dir := t.TempDir()
+	a1, a2, a3 := newPerson(t, "admin-1"), newPerson(t, "admin-2"), newPerson(t, "admin-3")
+	a1second := a1.secondKey(t)
+	root, err := policy.LoadRoot(writeRoot(t, dir, 2, a1, a2, a3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "policy.yaml")
+	body, err := os.ReadFile("../deploy/examples/policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, body, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	load := func() error { _, _, err := policy.LoadSigned(path, root); return err }
+	if err := load(); !errors.Is(err, policy.ErrUnsigned) || !strings.Contains(err.Error(), "no signatures") {
+		t.Fatalf("unsigned: %v", err)
+	}
+	if err := policy.SignPolicy(path, a1.signer); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(); !errors.Is(err, policy.ErrUnsigned) || !strings.Contains(err.Error(), "1 of 2") {
+		t.Fatalf("one admin: %v", err)
+	}
+	if err := policy.SignPolicy(path, a1second); err != nil { // same admin, another key
+		t.Fatal(err)
+	}
+	if err := load(); !errors.Is(err, policy.ErrUnsigned) {
+		t.Fatalf("one admin with two keys counted twice: %v", err)
+	}
+	outsider := newPerson(t, "outsider")
+	if err := policy.SignPolicy(path, outsider.signer); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(); !errors.Is(err, policy.ErrUnsigned) {
+		t.Fatalf("a key outside the root counted: %v", err)
+	}
+	if err := policy.SignPolicy(path, a2.signer); err != nil {
+		t.Fatal(err)
+	}
+	p, names, err := policy.LoadSigned(path, root)
+	if err != nil || p.ID != "demo-plant" || strings.Join(names, ",") != "admin-1,admin-2" {
+		t.Fatalf("two admins: %v %v", names, err)
+	}
+	// Any change to the signed bytes voids every signature.
+	if err := os.WriteFile(path, append(body, []byte("# edited\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := load(); !errors.Is(err, policy.ErrUnsigned) || !strings.Contains(err.Error(), "0 of 2") {
+		t.Fatalf("edited after signing: %v", err)
+	}
+	if _, err := policy.LoadRoot(writeRoot(t, t.TempDir(), 3, a1, a2)); err == nil {
+		t.Fatal("a threshold above the number of admins was accepted")
+	}
+}

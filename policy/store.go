@@ -1,0 +1,391 @@
+package policy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// ApprovalsBucket is the JetStream key-value bucket holding proposals,
+// their signatures and their consumption, and the policy in force.
+const ApprovalsBucket = "GRIDSEAL_APPROVALS"
+
+// Errors of the approval store.
+var (
+	ErrNotFound = errors.New("no such approval")
+	ErrConsumed = errors.New("approval already used")
+	ErrReplay   = ErrConsumed
+)
+
+// Signature is one approver's signature as stored.
+type Signature struct {
+	Sig []byte    `json:"sig"`
+	At  time.Time `json:"at"`
+}
+
+// Consumption records the one use of an approval.
+type Consumption struct {
+	At time.Time `json:"at"`
+	By string    `json:"by"` // the proxy (writer id) that forwarded the command
+	Op uint64    `json:"op,omitempty"`
+}
+
+// Entry is the stored state of one proposal. Proposal holds the exact
+// signing bytes, never a re-encoding.
+type Entry struct {
+	Proposal    []byte       `json:"proposal"`
+	ProposerSig []byte       `json:"proposer_sig"`
+	Signatures  []Signature  `json:"signatures"`
+	Consumed    *Consumption `json:"consumed,omitempty"`
+}
+
+// Stored is an entry with its decoded proposal and KV revision.
+type Stored struct {
+	ID       ID
+	Revision uint64
+	Entry    Entry
+	Proposal *Proposal
+}
+
+// PolicyInForce is what a proxy publishes so that CLI tools propose under
+// the right policy.
+type PolicyInForce struct {
+	ID      string    `json:"id"`
+	Version int       `json:"version"`
+	Digest  string    `json:"digest"`
+	YAML    []byte    `json:"yaml"`
+	Since   time.Time `json:"since"`
+}
+
+// Store keeps approvals in the JetStream key-value bucket. After Watch, it
+// also keeps an in-memory index by exact command, so deciding a write does
+// not wait for NATS until the approval is consumed.
+type Store struct {
+	kv  jetstream.KeyValue
+	log *zap.Logger
+
+	mu      sync.RWMutex
+	byID    map[ID]*Stored
+	byMatch map[string][]*Stored
+	// OnChange, if set before Watch, sees every change: before is nil for a
+	// new proposal.
+	OnChange func(before, after *Stored)
+}
+
+func key(id ID) string { return "p." + id.String() }
+
+// OpenStore opens (creating if needed) the approvals bucket.
+func OpenStore(ctx context.Context, js jetstream.JetStream, replicas int, log *zap.Logger) (*Store, error) {
+	if replicas <= 0 {
+		replicas = 1
+	}
+	kv, err := js.KeyValue(ctx, ApprovalsBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: ApprovalsBucket, Description: "gridseal m-of-n approvals",
+			History: 16, Storage: jetstream.FileStorage, Replicas: replicas,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			kv, err = js.KeyValue(ctx, ApprovalsBucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("approvals bucket: %w", err)
+	}
+	return &Store{kv: kv, log: log, byID: map[ID]*Stored{}, byMatch: map[string][]*Stored{}}, nil
+}
+
+// Propose stores a new proposal with the proposer's signature.
+func (s *Store) Propose(ctx context.Context, p *Proposal, proposerSig []byte) (ID, error) {
+	id := p.ID()
+	e := Entry{Proposal: p.SigningBytes(), ProposerSig: proposerSig}
+	data, err := json.Marshal(e)
+	if err != nil {
+		return id, err
+	}
+	if _, err := s.kv.Create(ctx, key(id), data); err != nil {
+		return id, fmt.Errorf("store proposal: %w", err)
+	}
+	return id, nil
+}
+
+// Get reads one approval from the bucket.
+func (s *Store) Get(ctx context.Context, id ID) (*Stored, error) {
+	kve, err := s.kv.Get(ctx, key(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read approval: %w", err)
+	}
+	return decodeStored(id, kve.Value(), kve.Revision())
+}
+
+func decodeStored(id ID, value []byte, rev uint64) (*Stored, error) {
+	var e Entry
+	if err := json.Unmarshal(value, &e); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrProposal, id, err)
+	}
+	p, err := DecodeProposal(e.Proposal)
+	if err != nil {
+		return nil, err
+	}
+	if p.ID() != id {
+		return nil, fmt.Errorf("%w: stored under %s but its id is %s", ErrProposal, id, p.ID())
+	}
+	return &Stored{ID: id, Revision: rev, Entry: e, Proposal: p}, nil
+}
+
+// update applies fn to the stored entry with compare-and-set on its
+// revision, retrying when another writer changed it meanwhile.
+func (s *Store) update(ctx context.Context, id ID, fn func(*Stored) error) (*Stored, error) {
+	for attempt := 0; attempt < 16; attempt++ {
+		st, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(st); err != nil {
+			return nil, err
+		}
+		data, err := json.Marshal(st.Entry)
+		if err != nil {
+			return nil, err
+		}
+		rev, err := s.kv.Update(ctx, key(id), data, st.Revision)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("update approval %s: %w", id, err)
+		}
+		st.Revision = rev
+		return st, nil
+	}
+	return nil, fmt.Errorf("update approval %s: too many concurrent changes", id)
+}
+
+// AddSignature appends sig to the approval, unless it is consumed or the
+// same signature is already there.
+func (s *Store) AddSignature(ctx context.Context, id ID, sig []byte) (*Stored, error) {
+	return s.update(ctx, id, func(st *Stored) error {
+		if st.Entry.Consumed != nil {
+			return ErrConsumed
+		}
+		for _, x := range st.Entry.Signatures {
+			if string(x.Sig) == string(sig) {
+				return errors.New("this signature is already on the approval")
+			}
+		}
+		st.Entry.Signatures = append(st.Entry.Signatures, Signature{Sig: sig, At: time.Now().UTC()})
+		return nil
+	})
+}
+
+// Consume marks st used, with compare-and-set on the revision the decision
+// was made on: of two proxies racing for one approval, exactly one wins.
+// If a signature was added meanwhile the use still counts once.
+func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) error {
+	c := st.Entry
+	c.Consumed = &Consumption{At: time.Now().UTC(), By: by, Op: op}
+	data, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	rev := st.Revision
+	for attempt := 0; attempt < 16; attempt++ {
+		_, err = s.kv.Update(ctx, key(st.ID), data, rev)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("consume approval %s: %w", st.ID, err)
+		}
+		cur, gerr := s.Get(ctx, st.ID)
+		if gerr != nil {
+			return gerr
+		}
+		if cur.Entry.Consumed != nil {
+			return ErrConsumed
+		}
+		// Only signatures were added: consume the current revision, keeping them.
+		c = cur.Entry
+		c.Consumed = &Consumption{At: time.Now().UTC(), By: by, Op: op}
+		if data, err = json.Marshal(c); err != nil {
+			return err
+		}
+		rev = cur.Revision
+	}
+	return fmt.Errorf("consume approval %s: too many concurrent changes", st.ID)
+}
+
+// List returns every approval in the bucket, newest window first.
+func (s *Store) List(ctx context.Context) ([]*Stored, error) {
+	keys, err := s.kv.ListKeysFiltered(ctx, "p.*")
+	if err != nil {
+		return nil, fmt.Errorf("list approvals: %w", err)
+	}
+	var out []*Stored
+	for k := range keys.Keys() {
+		id, err := ParseID(strings.TrimPrefix(k, "p."))
+		if err != nil {
+			continue
+		}
+		st, err := s.Get(ctx, id)
+		if err != nil {
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Proposal.NotBefore.After(out[j].Proposal.NotBefore) })
+	return out, nil
+}
+
+// PublishPolicy stores the policy in force for CLI tools.
+func (s *Store) PublishPolicy(ctx context.Context, p *Policy) error {
+	data, err := json.Marshal(PolicyInForce{ID: p.ID, Version: p.Version, Digest: p.Digest, YAML: p.raw, Since: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	_, err = s.kv.Put(ctx, "policy.current", data)
+	return err
+}
+
+// PolicyInForce reads the policy the proxies publish, and parses it.
+func (s *Store) PolicyInForce(ctx context.Context) (*Policy, error) {
+	kve, err := s.kv.Get(ctx, "policy.current")
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, errors.New("no proxy has published its policy yet: start gridseal proxy (or demo) first")
+	}
+	if err != nil {
+		return nil, err
+	}
+	var pf PolicyInForce
+	if err := json.Unmarshal(kve.Value(), &pf); err != nil {
+		return nil, fmt.Errorf("policy in force: %w", err)
+	}
+	return Parse("policy "+pf.ID+" (in force)", pf.YAML)
+}
+
+// Watch keeps the in-memory index up to date until ctx ends. It returns
+// once the index holds every approval stored when it was called.
+func (s *Store) Watch(ctx context.Context) error {
+	w, err := s.kv.Watch(ctx, "p.*")
+	if err != nil {
+		return fmt.Errorf("watch approvals: %w", err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		defer func() { _ = w.Stop() }()
+		initial := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case kve, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if kve == nil { // end of the initial values
+					if initial {
+						initial = false
+						close(ready)
+					}
+					continue
+				}
+				s.apply(kve, !initial)
+			}
+		}
+	}()
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *Store) apply(kve jetstream.KeyValueEntry, live bool) {
+	id, err := ParseID(strings.TrimPrefix(kve.Key(), "p."))
+	if err != nil {
+		return
+	}
+	if kve.Operation() != jetstream.KeyValuePut {
+		s.mu.Lock()
+		s.removeLocked(id)
+		s.mu.Unlock()
+		return
+	}
+	st, err := decodeStored(id, kve.Value(), kve.Revision())
+	if err != nil {
+		s.log.Warn("ignoring an invalid approval entry", zap.String("key", kve.Key()), zap.Error(err))
+		return
+	}
+	s.mu.Lock()
+	before := s.byID[id]
+	s.removeLocked(id)
+	s.byID[id] = st
+	m := MatchKey(st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU)
+	s.byMatch[m] = append(s.byMatch[m], st)
+	s.mu.Unlock()
+	if live && s.OnChange != nil {
+		s.OnChange(before, st)
+	}
+}
+
+func (s *Store) removeLocked(id ID) {
+	old := s.byID[id]
+	if old == nil {
+		return
+	}
+	delete(s.byID, id)
+	m := MatchKey(old.Proposal.Device, old.Proposal.Unit, old.Proposal.PDU)
+	list := s.byMatch[m]
+	for i, x := range list {
+		if x.ID == id {
+			s.byMatch[m] = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(s.byMatch[m]) == 0 {
+		delete(s.byMatch, m)
+	}
+}
+
+// Candidates returns the approvals for exactly this command.
+func (s *Store) Candidates(device string, unit byte, pdu []byte) []*Stored {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	list := s.byMatch[MatchKey(device, unit, pdu)]
+	out := make([]*Stored, 0, len(list))
+	for _, st := range list {
+		if st.Proposal.Device == device && st.Proposal.Unit == unit && string(st.Proposal.PDU) == string(pdu) {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
+// Pending returns the approvals in the index that are not consumed.
+func (s *Store) Pending() []*Stored {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []*Stored
+	for _, st := range s.byID {
+		if st.Entry.Consumed == nil {
+			out = append(out, st)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Proposal.NotBefore.After(out[j].Proposal.NotBefore) })
+	return out
+}
