@@ -18,13 +18,16 @@ import (
 
 // fileConfig is the proxy's configuration file.
 type fileConfig struct {
-	Policy     string               `yaml:"policy"`
-	Listeners  []listenerConfig     `yaml:"listeners"`
-	Limits     proxy.Limits         `yaml:"limits"`
-	Upstream   proxy.UpstreamConfig `yaml:"upstream"`
-	Exceptions proxy.Exceptions     `yaml:"exceptions"`
-	Chain      chainConfig          `yaml:"chain"`
-	Log        logConfig            `yaml:"log"`
+	Policy     string `yaml:"policy"`
+	PolicyRoot string `yaml:"policy_root"` // admins' root file; the policy must carry their m-of-n signatures
+	// InsecureUnsignedPolicy runs a policy no admin signed. Tests and labs only.
+	InsecureUnsignedPolicy bool                 `yaml:"insecure_unsigned_policy"`
+	Listeners              []listenerConfig     `yaml:"listeners"`
+	Limits                 proxy.Limits         `yaml:"limits"`
+	Upstream               proxy.UpstreamConfig `yaml:"upstream"`
+	Exceptions             proxy.Exceptions     `yaml:"exceptions"`
+	Chain                  chainConfig          `yaml:"chain"`
+	Log                    logConfig            `yaml:"log"`
 }
 
 // chainConfig says where and as whom the proxy records.
@@ -71,6 +74,9 @@ func loadConfig(path string) (*fileConfig, error) {
 	}
 	if !filepath.IsAbs(c.Policy) {
 		c.Policy = filepath.Join(filepath.Dir(path), c.Policy)
+	}
+	if c.PolicyRoot != "" && !filepath.IsAbs(c.PolicyRoot) {
+		c.PolicyRoot = filepath.Join(filepath.Dir(path), c.PolicyRoot)
 	}
 	if c.Chain.Writer == "" {
 		return nil, fmt.Errorf("%s: chain.writer: name this proxy's chain (e.g. gw-1)", path)

@@ -23,7 +23,7 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -44,7 +44,7 @@ type globals struct {
 
 // run executes one command line and returns the process exit code. Errors
 // are one line on stderr.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	g := &globals{stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "gridseal",
@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetArgs(args)
@@ -63,7 +64,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.PersistentFlags().StringVar(&g.natsCert, "nats-tls-cert", "", "client certificate for --nats (with --nats-tls-key)")
 	root.PersistentFlags().StringVar(&g.natsKey, "nats-tls-key", "", "client key for --nats-tls-cert")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
-	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), versionCmd(g))
+	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), proposeCmd(g), approveCmd(g),
+		approvalsCmd(g), policyCmd(g), versionCmd(g))
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
@@ -90,6 +92,8 @@ func versionCmd(g *globals) *cobra.Command {
 		},
 	}
 }
+
+func nopLogger() *zap.Logger { return zap.NewNop() }
 
 // logger builds the process logger: console on a terminal, JSON otherwise.
 func (g *globals) logger(level, format string) (*zap.Logger, error) {

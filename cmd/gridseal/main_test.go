@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -23,18 +24,8 @@ import (
 func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	code = run(ctx, args, &out, &errb)
+	code = run(ctx, args, strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
-}
-
-func TestDemoPolicyIsTheExample(t *testing.T) {
-	ex, err := os.ReadFile("../../deploy/examples/policy.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(ex, demoPolicy) {
-		t.Fatal("cmd/gridseal/demo-policy.yaml differs from deploy/examples/policy.yaml; copy the example over it")
-	}
 }
 
 func TestExampleConfigLoads(t *testing.T) {
@@ -59,11 +50,18 @@ func TestCommandErrors(t *testing.T) {
 	badYAML := write("bad.yaml", "policy: p.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nlimits:\n  idle_timeout: soon\n")
 	unknownKey := write("typo.yaml", "policy: p.yaml\nlistners: []\n")
 	write("badpolicy.yaml", "id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n    rules:\n      - {name: r, allow: wirte}\n")
-	badPolicyRef := write("cfg.yaml", "policy: badpolicy.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
+	badPolicyRef := write("cfg.yaml", "policy: badpolicy.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
 	write("good.yaml", "id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n")
-	unknownDevice := write("cfg2.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [b]\nchain: {writer: gw-1, key: k.json}\n")
+	unknownDevice := write("cfg2.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [b]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
 	noKey := write("cfg3.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1}\n")
-	missingKey := write("cfg4.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: nope.json}\n")
+	missingKey := write("cfg4.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: nope.json}\ninsecure_unsigned_policy: true\n")
+	noRoot := write("cfg5.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "admin-1", "--dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	_, rootYAML, _ := runCLI(t, t.Context(), "policy", "root", "--threshold", "1", filepath.Join(dir, "admin-1.public.json"))
+	write("root.yaml", rootYAML)
+	unsigned := write("cfg6.yaml", "policy: good.yaml\npolicy_root: root.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
 
 	cases := []struct {
 		name string
@@ -77,6 +75,15 @@ func TestCommandErrors(t *testing.T) {
 		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: field listners not found`},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
+		{"policy without root", []string{"proxy", "--config", noRoot}, 1, "policy_root: name the admins' root file"},
+		{"unsigned policy", []string{"proxy", "--config", unsigned}, 1, "policy not signed by enough admins: no signatures"},
+		{"propose without a write", []string{"propose", "--device", "a", "--key", "k"}, 2, "give exactly one of --write-register"},
+		{"propose bad register", []string{"propose", "--device", "a", "--key", "k", "--write-register", "40127"}, 2, `--write-register "40127": want ADDRESS=VALUE`},
+		{"propose bad value", []string{"propose", "--device", "a", "--key", "k", "--write-register", "1=70000"}, 2, `value "70000" is not`},
+		{"propose bad hex", []string{"propose", "--device", "a", "--key", "k", "--pdu", "zz"}, 2, `--pdu: "zz" is not hex`},
+		{"propose malformed pdu", []string{"propose", "--device", "a", "--key", "k", "--pdu", "0600"}, 2, "--pdu 0600"},
+		{"propose bad coil", []string{"propose", "--device", "a", "--key", "k", "--write-coil", "1=maybe"}, 2, "want on or off"},
+		{"approve bad id", []string{"approve", "xyz", "--key", "k"}, 2, "want 64 hex digits"},
 		{"no chain key", []string{"proxy", "--config", noKey}, 1, "chain.key: the writer's private keyset (create one with: gridseal keys new gw-1"},
 		{"missing key file", []string{"proxy", "--config", missingKey}, 1, "private keyset: stat"},
 		{"verify without trust", []string{"chain", "verify", "--data-dir", dir}, 1, "trust file: open"},
@@ -93,9 +100,15 @@ func TestCommandErrors(t *testing.T) {
 			if code != tc.code {
 				t.Fatalf("exit %d, want %d (stderr %q)", code, tc.code, stderr)
 			}
-			lines := strings.Split(strings.TrimSpace(stderr), "\n")
-			if len(lines) != 1 || !strings.HasPrefix(lines[0], "gridseal: ") || !strings.Contains(lines[0], tc.want) {
-				t.Fatalf("stderr = %q; want one line containing %q", stderr, tc.want)
+			// One error line (log lines, JSON, may precede it).
+			var errLines []string
+			for _, l := range strings.Split(strings.TrimSpace(stderr), "\n") {
+				if strings.HasPrefix(l, "gridseal: ") {
+					errLines = append(errLines, l)
+				}
+			}
+			if len(errLines) != 1 || !strings.Contains(errLines[0], tc.want) {
+				t.Fatalf("stderr = %q; want one error line containing %q", stderr, tc.want)
 			}
 		})
 	}
@@ -121,52 +134,82 @@ func TestDemoTour(t *testing.T) {
 	}
 	for _, want := range []string{
 		"write 0 to 40126 to disconnect the inverter: denied by gridseal: illegal data address",
-		"allowed by rule power-limit-setpoint): forwarded",
-		"breaker: open the feeder",
-		"inverter output",
+		"(standing rule power-limit-setpoint): forwarded",
+		"write 30 to 40127: denied by gridseal: illegal function",
+		"write 30 again: denied by gridseal",
+		"carol approves too; write 30 again: forwarded",
+		"the same write once more (replay): denied",
+		"inverter output 30.0 kW",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
 	}
-	if !strings.Contains(stderr, `"verdict":"deny"`) || !strings.Contains(stderr, `"verdict":"allow"`) {
-		t.Errorf("operations were not logged:\n%s", stderr)
-	}
 
-	// The demo recorded every operation in the chain: it verifies, and the
-	// analyst's views show the tour's denies.
+	// The demo recorded every step in the chain: it verifies, and the
+	// analyst's views show the tour's denies and the approval's life.
 	code, out, stderr = runCLI(t, ctx, "chain", "verify", "--data-dir", data)
 	if code != 0 || !strings.Contains(out, "chain OK: 1 writers") {
 		t.Fatalf("chain verify after the demo: exit %d\n%s%s", code, out, stderr)
 	}
-	code, out, stderr = runCLI(t, ctx, "chain", "tail", "--data-dir", data, "--verdict", "deny", "--json", "-n", "100")
-	if code != 0 {
-		t.Fatalf("chain tail: exit %d: %s", code, stderr)
-	}
-	var denies []chain.Record
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		var r chain.Record
-		if err := json.Unmarshal([]byte(line), &r); err != nil {
-			t.Fatalf("tail --json line %q: %v", line, err)
+	records := func(args ...string) []chain.Record {
+		t.Helper()
+		code, out, stderr := runCLI(t, ctx, append([]string{"chain", "tail", "--data-dir", data, "--json", "-n", "200"}, args...)...)
+		if code != 0 {
+			t.Fatalf("chain tail: exit %d: %s", code, stderr)
 		}
-		denies = append(denies, r)
+		var rs []chain.Record
+		for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+			var r chain.Record
+			if err := json.Unmarshal([]byte(line), &r); err != nil {
+				t.Fatalf("tail --json line %q: %v", line, err)
+			}
+			rs = append(rs, r)
+		}
+		return rs
 	}
-	// The tour's denies: disconnect, 150 %, 80 kW, breaker open, unit 9.
-	if len(denies) != 5 || denies[0].Address != 40126 || denies[0].Exception != 2 || denies[3].Device != "breaker-1" {
-		t.Fatalf("denied operations in the chain: %+v", denies)
+	var got []string
+	for _, r := range records("--verdict", "deny") {
+		got = append(got, fmt.Sprintf("%s/%d/%d", r.Device, r.Address, r.Exception))
+	}
+	want := "inverter-1/40126/2 inverter-1/40127/3 battery-1/0/3 /0/10 inverter-1/40127/1 inverter-1/40127/1 inverter-1/40127/1 breaker-1/1/1"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("denies in the chain:\n %s\nwant\n %s", strings.Join(got, " "), want)
+	}
+	var steps []string
+	var approval string
+	for _, r := range records() {
+		if r.Phase == "approval" {
+			steps = append(steps, strings.Fields(r.Reason)[0]+" "+strings.Fields(r.Reason)[2])
+			approval = r.Approval
+		}
+		if r.Verdict == "allow" && r.Phase == "request" && (len(r.Values) != 1 || r.Values[0] != 30 && r.Values[0] != 60) {
+			t.Errorf("unexpected durable write record: %+v", r)
+		}
+	}
+	if strings.Join(steps, ", ") != "proposed alice:, signed bob, signed carol, used demo-gw" {
+		t.Fatalf("approval steps in the chain: %v", steps)
+	}
+	var usedBy int
+	for _, r := range records("--device", "inverter-1") {
+		if r.Approval == approval && r.Verdict == "allow" && r.Phase == "complete" && r.Exception == 0 {
+			usedBy++
+		}
+	}
+	if usedBy != 1 {
+		t.Fatalf("%d forwarded writes name the approval, want exactly 1", usedBy)
 	}
 	code, out, _ = runCLI(t, ctx, "chain", "tail", "--data-dir", data, "--device", "inverter-1", "-n", "3")
 	if code != 0 || !strings.Contains(out, "DEVICE") || strings.Count(out, "inverter-1") != 3 {
 		t.Fatalf("chain tail table:\n%s", out)
 	}
 	code, out, _ = runCLI(t, ctx, "chain", "export", "--data-dir", data, "--format", "jsonl")
-	// The tour makes 15 requests; the one allowed write is recorded twice
-	// (durably before forwarding, and with its answer).
-	if lines := strings.Count(out, "\n"); code != 0 || lines != 16 {
-		t.Fatalf("export: exit %d, %d lines, want 16:\n%s", code, lines, out)
+	if code != 0 || strings.Count(out, "\n") != len(records()) {
+		t.Fatalf("export: exit %d, %d lines; tail saw %d", code, strings.Count(out, "\n"), len(records()))
 	}
-	if strings.Count(out, `"phase":"request"`) != 1 || !strings.Contains(out, `"values":[30]`) {
-		t.Fatalf("the allowed write is not recorded before forwarding:\n%s", out)
+	code, out, _ = runCLI(t, ctx, "approvals", "list", "--data-dir", data)
+	if code != 0 || !strings.Contains(out, "already used by demo-gw") || !strings.Contains(out, "alice") {
+		t.Fatalf("approvals list: exit %d\n%s", code, out)
 	}
 }
 
@@ -222,9 +265,36 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Two policy admins sign the policy, as the example configuration says.
+	keyDir := filepath.Join(dir, "keys")
+	for _, a := range []string{"admin-1", "admin-2"} {
+		if code, _, stderr := runCLI(t, t.Context(), "keys", "new", a, "--dir", keyDir); code != 0 {
+			t.Fatal(stderr)
+		}
+	}
+	code, rootYAML, stderr := runCLI(t, t.Context(), "policy", "root", "--threshold", "2",
+		filepath.Join(keyDir, "admin-1.public.json"), filepath.Join(keyDir, "admin-2.public.json"))
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy-root.yaml"), []byte(rootYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, a := range []string{"admin-1", "admin-2"} {
+		code, out, stderr := runCLI(t, t.Context(), "policy", "verify", filepath.Join(dir, "policy.yaml"), "--root", filepath.Join(dir, "policy-root.yaml"))
+		want := "no signatures"
+		if i > 0 {
+			want = fmt.Sprintf("%d of 2 required", i)
+		}
+		if code == 0 || !strings.Contains(stderr, want) {
+			t.Fatalf("verify with %d signatures: exit %d %s%s", i, code, out, stderr)
+		}
+		if code, _, stderr := runCLI(t, t.Context(), "policy", "sign", filepath.Join(dir, "policy.yaml"), "--key", filepath.Join(keyDir, a+".private.json")); code != 0 {
+			t.Fatal(stderr)
+		}
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
-	var stderr string
 	go func() {
 		var code int
 		code, _, stderr = runCLI(t, ctx, "proxy", "--config", filepath.Join(dir, "gridseal.yaml"), "--data-dir", data, "--log-format", "json")
@@ -252,6 +322,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		t.Fatalf("proxy exit %d: %s", code, stderr)
 	}
 	code, out, errOut := runCLI(t, t.Context(), "chain", "verify", "--data-dir", data, "--trust", filepath.Join(dir, "trust.yaml"))
+	_ = errOut
 	if code != 0 || !strings.Contains(out, "writer gw-1") || !strings.Contains(out, "present)") {
 		t.Fatalf("verify: exit %d\n%s%s", code, out, errOut)
 	}
@@ -291,5 +362,82 @@ func waitForCond(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestProposeAndApproveCommands drives the approval commands against a
+// running demo (no tour): propose, a refused confirmation, two approvals,
+// then the approved write goes through the proxy exactly once.
+func TestProposeAndApproveCommands(t *testing.T) {
+	data := t.TempDir()
+	listen := freeAddr(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	var demoErr string
+	go func() {
+		code, _, stderr := runCLI(t, ctx, "demo", "--tour=false", "--listen", listen, "--sim-listen", "127.0.0.1:0",
+			"--data-dir", data, "--log-format", "json")
+		demoErr = stderr
+		done <- code
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("demo exit %d: %s", code, demoErr)
+		}
+	}()
+	waitForCond(t, "the demo proxy", func() bool {
+		conn, err := net.Dial("tcp", listen)
+		if err == nil {
+			_ = conn.Close()
+		}
+		return err == nil
+	})
+	key := func(who string) string { return filepath.Join(data, "keys", who+".private.json") }
+	cli := func(stdin string, args ...string) (int, string, string) {
+		var out, errb bytes.Buffer
+		code := run(ctx, append(args, "--data-dir", data), strings.NewReader(stdin), &out, &errb)
+		return code, out.String(), errb.String()
+	}
+
+	if code, _, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "1", "--write-register", "40127=70", "--key", key("alice")); code != 1 || !strings.Contains(stderr, "already allows this command") {
+		t.Fatalf("proposing a standing-rule command: exit %d %s", code, stderr)
+	}
+	if code, _, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "1", "--write-register", "40127=20", "--key", key("admin-1")); code != 1 || !strings.Contains(stderr, "belongs to no approver") {
+		t.Fatalf("proposing with a non-approver key: exit %d %s", code, stderr)
+	}
+	code, out, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "1", "--write-register", "40127=20", "--key", key("alice"))
+	if code != 0 {
+		t.Fatalf("propose: exit %d %s", code, stderr)
+	}
+	id := strings.Fields(out)[1]
+	if !strings.Contains(out, "inverter-1 unit 1: write single register (function 6) holding-registers 40127 = 20") || !strings.Contains(out, "needs 2 of operators") {
+		t.Fatalf("propose output:\n%s", out)
+	}
+	if code, out, stderr := cli("no\n", "approve", id, "--key", key("bob")); code != 1 || !strings.Contains(stderr, "not confirmed") || !strings.Contains(out, "proposer  alice") {
+		t.Fatalf("unconfirmed approval: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, out, stderr := cli("yes\n", "approve", id, "--key", key("bob")); code != 0 || !strings.Contains(out, "1 of 2 operators signed (bob)") {
+		t.Fatalf("bob approves: exit %d\n%s%s", code, out, stderr)
+	}
+	if code, _, stderr := cli("", "approve", id, "--key", key("alice"), "--yes"); code != 1 || !strings.Contains(stderr, "alice proposed this command") {
+		t.Fatalf("self-approval: exit %d %s", code, stderr)
+	}
+	c := modbusClient(t, listen, 1)
+	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err == nil {
+		t.Fatal("write allowed with one approval")
+	}
+	if code, out, stderr := cli("", "approve", id, "--key", key("carol"), "--yes"); code != 0 || !strings.Contains(out, "2 of 2 operators signed (bob, carol)") {
+		t.Fatalf("carol approves: exit %d\n%s%s", code, out, stderr)
+	}
+	waitForCond(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })
+	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err == nil {
+		t.Fatal("the approval was used twice")
+	}
+	if code, out, _ := cli("", "approvals", "show", id); code != 0 || !strings.Contains(out, "already used by demo-gw") {
+		t.Fatalf("approvals show: exit %d\n%s", code, out)
+	}
+	if code, _, stderr := cli("", "approve", id, "--key", key("carol"), "--yes"); code != 1 || !strings.Contains(stderr, "already used") {
+		t.Fatalf("approving a used approval: exit %d %s", code, stderr)
 	}
 }

@@ -5,8 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -36,7 +40,7 @@ func proxyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
-			pol, err := policy.Load(cfg.Policy)
+			pol, err := cfg.loadPolicy(log)
 			if err != nil {
 				return err
 			}
@@ -51,7 +55,8 @@ func proxyCmd(g *globals) *cobra.Command {
 			if cfg.Chain.NATS != "" {
 				g.natsURL = cfg.Chain.NATS
 			}
-			rec, err := g.openRecorder(cmd.Context(), chain.Config{
+			ctx := cmd.Context()
+			rec, err := g.openRecorder(ctx, chain.Config{
 				Writer: cfg.Chain.Writer, Signer: signer, Replicas: cfg.Chain.Replicas,
 				DurableTimeout: cfg.Chain.DurableTimeout, SpoolBytes: cfg.Chain.SpoolBytes,
 			}, log)
@@ -59,15 +64,73 @@ func proxyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer rec.close()
-			st, err := startProxy(cmd.Context(), cfg.proxyConfig(), pol, specs, rec.rec, log)
+			engine := policy.NewEngine(pol, log.Named("policy"))
+			store, err := rec.startApprovals(ctx, engine, cfg.Chain.Writer, cfg.Chain.Replicas)
 			if err != nil {
 				return err
 			}
-			return st.wait(cmd.Context())
+			go reloadOnHangup(ctx, cfg, engine, store, log)
+			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, rec.rec, log)
+			if err != nil {
+				return err
+			}
+			return st.wait(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration file (YAML)")
 	return cmd
+}
+
+// loadPolicy reads the policy, refusing it unless enough admins signed it
+// (or the configuration says, by name, to run an unsigned policy).
+func (c *fileConfig) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
+	if c.PolicyRoot == "" {
+		if !c.InsecureUnsignedPolicy {
+			return nil, fmt.Errorf("policy_root: name the admins' root file that signs %s (or set insecure_unsigned_policy: true, never in production)", c.Policy)
+		}
+		log.Warn("running an UNSIGNED policy: insecure_unsigned_policy is set", zap.String("policy", c.Policy))
+		return policy.Load(c.Policy)
+	}
+	root, err := policy.LoadRoot(c.PolicyRoot)
+	if err != nil {
+		return nil, err
+	}
+	p, signers, err := policy.LoadSigned(c.Policy, root)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("policy signature verified", zap.String("policy", p.ID), zap.Strings("signed_by", signers))
+	return p, nil
+}
+
+// reloadOnHangup re-reads the policy on SIGHUP and puts it in force if it
+// is valid and signed; otherwise the policy in force stays.
+func reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		p, err := cfg.loadPolicy(log)
+		if err != nil {
+			log.Error("policy reload refused; the policy in force stays", zap.Error(err))
+			continue
+		}
+		old := engine.Policy()
+		for _, d := range p.Devices {
+			if od := old.Device(d.Name); od == nil || od.Upstream != d.Upstream {
+				log.Warn("device added or moved in the new policy: restart the proxy to route it", zap.String("device", d.Name))
+			}
+		}
+		engine.Swap(p)
+		if err := store.PublishPolicy(ctx, p); err != nil {
+			log.Error("cannot publish the policy in force", zap.Error(err))
+		}
+	}
 }
 
 // running is a started proxy with its listeners.
@@ -80,8 +143,8 @@ type running struct {
 
 // startProxy binds every listener first, so a busy port fails the start
 // before anything is served, then serves them.
-func startProxy(_ context.Context, cfg proxy.Config, pol *policy.Policy, specs []listenerSpec, rec *chain.Recorder, log *zap.Logger) (*running, error) {
-	engine := policy.NewEngine(pol, log.Named("policy"))
+func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, specs []listenerSpec, rec *chain.Recorder, log *zap.Logger) (*running, error) {
+	pol := engine.Policy()
 	// The chain first: its durable answer decides whether a write moves.
 	tee := audit.Tee{rec, audit.NewLogRecorder(log.Named("ops"))}
 	srv, err := proxy.New(cfg, devices(pol), engine, tee, log.Named("proxy"))
@@ -137,6 +200,72 @@ func (g *globals) openRecorder(ctx context.Context, cfg chain.Config, log *zap.L
 	}
 	log.Info("recording to the chain", zap.String("writer", cfg.Writer), zap.String("nats", where))
 	return &recording{rec: rec, conn: conn, log: log}, nil
+}
+
+// startApprovals opens the approvals bucket on the recorder's NATS, lets
+// engine allow writes with approvals from it, records every approval step
+// in the chain, and publishes the policy in force for gridseal propose.
+func (r *recording) startApprovals(ctx context.Context, engine *policy.Engine, writer string, replicas int) (*policy.Store, error) {
+	js, err := jetstream.New(r.conn.nc)
+	if err != nil {
+		return nil, err
+	}
+	store, err := policy.OpenStore(ctx, js, replicas, r.log.Named("approvals"))
+	if err != nil {
+		return nil, err
+	}
+	store.OnChange = func(before, after *policy.Stored) {
+		for _, ev := range approvalEvents(engine.Policy(), before, after) {
+			if err := r.rec.Record(ctx, &ev, false); err != nil {
+				r.log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
+			}
+		}
+	}
+	if err := store.Watch(ctx); err != nil {
+		return nil, err
+	}
+	engine.UseApprovals(store, writer)
+	if err := store.PublishPolicy(ctx, engine.Policy()); err != nil {
+		return nil, fmt.Errorf("publish the policy in force: %w", err)
+	}
+	return store, nil
+}
+
+// approvalEvents describes what changed on an approval as chain events.
+func approvalEvents(p *policy.Policy, before, after *policy.Stored) []audit.Event {
+	pr := after.Proposal
+	base := audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Allow, Class: "approval",
+		Device: pr.Device, Unit: pr.Unit, Function: pr.PDU[0], PDU: pr.PDU, Approval: after.ID.String(), Policy: p.Digest}
+	var out []audit.Event
+	if before == nil {
+		ev := base
+		ev.Reason = fmt.Sprintf("proposed by %s: %s, valid %s to %s", pr.Proposer, pr.Describe(),
+			pr.NotBefore.Format(time.RFC3339), pr.NotAfter.Format(time.RFC3339))
+		out = append(out, ev)
+	}
+	seen := 0
+	if before != nil {
+		seen = len(before.Entry.Signatures)
+	}
+	for _, s := range after.Entry.Signatures[min(seen, len(after.Entry.Signatures)):] {
+		ev := base
+		who := "an unknown key"
+		if len(s.Sig) >= 5 {
+			id := uint32(s.Sig[1])<<24 | uint32(s.Sig[2])<<16 | uint32(s.Sig[3])<<8 | uint32(s.Sig[4])
+			who = fmt.Sprintf("key %d", id)
+			if a := p.ApproverForKey(id); a != nil {
+				who = fmt.Sprintf("%s (key %d)", a.Name, id)
+			}
+		}
+		ev.Reason = "signed by " + who
+		out = append(out, ev)
+	}
+	if after.Entry.Consumed != nil && (before == nil || before.Entry.Consumed == nil) {
+		ev := base
+		ev.Reason = fmt.Sprintf("used by %s for operation %d", after.Entry.Consumed.By, after.Entry.Consumed.Op)
+		out = append(out, ev)
+	}
+	return out
 }
 
 // close commits what is spooled (for up to 5 s) and disconnects.

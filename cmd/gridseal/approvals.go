@@ -1,0 +1,407 @@
+package main
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// approvalsEnv is a connection to the approvals bucket and the policy the
+// proxies have in force.
+type approvalsEnv struct {
+	conn  *natsConn
+	store *policy.Store
+	pol   *policy.Policy
+}
+
+func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
+	conn, err := g.connectNATS(cmd.Context(), cmd.Name())
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(conn.nc)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	store, err := policy.OpenStore(cmd.Context(), js, 1, nopLogger())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	pol, err := store.PolicyInForce(cmd.Context())
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return &approvalsEnv{conn: conn, store: store, pol: pol}, nil
+}
+
+// parseWrite builds the request PDU from exactly one of the command flags.
+func parseWrite(registers, coil, pduHex string) ([]byte, error) {
+	n := 0
+	for _, s := range []string{registers, coil, pduHex} {
+		if s != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		return nil, fmt.Errorf("%w: give exactly one of --write-register A=V[,V…], --write-coil A=on|off, --pdu HEX", errUsage)
+	}
+	split := func(s, flag string) (uint16, string, error) {
+		a, v, ok := strings.Cut(s, "=")
+		if !ok {
+			return 0, "", fmt.Errorf("%w: %s %q: want ADDRESS=VALUE", errUsage, flag, s)
+		}
+		addr, err := strconv.ParseUint(strings.TrimSpace(a), 0, 16)
+		if err != nil {
+			return 0, "", fmt.Errorf("%w: %s: address %q is not 0..65535", errUsage, flag, a)
+		}
+		return uint16(addr), v, nil
+	}
+	switch {
+	case registers != "":
+		addr, vs, err := split(registers, "--write-register")
+		if err != nil {
+			return nil, err
+		}
+		var vals []uint16
+		for _, v := range strings.Split(vs, ",") {
+			x, err := strconv.ParseInt(strings.TrimSpace(v), 0, 32)
+			if err != nil || x < -32768 || x > 65535 {
+				return nil, fmt.Errorf("%w: --write-register: value %q is not -32768..65535", errUsage, v)
+			}
+			vals = append(vals, uint16(x))
+		}
+		if len(vals) == 1 {
+			return modbus.AppendWriteSingleRegister(nil, addr, vals[0]), nil
+		}
+		if len(vals) > modbus.MaxWriteRegisters {
+			return nil, fmt.Errorf("%w: --write-register: at most %d values", errUsage, modbus.MaxWriteRegisters)
+		}
+		return modbus.AppendWriteMultipleRegisters(nil, addr, vals), nil
+	case coil != "":
+		addr, v, err := split(coil, "--write-coil")
+		if err != nil {
+			return nil, err
+		}
+		switch strings.ToLower(v) {
+		case "on", "1", "true":
+			return modbus.AppendWriteSingleCoil(nil, addr, true), nil
+		case "off", "0", "false":
+			return modbus.AppendWriteSingleCoil(nil, addr, false), nil
+		}
+		return nil, fmt.Errorf("%w: --write-coil: value %q: want on or off", errUsage, v)
+	}
+	pdu, err := hex.DecodeString(strings.ReplaceAll(pduHex, " ", ""))
+	if err != nil {
+		return nil, fmt.Errorf("%w: --pdu: %q is not hex", errUsage, pduHex)
+	}
+	if _, err := modbus.ParseRequest(pdu); err != nil {
+		return nil, fmt.Errorf("%w: --pdu %x: %v", errUsage, pdu, err)
+	}
+	return pdu, nil
+}
+
+// approverSigner loads a private keyset and names its approver in pol.
+func approverSigner(pol *policy.Policy, path string) (*keys.Signer, string, error) {
+	s, err := keys.LoadSigner(path)
+	if err != nil {
+		return nil, "", err
+	}
+	a := pol.ApproverForKey(s.KeyID)
+	if a == nil {
+		return nil, "", fmt.Errorf("key %d (%s) belongs to no approver of policy %s", s.KeyID, filepath.Base(path), pol.ID)
+	}
+	return s, a.Name, nil
+}
+
+func proposeCmd(g *globals) *cobra.Command {
+	var (
+		device, regs, coil, pduHex, keyPath string
+		unit                                int
+		ttl                                 time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "propose --device D --unit U (--write-register A=V[,V…] | --write-coil A=on|off | --pdu HEX) --key FILE [--ttl 15m]",
+		Short: "Propose one exact state-changing command for m-of-n approval",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if device == "" || keyPath == "" {
+				return fmt.Errorf("%w: --device and --key are required", errUsage)
+			}
+			if unit < 0 || unit > 255 {
+				return fmt.Errorf("%w: --unit %d: want 0..255", errUsage, unit)
+			}
+			pdu, err := parseWrite(regs, coil, pduHex)
+			if err != nil {
+				return err
+			}
+			env, err := g.approvals(cmd)
+			if err != nil {
+				return err
+			}
+			defer env.conn.Close()
+			signer, proposer, err := approverSigner(env.pol, keyPath)
+			if err != nil {
+				return err
+			}
+			pr, err := policy.NewProposal(env.pol, device, byte(unit), pdu, ttl, proposer, time.Now())
+			if err != nil {
+				return err
+			}
+			rule, err := env.pol.ApprovalRule(device, byte(unit), pdu)
+			if err != nil {
+				return err
+			}
+			if rule.Requires == nil {
+				return fmt.Errorf("rule %s already allows this command without approval", rule.Name)
+			}
+			if ttl > rule.MaxTTL {
+				return fmt.Errorf("%w: --ttl %v is longer than rule %s allows (%v)", errUsage, ttl, rule.Name, rule.MaxTTL)
+			}
+			sig, err := signer.Sign(policy.ProposeInput(pr.ID()))
+			if err != nil {
+				return err
+			}
+			id, err := env.store.Propose(cmd.Context(), pr, sig)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "proposal %s\n  %s\n  by %s, valid until %s, needs %d of %s (rule %s)\n  approve with: gridseal approve %s --key KEY\n",
+				id, pr.Describe(), proposer, pr.NotAfter.Local().Format(time.RFC3339), rule.Requires.M, rule.Requires.Group, rule.Name, id)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&device, "device", "", "device name in the policy")
+	cmd.Flags().IntVar(&unit, "unit", 1, "unit id")
+	cmd.Flags().StringVar(&regs, "write-register", "", "ADDRESS=VALUE[,VALUE…]: function 6 for one value, 16 for several (0-based address)")
+	cmd.Flags().StringVar(&coil, "write-coil", "", "ADDRESS=on|off: function 5")
+	cmd.Flags().StringVar(&pduHex, "pdu", "", "the exact request PDU in hex, for any other write")
+	cmd.Flags().DurationVar(&ttl, "ttl", 15*time.Minute, "how long the approval stays valid")
+	cmd.Flags().StringVar(&keyPath, "key", "", "the proposer's private keyset")
+	return cmd
+}
+
+func approveCmd(g *globals) *cobra.Command {
+	var keyPath string
+	var yes bool
+	cmd := &cobra.Command{
+		Use:   "approve ID --key FILE [--yes]",
+		Short: "Show a proposed command and sign it",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := policy.ParseID(args[0])
+			if err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
+			}
+			if keyPath == "" {
+				return fmt.Errorf("%w: --key FILE is required", errUsage)
+			}
+			env, err := g.approvals(cmd)
+			if err != nil {
+				return err
+			}
+			defer env.conn.Close()
+			signer, who, err := approverSigner(env.pol, keyPath)
+			if err != nil {
+				return err
+			}
+			st, err := env.store.Get(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			showApproval(g.stdout, env.pol, st)
+			if st.Entry.Consumed != nil {
+				return policy.ErrConsumed
+			}
+			if who == st.Proposal.Proposer {
+				return fmt.Errorf("%s proposed this command: the proposer's signature never counts toward its quorum", who)
+			}
+			if !yes {
+				fmt.Fprintf(g.stdout, "Sign this command as %s? Type yes: ", who)
+				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+				if strings.TrimSpace(line) != "yes" {
+					return errors.New("not signed: approval not confirmed")
+				}
+			}
+			sig, err := signer.Sign(policy.ApproveInput(id))
+			if err != nil {
+				return err
+			}
+			st, err = env.store.AddSignature(cmd.Context(), id, sig)
+			if err != nil {
+				return err
+			}
+			ev := env.pol.Evaluate(st, time.Now())
+			fmt.Fprintf(g.stdout, "signed as %s: %s\n", who, ev.Summary())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&keyPath, "key", "", "the approver's private keyset")
+	cmd.Flags().BoolVar(&yes, "yes", false, "sign without asking (scripts)")
+	return cmd
+}
+
+// showApproval prints a proposal decoded for a human.
+func showApproval(w io.Writer, pol *policy.Policy, st *policy.Stored) {
+	pr := st.Proposal
+	ev := pol.Evaluate(st, time.Now())
+	fmt.Fprintf(w, "approval %s\n  command   %s\n  PDU       %x\n  proposer  %s\n  window    %s to %s\n  policy    %s %x…\n  status    %s\n",
+		st.ID, pr.Describe(), pr.PDU, pr.Proposer, pr.NotBefore.Local().Format(time.RFC3339), pr.NotAfter.Local().Format(time.RFC3339),
+		pr.PolicyID, pr.PolicyDigest[:6], ev.Summary())
+	if ev.Rule != nil {
+		fmt.Fprintf(w, "  rule      %s\n", ev.Rule.Name)
+	}
+	for _, why := range ev.Ignored {
+		fmt.Fprintf(w, "  not counted: %s\n", why)
+	}
+}
+
+func approvalsCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "approvals", Short: "List and show m-of-n approvals"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List approvals with their state",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env, err := g.approvals(cmd)
+			if err != nil {
+				return err
+			}
+			defer env.conn.Close()
+			all, err := env.store.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tCOMMAND\tPROPOSER\tUNTIL\tSTATE")
+			for _, st := range all {
+				ev := env.pol.Evaluate(st, time.Now())
+				state := ev.Summary()
+				if ev.Usable() {
+					state = "READY: " + state
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.ID.String()[:16], st.Proposal.Describe(), st.Proposal.Proposer,
+					st.Proposal.NotAfter.Local().Format("01-02 15:04"), state)
+			}
+			return tw.Flush()
+		},
+	}, &cobra.Command{
+		Use:   "show ID",
+		Short: "Show one approval and its signatures",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := policy.ParseID(args[0])
+			if err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
+			}
+			env, err := g.approvals(cmd)
+			if err != nil {
+				return err
+			}
+			defer env.conn.Close()
+			st, err := env.store.Get(cmd.Context(), id)
+			if err != nil {
+				return err
+			}
+			showApproval(g.stdout, env.pol, st)
+			return nil
+		},
+	})
+	return cmd
+}
+
+func policyCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "policy", Short: "Sign and verify policy bundles"}
+	var keyPath, rootPath string
+	var threshold int
+	sign := &cobra.Command{
+		Use:   "sign FILE --key KEY",
+		Short: "Add a policy admin's signature to FILE.sig",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if keyPath == "" {
+				return fmt.Errorf("%w: --key KEY is required", errUsage)
+			}
+			s, err := keys.LoadSigner(keyPath)
+			if err != nil {
+				return err
+			}
+			if err := policy.SignPolicy(args[0], s); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "signed %s with key %d (signatures in %s)\n", args[0], s.KeyID, policy.SigPath(args[0]))
+			return nil
+		},
+	}
+	sign.Flags().StringVar(&keyPath, "key", "", "the admin's private keyset")
+	verify := &cobra.Command{
+		Use:   "verify FILE --root ROOT",
+		Short: "Check FILE parses and carries enough admin signatures",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if rootPath == "" {
+				return fmt.Errorf("%w: --root ROOT is required", errUsage)
+			}
+			root, err := policy.LoadRoot(rootPath)
+			if err != nil {
+				return err
+			}
+			p, names, err := policy.LoadSigned(args[0], root)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "policy %s v%d (sha256 %s) signed by %s: %d of %d required\n",
+				p.ID, p.Version, p.Digest, strings.Join(names, ", "), len(names), root.Threshold)
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&rootPath, "root", "", "the admins' root trust file")
+	root := &cobra.Command{
+		Use:   "root --threshold M ADMIN.public.json...",
+		Short: "Print a root trust file for these admins' public keysets",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if threshold < 1 || threshold > len(args) {
+				return fmt.Errorf("%w: --threshold %d: want 1..%d", errUsage, threshold, len(args))
+			}
+			var b strings.Builder
+			fmt.Fprintf(&b, "# Policy admins: a policy is in force only with %d of their signatures.\nthreshold: %d\nadmins:\n", threshold, threshold)
+			for _, path := range args {
+				data, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				if _, err := keys.LoadVerifier(path); err != nil {
+					return err
+				}
+				name := strings.TrimSuffix(filepath.Base(path), ".public.json")
+				fmt.Fprintf(&b, "  - name: %s\n    keyset: |\n", name)
+				for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+					b.WriteString("      " + line + "\n")
+				}
+			}
+			_, err := io.WriteString(g.stdout, b.String())
+			return err
+		},
+	}
+	root.Flags().IntVar(&threshold, "threshold", 2, "how many admins must sign")
+	cmd.AddCommand(sign, verify, root)
+	return cmd
+}
