@@ -128,7 +128,7 @@ func approvalPolicy(t testing.TB, people []*person, revoked []uint32, extra stri
 }
 
 type rig struct {
-	t                       *testing.T
+	t                       testing.TB
 	alice, bob, carol, dave *person
 	aliceKey2               *keys.Signer
 	pol                     *policy.Policy
@@ -138,7 +138,29 @@ type rig struct {
 	now                     time.Time
 }
 
-func newRig(t *testing.T, revokeCarol bool) *rig {
+func newRigB(b *testing.B) *rig { return newRig(b, false) }
+
+// waitIndexed waits until the store's index holds id's latest revision.
+func (r *rig) waitIndexed(id policy.ID) {
+	r.t.Helper()
+	want, err := r.store.Get(r.t.Context(), id)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		for _, c := range r.store.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
+			if c.ID == id && c.Revision >= want.Revision {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("approval index never caught up")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func newRig(t testing.TB, revokeCarol bool) *rig {
 	t.Helper()
 	r := &rig{t: t, alice: newPerson(t, "alice"), bob: newPerson(t, "bob"), carol: newPerson(t, "carol"), dave: newPerson(t, "dave")}
 	r.aliceKey2 = r.alice.secondKey(t)
@@ -239,7 +261,7 @@ func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byt
 			if time.Now().After(deadline) {
 				r.t.Fatal("approval index never caught up")
 			}
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(time.Millisecond)
 		}
 	}
 	req, err := modbus.ParseRequest(pdu)

@@ -34,6 +34,10 @@ type approvalSource interface {
 // deciding.
 func (e *Engine) UseApprovals(src approvalSource, writer string) {
 	e.approvals, e.writer = src, writer
+	if s, ok := src.(*Store); ok {
+		w := e.warm
+		s.warm.Store(&w)
+	}
 }
 
 // NewEngine returns an Engine enforcing p.
@@ -110,9 +114,25 @@ func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *Inp
 		return v
 	}
 	now := e.now()
+	// Verify signatures only on approvals that could still be used; if
+	// none could, judge the newest one so the reason says why.
+	live := cands[:0:0]
+	newest := cands[0]
+	for _, st := range cands {
+		pr := st.Proposal
+		if st.Entry.Consumed == nil && !now.Before(pr.NotBefore.Add(-Skew)) && !now.After(pr.NotAfter.Add(Skew)) {
+			live = append(live, st)
+		}
+		if pr.NotBefore.After(newest.Proposal.NotBefore) {
+			newest = st
+		}
+	}
+	if len(live) == 0 {
+		live = append(live, newest)
+	}
 	var best *Evaluation
 	var bestSt *Stored
-	for _, st := range cands {
+	for _, st := range live {
 		ev := p.Evaluate(st, now)
 		if ev.Rule != r { // judged under another rule: not for this request
 			continue

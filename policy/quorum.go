@@ -81,7 +81,8 @@ func (p *Policy) Evaluate(st *Stored, now time.Time) Evaluation {
 		ev.Problem = "rule " + r.Name + " allows this command without approval"
 		return ev
 	}
-	p.countSignatures(st, r, &ev)
+	sr := p.signatures(st, r)
+	ev.Approvers, ev.Ignored = sr.approvers, sr.ignored
 	switch {
 	case st.Entry.Consumed != nil:
 		ev.Problem = fmt.Sprintf("already used by %s at %s", st.Entry.Consumed.By, st.Entry.Consumed.At.Format(time.RFC3339))
@@ -94,15 +95,35 @@ func (p *Policy) Evaluate(st *Stored, now time.Time) Evaluation {
 	case pr.NotAfter.Sub(pr.NotBefore) > r.MaxTTL:
 		ev.Problem = fmt.Sprintf("window %v is longer than rule %s allows (%v)", pr.NotAfter.Sub(pr.NotBefore), r.Name, r.MaxTTL)
 	}
-	if ev.Problem == "" {
-		if err := p.checkProposer(st); err != nil {
-			ev.Problem = err.Error()
-		}
+	if ev.Problem == "" && sr.proposerErr != nil {
+		ev.Problem = sr.proposerErr.Error()
 	}
 	n := len(ev.Approvers)
 	ev.Enough = n >= r.Requires.M
 	ev.BreakGlass = !ev.Enough && r.BreakGlass != nil && n >= r.BreakGlass.M
 	return ev
+}
+
+// signatures verifies the proposer's and approvers' signatures of st under
+// p and rule r, once per (revision, policy): the result is cached on st.
+func (p *Policy) signatures(st *Stored, r *Rule) *sigResult {
+	if c := st.sigs.Load(); c != nil && c.digest == p.Digest && c.rule == r {
+		return c
+	}
+	var ev Evaluation
+	p.countSignatures(st, r, &ev)
+	sr := &sigResult{digest: p.Digest, rule: r, approvers: ev.Approvers, ignored: ev.Ignored, proposerErr: p.checkProposer(st)}
+	st.sigs.Store(sr)
+	return sr
+}
+
+// Warm verifies st's signatures under the policy in force, so that deciding
+// a write does not pay for it.
+func (e *Engine) warm(st *Stored) {
+	p := e.cur.Load()
+	if r, err := p.ApprovalRule(st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU); err == nil && r.Requires != nil {
+		p.signatures(st, r)
+	}
 }
 
 // keyOf returns the Tink key id a signature's 5-byte output prefix names.

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -47,12 +48,24 @@ type Entry struct {
 	Consumed    *Consumption `json:"consumed,omitempty"`
 }
 
-// Stored is an entry with its decoded proposal and KV revision.
+// Stored is an entry with its decoded proposal and KV revision. A Stored
+// value never changes: each revision is a new one, so what is learnt about
+// its signatures can be cached on it.
 type Stored struct {
 	ID       ID
 	Revision uint64
 	Entry    Entry
 	Proposal *Proposal
+	sigs     atomic.Pointer[sigResult]
+}
+
+// sigResult caches the signature checks of one Stored under one policy.
+type sigResult struct {
+	digest      string
+	rule        *Rule
+	approvers   []string
+	ignored     []string
+	proposerErr error
 }
 
 // PolicyInForce is what a proxy publishes so that CLI tools propose under
@@ -78,6 +91,9 @@ type Store struct {
 	// OnChange, if set before Watch, sees every change: before is nil for a
 	// new proposal.
 	OnChange func(before, after *Stored)
+	// warm, if set, pre-verifies each new revision's signatures off the
+	// request path.
+	warm atomic.Pointer[func(*Stored)]
 }
 
 func key(id ID) string { return "p." + id.String() }
@@ -330,6 +346,9 @@ func (s *Store) apply(kve jetstream.KeyValueEntry, live bool) {
 	if err != nil {
 		s.log.Warn("ignoring an invalid approval entry", zap.String("key", kve.Key()), zap.Error(err))
 		return
+	}
+	if w := s.warm.Load(); w != nil {
+		(*w)(st)
 	}
 	s.mu.Lock()
 	before := s.byID[id]
