@@ -36,8 +36,10 @@ tools:
 test: lint tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
 
-bench: deps
+# Micro-benchmarks, then the side-by-side table: direct, bare relay, gridseal.
+bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./protocols/... ./policy/... ./proxy/... ./chain/...
+	./$(BIN) bench --clients 1,16,256 --duration 9s
 
 # Each fuzz target runs for FUZZTIME; the seed corpus under testdata/fuzz runs in `make test`.
 fuzz: deps

@@ -38,6 +38,11 @@ type Config struct {
 	MaxBlockBytes  int           // encoded events per block [1 MiB]
 	SpoolBytes     int           // encoded events held while NATS is away [128 MiB]
 	DurableTimeout time.Duration // how long a durable Record waits for its block [2s]
+	// Linger is how long a block of only non-durable events (reads) waits
+	// for more before it is published, so read-heavy load makes few large
+	// fsync'd blocks instead of many small ones. A durable event ends the
+	// wait at once. [2ms; negative: never wait]
+	Linger         time.Duration
 	PublishTimeout time.Duration // one publish attempt [2s]
 }
 
@@ -64,6 +69,7 @@ type Recorder struct {
 	mu         sync.Mutex
 	spool      []entry
 	spoolBytes int
+	durable    int // durable entries in the spool
 	closed     bool
 	failed     error // fatal: fenced or truncated
 	wake       chan struct{}
@@ -114,6 +120,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	}
 	if cfg.PublishTimeout <= 0 {
 		cfg.PublishTimeout = 2 * time.Second
+	}
+	if cfg.Linger == 0 {
+		cfg.Linger = 2 * time.Millisecond
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -181,12 +190,20 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 		}
 		r.spool = append(r.spool, entry{data: data, done: done})
 		r.spoolBytes += len(data)
+		// Wake the committer only when it has a reason to act now: the
+		// first event, a durable one, or a full block.
+		signal := len(r.spool) == 1 || durable || len(r.spool) == r.cfg.MaxBlockEvents
+		if durable {
+			r.durable++
+		}
 		r.mu.Unlock()
+		if signal {
+			select {
+			case r.wake <- struct{}{}:
+			default:
+			}
+		}
 		break
-	}
-	select {
-	case r.wake <- struct{}{}:
-	default:
 	}
 	if !durable {
 		return nil
@@ -320,26 +337,53 @@ func (r *Recorder) run() {
 }
 
 // next waits for spooled events and returns the next block's worth, which
-// stays in the spool until committed. It returns nil when stopped.
+// stays in the spool until committed. A block of only non-durable events
+// lingers up to cfg.Linger for company. It returns nil when stopped.
 func (r *Recorder) next() []entry {
+	var lingerUntil time.Time
 	for {
 		r.mu.Lock()
-		n, size := 0, 0
-		for n < len(r.spool) && n < r.cfg.MaxBlockEvents {
-			size += len(r.spool[n].data) + 4
-			if n > 0 && size > r.cfg.MaxBlockBytes {
-				break
+		n := len(r.spool)
+		full := false
+		if n > r.cfg.MaxBlockEvents || r.spoolBytes+4*n > r.cfg.MaxBlockBytes {
+			n, full = 0, true
+			size := 0
+			for n < len(r.spool) && n < r.cfg.MaxBlockEvents {
+				size += len(r.spool[n].data) + 4
+				if n > 0 && size > r.cfg.MaxBlockBytes {
+					break
+				}
+				n++
 			}
-			n++
 		}
+		full = full || n == r.cfg.MaxBlockEvents
+		urgent := r.durable > 0 || r.closed
 		batch := r.spool[:n:n]
 		r.mu.Unlock()
+		var t *time.Timer
+		var wait <-chan time.Time
 		if n > 0 {
-			return batch
+			now := time.Now()
+			if lingerUntil.IsZero() {
+				lingerUntil = now.Add(r.cfg.Linger)
+			}
+			if full || urgent || r.cfg.Linger < 0 || !now.Before(lingerUntil) {
+				return batch
+			}
+			t = time.NewTimer(lingerUntil.Sub(now))
+			wait = t.C
 		}
+		stopped := false
 		select {
 		case <-r.wake:
+		case <-wait:
 		case <-r.stop:
+			stopped = true
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if stopped {
 			return nil
 		}
 	}
@@ -401,6 +445,9 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	n := len(batch)
 	for _, e := range batch {
 		r.spoolBytes -= len(e.data)
+		if e.done != nil {
+			r.durable--
+		}
 	}
 	clear(r.spool[:n]) // batch aliases these entries: release them to the GC
 	r.spool = r.spool[n:]
@@ -414,7 +461,7 @@ func (r *Recorder) fail(err error) {
 	r.mu.Lock()
 	r.failed = err
 	spool := r.spool
-	r.spool, r.spoolBytes = nil, 0
+	r.spool, r.spoolBytes, r.durable = nil, 0, 0
 	r.mu.Unlock()
 	for _, e := range spool {
 		if e.done != nil {

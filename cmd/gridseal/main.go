@@ -65,7 +65,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	root.PersistentFlags().StringVar(&g.natsKey, "nats-tls-key", "", "client key for --nats-tls-cert")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
 	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), proposeCmd(g), approveCmd(g),
-		approvalsCmd(g), policyCmd(g), versionCmd(g))
+		approvalsCmd(g), policyCmd(g), benchCmd(g), versionCmd(g))
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0

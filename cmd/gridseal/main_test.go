@@ -441,3 +441,39 @@ func TestProposeAndApproveCommands(t *testing.T) {
 		t.Fatalf("approving a used approval: exit %d %s", code, stderr)
 	}
 }
+
+// TestBenchJSON runs every self-hosted bench scenario briefly and checks the
+// report a user (or CI dashboard) would read.
+func TestBenchJSON(t *testing.T) {
+	code, out, stderr := runCLI(t, t.Context(), "bench", "--duration", "300ms", "--rounds", "1", "--clients", "2", "--json")
+	if code != 0 {
+		t.Fatalf("bench: exit %d %s", code, stderr)
+	}
+	var rep Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("bench --json: %v\n%s", err, out)
+	}
+	seen := map[string]bool{}
+	for _, s := range rep.Scenarios {
+		seen[s.Name] = true
+		for _, tr := range s.Targets {
+			if tr.Errors != 0 || tr.Requests == 0 || tr.ThroughputRPS <= 0 || tr.P99us < tr.P50us {
+				t.Errorf("%s/%s: %+v", s.Name, tr.Name, tr)
+			}
+			if tr.Name == "direct" && tr.RatioDirect != 1 {
+				t.Errorf("direct ratio %v", tr.RatioDirect)
+			}
+		}
+		if s.Name == "overhead" && s.Extra["chain_kept_up"] != "true" {
+			t.Errorf("the chain did not record every proxied operation: %v", s.Extra)
+		}
+	}
+	for _, want := range []string{"overhead", "plc-like", "writes", "idle"} {
+		if !seen[want] {
+			t.Errorf("scenario %s missing", want)
+		}
+	}
+	if code, _, stderr := runCLI(t, t.Context(), "bench", "--mix", "read=80,write=30"); code != 2 || !strings.Contains(stderr, "add up to 100") {
+		t.Fatalf("bad mix: exit %d %s", code, stderr)
+	}
+}
