@@ -35,7 +35,7 @@ type Config struct {
 	Replicas       int           // stream replicas when the recorder creates it [1]
 	HeadDir        string        // where the writer's head is kept locally; "" keeps none
 	MaxBlockEvents int           // events per block [4096]
-	MaxBlockBytes  int           // encoded events per block [1 MiB]
+	MaxBlockBytes  int           // encoded events per block [1 MiB − 8 KiB, and under the server's max_payload]
 	SpoolBytes     int           // encoded events held while NATS is away [128 MiB]
 	DurableTimeout time.Duration // how long a durable Record waits for its block [2s]
 	// Linger is how long a block of only non-durable events (reads) waits
@@ -110,7 +110,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 		cfg.MaxBlockEvents = 4096
 	}
 	if cfg.MaxBlockBytes <= 0 {
-		cfg.MaxBlockBytes = 1 << 20
+		cfg.MaxBlockBytes = 1<<20 - 8<<10 // under NATS's default 1 MB max_payload
 	}
 	if cfg.SpoolBytes <= 0 {
 		cfg.SpoolBytes = 128 << 20
@@ -127,6 +127,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	// A block must fit the server's max_payload (1 MB by default), with room
+	// for the header, signature and NATS headers.
+	if mp := nc.MaxPayload(); mp > 0 && int64(cfg.MaxBlockBytes) > mp-4096 {
+		cfg.MaxBlockBytes = int(max(mp-4096, 4096))
 	}
 	r := &Recorder{
 		cfg:  cfg,
@@ -491,7 +496,11 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 		}
 		height, prev, seq = b.Height+1, b.Hash, last.Sequence
 	}
-	if local, ok := LoadHead(r.cfg.HeadDir, r.cfg.Writer); ok {
+	local, ok, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrTruncated, err)
+	}
+	if ok {
 		if local.Height >= height || (local.Height == height-1 && local.Hash != prev.String()) {
 			return fmt.Errorf("%w: local head is block %d %s, the stream's is block %d", ErrTruncated,
 				local.Height, local.Hash, int64(height)-1)
@@ -515,23 +524,28 @@ type Head struct {
 
 func headPath(dir, writer string) string { return filepath.Join(dir, writer+".head.json") }
 
-// LoadHead reads the local head of writer from dir.
-func LoadHead(dir, writer string) (Head, bool) {
+// LoadHead reads the local head of writer from dir. Only a missing file
+// means "no head"; an unreadable or corrupt one is an error, never silence.
+func LoadHead(dir, writer string) (Head, bool, error) {
 	if dir == "" {
-		return Head{}, false
+		return Head{}, false, nil
 	}
-	data, err := os.ReadFile(headPath(dir, writer))
+	path := headPath(dir, writer)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return Head{}, false, nil
+	}
 	if err != nil {
-		return Head{}, false
+		return Head{}, false, fmt.Errorf("local chain head: %w", err)
 	}
 	var h Head
 	if json.Unmarshal(data, &h) != nil || h.Writer != writer {
-		return Head{}, false
+		return Head{}, false, fmt.Errorf("local chain head %s is corrupt: check the chain with gridseal chain verify before moving it away", path)
 	}
 	if _, err := hex.DecodeString(h.Hash); err != nil || len(h.Hash) != 64 {
-		return Head{}, false
+		return Head{}, false, fmt.Errorf("local chain head %s is corrupt (hash)", path)
 	}
-	return h, true
+	return h, true, nil
 }
 
 // saveHead writes the head atomically, at most every 200 ms unless forced.
@@ -544,12 +558,40 @@ func (r *Recorder) saveHead(force bool) {
 	data, _ := json.Marshal(h)
 	path := headPath(r.cfg.HeadDir, r.cfg.Writer)
 	tmp := path + ".tmp"
-	if err := os.MkdirAll(r.cfg.HeadDir, 0o700); err == nil {
-		if err = os.WriteFile(tmp, data, 0o600); err == nil {
-			err = os.Rename(tmp, path)
-		}
-		if err != nil {
-			r.log.Warn("cannot keep local chain head", zap.String("path", path), zap.Error(err))
-		}
+	if err := writeFileSync(tmp, path, data); err != nil {
+		r.log.Warn("cannot keep local chain head", zap.String("path", path), zap.Error(err))
 	}
+}
+
+// writeFileSync replaces path with data atomically and durably: write and
+// fsync a temporary file, rename it over path, fsync the directory.
+func writeFileSync(tmp, path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

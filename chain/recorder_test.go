@@ -45,7 +45,7 @@ func TestRecordAndVerify(t *testing.T) {
 	}
 	msgs := readAll(t, nc)
 	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
-	if h, ok := chain.LoadHead(heads, "gw-1"); ok {
+	if h, ok, err := chain.LoadHead(heads, "gw-1"); ok && err == nil {
 		trust.Heads = map[string]chain.Head{"gw-1": h}
 	} else {
 		t.Fatal("no local head kept")

@@ -63,11 +63,25 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 	if err != nil {
 		return nil, fmt.Errorf("chain stream %s: %w", StreamName, err)
 	}
-	cfg := s.CachedInfo().Config
-	if !cfg.DenyDelete || !cfg.DenyPurge || cfg.AllowRollup {
-		return nil, fmt.Errorf("chain stream %s allows deletes, purges or rollups: refusing to record into it", StreamName)
+	if err := checkStream(s.CachedInfo().Config); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// checkStream refuses a chain stream that could lose blocks: one that
+// allows deletes, purges or rollups, or discards old messages by age, count
+// or size, or is sealed.
+func checkStream(cfg jetstream.StreamConfig) error {
+	switch {
+	case !cfg.DenyDelete || !cfg.DenyPurge || cfg.AllowRollup:
+		return fmt.Errorf("chain stream %s allows deletes, purges or rollups: refusing to record into it", StreamName)
+	case cfg.MaxAge > 0 || cfg.MaxMsgs > 0 || cfg.MaxBytes > 0 || cfg.MaxMsgsPerSubject > 0:
+		return fmt.Errorf("chain stream %s has retention limits (max age, messages or bytes): blocks would be discarded; refusing to record into it", StreamName)
+	case cfg.Sealed:
+		return fmt.Errorf("chain stream %s is sealed", StreamName)
+	}
+	return nil
 }
 
 // Msg is one stored block message.

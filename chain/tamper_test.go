@@ -220,7 +220,7 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 		}
 	}
 	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{}}
-	h, ok := chain.LoadHead(heads, "gw-1")
+	h, ok, _ := chain.LoadHead(heads, "gw-1")
 	if !ok {
 		t.Fatal("no local head")
 	}

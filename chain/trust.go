@@ -55,7 +55,11 @@ func LoadTrust(path, headDir string) (Trust, error) {
 			return t, fmt.Errorf("trust file %s: writer %s: %w", path, w.ID, err)
 		}
 		t.Writers[w.ID] = WriterKeys{Verifier: v, KeyIDs: v.KeyIDs}
-		if h, ok := LoadHead(headDir, w.ID); ok {
+		h, ok, err := LoadHead(headDir, w.ID)
+		if err != nil {
+			return t, err
+		}
+		if ok {
 			t.Heads[w.ID] = h
 		}
 	}

@@ -93,6 +93,10 @@ func TestSimulatorsThroughProxy(t *testing.T) {
 		}
 	})
 	t.Run("every operation recorded once with its verdict", func(t *testing.T) {
+		waitFor(t, "the breaker deny to be recorded", func() bool {
+			ev := fx.events.completed()
+			return len(ev) > 0 && ev[len(ev)-1].Device == "breaker-1" && ev[len(ev)-1].Function == 5
+		})
 		var got []string
 		for _, e := range fx.events.completed() {
 			s := fmt.Sprintf("%s/%d/%s", e.Device, e.Function, e.Verdict)
@@ -200,6 +204,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 			t.Fatalf("reply = %x, want exception 0x0A", resp)
 		}
 	}
+	waitFor(t, "three recorded operations", func() bool { return len(fx.events.completed()) == 3 })
 	ev := fx.events.completed()
 	if len(ev) != 3 || ev[0].Exception != 0x0A || !strings.Contains(ev[0].Reason, "unreachable") {
 		t.Fatalf("events = %+v", ev)
@@ -316,13 +321,17 @@ func TestMalformedFramesAreNeverForwarded(t *testing.T) {
 			t.Fatalf("upstream received %x: a malformed frame was forwarded", f)
 		}
 	}
-	var malformed int
-	for _, e := range fx.events.completed() {
-		if e.Verdict == audit.Malformed {
-			malformed++
+	count := func() int {
+		n := 0
+		for _, e := range fx.events.completed() {
+			if e.Verdict == audit.Malformed {
+				n++
+			}
 		}
+		return n
 	}
-	if malformed != 12 {
+	waitFor(t, "12 malformed operations recorded", func() bool { return count() >= 12 })
+	if malformed := count(); malformed != 12 {
 		t.Fatalf("%d malformed operations recorded, want 12", malformed)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -134,18 +135,28 @@ func (s *Server) Serve(ln net.Listener, rt Route) error {
 	}()
 	local := ln.Addr().String()
 	s.log.Info("listening", zap.String("addr", local))
+	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
 			if s.ctx.Err() != nil {
 				return ErrClosed
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("accept on %s: %w", local, err)
 			}
-			return fmt.Errorf("accept on %s: %w", local, err)
+			// Out of file descriptors, a connection reset before accept...:
+			// back off and keep serving, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed; retrying", zap.String("addr", local), zap.Duration("in", backoff), zap.Error(err))
+			select {
+			case <-time.After(backoff):
+			case <-s.ctx.Done():
+				return ErrClosed
+			}
+			continue
 		}
+		backoff = 0
 		ss, ok := s.admit(conn, local, &rt)
 		if !ok {
 			continue

@@ -149,6 +149,9 @@ func chainTailCmd(g *globals) *cobra.Command {
 		Short: "Show the newest recorded operations, or follow them live",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if lastN < 1 {
+				return fmt.Errorf("%w: --lines %d: want at least 1", errUsage, lastN)
+			}
 			switch verdict {
 			case "", "allow", "deny", "malformed":
 				f.verdict = verdict

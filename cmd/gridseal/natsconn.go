@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,7 +56,7 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		}
 		nc, err := nats.Connect(g.natsURL, append(opts, nats.RetryOnFailedConnect(true))...)
 		if err != nil {
-			return nil, fmt.Errorf("connect to NATS %s: %w", g.natsURL, err)
+			return nil, fmt.Errorf("connect to NATS %s: %w", redactURLs(g.natsURL), err)
 		}
 		return &natsConn{nc: nc}, nil
 	}
@@ -106,6 +107,19 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
 	}
 	return &natsConn{nc: nc, embedded: true, stop: stop}, nil
+}
+
+// redactURLs hides user:password and tokens in a comma list of NATS URLs,
+// so a log line or error never carries a credential.
+func redactURLs(s string) string {
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("REDACTED")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 func waitURL(ctx context.Context, path string) (string, error) {

@@ -194,7 +194,7 @@ func (g *globals) openRecorder(ctx context.Context, cfg chain.Config, log *zap.L
 		conn.Close()
 		return nil, err
 	}
-	where := g.natsURL
+	where := redactURLs(g.natsURL)
 	if conn.embedded {
 		where = "embedded under " + g.dataDir
 	}
