@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -524,4 +525,50 @@ func FuzzDecodeProposal(f *testing.F) {
 			t.Fatalf("non-canonical proposal accepted: %x", b)
 		}
 	})
+}
+
+// TestUsedApprovalStaysUsedWhenTheBucketIsRewritten: an insider with write
+// access to the bucket puts the pre-use entry back from its history; the
+// approval must not allow the command again, on this proxy or a fresh one.
+func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
+	r := newRig(t, false)
+	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
+	r.sign(id, r.alice.signer)
+	r.sign(id, r.carol.signer)
+	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); !v.Allowed() {
+		t.Fatal(v.Reason)
+	}
+	kv, err := r.js.KeyValue(t.Context(), policy.ApprovalsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hist, err := kv.History(t.Context(), "p."+id.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var preUse []byte
+	for _, h := range hist {
+		if !strings.Contains(string(h.Value()), `"consumed"`) {
+			preUse = h.Value()
+		}
+	}
+	if _, err := kv.Put(t.Context(), "p."+id.String(), preUse); err != nil {
+		t.Fatal(err)
+	}
+	fresh := r.openStore()
+	for _, e := range []struct {
+		name string
+		eng  *policy.Engine
+		st   *policy.Store
+	}{{"same proxy", r.engine, r.store}, {"fresh proxy", r.newEngine(fresh, "gw-2"), fresh}} {
+		if v := r.decide(e.eng, e.st, "inverter-1", 1, setpoint30, id); v.Allowed() {
+			t.Fatalf("%s: replay after the bucket was rewritten: %s", e.name, v.Reason)
+		}
+	}
+	if st, err := r.store.Get(t.Context(), id); err != nil || st.Entry.Consumed == nil || st.Entry.Consumed.By != "gw-1" {
+		t.Fatalf("Get must report the use from the use stream: %+v %v", st, err)
+	}
+	if _, err := r.store.AddSignature(t.Context(), id, []byte{1, 2, 3, 4, 5, 6}); !errors.Is(err, policy.ErrConsumed) {
+		t.Fatalf("signing a used approval: %v", err)
+	}
 }

@@ -19,6 +19,16 @@ import (
 // their signatures and their consumption, and the policy in force.
 const ApprovalsBucket = "GRIDSEAL_APPROVALS"
 
+// UsedStream records each approval's one use as the first and only message
+// on gridseal.approval.used.<id>, in a stream that forbids deletes and
+// purges. It, not the bucket, is the authority on single use: a bucket
+// entry can be rewritten from its history, a stream message cannot be
+// taken back.
+const (
+	UsedStream  = "GRIDSEAL_APPROVALS_USED"
+	usedSubject = "gridseal.approval.used."
+)
+
 // Errors of the approval store.
 var (
 	ErrNotFound = errors.New("no such approval")
@@ -82,12 +92,15 @@ type PolicyInForce struct {
 // also keeps an in-memory index by exact command, so deciding a write does
 // not wait for NATS until the approval is consumed.
 type Store struct {
-	kv  jetstream.KeyValue
-	log *zap.Logger
+	kv   jetstream.KeyValue
+	js   jetstream.JetStream
+	used jetstream.Stream
+	log  *zap.Logger
 
 	mu      sync.RWMutex
 	byID    map[ID]*Stored
 	byMatch map[string][]*Stored
+	usedIDs map[ID]*Consumption // uses seen by this process: never forgotten
 	// OnChange, if set before Watch, sees every change: before is nil for a
 	// new proposal.
 	OnChange func(before, after *Stored)
@@ -116,7 +129,40 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, replicas int, log *z
 	if err != nil {
 		return nil, fmt.Errorf("approvals bucket: %w", err)
 	}
-	return &Store{kv: kv, log: log, byID: map[ID]*Stored{}, byMatch: map[string][]*Stored{}}, nil
+	used, err := js.Stream(ctx, UsedStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		used, err = js.CreateStream(ctx, jetstream.StreamConfig{
+			Name: UsedStream, Description: "gridseal: each approval's single use",
+			Subjects: []string{usedSubject + ">"}, Storage: jetstream.FileStorage, Replicas: replicas,
+			DenyDelete: true, DenyPurge: true, AllowDirect: true, MaxMsgsPerSubject: 1, Discard: jetstream.DiscardNew,
+		})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			used, err = js.Stream(ctx, UsedStream)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("approvals use stream: %w", err)
+	}
+	if c := used.CachedInfo().Config; !c.DenyDelete || !c.DenyPurge || c.AllowRollup || c.MaxAge > 0 {
+		return nil, fmt.Errorf("approvals use stream %s allows deletes, purges, rollups or expiry: refusing it", UsedStream)
+	}
+	return &Store{kv: kv, js: js, used: used, log: log, byID: map[ID]*Stored{}, byMatch: map[string][]*Stored{}}, nil
+}
+
+// Used reports whether the approval's single use is recorded, and by whom.
+func (s *Store) Used(ctx context.Context, id ID) (*Consumption, error) {
+	m, err := s.used.GetLastMsgForSubject(ctx, usedSubject+id.String())
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read approval use: %w", err)
+	}
+	var c Consumption
+	if err := json.Unmarshal(m.Data, &c); err != nil {
+		return nil, fmt.Errorf("approval use record %s: %w", id, err)
+	}
+	return &c, nil
 }
 
 // Propose stores a new proposal with the proposer's signature.
@@ -133,8 +179,23 @@ func (s *Store) Propose(ctx context.Context, p *Proposal, proposerSig []byte) (I
 	return id, nil
 }
 
-// Get reads one approval from the bucket.
+// Get reads one approval from the bucket, marked used if the use stream
+// says so whatever the bucket entry claims.
 func (s *Store) Get(ctx context.Context, id ID) (*Stored, error) {
+	st, err := s.getRaw(ctx, id)
+	if err != nil || st.Entry.Consumed != nil {
+		return st, err
+	}
+	used, err := s.Used(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	st.Entry.Consumed = used
+	return st, nil
+}
+
+// getRaw reads the bucket entry as it is.
+func (s *Store) getRaw(ctx context.Context, id ID) (*Stored, error) {
 	kve, err := s.kv.Get(ctx, key(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -164,7 +225,7 @@ func decodeStored(id ID, value []byte, rev uint64) (*Stored, error) {
 // revision, retrying when another writer changed it meanwhile.
 func (s *Store) update(ctx context.Context, id ID, fn func(*Stored) error) (*Stored, error) {
 	for attempt := 0; attempt < 16; attempt++ {
-		st, err := s.Get(ctx, id)
+		st, err := s.getRaw(ctx, id)
 		if err != nil {
 			return nil, err
 		}
@@ -191,6 +252,12 @@ func (s *Store) update(ctx context.Context, id ID, fn func(*Stored) error) (*Sto
 // AddSignature appends sig to the approval, unless it is consumed or the
 // same signature is already there.
 func (s *Store) AddSignature(ctx context.Context, id ID, sig []byte) (*Stored, error) {
+	if used, err := s.Used(ctx, id); err != nil || used != nil {
+		if err == nil {
+			err = ErrConsumed
+		}
+		return nil, err
+	}
 	return s.update(ctx, id, func(st *Stored) error {
 		if st.Entry.Consumed != nil {
 			return ErrConsumed
@@ -205,41 +272,53 @@ func (s *Store) AddSignature(ctx context.Context, id ID, sig []byte) (*Stored, e
 	})
 }
 
-// Consume marks st used, with compare-and-set on the revision the decision
-// was made on: of two proxies racing for one approval, exactly one wins.
-// If a signature was added meanwhile the use still counts once.
+// Consume marks st used. The use is the first message on the approval's
+// subject of the use stream, published with Nats-Expected-Last-Subject-
+// Sequence 0: of two proxies racing for one approval exactly one succeeds,
+// and no later rewrite of the bucket can make a used approval usable again.
+// The bucket entry is updated afterwards for people reading it.
 func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) error {
-	c := st.Entry
-	c.Consumed = &Consumption{At: time.Now().UTC(), By: by, Op: op}
+	c := Consumption{At: time.Now().UTC(), By: by, Op: op}
 	data, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
-	rev := st.Revision
-	for attempt := 0; attempt < 16; attempt++ {
-		_, err = s.kv.Update(ctx, key(st.ID), data, rev)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("consume approval %s: %w", st.ID, err)
-		}
-		cur, gerr := s.Get(ctx, st.ID)
-		if gerr != nil {
-			return gerr
-		}
-		if cur.Entry.Consumed != nil {
-			return ErrConsumed
-		}
-		// Only signatures were added: consume the current revision, keeping them.
-		c = cur.Entry
-		c.Consumed = &Consumption{At: time.Now().UTC(), By: by, Op: op}
-		if data, err = json.Marshal(c); err != nil {
-			return err
-		}
-		rev = cur.Revision
+	_, err = s.js.Publish(ctx, usedSubject+st.ID.String(), data, jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return ErrConsumed
 	}
-	return fmt.Errorf("consume approval %s: too many concurrent changes", st.ID)
+	if err != nil {
+		return fmt.Errorf("consume approval %s: %w", st.ID, err)
+	}
+	s.markUsed(st.ID, &c)
+	// The bucket entry follows, off the request path: the command is
+	// forwarded as soon as the use is durable.
+	go func() {
+		uctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := s.update(uctx, st.ID, func(cur *Stored) error {
+			if cur.Entry.Consumed != nil {
+				return ErrConsumed
+			}
+			cur.Entry.Consumed = &c
+			return nil
+		}); err != nil && !errors.Is(err, ErrConsumed) {
+			s.log.Warn("approval used, but its bucket entry could not say so", zap.String("approval", st.ID.String()), zap.Error(err))
+		}
+	}()
+	return nil
+}
+
+// markUsed remembers in the index that id was used, whatever the bucket says later.
+func (s *Store) markUsed(id ID, c *Consumption) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.usedIDs == nil {
+		s.usedIDs = map[ID]*Consumption{}
+	}
+	s.usedIDs[id] = c
 }
 
 // List returns every approval in the bucket, newest window first.
@@ -352,6 +431,19 @@ func (s *Store) apply(kve jetstream.KeyValueEntry, live bool) {
 	}
 	s.mu.Lock()
 	before := s.byID[id]
+	if st.Entry.Consumed == nil {
+		// A used approval stays used, whatever a later revision says.
+		if c := s.usedIDs[id]; c != nil {
+			st.Entry.Consumed = c
+		} else if before != nil && before.Entry.Consumed != nil {
+			st.Entry.Consumed = before.Entry.Consumed
+			if s.usedIDs == nil {
+				s.usedIDs = map[ID]*Consumption{}
+			}
+			s.usedIDs[id] = before.Entry.Consumed
+			s.log.Error("approval entry rewritten to look unused; it stays used", zap.String("approval", id.String()))
+		}
+	}
 	s.removeLocked(id)
 	s.byID[id] = st
 	m := MatchKey(st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU)
@@ -389,6 +481,11 @@ func (s *Store) Candidates(device string, unit byte, pdu []byte) []*Stored {
 	out := make([]*Stored, 0, len(list))
 	for _, st := range list {
 		if st.Proposal.Device == device && st.Proposal.Unit == unit && string(st.Proposal.PDU) == string(pdu) {
+			if c := s.usedIDs[st.ID]; c != nil && st.Entry.Consumed == nil {
+				used := &Stored{ID: st.ID, Revision: st.Revision, Entry: st.Entry, Proposal: st.Proposal}
+				used.Entry.Consumed = c
+				st = used
+			}
 			out = append(out, st)
 		}
 	}
