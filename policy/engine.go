@@ -175,6 +175,10 @@ func (r *Rule) check(d *Device, in *Input) (Denial, string) {
 		return DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
 	}
 	switch r.Class {
+	case modbus.ClassDiagnostic:
+		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {
+			return DenyFunction, fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
+		}
 	case modbus.ClassRead:
 		return r.checkRead(req)
 	case modbus.ClassWrite:

@@ -52,6 +52,7 @@ type Rule struct {
 	units     []byte       // empty: every unit of the device
 	addresses ranges       // nil: any address (reads and diagnostics only)
 	values    ranges       // nil: any value
+	subs      ranges       // function 8 sub-functions a diagnostic rule allows
 
 	Requires   *Quorum       // non-nil: a write needs an m-of-n approval
 	BreakGlass *Quorum       // fewer signatures that still pass, flagged loudly
@@ -285,7 +286,7 @@ var defaultFunctions = map[modbus.Class][]modbus.Function{
 
 func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 	f, err := fields(n, "rule", "name", "allow", "functions", "table", "units", "addresses", "values",
-		"requires", "break_glass", "max_ttl")
+		"requires", "break_glass", "max_ttl", "subfunctions")
 	if err != nil {
 		return nil, err
 	}
@@ -334,6 +335,16 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		}
 	} else {
 		return nil, lineErr(n, "%s: a diagnostic rule must name its functions", where)
+	}
+	if sn := f["subfunctions"]; sn != nil {
+		if r.Class != modbus.ClassDiagnostic || !r.functions[modbus.Diagnostics] {
+			return nil, lineErr(sn, "%s: subfunctions apply to diagnostic rules naming function 8", where)
+		}
+		if r.subs, err = parseRanges(sn, 0, 65535, nil); err != nil {
+			return nil, err
+		}
+	} else if r.functions[modbus.Diagnostics] {
+		r.subs = ranges{{lo: 0, hi: 0}} // return query data (echo) only, unless named
 	}
 	if tn := f["table"]; tn != nil {
 		t, ok := tables[tn.Value]

@@ -230,3 +230,44 @@ func BenchmarkDecideAllowedRead(b *testing.B) {
 		}
 	}
 }
+
+func TestDiagnosticSubfunctions(t *testing.T) {
+	p, err := Parse("d.yaml", []byte(`id: d
+devices:
+  - name: plc
+    upstream: 127.0.0.1:1
+    rules:
+      - {name: echo, allow: diagnostic, functions: [8]}
+  - name: gw
+    upstream: 127.0.0.1:1
+    rules:
+      - {name: counters, allow: diagnostic, functions: [8], subfunctions: "0,10-14"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(p, zap.NewNop())
+	cases := []struct {
+		device string
+		sub    uint16
+		allow  bool
+	}{
+		{"plc", 0, true},  // return query data: the health check
+		{"plc", 4, false}, // force listen only: silences the device
+		{"plc", 1, false}, // restart communications
+		{"gw", 11, true},  // bus message count
+		{"gw", 10, true},  // clear counters, named
+		{"gw", 4, false},
+	}
+	for _, tc := range cases {
+		v := e.Decide(t.Context(), input(t, tc.device, 1, []byte{8, 0, byte(tc.sub), 0, 0}))
+		if v.Allowed() != tc.allow {
+			t.Errorf("%s sub %d: %v (%s)", tc.device, tc.sub, v.Decision, v.Reason)
+		}
+	}
+	req, _ := modbus.ParseRequest([]byte{8, 0, 4, 0, 0})
+	echo, _ := modbus.ParseRequest([]byte{8, 0, 0, 0xA5, 0x37})
+	if !req.StateChanging() || echo.StateChanging() {
+		t.Fatal("force listen only must count as state-changing, the echo must not")
+	}
+}

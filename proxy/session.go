@@ -157,7 +157,7 @@ func (ss *session) handle(c *call) bool {
 		return true
 	}
 	c.ev.Verdict = audit.Allow
-	if req.Class() == modbus.ClassWrite || s.cfg.DurableReads {
+	if req.StateChanging() || s.cfg.DurableReads {
 		// A state-changing request is durable in the record before it moves.
 		c.ev.Phase = audit.PhaseRequest
 		err := s.rec.Record(s.ctx, &c.ev, true)

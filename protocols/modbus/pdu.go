@@ -34,6 +34,23 @@ func (r *Request) Class() Class {
 	return r.Function.Class()
 }
 
+// StateChanging reports whether the request can change the device's state:
+// every write, and the function 8 sub-functions that restart
+// communications (1), change the ASCII delimiter (3), force listen-only
+// mode (4) or clear counters (10, 20).
+func (r *Request) StateChanging() bool {
+	if r.Class() == ClassWrite {
+		return true
+	}
+	if r.Function == Diagnostics {
+		switch r.Sub {
+		case 1, 3, 4, 10, 20:
+			return true
+		}
+	}
+	return false
+}
+
 // WriteRange returns the table, first address and count a write changes.
 // ok is false for requests that change no addressed table: reads,
 // diagnostics and function 21, whose file records live outside the data model.
