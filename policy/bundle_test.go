@@ -85,3 +85,37 @@ func TestSignedPolicyBundle(t *testing.T) {
 		t.Fatal("a threshold above the number of admins was accepted")
 	}
 }
+
+func TestPolicySuccession(t *testing.T) {
+	v := func(version int, extra string) *policy.Policy {
+		p, err := policy.Parse("p.yaml", []byte(fmt.Sprintf("id: plant\nversion: %d\ndevices:\n  - {name: a, upstream: 'h:1'}\n%s", version, extra)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	state := filepath.Join(t.TempDir(), "in-force.json")
+	prev, err := policy.LoadInForce(state)
+	if err != nil || prev != nil {
+		t.Fatalf("no state yet: %v %v", prev, err)
+	}
+	if err := policy.SaveInForce(state, v(3, "")); err != nil {
+		t.Fatal(err)
+	}
+	prev, _ = policy.LoadInForce(state)
+	for _, tc := range []struct {
+		name string
+		next *policy.Policy
+		ok   bool
+	}{
+		{"newer", v(4, ""), true},
+		{"same", v(3, ""), true},
+		{"older", v(2, ""), false},
+		{"same version, other content", v(3, "# changed\n"), false},
+	} {
+		err := policy.CheckSuccession(prev, tc.next)
+		if (err == nil) != tc.ok || (!tc.ok && !errors.Is(err, policy.ErrRollback)) {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}

@@ -21,13 +21,15 @@ type fileConfig struct {
 	Policy     string `yaml:"policy"`
 	PolicyRoot string `yaml:"policy_root"` // admins' root file; the policy must carry their m-of-n signatures
 	// InsecureUnsignedPolicy runs a policy no admin signed. Tests and labs only.
-	InsecureUnsignedPolicy bool                 `yaml:"insecure_unsigned_policy"`
-	Listeners              []listenerConfig     `yaml:"listeners"`
-	Limits                 proxy.Limits         `yaml:"limits"`
-	Upstream               proxy.UpstreamConfig `yaml:"upstream"`
-	Exceptions             proxy.Exceptions     `yaml:"exceptions"`
-	Chain                  chainConfig          `yaml:"chain"`
-	Log                    logConfig            `yaml:"log"`
+	InsecureUnsignedPolicy bool `yaml:"insecure_unsigned_policy"`
+	// AllowPolicyRollback accepts a policy older than one already in force.
+	AllowPolicyRollback bool                 `yaml:"allow_policy_rollback"`
+	Listeners           []listenerConfig     `yaml:"listeners"`
+	Limits              proxy.Limits         `yaml:"limits"`
+	Upstream            proxy.UpstreamConfig `yaml:"upstream"`
+	Exceptions          proxy.Exceptions     `yaml:"exceptions"`
+	Chain               chainConfig          `yaml:"chain"`
+	Log                 logConfig            `yaml:"log"`
 }
 
 // chainConfig says where and as whom the proxy records.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -44,6 +45,9 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if err := g.acceptPolicy(cfg, pol); err != nil {
+				return err
+			}
 			specs, err := routes(cfg.Listeners, pol)
 			if err != nil {
 				return fmt.Errorf("%s: %w", configPath, err)
@@ -69,7 +73,7 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			go reloadOnHangup(ctx, cfg, engine, store, log)
+			go g.reloadOnHangup(ctx, cfg, engine, store, log)
 			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, rec.rec, log)
 			if err != nil {
 				return err
@@ -103,9 +107,23 @@ func (c *fileConfig) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
 	return p, nil
 }
 
+// acceptPolicy refuses a policy older than the newest this proxy accepted
+// (unless allow_policy_rollback is set) and remembers p as the newest.
+func (g *globals) acceptPolicy(cfg *fileConfig, p *policy.Policy) error {
+	path := filepath.Join(g.dataDir, "policy-in-force.json")
+	prev, err := policy.LoadInForce(path)
+	if err != nil {
+		return err
+	}
+	if err := policy.CheckSuccession(prev, p); err != nil && !cfg.AllowPolicyRollback {
+		return fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
+	}
+	return policy.SaveInForce(path, p)
+}
+
 // reloadOnHangup re-reads the policy on SIGHUP and puts it in force if it
 // is valid and signed; otherwise the policy in force stays.
-func reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
+func (g *globals) reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -116,6 +134,9 @@ func reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *policy.Engine,
 		case <-hup:
 		}
 		p, err := cfg.loadPolicy(log)
+		if err == nil {
+			err = g.acceptPolicy(cfg, p)
+		}
 		if err != nil {
 			log.Error("policy reload refused; the policy in force stays", zap.Error(err))
 			continue

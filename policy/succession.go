@@ -1,0 +1,69 @@
+package policy
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// ErrRollback is returned for a policy older than one already in force.
+var ErrRollback = errors.New("policy rollback refused")
+
+// InForce is the newest policy a proxy has accepted, kept on disk so that
+// an older signed policy cannot be put back (its signatures stay valid
+// forever; its version does not).
+type InForce struct {
+	ID      string `json:"id"`
+	Version int    `json:"version"`
+	Digest  string `json:"digest"`
+}
+
+// CheckSuccession refuses next if it is older than prev, or the same
+// version with other content.
+func CheckSuccession(prev *InForce, next *Policy) error {
+	if prev == nil || prev.ID != next.ID {
+		return nil
+	}
+	switch {
+	case next.Version < prev.Version:
+		return fmt.Errorf("%w: policy %s version %d is older than version %d, already in force", ErrRollback, next.ID, next.Version, prev.Version)
+	case next.Version == prev.Version && next.Digest != prev.Digest:
+		return fmt.Errorf("%w: policy %s version %d changed without a new version number (sha256 %s…, was %s…)",
+			ErrRollback, next.ID, next.Version, next.Digest[:12], prev.Digest[:12])
+	}
+	return nil
+}
+
+// LoadInForce reads the state file; a missing file is no state.
+func LoadInForce(path string) (*InForce, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("policy state: %w", err)
+	}
+	var s InForce
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
+	}
+	return &s, nil
+}
+
+// SaveInForce records p as the policy in force.
+func SaveInForce(path string, p *Policy) error {
+	data, err := json.Marshal(InForce{ID: p.ID, Version: p.Version, Digest: p.Digest})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
