@@ -26,6 +26,7 @@ var (
 	ErrFenced      = errors.New("chain fenced: another process appends as this writer")
 	ErrClosed      = errors.New("chain recorder closed")
 	ErrTruncated   = errors.New("chain truncated: the stream is behind this writer's local head")
+	ErrForeignHead = errors.New("chain head not signed by this writer's key")
 )
 
 // Config of a Recorder. Zero fields take the defaults in brackets.
@@ -146,7 +147,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	sctx, cancel := context.WithTimeout(ctx, cfg.PublishTimeout)
 	err = r.syncHead(sctx)
 	cancel()
-	if errors.Is(err, ErrTruncated) {
+	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrForeignHead) {
 		return nil, err
 	}
 	if err != nil {
@@ -297,7 +298,7 @@ func (r *Recorder) run() {
 			err := r.syncHead(ctx)
 			cancel()
 			if err != nil {
-				if errors.Is(err, ErrTruncated) {
+				if errors.Is(err, ErrTruncated) || errors.Is(err, ErrForeignHead) {
 					r.fail(err)
 					return
 				}
@@ -492,7 +493,13 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 	if last != nil {
 		b, err := ParseBlock(last.Data)
 		if err != nil {
-			return fmt.Errorf("head of %s at sequence %d: %w", r.cfg.Writer, last.Sequence, err)
+			return fmt.Errorf("%w: head of %s at sequence %d: %v", ErrForeignHead, r.cfg.Writer, last.Sequence, err)
+		}
+		// Never build on a block this writer did not sign.
+		if v, ok := r.cfg.Signer.(interface{ Verify(sig, data []byte) error }); ok {
+			if b.Writer != r.cfg.Writer || v.Verify(b.Signature, SigningInput(b.Hash)) != nil {
+				return fmt.Errorf("%w: someone else appended to %s (sequence %d)", ErrForeignHead, Subject(r.cfg.Writer), last.Sequence)
+			}
 		}
 		height, prev, seq = b.Height+1, b.Hash, last.Sequence
 	}

@@ -236,3 +236,31 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 		t.Fatalf("recorder on a truncated stream: %v, want ErrTruncated", err)
 	}
 }
+
+// A block injected on a writer's subject by someone without its key: the
+// writer refuses to build on it.
+func TestWriterRefusesAForeignHead(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	attacker, _ := newKey(t)
+	msg, _, err := chain.EncodeBlock("gw-1", attacker, 1_000_000, chain.Hash{}, time.Now(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer}, nopLog())
+	if !errors.Is(err, chain.ErrForeignHead) {
+		t.Fatalf("recorder on a forged head: %v, want ErrForeignHead", err)
+	}
+}

@@ -54,22 +54,41 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			}
 			v := chain.NewVerifier(trust)
 			start, lastProgress := time.Now(), time.Now()
+			// Keep going past a bad block, so one injected message does not
+			// hide what comes after it; report them all, the first first.
+			var problems []*chain.Problem
 			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
 				if time.Since(lastProgress) > 2*time.Second {
 					lastProgress = time.Now()
 					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", v.Blocks, v.Events)
 				}
-				return v.Add(m)
+				var p *chain.Problem
+				if err := v.Add(m); errors.As(err, &p) {
+					problems = append(problems, p)
+					return nil
+				} else if err != nil {
+					return err
+				}
+				return nil
 			})
-			if err == nil {
-				err = v.Finish()
-			}
-			var p *chain.Problem
-			if errors.As(err, &p) {
-				return fmt.Errorf("chain verify FAILED at %v", p)
-			}
 			if err != nil {
 				return err
+			}
+			var p *chain.Problem
+			if err := v.Finish(); errors.As(err, &p) {
+				problems = append(problems, p)
+			} else if err != nil {
+				return err
+			}
+			if len(problems) > 0 {
+				for i, p := range problems {
+					if i == 20 {
+						fmt.Fprintf(g.stdout, "  … and %d more\n", len(problems)-20)
+						break
+					}
+					fmt.Fprintf(g.stdout, "  problem %d: %v\n", i+1, p)
+				}
+				return fmt.Errorf("chain verify FAILED at %v (%d problems in all)", problems[0], len(problems))
 			}
 			el := time.Since(start)
 			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(v.Writers()), v.Blocks, v.Events)

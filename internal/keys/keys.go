@@ -22,11 +22,16 @@ const (
 	ECDSAP256 = "ecdsa-p256"
 )
 
-// Signer signs with the primary key of a private keyset.
+// Signer signs with the primary key of a private keyset, and verifies
+// with its public half.
 type Signer struct {
 	tink.Signer
-	KeyID uint32 // primary key id: the Tink output prefix names it
+	KeyID    uint32 // primary key id: the Tink output prefix names it
+	verifier tink.Verifier
 }
+
+// Verify checks a signature made by any key of this keyset.
+func (s *Signer) Verify(sig, data []byte) error { return s.verifier.Verify(sig, data) }
 
 // PrimaryKeyID returns the id of the key that signs.
 func (s *Signer) PrimaryKeyID() uint32 { return s.KeyID }
@@ -123,7 +128,15 @@ func SignerFromHandle(h *keyset.Handle) (*Signer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("signer: %w", err)
 	}
-	return &Signer{Signer: s, KeyID: h.KeysetInfo().GetPrimaryKeyId()}, nil
+	pub, err := h.Public()
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	v, err := signature.NewVerifier(pub)
+	if err != nil {
+		return nil, fmt.Errorf("signer: %w", err)
+	}
+	return &Signer{Signer: s, KeyID: h.KeysetInfo().GetPrimaryKeyId(), verifier: v}, nil
 }
 
 // Verifier checks signatures against a public keyset.
