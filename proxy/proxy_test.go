@@ -482,3 +482,48 @@ func TestMbpollThroughProxy(t *testing.T) {
 		t.Fatalf("mbpoll forbidden write: want exception 2, got %v\n%s", err, out)
 	}
 }
+
+// A device that answers late: after the client got 0x0B, the late reply
+// must not be taken for the answer to the next request with that id.
+func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
+	var mu sync.Mutex
+	var held []modbus.Frame
+	up := startUpstream(t, func(f modbus.Frame) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		if binary.BigEndian.Uint16(f.PDU[1:3]) == 0x63 { // address 0x63: the device stalls
+			cp := f
+			cp.PDU = append([]byte(nil), f.PDU...)
+			held = append(held, cp)
+			return nil
+		}
+		return registerEcho(f)
+	})
+	var once sync.Once
+	up.stray = func(f modbus.Frame) []byte {
+		// With the next request, release the stalled reply: same transaction
+		// id space, same function, same length.
+		var out []byte
+		once.Do(func() {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, h := range held {
+				out = modbus.AppendFrame(out, h.Transaction, h.Unit, []byte{3, 2, 0xde, 0xad})
+			}
+		})
+		return out
+	}
+	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{ResponseTimeout: 200 * time.Millisecond}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(), proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	resp := c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0x63, 1))
+	if !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.GatewayTargetDeviceFailedToRespond)) {
+		t.Fatalf("stalled read: %x", resp)
+	}
+	for tid := uint16(2); tid < 10; tid++ {
+		resp := c.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0x10, 1))
+		if got := binary.BigEndian.Uint16(resp[2:]); got != 0x11 {
+			t.Fatalf("request %d got %#x: a late reply was delivered as its answer", tid, got)
+		}
+	}
+}

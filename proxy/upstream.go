@@ -24,10 +24,11 @@ func newUpstream(s *Server, d Device) *upstream {
 	u := &upstream{s: s, name: d.Name, addr: d.Upstream}
 	for i := 0; i < s.cfg.Upstream.PoolSize; i++ {
 		uc := &upconn{
-			up:      u,
-			pending: make(map[uint16]*call),
-			slots:   make(chan struct{}, s.cfg.Upstream.MaxInflight),
-			stop:    make(chan struct{}),
+			up:         u,
+			pending:    make(map[uint16]*call),
+			quarantine: make(map[uint16]struct{}),
+			slots:      make(chan struct{}, s.cfg.Upstream.MaxInflight),
+			stop:       make(chan struct{}),
 		}
 		u.conns = append(u.conns, uc)
 		go uc.reap()
@@ -63,7 +64,15 @@ type upconn struct {
 	pending   map[uint16]*call
 	nextTID   uint16
 	downUntil time.Time
+	// quarantine holds transaction ids whose calls timed out: they are not
+	// reused on this connection, so a late reply can never be taken for the
+	// answer to a new request.
+	quarantine map[uint16]struct{}
 }
+
+// maxQuarantine bounds timed-out ids per connection; past it the
+// connection is replaced, which forgets them all.
+const maxQuarantine = 4096
 
 func (uc *upconn) send(c *call) {
 	cfg := uc.up.s.cfg
@@ -102,7 +111,10 @@ func (uc *upconn) send(c *call) {
 		}
 	}
 	tid := uc.nextTID
-	for uc.pending[tid] != nil {
+	for {
+		if _, q := uc.quarantine[tid]; uc.pending[tid] == nil && !q {
+			break
+		}
 		tid++
 	}
 	uc.nextTID = tid + 1
@@ -158,12 +170,21 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		}
 		uc.mu.Lock()
 		c := uc.pending[f.Transaction]
+		_, late := uc.quarantine[f.Transaction]
 		if c != nil && c.in.Unit == f.Unit {
 			delete(uc.pending, f.Transaction)
 		} else {
 			c = nil
 		}
+		if late {
+			delete(uc.quarantine, f.Transaction)
+		}
 		uc.mu.Unlock()
+		if late {
+			log.Debug("late upstream reply after its timeout; dropped", zap.String("device", uc.up.name),
+				zap.Uint16("tid", f.Transaction))
+			continue
+		}
 		if c == nil {
 			log.Warn("upstream reply matches no request; dropped", zap.String("device", uc.up.name),
 				zap.Uint16("tid", f.Transaction), zap.Uint8("unit", f.Unit))
@@ -188,6 +209,7 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 	var failed []*call
 	if uc.conn == conn {
 		uc.conn, uc.bw = nil, nil
+		clear(uc.quarantine)
 		for tid, c := range uc.pending {
 			failed = append(failed, c)
 			delete(uc.pending, tid)
@@ -208,8 +230,8 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 }
 
 // reap fails calls whose device did not answer within the response timeout.
-// Their transaction ids are not reused until the counter wraps, so a late
-// reply finds no call and is dropped.
+// Their transaction ids are quarantined on the connection, so a late reply
+// is dropped and never matched to a new request.
 func (uc *upconn) reap() {
 	timeout := uc.up.s.cfg.Upstream.ResponseTimeout
 	tick := max(timeout/20, 5*time.Millisecond)
@@ -226,9 +248,15 @@ func (uc *upconn) reap() {
 				if now.After(c.deadline) {
 					expired = append(expired, c)
 					delete(uc.pending, tid)
+					uc.quarantine[tid] = struct{}{}
 				}
 			}
+			recycle := len(uc.quarantine) > maxQuarantine
+			conn := uc.conn
 			uc.mu.Unlock()
+			if recycle && conn != nil {
+				uc.drop(conn, errors.New("too many requests timed out on this connection"))
+			}
 			for i, c := range expired {
 				<-uc.slots
 				c.ev.Upstream = time.Since(c.start)
