@@ -147,6 +147,18 @@ type Recorder interface {
 // error. Put the recorder whose durability matters first.
 type Tee []Recorder
 
+// Failed returns the first recorder's fatal error, if it reports one.
+func (t Tee) Failed() error {
+	for _, r := range t {
+		if f, ok := r.(interface{ Failed() error }); ok {
+			if err := f.Failed(); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Record implements Recorder.
 func (t Tee) Record(ctx context.Context, ev *Event, durable bool) error {
 	var first error

@@ -76,6 +76,7 @@ type Recorder struct {
 	wake       chan struct{}
 
 	available atomic.Bool
+	fatal     atomic.Pointer[error] // set once by fail
 	stop      chan struct{}
 	done      chan struct{}
 
@@ -224,6 +225,15 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Failed returns the fatal error that stopped the recorder (fenced,
+// truncated, a foreign head), or nil. A proxy must forward nothing after it.
+func (r *Recorder) Failed() error {
+	if e := r.fatal.Load(); e != nil {
+		return *e
+	}
+	return nil
 }
 
 // Available reports whether the last publish succeeded.
@@ -463,6 +473,7 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 
 func (r *Recorder) fail(err error) {
 	r.log.Error("chain recorder stopped", zap.String("writer", r.cfg.Writer), zap.Error(err))
+	r.fatal.Store(&err)
 	r.available.Store(false)
 	r.mu.Lock()
 	r.failed = err

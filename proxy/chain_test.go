@@ -24,11 +24,12 @@ import (
 // chainFixture is a proxy recording into a real chain on an embedded
 // JetStream server.
 type chainFixture struct {
-	addr  string
-	srv   *chaintest.Server
-	nc    *nats.Conn
-	rec   *chain.Recorder
-	trust chain.Trust
+	addr   string
+	srv    *chaintest.Server
+	nc     *nats.Conn
+	rec    *chain.Recorder
+	signer *keys.Signer // the proxy's writer key
+	trust  chain.Trust
 }
 
 func startChainProxy(t *testing.T, up *upstream) *chainFixture {
@@ -62,7 +63,7 @@ func startChainProxy(t *testing.T, up *upstream) *chainFixture {
 	}
 	go func() { _ = srv.Serve(ln, plcRoute()) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	return &chainFixture{addr: ln.Addr().String(), srv: js, nc: nc, rec: rec,
+	return &chainFixture{addr: ln.Addr().String(), srv: js, nc: nc, rec: rec, signer: signer,
 		trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: ver, KeyIDs: ver.KeyIDs}}}}
 }
 
@@ -176,5 +177,36 @@ func TestWritesFailClosedWhileNATSIsDown(t *testing.T) {
 	}
 	if refused < 2 || forwarded != 1 {
 		t.Fatalf("writes in the chain: %d refused, %d forwarded; want ≥2 and 1:\n%s", refused, forwarded, describe(evs))
+	}
+}
+
+// TestFencedRecorderStopsAllForwarding: another process appends as this
+// proxy's writer; from then on nothing passes unrecorded, reads included.
+func TestFencedRecorderStopsAllForwarding(t *testing.T) {
+	up := startUpstream(t, nil)
+	f := startChainProxy(t, up)
+	c := dial(t, f.addr)
+	c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
+	if err := f.rec.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	impostor, err := chain.Open(t.Context(), f.nc, chain.Config{Writer: "gw-1", Signer: f.signer}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := impostor.Record(t.Context(), &audit.Event{Time: time.Now(), Phase: audit.PhaseComplete, Verdict: audit.Deny}, true); err != nil {
+		t.Fatal(err)
+	}
+	_ = impostor.Close(time.Second)
+	write := modbus.AppendWriteSingleRegister(nil, 7, 70)
+	if resp := c.roundTrip(2, 1, write); !bytes.Equal(resp, exception(modbus.WriteSingleRegister, modbus.ServerDeviceBusy)) {
+		t.Fatalf("write after the fence: %x", resp)
+	}
+	waitFor(t, "the recorder to stop", func() bool { return f.rec.Failed() != nil })
+	if resp := c.roundTrip(3, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+		t.Fatalf("read after the recorder stopped: %x, want exception 6", resp)
+	}
+	for _, fr := range up.received()[1:] {
+		t.Fatalf("forwarded after the fence: %x", fr)
 	}
 }

@@ -141,6 +141,11 @@ func (ss *session) handle(c *call) bool {
 		c.done(nil, s.cfg.Exceptions.RateLimit)
 		return true
 	}
+	if err := s.recorderFailed(); err != nil {
+		c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record has stopped ("+err.Error()+")"
+		c.done(nil, s.cfg.Exceptions.Unrecorded)
+		return true
+	}
 	name := ss.route.lookup(c.in.Unit)
 	up := s.upstreams[name]
 	if up == nil {
@@ -172,6 +177,15 @@ func (ss *session) handle(c *call) bool {
 	}
 	up.send(c, ss.pin)
 	return true
+}
+
+// recorderFailed reports a recorder that stopped for good: then nothing,
+// reads included, may pass unrecorded.
+func (s *Server) recorderFailed() error {
+	if f, ok := s.rec.(interface{ Failed() error }); ok {
+		return f.Failed()
+	}
+	return nil
 }
 
 func (s *Server) exceptionFor(d policy.Denial) modbus.ExceptionCode {
