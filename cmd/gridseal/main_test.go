@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	mbclient "github.com/simonvetter/modbus"
 
 	"github.com/gridseal/gridseal/chain"
@@ -394,6 +395,18 @@ func TestProposeAndApproveCommands(t *testing.T) {
 		return err == nil
 	})
 	key := func(who string) string { return filepath.Join(data, "keys", who+".private.json") }
+	// The embedded NATS admits only holders of the data directory's token.
+	url, err := os.ReadFile(filepath.Join(data, "nats", "client.url"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nc, err := nats.Connect(string(url), nats.Timeout(time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("the embedded NATS accepted a client without its token")
+	}
+	if fi, err := os.Stat(filepath.Join(data, "nats", "token")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", fi, err)
+	}
 	cli := func(stdin string, args ...string) (int, string, string) {
 		var out, errb bytes.Buffer
 		code := run(ctx, append(args, "--data-dir", data), strings.NewReader(stdin), &out, &errb)

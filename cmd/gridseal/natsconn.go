@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,8 +36,16 @@ func (c *natsConn) Close() {
 
 // connectNATS connects to --nats URL, or else to the embedded server under
 // --data-dir: the one another gridseal process already runs there, or a new
-// one this process runs (fsync always, loopback only).
+// one this process runs (fsync always, loopback only, token required; the
+// token is in DATA-DIR/nats/token, mode 0600). A long-running owner (the
+// proxy, the demo) must run the server itself: if a short command holds
+// the data directory it waits for it, rather than depend on a server that
+// is about to go away.
 func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, error) {
+	return g.connectNATSOwner(ctx, name, false)
+}
+
+func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (*natsConn, error) {
 	opts := []nats.Option{
 		nats.Name("gridseal " + name),
 		nats.MaxReconnects(-1),
@@ -69,12 +80,38 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
 	urlFile := filepath.Join(dir, "client.url")
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	token, err := loadToken(filepath.Join(dir, "token"))
+	if err != nil {
 		_ = lock.Close()
+		return nil, err
+	}
+	opts = append(opts, nats.Token(token))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			_ = lock.Close()
 			return nil, fmt.Errorf("lock %s: %w", dir, err)
 		}
+		if own {
+			if time.Now().After(deadline) {
+				pid, _ := os.ReadFile(filepath.Join(dir, "LOCK"))
+				_ = lock.Close()
+				return nil, fmt.Errorf("%s is in use by another gridseal process (pid %s): one proxy per data directory", g.dataDir, strings.TrimSpace(string(pid)))
+			}
+			select {
+			case <-ctx.Done():
+				_ = lock.Close()
+				return nil, ctx.Err()
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
 		// Another gridseal process runs the embedded server: use it.
+		_ = lock.Close()
 		url, err := waitURL(ctx, urlFile)
 		if err != nil {
 			return nil, err
@@ -85,7 +122,9 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		}
 		return &natsConn{nc: nc}, nil
 	}
-	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true})
+	_ = lock.Truncate(0)
+	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true, Token: token})
 	if err != nil {
 		_ = lock.Close()
 		return nil, err
@@ -107,6 +146,27 @@ func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, erro
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
 	}
 	return &natsConn{nc: nc, embedded: true, stop: stop}, nil
+}
+
+// loadToken reads the embedded server's client token, creating a random
+// one (0600) on first use.
+func loadToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) >= 32 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("embedded NATS token: %w", err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	tok := hex.EncodeToString(raw[:])
+	if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+		return "", fmt.Errorf("embedded NATS token: %w", err)
+	}
+	return tok, nil
 }
 
 // redactURLs hides user:password and tokens in a comma list of NATS URLs,

@@ -205,7 +205,7 @@ type recording struct {
 // openRecorder connects to NATS (or starts the embedded server) and opens
 // the writer's chain, keeping its head under --data-dir.
 func (g *globals) openRecorder(ctx context.Context, cfg chain.Config, log *zap.Logger) (*recording, error) {
-	conn, err := g.connectNATS(ctx, "recorder "+cfg.Writer)
+	conn, err := g.connectNATSOwner(ctx, "recorder "+cfg.Writer, true)
 	if err != nil {
 		return nil, err
 	}

@@ -20,6 +20,8 @@ type Options struct {
 	// SyncAlways fsyncs every write before it is acknowledged, so an
 	// acknowledged record survives a power cut. gridseal turns it on.
 	SyncAlways bool
+	// Token, if set, is required of every client (nats.Token).
+	Token string
 
 	Cluster     string   // cluster name; empty for a single server
 	ClusterPort int      // route port; -1 picks a free one
@@ -44,6 +46,9 @@ func Start(o Options) (*server.Server, error) {
 		NoLog:      true,
 		NoSigs:     true,
 		MaxPayload: 8 << 20,
+	}
+	if o.Token != "" {
+		opts.Authorization = o.Token
 	}
 	if o.Cluster != "" {
 		opts.Cluster = server.ClusterOpts{Name: o.Cluster, Host: o.Host, Port: o.ClusterPort}
