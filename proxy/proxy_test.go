@@ -527,3 +527,31 @@ func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
 		}
 	}
 }
+
+// A client that pipelines requests and never reads its replies is cut off
+// after the write timeout; the device's other clients keep being answered.
+func TestClientThatDoesNotReadIsDisconnected(t *testing.T) {
+	up := startUpstream(t, nil)
+	up.forget = true
+	cfg := proxy.Config{Limits: proxy.Limits{WriteTimeout: 200 * time.Millisecond, RequestsPerSecond: 1e6, Burst: 1 << 20}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(), proxy.Device{Name: "plc", Upstream: up.addr()})
+	greedy := dial(t, fx.addr)
+	req := modbus.AppendFrame(nil, 1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 125))
+	go func() {
+		for i := 0; i < 20000; i++ { // ~5 MB of replies it will never read
+			if _, err := greedy.c.Write(req); err != nil {
+				return
+			}
+		}
+	}()
+	good := dial(t, fx.addr)
+	start := time.Now()
+	for tid := uint16(1); time.Since(start) < time.Second; tid++ {
+		t0 := time.Now()
+		good.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1))
+		if d := time.Since(t0); d > 2*time.Second {
+			t.Fatalf("a well-behaved client waited %v", d)
+		}
+	}
+	waitFor(t, "the greedy client to be disconnected", func() bool { return fx.srv.Connections() == 1 })
+}

@@ -25,10 +25,14 @@ type Limits struct {
 	MaxConnectionsPerClient int           `yaml:"max_connections_per_client"` // per client IP address
 	IdleTimeout             time.Duration `yaml:"idle_timeout"`               // no request for this long: close
 	ReadTimeout             time.Duration `yaml:"read_timeout"`               // a started frame must complete within this
-	WriteTimeout            time.Duration `yaml:"write_timeout"`              // a reply must be taken by the client within this
-	RequestsPerSecond       float64       `yaml:"requests_per_second"`        // per connection, sustained
-	Burst                   int           `yaml:"burst"`                      // per connection
-	MaxPipeline             int           `yaml:"max_pipeline"`               // outstanding requests per connection
+	// WriteTimeout bounds how long a reply may wait for room in the client's
+	// socket. A client that reads its replies never comes near it; one that
+	// does not is disconnected, and meanwhile it stalls the replies of its
+	// device's other clients, so keep it short.
+	WriteTimeout      time.Duration `yaml:"write_timeout"`
+	RequestsPerSecond float64       `yaml:"requests_per_second"` // per connection, sustained
+	Burst             int           `yaml:"burst"`               // per connection
+	MaxPipeline       int           `yaml:"max_pipeline"`        // outstanding requests per connection
 }
 
 // UpstreamConfig governs the connections to each PLC.
@@ -60,7 +64,7 @@ func DefaultConfig() Config {
 			MaxConnectionsPerClient: 64,
 			IdleTimeout:             5 * time.Minute,
 			ReadTimeout:             10 * time.Second,
-			WriteTimeout:            10 * time.Second,
+			WriteTimeout:            time.Second,
 			RequestsPerSecond:       2000,
 			Burst:                   4000,
 			MaxPipeline:             32,
