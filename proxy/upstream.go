@@ -64,6 +64,7 @@ type upconn struct {
 	pending   map[uint16]*call
 	nextTID   uint16
 	downUntil time.Time
+	dialing   chan struct{} // closed when the dial in progress ends
 	// quarantine holds transaction ids whose calls timed out: they are not
 	// reused on this connection, so a late reply can never be taken for the
 	// answer to a new request.
@@ -101,7 +102,7 @@ func (uc *upconn) send(c *call) {
 		c.done(nil, modbus.GatewayPathUnavailable)
 		return
 	}
-	if uc.conn == nil {
+	for uc.conn == nil {
 		if err := uc.dialLocked(); err != nil {
 			uc.mu.Unlock()
 			<-uc.slots
@@ -136,20 +137,46 @@ func (uc *upconn) send(c *call) {
 
 var errBackoff = errors.New("recent dial failed; retrying after backoff")
 
-// dialLocked connects to the PLC. Callers hold mu. After a failure, calls
-// within the retry backoff fail at once instead of piling up dials.
+// dialLocked connects to the PLC. Callers hold mu; it is released while
+// dialling, so replies and timeouts on this connection's calls are not held
+// up, and only one caller dials while the others wait for its outcome.
+// After a failure, calls within the retry backoff fail at once instead of
+// piling up dials. On return mu is held; uc.conn may still be nil if the
+// connection was lost again meanwhile (callers loop).
 func (uc *upconn) dialLocked() error {
 	cfg := uc.up.s.cfg.Upstream
 	if time.Now().Before(uc.downUntil) {
 		return errBackoff
 	}
+	if uc.closed {
+		return errors.New("proxy closing")
+	}
+	if uc.dialing != nil {
+		wait := uc.dialing
+		uc.mu.Unlock()
+		<-wait
+		uc.mu.Lock()
+		if uc.conn == nil && time.Now().Before(uc.downUntil) {
+			return errBackoff
+		}
+		return nil
+	}
+	uc.dialing = make(chan struct{})
+	uc.mu.Unlock()
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 15 * time.Second}
 	conn, err := d.DialContext(uc.up.s.ctx, "tcp", uc.up.addr)
+	uc.mu.Lock()
+	close(uc.dialing)
+	uc.dialing = nil
 	if err != nil {
 		uc.downUntil = time.Now().Add(cfg.RetryBackoff)
 		uc.up.s.log.Warn("upstream unreachable", zap.String("device", uc.up.name),
 			zap.String("addr", uc.up.addr), zap.Error(err))
 		return err
+	}
+	if uc.closed {
+		_ = conn.Close()
+		return errors.New("proxy closing")
 	}
 	uc.conn = conn
 	uc.bw = bufio.NewWriterSize(conn, 4096)
