@@ -16,6 +16,7 @@ type Record struct {
 	Height    uint64    `json:"height"`
 	Index     int       `json:"index"`
 	Block     string    `json:"block"`
+	KeyID     uint32    `json:"key_id"`
 	Time      time.Time `json:"time"`
 	Op        uint64    `json:"op"`
 	Phase     string    `json:"phase"`
@@ -44,7 +45,7 @@ type Record struct {
 // NewRecord builds the exported form of event i of block b stored at m.
 func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 	r := Record{
-		Seq: m.Seq, Writer: b.Writer, Height: b.Height, Index: i, Block: b.Hash.String(),
+		Seq: m.Seq, Writer: b.Writer, Height: b.Height, Index: i, Block: b.Hash.String(), KeyID: b.KeyID,
 		Time: ev.Time, Op: ev.Op, Phase: ev.Phase.String(), Listener: ev.Listener,
 		Device: ev.Device, Unit: ev.Unit, Function: ev.Function, Class: ev.Class,
 		Address: ev.Address, Quantity: ev.Quantity, PDU: hex.EncodeToString(ev.PDU),

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
@@ -245,4 +246,11 @@ func addrPort(a net.Addr) netip.AddrPort {
 	}
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
+}
+
+// RegisterMetrics adds the proxy's own gauges (open client connections) to reg.
+func (s *Server) RegisterMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gridseal_connections", Help: "Open client connections.",
+	}, func() float64 { return float64(s.Connections()) }))
 }

@@ -41,6 +41,7 @@ type chainConfig struct {
 	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
 	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
 	DurableReads   bool          `yaml:"durable_reads"`   // reads too wait for their record
+	Trust          string        `yaml:"trust"`           // trust file the console verifies against (default DATA-DIR/trust.yaml)
 }
 
 type listenerConfig struct {
@@ -88,6 +89,9 @@ func loadConfig(path string) (*fileConfig, error) {
 	}
 	if !filepath.IsAbs(c.Chain.Key) {
 		c.Chain.Key = filepath.Join(filepath.Dir(path), c.Chain.Key)
+	}
+	if c.Chain.Trust != "" && !filepath.IsAbs(c.Chain.Trust) {
+		c.Chain.Trust = filepath.Join(filepath.Dir(path), c.Chain.Trust)
 	}
 	if len(c.Listeners) == 0 {
 		return nil, fmt.Errorf("%s: listeners must name at least one listen address", path)

@@ -39,6 +39,7 @@ var (
 func demoCmd(g *globals) *cobra.Command {
 	var (
 		listen   string
+		httpAddr string
 		simAddr  string
 		duration time.Duration
 		tour     bool
@@ -90,12 +91,20 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, rec.rec, log)
+			obs := newObservability(rec.rec)
+			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, obs.recorders(rec.rec, log), log)
 			if err != nil {
+				return err
+			}
+			if err := g.startConsole(ctx, httpAddr, obs, rec, st, engine, store, g.defaultTrust(), log); err != nil {
+				_ = st.srv.Close()
 				return err
 			}
 			addr := st.addrs[0]
 			printBanner(g, sim.Addr, addr, pol)
+			if obs.addr != "" {
+				fmt.Fprintf(g.stdout, "\nSOC console: http://%s/   (metrics: http://%s/metrics)\n", obs.addr, obs.addr)
+			}
 			if tour {
 				t := &tourGuide{w: g.stdout, addr: addr, store: store, pol: pol, keys: filepath.Join(g.dataDir, "keys")}
 				if err := t.run(ctx); err != nil {
@@ -114,6 +123,7 @@ func demoCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:5020", "proxy listen address")
+	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console and /metrics address (off: none)")
 	cmd.Flags().StringVar(&simAddr, "sim-listen", "", "simulators' address (default 127.0.0.1:15020)")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed, denied and approved commands at start")

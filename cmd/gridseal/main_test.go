@@ -129,7 +129,7 @@ func TestDemoTour(t *testing.T) {
 	defer cancel()
 	data := t.TempDir()
 	code, out, stderr := runCLI(t, ctx, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
-		"--duration", "100ms", "--log-format", "json", "--data-dir", data)
+		"--duration", "100ms", "--log-format", "json", "--data-dir", data, "--http", "127.0.0.1:0")
 	if code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
@@ -298,7 +298,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		var code int
-		code, _, stderr = runCLI(t, ctx, "proxy", "--config", filepath.Join(dir, "gridseal.yaml"), "--data-dir", data, "--log-format", "json")
+		code, _, stderr = runCLI(t, ctx, "proxy", "--config", filepath.Join(dir, "gridseal.yaml"), "--data-dir", data, "--log-format", "json", "--http", "127.0.0.1:0")
 		done <- code
 	}()
 	waitForCond(t, "the proxy to listen", func() bool {
@@ -377,7 +377,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	var demoErr string
 	go func() {
 		code, _, stderr := runCLI(t, ctx, "demo", "--tour=false", "--listen", listen, "--sim-listen", "127.0.0.1:0",
-			"--data-dir", data, "--log-format", "json")
+			"--data-dir", data, "--log-format", "json", "--http", "off")
 		demoErr = stderr
 		done <- code
 	}()

@@ -23,7 +23,7 @@ import (
 )
 
 func proxyCmd(g *globals) *cobra.Command {
-	var configPath string
+	var configPath, httpAddr string
 	cmd := &cobra.Command{
 		Use:   "proxy --config FILE",
 		Short: "Run the firewall in front of the devices a configuration names",
@@ -74,14 +74,24 @@ func proxyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			go g.reloadOnHangup(ctx, cfg, engine, store, log)
-			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, rec.rec, log)
+			obs := newObservability(rec.rec)
+			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, obs.recorders(rec.rec, log), log)
 			if err != nil {
+				return err
+			}
+			trust := cfg.Chain.Trust
+			if trust == "" {
+				trust = g.defaultTrust()
+			}
+			if err := g.startConsole(ctx, httpAddr, obs, rec, st, engine, store, trust, log); err != nil {
+				_ = st.srv.Close()
 				return err
 			}
 			return st.wait(ctx)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration file (YAML)")
+	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console, /metrics, /healthz and /readyz address (off: none)")
 	return cmd
 }
 
@@ -164,11 +174,9 @@ type running struct {
 
 // startProxy binds every listener first, so a busy port fails the start
 // before anything is served, then serves them.
-func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, specs []listenerSpec, rec *chain.Recorder, log *zap.Logger) (*running, error) {
+func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, specs []listenerSpec, rec audit.Recorder, log *zap.Logger) (*running, error) {
 	pol := engine.Policy()
-	// The chain first: its durable answer decides whether a write moves.
-	tee := audit.Tee{rec, audit.NewLogRecorder(log.Named("ops"))}
-	srv, err := proxy.New(cfg, devices(pol), engine, tee, log.Named("proxy"))
+	srv, err := proxy.New(cfg, devices(pol), engine, rec, log.Named("proxy"))
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/policy"
+)
+
+// observability is the metrics registry and the console of one proxy.
+type observability struct {
+	reg     *prometheus.Registry
+	metrics *console.Metrics
+	addr    string
+}
+
+// newObservability registers the process, chain and proxy metrics.
+func newObservability(rec *chain.Recorder) *observability {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st := rec.Stats()
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_blocks_total", Help: "Blocks acknowledged by JetStream."},
+			func() float64 { return float64(st.Blocks.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_events_total", Help: "Events in acknowledged blocks."},
+			func() float64 { return float64(st.Events.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_publish_retries_total", Help: "Block publishes retried."},
+			func() float64 { return float64(st.Retries.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_events", Help: "Events waiting to be recorded."},
+			func() float64 { return float64(rec.Pending()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_writable", Help: "1 when the last block was acknowledged and the recorder has not stopped."},
+			func() float64 {
+				if rec.Available() && rec.Failed() == nil {
+					return 1
+				}
+				return 0
+			}),
+	)
+	return &observability{reg: reg, metrics: console.NewMetrics(reg)}
+}
+
+// recorders is what the proxy records with: the chain first (its durable
+// answer decides whether a write moves), then metrics, then the log line.
+func (o *observability) recorders(rec *chain.Recorder, log *zap.Logger) audit.Tee {
+	return audit.Tee{rec, o.metrics, audit.NewLogRecorder(log.Named("ops"))}
+}
+
+// startConsole serves /metrics, /healthz, /readyz and the console on addr
+// ("" or "off": not at all) until ctx ends.
+func (g *globals) startConsole(ctx context.Context, addr string, o *observability, r *recording, st *running,
+	engine *policy.Engine, store *policy.Store, trustPath string, log *zap.Logger) error {
+	if addr == "" || addr == "off" {
+		return nil
+	}
+	st.srv.RegisterMetrics(o.reg)
+	js, err := jetstream.New(r.conn.nc)
+	if err != nil {
+		return err
+	}
+	trust := chain.Trust{}
+	if _, err := os.Stat(trustPath); err == nil {
+		if trust, err = chain.LoadTrust(trustPath, g.headDir()); err != nil {
+			return err
+		}
+	}
+	c := console.New(console.Config{
+		Metrics: o.metrics, Gatherer: o.reg, JetStream: js, Trust: trust, Approvals: store,
+		Policy: engine.Policy, Log: log.Named("console"),
+		Ready: func() error {
+			if err := r.rec.Failed(); err != nil {
+				return err
+			}
+			if !r.rec.Available() {
+				return errors.New("chain not writable")
+			}
+			return nil
+		},
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("console: listen on %s: %w", addr, err)
+	}
+	o.addr = ln.Addr().String()
+	go c.Run(ctx)
+	go func() {
+		if err := c.Serve(ctx, ln); err != nil {
+			log.Error("console stopped", zap.Error(err))
+		}
+	}()
+	log.Info("console and metrics", zap.String("url", "http://"+o.addr+"/"))
+	return nil
+}

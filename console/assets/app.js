@@ -1,0 +1,113 @@
+// gridseal console: read-only views of the chain, the devices and the
+// pending approvals. No request it makes changes anything.
+"use strict";
+const rows = [];            // newest first, capped
+const MAX_ROWS = 1000;
+let paused = false, queued = [];
+const $ = (s) => document.querySelector(s);
+const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+
+function filters() {
+  return { device: $("#f-device").value, verdict: $("#f-verdict").value,
+    fc: $("#f-function").value.trim(), client: $("#f-client").value.trim() };
+}
+function matches(r, f) {
+  if (f.device && r.device !== f.device) return false;
+  if (f.verdict && r.verdict !== f.verdict) return false;
+  if (f.fc && String(r.fc) !== f.fc) return false;
+  if (f.client && !(r.client || "").includes(f.client)) return false;
+  return true;
+}
+function rowHTML(r) {
+  const t = new Date(r.time).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(r.time).getMilliseconds()).padStart(3, "0");
+  const verdict = r.phase === "approval" ? "approval" : r.verdict;
+  const vals = (r.values || []).join(",");
+  const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
+  return `<td>${t}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td><td>${r.unit}</td>` +
+    `<td>${r.fc} ${esc(r.function || "")}</td><td>${r.address}+${r.quantity}</td><td>${esc(vals)}</td>` +
+    `<td class="verdict">${esc(verdict)}${exc}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+}
+function render() {
+  const f = filters();
+  const tb = $("#stream tbody");
+  const shown = rows.filter((r) => matches(r, f));
+  tb.innerHTML = "";
+  for (const r of shown.slice(0, 300)) addRow(tb, r, false, true);
+  $("#count").textContent = `${shown.length} of ${rows.length} shown`;
+}
+function addRow(tb, r, fresh, append) {
+  const tr = document.createElement("tr");
+  tr.className = (r.phase === "approval" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
+  tr.dataset.verdict = r.verdict;
+  tr.innerHTML = rowHTML(r);
+  tr.onclick = () => showDetail(r);
+  if (append) tb.appendChild(tr); else tb.insertBefore(tr, tb.firstChild);
+  while (tb.rows.length > 300) tb.deleteRow(tb.rows.length - 1);
+}
+function ingest(r) {
+  rows.unshift(r);
+  if (rows.length > MAX_ROWS) rows.pop();
+  const sel = $("#f-device");
+  if (r.device && ![...sel.options].some((o) => o.value === r.device)) sel.add(new Option(r.device, r.device));
+  if (matches(r, filters())) addRow($("#stream tbody"), r, true, false);
+  $("#count").textContent = `${rows.filter((x) => matches(x, filters())).length} of ${rows.length} shown`;
+}
+function showDetail(r) {
+  const fields = [["time", r.time], ["verdict", r.verdict], ["phase", r.phase], ["reason", r.reason], ["rule", r.rule],
+    ["client", r.client], ["device", r.device], ["unit", r.unit], ["function", `${r.fc} ${r.function || ""}`],
+    ["request PDU", r.pdu], ["response PDU", r.response], ["exception", r.exception || "none"],
+    ["approval", r.approval], ["policy", r.policy], ["writer", r.writer], ["block height", r.height],
+    ["block hash", r.block], ["signed with key id", r.key_id], ["stream sequence", r.seq], ["event in block", r.index],
+    ["device time", r.upstream_ms ? r.upstream_ms + " ms" : ""]];
+  $("#detail-list").innerHTML = fields.filter(([, v]) => v !== undefined && v !== "")
+    .map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+  $("#detail").hidden = false;
+}
+$("#close-detail").onclick = () => { $("#detail").hidden = true; };
+for (const id of ["#f-device", "#f-verdict"]) $(id).onchange = render;
+for (const id of ["#f-function", "#f-client"]) $(id).oninput = render;
+$("#pause").onclick = () => {
+  paused = !paused;
+  $("#pause").textContent = paused ? "Resume" : "Pause";
+  if (!paused) { queued.forEach(ingest); queued = []; }
+  $("#paused-note").textContent = "";
+};
+
+function connect() {
+  const es = new EventSource("api/events");
+  es.onmessage = (m) => {
+    const r = JSON.parse(m.data);
+    if (paused) { queued.push(r); $("#paused-note").textContent = `${queued.length} new while paused`; return; }
+    ingest(r);
+  };
+  es.onerror = () => { es.close(); setTimeout(connect, 2000); };
+}
+
+async function getJSON(u) { const r = await fetch(u, { cache: "no-store" }); return r.json(); }
+async function refresh() {
+  try {
+    const st = await getJSON("api/status");
+    const badge = $("#chain-badge");
+    badge.textContent = st.verified ? (st.trust_pinned ? "chain verified" : "chain (no trust pinned)") : "CHAIN PROBLEM";
+    badge.className = "badge " + (st.verified ? "ok" : "bad");
+    if (st.policy) $("#policy").textContent = `policy ${st.policy.id} v${st.policy.version} ${st.policy.digest.slice(0, 12)}…`;
+    const dl = [["blocks", st.blocks], ["events", st.events], ["last block", st.last_block ? new Date(st.last_block).toLocaleTimeString() : "-"],
+      ["verification", st.verified ? "every block verified" : st.problem], ["viewers", st.viewers]];
+    for (const [w, ws] of Object.entries(st.writers || {})) dl.push([`writer ${w}`, `height ${ws.height}, ${ws.hash.slice(0, 16)}…`]);
+    $("#chain").innerHTML = dl.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
+
+    const devs = await getJSON("api/devices");
+    $("#devices tbody").innerHTML = Object.entries(devs).sort().map(([n, d]) =>
+      `<tr><td>${esc(n)}</td><td>${d.unreachable && d.requests === d.unreachable ? "unreachable" : "ok"}</td><td>${(d.rate_per_s || 0).toFixed(1)}</td>` +
+      `<td>${d.requests || 0}</td><td>${d.denies || 0}</td><td class="reason">${esc(d.last_write || "")}</td></tr>`).join("");
+
+    const aps = await getJSON("api/approvals");
+    $("#no-approvals").hidden = aps.length > 0;
+    $("#approvals tbody").innerHTML = aps.map((a) =>
+      `<tr class="${a.ready ? "ready" : ""}"><td class="reason">${esc(a.command)}<br><span class="muted">${esc(a.id.slice(0, 16))}…</span></td>` +
+      `<td>${esc(a.proposer)}</td><td class="reason">${esc(a.status)}</td><td>${new Date(a.not_after).toLocaleTimeString()}</td></tr>`).join("");
+  } catch (e) { /* the proxy may be restarting */ }
+}
+connect();
+refresh();
+setInterval(refresh, 2000);

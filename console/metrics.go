@@ -1,0 +1,172 @@
+// Package console is what SOC analysts see of gridseal: Prometheus metrics,
+// health endpoints and a read-only web console that follows the chain live.
+// Nothing in it can change anything on a PLC.
+package console
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/gridseal/gridseal/audit"
+)
+
+// Metrics is an audit recorder that turns every operation into Prometheus
+// metrics, and keeps the per-device figures the console shows. Put it in
+// the proxy's audit.Tee after the chain.
+type Metrics struct {
+	requests   *prometheus.CounterVec
+	exceptions *prometheus.CounterVec
+	added      prometheus.Histogram
+	upstream   *prometheus.HistogramVec
+	approvals  *prometheus.CounterVec
+	breakGlass prometheus.Counter
+	refusals   prometheus.Counter
+
+	mu      sync.Mutex
+	devices map[string]*DeviceStats
+}
+
+// DeviceStats are one device's figures for the console.
+type DeviceStats struct {
+	Requests    uint64    `json:"requests"`
+	Denies      uint64    `json:"denies"`
+	Unreachable uint64    `json:"unreachable"` // answered 0x0A/0x0B by the proxy
+	LastSeen    time.Time `json:"last_seen"`
+	LastWrite   string    `json:"last_write,omitempty"`
+	LastWriteAt time.Time `json:"last_write_at,omitempty"`
+	Approval    string    `json:"last_write_approval,omitempty"`
+	recent      []time.Time
+}
+
+// NewMetrics registers gridseal's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gridseal_requests_total", Help: "Modbus requests by device, function code and verdict.",
+		}, []string{"device", "function", "verdict"}),
+		exceptions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gridseal_exceptions_total", Help: "Modbus exception responses sent to clients, by code.",
+		}, []string{"code"}),
+		added: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "gridseal_added_latency_seconds", Help: "Time the proxy adds to a request: total minus the device's time.",
+			Buckets: prometheus.ExponentialBuckets(10e-6, 2, 16),
+		}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "gridseal_upstream_latency_seconds", Help: "Time the device took to answer.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
+		}, []string{"device"}),
+		approvals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gridseal_approvals_total", Help: "Approval steps seen: proposed, signed, used, refused.",
+		}, []string{"step"}),
+		breakGlass: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gridseal_break_glass_total", Help: "Writes allowed by a break-glass quorum.",
+		}),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gridseal_chain_refusals_total", Help: "Requests refused because the chain could not record them.",
+		}),
+		devices: map[string]*DeviceStats{},
+	}
+	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.refusals)
+	return m
+}
+
+var functionLabels = func() [256]string {
+	var l [256]string
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+// Record implements audit.Recorder. It never fails and never blocks.
+func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
+	switch ev.Phase {
+	case audit.PhaseApproval:
+		step := "other"
+		if f := strings.Fields(ev.Reason); len(f) > 0 {
+			step = f[0]
+		}
+		m.approvals.WithLabelValues(step).Inc()
+		return nil
+	case audit.PhaseRequest:
+		return nil
+	}
+	device := ev.Device
+	if device == "" {
+		device = "unrouted"
+	}
+	m.requests.WithLabelValues(device, functionLabels[ev.Function], ev.Verdict.String()).Inc()
+	if ev.Exception != 0 {
+		m.exceptions.WithLabelValues(functionLabels[ev.Exception]).Inc()
+	}
+	if ev.Upstream > 0 {
+		m.upstream.WithLabelValues(device).Observe(ev.Upstream.Seconds())
+	}
+	if total := time.Since(ev.Time); total > ev.Upstream {
+		m.added.Observe((total - ev.Upstream).Seconds())
+	}
+	if strings.HasPrefix(ev.Reason, "BREAK-GLASS") && ev.Verdict == audit.Allow {
+		m.breakGlass.Inc()
+	}
+	if strings.HasPrefix(ev.Reason, "refused: the record") || strings.HasPrefix(ev.Reason, "write refused") {
+		m.refusals.Inc()
+	}
+	if ev.Approval != "" && ev.Verdict == audit.Deny && ev.Class == "write" {
+		m.approvals.WithLabelValues("refused").Inc()
+	}
+	m.mu.Lock()
+	d := m.devices[device]
+	if d == nil {
+		d = &DeviceStats{}
+		m.devices[device] = d
+	}
+	now := time.Now()
+	d.Requests++
+	d.LastSeen = now
+	d.recent = append(d.recent, now)
+	if len(d.recent) > 512 {
+		d.recent = d.recent[len(d.recent)-256:]
+	}
+	if ev.Verdict != audit.Allow {
+		d.Denies++
+	}
+	if ev.Exception == 0x0A || ev.Exception == 0x0B {
+		d.Unreachable++
+	}
+	if ev.Class == "write" && ev.Verdict == audit.Allow && ev.Exception == 0 {
+		d.LastWrite, d.LastWriteAt, d.Approval = ev.Reason, ev.Time, ev.Approval
+	}
+	m.mu.Unlock()
+	return nil
+}
+
+// Devices returns a copy of every device's figures, with its request rate
+// over the last 10 s.
+func (m *Metrics) Devices() map[string]DeviceView {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make(map[string]DeviceView, len(m.devices))
+	cut := time.Now().Add(-10 * time.Second)
+	for name, d := range m.devices {
+		n := 0
+		for _, t := range d.recent {
+			if t.After(cut) {
+				n++
+			}
+		}
+		out[name] = DeviceView{DeviceStats: *d, RatePerS: float64(n) / 10}
+	}
+	return out
+}
+
+// DeviceView is a device's figures as the console shows them.
+type DeviceView struct {
+	DeviceStats
+	RatePerS  float64 `json:"rate_per_s"`
+	Reachable bool    `json:"reachable"`
+}

@@ -1,0 +1,244 @@
+package console
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"net"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/policy"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Config wires the console to the running proxy.
+type Config struct {
+	Metrics   *Metrics
+	Gatherer  prometheus.Gatherer
+	JetStream jetstream.JetStream
+	Trust     chain.Trust           // writers to verify live; empty: show, don't verify
+	Approvals *policy.Store         // pending approvals; nil: none shown
+	Policy    func() *policy.Policy // the policy in force
+	// Ready reports why the proxy is not ready (nil: ready): upstreams
+	// known and chain writable.
+	Ready func() error
+	Log   *zap.Logger
+}
+
+// Server is the console's HTTP side. It changes nothing on any device.
+type Server struct {
+	cfg Config
+	hub *hub
+	mux *http.ServeMux
+}
+
+// New returns a console; Run follows the chain.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, hub: newHub(cfg.Log), mux: http.NewServeMux()}
+	static, _ := fs.Sub(assets, "assets")
+	s.mux.Handle("GET /", http.FileServerFS(static))
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{MaxRequestsInFlight: 8}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /readyz", s.ready)
+	s.mux.HandleFunc("GET /api/events", s.events)
+	s.mux.HandleFunc("GET /api/status", s.status)
+	s.mux.HandleFunc("GET /api/devices", s.devices)
+	s.mux.HandleFunc("GET /api/approvals", s.approvals)
+	return s
+}
+
+// Run follows and verifies the chain until ctx ends.
+func (s *Server) Run(ctx context.Context) { s.hub.follow(ctx, s.cfg.JetStream, s.cfg.Trust) }
+
+// Viewers returns the number of live event streams.
+func (s *Server) Viewers() int { return s.hub.viewerCount() }
+
+// Serve answers HTTP on ln until ctx ends, with timeouts and header limits
+// on every connection.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		// No WriteTimeout: the event stream is long-lived; slow viewers are
+		// dropped by the hub instead.
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}()
+	err := hs.Serve(ln)
+	if err == http.ErrServerClosed {
+		return nil
+	}
+	return err
+}
+
+// Handler is the console's HTTP handler (tests).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// events streams the chain's events as server-sent events: the newest 500,
+// then each new one as its block is stored.
+func (s *Server) events(w http.ResponseWriter, r *http.Request) {
+	fl, ok := w.(http.Flusher)
+	if !ok {
+		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
+		return
+	}
+	backlog, ch, ok := s.hub.subscribe()
+	if !ok {
+		http.Error(w, "too many viewers", http.StatusServiceUnavailable)
+		return
+	}
+	defer s.hub.unsubscribe(ch)
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Accel-Buffering", "no")
+	send := func(rec *chain.Record) bool {
+		data, err := json.Marshal(rec)
+		if err != nil {
+			return true
+		}
+		_, err = fmt.Fprintf(w, "data: %s\n\n", data)
+		return err == nil
+	}
+	for i := range backlog {
+		if !send(&backlog[i]) {
+			return
+		}
+	}
+	fl.Flush()
+	ping := time.NewTicker(15 * time.Second)
+	defer ping.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-ping.C:
+			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
+				return
+			}
+			fl.Flush()
+		case rec, ok := <-ch:
+			if !ok {
+				return // dropped: too slow
+			}
+			if !send(&rec) {
+				return
+			}
+			// Send what else is ready in the same write.
+			for n := 0; n < 64; n++ {
+				select {
+				case more, ok := <-ch:
+					if !ok {
+						fl.Flush()
+						return
+					}
+					if !send(&more) {
+						return
+					}
+					continue
+				default:
+				}
+				break
+			}
+			fl.Flush()
+		}
+	}
+}
+
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+	st := s.hub.snapshot()
+	out := struct {
+		ChainStatus
+		Policy  map[string]any `json:"policy,omitempty"`
+		Viewers int            `json:"viewers"`
+	}{ChainStatus: st, Viewers: s.hub.viewerCount()}
+	if s.cfg.Policy != nil {
+		if p := s.cfg.Policy(); p != nil {
+			out.Policy = map[string]any{"id": p.ID, "version": p.Version, "digest": p.Digest}
+		}
+	}
+	writeJSON(w, out)
+}
+
+func (s *Server) devices(w http.ResponseWriter, _ *http.Request) {
+	out := map[string]DeviceView{}
+	if s.cfg.Metrics != nil {
+		out = s.cfg.Metrics.Devices()
+	}
+	if s.cfg.Policy != nil {
+		if p := s.cfg.Policy(); p != nil {
+			for _, d := range p.Devices {
+				if _, ok := out[d.Name]; !ok {
+					out[d.Name] = DeviceView{}
+				}
+			}
+		}
+	}
+	writeJSON(w, out)
+}
+
+// ApprovalView is one pending approval as the console shows it.
+type ApprovalView struct {
+	ID         string    `json:"id"`
+	Command    string    `json:"command"`
+	Device     string    `json:"device"`
+	Proposer   string    `json:"proposer"`
+	NotAfter   time.Time `json:"not_after"`
+	Status     string    `json:"status"`
+	Approvers  []string  `json:"approvers"`
+	Ready      bool      `json:"ready"`
+	Signatures int       `json:"signatures"`
+}
+
+func (s *Server) approvals(w http.ResponseWriter, _ *http.Request) {
+	out := []ApprovalView{}
+	if s.cfg.Approvals != nil && s.cfg.Policy != nil {
+		p := s.cfg.Policy()
+		now := time.Now()
+		for _, st := range s.cfg.Approvals.Pending() {
+			if now.After(st.Proposal.NotAfter.Add(policy.Skew)) {
+				continue
+			}
+			ev := p.Evaluate(st, now)
+			out = append(out, ApprovalView{ID: st.ID.String(), Command: st.Proposal.Describe(), Device: st.Proposal.Device,
+				Proposer: st.Proposal.Proposer, NotAfter: st.Proposal.NotAfter, Status: ev.Summary(),
+				Approvers: ev.Approvers, Ready: ev.Usable(), Signatures: len(st.Entry.Signatures)})
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].NotAfter.Before(out[j].NotAfter) })
+	}
+	writeJSON(w, out)
+}
