@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 )
 
@@ -124,7 +125,7 @@ func (f *eventFilter) match(r *chain.Record) bool {
 
 // scanRecords reads the chain and calls fn for each event that passes f.
 // It checks each block's structure, not its signature: run chain verify.
-func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record) error) error {
+func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record, *audit.Event) error) error {
 	conn, err := g.connectNATS(ctx, name)
 	if err != nil {
 		return err
@@ -146,7 +147,7 @@ func (g *globals) scanRecords(ctx context.Context, name string, from uint64, fol
 			}
 			rec := chain.NewRecord(m, b, i, &ev)
 			if f.match(&rec) {
-				if err := fn(&rec); err != nil {
+				if err := fn(&rec, &ev); err != nil {
 					return err
 				}
 			}
@@ -194,7 +195,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 			}
 			if follow {
 				ctx := cmd.Context()
-				err := g.scanRecords(ctx, "chain tail", 1, true, &f, out)
+				err := g.scanRecords(ctx, "chain tail", 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
 				if tw != nil {
 					_ = tw.Flush()
 				}
@@ -202,7 +203,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 			}
 			// Keep the last N matching events.
 			ring := make([]chain.Record, 0, lastN)
-			err := g.scanRecords(cmd.Context(), "chain tail", 1, false, &f, func(r *chain.Record) error {
+			err := g.scanRecords(cmd.Context(), "chain tail", 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
 				if len(ring) == lastN {
 					copy(ring, ring[1:])
 					ring = ring[:lastN-1]
@@ -263,12 +264,12 @@ func chainExportCmd(g *globals) *cobra.Command {
 		f            eventFilter
 	)
 	cmd := &cobra.Command{
-		Use:   "export --format jsonl [--since T] [--until T]",
-		Short: "Write every recorded operation as JSON lines",
+		Use:   "export --format jsonl|eve [--since T] [--until T]",
+		Short: "Write every recorded operation as JSON lines: lossless (jsonl) or Suricata EVE (eve)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "jsonl" {
-				return fmt.Errorf("%w: --format %q: want jsonl", errUsage, format)
+			if format != "jsonl" && format != "eve" {
+				return fmt.Errorf("%w: --format %q: want jsonl or eve", errUsage, format)
 			}
 			var err error
 			if f.since, err = parseTime(since); err != nil {
@@ -278,12 +279,20 @@ func chainExportCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --until: %v", errUsage, err)
 			}
 			enc := json.NewEncoder(g.stdout)
-			return g.scanRecords(cmd.Context(), "chain export", 1, false, &f, func(r *chain.Record) error {
-				return enc.Encode(r)
+			return g.scanRecords(cmd.Context(), "chain export", 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
+				if format == "jsonl" {
+					return enc.Encode(r)
+				}
+				for _, e := range chain.EVEFor(r, ev) {
+					if err := enc.Encode(e); err != nil {
+						return err
+					}
+				}
+				return nil
 			})
 		},
 	}
-	cmd.Flags().StringVar(&format, "format", "jsonl", "jsonl")
+	cmd.Flags().StringVar(&format, "format", "jsonl", "jsonl (lossless) or eve (Suricata EVE: modbus and alert events)")
 	cmd.Flags().StringVar(&since, "since", "", "only operations at or after this time (RFC 3339, or a duration ago such as 1h)")
 	cmd.Flags().StringVar(&until, "until", "", "only operations before this time (RFC 3339, or a duration ago)")
 	return cmd

@@ -88,7 +88,7 @@ func TestCommandErrors(t *testing.T) {
 		{"no chain key", []string{"proxy", "--config", noKey}, 1, "chain.key: the writer's private keyset (create one with: gridseal keys new gw-1"},
 		{"missing key file", []string{"proxy", "--config", missingKey}, 1, "private keyset: stat"},
 		{"verify without trust", []string{"chain", "verify", "--data-dir", dir}, 1, "trust file: open"},
-		{"bad export format", []string{"chain", "export", "--format", "xml"}, 2, `--format "xml": want jsonl`},
+		{"bad export format", []string{"chain", "export", "--format", "xml"}, 2, `--format "xml": want jsonl or eve`},
 		{"bad verdict filter", []string{"chain", "tail", "--verdict", "maybe"}, 2, `--verdict "maybe"`},
 		{"bad key name", []string{"keys", "new", "Bad.Name", "--dir", dir}, 2, "key name"},
 		{"unknown sim device", []string{"sim", "--device", "pump"}, 2, `unknown device "pump"`},
@@ -207,6 +207,10 @@ func TestDemoTour(t *testing.T) {
 	code, out, _ = runCLI(t, ctx, "chain", "export", "--data-dir", data, "--format", "jsonl")
 	if code != 0 || strings.Count(out, "\n") != len(records()) {
 		t.Fatalf("export: exit %d, %d lines; tail saw %d", code, strings.Count(out, "\n"), len(records()))
+	}
+	code, out, _ = runCLI(t, ctx, "chain", "export", "--data-dir", data, "--format", "eve")
+	if code != 0 || strings.Count(out, `"event_type":"alert"`) != 8 || !strings.Contains(out, `"function_code":"WrSingleReg"`) {
+		t.Fatalf("EVE export: exit %d, %d alerts\n%s", code, strings.Count(out, `"event_type":"alert"`), out)
 	}
 	code, out, _ = runCLI(t, ctx, "approvals", "list", "--data-dir", data)
 	if code != 0 || !strings.Contains(out, "already used by demo-gw") || !strings.Contains(out, "alice") {

@@ -1,0 +1,186 @@
+package chain
+
+import (
+	"net/netip"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// EVE is one line of Suricata-EVE-compatible JSON: a "modbus" event for each
+// completed operation, and an "alert" for each one gridseal refused, so SIEM
+// pipelines built for Suricata's modbus and alert events ingest it as they
+// are. The "gridseal" object carries what Suricata cannot know: the
+// verdict, rule, approval, policy and the event's place in the chain.
+type EVE struct {
+	Timestamp string      `json:"timestamp"`
+	EventType string      `json:"event_type"`
+	SrcIP     string      `json:"src_ip,omitempty"`
+	SrcPort   uint16      `json:"src_port,omitempty"`
+	DestIP    string      `json:"dest_ip,omitempty"`
+	DestPort  uint16      `json:"dest_port,omitempty"`
+	Proto     string      `json:"proto"`
+	AppProto  string      `json:"app_proto"`
+	Modbus    *EVEModbus  `json:"modbus,omitempty"`
+	Alert     *EVEAlert   `json:"alert,omitempty"`
+	Gridseal  EVEGridseal `json:"gridseal"`
+}
+
+// EVEModbus is Suricata's modbus object.
+type EVEModbus struct {
+	ID       uint64        `json:"id"`
+	Request  EVEModbusPDU  `json:"request"`
+	Response *EVEModbusPDU `json:"response,omitempty"`
+}
+
+// EVEModbusPDU is one side of a Modbus transaction.
+type EVEModbusPDU struct {
+	UnitID       byte      `json:"unit_id"`
+	FunctionRaw  byte      `json:"function_raw"`
+	FunctionCode string    `json:"function_code"`
+	AccessType   string    `json:"access_type,omitempty"`
+	Category     string    `json:"category"`
+	ErrorFlags   string    `json:"error_flags"`
+	Read         *EVERange `json:"read,omitempty"`
+	Write        *EVERange `json:"write,omitempty"`
+	Exception    *EVEExc   `json:"exception,omitempty"`
+}
+
+// EVERange is an address range and, for writes, the values.
+type EVERange struct {
+	Address  uint16   `json:"address"`
+	Quantity uint16   `json:"quantity"`
+	Data     []uint16 `json:"data,omitempty"`
+}
+
+// EVEExc is an exception response.
+type EVEExc struct {
+	Raw  byte   `json:"raw"`
+	Code string `json:"code"`
+}
+
+// EVEAlert is Suricata's alert object, for refused requests.
+type EVEAlert struct {
+	Action      string `json:"action"`
+	GID         int    `json:"gid"`
+	SignatureID int    `json:"signature_id"`
+	Rev         int    `json:"rev"`
+	Signature   string `json:"signature"`
+	Category    string `json:"category"`
+	Severity    int    `json:"severity"`
+}
+
+// EVEGridseal is gridseal's own context for the event.
+type EVEGridseal struct {
+	Verdict  string `json:"verdict"`
+	Device   string `json:"device,omitempty"`
+	Rule     string `json:"rule,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+	Policy   string `json:"policy,omitempty"`
+	Approval string `json:"approval,omitempty"`
+	Writer   string `json:"writer"`
+	Seq      uint64 `json:"seq"`
+	Height   uint64 `json:"height"`
+	Block    string `json:"block"`
+	Index    int    `json:"index"`
+}
+
+// Suricata's names for the public function codes.
+var eveFunction = map[modbus.Function]string{
+	modbus.ReadCoils: "RdCoils", modbus.ReadDiscreteInputs: "RdDiscreteInputs", modbus.ReadHoldingRegisters: "RdHoldRegs",
+	modbus.ReadInputRegisters: "RdInputRegs", modbus.WriteSingleCoil: "WrSingleCoil", modbus.WriteSingleRegister: "WrSingleReg",
+	modbus.ReadExceptionStatus: "RdExcStatus", modbus.Diagnostics: "Diagnostic", modbus.GetCommEventCounter: "GetCommEventCounter",
+	modbus.GetCommEventLog: "GetCommEventLog", modbus.WriteMultipleCoils: "WrMultCoils", modbus.WriteMultipleRegisters: "WrMultRegs",
+	modbus.ReportServerID: "ReportServerID", modbus.ReadFileRecord: "RdFileRec", modbus.WriteFileRecord: "WrFileRec",
+	modbus.MaskWriteRegister: "MaskWrReg", modbus.ReadWriteMultipleRegisters: "RdWrMultRegs", modbus.ReadFIFOQueue: "RdFIFOQueue",
+	modbus.EncapsulatedInterface: "EncapsIntTrans",
+}
+
+var eveException = map[byte]string{
+	1: "IllegalFunction", 2: "IllegalDataAddr", 3: "IllegalDataValue", 4: "ServerDeviceFail", 5: "Ack",
+	6: "ServerDeviceBusy", 8: "MemParityErr", 10: "GatewayPathUnavailable", 11: "GatewayTargetFailedToRespond",
+}
+
+func eveAccess(req *modbus.Request) string {
+	switch req.Space {
+	case modbus.SpaceCoils:
+		if req.Class() == modbus.ClassWrite {
+			return "WRITE | COILS"
+		}
+		return "READ | COILS"
+	case modbus.SpaceDiscreteInputs:
+		return "READ | DISCRETES"
+	case modbus.SpaceHoldingRegisters:
+		if req.Function == modbus.ReadWriteMultipleRegisters {
+			return "READ | WRITE | HOLDING"
+		}
+		if req.Class() == modbus.ClassWrite {
+			return "WRITE | HOLDING"
+		}
+		return "READ | HOLDING"
+	case modbus.SpaceInputRegisters:
+		return "READ | INPUT"
+	}
+	return ""
+}
+
+// EVEFor renders one recorded event as EVE lines: none for steps that are
+// not Modbus transactions (a write's pre-forward record, approval steps),
+// one "modbus" event, and an "alert" after it if gridseal refused it.
+func EVEFor(r *Record, ev *audit.Event) []EVE {
+	if ev.Phase != audit.PhaseComplete || len(ev.PDU) == 0 {
+		return nil
+	}
+	base := EVE{
+		Timestamp: ev.Time.UTC().Format("2006-01-02T15:04:05.000000+0000"),
+		EventType: "modbus", Proto: "TCP", AppProto: "modbus",
+		Gridseal: EVEGridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Rule: ev.Rule, Reason: ev.Reason,
+			Policy: ev.Policy, Approval: ev.Approval, Writer: r.Writer, Seq: r.Seq, Height: r.Height, Block: r.Block, Index: r.Index},
+	}
+	if ev.Client.IsValid() {
+		base.SrcIP, base.SrcPort = ev.Client.Addr().Unmap().String(), ev.Client.Port()
+	}
+	if ap, err := netip.ParseAddrPort(ev.Listener); err == nil {
+		base.DestIP, base.DestPort = ap.Addr().Unmap().String(), ap.Port()
+	}
+	fn := modbus.Function(ev.PDU[0])
+	reqSide := EVEModbusPDU{UnitID: ev.Unit, FunctionRaw: byte(fn), FunctionCode: eveFunction[fn], Category: "PUBLIC_ASSIGNED", ErrorFlags: "NONE"}
+	if reqSide.FunctionCode == "" {
+		reqSide.FunctionCode, reqSide.Category = "Unknown", "RESERVED"
+	}
+	if req, err := modbus.ParseRequest(ev.PDU); err == nil {
+		reqSide.AccessType = eveAccess(&req)
+		if _, a, q, ok := req.ReadRange(); ok {
+			reqSide.Read = &EVERange{Address: a, Quantity: q}
+		}
+		if _, a, q, ok := req.WriteRange(); ok {
+			reqSide.Write = &EVERange{Address: a, Quantity: q, Data: writtenValues(&req)}
+		}
+	} else {
+		reqSide.ErrorFlags = "INVALID_VALUE"
+	}
+	m := &EVEModbus{ID: ev.Op, Request: reqSide}
+	if ev.Exception != 0 || len(ev.Response) > 0 {
+		resp := reqSide
+		resp.Read, resp.Write = nil, nil
+		if ev.Exception != 0 {
+			resp.Exception = &EVEExc{Raw: ev.Exception, Code: eveException[ev.Exception]}
+		}
+		m.Response = &resp
+	}
+	base.Modbus = m
+	out := []EVE{base}
+	if ev.Verdict != audit.Allow {
+		alert := base
+		alert.EventType = "alert"
+		sid, cat := 9050001, "gridseal: request denied by policy"
+		if ev.Verdict == audit.Malformed {
+			sid, cat = 9050002, "gridseal: malformed Modbus request"
+		}
+		action := "blocked"
+		alert.Alert = &EVEAlert{Action: action, GID: 1, SignatureID: sid, Rev: 1,
+			Signature: "GRIDSEAL " + ev.Reason, Category: cat, Severity: 2}
+		out = append(out, alert)
+	}
+	return out
+}
