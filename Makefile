@@ -26,12 +26,17 @@ vet: deps
 
 lint: fmt-check vet
 
-# Independent Modbus client the interoperability tests drive (Debian package).
+# Debian packages the tests drive: mbpoll (an independent Modbus client) and
+# chromium (the console's browser test). Installed only when missing.
+TOOLS := mbpoll chromium
 tools:
-	@command -v mbpoll >/dev/null 2>&1 || { \
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mbpoll >/dev/null; \
-	  else echo "mbpoll missing: install it (apt-get install mbpoll) for the interop test"; fi; }
+	    echo "installing:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing:$$missing (apt-get install$$missing) for the interop and browser tests"; fi; \
+	fi
 
 test: lint tools
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)

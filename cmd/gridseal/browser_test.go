@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/gridseal/gridseal/simulators"
+)
+
+// TestConsoleInHeadlessChromium opens the SOC console of a running demo in
+// a real headless Chromium (Debian's chromium, which `make test` installs)
+// and checks what an analyst sees: a denied write appears within 2 s with
+// its reason, the verdict filter hides allowed rows, and a proposal shows
+// in the pending-approvals panel. Screenshots go to $GRIDSEAL_ARTIFACTS
+// (or the test's temporary directory).
+func TestConsoleInHeadlessChromium(t *testing.T) {
+	browser, err := exec.LookPath("chromium")
+	if err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skip("chromium not installed; `make test` installs it")
+		}
+		t.Fatal("chromium not installed in CI: the Makefile's tools target should have installed it")
+	}
+	data := t.TempDir()
+	listen, web := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan int, 1)
+	go func() {
+		code, _, _ := runCLI(t, ctx, "demo", "--tour=false", "--listen", listen, "--sim-listen", "127.0.0.1:0",
+			"--data-dir", data, "--log-format", "json", "--http", web)
+		done <- code
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	waitForCond(t, "the console", func() bool {
+		c, err := net.Dial("tcp", web)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err == nil
+	})
+
+	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(1600, 1000), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))...)
+	defer cancelAlloc()
+	bctx, cancelB := chromedp.NewContext(alloc)
+	defer cancelB()
+	bctx, cancelT := context.WithTimeout(bctx, 60*time.Second)
+	defer cancelT()
+	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		if err := chromedp.Do(bctx, steps...); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	poll := func(what, expr string, within time.Duration) {
+		t.Helper()
+		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(within))); err != nil {
+			t.Fatalf("%s (within %v): %v", what, within, err)
+		}
+	}
+	run("open the console", chromedp.Navigate("http://"+web+"/"), chromedp.WaitVisible("#stream"))
+	poll("the chain badge", `document.querySelector('#chain-badge').textContent.includes('verified')`, 10*time.Second)
+
+	c := modbusClient(t, listen, simulators.UnitInverter)
+	if _, err := c.ReadRegister(simulators.InverterPower, 0 /* holding */); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
+		t.Fatal("disconnect was forwarded")
+	}
+	poll("the denied write in the stream",
+		`[...document.querySelectorAll('#stream tbody tr')].some(r => r.dataset.verdict === 'deny' && r.textContent.includes('40126+1') && r.textContent.includes('outside 40127'))`,
+		2*time.Second)
+	t.Logf("denied write visible after %v", time.Since(start).Round(time.Millisecond))
+
+	run("filter on deny", chromedp.Evaluate[chromedp.Void](`(() => { const s = document.querySelector('#f-verdict'); s.value = 'deny'; s.dispatchEvent(new Event('change')); })()`))
+	poll("only denied rows", `(() => { const rows = [...document.querySelectorAll('#stream tbody tr')];
+		return rows.length > 0 && rows.every(r => r.dataset.verdict === 'deny'); })()`, 2*time.Second)
+
+	code, out, stderr := runCLI(t, ctx, "propose", "--data-dir", data, "--device", "inverter-1", "--unit", "1",
+		"--write-register", "40127=25", "--key", filepath.Join(data, "keys", "alice.private.json"))
+	if code != 0 {
+		t.Fatalf("propose: %s %s", out, stderr)
+	}
+	poll("the proposal in the pending-approvals panel",
+		`document.querySelector('#approvals tbody').textContent.includes('40127 = 25')`, 5*time.Second)
+
+	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100) /* 100: PNG */)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("GRIDSEAL_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "console.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if len(shot) < 10_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
+		t.Fatalf("screenshot looks empty (%d bytes)", len(shot))
+	}
+	t.Logf("screenshot: %s", path)
+}
