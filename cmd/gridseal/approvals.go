@@ -198,6 +198,34 @@ func proposeCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// resolveID accepts a full approval id or a unique prefix of at least 8 hex
+// digits, as `approvals list` prints them.
+func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (policy.ID, error) {
+	if len(s) == 64 {
+		return policy.ParseID(s)
+	}
+	if len(s) < 8 {
+		return policy.ID{}, fmt.Errorf("%w: approval id %q: give at least 8 hex digits", errUsage, s)
+	}
+	all, err := env.store.List(cmd.Context())
+	if err != nil {
+		return policy.ID{}, err
+	}
+	var found []policy.ID
+	for _, st := range all {
+		if strings.HasPrefix(st.ID.String(), strings.ToLower(s)) {
+			found = append(found, st.ID)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return policy.ID{}, fmt.Errorf("%w: %s", policy.ErrNotFound, s)
+	case 1:
+		return found[0], nil
+	}
+	return policy.ID{}, fmt.Errorf("%w: approval id prefix %q matches %d approvals: give more digits", errUsage, s, len(found))
+}
+
 func approveCmd(g *globals) *cobra.Command {
 	var keyPath string
 	var yes bool
@@ -206,9 +234,8 @@ func approveCmd(g *globals) *cobra.Command {
 		Short: "Show a proposed command and sign it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := policy.ParseID(args[0])
-			if err != nil {
-				return fmt.Errorf("%w: %v", errUsage, err)
+			if _, err := hex.DecodeString(args[0]); err != nil || len(args[0]) > 64 {
+				return fmt.Errorf("%w: approval id %q: want hex digits", errUsage, args[0])
 			}
 			if keyPath == "" {
 				return fmt.Errorf("%w: --key FILE is required", errUsage)
@@ -218,6 +245,10 @@ func approveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer env.conn.Close()
+			id, err := resolveID(cmd, env, args[0])
+			if err != nil {
+				return err
+			}
 			signer, who, err := approverSigner(env.pol, keyPath)
 			if err != nil {
 				return err
@@ -307,15 +338,18 @@ func approvalsCmd(g *globals) *cobra.Command {
 		Short: "Show one approval and its signatures",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := policy.ParseID(args[0])
-			if err != nil {
-				return fmt.Errorf("%w: %v", errUsage, err)
+			if _, err := hex.DecodeString(args[0]); err != nil || len(args[0]) > 64 {
+				return fmt.Errorf("%w: approval id %q: want hex digits", errUsage, args[0])
 			}
 			env, err := g.approvals(cmd)
 			if err != nil {
 				return err
 			}
 			defer env.conn.Close()
+			id, err := resolveID(cmd, env, args[0])
+			if err != nil {
+				return err
+			}
 			st, err := env.store.Get(cmd.Context(), id)
 			if err != nil {
 				return err

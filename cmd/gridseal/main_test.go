@@ -84,7 +84,7 @@ func TestCommandErrors(t *testing.T) {
 		{"propose bad hex", []string{"propose", "--device", "a", "--key", "k", "--pdu", "zz"}, 2, `--pdu: "zz" is not hex`},
 		{"propose malformed pdu", []string{"propose", "--device", "a", "--key", "k", "--pdu", "0600"}, 2, "--pdu 0600"},
 		{"propose bad coil", []string{"propose", "--device", "a", "--key", "k", "--write-coil", "1=maybe"}, 2, "want on or off"},
-		{"approve bad id", []string{"approve", "xyz", "--key", "k"}, 2, "want 64 hex digits"},
+		{"approve bad id", []string{"approve", "xyz", "--key", "k"}, 2, `approval id "xyz": want hex digits`},
 		{"no chain key", []string{"proxy", "--config", noKey}, 1, "chain.key: the writer's private keyset (create one with: gridseal keys new gw-1"},
 		{"missing key file", []string{"proxy", "--config", missingKey}, 1, "private keyset: stat"},
 		{"verify without trust", []string{"chain", "verify", "--data-dir", dir}, 1, "trust file: open"},
@@ -444,7 +444,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err == nil {
 		t.Fatal("write allowed with one approval")
 	}
-	if code, out, stderr := cli("", "approve", id, "--key", key("carol"), "--yes"); code != 0 || !strings.Contains(out, "2 of 2 operators signed (bob, carol)") {
+	if code, out, stderr := cli("", "approve", id[:16], "--key", key("carol"), "--yes"); code != 0 || !strings.Contains(out, "2 of 2 operators signed (bob, carol)") {
 		t.Fatalf("carol approves: exit %d\n%s%s", code, out, stderr)
 	}
 	waitForCond(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })

@@ -19,6 +19,7 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
 )
 
@@ -265,6 +266,9 @@ func approvalEvents(p *policy.Policy, before, after *policy.Stored) []audit.Even
 	pr := after.Proposal
 	base := audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Allow, Class: "approval",
 		Device: pr.Device, Unit: pr.Unit, Function: pr.PDU[0], PDU: pr.PDU, Approval: after.ID.String(), Policy: p.Digest}
+	if req, err := modbus.ParseRequest(pr.PDU); err == nil {
+		base.Address, base.Quantity = req.Address, req.Quantity
+	}
 	var out []audit.Event
 	if before == nil {
 		ev := base
