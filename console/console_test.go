@@ -37,7 +37,9 @@ type rig struct {
 	console   *console.Server
 }
 
-func start(t *testing.T) *rig {
+func startB(b *testing.B) *rig { return start(b) }
+
+func start(t testing.TB) *rig {
 	t.Helper()
 	ns := chaintest.RunJetStream(t)
 	nc := chaintest.Connect(t, ns.URL())

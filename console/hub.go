@@ -2,7 +2,9 @@ package console
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,9 +22,28 @@ type hub struct {
 	log *zap.Logger
 
 	mu      sync.Mutex
-	recent  []chain.Record // ring of the newest events
-	viewers map[chan chain.Record]struct{}
+	recent  []item // the newest events
+	viewers map[chan []item]struct{}
 	status  ChainStatus
+}
+
+// item is one event, encoded once as an SSE message, with what viewers
+// filter on.
+type item struct {
+	device, verdict, client string
+	fc                      byte
+	msg                     []byte
+}
+
+// Filter selects the events a viewer wants; zero fields match anything.
+type Filter struct {
+	Device, Verdict, Client string
+	FC                      int // -1: any
+}
+
+func (f *Filter) match(it *item) bool {
+	return (f.Device == "" || f.Device == it.device) && (f.Verdict == "" || f.Verdict == it.verdict) &&
+		(f.FC < 0 || byte(f.FC) == it.fc) && (f.Client == "" || strings.Contains(it.client, f.Client))
 }
 
 // ChainStatus is what the console shows of the chain.
@@ -47,12 +68,12 @@ type WriterStatus struct {
 
 const (
 	recentEvents = 500
-	viewerBuffer = 256
+	viewerBuffer = 1024 // blocks queued per viewer between its wakes
 	maxViewers   = 256
 )
 
 func newHub(log *zap.Logger) *hub {
-	return &hub{log: log, viewers: map[chan chain.Record]struct{}{},
+	return &hub{log: log, viewers: map[chan []item]struct{}{},
 		status: ChainStatus{Writers: map[string]WriterStatus{}}}
 }
 
@@ -127,11 +148,28 @@ func (h *hub) publish(b *chain.Block, recs []chain.Record) {
 	w := st.Writers[b.Writer]
 	w.Height, w.Hash, w.Events = b.Height, b.Hash.String(), w.Events+uint64(len(recs))
 	st.Writers[b.Writer] = w
-	for _, r := range recs {
-		h.recent = append(h.recent, r)
+	// Encode each event once; send each viewer the block's events in one
+	// channel send, not one per event.
+	items := make([]item, 0, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		data, err := json.Marshal(r)
+		if err != nil {
+			continue
+		}
+		msg := make([]byte, 0, len(data)+8)
+		msg = append(append(append(msg, "data: "...), data...), "\n\n"...)
+		verdict := r.Verdict
+		if r.Phase == "approval" {
+			verdict = "approval"
+		}
+		items = append(items, item{device: r.Device, verdict: verdict, client: r.Client, fc: r.Function, msg: msg})
+	}
+	h.recent = append(h.recent, items...)
+	if len(items) > 0 {
 		for ch := range h.viewers {
 			select {
-			case ch <- r:
+			case ch <- items:
 			default: // too slow: this viewer is dropped
 				delete(h.viewers, ch)
 				close(ch)
@@ -145,20 +183,20 @@ func (h *hub) publish(b *chain.Block, recs []chain.Record) {
 
 // subscribe returns the newest events and a channel of the ones to come;
 // ok is false when too many viewers are connected.
-func (h *hub) subscribe() (backlog []chain.Record, ch chan chain.Record, ok bool) {
+func (h *hub) subscribe() (backlog []item, ch chan []item, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.viewers) >= maxViewers {
 		return nil, nil, false
 	}
 	n := min(len(h.recent), recentEvents)
-	backlog = append([]chain.Record(nil), h.recent[len(h.recent)-n:]...)
-	ch = make(chan chain.Record, viewerBuffer)
+	backlog = append([]item(nil), h.recent[len(h.recent)-n:]...)
+	ch = make(chan []item, viewerBuffer)
 	h.viewers[ch] = struct{}{}
 	return backlog, ch, true
 }
 
-func (h *hub) unsubscribe(ch chan chain.Record) {
+func (h *hub) unsubscribe(ch chan []item) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := h.viewers[ch]; ok {

@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
+	"golang.org/x/time/rate"
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/policy"
@@ -109,13 +111,34 @@ func (s *Server) ready(w http.ResponseWriter, _ *http.Request) {
 	_, _ = w.Write([]byte("ready\n"))
 }
 
-// events streams the chain's events as server-sent events: the newest 500,
-// then each new one as its block is stored.
+// Live stream limits: a person reads a few rows a second; more than this
+// per viewer is counted and reported as skipped, never queued, so viewers
+// cost the proxy little however busy the plant is. Filters apply first.
+const (
+	viewerRate  = 200 // events per second per viewer
+	viewerBurst = 600
+	viewerTick  = 200 * time.Millisecond
+)
+
+// events streams the chain's events as server-sent events: the newest 500
+// that match the viewer's filter (?device=&verdict=&fc=&client=), then each
+// new one as its block is stored, at most viewerRate a second; an
+// "skipped" event says how many were left out.
 func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
 		http.Error(w, "streaming unsupported", http.StatusInternalServerError)
 		return
+	}
+	q := r.URL.Query()
+	f := Filter{Device: q.Get("device"), Verdict: q.Get("verdict"), Client: q.Get("client"), FC: -1}
+	if v := q.Get("fc"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > 255 {
+			http.Error(w, "fc: want 0..255", http.StatusBadRequest)
+			return
+		}
+		f.FC = n
 	}
 	backlog, ch, ok := s.hub.subscribe()
 	if !ok {
@@ -126,55 +149,78 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Accel-Buffering", "no")
-	send := func(rec *chain.Record) bool {
-		data, err := json.Marshal(rec)
-		if err != nil {
-			return true
+	lim := rate.NewLimiter(viewerRate, viewerBurst)
+	skipped := 0
+	send := func(items []item) bool {
+		budget := int(lim.Tokens()) // one limiter check per batch, not per event
+		sent := 0
+		for i := range items {
+			if !f.match(&items[i]) {
+				continue
+			}
+			if sent >= budget {
+				skipped++
+				continue
+			}
+			if _, err := w.Write(items[i].msg); err != nil {
+				return false
+			}
+			sent++
 		}
-		_, err = fmt.Fprintf(w, "data: %s\n\n", data)
-		return err == nil
-	}
-	for i := range backlog {
-		if !send(&backlog[i]) {
-			return
+		if sent > 0 {
+			lim.AllowN(time.Now(), sent)
 		}
+		return true
 	}
-	fl.Flush()
-	ping := time.NewTicker(15 * time.Second)
-	defer ping.Stop()
+	flush := func() bool {
+		if skipped > 0 {
+			if _, err := fmt.Fprintf(w, "event: skipped\ndata: %d\n\n", skipped); err != nil {
+				return false
+			}
+			skipped = 0
+		}
+		fl.Flush()
+		return true
+	}
+	if !send(backlog) || !flush() {
+		return
+	}
+	// The viewer wakes five times a second and takes whatever blocks
+	// arrived meanwhile: a person sees no difference, and a busy plant
+	// costs each viewer five writes a second instead of one per block.
+	tick := time.NewTicker(viewerTick)
+	defer tick.Stop()
+	idle := 0
 	for {
 		select {
 		case <-r.Context().Done():
 			return
-		case <-ping.C:
+		case <-tick.C:
+		}
+		wrote := false
+	drain:
+		for {
+			select {
+			case items, ok := <-ch:
+				if !ok || !send(items) {
+					return // dropped (too slow), or gone
+				}
+				wrote = true
+			default:
+				break drain
+			}
+		}
+		if !wrote && skipped == 0 {
+			if idle++; idle < int(15*time.Second/viewerTick) {
+				continue
+			}
 			if _, err := fmt.Fprint(w, ": ping\n\n"); err != nil {
 				return
 			}
-			fl.Flush()
-		case rec, ok := <-ch:
-			if !ok {
-				return // dropped: too slow
-			}
-			if !send(&rec) {
-				return
-			}
-			// Send what else is ready in the same write.
-			for n := 0; n < 64; n++ {
-				select {
-				case more, ok := <-ch:
-					if !ok {
-						fl.Flush()
-						return
-					}
-					if !send(&more) {
-						return
-					}
-					continue
-				default:
-				}
-				break
-			}
-			fl.Flush()
+		}
+		idle = 0
+		if !flush() {
+			return
 		}
 	}
 }

@@ -64,8 +64,12 @@ function showDetail(r) {
   $("#detail").hidden = false;
 }
 $("#close-detail").onclick = () => { $("#detail").hidden = true; };
-for (const id of ["#f-device", "#f-verdict"]) $(id).onchange = render;
-for (const id of ["#f-function", "#f-client"]) $(id).oninput = render;
+// Filters apply on the server too, so a busy plant's stream still brings
+// every matching event (the server caps each viewer at 200 events/s).
+let es = null, reconnectTimer = null;
+function refilter() { render(); clearTimeout(reconnectTimer); reconnectTimer = setTimeout(() => { rows.length = 0; connect(); }, 300); }
+for (const id of ["#f-device", "#f-verdict"]) $(id).onchange = refilter;
+for (const id of ["#f-function", "#f-client"]) $(id).oninput = refilter;
 $("#pause").onclick = () => {
   paused = !paused;
   $("#pause").textContent = paused ? "Resume" : "Pause";
@@ -74,13 +78,22 @@ $("#pause").onclick = () => {
 };
 
 function connect() {
-  const es = new EventSource("api/events");
+  if (es) es.close();
+  const f = filters(), p = new URLSearchParams();
+  if (f.device) p.set("device", f.device);
+  if (f.verdict) p.set("verdict", f.verdict);
+  if (f.fc) p.set("fc", f.fc);
+  if (f.client) p.set("client", f.client);
+  es = new EventSource("api/events?" + p.toString());
+  let skippedTotal = 0;
+  es.addEventListener("skipped", (m) => { skippedTotal += Number(m.data); $("#paused-note").textContent = `${skippedTotal} events not shown (over 200/s): narrow the filters, or use gridseal chain export`; });
   es.onmessage = (m) => {
     const r = JSON.parse(m.data);
     if (paused) { queued.push(r); $("#paused-note").textContent = `${queued.length} new while paused`; return; }
     ingest(r);
   };
-  es.onerror = () => { es.close(); setTimeout(connect, 2000); };
+  const mine = es;
+  es.onerror = () => { mine.close(); if (es === mine) setTimeout(connect, 2000); };
 }
 
 async function getJSON(u) { const r = await fetch(u, { cache: "no-store" }); return r.json(); }
