@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
 // Errors a Recorder returns; callers branch on them with errors.Is.
@@ -575,41 +576,7 @@ func (r *Recorder) saveHead(force bool) {
 	h := Head{Writer: r.cfg.Writer, Height: r.height - 1, Hash: r.prev.String(), Seq: r.lastSeq}
 	data, _ := json.Marshal(h)
 	path := headPath(r.cfg.HeadDir, r.cfg.Writer)
-	tmp := path + ".tmp"
-	if err := writeFileSync(tmp, path, data); err != nil {
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		r.log.Warn("cannot keep local chain head", zap.String("path", path), zap.Error(err))
 	}
-}
-
-// writeFileSync replaces path with data atomically and durably: write and
-// fsync a temporary file, rename it over path, fsync the directory.
-func writeFileSync(tmp, path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

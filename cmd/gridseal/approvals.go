@@ -13,7 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/internal/keys"
@@ -30,13 +29,8 @@ type approvalsEnv struct {
 }
 
 func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
-	conn, err := g.connectNATS(cmd.Context(), cmd.Name())
+	conn, js, err := g.jetStream(cmd.Context(), cmd.Name())
 	if err != nil {
-		return nil, err
-	}
-	js, err := jetstream.New(conn.nc)
-	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	store, err := policy.OpenStore(cmd.Context(), js, 1, nopLogger())

@@ -11,7 +11,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/audit"
@@ -44,15 +43,11 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			conn, err := g.connectNATS(cmd.Context(), "chain verify")
+			conn, js, err := g.jetStream(cmd.Context(), "chain verify")
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
-			js, err := jetstream.New(conn.nc)
-			if err != nil {
-				return err
-			}
 			v := chain.NewVerifier(trust)
 			start, lastProgress := time.Now(), time.Now()
 			// Keep going past a bad block, so one injected message does not
@@ -126,15 +121,11 @@ func (f *eventFilter) match(r *chain.Record) bool {
 // scanRecords reads the chain and calls fn for each event that passes f.
 // It checks each block's structure, not its signature: run chain verify.
 func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record, *audit.Event) error) error {
-	conn, err := g.connectNATS(ctx, name)
+	conn, js, err := g.jetStream(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	js, err := jetstream.New(conn.nc)
-	if err != nil {
-		return err
-	}
 	return chain.Scan(ctx, js, from, follow, func(m *chain.Msg) error {
 		b, err := chain.ParseBlock(m.Data)
 		if err != nil {

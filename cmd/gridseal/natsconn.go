@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/internal/natsembed"
 )
@@ -146,6 +147,20 @@ func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
 	}
 	return &natsConn{nc: nc, embedded: true, stop: stop}, nil
+}
+
+// jetStream connects as connectNATS does and opens JetStream on it.
+func (g *globals) jetStream(ctx context.Context, name string) (*natsConn, jetstream.JetStream, error) {
+	conn, err := g.connectNATS(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(conn.nc)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, js, nil
 }
 
 // loadToken reads the embedded server's client token, creating a random

@@ -14,6 +14,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/signature"
 	"github.com/tink-crypto/tink-go/v2/tink"
+
+	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
 // Algorithms a keyset may be created with.
@@ -74,32 +76,18 @@ func WritePair(dir, name string, h *keyset.Handle) (private, public string, err 
 	if err := pubH.WriteWithNoSecrets(keyset.NewJSONWriter(&pub)); err != nil {
 		return "", "", fmt.Errorf("encode public keyset: %w", err)
 	}
-	if err := writeNew(private, priv.Bytes(), 0o600); err != nil {
-		return "", "", err
-	}
-	if err := writeNew(public, pub.Bytes(), 0o644); err != nil {
-		return "", "", err
+	for _, f := range []struct {
+		path string
+		data []byte
+		mode os.FileMode
+	}{{private, priv.Bytes(), 0o600}, {public, pub.Bytes(), 0o644}} {
+		if err := atomicfile.Create(f.path, f.data, f.mode); errors.Is(err, atomicfile.ErrExists) {
+			return "", "", fmt.Errorf("%s: %w", f.path, ErrExists)
+		} else if err != nil {
+			return "", "", err
+		}
 	}
 	return private, public, nil
-}
-
-func writeNew(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("%s: %w", path, ErrExists)
-	}
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // LoadSigner reads a private keyset. It refuses a file others can read.
