@@ -46,6 +46,9 @@ type Config struct {
 	// wait at once. [2ms; negative: never wait]
 	Linger         time.Duration
 	PublishTimeout time.Duration // one publish attempt [2s]
+	// Observe, if set, is told of every acknowledged block: its event count
+	// and how long its publish took to be acknowledged (metrics).
+	Observe func(events int, ack time.Duration)
 }
 
 // BlockSigner signs block hashes: a Tink signer and its primary key id.
@@ -333,8 +336,12 @@ func (r *Recorder) run() {
 			return
 		}
 		for {
+			t0 := time.Now()
 			seq, err := r.publish(msg, hash)
 			if err == nil {
+				if r.cfg.Observe != nil {
+					r.cfg.Observe(len(batch), time.Since(t0))
+				}
 				r.commit(batch, hash, seq)
 				backoff = 50 * time.Millisecond
 				break

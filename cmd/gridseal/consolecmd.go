@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,9 +26,23 @@ type observability struct {
 	addr    string
 }
 
-// newObservability registers the process, chain and proxy metrics.
-func newObservability(rec *chain.Recorder) *observability {
-	reg := prometheus.NewRegistry()
+// chainObserver returns histograms of block size and acknowledgement time
+// for chain.Config.Observe, registered with reg.
+func chainObserver(reg *prometheus.Registry) func(int, time.Duration) {
+	size := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_block_events",
+		Help: "Events per block (group commit).", Buckets: prometheus.ExponentialBuckets(1, 2, 13)})
+	ack := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_record_seconds",
+		Help:    "Time from publishing a block to its durable acknowledgement: what a write waits for its record.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
+	reg.MustRegister(size, ack)
+	return func(events int, d time.Duration) {
+		size.Observe(float64(events))
+		ack.Observe(d.Seconds())
+	}
+}
+
+// newObservability registers the process, chain and proxy metrics on reg.
+func newObservability(reg *prometheus.Registry, rec *chain.Recorder) *observability {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	st := rec.Stats()
 	reg.MustRegister(

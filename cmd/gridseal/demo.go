@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	mbclient "github.com/simonvetter/modbus"
 	"github.com/spf13/cobra"
 
@@ -81,7 +82,8 @@ func demoCmd(g *globals) *cobra.Command {
 			if err := g.demoTrust(); err != nil {
 				return err
 			}
-			rec, err := g.openRecorder(ctx, chain.Config{Writer: demoWriter, Signer: signer}, log)
+			reg := prometheus.NewRegistry()
+			rec, err := g.openRecorder(ctx, chain.Config{Writer: demoWriter, Signer: signer, Observe: chainObserver(reg)}, log)
 			if err != nil {
 				return err
 			}
@@ -91,7 +93,7 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			obs := newObservability(rec.rec)
+			obs := newObservability(reg, rec.rec)
 			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, obs.recorders(rec.rec, log), log)
 			if err != nil {
 				return err

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -322,9 +323,48 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
 		t.Fatal("forbidden write went through")
 	}
+
+	// SIGHUP reloads the policy: an edit without new signatures is refused
+	// and the policy in force stays; a new version signed by both admins
+	// goes into force.
+	polPath := filepath.Join(dir, "policy.yaml")
+	edited := bytes.Replace(pol, []byte("values: 0-100"), []byte("values: 0-10"), 1)
+	if err := os.WriteFile(polPath, edited, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hangup := func() {
+		t.Helper()
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hangup()
+	time.Sleep(300 * time.Millisecond)
+	if err := c.WriteRegister(simulators.InverterLimitPct, 50); err != nil {
+		t.Fatalf("after a refused reload the old policy must stay: %v", err)
+	}
+	edited = bytes.Replace(edited, []byte("version: 1"), []byte("version: 2"), 1)
+	if err := os.WriteFile(polPath, edited, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"admin-1", "admin-2"} {
+		if code, _, stderr := runCLI(t, t.Context(), "policy", "sign", polPath, "--key", filepath.Join(keyDir, a+".private.json")); code != 0 {
+			t.Fatal(stderr)
+		}
+	}
+	hangup()
+	waitForCond(t, "the signed version 2 to be in force", func() bool {
+		return c.WriteRegister(simulators.InverterLimitPct, 50) != nil
+	})
+	if err := c.WriteRegister(simulators.InverterLimitPct, 10); err != nil {
+		t.Fatalf("version 2 allows 0-10: %v", err)
+	}
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("proxy exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "policy reload refused") || !strings.Contains(stderr, `"policy reloaded"`) {
+		t.Fatalf("reloads not logged:\n%s", stderr)
 	}
 	code, out, errOut := runCLI(t, t.Context(), "chain", "verify", "--data-dir", data, "--trust", filepath.Join(dir, "trust.yaml"))
 	_ = errOut

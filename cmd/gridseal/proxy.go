@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -61,9 +62,11 @@ func proxyCmd(g *globals) *cobra.Command {
 				g.natsURL = cfg.Chain.NATS
 			}
 			ctx := cmd.Context()
+			reg := prometheus.NewRegistry()
 			rec, err := g.openRecorder(ctx, chain.Config{
 				Writer: cfg.Chain.Writer, Signer: signer, Replicas: cfg.Chain.Replicas,
 				DurableTimeout: cfg.Chain.DurableTimeout, SpoolBytes: cfg.Chain.SpoolBytes,
+				Observe: chainObserver(reg),
 			}, log)
 			if err != nil {
 				return err
@@ -74,8 +77,11 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			go g.reloadOnHangup(ctx, cfg, engine, store, log)
-			obs := newObservability(rec.rec)
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from now on reloads
+			defer signal.Stop(hup)
+			go g.reloadOnHangup(ctx, hup, cfg, engine, store, log)
+			obs := newObservability(reg, rec.rec)
 			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, obs.recorders(rec.rec, log), log)
 			if err != nil {
 				return err
@@ -134,10 +140,7 @@ func (g *globals) acceptPolicy(cfg *fileConfig, p *policy.Policy) error {
 
 // reloadOnHangup re-reads the policy on SIGHUP and puts it in force if it
 // is valid and signed; otherwise the policy in force stays.
-func (g *globals) reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func (g *globals) reloadOnHangup(ctx context.Context, hup <-chan os.Signal, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -159,6 +162,7 @@ func (g *globals) reloadOnHangup(ctx context.Context, cfg *fileConfig, engine *p
 			}
 		}
 		engine.Swap(p)
+		log.Info("policy reloaded", zap.String("policy", p.ID), zap.Int("version", p.Version), zap.String("digest", p.Digest))
 		if err := store.PublishPolicy(ctx, p); err != nil {
 			log.Error("cannot publish the policy in force", zap.Error(err))
 		}
