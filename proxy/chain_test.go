@@ -154,7 +154,17 @@ func TestWritesFailClosedWhileNATSIsDown(t *testing.T) {
 		resp := c.roundTrip(30, 1, write)
 		return bytes.Equal(resp, write)
 	})
-	evs := f.chainEvents(t)
+	// The forwarded write's completion is recorded just after its reply.
+	var evs []audit.Event
+	waitFor(t, "the forwarded write's completion in the chain", func() bool {
+		evs = f.chainEvents(t)
+		for _, e := range evs {
+			if e.Function == 6 && e.Phase == audit.PhaseComplete && e.Verdict == audit.Allow {
+				return true
+			}
+		}
+		return false
+	})
 	var reads []uint16
 	for _, e := range evs {
 		if e.Function == 3 && e.Verdict == audit.Allow {
