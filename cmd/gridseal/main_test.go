@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	mbclient "github.com/simonvetter/modbus"
 
 	"github.com/gridseal/gridseal/chain"
@@ -496,6 +497,31 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	}
 	if code, _, stderr := cli("", "approve", id, "--key", key("carol"), "--yes"); code != 1 || !strings.Contains(stderr, "already used") {
 		t.Fatalf("approving a used approval: exit %d %s", code, stderr)
+	}
+
+	// Someone with access to NATS injects a block on the demo's subject:
+	// chain verify fails and names it.
+	if code, out, stderr := cli("", "chain", "verify"); code != 0 {
+		t.Fatalf("verify before tampering: exit %d\n%s%s", code, out, stderr)
+	}
+	token, err := os.ReadFile(filepath.Join(data, "nats", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(string(url), nats.Token(string(token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ack, err := js.Publish(ctx, "gridseal.chain.demo-gw", []byte("not a block"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = cli("", "chain", "verify")
+	want := fmt.Sprintf("chain verify FAILED at sequence %d (writer demo-gw", ack.Sequence)
+	if code != 1 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "unreadable block") {
+		t.Fatalf("verify after an injected block: exit %d, want one line with %q\n%s%s", code, want, out, stderr)
 	}
 }
 
