@@ -103,8 +103,13 @@ func (g *globals) startConsole(ctx context.Context, addr string, o *observabilit
 		},
 	})
 	ln, err := net.Listen("tcp", addr)
+	if err != nil && g.consoleFallback {
+		// The demo should run on a busy laptop: take any free loopback port.
+		log.Warn("console address busy; using a free port", zap.String("wanted", addr), zap.Error(err))
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
 	if err != nil {
-		return fmt.Errorf("console: listen on %s: %w", addr, err)
+		return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", addr, err)
 	}
 	o.addr = ln.Addr().String()
 	go c.Run(ctx)

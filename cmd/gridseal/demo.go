@@ -98,6 +98,7 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			g.consoleFallback = !cmd.Flags().Changed("http")
 			if err := g.startConsole(ctx, httpAddr, obs, rec, st, engine, store, g.defaultTrust(), log); err != nil {
 				_ = st.srv.Close()
 				return err
