@@ -93,6 +93,9 @@ type Event struct {
 	Response  []byte        // the device's response PDU, if any
 	Upstream  time.Duration // time the device took to answer
 	Closed    bool          // the proxy closed the client connection
+	// Role is the Modbus/TCP Security role in the client's certificate
+	// (OID 1.3.6.1.4.1.50316.802.1); empty on plain TCP.
+	Role string
 }
 
 // LogRecorder records every event as one structured log line. It keeps
@@ -134,6 +137,7 @@ func (r *LogRecorder) Record(_ context.Context, ev *Event, _ bool) error {
 		zap.Uint8("exception", ev.Exception),
 		zap.Duration("upstream", ev.Upstream),
 		zap.Bool("closed", ev.Closed),
+		zap.String("role", ev.Role),
 	)
 	return nil
 }

@@ -10,11 +10,12 @@
 //
 // Event (one audit.Event, as stored; hashed as stored, never re-encoded):
 //
-//	u8 version=1 | i64 unix-nanoseconds | u64 op | u8 phase | u8 verdict
+//	u8 version=2 (1 is still read: it lacks the role) | i64 unix-nanoseconds | u64 op | u8 phase | u8 verdict
 //	| lp16 client | lp16 listener | lp16 device | u8 unit | u8 function
 //	| lp8 class | u16 address | u16 quantity | lp16 pdu | lp16 rule
 //	| lp16 reason | lp16 policy | lp16 approval | u8 exception
 //	| lp16 response | u64 upstream-nanoseconds | u8 flags (bit 0: closed)
+//	| lp8 role (version 2: the client certificate's Modbus/TCP Security role)
 //
 // Block header:
 //

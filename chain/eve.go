@@ -74,6 +74,7 @@ type EVEAlert struct {
 type EVEGridseal struct {
 	Verdict  string `json:"verdict"`
 	Device   string `json:"device,omitempty"`
+	Role     string `json:"role,omitempty"`
 	Rule     string `json:"rule,omitempty"`
 	Reason   string `json:"reason,omitempty"`
 	Policy   string `json:"policy,omitempty"`
@@ -134,7 +135,7 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 	base := EVE{
 		Timestamp: ev.Time.UTC().Format("2006-01-02T15:04:05.000000+0000"),
 		EventType: "modbus", Proto: "TCP", AppProto: "modbus",
-		Gridseal: EVEGridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Rule: ev.Rule, Reason: ev.Reason,
+		Gridseal: EVEGridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Role: ev.Role, Rule: ev.Rule, Reason: ev.Reason,
 			Policy: ev.Policy, Approval: ev.Approval, Writer: r.Writer, Seq: r.Seq, Height: r.Height, Block: r.Block, Index: r.Index},
 	}
 	if ev.Client.IsValid() {

@@ -10,7 +10,12 @@ import (
 	"github.com/gridseal/gridseal/audit"
 )
 
-const eventVersion = 1
+// Event format versions. Version 2 adds the client's Modbus/TCP Security
+// role after the flags byte; version 1 events (no role) still decode.
+const (
+	eventV1      = 1
+	eventVersion = 2
+)
 
 // AppendEvent appends the stored encoding of ev to dst.
 func AppendEvent(dst []byte, ev *audit.Event) []byte {
@@ -42,7 +47,9 @@ func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	if ev.Closed {
 		flags |= 1
 	}
-	return append(dst, flags)
+	dst = append(dst, flags)
+	dst = append(dst, byte(min(len(ev.Role), 255)))
+	return append(dst, ev.Role[:min(len(ev.Role), 255)]...)
 }
 
 // lp16 appends s with a 16-bit length, cut at 65535 bytes.
@@ -126,8 +133,9 @@ func (r *reader) end() error {
 func DecodeEvent(b []byte) (audit.Event, error) {
 	r := reader{b: b}
 	var ev audit.Event
-	if v := r.u8(); r.err == nil && v != eventVersion {
-		return ev, fmt.Errorf("%w: event version %d", ErrFormat, v)
+	version := r.u8()
+	if r.err == nil && version != eventV1 && version != eventVersion {
+		return ev, fmt.Errorf("%w: event version %d", ErrFormat, version)
 	}
 	ev.Time = time.Unix(0, int64(r.u64())).UTC()
 	ev.Op = r.u64()
@@ -155,6 +163,9 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	ev.Upstream = time.Duration(r.u64())
 	flags := r.u8()
 	ev.Closed = flags&1 != 0
+	if version >= 2 {
+		ev.Role = string(r.lp8())
+	}
 	if err := r.end(); err != nil {
 		return ev, err
 	}

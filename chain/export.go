@@ -21,6 +21,7 @@ type Record struct {
 	Op        uint64    `json:"op"`
 	Phase     string    `json:"phase"`
 	Client    string    `json:"client,omitempty"`
+	Role      string    `json:"role,omitempty"`
 	Listener  string    `json:"listener,omitempty"`
 	Device    string    `json:"device,omitempty"`
 	Unit      byte      `json:"unit"`
@@ -46,7 +47,7 @@ type Record struct {
 func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 	r := Record{
 		Seq: m.Seq, Writer: b.Writer, Height: b.Height, Index: i, Block: b.Hash.String(), KeyID: b.KeyID,
-		Time: ev.Time, Op: ev.Op, Phase: ev.Phase.String(), Listener: ev.Listener,
+		Time: ev.Time, Op: ev.Op, Phase: ev.Phase.String(), Listener: ev.Listener, Role: ev.Role,
 		Device: ev.Device, Unit: ev.Unit, Function: ev.Function, Class: ev.Class,
 		Address: ev.Address, Quantity: ev.Quantity, PDU: hex.EncodeToString(ev.PDU),
 		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,

@@ -34,15 +34,28 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
-// TestEventGolden pins the stored encoding of an event (format version 1)
-// and its leaf hash, so another implementation can check itself.
+// TestEventGolden pins the stored encoding of an event (format version 2)
+// and its leaf hash, so another implementation can check itself; version 1
+// events, already in chains, still decode.
 func TestEventGolden(t *testing.T) {
 	ev := event(42, audit.Allow)
 	ev.Approval = "a1b2"
 	ev.Closed = true
+	ev.Role = "operator"
 	enc := chain.AppendEvent(nil, ev)
 	leaf := chain.LeafHash(enc)
-	golden(t, "event-v1.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	golden(t, "event-v2.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	v1, err := os.ReadFile("testdata/event-v1.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v1hex string
+	fmt.Sscanf(string(v1), "event %s", &v1hex)
+	v1bytes, _ := hex.DecodeString(v1hex)
+	old, err := chain.DecodeEvent(v1bytes)
+	if err != nil || old.Op != 42 || old.Role != "" || old.Approval != "a1b2" {
+		t.Fatalf("version 1 event: %+v %v", old, err)
+	}
 	back, err := chain.DecodeEvent(enc)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +149,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(chain.AppendEvent(nil, event(1, audit.Allow)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := chain.DecodeEvent(b)
-		if err != nil {
+		if err != nil || b[0] != 2 { // version 1 re-encodes as version 2
 			return
 		}
 		if !bytes.Equal(chain.AppendEvent(nil, &ev), b) {
