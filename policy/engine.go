@@ -171,6 +171,13 @@ func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *Inp
 // check returns 0 if r allows the request, or the denial and why.
 func (r *Rule) check(d *Device, in *Input) (Denial, string) {
 	req := &in.Request
+	if len(r.roles) > 0 && !contains(r.roles, in.Role) {
+		role := in.Role
+		if role == "" {
+			role = "none (plain TCP or no role in the certificate)"
+		}
+		return DenyFunction, fmt.Sprintf("client role %s not allowed (rule is for %s)", role, strings.Join(r.roles, ", "))
+	}
 	if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
 		return DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
 	}

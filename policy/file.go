@@ -53,6 +53,7 @@ type Rule struct {
 	addresses ranges       // nil: any address (reads and diagnostics only)
 	values    ranges       // nil: any value
 	subs      ranges       // function 8 sub-functions a diagnostic rule allows
+	roles     []string     // Modbus/TCP Security roles the rule is for; empty: any client
 
 	Requires   *Quorum       // non-nil: a write needs an m-of-n approval
 	BreakGlass *Quorum       // fewer signatures that still pass, flagged loudly
@@ -286,7 +287,7 @@ var defaultFunctions = map[modbus.Class][]modbus.Function{
 
 func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 	f, err := fields(n, "rule", "name", "allow", "functions", "table", "units", "addresses", "values",
-		"requires", "break_glass", "max_ttl", "subfunctions")
+		"requires", "break_glass", "max_ttl", "subfunctions", "roles")
 	if err != nil {
 		return nil, err
 	}
@@ -335,6 +336,11 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		}
 	} else {
 		return nil, lineErr(n, "%s: a diagnostic rule must name its functions", where)
+	}
+	if rn := f["roles"]; rn != nil {
+		if err := rn.Decode(&r.roles); err != nil || len(r.roles) == 0 {
+			return nil, lineErr(rn, "%s: roles must be a list of role names from client certificates", where)
+		}
 	}
 	if sn := f["subfunctions"]; sn != nil {
 		if r.Class != modbus.ClassDiagnostic || !r.functions[modbus.Diagnostics] {

@@ -58,6 +58,7 @@ func (d Denial) String() string {
 type Input struct {
 	Op      uint64 // the proxy's operation id, recorded with a consumed approval
 	Device  string
+	Role    string // the client's Modbus/TCP Security role; empty on plain TCP
 	Unit    byte
 	Client  netip.AddrPort
 	Request modbus.Request

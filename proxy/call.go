@@ -28,13 +28,14 @@ func (c *call) reset(ss *session, f modbus.Frame) {
 	c.n = copy(c.frame[:], f.Raw)
 	c.clientTID = f.Transaction
 	c.start = time.Now()
-	c.in = policy.Input{Client: ss.client, Unit: f.Unit}
+	c.in = policy.Input{Client: ss.client, Unit: f.Unit, Role: ss.role}
 	c.ev = audit.Event{
 		Time:     c.start,
 		Op:       ss.s.opSeq.Add(1),
 		Phase:    audit.PhaseComplete,
 		Client:   ss.client,
 		Listener: ss.listener,
+		Role:     ss.role,
 		Unit:     f.Unit,
 		Function: f.PDU[0],
 		PDU:      c.pdu(),

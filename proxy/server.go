@@ -10,6 +10,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -40,7 +41,8 @@ type recorder interface {
 // Device is one upstream PLC the proxy forwards to.
 type Device struct {
 	Name     string
-	Upstream string // host:port
+	Upstream string      // host:port
+	TLS      *tls.Config // Modbus/TCP Security toward the PLC; nil: plain TCP
 }
 
 // Route maps the unit ids arriving on one listener to devices.

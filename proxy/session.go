@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -30,6 +32,7 @@ type session struct {
 	limiter  *rate.Limiter
 	slots    chan struct{} // one per outstanding request
 	pin      uint32        // upstream pool member, so one client's requests stay in order
+	role     string        // Modbus/TCP Security role from the client certificate
 	closed   atomic.Bool
 
 	wmu  sync.Mutex
@@ -68,6 +71,9 @@ func (ss *session) serve() {
 		}
 	}()
 	lim := ss.s.cfg.Limits
+	if tc, ok := ss.conn.(*tls.Conn); ok && !ss.handshake(tc) {
+		return
+	}
 	for {
 		if ss.rd.Buffered() == 0 {
 			_ = ss.conn.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
@@ -99,6 +105,26 @@ func (ss *session) serve() {
 			return
 		}
 	}
+}
+
+// handshake completes Modbus/TCP Security's mutual TLS within the read
+// timeout and takes the client's role from its certificate. A client that
+// fails it is recorded and disconnected.
+func (ss *session) handshake(tc *tls.Conn) bool {
+	ctx, cancel := context.WithTimeout(ss.s.ctx, ss.s.cfg.Limits.ReadTimeout)
+	defer cancel()
+	err := tc.HandshakeContext(ctx)
+	if err == nil {
+		ss.role, err = peerRole(tc)
+	}
+	if err != nil {
+		ev := audit.Event{Time: time.Now(), Op: ss.s.opSeq.Add(1), Phase: audit.PhaseComplete,
+			Client: ss.client, Listener: ss.listener, Verdict: audit.Malformed,
+			Reason: "TLS: " + err.Error(), Closed: true}
+		ss.s.record(&ev, false)
+		return false
+	}
+	return true
 }
 
 // malformed records a frame that could not be read and closes the connection.

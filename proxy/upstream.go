@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -17,11 +18,12 @@ type upstream struct {
 	s     *Server
 	name  string
 	addr  string
+	tls   *tls.Config
 	conns []*upconn
 }
 
 func newUpstream(s *Server, d Device) *upstream {
-	u := &upstream{s: s, name: d.Name, addr: d.Upstream}
+	u := &upstream{s: s, name: d.Name, addr: d.Upstream, tls: d.TLS}
 	for i := 0; i < s.cfg.Upstream.PoolSize; i++ {
 		uc := &upconn{
 			up:         u,
@@ -164,7 +166,14 @@ func (uc *upconn) dialLocked() error {
 	uc.dialing = make(chan struct{})
 	uc.mu.Unlock()
 	d := net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 15 * time.Second}
-	conn, err := d.DialContext(uc.up.s.ctx, "tcp", uc.up.addr)
+	var conn net.Conn
+	var err error
+	if uc.up.tls != nil {
+		td := tls.Dialer{NetDialer: &d, Config: uc.up.tls}
+		conn, err = td.DialContext(uc.up.s.ctx, "tcp", uc.up.addr)
+	} else {
+		conn, err = d.DialContext(uc.up.s.ctx, "tcp", uc.up.addr)
+	}
 	uc.mu.Lock()
 	close(uc.dialing)
 	uc.dialing = nil

@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -29,7 +31,10 @@ type fileConfig struct {
 	Upstream            proxy.UpstreamConfig `yaml:"upstream"`
 	Exceptions          proxy.Exceptions     `yaml:"exceptions"`
 	Chain               chainConfig          `yaml:"chain"`
-	Log                 logConfig            `yaml:"log"`
+	// UpstreamTLS speaks Modbus/TCP Security to the named devices.
+	UpstreamTLS map[string]*tlsConfig `yaml:"upstream_tls"`
+	Log         logConfig             `yaml:"log"`
+	path        string
 }
 
 // chainConfig says where and as whom the proxy records.
@@ -45,8 +50,74 @@ type chainConfig struct {
 }
 
 type listenerConfig struct {
-	Listen  string   `yaml:"listen"`
-	Devices []string `yaml:"devices"`
+	Listen  string     `yaml:"listen"`
+	Devices []string   `yaml:"devices"`
+	TLS     *tlsConfig `yaml:"tls"` // Modbus/TCP Security: mutual TLS, roles from client certificates
+}
+
+// tlsConfig names PEM files. On a listener: the server's certificate and
+// key and the CA that issues client certificates. Toward a PLC: the CA that
+// issued its certificate, and the proxy's client certificate and key.
+type tlsConfig struct {
+	Cert       string `yaml:"cert"`
+	Key        string `yaml:"key"`
+	CA         string `yaml:"ca"`
+	ServerName string `yaml:"server_name"` // toward a PLC: the name in its certificate
+}
+
+// server builds the listener side: TLS 1.2+, client certificates required.
+func (t *tlsConfig) server(base string) (*tls.Config, error) {
+	cert, pool, err := t.load(base)
+	if err != nil {
+		return nil, err
+	}
+	if cert == nil || pool == nil {
+		return nil, errors.New("tls: a listener needs cert, key and ca (the CA of client certificates)")
+	}
+	return &tls.Config{Certificates: []tls.Certificate{*cert}, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}, nil
+}
+
+// client builds the PLC side.
+func (t *tlsConfig) client(base string) (*tls.Config, error) {
+	cert, pool, err := t.load(base)
+	if err != nil {
+		return nil, err
+	}
+	c := &tls.Config{RootCAs: pool, ServerName: t.ServerName, MinVersion: tls.VersionTLS12}
+	if cert != nil {
+		c.Certificates = []tls.Certificate{*cert}
+	}
+	return c, nil
+}
+
+func (t *tlsConfig) load(base string) (*tls.Certificate, *x509.CertPool, error) {
+	abs := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(base, p)
+	}
+	var cert *tls.Certificate
+	if t.Cert != "" || t.Key != "" {
+		c, err := tls.LoadX509KeyPair(abs(t.Cert), abs(t.Key))
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls: %w", err)
+		}
+		cert = &c
+	}
+	var pool *x509.CertPool
+	if t.CA != "" {
+		pem, err := os.ReadFile(abs(t.CA))
+		if err != nil {
+			return nil, nil, fmt.Errorf("tls: %w", err)
+		}
+		pool = x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, nil, fmt.Errorf("tls: %s holds no PEM certificate", t.CA)
+		}
+	}
+	return cert, pool, nil
 }
 
 type logConfig struct {
@@ -62,7 +133,7 @@ func loadConfig(path string) (*fileConfig, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	var c fileConfig
+	c := fileConfig{path: path}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
@@ -107,6 +178,7 @@ func (c *fileConfig) proxyConfig() proxy.Config {
 type listenerSpec struct {
 	addr  string
 	route proxy.Route
+	tls   *tls.Config
 }
 
 // routes maps each listener's devices to unit ids, as the policy assigns them.
@@ -143,12 +215,37 @@ func routes(listeners []listenerConfig, p *policy.Policy) ([]listenerSpec, error
 	return out, nil
 }
 
-func devices(p *policy.Policy) []proxy.Device {
+// devices lists the policy's devices, with TLS toward those that have it.
+func devices(p *policy.Policy, upTLS map[string]*tls.Config) []proxy.Device {
 	out := make([]proxy.Device, 0, len(p.Devices))
 	for _, d := range p.Devices {
-		out = append(out, proxy.Device{Name: d.Name, Upstream: d.Upstream})
+		out = append(out, proxy.Device{Name: d.Name, Upstream: d.Upstream, TLS: upTLS[d.Name]})
 	}
 	return out
+}
+
+// tlsSetup loads the listeners' and the PLCs' TLS configurations.
+func (c *fileConfig) tlsSetup(specs []listenerSpec) (map[string]*tls.Config, error) {
+	base := filepath.Dir(c.path)
+	for i, l := range c.Listeners {
+		if l.TLS == nil {
+			continue
+		}
+		cfg, err := l.TLS.server(base)
+		if err != nil {
+			return nil, fmt.Errorf("%s: listener %s: %w", c.path, l.Listen, err)
+		}
+		specs[i].tls = cfg
+	}
+	up := map[string]*tls.Config{}
+	for name, t := range c.UpstreamTLS {
+		cfg, err := t.client(base)
+		if err != nil {
+			return nil, fmt.Errorf("%s: upstream_tls %s: %w", c.path, name, err)
+		}
+		up[name] = cfg
+	}
+	return up, nil
 }
 
 var errUsage = errors.New("usage")

@@ -94,7 +94,7 @@ func demoCmd(g *globals) *cobra.Command {
 				return err
 			}
 			obs := newObservability(reg, rec.rec)
-			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, obs.recorders(rec.rec, log), log)
+			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, nil, obs.recorders(rec.rec, log), log)
 			if err != nil {
 				return err
 			}

@@ -58,6 +58,7 @@ func TestCommandErrors(t *testing.T) {
 	unknownDevice := write("cfg2.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [b]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
 	noKey := write("cfg3.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1}\n")
 	missingKey := write("cfg4.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: nope.json}\ninsecure_unsigned_policy: true\n")
+	badTLS := write("cfg7.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\n    tls: {cert: nope.pem, key: nope-key.pem, ca: ca.pem}\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
 	noRoot := write("cfg5.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
 	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "admin-1", "--dir", dir); code != 0 {
 		t.Fatal(stderr)
@@ -78,6 +79,7 @@ func TestCommandErrors(t *testing.T) {
 		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: field listners not found`},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
+		{"listener tls files missing", []string{"proxy", "--config", badTLS}, 1, "listener 127.0.0.1:0: tls: open"},
 		{"policy without root", []string{"proxy", "--config", noRoot}, 1, "policy_root: name the admins' root file"},
 		{"unsigned policy", []string{"proxy", "--config", unsigned}, 1, "policy not signed by enough admins: no signatures"},
 		{"propose without a write", []string{"propose", "--device", "a", "--key", "k"}, 2, "give exactly one of --write-register"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -54,6 +55,10 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%s: %w", configPath, err)
 			}
+			upTLS, err := cfg.tlsSetup(specs)
+			if err != nil {
+				return err
+			}
 			signer, err := keys.LoadSigner(cfg.Chain.Key)
 			if err != nil {
 				return err
@@ -82,7 +87,7 @@ func proxyCmd(g *globals) *cobra.Command {
 			defer signal.Stop(hup)
 			go g.reloadOnHangup(ctx, hup, cfg, engine, store, log)
 			obs := newObservability(reg, rec.rec)
-			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, obs.recorders(rec.rec, log), log)
+			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, upTLS, obs.recorders(rec.rec, log), log)
 			if err != nil {
 				return err
 			}
@@ -179,9 +184,10 @@ type running struct {
 
 // startProxy binds every listener first, so a busy port fails the start
 // before anything is served, then serves them.
-func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, specs []listenerSpec, rec audit.Recorder, log *zap.Logger) (*running, error) {
+func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, specs []listenerSpec, upTLS map[string]*tls.Config,
+	rec audit.Recorder, log *zap.Logger) (*running, error) {
 	pol := engine.Policy()
-	srv, err := proxy.New(cfg, devices(pol), engine, rec, log.Named("proxy"))
+	srv, err := proxy.New(cfg, devices(pol, upTLS), engine, rec, log.Named("proxy"))
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +200,9 @@ func startProxy(_ context.Context, cfg proxy.Config, engine *policy.Engine, spec
 			}
 			_ = srv.Close()
 			return nil, fmt.Errorf("listen on %s: %w", sp.addr, err)
+		}
+		if sp.tls != nil {
+			ln = tls.NewListener(ln, sp.tls)
 		}
 		lns = append(lns, ln)
 	}
