@@ -44,26 +44,34 @@ func (c *call) reset(ss *session, f modbus.Frame) {
 
 func (c *call) pdu() []byte { return c.frame[modbus.HeaderLen:c.n] }
 
-// done answers the client — with pdu from the device, or with exception ex,
-// or not at all when the connection is closing — records the completed
-// operation and returns the call to the pool. It runs exactly once per call.
+// done records the completed operation, then answers the client — with pdu
+// from the device, or with exception ex, or not at all when the connection
+// is closing — and returns the call to the pool. It runs exactly once per
+// call.
 func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	ss := c.ss
+	var buf [2]byte
+	reply := pdu
 	switch {
 	case c.ev.Closed:
-		ss.close()
+		reply = nil
 	case pdu != nil:
-		ss.reply(c.clientTID, c.in.Unit, pdu)
 		c.ev.Response = pdu
 		if len(pdu) == 2 && pdu[0]&0x80 != 0 {
 			c.ev.Exception = pdu[1]
 		}
 	default:
-		var buf [2]byte
-		ss.reply(c.clientTID, c.in.Unit, modbus.AppendException(buf[:0], modbus.Function(c.ev.Function&0x7F), ex))
+		reply = modbus.AppendException(buf[:0], modbus.Function(c.ev.Function&0x7F), ex)
 		c.ev.Exception = byte(ex)
 	}
+	// Record before answering: once the client has its reply it may send
+	// the next request, and the chain must hold this operation first.
 	ss.s.record(&c.ev, false)
+	if reply != nil {
+		ss.reply(c.clientTID, c.in.Unit, reply)
+	} else {
+		ss.close()
+	}
 	c.ev = audit.Event{}
 	c.in = policy.Input{}
 	c.ss = nil
