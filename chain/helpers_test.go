@@ -118,3 +118,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 }
 
 func nopLog() *zap.Logger { return zap.NewNop() }
+
+func jsOf(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}

@@ -1,0 +1,281 @@
+package chain
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Checkpoints: every event of every block, in stream order, is a leaf of
+// one RFC 6962 Merkle tree over the whole stream (leaf i = LeafHash of the
+// event as stored). A checkpointer signs the tree's size and root in the
+// C2SP tlog-checkpoint signed-note format, with its own key, to the stream
+// GRIDSEAL_CHECKPOINTS. A verifier that pinned a checkpoint can prove that
+// the stream still holds exactly those events; an inclusion proof shows one
+// command is in a checkpointed tree.
+const (
+	CheckpointStream  = "GRIDSEAL_CHECKPOINTS"
+	checkpointSubject = "gridseal.checkpoint."
+	// CheckpointOrigin names gridseal's tree in checkpoint notes.
+	CheckpointOrigin = "gridseal/chain/" + StreamName
+)
+
+// Checkpoint is a signed statement of the tree's size and root.
+type Checkpoint struct {
+	Size int64
+	Root Hash
+	Note []byte // the whole signed note, as stored
+}
+
+// Body is the checkpoint's text, as signed.
+func (c *Checkpoint) Body() string {
+	return fmt.Sprintf("%s\n%d\n%s\n", CheckpointOrigin, c.Size, base64.StdEncoding.EncodeToString(c.Root[:]))
+}
+
+// SignCheckpoint signs size and root with s.
+func SignCheckpoint(size int64, root Hash, s note.Signer) (*Checkpoint, error) {
+	c := &Checkpoint{Size: size, Root: root}
+	signed, err := note.Sign(&note.Note{Text: c.Body()}, s)
+	if err != nil {
+		return nil, fmt.Errorf("sign checkpoint: %w", err)
+	}
+	c.Note = signed
+	return c, nil
+}
+
+// OpenCheckpoint verifies a signed checkpoint with the known keys and parses it.
+func OpenCheckpoint(msg []byte, known note.Verifiers) (*Checkpoint, error) {
+	n, err := note.Open(msg, known)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint signature: %w", err)
+	}
+	lines := strings.Split(n.Text, "\n")
+	if len(lines) < 4 || lines[0] != CheckpointOrigin {
+		return nil, fmt.Errorf("%w: checkpoint origin %q", ErrFormat, lines[0])
+	}
+	size, err := strconv.ParseInt(lines[1], 10, 64)
+	if err != nil || size < 0 {
+		return nil, fmt.Errorf("%w: checkpoint size %q", ErrFormat, lines[1])
+	}
+	raw, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(raw) != 32 {
+		return nil, fmt.Errorf("%w: checkpoint root %q", ErrFormat, lines[2])
+	}
+	c := &Checkpoint{Size: size, Note: append([]byte(nil), msg...)}
+	copy(c.Root[:], raw)
+	return c, nil
+}
+
+// RootAcc computes the RFC 6962 root of a growing tree in O(log n) memory:
+// the roots of the perfect subtrees along the tree's right edge.
+type RootAcc struct {
+	n     int64
+	stack []Hash // perfect subtree roots, largest first
+}
+
+// Append adds one leaf hash.
+func (a *RootAcc) Append(leaf Hash) {
+	a.stack = append(a.stack, leaf)
+	// Merge equal-sized subtrees: as many as trailing one bits of n.
+	for m := a.n; m&1 == 1; m >>= 1 {
+		k := len(a.stack)
+		a.stack = append(a.stack[:k-2], nodeHash(a.stack[k-2], a.stack[k-1]))
+	}
+	a.n++
+}
+
+// Size is the number of leaves.
+func (a *RootAcc) Size() int64 { return a.n }
+
+// Root is the tree hash of the leaves so far.
+func (a *RootAcc) Root() Hash {
+	if a.n == 0 {
+		return MerkleRoot(nil)
+	}
+	r := a.stack[len(a.stack)-1]
+	for i := len(a.stack) - 2; i >= 0; i-- {
+		r = nodeHash(a.stack[i], r)
+	}
+	return r
+}
+
+// Tree keeps every stored hash of the tree, for proofs (tools, not the
+// proxy: it grows with the log).
+type Tree struct {
+	hashes []tlog.Hash
+	n      int64
+}
+
+// AppendLeaf adds the event's bytes as the next leaf.
+func (t *Tree) AppendLeaf(event []byte) error {
+	h, err := tlog.StoredHashes(t.n, event, t)
+	if err != nil {
+		return err
+	}
+	t.hashes = append(t.hashes, h...)
+	t.n++
+	return nil
+}
+
+// ReadHashes implements tlog.HashReader.
+func (t *Tree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	for i, x := range idx {
+		if x < 0 || x >= int64(len(t.hashes)) {
+			return nil, fmt.Errorf("hash %d not stored", x)
+		}
+		out[i] = t.hashes[x]
+	}
+	return out, nil
+}
+
+// Size is the number of leaves.
+func (t *Tree) Size() int64 { return t.n }
+
+// Root is the tree hash at size n.
+func (t *Tree) Root(n int64) (Hash, error) {
+	h, err := tlog.TreeHash(n, t)
+	return Hash(h), err
+}
+
+// ProveInclusion proves leaf i is in the tree of size n.
+func (t *Tree) ProveInclusion(i, n int64) (tlog.RecordProof, error) { return tlog.ProveRecord(n, i, t) }
+
+// CheckInclusion checks an inclusion proof of the leaf with hash leaf at
+// index i in a tree of size n and root.
+func CheckInclusion(p tlog.RecordProof, n int64, root Hash, i int64, leaf Hash) error {
+	return tlog.CheckRecord(p, n, tlog.Hash(root), i, tlog.Hash(leaf))
+}
+
+// EnsureCheckpointStream creates the checkpoint stream (no deletes, no purges).
+func EnsureCheckpointStream(ctx context.Context, js jetstream.JetStream, replicas int) error {
+	_, err := js.Stream(ctx, CheckpointStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		_, err = js.CreateStream(ctx, jetstream.StreamConfig{Name: CheckpointStream, Subjects: []string{checkpointSubject + ">"},
+			Storage: jetstream.FileStorage, Replicas: max(replicas, 1), DenyDelete: true, DenyPurge: true, AllowDirect: true})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			err = nil
+		}
+	}
+	return err
+}
+
+// LatestCheckpoint returns the newest checkpoint signed by a known key, or nil.
+func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers) (*Checkpoint, error) {
+	s, err := js.Stream(ctx, CheckpointStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0; seq-- {
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			continue
+		}
+		if c, err := OpenCheckpoint(m.Data, known); err == nil {
+			return c, nil
+		}
+	}
+	return nil, nil
+}
+
+// Checkpointer follows the chain, folds every event into the tree and signs
+// a checkpoint every Every (when the tree grew) or every EveryEvents events.
+type Checkpointer struct {
+	Signer      note.Signer
+	Every       time.Duration
+	EveryEvents int64
+	Log         *zap.Logger
+}
+
+// Run checkpoints until ctx ends.
+func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
+	if err := EnsureCheckpointStream(ctx, js, 1); err != nil {
+		return fmt.Errorf("checkpoint stream: %w", err)
+	}
+	every := c.Every
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	var acc RootAcc
+	var signed int64
+	last := time.Now()
+	publish := func() {
+		if acc.Size() == signed {
+			return
+		}
+		cp, err := SignCheckpoint(acc.Size(), acc.Root(), c.Signer)
+		if err == nil {
+			_, err = js.Publish(ctx, checkpointSubject+c.Signer.Name(), cp.Note)
+		}
+		if err != nil {
+			c.Log.Warn("checkpoint not published", zap.Error(err))
+			return
+		}
+		signed, last = acc.Size(), time.Now()
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	events := make(chan *Msg, 64)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- Scan(ctx, js, 1, true, func(m *Msg) error {
+			cp := *m
+			cp.Data = append([]byte(nil), m.Data...)
+			select {
+			case events <- &cp:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case <-tick.C:
+			if time.Since(last) >= every {
+				publish()
+			}
+		case m := <-events:
+			b, err := ParseBlock(m.Data)
+			if err != nil {
+				continue // not a block: no leaves (verifiers skip it alike)
+			}
+			for _, e := range b.Events {
+				acc.Append(LeafHash(e))
+			}
+			if c.EveryEvents > 0 && acc.Size()-signed >= c.EveryEvents {
+				publish()
+			}
+		}
+	}
+}
+
+// leavesOf returns a block message's leaves in order; none for a message
+// that is not a block.
+func leavesOf(data []byte) [][]byte {
+	b, err := ParseBlock(data)
+	if err != nil {
+		return nil
+	}
+	return b.Events
+}

@@ -1,0 +1,115 @@
+package chain_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/chain/chaintest"
+)
+
+func TestRootAccMatchesRFC6962(t *testing.T) {
+	var acc chain.RootAcc
+	var leaves []chain.Hash
+	var tree chain.Tree
+	for i := 0; i < 300; i++ {
+		data := []byte{byte(i), byte(i >> 8)}
+		leaves = append(leaves, chain.LeafHash(data))
+		acc.Append(chain.LeafHash(data))
+		if err := tree.AppendLeaf(data); err != nil {
+			t.Fatal(err)
+		}
+		want := chain.MerkleRoot(append([]chain.Hash(nil), leaves...))
+		if acc.Root() != want {
+			t.Fatalf("n=%d: incremental root differs", i+1)
+		}
+		if r, err := tree.Root(int64(i + 1)); err != nil || r != want {
+			t.Fatalf("n=%d: tlog root differs: %v", i+1, err)
+		}
+	}
+	// Inclusion of leaf 123 in the tree of 250.
+	root, _ := tree.Root(250)
+	p, err := tree.ProveInclusion(123, 250)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := chain.CheckInclusion(p, 250, root, 123, leaves[123]); err != nil {
+		t.Fatal(err)
+	}
+	if chain.CheckInclusion(p, 250, root, 124, leaves[123]) == nil {
+		t.Fatal("a proof checked for the wrong index")
+	}
+}
+
+// TestCheckpointsPinTheStream records events, lets the checkpointer sign
+// the tree, and checks the signed checkpoints against the stream; a rebuilt
+// stream that drops the last block is caught by the checkpoint alone.
+func TestCheckpointsPinTheStream(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := note.NewSigner(skey)
+	nv, _ := note.NewVerifier(vkey)
+	known := note.VerifierList(nv)
+	js := jsOf(t, nc)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	cpr := &chain.Checkpointer{Signer: ns, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	go func() { _ = cpr.Run(ctx, js) }()
+	for i := uint64(0); i < 40; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Allow), i%10 == 9); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	var latest *chain.Checkpoint
+	waitFor(t, "a checkpoint of all 40 events", func() bool {
+		latest, _ = chain.LatestCheckpoint(t.Context(), js, known)
+		return latest != nil && latest.Size == 40
+	})
+	cps, err := chain.Checkpoints(t.Context(), js, known)
+	if err != nil || len(cps) == 0 {
+		t.Fatalf("checkpoints: %d, %v", len(cps), err)
+	}
+	msgs := readAll(t, nc)
+	check := chain.NewCheckpointCheck(cps)
+	for _, m := range msgs {
+		if err := check.Add(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := check.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	// An attacker without the writer's key rebuilt the stream without its
+	// last block: block signatures alone cannot tell, the checkpoint can.
+	short := chain.NewCheckpointCheck([]*chain.Checkpoint{latest})
+	for _, m := range msgs[:len(msgs)-1] {
+		_ = short.Add(m)
+	}
+	var p *chain.Problem
+	if err := short.Finish(); !errors.As(err, &p) {
+		t.Fatalf("truncation behind a checkpoint not caught: %v", err)
+	}
+	// A forged checkpoint (another key) is not accepted.
+	otherS, _, _ := note.GenerateKey(rand.Reader, "checkpointer-1")
+	os2, _ := note.NewSigner(otherS)
+	forged, _ := chain.SignCheckpoint(1000, chain.Hash{}, os2)
+	if _, err := chain.OpenCheckpoint(forged.Note, known); err == nil {
+		t.Fatal("a checkpoint signed by another key was accepted")
+	}
+}
