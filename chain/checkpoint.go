@@ -231,8 +231,15 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	// The scan ends with Run: Run cancels it and waits for it, so nothing
+	// of the checkpointer outlives the call.
+	ctx, cancel := context.WithCancel(ctx)
 	events := make(chan *Msg, 64)
 	errc := make(chan error, 1)
+	defer func() {
+		cancel()
+		<-errc
+	}()
 	go func() {
 		errc <- Scan(ctx, js, 1, true, func(m *Msg) error {
 			cp := *m
@@ -250,6 +257,7 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
+			errc <- err // for the deferred wait
 			return err
 		case <-tick.C:
 			if time.Since(last) >= every {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/mod/sumdb/note"
 	"gopkg.in/yaml.v3"
 
 	"github.com/gridseal/gridseal/internal/keys"
@@ -23,6 +24,9 @@ type TrustFile struct {
 		ID     string `yaml:"id"`
 		Keyset string `yaml:"keyset"`
 	} `yaml:"writers"`
+	// Checkpointers are the signed-note verifier keys whose checkpoints
+	// are checked (name+hash+key, as gridseal keys checkpoint prints).
+	Checkpointers []string `yaml:"checkpointers"`
 }
 
 // LoadTrust reads a trust file and, if headDir is not empty, the local heads
@@ -41,6 +45,17 @@ func LoadTrust(path, headDir string) (Trust, error) {
 	}
 	if len(tf.Writers) == 0 {
 		return t, fmt.Errorf("trust file %s: lists no writers", path)
+	}
+	var vs []note.Verifier
+	for _, k := range tf.Checkpointers {
+		v, err := note.NewVerifier(k)
+		if err != nil {
+			return t, fmt.Errorf("trust file %s: checkpointer key %q: %v", path, k, err)
+		}
+		vs = append(vs, v)
+	}
+	if len(vs) > 0 {
+		t.Checkpointers = note.VerifierList(vs...)
 	}
 	for _, w := range tf.Writers {
 		if err := CheckWriterID(w.ID); err != nil {
@@ -66,12 +81,19 @@ func LoadTrust(path, headDir string) (Trust, error) {
 	return t, nil
 }
 
-// WriteTrust writes a trust file pinning one writer's public keyset.
-func WriteTrust(path, writer, publicKeyset string) error {
+// WriteTrust writes a trust file pinning one writer's public keyset and,
+// optionally, checkpointer verifier keys.
+func WriteTrust(path, writer, publicKeyset string, checkpointers ...string) error {
 	rel, err := filepath.Rel(filepath.Dir(path), publicKeyset)
 	if err != nil {
 		rel = publicKeyset
 	}
 	body := fmt.Sprintf("# Writers whose chains gridseal chain verify accepts, and their public keysets.\nwriters:\n  - id: %s\n    keyset: %s\n", writer, rel)
+	if len(checkpointers) > 0 {
+		body += "# Keys whose signed checkpoints of the whole stream are checked.\ncheckpointers:\n"
+		for _, k := range checkpointers {
+			body += fmt.Sprintf("  - %q\n", k)
+		}
+	}
 	return os.WriteFile(path, []byte(body), 0o644)
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 )
 
 // BlockVerifier checks writer signatures: a Tink verifier for the writer's
@@ -15,8 +17,9 @@ type BlockVerifier interface {
 // Trust is what a verifier pins: each writer's public keys, and optionally
 // each writer's locally kept head.
 type Trust struct {
-	Writers map[string]WriterKeys
-	Heads   map[string]Head
+	Writers       map[string]WriterKeys
+	Heads         map[string]Head
+	Checkpointers note.Verifiers // nil: no checkpoints checked
 }
 
 // WriterKeys is one writer's public keyset.

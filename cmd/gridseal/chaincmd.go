@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -15,11 +16,12 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
 func chainCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "chain", Short: "Verify, follow and export the tamper-evident record"}
-	cmd.AddCommand(chainVerifyCmd(g), chainTailCmd(g), chainExportCmd(g))
+	cmd.AddCommand(chainVerifyCmd(g), chainTailCmd(g), chainExportCmd(g), chainProveCmd(g))
 	return cmd
 }
 
@@ -49,6 +51,24 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			}
 			defer conn.Close()
 			v := chain.NewVerifier(trust)
+			var cpCheck *chain.CheckpointCheck
+			var cps []*chain.Checkpoint
+			pinnedPath := filepath.Join(g.dataDir, "checkpoint.pinned")
+			if trust.Checkpointers != nil {
+				if cps, err = chain.Checkpoints(cmd.Context(), js, trust.Checkpointers); err != nil {
+					return err
+				}
+				// The last checkpoint this verifier saw stays pinned even if
+				// the stream's checkpoints were removed.
+				if b, err := os.ReadFile(pinnedPath); err == nil {
+					cp, err := chain.OpenCheckpoint(b, trust.Checkpointers)
+					if err != nil {
+						return fmt.Errorf("pinned checkpoint %s: %w", pinnedPath, err)
+					}
+					cps = append(cps, cp)
+				}
+				cpCheck = chain.NewCheckpointCheck(cps)
+			}
 			start, lastProgress := time.Now(), time.Now()
 			// Keep going past a bad block, so one injected message does not
 			// hide what comes after it; report them all, the first first.
@@ -59,6 +79,11 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", v.Blocks, v.Events)
 				}
 				var p *chain.Problem
+				if cpCheck != nil {
+					if err := cpCheck.Add(m); errors.As(err, &p) {
+						problems = append(problems, p)
+					}
+				}
 				if err := v.Add(m); errors.As(err, &p) {
 					problems = append(problems, p)
 					return nil
@@ -76,6 +101,11 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			} else if err != nil {
 				return err
 			}
+			if cpCheck != nil {
+				if err := cpCheck.Finish(); errors.As(err, &p) {
+					problems = append(problems, p)
+				}
+			}
 			if len(problems) > 0 {
 				for i, p := range problems {
 					if i == 20 {
@@ -92,6 +122,21 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				fmt.Fprintf(g.stdout, ", %s … %s", v.First.Format(time.RFC3339), v.Last.Format(time.RFC3339))
 			}
 			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
+			if cpCheck != nil {
+				n, events := cpCheck.Confirmed()
+				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", n, events)
+				var newest *chain.Checkpoint
+				for _, cp := range cps {
+					if newest == nil || cp.Size > newest.Size {
+						newest = cp
+					}
+				}
+				if newest != nil {
+					if err := atomicfile.Write(pinnedPath, newest.Note, 0o644); err != nil {
+						return fmt.Errorf("pin checkpoint: %w", err)
+					}
+				}
+			}
 			for w, st := range v.Writers() {
 				pinned := "no local head"
 				if h, ok := trust.Heads[w]; ok {

@@ -33,8 +33,14 @@ type fileConfig struct {
 	Chain               chainConfig          `yaml:"chain"`
 	// UpstreamTLS speaks Modbus/TCP Security to the named devices.
 	UpstreamTLS map[string]*tlsConfig `yaml:"upstream_tls"`
-	Log         logConfig             `yaml:"log"`
-	path        string
+	// Checkpoint signs checkpoints of the whole chain stream (one
+	// checkpointer per deployment is enough).
+	Checkpoint struct {
+		Key   string        `yaml:"key"`   // signed-note signer key (gridseal keys checkpoint)
+		Every time.Duration `yaml:"every"` // default 10s
+	} `yaml:"checkpoint"`
+	Log  logConfig `yaml:"log"`
+	path string
 }
 
 // chainConfig says where and as whom the proxy records.
@@ -160,6 +166,9 @@ func loadConfig(path string) (*fileConfig, error) {
 	}
 	if !filepath.IsAbs(c.Chain.Key) {
 		c.Chain.Key = filepath.Join(filepath.Dir(path), c.Chain.Key)
+	}
+	if c.Checkpoint.Key != "" && !filepath.IsAbs(c.Checkpoint.Key) {
+		c.Checkpoint.Key = filepath.Join(filepath.Dir(path), c.Checkpoint.Key)
 	}
 	if c.Chain.Trust != "" && !filepath.IsAbs(c.Chain.Trust) {
 		c.Chain.Trust = filepath.Join(filepath.Dir(path), c.Chain.Trust)

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	mbclient "github.com/simonvetter/modbus"
 	"github.com/spf13/cobra"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
@@ -30,7 +31,10 @@ import (
 var demoPolicy []byte
 
 // Names of the demo's writer, approvers and policy admins.
-const demoWriter = "demo-gw"
+const (
+	demoWriter       = "demo-gw"
+	demoCheckpointer = "demo-checkpointer"
+)
 
 var (
 	demoApprovers = []string{"alice", "bob", "carol"}
@@ -41,6 +45,7 @@ func demoCmd(g *globals) *cobra.Command {
 	var (
 		listen   string
 		httpAddr string
+		cpEvery  time.Duration
 		simAddr  string
 		duration time.Duration
 		tour     bool
@@ -79,7 +84,8 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := g.demoTrust(); err != nil {
+			cpSigner, err := g.demoTrust()
+			if err != nil {
 				return err
 			}
 			reg := prometheus.NewRegistry()
@@ -93,6 +99,7 @@ func demoCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			rec.startCheckpointer(ctx, cpSigner, cpEvery)
 			obs := newObservability(reg, rec.rec)
 			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, nil, obs.recorders(rec.rec, log), log)
 			if err != nil {
@@ -127,6 +134,7 @@ func demoCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:5020", "proxy listen address")
 	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console and /metrics address (off: none)")
+	cmd.Flags().DurationVar(&cpEvery, "checkpoint-every", 5*time.Second, "how often the demo's checkpointer signs the stream's tree")
 	cmd.Flags().StringVar(&simAddr, "sim-listen", "", "simulators' address (default 127.0.0.1:15020)")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed, denied and approved commands at start")
@@ -150,12 +158,26 @@ func (g *globals) demoKey(name string) (*keys.Signer, error) {
 }
 
 // demoTrust pins the demo writer's public keyset for chain verify.
-func (g *globals) demoTrust() error {
-	if _, err := os.Stat(g.defaultTrust()); !errors.Is(err, os.ErrNotExist) {
-		return err
+// demoTrust pins the demo writer's public keyset and the demo
+// checkpointer's verifier key for chain verify, and returns the
+// checkpointer's signer.
+func (g *globals) demoTrust() (note.Signer, error) {
+	dir := filepath.Join(g.dataDir, "keys")
+	sp, vp := checkpointKeyPaths(dir, demoCheckpointer)
+	if _, err := os.Stat(sp); errors.Is(err, os.ErrNotExist) {
+		if _, err := newCheckpointKey(dir, demoCheckpointer); err != nil {
+			return nil, err
+		}
 	}
-	_, pub := keys.Paths(filepath.Join(g.dataDir, "keys"), demoWriter)
-	return chain.WriteTrust(g.defaultTrust(), demoWriter, pub)
+	vkey, err := os.ReadFile(vp)
+	if err != nil {
+		return nil, err
+	}
+	_, pub := keys.Paths(dir, demoWriter)
+	if err := chain.WriteTrust(g.defaultTrust(), demoWriter, pub, strings.TrimSpace(string(vkey))); err != nil {
+		return nil, err
+	}
+	return loadCheckpointSigner(sp)
 }
 
 // demoPolicy writes the demo policy with its approvers and the simulators'

@@ -40,6 +40,6 @@ func keysCmd(g *globals) *cobra.Command {
 	}
 	newCmd.Flags().StringVar(&dir, "dir", ".", "directory to write the keyset files to")
 	newCmd.Flags().StringVar(&alg, "algorithm", keys.Ed25519, "ed25519 or ecdsa-p256")
-	cmd.AddCommand(newCmd)
+	cmd.AddCommand(newCmd, keysCheckpointCmd(g))
 	return cmd
 }

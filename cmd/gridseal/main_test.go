@@ -424,7 +424,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	var demoErr string
 	go func() {
 		code, _, stderr := runCLI(t, ctx, "demo", "--tour=false", "--listen", listen, "--sim-listen", "127.0.0.1:0",
-			"--data-dir", data, "--log-format", "json", "--http", "off")
+			"--data-dir", data, "--log-format", "json", "--http", "off", "--checkpoint-every", "300ms")
 		demoErr = stderr
 		done <- code
 	}()
@@ -499,6 +499,34 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	}
 	if code, _, stderr := cli("", "approve", id, "--key", key("carol"), "--yes"); code != 1 || !strings.Contains(stderr, "already used") {
 		t.Fatalf("approving a used approval: exit %d %s", code, stderr)
+	}
+
+	// The demo's checkpointer signs the stream's tree: verify checks the
+	// checkpoints, and one write's record is proven in the signed tree.
+	var recs []chain.Record
+	waitForCond(t, "a signed checkpoint covering the approved write", func() bool {
+		code, out, _ := cli("", "chain", "verify")
+		if code != 0 || !strings.Contains(out, "signed checkpoints match the stream") {
+			return false
+		}
+		_, tail, _ := cli("", "chain", "tail", "--json", "-n", "500")
+		recs = recs[:0]
+		for _, line := range strings.Split(strings.TrimSpace(tail), "\n") {
+			var r chain.Record
+			if json.Unmarshal([]byte(line), &r) == nil {
+				recs = append(recs, r)
+			}
+		}
+		for _, r := range recs {
+			if r.Approval == id && r.Verdict == "allow" && r.Phase == "complete" {
+				code, out, _ := cli("", "chain", "prove", "--seq", fmt.Sprint(r.Seq), "--index", fmt.Sprint(r.Index))
+				return code == 0 && strings.Contains(out, "is leaf") && strings.Contains(out, "— demo-checkpointer")
+			}
+		}
+		return false
+	})
+	if code, _, stderr := cli("", "chain", "prove", "--seq", "999999", "--index", "0"); code != 1 || !strings.Contains(stderr, "not in the newest checkpoint") {
+		t.Fatalf("proving an event that is not there: exit %d %s", code, stderr)
 	}
 
 	// Someone with access to NATS injects a block on the demo's subject:

@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
@@ -86,6 +87,17 @@ func proxyCmd(g *globals) *cobra.Command {
 			signal.Notify(hup, syscall.SIGHUP) // before serving: a SIGHUP from now on reloads
 			defer signal.Stop(hup)
 			go g.reloadOnHangup(ctx, hup, cfg, engine, store, log)
+			if cfg.Checkpoint.Key != "" {
+				cs, err := loadCheckpointSigner(cfg.Checkpoint.Key)
+				if err != nil {
+					return err
+				}
+				every := cfg.Checkpoint.Every
+				if every <= 0 {
+					every = 10 * time.Second
+				}
+				rec.startCheckpointer(ctx, cs, every)
+			}
 			obs := newObservability(reg, rec.rec)
 			st, err := startProxy(ctx, cfg.proxyConfig(), engine, specs, upTLS, obs.recorders(rec.rec, log), log)
 			if err != nil {
@@ -222,6 +234,8 @@ type recording struct {
 	rec  *chain.Recorder
 	conn *natsConn
 	log  *zap.Logger
+
+	stopCheckpointer func() // cancels the checkpointer and waits for it; nil if none
 }
 
 // openRecorder connects to NATS (or starts the embedded server) and opens
@@ -314,8 +328,33 @@ func approvalEvents(p *policy.Policy, before, after *policy.Stored) []audit.Even
 	return out
 }
 
+// startCheckpointer signs checkpoints of the whole stream every period.
+func (r *recording) startCheckpointer(ctx context.Context, s note.Signer, every time.Duration) {
+	js, err := jetstream.New(r.conn.nc)
+	if err != nil {
+		r.log.Error("checkpointer not started", zap.Error(err))
+		return
+	}
+	cp := &chain.Checkpointer{Signer: s, Every: every, Log: r.log.Named("checkpoint")}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := cp.Run(ctx, js); err != nil && ctx.Err() == nil {
+			r.log.Error("checkpointer stopped", zap.Error(err))
+		}
+	}()
+	r.stopCheckpointer = func() {
+		cancel()
+		<-done
+	}
+}
+
 // close commits what is spooled (for up to 5 s) and disconnects.
 func (r *recording) close() {
+	if r.stopCheckpointer != nil {
+		r.stopCheckpointer()
+	}
 	if err := r.rec.Close(5 * time.Second); err != nil {
 		r.log.Error("chain closed with events not recorded", zap.Error(err))
 	}

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/atomicfile"
+)
+
+// checkpointKeyPaths are the signer key (secret, 0600) and verifier key files.
+func checkpointKeyPaths(dir, name string) (skey, vkey string) {
+	return filepath.Join(dir, name+".checkpoint.key"), filepath.Join(dir, name+".checkpoint.vkey")
+}
+
+// newCheckpointKey writes a signed-note key pair for a checkpointer.
+func newCheckpointKey(dir, name string) (vkey string, err error) {
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		return "", err
+	}
+	sp, vp := checkpointKeyPaths(dir, name)
+	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if err := atomicfile.Create(vp, []byte(vkey+"\n"), 0o644); err != nil {
+		return "", err
+	}
+	return vkey, nil
+}
+
+// loadCheckpointSigner reads a checkpointer's signer key (0600 only).
+func loadCheckpointSigner(path string) (note.Signer, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("checkpoint key %s is readable by others; chmod 600 it", path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint key %s: not a signed-note signer key", path)
+	}
+	return s, nil
+}
+
+func keysCheckpointCmd(g *globals) *cobra.Command {
+	var dir string
+	cmd := &cobra.Command{
+		Use:   "checkpoint NAME [--dir DIR]",
+		Short: "Create a checkpointer's signed-note key: NAME.checkpoint.key (0600) and NAME.checkpoint.vkey",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if err := chain.CheckWriterID(args[0]); err != nil {
+				return fmt.Errorf("%w: key name: %v", errUsage, err)
+			}
+			vkey, err := newCheckpointKey(dir, args[0])
+			if errors.Is(err, atomicfile.ErrExists) {
+				return fmt.Errorf("%v: choose another name", err)
+			}
+			if err != nil {
+				return err
+			}
+			sp, _ := checkpointKeyPaths(dir, args[0])
+			fmt.Fprintf(g.stdout, "signer key %s (mode 0600: keep it secret)\nverifier key, for the trust file's checkpointers:\n  %s\n", sp, vkey)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write the key files to")
+	return cmd
+}
+
+func chainProveCmd(g *globals) *cobra.Command {
+	var seq uint64
+	var index int
+	var trustPath string
+	cmd := &cobra.Command{
+		Use:   "prove --seq S --index I [--trust FILE]",
+		Short: "Prove one recorded event is in the newest signed checkpoint (RFC 6962 inclusion proof)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if seq == 0 || index < 0 {
+				return fmt.Errorf("%w: --seq (stream sequence of the block) and --index (event in the block) are required", errUsage)
+			}
+			if trustPath == "" {
+				trustPath = g.defaultTrust()
+			}
+			trust, err := chain.LoadTrust(trustPath, "")
+			if err != nil {
+				return err
+			}
+			if trust.Checkpointers == nil {
+				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
+			}
+			conn, js, err := g.jetStream(cmd.Context(), "chain prove")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			cp, err := chain.LatestCheckpoint(cmd.Context(), js, trust.Checkpointers)
+			if err != nil {
+				return err
+			}
+			if cp == nil {
+				return errors.New("no signed checkpoint yet")
+			}
+			var tree chain.Tree
+			leaf := int64(-1)
+			var leafHash chain.Hash
+			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
+				b, err := chain.ParseBlock(m.Data)
+				if err != nil {
+					return nil
+				}
+				for i, e := range b.Events {
+					if tree.Size() >= cp.Size {
+						return nil
+					}
+					if m.Seq == seq && i == index {
+						leaf, leafHash = tree.Size(), chain.LeafHash(e)
+					}
+					if err := tree.AppendLeaf(e); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if leaf < 0 {
+				return fmt.Errorf("event %d of block at sequence %d is not in the newest checkpoint (%d events)", index, seq, cp.Size)
+			}
+			if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
+				return fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
+			}
+			proof, err := tree.ProveInclusion(leaf, cp.Size)
+			if err != nil {
+				return err
+			}
+			if err := chain.CheckInclusion(proof, cp.Size, cp.Root, leaf, leafHash); err != nil {
+				return fmt.Errorf("proof does not check: %w", err)
+			}
+			fmt.Fprintf(g.stdout, "event %d of block %d is leaf %d of the signed tree of %d events\nleaf hash %s\nproof (%d hashes):\n",
+				index, seq, leaf, cp.Size, leafHash, len(proof))
+			for _, h := range proof {
+				fmt.Fprintf(g.stdout, "  %s\n", base64.StdEncoding.EncodeToString(h[:]))
+			}
+			fmt.Fprintf(g.stdout, "checkpoint:\n%s", cp.Note)
+			return nil
+		},
+	}
+	cmd.Flags().Uint64Var(&seq, "seq", 0, "stream sequence of the block (chain tail --json shows it)")
+	cmd.Flags().IntVar(&index, "index", 0, "the event's index in its block")
+	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with checkpointer keys (default DATA-DIR/trust.yaml)")
+	return cmd
+}
