@@ -434,9 +434,24 @@ func (r *Recorder) publish(msg []byte, hash Hash) (uint64, error) {
 		if last != nil && last.Header.Get(jetstream.MsgIDHeader) == id {
 			return last.Sequence, nil
 		}
-		return 0, fmt.Errorf("%w (writer %s, expected last sequence %d)", ErrFenced, r.cfg.Writer, r.lastSeq)
+		if last == nil || last.Sequence <= r.lastSeq {
+			// The stream's leader says our subject moved past lastSeq, but
+			// this read (a direct get, which any replica may answer) does
+			// not show it yet: a replica still catching up after a
+			// fail-over. Not proof of another writer; try again.
+			return 0, fmt.Errorf("writer %s: last message read behind the stream's leader (sequence %d, expected past %d)",
+				r.cfg.Writer, lastSeqOf(last), r.lastSeq)
+		}
+		return 0, fmt.Errorf("%w (writer %s, expected last sequence %d, found %d)", ErrFenced, r.cfg.Writer, r.lastSeq, last.Sequence)
 	}
 	return 0, err
+}
+
+func lastSeqOf(m *jetstream.RawStreamMsg) uint64 {
+	if m == nil {
+		return 0
+	}
+	return m.Sequence
 }
 
 func (r *Recorder) lastMsg(ctx context.Context) (*jetstream.RawStreamMsg, error) {
