@@ -31,9 +31,10 @@ const (
 
 // Checkpoint is a signed statement of the tree's size and root.
 type Checkpoint struct {
-	Size int64
-	Root Hash
-	Note []byte // the whole signed note, as stored
+	Size    int64
+	Root    Hash
+	Note    []byte   // the whole signed note, as stored
+	Signers []string // names of the known keys whose signatures verified
 }
 
 // Body is the checkpoint's text, as signed.
@@ -72,6 +73,9 @@ func OpenCheckpoint(msg []byte, known note.Verifiers) (*Checkpoint, error) {
 	}
 	c := &Checkpoint{Size: size, Note: append([]byte(nil), msg...)}
 	copy(c.Root[:], raw)
+	for _, sig := range n.Sigs {
+		c.Signers = append(c.Signers, sig.Name)
+	}
 	return c, nil
 }
 
@@ -286,4 +290,71 @@ func leavesOf(data []byte) [][]byte {
 		return nil
 	}
 	return b.Events
+}
+
+// Inclusion is the proof that one recorded event is in a signed checkpoint.
+type Inclusion struct {
+	Checkpoint *Checkpoint
+	Leaf       int64 // the event's index in the tree
+	LeafHash   Hash
+	Proof      []Hash // RFC 6962 audit path, leaf to root
+}
+
+// ErrNotCheckpointed says no signed checkpoint covers the event (yet).
+var ErrNotCheckpointed = errors.New("not in the newest signed checkpoint")
+
+// ProveEvent proves that event index of the block at stream sequence seq
+// is in the newest checkpoint signed by a known key. It reads the stream
+// from the start up to the checkpoint's size, checks that the stream's
+// tree has the signed root, and checks the proof it returns.
+func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifiers, seq uint64, index int) (*Inclusion, error) {
+	cp, err := LatestCheckpoint(ctx, js, known)
+	if err != nil {
+		return nil, err
+	}
+	if cp == nil {
+		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, ErrNotCheckpointed)
+	}
+	var tree Tree
+	leaf := int64(-1)
+	var leafHash Hash
+	done := errors.New("done")
+	err = Scan(ctx, js, 1, false, func(m *Msg) error {
+		for i, e := range leavesOf(m.Data) {
+			if tree.Size() >= cp.Size {
+				return done
+			}
+			if m.Seq == seq && i == index {
+				leaf, leafHash = tree.Size(), LeafHash(e)
+			}
+			if err := tree.AppendLeaf(e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, done) {
+		return nil, err
+	}
+	if tree.Size() < cp.Size {
+		return nil, fmt.Errorf("the stream holds %d events, fewer than the signed checkpoint's %d", tree.Size(), cp.Size)
+	}
+	if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
+		return nil, fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
+	}
+	if leaf < 0 {
+		return nil, fmt.Errorf("event %d of the block at sequence %d is %w (%d events)", index, seq, ErrNotCheckpointed, cp.Size)
+	}
+	proof, err := tree.ProveInclusion(leaf, cp.Size)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckInclusion(proof, cp.Size, cp.Root, leaf, leafHash); err != nil {
+		return nil, fmt.Errorf("proof does not check: %w", err)
+	}
+	inc := &Inclusion{Checkpoint: cp, Leaf: leaf, LeafHash: leafHash, Proof: make([]Hash, len(proof))}
+	for i, h := range proof {
+		inc.Proof[i] = Hash(h)
+	}
+	return inc, nil
 }

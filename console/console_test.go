@@ -3,6 +3,9 @@ package console_test
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +21,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
@@ -30,16 +35,46 @@ import (
 	"github.com/gridseal/gridseal/proxy"
 )
 
+var cpKeys = map[note.Signer]string{}
+
+// newCheckpointSigner returns a signed-note signer and remembers its
+// verifier key for startWith.
+func newCheckpointSigner(t testing.TB) note.Signer {
+	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpKeys[s] = vkey
+	return s
+}
+
+func cpVerifierKey(t testing.TB, s note.Signer) string {
+	v, ok := cpKeys[s]
+	if !ok {
+		t.Fatal("checkpoint signer not made by newCheckpointSigner")
+	}
+	return v
+}
+
 // rig is a proxy recording to a real chain, with the console in front.
 type rig struct {
 	proxyAddr string
 	web       *httptest.Server
 	console   *console.Server
+	js        jetstream.JetStream
 }
 
 func startB(b *testing.B) *rig { return start(b) }
 
-func start(t testing.TB) *rig {
+func start(t testing.TB) *rig { return startWith(t, nil) }
+
+// startWith starts the rig; with a checkpoint signer, a checkpointer signs
+// the tree every 50 ms and the console trusts its key.
+func startWith(t testing.TB, cp note.Signer) *rig {
 	t.Helper()
 	ns := chaintest.RunJetStream(t)
 	nc := chaintest.Connect(t, ns.URL())
@@ -81,15 +116,28 @@ devices:
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	go func() { _ = srv.Serve(ln, proxy.Route{Default: "plc"}) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	c := console.New(console.Config{Metrics: metrics, Gatherer: reg, JetStream: js, Policy: engine.Policy,
-		Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: ver, KeyIDs: ver.KeyIDs}}},
-		Ready: func() error { return rec.Failed() }, Log: zap.NewNop()})
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: ver, KeyIDs: ver.KeyIDs}}}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	if cp != nil {
+		v, err := note.NewVerifier(cpVerifierKey(t, cp))
+		if err != nil {
+			t.Fatal(err)
+		}
+		trust.Checkpointers = note.VerifierList(v)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_ = (&chain.Checkpointer{Signer: cp, Every: 50 * time.Millisecond, Log: zap.NewNop()}).Run(ctx, js)
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+	c := console.New(console.Config{Metrics: metrics, Gatherer: reg, JetStream: js, Policy: engine.Policy,
+		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop()})
 	go c.Run(ctx)
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)
-	return &rig{proxyAddr: ln.Addr().String(), web: web, console: c}
+	return &rig{proxyAddr: ln.Addr().String(), web: web, console: c, js: js}
 }
 
 // traffic sends n reads and one forbidden write through the proxy.
@@ -217,4 +265,144 @@ func TestEventStreamShowsDeniesLive(t *testing.T) {
 	if !status.Verified || status.Events < 7 || status.Writers["gw-1"].Hash == "" {
 		t.Fatalf("status: %+v", status)
 	}
+}
+
+// TestEventProofChecksIndependently asks the console for the inclusion
+// proof of a denied write and checks it as an outside auditor would: the
+// checkpoint's signature with the checkpointer's public key, and the audit
+// path from the event's own bytes to the signed root.
+func TestEventProofChecksIndependently(t *testing.T) {
+	cp := newCheckpointSigner(t)
+	r := startWith(t, cp)
+	r.traffic(t, 5)
+	verifier, err := note.NewVerifier(cpVerifierKey(t, cp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(q string, into any) int {
+		t.Helper()
+		resp, err := http.Get(r.web.URL + "/api/proof?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if into != nil && resp.StatusCode == 200 {
+			if err := json.NewDecoder(resp.Body).Decode(into); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return resp.StatusCode
+	}
+	for _, bad := range []string{"", "seq=x&index=0", "seq=0&index=0", "seq=1&index=-1"} {
+		if code := get(bad, nil); code != http.StatusBadRequest {
+			t.Fatalf("proof?%s: status %d, want 400", bad, code)
+		}
+	}
+	deny := firstDeny(t, r)
+	var p console.ProofView
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		p = console.ProofView{}
+		get(fmt.Sprintf("seq=%d&index=%d", deny.Seq, deny.Index), &p)
+		if p.Status != "pending" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if p.Status != "proved" {
+		t.Fatalf("proof: %+v", p)
+	}
+	// An auditor's check, from the JSON alone plus the event as exported.
+	n, err := note.Open([]byte(p.Signature), note.VerifierList(verifier))
+	if err != nil {
+		t.Fatalf("checkpoint signature: %v", err)
+	}
+	lines := strings.Split(n.Text, "\n")
+	if lines[0] != chain.CheckpointOrigin || lines[1] != strconv.FormatInt(p.TreeSize, 10) {
+		t.Fatalf("checkpoint body %q vs tree size %d", n.Text, p.TreeSize)
+	}
+	root, err := base64.StdEncoding.DecodeString(lines[2])
+	if err != nil || len(root) != 32 {
+		t.Fatalf("checkpoint root %q", lines[2])
+	}
+	// The event's bytes as stored, read from the stream itself.
+	stream, err := r.js.Stream(t.Context(), chain.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.GetMsg(t.Context(), deny.Seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, err := chain.ParseBlock(msg.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := block.Events[deny.Index]
+	leaf := chain.LeafHash(event)
+	if leaf.String() != p.LeafHash {
+		t.Fatalf("leaf hash %s, event hashes to %s", p.LeafHash, leaf)
+	}
+	var proof tlog.RecordProof
+	for _, h := range p.Proof {
+		b, err := hex.DecodeString(h)
+		if err != nil || len(b) != 32 {
+			t.Fatalf("proof hash %q", h)
+		}
+		proof = append(proof, tlog.Hash(b))
+	}
+	if err := tlog.CheckRecord(proof, p.TreeSize, tlog.Hash(root), p.Leaf, tlog.Hash(leaf)); err != nil {
+		t.Fatalf("proof does not check: %v", err)
+	}
+	// Any other event's bytes do not check against this proof.
+	event[len(event)-1] ^= 1
+	if tlog.CheckRecord(proof, p.TreeSize, tlog.Hash(root), p.Leaf, tlog.Hash(chain.LeafHash(event))) == nil {
+		t.Fatal("an altered event checks")
+	}
+	var missing console.ProofView
+	get(fmt.Sprintf("seq=%d&index=%d", deny.Seq, 999), &missing)
+	if missing.Status != "pending" {
+		t.Fatalf("an event that is not there: %+v", missing)
+	}
+}
+
+func TestEventProofWithoutCheckpointers(t *testing.T) {
+	r := start(t)
+	r.traffic(t, 1)
+	resp, err := http.Get(r.web.URL + "/api/proof?seq=1&index=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var p console.ProofView
+	_ = json.NewDecoder(resp.Body).Decode(&p)
+	if p.Status != "unavailable" {
+		t.Fatalf("proof with no checkpointer trusted: %+v", p)
+	}
+}
+
+// firstDeny reads the live stream until the first denied event.
+func firstDeny(t *testing.T, r *rig) chain.Record {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events?verdict=deny", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if line, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var rec chain.Record
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				t.Fatal(err)
+			}
+			return rec
+		}
+	}
+	t.Fatalf("no denied event streamed: %v", sc.Err())
+	return chain.Record{}
 }

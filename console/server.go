@@ -4,6 +4,7 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -44,6 +45,8 @@ type Server struct {
 	cfg Config
 	hub *hub
 	mux *http.ServeMux
+
+	proving chan struct{} // one inclusion proof at a time: each reads the stream
 }
 
 // New returns a console; Run follows the chain.
@@ -58,6 +61,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /api/status", s.status)
 	s.mux.HandleFunc("GET /api/devices", s.devices)
 	s.mux.HandleFunc("GET /api/approvals", s.approvals)
+	s.mux.HandleFunc("GET /api/proof", s.proof)
+	s.proving = make(chan struct{}, 1)
 	return s
 }
 
@@ -287,4 +292,62 @@ func (s *Server) approvals(w http.ResponseWriter, _ *http.Request) {
 		sort.Slice(out, func(i, j int) bool { return out[i].NotAfter.Before(out[j].NotAfter) })
 	}
 	writeJSON(w, out)
+}
+
+// ProofView is an event's inclusion proof as the console shows it.
+type ProofView struct {
+	// Status is "proved", "pending" (no checkpoint covers the event yet),
+	// "unavailable" (no checkpointer keys trusted) or "failed".
+	Status    string   `json:"status"`
+	Problem   string   `json:"problem,omitempty"`
+	Leaf      int64    `json:"leaf"`
+	TreeSize  int64    `json:"tree_size,omitempty"`
+	Root      string   `json:"root,omitempty"`
+	LeafHash  string   `json:"leaf_hash,omitempty"`
+	Proof     []string `json:"proof,omitempty"`
+	SignedBy  []string `json:"signed_by,omitempty"`
+	Signature string   `json:"checkpoint,omitempty"` // the signed note
+}
+
+// proof proves ?seq=S&index=I (an event's block and place in it) is in the
+// newest signed checkpoint. Building a proof reads the stream up to the
+// checkpoint, so one runs at a time and a second viewer waits or gets 503.
+func (s *Server) proof(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	seq, err1 := strconv.ParseUint(q.Get("seq"), 10, 64)
+	index, err2 := strconv.Atoi(q.Get("index"))
+	if err1 != nil || err2 != nil || seq == 0 || index < 0 || index > 1<<20 {
+		http.Error(w, "want ?seq=S&index=I: the block's stream sequence and the event's index in it", http.StatusBadRequest)
+		return
+	}
+	if s.cfg.JetStream == nil || s.cfg.Trust.Checkpointers == nil {
+		writeJSON(w, ProofView{Status: "unavailable", Problem: "the trust file lists no checkpointers", Leaf: -1})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	select {
+	case s.proving <- struct{}{}:
+		defer func() { <-s.proving }()
+	case <-time.After(2 * time.Second):
+		http.Error(w, "another proof is being built; try again", http.StatusServiceUnavailable)
+		return
+	case <-ctx.Done():
+		return
+	}
+	inc, err := chain.ProveEvent(ctx, s.cfg.JetStream, s.cfg.Trust.Checkpointers, seq, index)
+	switch {
+	case errors.Is(err, chain.ErrNotCheckpointed):
+		writeJSON(w, ProofView{Status: "pending", Problem: err.Error(), Leaf: -1})
+		return
+	case err != nil:
+		writeJSON(w, ProofView{Status: "failed", Problem: err.Error(), Leaf: -1})
+		return
+	}
+	v := ProofView{Status: "proved", Leaf: inc.Leaf, TreeSize: inc.Checkpoint.Size, Root: inc.Checkpoint.Root.String(),
+		LeafHash: inc.LeafHash.String(), SignedBy: inc.Checkpoint.Signers, Signature: string(inc.Checkpoint.Note)}
+	for _, h := range inc.Proof {
+		v.Proof = append(v.Proof, h.String())
+	}
+	writeJSON(w, v)
 }

@@ -35,7 +35,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		code, _, _ := runCLI(t, ctx, "demo", "--tour=false", "--listen", listen, "--sim-listen", "127.0.0.1:0",
-			"--data-dir", data, "--log-format", "json", "--http", web)
+			"--data-dir", data, "--log-format", "json", "--http", web, "--checkpoint-every", "300ms")
 		done <- code
 	}()
 	defer func() {
@@ -88,6 +88,23 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		2*time.Second)
 	t.Logf("denied write visible after %v", time.Since(start).Round(time.Millisecond))
 
+	// Clicking the denied row shows its block and the proof that it is in
+	// a signed checkpoint (re-clicked until a checkpoint covers it).
+	poll("the denied write's inclusion proof", `(() => {
+		const p = document.querySelector('#proof').textContent;
+		if (p.startsWith('proved')) return true;
+		if (!p.startsWith('building')) [...document.querySelectorAll('#stream tbody tr')].find(r => r.dataset.verdict === 'deny').click();
+		return false; })()`, 10*time.Second)
+	proof, err := chromedp.Run(bctx, chromedp.Text("#proof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(proof, "signed by "+demoCheckpointer) || !strings.Contains(proof, "gridseal/chain/GRIDSEAL_CHAIN") {
+		t.Fatalf("proof panel: %q", proof)
+	}
+	saveShot(t, bctx, "console-proof.png")
+	run("close the event", chromedp.Click("#close-detail"))
+
 	run("filter on deny", chromedp.Evaluate[chromedp.Void](`(() => { const s = document.querySelector('#f-verdict'); s.value = 'deny'; s.dispatchEvent(new Event('change')); })()`))
 	poll("only denied rows", `(() => { const rows = [...document.querySelectorAll('#stream tbody tr')];
 		return rows.length > 0 && rows.every(r => r.dataset.verdict === 'deny'); })()`, 2*time.Second)
@@ -100,6 +117,13 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	poll("the proposal in the pending-approvals panel",
 		`document.querySelector('#approvals tbody').textContent.includes('40127 = 25')`, 5*time.Second)
 
+	saveShot(t, bctx, "console.png")
+}
+
+// saveShot writes a PNG of the page to $GRIDSEAL_ARTIFACTS (or a temporary
+// directory) and checks it is not blank.
+func saveShot(t *testing.T, bctx context.Context, name string) {
+	t.Helper()
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100) /* 100: PNG */)
 	if err != nil {
 		t.Fatal(err)
@@ -111,7 +135,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, "console.png")
+	path := filepath.Join(dir, name)
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}

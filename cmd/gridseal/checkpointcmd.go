@@ -110,56 +110,16 @@ func chainProveCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			cp, err := chain.LatestCheckpoint(cmd.Context(), js, trust.Checkpointers)
+			inc, err := chain.ProveEvent(cmd.Context(), js, trust.Checkpointers, seq, index)
 			if err != nil {
 				return err
-			}
-			if cp == nil {
-				return errors.New("no signed checkpoint yet")
-			}
-			var tree chain.Tree
-			leaf := int64(-1)
-			var leafHash chain.Hash
-			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
-				b, err := chain.ParseBlock(m.Data)
-				if err != nil {
-					return nil
-				}
-				for i, e := range b.Events {
-					if tree.Size() >= cp.Size {
-						return nil
-					}
-					if m.Seq == seq && i == index {
-						leaf, leafHash = tree.Size(), chain.LeafHash(e)
-					}
-					if err := tree.AppendLeaf(e); err != nil {
-						return err
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if leaf < 0 {
-				return fmt.Errorf("event %d of block at sequence %d is not in the newest checkpoint (%d events)", index, seq, cp.Size)
-			}
-			if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
-				return fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
-			}
-			proof, err := tree.ProveInclusion(leaf, cp.Size)
-			if err != nil {
-				return err
-			}
-			if err := chain.CheckInclusion(proof, cp.Size, cp.Root, leaf, leafHash); err != nil {
-				return fmt.Errorf("proof does not check: %w", err)
 			}
 			fmt.Fprintf(g.stdout, "event %d of block %d is leaf %d of the signed tree of %d events\nleaf hash %s\nproof (%d hashes):\n",
-				index, seq, leaf, cp.Size, leafHash, len(proof))
-			for _, h := range proof {
+				index, seq, inc.Leaf, inc.Checkpoint.Size, inc.LeafHash, len(inc.Proof))
+			for _, h := range inc.Proof {
 				fmt.Fprintf(g.stdout, "  %s\n", base64.StdEncoding.EncodeToString(h[:]))
 			}
-			fmt.Fprintf(g.stdout, "checkpoint:\n%s", cp.Note)
+			fmt.Fprintf(g.stdout, "checkpoint:\n%s", inc.Checkpoint.Note)
 			return nil
 		},
 	}

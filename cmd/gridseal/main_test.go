@@ -525,7 +525,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 		}
 		return false
 	})
-	if code, _, stderr := cli("", "chain", "prove", "--seq", "999999", "--index", "0"); code != 1 || !strings.Contains(stderr, "not in the newest checkpoint") {
+	if code, _, stderr := cli("", "chain", "prove", "--seq", "999999", "--index", "0"); code != 1 || !strings.Contains(stderr, "is not in the newest signed checkpoint (") {
 		t.Fatalf("proving an event that is not there: exit %d %s", code, stderr)
 	}
 

@@ -62,6 +62,32 @@ function showDetail(r) {
   $("#detail-list").innerHTML = fields.filter(([, v]) => v !== undefined && v !== "")
     .map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   $("#detail").hidden = false;
+  showProof(r);
+}
+// The proof that this event is in the newest signed checkpoint: built by
+// the server from the stream, checked there, shown here in full so it can
+// be checked again elsewhere (gridseal chain prove prints the same).
+let proofFor = null;
+async function showProof(r) {
+  const el = $("#proof");
+  proofFor = r;
+  if (!r.seq || r.index === undefined) { el.textContent = "not a recorded event"; return; }
+  el.className = "muted";
+  el.textContent = "building the proof…";
+  let p;
+  try { p = await getJSON(`api/proof?seq=${encodeURIComponent(r.seq)}&index=${encodeURIComponent(r.index)}`); }
+  catch (e) { if (proofFor === r) el.textContent = "proof unavailable (the console is busy or restarting): try again"; return; }
+  if (proofFor !== r) return;
+  el.className = "";
+  if (p.status !== "proved") {
+    const what = { pending: "not yet in a signed checkpoint (the next one covers it)", unavailable: "no checkpointer keys are trusted", failed: "PROOF FAILED" }[p.status] || p.status;
+    el.innerHTML = `<span class="${esc(p.status)}">${esc(what)}</span><br><span class="muted">${esc(p.problem || "")}</span>`;
+    return;
+  }
+  el.innerHTML = `<span class="proved">proved</span>: leaf ${p.leaf} of the tree of ${p.tree_size} events signed by ${esc((p.signed_by || []).join(", "))}` +
+    `<dl><dt>leaf hash</dt><dd>${esc(p.leaf_hash)}</dd><dt>root</dt><dd>${esc(p.root)}</dd>` +
+    `<dt>audit path</dt><dd>${(p.proof || []).map(esc).join("<br>") || "(none: a one-event tree)"}</dd></dl>` +
+    `<pre>${esc(p.checkpoint)}</pre>`;
 }
 $("#close-detail").onclick = () => { $("#detail").hidden = true; };
 // Filters apply on the server too, so a busy plant's stream still brings
