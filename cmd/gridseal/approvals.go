@@ -420,10 +420,7 @@ func policyCmd(g *globals) *cobra.Command {
 					return err
 				}
 				name := strings.TrimSuffix(filepath.Base(path), ".public.json")
-				fmt.Fprintf(&b, "  - name: %s\n    keyset: |\n", name)
-				for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-					b.WriteString("      " + line + "\n")
-				}
+				writeKeysetEntry(&b, name, nil, data)
 			}
 			_, err := io.WriteString(g.stdout, b.String())
 			return err
@@ -432,4 +429,18 @@ func policyCmd(g *globals) *cobra.Command {
 	root.Flags().IntVar(&threshold, "threshold", 2, "how many admins must sign")
 	cmd.AddCommand(sign, verify, root)
 	return cmd
+}
+
+// writeKeysetEntry writes one YAML list entry naming a person (with their
+// groups, if any) and their public keyset inline, as policies and policy
+// roots list approvers and admins.
+func writeKeysetEntry(b *strings.Builder, name string, groups []string, publicJSON []byte) {
+	fmt.Fprintf(b, "  - name: %s\n", name)
+	if len(groups) > 0 {
+		fmt.Fprintf(b, "    groups: [%s]\n", strings.Join(groups, ", "))
+	}
+	b.WriteString("    keyset: |\n")
+	for _, line := range strings.Split(strings.TrimSpace(string(publicJSON)), "\n") {
+		b.WriteString("      " + line + "\n")
+	}
 }

@@ -142,7 +142,7 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&via, "via", "", "a gridseal proxy in front of that device")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	cmd.Flags().IntVar(&rounds, "rounds", 3, "interleaved rounds, so machine noise hits every target alike")
-	cmd.Flags().StringVar(&scenarios, "scenarios", "overhead,plc,writes,idle", "self-hosted scenarios to run")
+	cmd.Flags().StringVar(&scenarios, "scenarios", "overhead,plc,writes,approved,idle", "self-hosted scenarios to run")
 	cmd.Flags().StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of the whole run (proxy, NATS, load generator) to this file")
 	return cmd
 }
@@ -220,20 +220,25 @@ func (b *bencher) scenario(ctx context.Context, name string, targets []benchTarg
 			relayRPS = res[i].RPS()
 		}
 	}
-	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	for i, t := range targets {
-		r := res[i]
-		tr := TargetReport{Name: t.name, ThroughputRPS: r.RPS(), P50us: us(r.Percentile(0.5)), P90us: us(r.Percentile(0.9)),
-			P99us: us(r.Percentile(0.99)), P999us: us(r.Percentile(0.999)), Requests: r.Requests, Errors: r.Errors, Exceptions: r.Exceptions}
-		if directRPS > 0 {
-			tr.RatioDirect = r.RPS() / directRPS
-		}
-		if relayRPS > 0 {
-			tr.RatioRelay = r.RPS() / relayRPS
-		}
-		sr.Targets = append(sr.Targets, tr)
+		sr.Targets = append(sr.Targets, targetReport(t.name, res[i], directRPS, relayRPS))
 	}
 	return sr, nil
+}
+
+// targetReport is r's line in a scenario, with its ratios to direct and to
+// the relay when those were measured (non-zero).
+func targetReport(name string, r *loadgen.Result, directRPS, relayRPS float64) TargetReport {
+	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+	tr := TargetReport{Name: name, ThroughputRPS: r.RPS(), P50us: us(r.Percentile(0.5)), P90us: us(r.Percentile(0.9)),
+		P99us: us(r.Percentile(0.99)), P999us: us(r.Percentile(0.999)), Requests: r.Requests, Errors: r.Errors, Exceptions: r.Exceptions}
+	if directRPS > 0 {
+		tr.RatioDirect = r.RPS() / directRPS
+	}
+	if relayRPS > 0 {
+		tr.RatioRelay = r.RPS() / relayRPS
+	}
+	return tr
 }
 
 // benchPolicy allows every read of the first 2000 registers and writes of
@@ -285,7 +290,9 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 	}
 	defer func() { _ = rec.Close(10 * time.Second) }()
 
-	stack := func(dev *loadgen.Device) (up, relay, gs string, stop func(), err error) {
+	// stack starts dev, a relay to it and gridseal in front of it, with the
+	// bench policy or, given engineFor, the engine it makes.
+	stack := func(dev *loadgen.Device, engineFor ...func(upstream string, log *zap.Logger) (*policy.Engine, error)) (up, relay, gs string, stop func(), err error) {
 		listen := func() net.Listener {
 			ln, lerr := net.Listen("tcp", "127.0.0.1:0")
 			if lerr != nil && err == nil {
@@ -300,16 +307,25 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 		go dev.Serve(upLn)
 		rel := &loadgen.Relay{Upstream: upLn.Addr().String()}
 		go rel.Serve(relLn)
-		pol, perr := policy.Parse("bench.yaml", fmt.Appendf(nil, benchPolicy, upLn.Addr().String()))
-		if perr != nil {
-			err = perr
+		var engine *policy.Engine
+		if len(engineFor) > 0 {
+			engine, err = engineFor[0](upLn.Addr().String(), log)
+		} else {
+			var pol *policy.Policy
+			if pol, err = policy.Parse("bench.yaml", fmt.Appendf(nil, benchPolicy, upLn.Addr().String())); err == nil {
+				engine = policy.NewEngine(pol, log)
+			}
+		}
+		if err != nil {
+			dev.Close()
+			rel.Close()
 			return
 		}
 		cfg := proxy.DefaultConfig()
 		cfg.Limits.RequestsPerSecond, cfg.Limits.Burst = 1e9, 1<<30
 		cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerClient = 8192, 8192
 		srv, perr := proxy.New(cfg, []proxy.Device{{Name: "dev", Upstream: upLn.Addr().String()}},
-			policy.NewEngine(pol, log), rec, log)
+			engine, rec, log)
 		if perr != nil {
 			err = perr
 			return
@@ -380,6 +396,24 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 			rep.Scenarios = append(rep.Scenarios, *sr)
 		}
 		stop()
+	}
+	if want["approved"] {
+		a, err := newBenchApprovals(ctx, nc, log)
+		if err != nil {
+			return rep, err
+		}
+		up, _, gs, stop, err := stack(&loadgen.Device{}, a.engine)
+		if err != nil {
+			a.close()
+			return rep, err
+		}
+		sr, err := b.approvedWrites(ctx, a, up, gs)
+		stop()
+		a.close()
+		if err != nil {
+			return rep, err
+		}
+		rep.Scenarios = append(rep.Scenarios, *sr)
 	}
 	if want["idle"] {
 		_, _, gs, stop, err := stack(&loadgen.Device{})

@@ -186,7 +186,8 @@ func (g *globals) demoTrust() (note.Signer, error) {
 func (g *globals) demoPolicy(simAddr string) (*policy.Policy, error) {
 	var b bytes.Buffer
 	b.Write(bytes.ReplaceAll(demoPolicy, []byte("127.0.0.1:15020"), []byte(simAddr)))
-	b.WriteString("\napprovers:\n")
+	var sb strings.Builder
+	sb.WriteString("\napprovers:\n")
 	dir := filepath.Join(g.dataDir, "keys")
 	for _, name := range demoApprovers {
 		if _, err := g.demoKey(name); err != nil {
@@ -197,11 +198,9 @@ func (g *globals) demoPolicy(simAddr string) (*policy.Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    groups: [operators]\n    keyset: |\n", name)
-		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-			b.WriteString("      " + line + "\n")
-		}
+		writeKeysetEntry(&sb, name, []string{"operators"}, data)
 	}
+	b.WriteString(sb.String())
 	path := filepath.Join(g.dataDir, "policy.yaml")
 	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
 		return nil, err
@@ -220,10 +219,7 @@ func (g *globals) demoPolicy(simAddr string) (*policy.Policy, error) {
 		if err != nil {
 			return nil, err
 		}
-		fmt.Fprintf(&root, "  - name: %s\n    keyset: |\n", name)
-		for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-			root.WriteString("      " + line + "\n")
-		}
+		writeKeysetEntry(&root, name, nil, data)
 	}
 	rootPath := filepath.Join(g.dataDir, "policy-root.yaml")
 	if err := os.WriteFile(rootPath, []byte(root.String()), 0o644); err != nil {

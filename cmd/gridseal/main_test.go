@@ -577,11 +577,18 @@ func TestBenchJSON(t *testing.T) {
 				t.Errorf("direct ratio %v", tr.RatioDirect)
 			}
 		}
+		if s.Name == "approved-writes" {
+			// Every write was approved by 2 of 3 before it was sent, so
+			// gridseal forwarded each one, as many as went direct.
+			if len(s.Targets) != 2 || s.Targets[1].Exceptions != 0 || s.Targets[1].Requests != s.Targets[0].Requests || s.Extra["added_p99_us"] == "" {
+				t.Errorf("approved writes: %+v", s)
+			}
+		}
 		if s.Name == "overhead" && s.Extra["chain_kept_up"] != "true" {
 			t.Errorf("the chain did not record every proxied operation: %v", s.Extra)
 		}
 	}
-	for _, want := range []string{"overhead", "plc-like", "writes", "idle"} {
+	for _, want := range []string{"overhead", "plc-like", "writes", "approved-writes", "idle"} {
 		if !seen[want] {
 			t.Errorf("scenario %s missing", want)
 		}

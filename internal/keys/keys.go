@@ -68,19 +68,15 @@ func WritePair(dir, name string, h *keyset.Handle) (private, public string, err 
 	if err := insecurecleartextkeyset.Write(h, keyset.NewJSONWriter(&priv)); err != nil {
 		return "", "", fmt.Errorf("encode private keyset: %w", err)
 	}
-	pubH, err := h.Public()
+	pub, err := PublicJSON(h)
 	if err != nil {
-		return "", "", fmt.Errorf("public keyset: %w", err)
-	}
-	var pub bytes.Buffer
-	if err := pubH.WriteWithNoSecrets(keyset.NewJSONWriter(&pub)); err != nil {
-		return "", "", fmt.Errorf("encode public keyset: %w", err)
+		return "", "", err
 	}
 	for _, f := range []struct {
 		path string
 		data []byte
 		mode os.FileMode
-	}{{private, priv.Bytes(), 0o600}, {public, pub.Bytes(), 0o644}} {
+	}{{private, priv.Bytes(), 0o600}, {public, pub, 0o644}} {
 		if err := atomicfile.Create(f.path, f.data, f.mode); errors.Is(err, atomicfile.ErrExists) {
 			return "", "", fmt.Errorf("%s: %w", f.path, ErrExists)
 		} else if err != nil {
@@ -88,6 +84,19 @@ func WritePair(dir, name string, h *keyset.Handle) (private, public string, err 
 		}
 	}
 	return private, public, nil
+}
+
+// PublicJSON is h's public keyset in Tink's JSON form (no secrets).
+func PublicJSON(h *keyset.Handle) ([]byte, error) {
+	pubH, err := h.Public()
+	if err != nil {
+		return nil, fmt.Errorf("public keyset: %w", err)
+	}
+	var pub bytes.Buffer
+	if err := pubH.WriteWithNoSecrets(keyset.NewJSONWriter(&pub)); err != nil {
+		return nil, fmt.Errorf("encode public keyset: %w", err)
+	}
+	return pub.Bytes(), nil
 }
 
 // LoadSigner reads a private keyset. It refuses a file others can read.

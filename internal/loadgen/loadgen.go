@@ -54,6 +54,14 @@ func (r *Result) Percentile(q float64) time.Duration {
 	return r.latencies[i]
 }
 
+// ResultOf builds a Result from latencies measured elsewhere (one request
+// at a time, as in the approved-writes scenario).
+func ResultOf(lat []time.Duration, errs, exceptions uint64, elapsed time.Duration) *Result {
+	l := slices.Clone(lat)
+	slices.Sort(l)
+	return &Result{Requests: uint64(len(l)), Errors: errs, Exceptions: exceptions, Elapsed: elapsed, latencies: l}
+}
+
 // Merge adds o into r (for interleaved rounds).
 func (r *Result) Merge(o *Result) {
 	r.Requests += o.Requests
