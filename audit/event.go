@@ -54,15 +54,25 @@ const (
 	// PhaseApproval records a step of an m-of-n approval (proposed, signed,
 	// used) as the proxy saw it; Approval names it and Reason says which.
 	PhaseApproval
+	// PhaseDroppedReply records a device reply the proxy passed to no
+	// client: one that matches no request (Op is new), or one that came
+	// after its request timed out and was answered 0x0B (Op is that
+	// request's, so a write the client was told failed is seen to have
+	// reached the device). Response holds the reply's PDU. For a reply to
+	// no request, Client is the device's address (the frame's source) and
+	// Listener the proxy's end of the upstream connection.
+	PhaseDroppedReply
 )
 
-// String returns request, complete or approval.
+// String returns request, complete, approval or dropped-reply.
 func (p Phase) String() string {
 	switch p {
 	case PhaseRequest:
 		return "request"
 	case PhaseApproval:
 		return "approval"
+	case PhaseDroppedReply:
+		return "dropped-reply"
 	}
 	return "complete"
 }

@@ -17,6 +17,12 @@
 //	| lp16 response | u64 upstream-nanoseconds | u8 flags (bit 0: closed)
 //	| lp8 role (version 2: the client certificate's Modbus/TCP Security role)
 //
+// Phase: 1 request (a write's record before it is forwarded), 2 complete
+// (an operation with its answer), 3 approval (a step of an m-of-n
+// approval), 4 dropped-reply (a device reply passed to no client: it matched
+// no request, or came after its request timed out). Verdict: 1 allow,
+// 2 deny, 3 malformed. Other values are a format error.
+//
 // Block header:
 //
 //	"GSB1" | lp8 writer | u32 key-id | u64 height | [32] previous block hash

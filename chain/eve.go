@@ -127,9 +127,11 @@ func eveAccess(req *modbus.Request) string {
 
 // EVEFor renders one recorded event as EVE lines: none for steps that are
 // not Modbus transactions (a write's pre-forward record, approval steps),
-// one "modbus" event, and an "alert" after it if gridseal refused it.
+// one "modbus" event, and an "alert" after it if gridseal refused it. A
+// device reply gridseal passed to no client is one alert.
 func EVEFor(r *Record, ev *audit.Event) []EVE {
-	if ev.Phase != audit.PhaseComplete || len(ev.PDU) == 0 {
+	dropped := ev.Phase == audit.PhaseDroppedReply
+	if !dropped && (ev.Phase != audit.PhaseComplete || len(ev.PDU) == 0) {
 		return nil
 	}
 	base := EVE{
@@ -144,7 +146,10 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 	if ap, err := netip.ParseAddrPort(ev.Listener); err == nil {
 		base.DestIP, base.DestPort = ap.Addr().Unmap().String(), ap.Port()
 	}
-	fn := modbus.Function(ev.PDU[0])
+	fn := modbus.Function(ev.Function)
+	if len(ev.PDU) > 0 {
+		fn = modbus.Function(ev.PDU[0])
+	}
 	reqSide := EVEModbusPDU{UnitID: ev.Unit, FunctionRaw: byte(fn), FunctionCode: eveFunction[fn], Category: "PUBLIC_ASSIGNED", ErrorFlags: "NONE"}
 	if reqSide.FunctionCode == "" {
 		reqSide.FunctionCode, reqSide.Category = "Unknown", "RESERVED"
@@ -157,7 +162,7 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 		if _, a, q, ok := req.WriteRange(); ok {
 			reqSide.Write = &EVERange{Address: a, Quantity: q, Data: writtenValues(&req)}
 		}
-	} else {
+	} else if len(ev.PDU) > 0 {
 		reqSide.ErrorFlags = "INVALID_VALUE"
 	}
 	m := &EVEModbus{ID: ev.Op, Request: reqSide}
@@ -170,6 +175,9 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 		m.Response = &resp
 	}
 	base.Modbus = m
+	if dropped {
+		return []EVE{droppedReplyAlert(base, ev)}
+	}
 	out := []EVE{base}
 	if ev.Verdict != audit.Allow {
 		alert := base
@@ -184,4 +192,20 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 		out = append(out, alert)
 	}
 	return out
+}
+
+// droppedReplyAlert is the alert for a device reply gridseal passed to no
+// client: a reply to no request is what a second master or a spoofed
+// device looks like (its source is the device's address); a late reply to
+// a timed-out write means the client was told it failed while the device
+// may have carried it out (it keeps the request's client and listener).
+func droppedReplyAlert(e EVE, ev *audit.Event) EVE {
+	e.EventType = "alert"
+	sid, cat := 9050003, "gridseal: device reply matches no request"
+	if len(ev.PDU) > 0 {
+		sid, cat = 9050004, "gridseal: late device reply to a timed-out request"
+	}
+	e.Alert = &EVEAlert{Action: "blocked", GID: 1, SignatureID: sid, Rev: 1,
+		Signature: "GRIDSEAL " + ev.Reason, Category: cat, Severity: 2}
+	return e
 }

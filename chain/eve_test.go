@@ -36,6 +36,12 @@ func eveEvents() []*audit.Event {
 		{Time: at.Add(3 * time.Second), Op: 4, Phase: audit.PhaseComplete, Client: client, Listener: "10.9.9.9:502", Unit: 1,
 			Function: 3, PDU: []byte{3, 0, 0, 0, 0}, Verdict: audit.Malformed, Reason: "modbus: quantity outside the specification's limits", Exception: 3},
 		{Time: at.Add(4 * time.Second), Op: 0, Phase: audit.PhaseApproval, Device: "inverter-1", PDU: write, Verdict: audit.Allow, Reason: "signed by bob"},
+		{Time: at.Add(5 * time.Second), Op: 5, Phase: audit.PhaseDroppedReply, Client: netip.MustParseAddrPort("10.9.9.20:502"),
+			Listener: "10.9.9.9:41822", Device: "inverter-1", Unit: 1, Function: 3, Verdict: audit.Deny,
+			Reason: "device reply (transaction 77, unit 1) matches no request; dropped", Response: []byte{3, 2, 0xde, 0xad}},
+		{Time: at.Add(6 * time.Second), Op: 6, Phase: audit.PhaseDroppedReply, Client: client, Listener: "10.9.9.9:502", Device: "inverter-1",
+			Unit: 1, Function: 16, Class: "write", Address: 40127, Quantity: 1, PDU: write, Verdict: audit.Deny,
+			Reason: "late reply from the device, after the request timed out and was answered 0x0B; dropped", Response: []byte{16, 0x9c, 0xbf, 0, 1}},
 	}
 }
 
@@ -54,8 +60,8 @@ func TestEVEExportGolden(t *testing.T) {
 
 	// Every line parses as JSON with the fields EVE consumers key on.
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
-	if len(lines) != 6 { // read, write, deny + alert, malformed + alert; no line for the pre-forward record or the approval step
-		t.Fatalf("%d EVE lines, want 6", len(lines))
+	if len(lines) != 8 { // read, write, deny + alert, malformed + alert, two dropped-reply alerts; no line for the pre-forward record or the approval step
+		t.Fatalf("%d EVE lines, want 8", len(lines))
 	}
 	alerts := 0
 	for _, l := range lines {
@@ -78,7 +84,7 @@ func TestEVEExportGolden(t *testing.T) {
 			}
 		}
 	}
-	if alerts != 2 {
-		t.Fatalf("%d alerts, want one per refused request (2)", alerts)
+	if alerts != 4 {
+		t.Fatalf("%d alerts, want one per refused request and per dropped reply (4)", alerts)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -70,6 +71,32 @@ func TestEventGolden(t *testing.T) {
 	}
 	if _, err := chain.DecodeEvent(append(enc, 0)); err == nil {
 		t.Fatal("trailing byte accepted")
+	}
+}
+
+// TestEventPhases: every phase the proxy records decodes as itself; a
+// phase or verdict outside the documented ones is a format error.
+func TestEventPhases(t *testing.T) {
+	phaseAt := 1 + 8 + 8 // version, time, op
+	for _, ph := range []audit.Phase{audit.PhaseRequest, audit.PhaseComplete, audit.PhaseApproval, audit.PhaseDroppedReply} {
+		ev := event(7, audit.Deny)
+		ev.Phase = ph
+		enc := chain.AppendEvent(nil, ev)
+		if enc[phaseAt] != byte(ph) {
+			t.Fatalf("phase byte at %d is %d, want %d", phaseAt, enc[phaseAt], ph)
+		}
+		back, err := chain.DecodeEvent(enc)
+		if err != nil || back.Phase != ph {
+			t.Fatalf("phase %s: %v %v", ph, back.Phase, err)
+		}
+	}
+	enc := chain.AppendEvent(nil, event(7, audit.Deny))
+	for _, bad := range [][2]byte{{0, 2}, {5, 2}, {2, 0}, {2, 4}} {
+		b := bytes.Clone(enc)
+		b[phaseAt], b[phaseAt+1] = bad[0], bad[1]
+		if _, err := chain.DecodeEvent(b); !errors.Is(err, chain.ErrFormat) {
+			t.Fatalf("phase %d verdict %d: %v, want a format error", bad[0], bad[1], err)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ type Metrics struct {
 	approvals  *prometheus.CounterVec
 	breakGlass prometheus.Counter
 	refusals   prometheus.Counter
+	dropped    *prometheus.CounterVec
 
 	mu      sync.Mutex
 	devices map[string]*DeviceStats
@@ -69,9 +70,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gridseal_chain_refusals_total", Help: "Requests refused because the chain could not record them.",
 		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gridseal_dropped_replies_total", Help: "Device replies passed to no client: matching no request, or late after a timeout.",
+		}, []string{"device", "kind"}),
 		devices: map[string]*DeviceStats{},
 	}
-	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.refusals)
+	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.refusals, m.dropped)
 	return m
 }
 
@@ -94,6 +98,13 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 		m.approvals.WithLabelValues(step).Inc()
 		return nil
 	case audit.PhaseRequest:
+		return nil
+	case audit.PhaseDroppedReply:
+		kind := "unmatched"
+		if len(ev.PDU) > 0 {
+			kind = "late"
+		}
+		m.dropped.WithLabelValues(ev.Device, kind).Inc()
 		return nil
 	}
 	device := ev.Device

@@ -262,6 +262,27 @@ func TestUnmatchedUpstreamReplyIsDropped(t *testing.T) {
 			t.Fatalf("request %d got value %#x: a stray reply was delivered", tid, got)
 		}
 	}
+	// Each stray reply is in the record, as the device sent it, with its
+	// own operation id: a SOC sees a second master or a spoofed device.
+	var dropped []audit.Event
+	for _, e := range fx.events.all() {
+		if e.Phase == audit.PhaseDroppedReply {
+			dropped = append(dropped, e)
+		}
+	}
+	if len(dropped) != 10 {
+		t.Fatalf("%d dropped replies recorded, want 10", len(dropped))
+	}
+	for i, e := range dropped {
+		want, unit := []byte{3, 2, 0xde, 0xad}, byte(1)
+		if i%2 == 1 {
+			want, unit = []byte{3, 2, 0xbe, 0xef}, 2
+		}
+		if !bytes.Equal(e.Response, want) || e.Unit != unit || e.Device != "plc" || e.Verdict != audit.Deny ||
+			len(e.PDU) != 0 || !strings.Contains(e.Reason, "matches no request") || e.Client.String() != up.addr() {
+			t.Fatalf("dropped reply %d: %+v", i, e)
+		}
+	}
 }
 
 func TestMalformedFramesAreNeverForwarded(t *testing.T) {
@@ -499,18 +520,16 @@ func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
 		}
 		return registerEcho(f)
 	})
-	var once sync.Once
 	up.stray = func(f modbus.Frame) []byte {
-		// With the next request, release the stalled reply: same transaction
-		// id space, same function, same length.
+		// With the next request after the stall, release the stalled reply:
+		// same transaction id space, same function, same length.
+		mu.Lock()
+		defer mu.Unlock()
 		var out []byte
-		once.Do(func() {
-			mu.Lock()
-			defer mu.Unlock()
-			for _, h := range held {
-				out = modbus.AppendFrame(out, h.Transaction, h.Unit, []byte{3, 2, 0xde, 0xad})
-			}
-		})
+		for _, h := range held {
+			out = modbus.AppendFrame(out, h.Transaction, h.Unit, []byte{3, 2, 0xde, 0xad})
+		}
+		held = nil
 		return out
 	}
 	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{ResponseTimeout: 200 * time.Millisecond}}
@@ -525,6 +544,30 @@ func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
 		if got := binary.BigEndian.Uint16(resp[2:]); got != 0x11 {
 			t.Fatalf("request %d got %#x: a late reply was delivered as its answer", tid, got)
 		}
+	}
+	// The late reply is recorded against the request that timed out: same
+	// operation id, its request PDU, and what the device finally said.
+	var timedOut *audit.Event
+	for _, e := range fx.events.completed() {
+		if e.Exception == byte(modbus.GatewayTargetDeviceFailedToRespond) {
+			timedOut = &e
+		}
+	}
+	if timedOut == nil {
+		t.Fatal("the timed-out read is not recorded")
+	}
+	var late []audit.Event
+	for _, e := range fx.events.all() {
+		if e.Phase == audit.PhaseDroppedReply {
+			late = append(late, e)
+		}
+	}
+	if len(late) != 1 {
+		t.Fatalf("%d dropped replies recorded, want the one late reply", len(late))
+	}
+	if e := late[0]; e.Op != timedOut.Op || !bytes.Equal(e.PDU, timedOut.PDU) || !bytes.Equal(e.Response, []byte{3, 2, 0xde, 0xad}) ||
+		!strings.Contains(e.Reason, "after the request timed out") || e.Client != timedOut.Client {
+		t.Fatalf("late reply recorded as %+v; the timed-out request was %+v", e, *timedOut)
 	}
 }
 

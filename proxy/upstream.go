@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -28,7 +30,7 @@ func newUpstream(s *Server, d Device) *upstream {
 		uc := &upconn{
 			up:         u,
 			pending:    make(map[uint16]*call),
-			quarantine: make(map[uint16]struct{}),
+			quarantine: make(map[uint16]*audit.Event),
 			slots:      make(chan struct{}, s.cfg.Upstream.MaxInflight),
 			stop:       make(chan struct{}),
 		}
@@ -69,8 +71,9 @@ type upconn struct {
 	dialing   chan struct{} // closed when the dial in progress ends
 	// quarantine holds transaction ids whose calls timed out: they are not
 	// reused on this connection, so a late reply can never be taken for the
-	// answer to a new request.
-	quarantine map[uint16]struct{}
+	// answer to a new request. Each keeps what identifies its request, so a
+	// late reply is recorded against it.
+	quarantine map[uint16]*audit.Event
 }
 
 // maxQuarantine bounds timed-out ids per connection; past it the
@@ -206,24 +209,34 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		}
 		uc.mu.Lock()
 		c := uc.pending[f.Transaction]
-		_, late := uc.quarantine[f.Transaction]
+		late := uc.quarantine[f.Transaction]
+		if late != nil && late.Unit != f.Unit {
+			late = nil
+		}
 		if c != nil && c.in.Unit == f.Unit {
 			delete(uc.pending, f.Transaction)
 		} else {
 			c = nil
 		}
-		if late {
+		if late != nil {
 			delete(uc.quarantine, f.Transaction)
 		}
 		uc.mu.Unlock()
-		if late {
-			log.Debug("late upstream reply after its timeout; dropped", zap.String("device", uc.up.name),
-				zap.Uint16("tid", f.Transaction))
+		if late != nil {
+			log.Info("late upstream reply after its timeout; dropped", zap.String("device", uc.up.name),
+				zap.Uint16("tid", f.Transaction), zap.Uint64("op", late.Op))
+			uc.recordDropped(late, f, "late reply from the device, after the request timed out and was answered 0x0B; dropped")
 			continue
 		}
 		if c == nil {
 			log.Warn("upstream reply matches no request; dropped", zap.String("device", uc.up.name),
 				zap.Uint16("tid", f.Transaction), zap.Uint8("unit", f.Unit))
+			// The frame's source is the device: its address stands where a
+			// client's would, and the proxy's end of the connection where the
+			// listener's would.
+			ev := &audit.Event{Op: uc.up.s.opSeq.Add(1), Device: uc.up.name, Unit: f.Unit,
+				Client: addrPort(conn.RemoteAddr()), Listener: conn.LocalAddr().String()}
+			uc.recordDropped(ev, f, fmt.Sprintf("device reply (transaction %d, unit %d) matches no request; dropped", f.Transaction, f.Unit))
 			continue
 		}
 		<-uc.slots
@@ -236,6 +249,36 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		}
 		c.done(f.PDU, 0)
 	}
+}
+
+// recordDropped records a device reply passed to no client, against the
+// request ev identifies (its Op, device, unit and request fields).
+func (uc *upconn) recordDropped(ev *audit.Event, f modbus.Frame, reason string) {
+	ev.Time = time.Now()
+	ev.Phase = audit.PhaseDroppedReply
+	ev.Verdict = audit.Deny
+	ev.Reason = reason
+	ev.Response = f.PDU
+	ev.Exception = 0
+	if len(f.PDU) > 0 {
+		fn := f.PDU[0]
+		if ev.Function == 0 {
+			ev.Function = fn &^ 0x80
+		}
+		if fn&0x80 != 0 && len(f.PDU) >= 2 {
+			ev.Exception = f.PDU[1]
+		}
+	}
+	uc.up.s.record(ev, false)
+}
+
+// lateRecord keeps what identifies a timed-out request, for recording a
+// late reply to it (the call itself is reused).
+func lateRecord(c *call) *audit.Event {
+	return &audit.Event{Op: c.ev.Op, Client: c.ev.Client, Listener: c.ev.Listener, Role: c.ev.Role,
+		Device: c.ev.Device, Unit: c.ev.Unit, Function: c.ev.Function, Class: c.ev.Class,
+		Address: c.ev.Address, Quantity: c.ev.Quantity, PDU: append([]byte(nil), c.ev.PDU...),
+		Rule: c.ev.Rule, Policy: c.ev.Policy, Approval: c.ev.Approval}
 }
 
 // drop closes conn if it is still current and fails its pending calls with
@@ -284,7 +327,7 @@ func (uc *upconn) reap() {
 				if now.After(c.deadline) {
 					expired = append(expired, c)
 					delete(uc.pending, tid)
-					uc.quarantine[tid] = struct{}{}
+					uc.quarantine[tid] = lateRecord(c)
 				}
 			}
 			recycle := len(uc.quarantine) > maxQuarantine

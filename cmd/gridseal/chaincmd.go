@@ -285,12 +285,15 @@ func printRow(w io.Writer, r *chain.Record) {
 	if r.Exception != 0 {
 		exc = fmt.Sprintf("0x%02X", r.Exception)
 	}
-	reason := r.Reason
-	if r.Phase == "request" {
+	reason, verdict := r.Reason, r.Verdict
+	switch r.Phase {
+	case "request":
 		reason = "(durable before forwarding) " + reason
+	case "dropped-reply":
+		verdict = "dropped-reply"
 	}
 	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d+%d\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"),
-		r.Client, r.Device, r.Unit, r.Function, r.Address, r.Quantity, vals, r.Verdict, exc, reason)
+		r.Client, r.Device, r.Unit, r.Function, r.Address, r.Quantity, vals, verdict, exc, reason)
 }
 
 func chainExportCmd(g *globals) *cobra.Command {

@@ -20,7 +20,8 @@ function matches(r, f) {
 }
 function rowHTML(r) {
   const t = new Date(r.time).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(r.time).getMilliseconds()).padStart(3, "0");
-  const verdict = r.phase === "approval" ? "approval" : r.phase === "request" ? r.verdict + " · recorded before forwarding" : r.verdict;
+  const verdict = r.phase === "approval" ? "approval" : r.phase === "request" ? r.verdict + " · recorded before forwarding"
+    : r.phase === "dropped-reply" ? "device reply dropped" : r.verdict;
   const vals = (r.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
   return `<td>${t}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td><td>${r.unit}</td>` +
