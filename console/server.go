@@ -2,6 +2,7 @@ package console
 
 import (
 	"context"
+	"crypto/tls"
 	"embed"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -37,14 +39,23 @@ type Config struct {
 	// Ready reports why the proxy is not ready (nil: ready): upstreams
 	// known and chain writable.
 	Ready func() error
-	Log   *zap.Logger
+	// Auth admits viewers; nil admits anyone who can connect (loopback
+	// only: the command checks that).
+	Auth *Auth
+	// MaxConns bounds open HTTP connections (default 256).
+	MaxConns int
+	// TLS serves HTTPS with it; with ClientCAs set, Auth may admit
+	// viewers by their verified client certificate.
+	TLS *tls.Config
+	Log *zap.Logger
 }
 
 // Server is the console's HTTP side. It changes nothing on any device.
 type Server struct {
-	cfg Config
-	hub *hub
-	mux *http.ServeMux
+	cfg     Config
+	hub     *hub
+	mux     *http.ServeMux
+	handler http.Handler // mux, behind Auth if set
 
 	proving chan struct{} // one inclusion proof at a time: each reads the stream
 }
@@ -63,6 +74,10 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /api/approvals", s.approvals)
 	s.mux.HandleFunc("GET /api/proof", s.proof)
 	s.proving = make(chan struct{}, 1)
+	s.handler = s.mux
+	if cfg.Auth != nil {
+		s.handler = cfg.Auth.wrap(s.mux)
+	}
 	return s
 }
 
@@ -75,8 +90,16 @@ func (s *Server) Viewers() int { return s.hub.viewerCount() }
 // Serve answers HTTP on ln until ctx ends, with timeouts and header limits
 // on every connection.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	maxConns := s.cfg.MaxConns
+	if maxConns <= 0 {
+		maxConns = 256
+	}
+	ln = limitListener(ln, maxConns) // below TLS: the server must see *tls.Conn
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
 	hs := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		IdleTimeout:       60 * time.Second,
@@ -97,8 +120,52 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// Handler is the console's HTTP handler (tests).
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler is the console's HTTP handler, behind its Auth (tests).
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// limitListener accepts at most n open connections; the next waits until
+// one closes (the kernel's backlog holds it meanwhile).
+func limitListener(ln net.Listener, n int) net.Listener {
+	return &limited{Listener: ln, sem: make(chan struct{}, n), done: make(chan struct{})}
+}
+
+type limited struct {
+	net.Listener
+	sem       chan struct{}
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (l *limited) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+func (l *limited) Accept() (net.Conn, error) {
+	select {
+	case l.sem <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
 
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")

@@ -2,15 +2,8 @@ package proxy_test
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/asn1"
 	"fmt"
-	"math/big"
 	"net"
 	"testing"
 	"time"
@@ -18,68 +11,20 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
 )
 
-// pki is a test CA issuing server and client certificates; a client
-// certificate may carry a Modbus/TCP Security role.
-type pki struct {
-	t    *testing.T
-	ca   *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pool *x509.CertPool
-	n    int64
-}
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &pki{t: t, ca: ca, key: key, pool: pool, n: 1}
-}
-
-func (p *pki) issue(cn, role string, server bool) tls.Certificate {
-	p.t.Helper()
-	p.n++
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(p.n), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	if role != "" {
-		v, _ := asn1.MarshalWithParams(role, "utf8")
-		tmpl.ExtraExtensions = []pkix.Extension{{Id: proxy.RoleOID, Value: v}}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.key)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 // TestModbusTCPSecurity: clients authenticate with certificates whose role
 // the policy checks, and the proxy speaks TLS to the PLC too.
 func TestModbusTCPSecurity(t *testing.T) {
-	ca := newPKI(t)
+	ca := testpki.New(t)
 	// The PLC side: a device behind TLS that requires the proxy's certificate.
 	up := startUpstream(t, nil)
 	plcLn, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{ca.issue("plc", "", true)}, ClientCAs: ca.pool,
+		Certificates: []tls.Certificate{ca.Issue("plc", "", true)}, ClientCAs: ca.Pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatal(err)
@@ -117,14 +62,14 @@ devices:
 	}
 	events := &eventLog{}
 	dev := proxy.Device{Name: "plc", Upstream: plcLn.Addr().String(), TLS: &tls.Config{
-		RootCAs: ca.pool, Certificates: []tls.Certificate{ca.issue("gridseal", "", false)}, MinVersion: tls.VersionTLS12}}
+		RootCAs: ca.Pool, Certificates: []tls.Certificate{ca.Issue("gridseal", "", false)}, MinVersion: tls.VersionTLS12}}
 	srv, err := proxy.New(proxy.Config{Limits: proxy.Limits{ReadTimeout: time.Second}}, []proxy.Device{dev},
 		policy.NewEngine(pol, zap.NewNop()), events, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{
-		Certificates: []tls.Certificate{ca.issue("gridseal", "", true)}, ClientCAs: ca.pool,
+		Certificates: []tls.Certificate{ca.Issue("gridseal", "", true)}, ClientCAs: ca.Pool,
 		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatal(err)
@@ -134,7 +79,7 @@ devices:
 
 	client := func(cert *tls.Certificate) *conn {
 		t.Helper()
-		cfg := &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+		cfg := &tls.Config{RootCAs: ca.Pool, MinVersion: tls.VersionTLS12}
 		if cert != nil {
 			cfg.Certificates = []tls.Certificate{*cert}
 		}
@@ -147,12 +92,12 @@ devices:
 	}
 	write := modbus.AppendWriteSingleRegister(nil, 3, 42)
 
-	operator := ca.issue("alice", "operator", false)
+	operator := ca.Issue("alice", "operator", false)
 	op := client(&operator)
 	if resp := op.roundTrip(1, 1, write); !bytes.Equal(resp, write) {
 		t.Fatalf("operator's write over TLS, to a TLS PLC: %x", resp)
 	}
-	viewer := ca.issue("dave", "viewer", false)
+	viewer := ca.Issue("dave", "viewer", false)
 	vw := client(&viewer)
 	if resp := vw.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); resp[0] != 3 {
 		t.Fatalf("viewer's read: %x", resp)

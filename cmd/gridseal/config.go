@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/proxy"
 )
@@ -39,8 +42,75 @@ type fileConfig struct {
 		Key   string        `yaml:"key"`   // signed-note signer key (gridseal keys checkpoint)
 		Every time.Duration `yaml:"every"` // default 10s
 	} `yaml:"checkpoint"`
-	Log  logConfig `yaml:"log"`
-	path string
+	// Console is the web console, /metrics, /healthz and /readyz.
+	Console consoleConfig `yaml:"console"`
+	Log     logConfig     `yaml:"log"`
+	path    string
+}
+
+// consoleConfig says where the console listens and whom it admits. Off
+// loopback it must use TLS and admit only client certificates from ca or
+// the tokens listed in the token file.
+type consoleConfig struct {
+	Listen         string     `yaml:"listen"` // default 127.0.0.1:8080; "off": none; --http overrides
+	TLS            *tlsConfig `yaml:"tls"`    // cert, key; ca: viewers' client certificates
+	Tokens         string     `yaml:"tokens"` // token file (gridseal keys console-token)
+	MaxConnections int        `yaml:"max_connections"`
+}
+
+// consoleSetup is a console's resolved listener and admission.
+type consoleSetup struct {
+	addr     string
+	tls      *tls.Config
+	auth     *console.Auth
+	maxConns int
+}
+
+// setup checks the console configuration: off loopback, TLS and a way to
+// admit viewers are required, since the command stream is plant data.
+func (c *consoleConfig) setup(base, addr string) (*consoleSetup, error) {
+	cs := &consoleSetup{addr: addr, maxConns: c.MaxConnections}
+	if addr == "" || addr == "off" {
+		return cs, nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("console: listen %q: %v", addr, err)
+	}
+	ip, _ := netip.ParseAddr(host)
+	loopback := host == "localhost" || (ip.IsValid() && ip.IsLoopback())
+	tokens := c.Tokens
+	if tokens != "" && !filepath.IsAbs(tokens) {
+		tokens = filepath.Join(base, tokens)
+	}
+	clientCerts := false
+	if c.TLS != nil {
+		cert, pool, err := c.TLS.load(base)
+		if err != nil {
+			return nil, fmt.Errorf("console: %w", err)
+		}
+		if cert == nil {
+			return nil, errors.New("console: tls needs cert and key")
+		}
+		cs.tls = &tls.Config{Certificates: []tls.Certificate{*cert}, MinVersion: tls.VersionTLS12}
+		if pool != nil {
+			clientCerts = true
+			cs.tls.ClientCAs = pool
+			cs.tls.ClientAuth = tls.RequireAndVerifyClientCert
+			if tokens != "" { // browsers without a certificate may sign in with a token
+				cs.tls.ClientAuth = tls.VerifyClientCertIfGiven
+			}
+		}
+	}
+	if !loopback && (cs.tls == nil || (!clientCerts && tokens == "")) {
+		return nil, fmt.Errorf("console: %s is not a loopback address: set console.tls (cert, key) and console.tls.ca or console.tokens, so only your analysts see the command stream", addr)
+	}
+	if clientCerts || tokens != "" {
+		if cs.auth, err = console.NewAuth(tokens, clientCerts); err != nil {
+			return nil, err
+		}
+	}
+	return cs, nil
 }
 
 // chainConfig says where and as whom the proxy records.

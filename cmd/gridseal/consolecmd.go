@@ -24,6 +24,7 @@ type observability struct {
 	reg     *prometheus.Registry
 	metrics *console.Metrics
 	addr    string
+	url     string
 }
 
 // chainObserver returns histograms of block size and acknowledgement time
@@ -71,10 +72,11 @@ func (o *observability) recorders(rec *chain.Recorder, log *zap.Logger) audit.Te
 	return audit.Tee{rec, o.metrics, audit.NewLogRecorder(log.Named("ops"))}
 }
 
-// startConsole serves /metrics, /healthz, /readyz and the console on addr
-// ("" or "off": not at all) until ctx ends.
-func (g *globals) startConsole(ctx context.Context, addr string, o *observability, r *recording, st *running,
+// startConsole serves /metrics, /healthz, /readyz and the console as cs
+// says (address "" or "off": not at all) until ctx ends.
+func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observability, r *recording, st *running,
 	engine *policy.Engine, store *policy.Store, trustPath string, log *zap.Logger) error {
+	addr := cs.addr
 	if addr == "" || addr == "off" {
 		return nil
 	}
@@ -91,7 +93,7 @@ func (g *globals) startConsole(ctx context.Context, addr string, o *observabilit
 	}
 	c := console.New(console.Config{
 		Metrics: o.metrics, Gatherer: o.reg, JetStream: js, Trust: trust, Approvals: store,
-		Policy: engine.Policy, Log: log.Named("console"),
+		Policy: engine.Policy, Log: log.Named("console"), Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls,
 		Ready: func() error {
 			if err := r.rec.Failed(); err != nil {
 				return err
@@ -112,12 +114,17 @@ func (g *globals) startConsole(ctx context.Context, addr string, o *observabilit
 		return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", addr, err)
 	}
 	o.addr = ln.Addr().String()
+	scheme := "http"
+	if cs.tls != nil {
+		scheme = "https"
+	}
+	o.url = scheme + "://" + o.addr + "/"
 	go c.Run(ctx)
 	go func() {
 		if err := c.Serve(ctx, ln); err != nil {
 			log.Error("console stopped", zap.Error(err))
 		}
 	}()
-	log.Info("console and metrics", zap.String("url", "http://"+o.addr+"/"))
+	log.Info("console and metrics", zap.String("url", o.url), zap.Bool("sign_in_required", cs.auth != nil))
 	return nil
 }

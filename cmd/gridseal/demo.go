@@ -106,14 +106,19 @@ func demoCmd(g *globals) *cobra.Command {
 				return err
 			}
 			g.consoleFallback = !cmd.Flags().Changed("http")
-			if err := g.startConsole(ctx, httpAddr, obs, rec, st, engine, store, g.defaultTrust(), log); err != nil {
+			cs, err := (&consoleConfig{}).setup(g.dataDir, httpAddr)
+			if err != nil {
+				_ = st.srv.Close()
+				return err
+			}
+			if err := g.startConsole(ctx, cs, obs, rec, st, engine, store, g.defaultTrust(), log); err != nil {
 				_ = st.srv.Close()
 				return err
 			}
 			addr := st.addrs[0]
 			printBanner(g, sim.Addr, addr, pol)
-			if obs.addr != "" {
-				fmt.Fprintf(g.stdout, "\nSOC console: http://%s/   (metrics: http://%s/metrics)\n", obs.addr, obs.addr)
+			if obs.url != "" {
+				fmt.Fprintf(g.stdout, "\nSOC console: %s   (metrics: %smetrics)\n", obs.url, obs.url)
 			}
 			if tour {
 				t := &tourGuide{w: g.stdout, addr: addr, store: store, pol: pol, keys: filepath.Join(g.dataDir, "keys")}

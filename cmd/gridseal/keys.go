@@ -3,10 +3,14 @@ package main
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/internal/atomicfile"
 	"github.com/gridseal/gridseal/internal/keys"
 )
 
@@ -40,6 +44,61 @@ func keysCmd(g *globals) *cobra.Command {
 	}
 	newCmd.Flags().StringVar(&dir, "dir", ".", "directory to write the keyset files to")
 	newCmd.Flags().StringVar(&alg, "algorithm", keys.Ed25519, "ed25519 or ecdsa-p256")
-	cmd.AddCommand(newCmd, keysCheckpointCmd(g))
+	cmd.AddCommand(newCmd, keysCheckpointCmd(g), keysConsoleTokenCmd(g))
+	return cmd
+}
+
+// keysConsoleTokenCmd adds a viewer's token to a console token file. The
+// file keeps only the token's SHA-256; the token is printed once.
+func keysConsoleTokenCmd(g *globals) *cobra.Command {
+	var file string
+	cmd := &cobra.Command{
+		Use:   "console-token NAME --file FILE",
+		Short: "Create a console sign-in token for NAME (an analyst, or Prometheus) and list its hash in FILE (0600)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			name := args[0]
+			if err := chain.CheckWriterID(name); err != nil {
+				return fmt.Errorf("%w: token name: %v", errUsage, err)
+			}
+			if file == "" {
+				return fmt.Errorf("%w: --file is required (the console's tokens: file)", errUsage)
+			}
+			old, err := os.ReadFile(file)
+			switch {
+			case errors.Is(err, os.ErrNotExist):
+			case err != nil:
+				return err
+			default:
+				fi, err := os.Stat(file)
+				if err != nil {
+					return err
+				}
+				if fi.Mode().Perm()&0o077 != 0 {
+					return fmt.Errorf("%s is readable by others; chmod 600 it first", file)
+				}
+				for _, line := range strings.Split(string(old), "\n") {
+					if f := strings.Fields(line); len(f) > 0 && f[0] == name {
+						return fmt.Errorf("%s already has a token in %s: remove its line to replace it", name, file)
+					}
+				}
+			}
+			tok, err := console.NewToken()
+			if err != nil {
+				return err
+			}
+			data := old
+			if len(data) > 0 && data[len(data)-1] != '\n' {
+				data = append(data, '\n')
+			}
+			data = append(data, console.TokenLine(name, tok)+"\n"...)
+			if err := atomicfile.Write(file, data, 0o600); err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stdout, "console token for %s (shown once; %s keeps only its hash):\n%s\n", name, file, tok)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&file, "file", "", "the console's token file (created 0600)")
 	return cmd
 }

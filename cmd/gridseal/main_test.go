@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +22,7 @@ import (
 	mbclient "github.com/simonvetter/modbus"
 
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
@@ -66,6 +69,12 @@ func TestCommandErrors(t *testing.T) {
 	_, rootYAML, _ := runCLI(t, t.Context(), "policy", "root", "--threshold", "1", filepath.Join(dir, "admin-1.public.json"))
 	write("root.yaml", rootYAML)
 	unsigned := write("cfg6.yaml", "policy: good.yaml\npolicy_root: root.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n")
+	openConsole := write("cfg8.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\nconsole: {listen: \"0.0.0.0:0\"}\n")
+	write("shared-tokens", "soc-1 "+strings.Repeat("ab", 32)+"\n")
+	if err := os.Chmod(filepath.Join(dir, "shared-tokens"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sharedTokens := write("cfg9.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\nconsole: {listen: \"127.0.0.1:0\", tokens: shared-tokens}\n")
 
 	cases := []struct {
 		name string
@@ -89,6 +98,9 @@ func TestCommandErrors(t *testing.T) {
 		{"propose malformed pdu", []string{"propose", "--device", "a", "--key", "k", "--pdu", "0600"}, 2, "--pdu 0600"},
 		{"propose bad coil", []string{"propose", "--device", "a", "--key", "k", "--write-coil", "1=maybe"}, 2, "want on or off"},
 		{"approve bad id", []string{"approve", "xyz", "--key", "k"}, 2, `approval id "xyz": want hex digits`},
+		{"console open to the network", []string{"proxy", "--config", openConsole}, 1, "console: 0.0.0.0:0 is not a loopback address: set console.tls"},
+		{"console token file readable", []string{"proxy", "--config", sharedTokens}, 1, "shared-tokens is readable by others"},
+		{"console token without file", []string{"keys", "console-token", "soc-1"}, 2, "--file is required"},
 		{"no chain key", []string{"proxy", "--config", noKey}, 1, "chain.key: the writer's private keyset (create one with: gridseal keys new gw-1"},
 		{"missing key file", []string{"proxy", "--config", missingKey}, 1, "private keyset: stat"},
 		{"verify without trust", []string{"chain", "verify", "--data-dir", dir}, 1, "trust file: open"},
@@ -302,11 +314,41 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 			t.Fatal(stderr)
 		}
 	}
+	// The console over HTTPS for analysts elsewhere: a client certificate
+	// from the viewers' CA or a token from the token file admits them.
+	ca := testpki.New(t)
+	tlsDir := filepath.Join(dir, "tls")
+	if err := os.MkdirAll(tlsDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca.WriteCA(filepath.Join(tlsDir, "viewers-ca.pem"))
+	ca.WritePair(ca.Issue("gridseal-console", "", true), filepath.Join(tlsDir, "console.pem"), filepath.Join(tlsDir, "console-key.pem"))
+	code, tokOut, stderr := runCLI(t, t.Context(), "keys", "console-token", "soc-1", "--file", filepath.Join(dir, "console-tokens"))
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	token := strings.TrimSpace(tokOut[strings.LastIndex(strings.TrimSpace(tokOut), "\n")+1:])
+	if fi, err := os.Stat(filepath.Join(dir, "console-tokens")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", fi, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "console-tokens")); strings.Contains(string(b), token) {
+		t.Fatal("the token file holds the token itself")
+	}
+	web := freeAddr(t)
+	cfgPath := filepath.Join(dir, "gridseal.yaml")
+	withConsole := bytes.Replace(cfg, []byte("console:\n  listen: 127.0.0.1:8080\n"), fmt.Appendf(nil,
+		"console:\n  listen: %s\n  tls: {cert: tls/console.pem, key: tls/console-key.pem, ca: tls/viewers-ca.pem}\n  tokens: console-tokens\n", web), 1)
+	if bytes.Equal(withConsole, cfg) {
+		t.Fatal("the example configuration has no console section to fill in")
+	}
+	if err := os.WriteFile(cfgPath, withConsole, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan int, 1)
 	go func() {
 		var code int
-		code, _, stderr = runCLI(t, ctx, "proxy", "--config", filepath.Join(dir, "gridseal.yaml"), "--data-dir", data, "--log-format", "json", "--http", "127.0.0.1:0")
+		code, _, stderr = runCLI(t, ctx, "proxy", "--config", cfgPath, "--data-dir", data, "--log-format", "json")
 		done <- code
 	}()
 	waitForCond(t, "the proxy to listen", func() bool {
@@ -325,6 +367,29 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
 		t.Fatal("forbidden write went through")
+	}
+	consoleGet := func(bearer string, certs ...tls.Certificate) int {
+		t.Helper()
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, Certificates: certs}}}
+		req, _ := http.NewRequest("GET", "https://"+web+"/api/status", nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("console: %v", err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := consoleGet(""); code != http.StatusUnauthorized {
+		t.Fatalf("console without credentials: %d", code)
+	}
+	if code := consoleGet(token); code != http.StatusOK {
+		t.Fatalf("console with the analyst's token: %d", code)
+	}
+	if code := consoleGet("", ca.Issue("analyst-2", "", false)); code != http.StatusOK {
+		t.Fatalf("console with a viewer certificate: %d", code)
 	}
 
 	// SIGHUP reloads the policy: an edit without new signatures is refused

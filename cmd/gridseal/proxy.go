@@ -60,6 +60,14 @@ func proxyCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			consoleAddr := cfg.Console.Listen
+			if cmd.Flags().Changed("http") || consoleAddr == "" {
+				consoleAddr = httpAddr
+			}
+			cs, err := cfg.Console.setup(filepath.Dir(configPath), consoleAddr)
+			if err != nil {
+				return err
+			}
 			signer, err := keys.LoadSigner(cfg.Chain.Key)
 			if err != nil {
 				return err
@@ -107,7 +115,7 @@ func proxyCmd(g *globals) *cobra.Command {
 			if trust == "" {
 				trust = g.defaultTrust()
 			}
-			if err := g.startConsole(ctx, httpAddr, obs, rec, st, engine, store, trust, log); err != nil {
+			if err := g.startConsole(ctx, cs, obs, rec, st, engine, store, trust, log); err != nil {
 				_ = st.srv.Close()
 				return err
 			}
@@ -115,7 +123,7 @@ func proxyCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration file (YAML)")
-	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console, /metrics, /healthz and /readyz address (off: none)")
+	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console, /metrics, /healthz and /readyz address (off: none); overrides console.listen")
 	return cmd
 }
 

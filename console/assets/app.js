@@ -123,7 +123,11 @@ function connect() {
   es.onerror = () => { mine.close(); if (es === mine) setTimeout(connect, 2000); };
 }
 
-async function getJSON(u) { const r = await fetch(u, { cache: "no-store" }); return r.json(); }
+async function getJSON(u) {
+  const r = await fetch(u, { cache: "no-store" });
+  if (r.status === 401) { location.href = "login"; throw new Error("signed out"); } // session expired or proxy restarted
+  return r.json();
+}
 async function refresh() {
   try {
     const st = await getJSON("api/status");

@@ -1,0 +1,217 @@
+package console_test
+
+import (
+	"crypto/tls"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/internal/testpki"
+)
+
+func tokenFile(t *testing.T, lines ...string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "console-tokens")
+	if err := os.WriteFile(path, []byte("# console viewers\n"+strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func status(t *testing.T, c *http.Client, req *http.Request) int {
+	t.Helper()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// TestConsoleTokens: with a token file, nothing but /healthz, the sign-in
+// page and its style is served without a listed token; Prometheus-style
+// bearer tokens work; a browser signs in once and its session cookie opens
+// the live stream; forged and unknown credentials do not.
+func TestConsoleTokens(t *testing.T) {
+	soc, err := console.NewToken()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prom, _ := console.NewToken()
+	auth, err := console.NewAuth(tokenFile(t, console.TokenLine("soc-1", soc), console.TokenLine("prometheus", prom)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c := console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, Log: zap.NewNop()})
+	web := httptest.NewServer(c.Handler())
+	defer web.Close()
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	get := func(path, bearer string) int {
+		req, _ := http.NewRequest("GET", web.URL+path, nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		return status(t, noRedirect, req)
+	}
+	for _, p := range []string{"/metrics", "/api/status", "/api/events", "/api/approvals", "/api/proof?seq=1&index=0", "/app.js", "/readyz"} {
+		if code := get(p, ""); code != http.StatusUnauthorized {
+			t.Errorf("%s without a token: %d, want 401", p, code)
+		}
+		if code := get(p, "gst_not-a-listed-token"); code != http.StatusUnauthorized {
+			t.Errorf("%s with an unknown token: %d, want 401", p, code)
+		}
+	}
+	if code := get("/", ""); code != http.StatusSeeOther {
+		t.Errorf("/ without a token: %d, want a redirect to /login", code)
+	}
+	for _, p := range []string{"/healthz", "/login", "/style.css"} {
+		if code := get(p, ""); code != http.StatusOK {
+			t.Errorf("%s: %d, want open", p, code)
+		}
+	}
+	if code := get("/metrics", prom); code != http.StatusOK {
+		t.Errorf("/metrics with the Prometheus token: %d", code)
+	}
+
+	// A browser: sign in with a wrong token, then the right one.
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar}
+	resp, err := browser.PostForm(web.URL+"/login", url.Values{"token": {prom + "x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || len(jar.Cookies(mustURL(web.URL))) != 0 {
+		t.Fatalf("wrong token at /login: %d, cookies %v", resp.StatusCode, jar.Cookies(mustURL(web.URL)))
+	}
+	resp, err = browser.PostForm(web.URL+"/login", url.Values{"token": {soc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/" {
+		t.Fatalf("sign-in: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+	cookies := jar.Cookies(mustURL(web.URL))
+	if len(cookies) != 1 || strings.Contains(cookies[0].Value, soc) {
+		t.Fatalf("session cookie %v: want one, not holding the token", cookies)
+	}
+	req, _ := http.NewRequest("GET", web.URL+"/api/status", nil)
+	if code := status(t, browser, req); code != http.StatusOK {
+		t.Fatalf("/api/status with the session: %d", code)
+	}
+	// A session cookie altered by one character is refused.
+	v := []byte(cookies[0].Value)
+	v[0] ^= 1
+	req, _ = http.NewRequest("GET", web.URL+"/api/status", nil)
+	req.AddCookie(&http.Cookie{Name: cookies[0].Name, Value: string(v)})
+	if code := status(t, noRedirect, req); code != http.StatusUnauthorized {
+		t.Fatalf("forged session: %d", code)
+	}
+}
+
+// TestConsoleSessionsExpire: a session cookie stops working after its TTL.
+func TestConsoleSessionsExpire(t *testing.T) {
+	tok, _ := console.NewToken()
+	auth, err := console.NewAuth(tokenFile(t, console.TokenLine("soc-1", tok)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth.SessionTTL = time.Second
+	reg := prometheus.NewRegistry()
+	web := httptest.NewServer(console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, Log: zap.NewNop()}).Handler())
+	defer web.Close()
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := browser.PostForm(web.URL+"/login", url.Values{"token": {tok}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	cookies := resp.Cookies()
+	if len(cookies) != 1 {
+		t.Fatalf("no session cookie")
+	}
+	send := func() int {
+		req, _ := http.NewRequest("GET", web.URL+"/metrics", nil)
+		req.AddCookie(cookies[0]) // sent even after the browser would have dropped it
+		return status(t, browser, req)
+	}
+	if code := send(); code != http.StatusOK {
+		t.Fatalf("fresh session: %d", code)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	if code := send(); code != http.StatusUnauthorized {
+		t.Fatalf("expired session: %d", code)
+	}
+}
+
+// TestConsoleClientCertificates: over mutual TLS, a certificate from the
+// viewers' CA is enough; without one the TLS handshake itself fails.
+func TestConsoleClientCertificates(t *testing.T) {
+	ca := testpki.New(t)
+	auth, err := console.NewAuth("", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	web := httptest.NewUnstartedServer(console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, Log: zap.NewNop()}).Handler())
+	web.TLS = &tls.Config{Certificates: []tls.Certificate{ca.Issue("console", "", true)}, ClientCAs: ca.Pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS12}
+	web.StartTLS()
+	defer web.Close()
+	client := func(certs ...tls.Certificate) *http.Client {
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool, Certificates: certs}}}
+	}
+	req, _ := http.NewRequest("GET", web.URL+"/api/status", nil)
+	if code := status(t, client(ca.Issue("analyst-1", "", false)), req); code != http.StatusOK {
+		t.Fatalf("with a client certificate: %d", code)
+	}
+	if _, err := client().Get(web.URL + "/api/status"); err == nil {
+		t.Fatal("no client certificate, and the request went through")
+	}
+	other := testpki.New(t)
+	if _, err := client(other.Issue("mallory", "", false)).Get(web.URL + "/api/status"); err == nil {
+		t.Fatal("a certificate from another CA went through")
+	}
+}
+
+func TestConsoleTokenFileChecks(t *testing.T) {
+	tok, _ := console.NewToken()
+	open := tokenFile(t, console.TokenLine("soc-1", tok))
+	if err := os.Chmod(open, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for name, path := range map[string]string{
+		"readable by others": open,
+		"bad line":           tokenFile(t, "soc-1 "+tok),
+		"empty":              tokenFile(t),
+		"missing":            filepath.Join(t.TempDir(), "nope"),
+	} {
+		if _, err := console.NewAuth(path, false); err == nil {
+			t.Errorf("%s token file accepted", name)
+		}
+	}
+	if _, err := console.NewAuth("", false); err == nil {
+		t.Error("an Auth that admits nobody was accepted")
+	}
+}
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
