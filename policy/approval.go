@@ -66,8 +66,8 @@ func NewProposal(p *Policy, device string, unit byte, pdu []byte, ttl time.Durat
 	if err != nil {
 		return nil, fmt.Errorf("request PDU %x: %w", pdu, err)
 	}
-	if req.Class() != modbus.ClassWrite {
-		return nil, fmt.Errorf("request PDU %x is a %s: only state-changing requests need approval", pdu, req.Class())
+	if !req.StateChanging() {
+		return nil, fmt.Errorf("request PDU %x is a %s that changes nothing: only state-changing requests need approval", pdu, req.Class())
 	}
 	if ttl <= 0 || ttl > 24*time.Hour {
 		return nil, fmt.Errorf("ttl %v: want up to 24h", ttl)
@@ -220,6 +220,9 @@ func (p *Proposal) Describe() string {
 	}
 	s := fmt.Sprintf("%s unit %d: %s (function %d)", p.Device, p.Unit, req.Function, req.Function)
 	space, addr, qty, ok := req.WriteRange()
+	if req.Function == modbus.Diagnostics {
+		return s + fmt.Sprintf(" sub-function %d%s, data %x", req.Sub, diagnosticName(req.Sub), req.Data)
+	}
 	if !ok {
 		return s + fmt.Sprintf(", PDU %x", p.PDU)
 	}
@@ -243,4 +246,21 @@ func (p *Proposal) Describe() string {
 		}
 	}
 	return s
+}
+
+// diagnosticName names function 8's state-changing sub-functions.
+func diagnosticName(sub uint16) string {
+	switch sub {
+	case 1:
+		return " (restart communications)"
+	case 3:
+		return " (change ASCII input delimiter)"
+	case 4:
+		return " (force listen-only mode)"
+	case 10:
+		return " (clear counters and diagnostic register)"
+	case 20:
+		return " (clear overrun counter)"
+	}
+	return ""
 }

@@ -123,6 +123,14 @@ func approvalPolicy(t testing.TB, people []*person, revoked []uint32, extra stri
         values: "on"
         requires: {group: operators, m: 2}
         break_glass: {m: 1}
+  - name: rtu-1
+    upstream: 127.0.0.1:1
+    rules:
+      - name: listen-only
+        allow: diagnostic
+        functions: [8]
+        subfunctions: [4]
+        requires: {group: operators, m: 2}
 `)
 	b.WriteString(extra)
 	return []byte(b.String())
@@ -570,5 +578,59 @@ func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	}
 	if _, err := r.store.AddSignature(t.Context(), id, []byte{1, 2, 3, 4, 5, 6}); !errors.Is(err, policy.ErrConsumed) {
 		t.Fatalf("signing a used approval: %v", err)
+	}
+}
+
+// TestApprovedDiagnostics: forcing a device into listen-only mode (function
+// 8, sub-function 4) silences it on the bus; a policy can demand a quorum
+// for it as for a write, and the same rules hold: m distinct operators,
+// single use, exactly that command.
+func TestApprovedDiagnostics(t *testing.T) {
+	r := newRig(t, false)
+	listenOnly := []byte{8, 0, 4, 0, 0}
+	restart := []byte{8, 0, 1, 0, 0}
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, policy.ID{}); v.Allowed() || v.Denial != policy.DenyApproval {
+		t.Fatalf("listen-only without an approval: %v %s", v.Decision, v.Reason)
+	}
+	id := r.propose(r.bob, "rtu-1", 1, listenOnly, r.now, 15*time.Minute)
+	st, err := r.store.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := st.Proposal.Describe(); !strings.Contains(d, "sub-function 4 (force listen-only mode)") {
+		t.Fatalf("the approver sees %q", d)
+	}
+	r.sign(id, r.alice.signer)
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() || !strings.Contains(v.Reason, "1 of 2") {
+		t.Fatalf("one signature: %v %s", v.Decision, v.Reason)
+	}
+	r.sign(id, r.carol.signer)
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, restart, policy.ID{}); v.Allowed() {
+		t.Fatalf("another sub-function rode on the approval: %s", v.Reason)
+	}
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); !v.Allowed() || v.Approval != id.String() {
+		t.Fatalf("two signatures: %v %s", v.Decision, v.Reason)
+	}
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() {
+		t.Fatal("replayed")
+	}
+	// Diagnostics that change nothing need no approval and take none.
+	if _, err := policy.NewProposal(r.pol, "rtu-1", 1, []byte{8, 0, 0, 0x12, 0x34}, time.Minute, "bob", r.now); err == nil {
+		t.Fatal("an echo (sub-function 0) was accepted as a proposal")
+	}
+}
+
+func TestRequiresOnlyOnStateChangingRules(t *testing.T) {
+	alice := newPerson(t, "alice")
+	for name, rule := range map[string]string{
+		"read rule":              "{name: r, allow: read, functions: [3], requires: {group: operators, m: 2}}",
+		"echo diagnostics":       "{name: r, allow: diagnostic, functions: [8], subfunctions: [0, 4], requires: {group: operators, m: 2}}",
+		"diagnostics beyond fc8": "{name: r, allow: diagnostic, functions: [8, 17], subfunctions: [4], requires: {group: operators, m: 2}}",
+	} {
+		extra := "  - name: d\n    upstream: 127.0.0.1:1\n    rules:\n      - " + rule + "\n"
+		y := approvalPolicy(t, []*person{alice}, nil, extra)
+		if _, err := policy.Parse("p.yaml", y); err == nil || !strings.Contains(err.Error(), "requires applies to") {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

@@ -380,8 +380,8 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		}
 	}
 	if qn := f["requires"]; qn != nil {
-		if r.Class != modbus.ClassWrite {
-			return nil, lineErr(qn, "%s: requires applies to write rules only", where)
+		if r.Class != modbus.ClassWrite && !r.stateChangingDiagnostics() {
+			return nil, lineErr(qn, "%s: requires applies to write rules, and to diagnostic rules naming only function 8 and its state-changing sub-functions (1, 3, 4, 10, 20)", where)
 		}
 		q, err := parseQuorum(qn, where+" requires")
 		if err != nil {
@@ -409,6 +409,28 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		r.MaxTTL = d
 	}
 	return r, nil
+}
+
+// stateChangingDiagnostics reports whether r allows only function 8 and
+// only sub-functions that change the device's state, so an approval can
+// stand for exactly such a command.
+func (r *Rule) stateChangingDiagnostics() bool {
+	if r.Class != modbus.ClassDiagnostic {
+		return false
+	}
+	for fc, on := range r.functions {
+		if on && modbus.Function(fc) != modbus.Diagnostics {
+			return false
+		}
+	}
+	for _, rg := range r.subs {
+		for v := rg.lo; v <= rg.hi; v++ {
+			if v < 0 || v > 0xffff || !modbus.DiagnosticChangesState(uint16(v)) {
+				return false
+			}
+		}
+	}
+	return len(r.subs) > 0
 }
 
 func (r *Rule) onlyFileRecords() bool {

@@ -42,11 +42,17 @@ func (r *Request) StateChanging() bool {
 	if r.Class() == ClassWrite {
 		return true
 	}
-	if r.Function == Diagnostics {
-		switch r.Sub {
-		case 1, 3, 4, 10, 20:
-			return true
-		}
+	return r.Function == Diagnostics && DiagnosticChangesState(r.Sub)
+}
+
+// DiagnosticChangesState reports whether function 8's sub-function sub
+// changes the device's state: restart communications (1), change the ASCII
+// delimiter (3), force listen-only mode (4), clear counters (10) and clear
+// the overrun counter (20).
+func DiagnosticChangesState(sub uint16) bool {
+	switch sub {
+	case 1, 3, 4, 10, 20:
+		return true
 	}
 	return false
 }
