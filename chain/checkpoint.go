@@ -303,29 +303,28 @@ type Inclusion struct {
 // ErrNotCheckpointed says no signed checkpoint covers the event (yet).
 var ErrNotCheckpointed = errors.New("not in the newest signed checkpoint")
 
-// ProveEvent proves that event index of the block at stream sequence seq
-// is in the newest checkpoint signed by a known key. It reads the stream
-// from the start up to the checkpoint's size, checks that the stream's
-// tree has the signed root, and checks the proof it returns.
-func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifiers, seq uint64, index int) (*Inclusion, error) {
+// treeAtCheckpoint reads the stream from the start into a tree up to the
+// newest checkpoint signed by a known key, and checks the tree has the
+// signed root. visit, if not nil, sees each leaf: its block's stream
+// sequence, its index in the block and in the tree.
+func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers,
+	visit func(seq uint64, i int, leaf int64, event []byte)) (*Checkpoint, *Tree, error) {
 	cp, err := LatestCheckpoint(ctx, js, known)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if cp == nil {
-		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, ErrNotCheckpointed)
+		return nil, nil, nil
 	}
-	var tree Tree
-	leaf := int64(-1)
-	var leafHash Hash
+	tree := &Tree{}
 	done := errors.New("done")
 	err = Scan(ctx, js, 1, false, func(m *Msg) error {
 		for i, e := range leavesOf(m.Data) {
 			if tree.Size() >= cp.Size {
 				return done
 			}
-			if m.Seq == seq && i == index {
-				leaf, leafHash = tree.Size(), LeafHash(e)
+			if visit != nil {
+				visit(m.Seq, i, tree.Size(), e)
 			}
 			if err := tree.AppendLeaf(e); err != nil {
 				return err
@@ -334,13 +333,34 @@ func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifier
 		return nil
 	})
 	if err != nil && !errors.Is(err, done) {
-		return nil, err
+		return nil, nil, err
 	}
 	if tree.Size() < cp.Size {
-		return nil, fmt.Errorf("the stream holds %d events, fewer than the signed checkpoint's %d", tree.Size(), cp.Size)
+		return nil, nil, fmt.Errorf("the stream holds %d events, fewer than the signed checkpoint's %d", tree.Size(), cp.Size)
 	}
 	if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
-		return nil, fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
+		return nil, nil, fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
+	}
+	return cp, tree, nil
+}
+
+// ProveEvent proves that event index of the block at stream sequence seq
+// is in the newest checkpoint signed by a known key. It reads the stream
+// from the start up to the checkpoint's size, checks that the stream's
+// tree has the signed root, and checks the proof it returns.
+func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifiers, seq uint64, index int) (*Inclusion, error) {
+	leaf := int64(-1)
+	var leafHash Hash
+	cp, tree, err := treeAtCheckpoint(ctx, js, known, func(s uint64, i int, l int64, e []byte) {
+		if s == seq && i == index {
+			leaf, leafHash = l, LeafHash(e)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cp == nil {
+		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, ErrNotCheckpointed)
 	}
 	if leaf < 0 {
 		return nil, fmt.Errorf("event %d of the block at sequence %d is %w (%d events)", index, seq, ErrNotCheckpointed, cp.Size)
@@ -357,4 +377,54 @@ func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifier
 		inc.Proof[i] = Hash(h)
 	}
 	return inc, nil
+}
+
+// Consistency proves the newest signed checkpoint's tree extends the tree
+// of OldSize events with root OldRoot (RFC 6962 consistency proof).
+type Consistency struct {
+	OldSize int64
+	OldRoot Hash
+	New     *Checkpoint
+	Proof   []Hash
+}
+
+// ProveConsistency proves the newest checkpoint signed by a known key
+// extends the stream's first oldSize events, and checks the proof. A
+// holder of an older checkpoint compares its root with OldRoot.
+func ProveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, oldSize int64) (*Consistency, error) {
+	cp, tree, err := treeAtCheckpoint(ctx, js, known, nil)
+	if err != nil {
+		return nil, err
+	}
+	if cp == nil {
+		return nil, errors.New("no signed checkpoint yet")
+	}
+	if oldSize < 1 || oldSize > cp.Size {
+		return nil, fmt.Errorf("old size %d: want 1..%d (the newest checkpoint's size)", oldSize, cp.Size)
+	}
+	oldRoot, err := tree.Root(oldSize)
+	if err != nil {
+		return nil, err
+	}
+	proof, err := tlog.ProveTree(cp.Size, oldSize, tree)
+	if err != nil {
+		return nil, err
+	}
+	if err := tlog.CheckTree(proof, cp.Size, tlog.Hash(cp.Root), oldSize, tlog.Hash(oldRoot)); err != nil {
+		return nil, fmt.Errorf("consistency proof does not check: %w", err)
+	}
+	c := &Consistency{OldSize: oldSize, OldRoot: oldRoot, New: cp, Proof: make([]Hash, len(proof))}
+	for i, h := range proof {
+		c.Proof[i] = Hash(h)
+	}
+	return c, nil
+}
+
+// CheckConsistency checks a consistency proof between two tree heads.
+func CheckConsistency(proof []Hash, newSize int64, newRoot Hash, oldSize int64, oldRoot Hash) error {
+	p := make(tlog.TreeProof, len(proof))
+	for i, h := range proof {
+		p[i] = tlog.Hash(h)
+	}
+	return tlog.CheckTree(p, newSize, tlog.Hash(newRoot), oldSize, tlog.Hash(oldRoot))
 }

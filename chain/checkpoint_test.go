@@ -105,6 +105,41 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	if err := short.Finish(); !errors.As(err, &p) {
 		t.Fatalf("truncation behind a checkpoint not caught: %v", err)
 	}
+	// The newest checkpoint extends the tree of the first 17 events: the
+	// proof checks against a root computed here from the stream's blocks,
+	// and not against a wrong one or with a hash altered.
+	var acc chain.RootAcc
+	for _, m := range msgs {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			continue
+		}
+		for _, e := range b.Events {
+			if acc.Size() < 17 {
+				acc.Append(chain.LeafHash(e))
+			}
+		}
+	}
+	c, err := chain.ProveConsistency(t.Context(), js, known, 17)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.OldRoot != acc.Root() || c.New.Size != 40 || c.New.Root != latest.Root {
+		t.Fatalf("consistency: old root %s (computed %s), new size %d", c.OldRoot, acc.Root(), c.New.Size)
+	}
+	if err := chain.CheckConsistency(c.Proof, c.New.Size, c.New.Root, 17, acc.Root()); err != nil {
+		t.Fatalf("the proof does not check: %v", err)
+	}
+	if chain.CheckConsistency(c.Proof, c.New.Size, c.New.Root, 17, chain.Hash{1}) == nil {
+		t.Fatal("the proof checks against a wrong old root")
+	}
+	c.Proof[0][0] ^= 1
+	if chain.CheckConsistency(c.Proof, c.New.Size, c.New.Root, 17, acc.Root()) == nil {
+		t.Fatal("an altered proof checks")
+	}
+	if _, err := chain.ProveConsistency(t.Context(), js, known, 41); err == nil {
+		t.Fatal("a consistency proof from beyond the newest checkpoint")
+	}
 	// A forged checkpoint (another key) is not accepted.
 	otherS, _, _ := note.GenerateKey(rand.Reader, "checkpointer-1")
 	os2, _ := note.NewSigner(otherS)

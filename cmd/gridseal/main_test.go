@@ -594,6 +594,40 @@ func TestProposeAndApproveCommands(t *testing.T) {
 		t.Fatalf("proving an event that is not there: exit %d %s", code, stderr)
 	}
 
+	// A witness keeps today's signed checkpoint; after more traffic, the
+	// newest checkpoint is proved to extend it.
+	code, out, stderr = cli("", "chain", "prove", "--from-size", "1")
+	_, kept, ok := strings.Cut(out, "checkpoint:\n")
+	if code != 0 || !ok {
+		t.Fatalf("prove --from-size 1: exit %d %s%s", code, out, stderr)
+	}
+	keptPath := filepath.Join(t.TempDir(), "witness.checkpoint")
+	if err := os.WriteFile(keptPath, []byte(kept), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keptSize := strings.Split(kept, "\n")[1]
+	reader := modbusClient(t, listen, simulators.UnitInverter)
+	for i := 0; i < 5; i++ {
+		if _, err := reader.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitForCond(t, "a newer checkpoint that extends the kept one", func() bool {
+		code, out, _ := cli("", "chain", "prove", "--from-checkpoint", keptPath)
+		return code == 0 && strings.Contains(out, "extends the tree of "+keptSize+" events") &&
+			!strings.Contains(out, "the signed tree of "+keptSize+" events")
+	})
+	forged := strings.Replace(kept, "\n"+keptSize+"\n", "\n1\n", 1)
+	if err := os.WriteFile(keptPath, []byte(forged), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := cli("", "chain", "prove", "--from-checkpoint", keptPath); code != 1 || !strings.Contains(stderr, "checkpoint signature") {
+		t.Fatalf("an altered kept checkpoint: exit %d %s", code, stderr)
+	}
+	if code, _, stderr := cli("", "chain", "prove", "--from-size", "3", "--seq", "1"); code != 2 || !strings.Contains(stderr, "one of them") {
+		t.Fatalf("two kinds of proof at once: exit %d %s", code, stderr)
+	}
+
 	// Someone with access to NATS injects a block on the demo's subject:
 	// chain verify fails and names it.
 	if code, out, stderr := cli("", "chain", "verify"); code != 0 {
