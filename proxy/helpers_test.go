@@ -48,10 +48,13 @@ func (l *eventLog) all() []audit.Event {
 }
 
 // completed returns the events of finished operations.
-func (l *eventLog) completed() []audit.Event {
+func (l *eventLog) completed() []audit.Event { return l.inPhase(audit.PhaseComplete) }
+
+// inPhase returns the events of phase p.
+func (l *eventLog) inPhase(p audit.Phase) []audit.Event {
 	var out []audit.Event
 	for _, e := range l.all() {
-		if e.Phase == audit.PhaseComplete {
+		if e.Phase == p {
 			out = append(out, e)
 		}
 	}

@@ -264,12 +264,7 @@ func TestUnmatchedUpstreamReplyIsDropped(t *testing.T) {
 	}
 	// Each stray reply is in the record, as the device sent it, with its
 	// own operation id: a SOC sees a second master or a spoofed device.
-	var dropped []audit.Event
-	for _, e := range fx.events.all() {
-		if e.Phase == audit.PhaseDroppedReply {
-			dropped = append(dropped, e)
-		}
-	}
+	dropped := fx.events.inPhase(audit.PhaseDroppedReply)
 	if len(dropped) != 10 {
 		t.Fatalf("%d dropped replies recorded, want 10", len(dropped))
 	}
@@ -556,12 +551,7 @@ func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
 	if timedOut == nil {
 		t.Fatal("the timed-out read is not recorded")
 	}
-	var late []audit.Event
-	for _, e := range fx.events.all() {
-		if e.Phase == audit.PhaseDroppedReply {
-			late = append(late, e)
-		}
-	}
+	late := fx.events.inPhase(audit.PhaseDroppedReply)
 	if len(late) != 1 {
 		t.Fatalf("%d dropped replies recorded, want the one late reply", len(late))
 	}

@@ -276,11 +276,7 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 		return rep, err
 	}
 	defer nc.Close()
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		return rep, err
-	}
-	signer, err := keys.SignerFromHandle(h)
+	signer, _, err := keys.Generate()
 	if err != nil {
 		return rep, err
 	}

@@ -21,14 +21,7 @@ import (
 
 // benchApprovedPolicy adds to the bench policy a setpoint range that only
 // 2 of 3 operators can approve, command by command.
-const benchApprovedPolicy = `id: bench-approved
-devices:
-  - name: dev
-    upstream: %s
-    rules:
-      - {name: reads, allow: read, functions: [1, 2, 3, 4], addresses: 0-1999}
-      - {name: writes, allow: write, functions: [6, 16], addresses: 0-99, values: 0-100}
-      - name: setpoint
+const benchApprovedPolicy = benchPolicy + `      - name: setpoint
         allow: write
         functions: [6]
         addresses: 100-109
@@ -53,15 +46,7 @@ type benchApprovals struct {
 func newBenchApprovals(ctx context.Context, nc *nats.Conn, log *zap.Logger) (*benchApprovals, error) {
 	a := &benchApprovals{}
 	for i := 0; i < 4; i++ {
-		h, err := keys.New(keys.Ed25519)
-		if err != nil {
-			return nil, err
-		}
-		s, err := keys.SignerFromHandle(h)
-		if err != nil {
-			return nil, err
-		}
-		pub, err := keys.PublicJSON(h)
+		s, pub, err := keys.Generate()
 		if err != nil {
 			return nil, err
 		}

@@ -119,6 +119,25 @@ func LoadSigner(path string) (*Signer, error) {
 	return SignerFromHandle(h)
 }
 
+// Generate makes a fresh Ed25519 keyset in memory and returns its signer
+// and its public keyset as JSON (benchmarks and tests; real keys are
+// written with WritePair).
+func Generate() (*Signer, []byte, error) {
+	h, err := New(Ed25519)
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := SignerFromHandle(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	pub, err := PublicJSON(h)
+	if err != nil {
+		return nil, nil, err
+	}
+	return s, pub, nil
+}
+
 // SignerFromHandle returns a signer for a private keyset handle.
 func SignerFromHandle(h *keyset.Handle) (*Signer, error) {
 	s, err := signature.NewSigner(h)
