@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -416,13 +417,19 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 		if err != nil {
 			return rep, err
 		}
+		// Let what earlier scenarios started wind down, and give freed
+		// memory back, so the figures are live memory, not the high-water
+		// mark of the load before.
+		time.Sleep(time.Second)
 		inuse := func() uint64 {
 			runtime.GC()
+			debug.FreeOSMemory()
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			return ms.HeapInuse + ms.StackInuse
 		}
 		memBefore := inuse()
+		rssBefore := rss()
 		var conns []net.Conn
 		for i := 0; i < 1000; i++ {
 			c, err := net.Dial("tcp", gs)
@@ -439,6 +446,7 @@ func (b *bencher) selfHosted(ctx context.Context, counts []int, writePct int, wh
 		}
 		stop()
 		rep.Scenarios = append(rep.Scenarios, ScenarioReport{Name: "idle", Clients: len(conns), Extra: map[string]string{
+			"rss_before_mib":      fmt.Sprintf("%.1f", float64(rssBefore)/(1<<20)),
 			"rss_with_idle_mib":   fmt.Sprintf("%.1f", float64(rssAfter)/(1<<20)),
 			"go_mem_per_conn_kib": fmt.Sprintf("%.1f", (float64(memAfter)-float64(memBefore))/1024/float64(max(1, len(conns)))),
 			"note":                "RSS is the whole bench process: proxy, embedded NATS, upstream, load generator and its 1000 client sockets",
