@@ -190,9 +190,9 @@ func (a *Auth) wrap(next http.Handler) http.Handler {
 const loginPage = `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>gridseal console: sign in</title>
 <link rel="stylesheet" href="style.css"></head>
-<body><main class="panel" style="max-width:420px;margin:60px auto">
+<body><main class="panel login">
 <h1>gridseal</h1><p class="muted">%s</p>
-<form method="post" action="/login">
+<form method="post" action="login">
 <label>console token <input name="token" type="password" autocomplete="current-password" size="40" autofocus></label>
 <button type="submit">Sign in</button></form></main></body></html>
 `
@@ -201,7 +201,6 @@ const loginPage = `<!doctype html>
 // cookie (HttpOnly, SameSite=Strict, Secure over TLS).
 func (a *Auth) login(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; style-src 'self'")
 	switch r.Method {
 	case http.MethodGet:
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")

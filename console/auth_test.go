@@ -80,6 +80,12 @@ func TestConsoleTokens(t *testing.T) {
 			t.Errorf("%s: %d, want open", p, code)
 		}
 	}
+	if resp, err := http.Get(web.URL + "/login"); err != nil || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "default-src 'self'") ||
+		resp.Header.Get("X-Frame-Options") != "DENY" {
+		t.Fatalf("sign-in page headers: %v %v", resp.Header, err)
+	} else {
+		resp.Body.Close()
+	}
 	if code := get("/metrics", prom); code != http.StatusOK {
 		t.Errorf("/metrics with the Prometheus token: %d", code)
 	}
