@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -113,6 +114,11 @@ func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observa
 	if err != nil {
 		return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", addr, err)
 	}
+	storeDir := g.dataDir
+	if g.natsURL != "" {
+		storeDir = "" // NATS stores elsewhere
+	}
+	o.reg.MustRegister(newStorageCollector(js, storeDir))
 	o.addr = ln.Addr().String()
 	scheme := "http"
 	if cs.tls != nil {
@@ -127,4 +133,53 @@ func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observa
 	}()
 	log.Info("console and metrics", zap.String("url", o.url), zap.Bool("sign_in_required", cs.auth != nil))
 	return nil
+}
+
+// storageCollector reports, at each scrape, how much the chain stream and
+// the JetStream account hold against the account's limit, and the free
+// space under the data directory. The chain never deletes, so a full disk
+// is how it would stop taking writes (they would then be refused: fail
+// closed), and operators should see that coming.
+type storageCollector struct {
+	js      jetstream.JetStream
+	dataDir string
+	descs   [5]*prometheus.Desc
+}
+
+func newStorageCollector(js jetstream.JetStream, dataDir string) *storageCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &storageCollector{js: js, dataDir: dataDir, descs: [5]*prometheus.Desc{
+		d("gridseal_chain_stream_bytes", "Bytes stored in the chain stream (it never shrinks)."),
+		d("gridseal_chain_stream_messages", "Blocks in the chain stream."),
+		d("gridseal_jetstream_storage_bytes", "File storage the JetStream account uses."),
+		d("gridseal_jetstream_storage_limit_bytes", "The JetStream account's file storage limit; -1: none set for the account."),
+		d("gridseal_data_dir_free_bytes", "Free space under --data-dir, where the embedded server stores."),
+	}}
+}
+
+func (c *storageCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+// Collect asks NATS (2 s at most); a figure it cannot get is left out.
+func (c *storageCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	emit := func(i int, v float64) { ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, v) }
+	if s, err := c.js.Stream(ctx, chain.StreamName); err == nil {
+		if info, err := s.Info(ctx); err == nil {
+			emit(0, float64(info.State.Bytes))
+			emit(1, float64(info.State.Msgs))
+		}
+	}
+	if ai, err := c.js.AccountInfo(ctx); err == nil {
+		emit(2, float64(ai.Store))
+		emit(3, float64(ai.Limits.MaxStore))
+	}
+	var st syscall.Statfs_t
+	if c.dataDir != "" && syscall.Statfs(c.dataDir, &st) == nil {
+		emit(4, float64(st.Bavail)*float64(st.Bsize))
+	}
 }

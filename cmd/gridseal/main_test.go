@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -390,6 +392,38 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 	if code := consoleGet("", ca.Issue("analyst-2", "", false)); code != http.StatusOK {
 		t.Fatalf("console with a viewer certificate: %d", code)
+	}
+	// Prometheus, with its token, sees the chain's storage grow toward the
+	// disk's end: the chain never deletes.
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool}}}
+	req, _ := http.NewRequest("GET", "https://"+web+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scrape, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, m := range []string{"gridseal_chain_stream_bytes", "gridseal_chain_stream_messages", "gridseal_jetstream_storage_bytes", "gridseal_data_dir_free_bytes"} {
+		re := regexp.MustCompile(`(?m)^` + m + ` ([0-9.e+]+)$`)
+		v := re.FindSubmatch(scrape)
+		if v == nil {
+			t.Fatalf("/metrics lacks %s", m)
+		}
+		if f, _ := strconv.ParseFloat(string(v[1]), 64); f <= 0 {
+			t.Fatalf("%s = %s, want > 0", m, v[1])
+		}
+	}
+	// Every series the shipped Grafana dashboard queries exists (approval
+	// steps appear with the first approval, which this test makes none of).
+	dash, err := os.ReadFile("../../deploy/grafana/gridseal-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`gridseal_[a-z_]+`).FindAllString(string(dash), -1) {
+		if name != "gridseal_approvals_total" && !regexp.MustCompile(`(?m)^`+name+`[ {]`).Match(scrape) {
+			t.Errorf("the dashboard queries %s, which /metrics does not have", name)
+		}
 	}
 
 	// SIGHUP reloads the policy: an edit without new signatures is refused
