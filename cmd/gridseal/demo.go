@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	mbclient "github.com/simonvetter/modbus"
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/chain"
@@ -101,7 +103,14 @@ func demoCmd(g *globals) *cobra.Command {
 			}
 			rec.startCheckpointer(ctx, cpSigner, cpEvery)
 			obs := newObservability(reg, rec.rec)
-			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, nil, obs.recorders(rec.rec, log), log)
+			// The tour narrates each request and the chain, console and
+			// `chain tail` show every operation; a log line per operation
+			// would bury the narration (--log-level debug brings them back).
+			opsLog := log
+			if g.logLevel != "debug" {
+				opsLog = log.WithOptions(zap.IncreaseLevel(zapcore.ErrorLevel))
+			}
+			st, err := startProxy(ctx, proxy.DefaultConfig(), engine, specs, nil, obs.recorders(rec.rec, opsLog), log)
 			if err != nil {
 				return err
 			}
