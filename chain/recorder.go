@@ -68,6 +68,7 @@ type entry struct {
 // Record is safe for concurrent use.
 type Recorder struct {
 	cfg Config
+	nc  *nats.Conn
 	js  jetstream.JetStream
 	log *zap.Logger
 
@@ -141,6 +142,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	}
 	r := &Recorder{
 		cfg:  cfg,
+		nc:   nc,
 		js:   js,
 		log:  log,
 		wake: make(chan struct{}, 1),
@@ -346,7 +348,7 @@ func (r *Recorder) run() {
 				backoff = 50 * time.Millisecond
 				break
 			}
-			if errors.Is(err, ErrFenced) {
+			if errors.Is(err, ErrFenced) || errors.Is(err, ErrTruncated) {
 				r.fail(err)
 				return
 			}
@@ -426,44 +428,87 @@ func (r *Recorder) publish(msg []byte, hash Hash) (uint64, error) {
 	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		// Either our earlier attempt landed and its ack was lost, or another
-		// process appended as this writer.
-		last, gerr := r.lastMsg(ctx)
+		// process appended as this writer, or the stream lost what we had
+		// committed. Ask the stream's leader: a direct get may be answered
+		// by a replica still catching up after a fail-over, whose stale
+		// answer would look like another writer.
+		last, gerr := r.leaderLast(ctx)
 		if gerr != nil {
 			return 0, gerr
 		}
-		if last != nil && last.Header.Get(jetstream.MsgIDHeader) == id {
-			return last.Sequence, nil
+		var seq uint64
+		if last != nil {
+			seq = last.Seq
 		}
-		if last == nil || last.Sequence <= r.lastSeq {
-			// The stream's leader says our subject moved past lastSeq, but
-			// this read (a direct get, which any replica may answer) does
-			// not show it yet: a replica still catching up after a
-			// fail-over. Not proof of another writer; try again.
-			return 0, fmt.Errorf("writer %s: last message read behind the stream's leader (sequence %d, expected past %d)",
-				r.cfg.Writer, lastSeqOf(last), r.lastSeq)
+		switch {
+		case last != nil && last.MsgID == id:
+			return seq, nil
+		case seq > r.lastSeq:
+			return 0, fmt.Errorf("%w (writer %s, expected last sequence %d, found %d)", ErrFenced, r.cfg.Writer, r.lastSeq, seq)
+		case seq < r.lastSeq:
+			return 0, fmt.Errorf("%w: the stream's leader has sequence %d as this writer's last block, this writer committed %d",
+				ErrTruncated, seq, r.lastSeq)
 		}
-		return 0, fmt.Errorf("%w (writer %s, expected last sequence %d, found %d)", ErrFenced, r.cfg.Writer, r.lastSeq, last.Sequence)
+		// The leader's last is ours, yet it refused the expectation: a
+		// leader change between the two answers. Try again.
+		return 0, fmt.Errorf("writer %s: the leader's last sequence %d is ours; retrying", r.cfg.Writer, seq)
 	}
 	return 0, err
 }
 
-func lastSeqOf(m *jetstream.RawStreamMsg) uint64 {
-	if m == nil {
-		return 0
-	}
-	return m.Sequence
+// lastBlock is a writer's last message as the stream's leader has it.
+type lastBlock struct {
+	Seq   uint64
+	MsgID string
+	Data  []byte
 }
 
-func (r *Recorder) lastMsg(ctx context.Context) (*jetstream.RawStreamMsg, error) {
-	s, err := r.js.Stream(ctx, StreamName)
+// leaderLast asks the stream's leader (not a direct get, which any replica
+// may answer, stale after a fail-over) for this writer's last message; nil
+// if it has none.
+func (r *Recorder) leaderLast(ctx context.Context) (*lastBlock, error) {
+	req, err := json.Marshal(struct {
+		LastBySubj string `json:"last_by_subj"`
+	}{Subject(r.cfg.Writer)})
 	if err != nil {
 		return nil, err
 	}
-	m, err := s.GetLastMsgForSubject(ctx, Subject(r.cfg.Writer))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return nil, nil
+	m, err := r.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+StreamName, req)
+	if err != nil {
+		return nil, fmt.Errorf("read the writer's last block from the stream leader: %w", err)
 	}
-	return m, err
+	var resp struct {
+		Error *struct {
+			ErrCode     int    `json:"err_code"`
+			Description string `json:"description"`
+		} `json:"error"`
+		Message *struct {
+			Seq     uint64 `json:"seq"`
+			Headers []byte `json:"hdrs"`
+			Data    []byte `json:"data"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return nil, fmt.Errorf("stream leader's answer: %w", err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrCode == int(jetstream.JSErrCodeMessageNotFound) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("stream leader: %s (%d)", resp.Error.Description, resp.Error.ErrCode)
+	}
+	if resp.Message == nil {
+		return nil, errors.New("stream leader: empty answer")
+	}
+	lb := &lastBlock{Seq: resp.Message.Seq, Data: resp.Message.Data}
+	if len(resp.Message.Headers) > 0 {
+		h, err := nats.DecodeHeadersMsg(resp.Message.Headers)
+		if err != nil {
+			return nil, fmt.Errorf("stream leader's headers: %w", err)
+		}
+		lb.MsgID = h.Get(jetstream.MsgIDHeader)
+	}
+	return lb, nil
 }
 
 // commit drops the batch from the spool, wakes its durable waiters and
@@ -519,7 +564,7 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 	if _, err := EnsureStream(ctx, r.js, r.cfg.Replicas); err != nil {
 		return err
 	}
-	last, err := r.lastMsg(ctx)
+	last, err := r.leaderLast(ctx)
 	if err != nil {
 		return fmt.Errorf("read head of %s: %w", r.cfg.Writer, err)
 	}
@@ -527,15 +572,15 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 	if last != nil {
 		b, err := ParseBlock(last.Data)
 		if err != nil {
-			return fmt.Errorf("%w: head of %s at sequence %d: %v", ErrForeignHead, r.cfg.Writer, last.Sequence, err)
+			return fmt.Errorf("%w: head of %s at sequence %d: %v", ErrForeignHead, r.cfg.Writer, last.Seq, err)
 		}
 		// Never build on a block this writer did not sign.
 		if v, ok := r.cfg.Signer.(interface{ Verify(sig, data []byte) error }); ok {
 			if b.Writer != r.cfg.Writer || v.Verify(b.Signature, SigningInput(b.Hash)) != nil {
-				return fmt.Errorf("%w: someone else appended to %s (sequence %d)", ErrForeignHead, Subject(r.cfg.Writer), last.Sequence)
+				return fmt.Errorf("%w: someone else appended to %s (sequence %d)", ErrForeignHead, Subject(r.cfg.Writer), last.Seq)
 			}
 		}
-		height, prev, seq = b.Height+1, b.Hash, last.Sequence
+		height, prev, seq = b.Height+1, b.Hash, last.Seq
 	}
 	local, ok, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
 	if err != nil {

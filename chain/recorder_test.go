@@ -161,6 +161,34 @@ func TestRestartedRecorderContinuesTheChain(t *testing.T) {
 	}
 }
 
+// TestStreamRebuiltUnderARunningWriter: someone deletes the chain stream
+// and creates an empty one while the proxy runs. The writer's next block
+// expects its last sequence; the leader has nothing of it: the recorder
+// stops (truncated) instead of retrying forever, so writes fail closed and
+// readiness says why.
+func TestStreamRebuiltUnderARunningWriter(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	for i := uint64(1); i <= 3; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	js := jsOf(t, nc)
+	if err := js.DeleteStream(t.Context(), chain.StreamName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chain.EnsureStream(t.Context(), js, 1); err != nil {
+		t.Fatal(err)
+	}
+	err := r.Record(t.Context(), event(4, audit.Allow), true)
+	if !errors.Is(err, chain.ErrTruncated) || !errors.Is(r.Failed(), chain.ErrTruncated) {
+		t.Fatalf("write after the stream was rebuilt: %v (recorder: %v), want truncated", err, r.Failed())
+	}
+}
+
 func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
 	srv := chaintest.RunJetStream(t)
 	signer, wk := newKey(t)
