@@ -183,6 +183,7 @@ func (a *Auth) wrap(next http.Handler) http.Handler {
 			return
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="gridseal console"`)
+		w.Header().Set("Connection", "close") // a stranger keeps no connection slot
 		http.Error(w, "sign in: a bearer token, a client certificate, or /login", http.StatusUnauthorized)
 	})
 }

@@ -1,7 +1,10 @@
 package console_test
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
@@ -220,4 +223,79 @@ func mustURL(s string) *url.URL {
 		panic(err)
 	}
 	return u
+}
+
+// TestConsoleConnectionLimits: one address holds at most MaxConnsPerClient
+// connections (more are closed at once), and a request turned away for
+// lack of credentials does not keep its connection.
+func TestConsoleConnectionLimits(t *testing.T) {
+	tok, _ := console.NewToken()
+	auth, err := console.NewAuth(tokenFile(t, console.TokenLine("soc-1", tok)), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	c := console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, MaxConnsPerClient: 2, Log: zap.NewNop()})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- c.Serve(ctx, ln) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	addr := ln.Addr().String()
+	var held []net.Conn
+	for i := 0; i < 2; i++ {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		held = append(held, conn)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = extra.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a third connection from one address was kept open: %v", err)
+	}
+	extra.Close()
+	held[0].Close()
+	// One request at a time on a fresh connection; the server frees a
+	// slot when it sees a connection close, so try again for a moment.
+	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	get := func(path string) *http.Response {
+		t.Helper()
+		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			resp, err := hc.Get("http://" + addr + path)
+			if err == nil {
+				resp.Body.Close()
+				return resp
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %v", path, err)
+			}
+		}
+	}
+	if resp := get("/healthz"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("healthz after a slot was freed: %d", resp.StatusCode)
+	}
+	// Keep-alive on, as browsers and scrapers do: the 401 still closes.
+	resp, err := (&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}).Get("http://" + addr + "/api/status")
+	for deadline := time.Now().Add(3 * time.Second); err != nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		resp, err = (&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}).Get("http://" + addr + "/api/status")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
+		t.Fatalf("unauthorized answer: %d, connection kept: %v", resp.StatusCode, !resp.Close)
+	}
 }

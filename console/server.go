@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"sync"
@@ -42,8 +43,10 @@ type Config struct {
 	// Auth admits viewers; nil admits anyone who can connect (loopback
 	// only: the command checks that).
 	Auth *Auth
-	// MaxConns bounds open HTTP connections (default 256).
-	MaxConns int
+	// MaxConns bounds open HTTP connections (default 256), and
+	// MaxConnsPerClient those from one address (default 32).
+	MaxConns          int
+	MaxConnsPerClient int
 	// TLS serves HTTPS with it; with ClientCAs set, Auth may admit
 	// viewers by their verified client certificate.
 	TLS *tls.Config
@@ -95,7 +98,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if maxConns <= 0 {
 		maxConns = 256
 	}
-	ln = limitListener(ln, maxConns) // below TLS: the server must see *tls.Conn
+	perClient := s.cfg.MaxConnsPerClient
+	if perClient <= 0 {
+		perClient = 32
+	}
+	ln = limitListener(ln, maxConns, min(perClient, maxConns)) // below TLS: the server must see *tls.Conn
 	if s.cfg.TLS != nil {
 		ln = tls.NewListener(ln, s.cfg.TLS)
 	}
@@ -138,10 +145,13 @@ func securityHeaders(next http.Handler) http.Handler {
 	})
 }
 
-// limitListener accepts at most n open connections; the next waits until
-// one closes (the kernel's backlog holds it meanwhile).
-func limitListener(ln net.Listener, n int) net.Listener {
-	return &limited{Listener: ln, sem: make(chan struct{}, n), done: make(chan struct{})}
+// limitListener accepts at most n open connections, and at most perClient
+// from one address (those beyond are closed at once, so one client cannot
+// take every slot); past n the next waits until one closes (the kernel's
+// backlog holds it meanwhile).
+func limitListener(ln net.Listener, n, perClient int) net.Listener {
+	return &limited{Listener: ln, sem: make(chan struct{}, n), done: make(chan struct{}),
+		perClient: perClient, byClient: map[netip.Addr]int{}}
 }
 
 type limited struct {
@@ -149,6 +159,10 @@ type limited struct {
 	sem       chan struct{}
 	done      chan struct{}
 	closeOnce sync.Once
+	perClient int
+
+	mu       sync.Mutex
+	byClient map[netip.Addr]int
 }
 
 func (l *limited) Close() error {
@@ -157,17 +171,41 @@ func (l *limited) Close() error {
 }
 
 func (l *limited) Accept() (net.Conn, error) {
-	select {
-	case l.sem <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
+	for {
+		select {
+		case l.sem <- struct{}{}:
+		case <-l.done:
+			return nil, net.ErrClosed
+		}
+		c, err := l.Listener.Accept()
+		if err != nil {
+			<-l.sem
+			return nil, err
+		}
+		var ip netip.Addr
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			ip = ta.AddrPort().Addr().Unmap()
+		}
+		l.mu.Lock()
+		over := l.byClient[ip] >= l.perClient
+		if !over {
+			l.byClient[ip]++
+		}
+		l.mu.Unlock()
+		if over {
+			_ = c.Close()
+			<-l.sem
+			continue
+		}
+		return &limitedConn{Conn: c, release: func() {
+			l.mu.Lock()
+			if l.byClient[ip]--; l.byClient[ip] <= 0 {
+				delete(l.byClient, ip)
+			}
+			l.mu.Unlock()
+			<-l.sem
+		}}, nil
 	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.sem
-		return nil, err
-	}
-	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
 }
 
 type limitedConn struct {

@@ -280,6 +280,39 @@ func TestUnmatchedUpstreamReplyIsDropped(t *testing.T) {
 	}
 }
 
+// TestDeviceFloodingRepliesIsCutOff: a device that answers with a stream
+// of replies to nothing gets 100 of them recorded, then one record saying
+// it was cut off, and its connection closed; the pending request fails
+// with 0x0B and the next one is answered on a new connection.
+func TestDeviceFloodingRepliesIsCutOff(t *testing.T) {
+	up := startUpstream(t, nil)
+	var once sync.Once
+	up.stray = func(f modbus.Frame) []byte {
+		var flood []byte
+		once.Do(func() {
+			for i := 0; i < 150; i++ {
+				flood = modbus.AppendFrame(flood, f.Transaction+1000+uint16(i), f.Unit, []byte{3, 2, 0, byte(i)})
+			}
+		})
+		return flood
+	}
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	first := c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 10, 1))
+	if !bytes.Equal(first, exception(modbus.ReadHoldingRegisters, modbus.GatewayTargetDeviceFailedToRespond)) {
+		t.Fatalf("the request pending while the device flooded: %x, want exception 0x0B", first)
+	}
+	dropped := fx.events.inPhase(audit.PhaseDroppedReply)
+	if len(dropped) != 101 || !strings.Contains(dropped[100].Reason, "more than 100 replies matching no request") {
+		t.Fatalf("%d dropped replies recorded; want 100 and one cut-off record", len(dropped))
+	}
+	resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 20, 1))
+	if got := binary.BigEndian.Uint16(resp[2:]); got != 21 {
+		t.Fatalf("after the cut-off: %x", resp)
+	}
+}
+
 func TestMalformedFramesAreNeverForwarded(t *testing.T) {
 	up := startUpstream(t, nil)
 	fx := startProxy(t, proxy.Config{Limits: proxy.Limits{ReadTimeout: 300 * time.Millisecond}},

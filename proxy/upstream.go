@@ -80,6 +80,13 @@ type upconn struct {
 // connection is replaced, which forgets them all.
 const maxQuarantine = 4096
 
+// A device may send maxStrays replies matching no request per
+// strayWindowLen on one connection; the next closes it.
+const (
+	maxStrays      = 100
+	strayWindowLen = 10 * time.Second
+)
+
 func (uc *upconn) send(c *call) {
 	cfg := uc.up.s.cfg
 	select {
@@ -201,6 +208,8 @@ func (uc *upconn) dialLocked() error {
 func (uc *upconn) readLoop(conn net.Conn) {
 	rd := modbus.NewReader(conn)
 	log := uc.up.s.log
+	var strays int // replies to no request in the current window
+	var strayWindow time.Time
 	for {
 		f, err := rd.ReadFrame()
 		if err != nil {
@@ -229,13 +238,27 @@ func (uc *upconn) readLoop(conn net.Conn) {
 			continue
 		}
 		if c == nil {
-			log.Warn("upstream reply matches no request; dropped", zap.String("device", uc.up.name),
-				zap.Uint16("tid", f.Transaction), zap.Uint8("unit", f.Unit))
+			// Each is recorded, up to maxStrays in strayWindowLen; a device
+			// that sends more is cut off (its pending calls get 0x0B) so it
+			// cannot fill the chain, which never deletes.
+			if now := time.Now(); now.Sub(strayWindow) > strayWindowLen {
+				strays, strayWindow = 0, now
+			}
+			strays++
 			// The frame's source is the device: its address stands where a
 			// client's would, and the proxy's end of the connection where the
 			// listener's would.
 			ev := &audit.Event{Op: uc.up.s.opSeq.Add(1), Device: uc.up.name, Unit: f.Unit,
 				Client: addrPort(conn.RemoteAddr()), Listener: conn.LocalAddr().String()}
+			if strays > maxStrays {
+				why := fmt.Sprintf("device sent more than %d replies matching no request within %v; connection closed", maxStrays, strayWindowLen)
+				log.Warn(why, zap.String("device", uc.up.name))
+				uc.recordDropped(ev, f, why)
+				uc.drop(conn, errors.New(why))
+				return
+			}
+			log.Warn("upstream reply matches no request; dropped", zap.String("device", uc.up.name),
+				zap.Uint16("tid", f.Transaction), zap.Uint8("unit", f.Unit))
 			uc.recordDropped(ev, f, fmt.Sprintf("device reply (transaction %d, unit %d) matches no request; dropped", f.Transaction, f.Unit))
 			continue
 		}

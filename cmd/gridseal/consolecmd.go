@@ -114,6 +114,11 @@ func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observa
 	if err != nil {
 		return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", addr, err)
 	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && cs.auth == nil && !ta.IP.IsLoopback() {
+		// "localhost" may resolve elsewhere: judge the address bound.
+		_ = ln.Close()
+		return fmt.Errorf("console: %s is bound to %s, not a loopback address: set console.tls and console.tls.ca or console.tokens", addr, ta.IP)
+	}
 	storeDir := g.dataDir
 	if g.natsURL != "" {
 		storeDir = "" // NATS stores elsewhere
