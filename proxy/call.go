@@ -21,6 +21,7 @@ type call struct {
 	ev        audit.Event
 	start     time.Time
 	deadline  time.Time // upstream response deadline
+	silent    bool      // the device sends no reply, so neither does the proxy
 }
 
 func (c *call) reset(ss *session, f modbus.Frame) {
@@ -53,7 +54,7 @@ func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	var buf [2]byte
 	reply := pdu
 	switch {
-	case c.ev.Closed:
+	case c.ev.Closed, c.silent:
 		reply = nil
 	case pdu != nil:
 		c.ev.Response = pdu
@@ -67,11 +68,13 @@ func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	// Record before answering: once the client has its reply it may send
 	// the next request, and the chain must hold this operation first.
 	ss.s.record(&c.ev, false)
-	if reply != nil {
+	switch {
+	case reply != nil:
 		ss.reply(c.clientTID, c.in.Unit, reply)
-	} else {
+	case !c.silent:
 		ss.close()
 	}
+	c.silent = false
 	c.ev = audit.Event{}
 	c.in = policy.Input{}
 	c.ss = nil

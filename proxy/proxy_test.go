@@ -313,6 +313,40 @@ func TestDeviceFloodingRepliesIsCutOff(t *testing.T) {
 	}
 }
 
+// TestForceListenOnlyIsNotAnswered: a device forced into listen-only mode
+// (function 8, sub-function 4) never answers, by the specification; the
+// proxy sends it, records it, answers the client nothing (as the device
+// would), keeps the connection and holds no transaction id waiting.
+func TestForceListenOnlyIsNotAnswered(t *testing.T) {
+	up := startUpstream(t, registerEcho) // it would answer 0x01 to function 8 if asked to reply
+	pol := fmt.Sprintf(openPolicy, up.addr()) + "      - {name: listen-only, allow: diagnostic, functions: [8], subfunctions: [4]}\n"
+	fx := startProxy(t, proxy.Config{}, pol, plcRoute(), proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	c.send(1, 1, []byte{8, 0, 4, 0, 0})
+	resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1))
+	if got := binary.BigEndian.Uint16(resp[2:]); got != 6 {
+		t.Fatalf("the read after listen-only got %x (a reply to the diagnostic?)", resp)
+	}
+	waitFor(t, "the device to receive the command", func() bool {
+		for _, f := range up.received() {
+			if len(f) > modbus.HeaderLen && f[modbus.HeaderLen] == 8 {
+				return true
+			}
+		}
+		return false
+	})
+	var diag *audit.Event
+	for _, e := range fx.events.completed() {
+		if e.Function == 8 {
+			diag = &e
+		}
+	}
+	if diag == nil || diag.Verdict != audit.Allow || diag.Exception != 0 || len(diag.Response) != 0 ||
+		!strings.Contains(diag.Reason, "does not answer") {
+		t.Fatalf("listen-only recorded as %+v", diag)
+	}
+}
+
 func TestMalformedFramesAreNeverForwarded(t *testing.T) {
 	up := startUpstream(t, nil)
 	fx := startProxy(t, proxy.Config{Limits: proxy.Limits{ReadTimeout: 300 * time.Millisecond}},

@@ -133,7 +133,12 @@ func (uc *upconn) send(c *call) {
 	uc.nextTID = tid + 1
 	c.upTID = tid
 	c.deadline = time.Now().Add(cfg.Upstream.ResponseTimeout)
-	uc.pending[tid] = c
+	// Force listen-only mode (function 8, sub-function 4) is never
+	// answered (Modbus Application Protocol 6.8.1): done once sent.
+	silent := c.in.Request.Function == modbus.Diagnostics && c.in.Request.Sub == 4
+	if !silent {
+		uc.pending[tid] = c
+	}
 	c.frame[0], c.frame[1] = byte(tid>>8), byte(tid)
 	conn := uc.conn
 	_ = conn.SetWriteDeadline(time.Now().Add(cfg.Upstream.ResponseTimeout))
@@ -142,6 +147,17 @@ func (uc *upconn) send(c *call) {
 		err = uc.bw.Flush()
 	}
 	uc.mu.Unlock()
+	if silent {
+		<-uc.slots
+		if err != nil {
+			c.ev.Reason += "; not sent: " + err.Error()
+			c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+		} else {
+			c.ev.Reason += "; sent, and a device forced into listen-only mode does not answer"
+			c.silent = true
+			c.done(nil, 0)
+		}
+	}
 	if err != nil {
 		uc.drop(conn, err)
 	}
