@@ -173,7 +173,17 @@ func EnsureCheckpointStream(ctx context.Context, js jetstream.JetStream, replica
 	return err
 }
 
-// LatestCheckpoint returns the newest checkpoint signed by a known key, or nil.
+// latestWindow is how many of the newest checkpoint messages
+// LatestCheckpoint looks at: with several checkpointers, the last message
+// may come from one that lags.
+const latestWindow = 64
+
+// ErrCheckpointMismatch says the stream does not hold what a signed
+// checkpoint says it held: a rewritten or truncated chain.
+var ErrCheckpointMismatch = errors.New("the stream does not match a signed checkpoint")
+
+// LatestCheckpoint returns the largest checkpoint signed by a known key
+// among the newest checkpoint messages, or nil.
 func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers) (*Checkpoint, error) {
 	s, err := js.Stream(ctx, CheckpointStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -186,16 +196,26 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 	if err != nil {
 		return nil, err
 	}
-	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0; seq-- {
+	var best *Checkpoint
+	looked := 0
+	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0 && looked < latestWindow; seq-- {
 		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		c, err := OpenCheckpoint(m.Data, known)
 		if err != nil {
 			continue
 		}
-		if c, err := OpenCheckpoint(m.Data, known); err == nil {
-			return c, nil
+		looked++
+		if best == nil || c.Size > best.Size {
+			best = c
 		}
 	}
-	return nil, nil
+	return best, nil
 }
 
 // Checkpointer follows the chain, folds every event into the tree and signs
@@ -336,10 +356,10 @@ func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 		return nil, nil, err
 	}
 	if tree.Size() < cp.Size {
-		return nil, nil, fmt.Errorf("the stream holds %d events, fewer than the signed checkpoint's %d", tree.Size(), cp.Size)
+		return nil, nil, fmt.Errorf("%w: the stream holds %d events, the checkpoint %d", ErrCheckpointMismatch, tree.Size(), cp.Size)
 	}
 	if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
-		return nil, nil, fmt.Errorf("the stream does not match the signed checkpoint of %d events", cp.Size)
+		return nil, nil, fmt.Errorf("%w: the root of the first %d events differs", ErrCheckpointMismatch, cp.Size)
 	}
 	return cp, tree, nil
 }
@@ -370,7 +390,7 @@ func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifier
 		return nil, err
 	}
 	if err := CheckInclusion(proof, cp.Size, cp.Root, leaf, leafHash); err != nil {
-		return nil, fmt.Errorf("proof does not check: %w", err)
+		return nil, fmt.Errorf("%w: proof does not check: %v", ErrCheckpointMismatch, err)
 	}
 	inc := &Inclusion{Checkpoint: cp, Leaf: leaf, LeafHash: leafHash, Proof: make([]Hash, len(proof))}
 	for i, h := range proof {
@@ -399,7 +419,11 @@ func ProveConsistency(ctx context.Context, js jetstream.JetStream, known note.Ve
 	if cp == nil {
 		return nil, errors.New("no signed checkpoint yet")
 	}
-	if oldSize < 1 || oldSize > cp.Size {
+	if oldSize > cp.Size {
+		return nil, fmt.Errorf("%w: a checkpoint of %d events was signed, the newest now covers %d: the chain was rolled back, or the checkpointer lags",
+			ErrCheckpointMismatch, oldSize, cp.Size)
+	}
+	if oldSize < 1 {
 		return nil, fmt.Errorf("old size %d: want 1..%d (the newest checkpoint's size)", oldSize, cp.Size)
 	}
 	oldRoot, err := tree.Root(oldSize)
@@ -411,7 +435,7 @@ func ProveConsistency(ctx context.Context, js jetstream.JetStream, known note.Ve
 		return nil, err
 	}
 	if err := tlog.CheckTree(proof, cp.Size, tlog.Hash(cp.Root), oldSize, tlog.Hash(oldRoot)); err != nil {
-		return nil, fmt.Errorf("consistency proof does not check: %w", err)
+		return nil, fmt.Errorf("%w: consistency proof does not check: %v", ErrCheckpointMismatch, err)
 	}
 	c := &Consistency{OldSize: oldSize, OldRoot: oldRoot, New: cp, Proof: make([]Hash, len(proof))}
 	for i, h := range proof {

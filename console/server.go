@@ -417,7 +417,8 @@ func (s *Server) approvals(w http.ResponseWriter, _ *http.Request) {
 // ProofView is an event's inclusion proof as the console shows it.
 type ProofView struct {
 	// Status is "proved", "pending" (no checkpoint covers the event yet),
-	// "unavailable" (no checkpointer keys trusted) or "failed".
+	// "unavailable" (no checkpointer keys trusted, NATS away, too slow) or
+	// "failed" (the stream does not match a signed checkpoint).
 	Status    string   `json:"status"`
 	Problem   string   `json:"problem,omitempty"`
 	Leaf      int64    `json:"leaf"`
@@ -460,8 +461,11 @@ func (s *Server) proof(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, chain.ErrNotCheckpointed):
 		writeJSON(w, ProofView{Status: "pending", Problem: err.Error(), Leaf: -1})
 		return
-	case err != nil:
+	case errors.Is(err, chain.ErrCheckpointMismatch):
 		writeJSON(w, ProofView{Status: "failed", Problem: err.Error(), Leaf: -1})
+		return
+	case err != nil: // NATS away, or the proof took too long: not evidence of anything
+		writeJSON(w, ProofView{Status: "unavailable", Problem: err.Error(), Leaf: -1})
 		return
 	}
 	v := ProofView{Status: "proved", Leaf: inc.Leaf, TreeSize: inc.Checkpoint.Size, Root: inc.Checkpoint.Root.String(),

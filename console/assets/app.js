@@ -81,7 +81,7 @@ async function showProof(r) {
   if (proofFor !== r) return;
   el.className = "";
   if (p.status !== "proved") {
-    const what = { pending: "not yet in a signed checkpoint (the next one covers it)", unavailable: "no checkpointer keys are trusted", failed: "PROOF FAILED" }[p.status] || p.status;
+    const what = { pending: "not yet in a signed checkpoint (the next one covers it)", unavailable: "no proof now", failed: "PROOF FAILED: the chain does not match its signed checkpoint" }[p.status] || p.status;
     el.innerHTML = `<span class="${esc(p.status)}">${esc(what)}</span><br><span class="muted">${esc(p.problem || "")}</span>`;
     return;
   }
