@@ -16,6 +16,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Auth says who may see the console. The command stream is plant data, so
@@ -32,6 +34,7 @@ type Auth struct {
 	// ClientCerts admits any request whose TLS client certificate the
 	// listener verified (mutual TLS).
 	ClientCerts bool
+	log         *zap.Logger // set by New: sign-ins are logged
 }
 
 // ErrTokenFile is returned for a token file that cannot be used.
@@ -213,6 +216,13 @@ func (a *Auth) login(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		name := a.tokenName(r.PostForm.Get("token"))
+		if a.log != nil { // who signed in, and failed attempts; never the token
+			if name == "" {
+				a.log.Warn("console sign-in refused: unknown token", zap.String("remote", r.RemoteAddr))
+			} else {
+				a.log.Info("console sign-in", zap.String("viewer", name), zap.String("remote", r.RemoteAddr))
+			}
+		}
 		if name == "" {
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
 			w.WriteHeader(http.StatusUnauthorized)

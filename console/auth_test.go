@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/internal/testpki"
@@ -56,9 +57,30 @@ func TestConsoleTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	c := console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, Log: zap.NewNop()})
+	core, logs := observer.New(zap.InfoLevel)
+	c := console.New(console.Config{Metrics: console.NewMetrics(reg), Gatherer: reg, Auth: auth, Log: zap.New(core)})
 	web := httptest.NewServer(c.Handler())
 	defer web.Close()
+	defer func() {
+		// Sign-ins are logged with the viewer's name; tokens never are.
+		var in, refused int
+		for _, e := range logs.All() {
+			for _, f := range e.Context {
+				if strings.Contains(f.String, soc) || strings.Contains(f.String, prom) {
+					t.Errorf("a token was logged: %s %v", e.Message, e.Context)
+				}
+			}
+			switch {
+			case e.Message == "console sign-in" && e.ContextMap()["viewer"] == "soc-1":
+				in++
+			case strings.HasPrefix(e.Message, "console sign-in refused"):
+				refused++
+			}
+		}
+		if in != 1 || refused != 1 {
+			t.Errorf("sign-ins logged %d, refusals %d; want 1 and 1", in, refused)
+		}
+	}()
 	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	get := func(path, bearer string) int {
 		req, _ := http.NewRequest("GET", web.URL+path, nil)

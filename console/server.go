@@ -79,6 +79,7 @@ func New(cfg Config) *Server {
 	s.proving = make(chan struct{}, 1)
 	s.handler = s.mux
 	if cfg.Auth != nil {
+		cfg.Auth.log = cfg.Log
 		s.handler = cfg.Auth.wrap(s.mux)
 	}
 	s.handler = securityHeaders(s.handler)
