@@ -359,6 +359,19 @@ func TestEventProofChecksIndependently(t *testing.T) {
 	if tlog.CheckRecord(proof, p.TreeSize, tlog.Hash(root), p.Leaf, tlog.Hash(chain.LeafHash(event))) == nil {
 		t.Fatal("an altered event checks")
 	}
+	// The chain panel names the newest signed checkpoint.
+	var st struct {
+		Checkpoint *console.CheckpointView `json:"checkpoint"`
+	}
+	resp, err := http.Get(r.web.URL + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if st.Checkpoint == nil || st.Checkpoint.Size < p.TreeSize || len(st.Checkpoint.SignedBy) != 1 || st.Checkpoint.SignedBy[0] != "checkpointer-test" {
+		t.Fatalf("status checkpoint: %+v", st.Checkpoint)
+	}
 	var missing console.ProofView
 	get(fmt.Sprintf("seq=%d&index=%d", deny.Seq, 999), &missing)
 	if missing.Status != "pending" {

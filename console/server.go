@@ -61,6 +61,10 @@ type Server struct {
 	handler http.Handler // mux, behind Auth if set
 
 	proving chan struct{} // one inclusion proof at a time: each reads the stream
+
+	cpMu sync.Mutex
+	cpAt time.Time
+	cp   *CheckpointView // newest signed checkpoint, as of cpAt
 }
 
 // New returns a console; Run follows the chain.
@@ -351,13 +355,48 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+// CheckpointView is the newest signed checkpoint as the console shows it.
+type CheckpointView struct {
+	Size     int64     `json:"size"`
+	Root     string    `json:"root"`
+	SignedBy []string  `json:"signed_by"`
+	Checked  time.Time `json:"checked"`
+}
+
+// checkpointEvery bounds how often the status asks NATS for checkpoints,
+// however many viewers poll.
+const checkpointEvery = 5 * time.Second
+
+func (s *Server) checkpoint(ctx context.Context) *CheckpointView {
+	if s.cfg.JetStream == nil || s.cfg.Trust.Checkpointers == nil {
+		return nil
+	}
+	s.cpMu.Lock()
+	defer s.cpMu.Unlock()
+	wait := checkpointEvery
+	if s.cp == nil {
+		wait = time.Second // none yet: look again soon
+	}
+	if time.Since(s.cpAt) < wait {
+		return s.cp
+	}
+	s.cpAt = time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if cp, err := chain.LatestCheckpoint(ctx, s.cfg.JetStream, s.cfg.Trust.Checkpointers); err == nil && cp != nil {
+		s.cp = &CheckpointView{Size: cp.Size, Root: cp.Root.String(), SignedBy: cp.Signers, Checked: s.cpAt}
+	}
+	return s.cp
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	st := s.hub.snapshot()
 	out := struct {
 		ChainStatus
-		Policy  map[string]any `json:"policy,omitempty"`
-		Viewers int            `json:"viewers"`
-	}{ChainStatus: st, Viewers: s.hub.viewerCount()}
+		Policy     map[string]any  `json:"policy,omitempty"`
+		Viewers    int             `json:"viewers"`
+		Checkpoint *CheckpointView `json:"checkpoint,omitempty"`
+	}{ChainStatus: st, Viewers: s.hub.viewerCount(), Checkpoint: s.checkpoint(r.Context())}
 	if s.cfg.Policy != nil {
 		if p := s.cfg.Policy(); p != nil {
 			out.Policy = map[string]any{"id": p.ID, "version": p.Version, "digest": p.Digest}

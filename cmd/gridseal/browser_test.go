@@ -102,6 +102,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if !strings.Contains(proof, "signed by "+demoCheckpointer) || !strings.Contains(proof, "gridseal/chain/GRIDSEAL_CHAIN") {
 		t.Fatalf("proof panel: %q", proof)
 	}
+	poll("the signed checkpoint in the chain panel", `document.querySelector('#chain').textContent.includes('by `+demoCheckpointer+`')`, 10*time.Second) // status reads checkpoints at most every 5 s
 	saveShot(t, bctx, "console-proof.png")
 	run("close the event", chromedp.Click("#close-detail"))
 

@@ -138,6 +138,7 @@ async function refresh() {
     const dl = [["blocks", st.blocks], ["events", st.events], ["last block", st.last_block ? new Date(st.last_block).toLocaleTimeString() : "-"],
       ["verification", st.verified ? "every block verified" : st.problem], ["viewers", st.viewers]];
     for (const [w, ws] of Object.entries(st.writers || {})) dl.push([`writer ${w}`, `height ${ws.height}, ${ws.hash.slice(0, 16)}…`]);
+    if (st.checkpoint) dl.push(["signed checkpoint", `${st.checkpoint.size} events, root ${st.checkpoint.root.slice(0, 16)}…, by ${(st.checkpoint.signed_by || []).join(", ")}`]);
     $("#chain").innerHTML = dl.map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
 
     const devs = await getJSON("api/devices");
