@@ -107,8 +107,12 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	run("close the event", chromedp.Click("#close-detail"))
 
 	run("filter on deny", chromedp.Evaluate[chromedp.Void](`(() => { const s = document.querySelector('#f-verdict'); s.value = 'deny'; s.dispatchEvent(new Event('change')); })()`))
-	poll("only denied rows", `(() => { const rows = [...document.querySelectorAll('#stream tbody tr')];
-		return rows.length > 0 && rows.every(r => r.dataset.verdict === 'deny'); })()`, 2*time.Second)
+	poll("only denied rows, each once", `(() => { const rows = [...document.querySelectorAll('#stream tbody tr')];
+		const shown = parseInt(document.querySelector('#count').textContent);
+		return rows.length > 0 && rows.every(r => r.dataset.verdict === 'deny') && rows.length === shown; })()`, 2*time.Second)
+	time.Sleep(500 * time.Millisecond) // past the filter's reconnect: the backlog must not be added twice
+	poll("still each denied row once", `(() => { const rows = [...document.querySelectorAll('#stream tbody tr')];
+		return rows.length === parseInt(document.querySelector('#count').textContent); })()`, 2*time.Second)
 
 	code, out, stderr := runCLI(t, ctx, "propose", "--data-dir", data, "--device", "inverter-1", "--unit", "1",
 		"--write-register", "40127=25", "--key", filepath.Join(data, "keys", "alice.private.json"))

@@ -94,7 +94,12 @@ $("#close-detail").onclick = () => { $("#detail").hidden = true; };
 // Filters apply on the server too, so a busy plant's stream still brings
 // every matching event (the server caps each viewer at 200 events/s).
 let es = null, reconnectTimer = null;
-function refilter() { render(); clearTimeout(reconnectTimer); reconnectTimer = setTimeout(() => { rows.length = 0; connect(); }, 300); }
+function refilter() {
+  render();
+  clearTimeout(reconnectTimer);
+  // The server filters too: start over from its filtered backlog.
+  reconnectTimer = setTimeout(() => { rows.length = 0; $("#stream tbody").innerHTML = ""; connect(); }, 300);
+}
 for (const id of ["#f-device", "#f-verdict"]) $(id).onchange = refilter;
 for (const id of ["#f-function", "#f-client"]) $(id).oninput = refilter;
 $("#pause").onclick = () => {
