@@ -89,12 +89,16 @@ func chainProveCmd(g *globals) *cobra.Command {
 	var index int
 	var trustPath, fromCheckpoint string
 	var fromSize int64
+	var update bool
 	cmd := &cobra.Command{
 		Use:   "prove (--seq S --index I | --from-checkpoint FILE | --from-size N) [--trust FILE]",
 		Short: "Prove an event is in the newest signed checkpoint, or that the newest extends an older one (RFC 6962)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			consistency := fromCheckpoint != "" || fromSize != 0
+			if update && fromCheckpoint == "" {
+				return fmt.Errorf("%w: --update goes with --from-checkpoint FILE", errUsage)
+			}
 			if consistency && (seq != 0 || fromCheckpoint != "" && fromSize != 0) {
 				return fmt.Errorf("%w: give --seq/--index, --from-checkpoint or --from-size, one of them", errUsage)
 			}
@@ -117,7 +121,7 @@ func chainProveCmd(g *globals) *cobra.Command {
 			}
 			defer conn.Close()
 			if consistency {
-				return g.proveConsistency(cmd.Context(), js, trust.Checkpointers, fromCheckpoint, fromSize)
+				return g.proveConsistency(cmd.Context(), js, trust.Checkpointers, fromCheckpoint, fromSize, update)
 			}
 			inc, err := chain.ProveEvent(cmd.Context(), js, trust.Checkpointers, seq, index)
 			if err != nil {
@@ -137,13 +141,14 @@ func chainProveCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with checkpointer keys (default DATA-DIR/trust.yaml)")
 	cmd.Flags().StringVar(&fromCheckpoint, "from-checkpoint", "", "a signed checkpoint you kept: prove the newest extends it")
 	cmd.Flags().Int64Var(&fromSize, "from-size", 0, "prove the newest checkpoint extends the stream's first N events")
+	cmd.Flags().BoolVar(&update, "update", false, "with --from-checkpoint: keep the newest checkpoint in FILE once proved (a witness's cron job)")
 	return cmd
 }
 
 // proveConsistency prints the proof that the newest checkpoint extends an
 // older tree: one the caller kept as a signed note (its signature and root
 // are checked too), or the stream's first size events.
-func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, oldPath string, size int64) error {
+func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, oldPath string, size int64, update bool) error {
 	var old *chain.Checkpoint
 	if oldPath != "" {
 		b, err := os.ReadFile(oldPath)
@@ -168,5 +173,11 @@ func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, 
 		fmt.Fprintf(g.stdout, "  %s\n", h)
 	}
 	fmt.Fprintf(g.stdout, "checkpoint:\n%s", c.New.Note)
+	if update && c.New.Size > c.OldSize {
+		if err := atomicfile.Write(oldPath, c.New.Note, 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(g.stdout, "%s now keeps the checkpoint of %d events\n", oldPath, c.New.Size)
+	}
 	return nil
 }

@@ -651,6 +651,14 @@ func TestProposeAndApproveCommands(t *testing.T) {
 		return code == 0 && strings.Contains(out, "extends the tree of "+keptSize+" events") &&
 			!strings.Contains(out, "the signed tree of "+keptSize+" events")
 	})
+	// A witness's cron job keeps the newest once it is proved.
+	code, out, stderr = cli("", "chain", "prove", "--from-checkpoint", keptPath, "--update")
+	if code != 0 || !strings.Contains(out, "now keeps the checkpoint of") {
+		t.Fatalf("prove --update: exit %d %s%s", code, out, stderr)
+	}
+	if b, _ := os.ReadFile(keptPath); strings.Split(string(b), "\n")[1] == keptSize {
+		t.Fatalf("the kept checkpoint was not replaced:\n%s", b)
+	}
 	forged := strings.Replace(kept, "\n"+keptSize+"\n", "\n1\n", 1)
 	if err := os.WriteFile(keptPath, []byte(forged), 0o644); err != nil {
 		t.Fatal(err)
