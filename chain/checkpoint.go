@@ -112,48 +112,6 @@ func (a *RootAcc) Root() Hash {
 	return r
 }
 
-// Tree keeps every stored hash of the tree, for proofs (tools, not the
-// proxy: it grows with the log).
-type Tree struct {
-	hashes []tlog.Hash
-	n      int64
-}
-
-// AppendLeaf adds the event's bytes as the next leaf.
-func (t *Tree) AppendLeaf(event []byte) error {
-	h, err := tlog.StoredHashes(t.n, event, t)
-	if err != nil {
-		return err
-	}
-	t.hashes = append(t.hashes, h...)
-	t.n++
-	return nil
-}
-
-// ReadHashes implements tlog.HashReader.
-func (t *Tree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
-	out := make([]tlog.Hash, len(idx))
-	for i, x := range idx {
-		if x < 0 || x >= int64(len(t.hashes)) {
-			return nil, fmt.Errorf("hash %d not stored", x)
-		}
-		out[i] = t.hashes[x]
-	}
-	return out, nil
-}
-
-// Size is the number of leaves.
-func (t *Tree) Size() int64 { return t.n }
-
-// Root is the tree hash at size n.
-func (t *Tree) Root(n int64) (Hash, error) {
-	h, err := tlog.TreeHash(n, t)
-	return Hash(h), err
-}
-
-// ProveInclusion proves leaf i is in the tree of size n.
-func (t *Tree) ProveInclusion(i, n int64) (tlog.RecordProof, error) { return tlog.ProveRecord(n, i, t) }
-
 // CheckInclusion checks an inclusion proof of the leaf with hash leaf at
 // index i in a tree of size n and root.
 func CheckInclusion(p tlog.RecordProof, n int64, root Hash, i int64, leaf Hash) error {
@@ -323,32 +281,23 @@ type Inclusion struct {
 // ErrNotCheckpointed says no signed checkpoint covers the event (yet).
 var ErrNotCheckpointed = errors.New("not in the newest signed checkpoint")
 
-// treeAtCheckpoint reads the stream from the start into a tree up to the
-// newest checkpoint signed by a known key, and checks the tree has the
-// signed root. visit, if not nil, sees each leaf: its block's stream
-// sequence, its index in the block and in the tree.
-func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers,
-	visit func(seq uint64, i int, leaf int64, event []byte)) (*Checkpoint, *Tree, error) {
+// treeAtCheckpoint reads the stream from the start, block by block, into a
+// tree that covers the newest checkpoint signed by a known key, and checks
+// the tree has the signed root. It returns a nil checkpoint if none is
+// signed yet.
+func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers) (*Checkpoint, *Tree, error) {
 	cp, err := LatestCheckpoint(ctx, js, known)
-	if err != nil {
+	if err != nil || cp == nil {
 		return nil, nil, err
-	}
-	if cp == nil {
-		return nil, nil, nil
 	}
 	tree := &Tree{}
 	done := errors.New("done")
 	err = Scan(ctx, js, 1, false, func(m *Msg) error {
-		for i, e := range leavesOf(m.Data) {
-			if tree.Size() >= cp.Size {
-				return done
-			}
-			if visit != nil {
-				visit(m.Seq, i, tree.Size(), e)
-			}
-			if err := tree.AppendLeaf(e); err != nil {
-				return err
-			}
+		if tree.Size() >= cp.Size {
+			return done
+		}
+		if b, err := ParseBlock(m.Data); err == nil { // not a block: no leaves (verifiers skip it alike)
+			return tree.AppendBlock(m.Seq, b.Events)
 		}
 		return nil
 	})
@@ -369,21 +318,38 @@ func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 // from the start up to the checkpoint's size, checks that the stream's
 // tree has the signed root, and checks the proof it returns.
 func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifiers, seq uint64, index int) (*Inclusion, error) {
-	leaf := int64(-1)
-	var leafHash Hash
-	cp, tree, err := treeAtCheckpoint(ctx, js, known, func(s uint64, i int, l int64, e []byte) {
-		if s == seq && i == index {
-			leaf, leafHash = l, LeafHash(e)
-		}
-	})
+	cp, tree, err := treeAtCheckpoint(ctx, js, known)
 	if err != nil {
 		return nil, err
 	}
 	if cp == nil {
 		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, ErrNotCheckpointed)
 	}
-	if leaf < 0 {
+	return ProveInTree(tree, cp, seq, index)
+}
+
+// ProveInTree proves event index of the block at stream sequence seq is in
+// the checkpoint cp, from a tree built block by block from the stream
+// (AppendBlock): it checks the tree has the checkpoint's root, and checks
+// the proof it returns.
+func ProveInTree(tree *Tree, cp *Checkpoint, seq uint64, index int) (*Inclusion, error) {
+	leaf, err := tree.LeafOf(seq, index)
+	if err != nil {
+		return nil, err
+	}
+	if leaf < 0 || leaf >= cp.Size {
 		return nil, fmt.Errorf("event %d of the block at sequence %d is %w (%d events)", index, seq, ErrNotCheckpointed, cp.Size)
+	}
+	if tree.Size() < cp.Size {
+		return nil, fmt.Errorf("event %d of the block at sequence %d: %w: this tree has read %d of its %d events",
+			index, seq, ErrNotCheckpointed, tree.Size(), cp.Size)
+	}
+	if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
+		return nil, fmt.Errorf("%w: the root of the first %d events differs", ErrCheckpointMismatch, cp.Size)
+	}
+	leafHash, err := tree.LeafHash(leaf)
+	if err != nil {
+		return nil, err
 	}
 	proof, err := tree.ProveInclusion(leaf, cp.Size)
 	if err != nil {
@@ -412,7 +378,7 @@ type Consistency struct {
 // extends the stream's first oldSize events, and checks the proof. A
 // holder of an older checkpoint compares its root with OldRoot.
 func ProveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, oldSize int64) (*Consistency, error) {
-	cp, tree, err := treeAtCheckpoint(ctx, js, known, nil)
+	cp, tree, err := treeAtCheckpoint(ctx, js, known)
 	if err != nil {
 		return nil, err
 	}

@@ -133,7 +133,7 @@ devices:
 		t.Cleanup(func() { cancel(); <-done })
 	}
 	c := console.New(console.Config{Metrics: metrics, Gatherer: reg, JetStream: js, Policy: engine.Policy,
-		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop()})
+		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop(), TreeDir: t.TempDir()})
 	go c.Run(ctx)
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)

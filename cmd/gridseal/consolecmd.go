@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -94,7 +95,7 @@ func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observa
 	}
 	c := console.New(console.Config{
 		Metrics: o.metrics, Gatherer: o.reg, JetStream: js, Trust: trust, Approvals: store,
-		Policy: engine.Policy, Log: log.Named("console"), Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls,
+		Policy: engine.Policy, Log: log.Named("console"), Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.dataDir, "console"),
 		Ready: func() error {
 			if err := r.rec.Failed(); err != nil {
 				return err
