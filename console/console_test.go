@@ -133,7 +133,14 @@ devices:
 		t.Cleanup(func() { cancel(); <-done })
 	}
 	c := console.New(console.Config{Metrics: metrics, Gatherer: reg, JetStream: js, Policy: engine.Policy,
-		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop(), TreeDir: t.TempDir()})
+		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop(), TreeDir: t.TempDir(),
+		Upstreams: func() map[string]console.UpstreamView {
+			out := map[string]console.UpstreamView{}
+			for name, u := range srv.Upstreams() {
+				out[name] = console.UpstreamView{State: u.State, Detail: u.Detail, Since: u.Since}
+			}
+			return out
+		}})
 	go c.Run(ctx)
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)
@@ -214,6 +221,18 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	resp, err := http.Get(r.web.URL + "/readyz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("readyz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// The devices panel: plc answered, so it is up.
+	resp, err = http.Get(r.web.URL + "/api/devices")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var devs map[string]console.DeviceView
+	_ = json.NewDecoder(resp.Body).Decode(&devs)
+	resp.Body.Close()
+	if d := devs["plc"]; d.Upstream != "up" || d.Requests != 32 || d.Denies != 2 { // 30 reads and 2 refused writes
+		t.Fatalf("devices: %+v", devs)
 	}
 }
 

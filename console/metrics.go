@@ -178,6 +178,8 @@ func (m *Metrics) Devices() map[string]DeviceView {
 // DeviceView is a device's figures as the console shows them.
 type DeviceView struct {
 	DeviceStats
-	RatePerS  float64 `json:"rate_per_s"`
-	Reachable bool    `json:"reachable"`
+	RatePerS       float64   `json:"rate_per_s"`
+	Upstream       string    `json:"upstream,omitempty"` // up, not answering, down, idle
+	UpstreamDetail string    `json:"upstream_detail,omitempty"`
+	UpstreamSince  time.Time `json:"upstream_since,omitzero"`
 }

@@ -50,6 +50,8 @@ type Config struct {
 	// TLS serves HTTPS with it; with ClientCAs set, Auth may admit
 	// viewers by their verified client certificate.
 	TLS *tls.Config
+	// Upstreams reports each device's reachability; nil: not shown.
+	Upstreams func() map[string]UpstreamView
 	// TreeDir keeps the tree of every event for inclusion proofs (about
 	// 64 bytes an event, rebuilt at each start); "": in memory.
 	TreeDir string
@@ -423,7 +425,25 @@ func (s *Server) devices(w http.ResponseWriter, _ *http.Request) {
 			}
 		}
 	}
+	if s.cfg.Upstreams != nil {
+		for name, u := range s.cfg.Upstreams() {
+			d := out[name]
+			d.Upstream, d.UpstreamDetail = u.State, u.Detail
+			if !u.Since.IsZero() {
+				d.UpstreamSince = u.Since
+			}
+			out[name] = d
+		}
+	}
 	writeJSON(w, out)
+}
+
+// UpstreamView is a device's reachability as the proxy sees it: "up",
+// "not answering", "down" or "idle".
+type UpstreamView struct {
+	State  string
+	Detail string
+	Since  time.Time
 }
 
 // ApprovalView is one pending approval as the console shows it.

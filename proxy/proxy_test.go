@@ -211,6 +211,46 @@ func TestUpstreamUnreachable(t *testing.T) {
 	}
 }
 
+// TestUpstreamStates: what the console shows of each device — idle before
+// any request, up once answered, not answering after a timeout, and down,
+// with the reason, when it cannot be reached.
+func TestUpstreamStates(t *testing.T) {
+	up := startUpstream(t, func(f modbus.Frame) []byte {
+		if binary.BigEndian.Uint16(f.PDU[1:3]) == 0x63 { // address 0x63: the device stalls
+			return nil
+		}
+		return registerEcho(f)
+	})
+	dead := startUpstream(t, nil)
+	deadAddr := dead.addr()
+	_ = dead.ln.Close()
+	pol := fmt.Sprintf(openPolicy, up.addr()) + fmt.Sprintf("  - name: gone\n    upstream: %s\n    rules:\n      - {name: reads, allow: read, functions: [3]}\n", deadAddr)
+	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{ResponseTimeout: 200 * time.Millisecond}}
+	fx := startProxy(t, cfg, pol, proxy.Route{Units: map[byte]string{1: "plc", 2: "gone"}},
+		proxy.Device{Name: "plc", Upstream: up.addr()}, proxy.Device{Name: "gone", Upstream: deadAddr})
+	state := func(d string) proxy.UpstreamState { return fx.srv.Upstreams()[d] }
+	if state("plc").State != "idle" || state("gone").State != "idle" {
+		t.Fatalf("before any request: %+v", fx.srv.Upstreams())
+	}
+	c := dial(t, fx.addr)
+	c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1))
+	if st := state("plc"); st.State != "up" || st.Since.IsZero() {
+		t.Fatalf("after a reply: %+v", st)
+	}
+	c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0x63, 1))
+	if st := state("plc"); st.State != "not answering" {
+		t.Fatalf("after a timeout: %+v", st)
+	}
+	c.roundTrip(3, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1))
+	if st := state("plc"); st.State != "up" {
+		t.Fatalf("answering again: %+v", st)
+	}
+	c.roundTrip(4, 2, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1))
+	if st := state("gone"); st.State != "down" || !strings.Contains(st.Detail, "unreachable") {
+		t.Fatalf("a device nothing listens for: %+v", st)
+	}
+}
+
 func TestDeadUnitDoesNotBlockOthers(t *testing.T) {
 	up := startUpstream(t, func(f modbus.Frame) []byte {
 		if f.Unit == 2 {

@@ -69,6 +69,12 @@ type upconn struct {
 	nextTID   uint16
 	downUntil time.Time
 	dialing   chan struct{} // closed when the dial in progress ends
+	// What the console shows of this connection: the last failure, and
+	// when a reply or a timeout was last seen.
+	lastErr     string
+	lastErrAt   time.Time
+	lastReply   time.Time
+	lastTimeout time.Time
 	// quarantine holds transaction ids whose calls timed out: they are not
 	// reused on this connection, so a late reply can never be taken for the
 	// answer to a new request. Each keeps what identifies its request, so a
@@ -205,6 +211,7 @@ func (uc *upconn) dialLocked() error {
 	uc.dialing = nil
 	if err != nil {
 		uc.downUntil = time.Now().Add(cfg.RetryBackoff)
+		uc.lastErr, uc.lastErrAt = "unreachable: "+err.Error(), time.Now()
 		uc.up.s.log.Warn("upstream unreachable", zap.String("device", uc.up.name),
 			zap.String("addr", uc.up.addr), zap.Error(err))
 		return err
@@ -240,6 +247,7 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		}
 		if c != nil && c.in.Unit == f.Unit {
 			delete(uc.pending, f.Transaction)
+			uc.lastReply = time.Now()
 		} else {
 			c = nil
 		}
@@ -327,6 +335,9 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 	var failed []*call
 	if uc.conn == conn {
 		uc.conn, uc.bw = nil, nil
+		if !uc.closed {
+			uc.lastErr, uc.lastErrAt = "connection lost: "+cause.Error(), time.Now()
+		}
 		clear(uc.quarantine)
 		for tid, c := range uc.pending {
 			failed = append(failed, c)
@@ -365,6 +376,7 @@ func (uc *upconn) reap() {
 			for tid, c := range uc.pending {
 				if now.After(c.deadline) {
 					expired = append(expired, c)
+					uc.lastTimeout = now
 					delete(uc.pending, tid)
 					uc.quarantine[tid] = lateRecord(c)
 				}
@@ -400,4 +412,47 @@ func (uc *upconn) shutdown() {
 	if conn != nil {
 		uc.drop(conn, errors.New("proxy closing"))
 	}
+}
+
+// UpstreamState is what the proxy knows of a device's reachability.
+type UpstreamState struct {
+	// State is "up" (connected, and the last request was answered),
+	// "not answering" (connected, but the last request timed out), "down"
+	// (the last dial failed or the connection was lost) or "idle" (not
+	// connected yet: no request has needed it).
+	State  string
+	Detail string    // the error, for down
+	Since  time.Time // when the state was last confirmed
+}
+
+// state is the best of the pool's connections: one that answers is enough.
+func (u *upstream) state() UpstreamState {
+	best := UpstreamState{State: "idle"}
+	rank := map[string]int{"idle": 0, "down": 1, "not answering": 2, "up": 3}
+	for _, uc := range u.conns {
+		uc.mu.Lock()
+		st := UpstreamState{State: "idle"}
+		switch {
+		case uc.conn != nil && !uc.lastTimeout.After(uc.lastReply):
+			st = UpstreamState{State: "up", Since: uc.lastReply}
+		case uc.conn != nil:
+			st = UpstreamState{State: "not answering", Since: uc.lastTimeout}
+		case uc.lastErr != "":
+			st = UpstreamState{State: "down", Detail: uc.lastErr, Since: uc.lastErrAt}
+		}
+		uc.mu.Unlock()
+		if rank[st.State] > rank[best.State] || (st.State == best.State && st.Since.After(best.Since)) {
+			best = st
+		}
+	}
+	return best
+}
+
+// Upstreams reports each device's reachability, by device name.
+func (s *Server) Upstreams() map[string]UpstreamState {
+	out := make(map[string]UpstreamState, len(s.upstreams))
+	for name, u := range s.upstreams {
+		out[name] = u.state()
+	}
+	return out
 }

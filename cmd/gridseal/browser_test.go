@@ -79,6 +79,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if _, err := c.ReadRegister(simulators.InverterPower, 0 /* holding */); err != nil {
 		t.Fatal(err)
 	}
+	poll("the inverter up in the devices panel", `[...document.querySelectorAll('#devices tbody tr')].some(r => r.cells[0].textContent === 'inverter-1' && r.cells[1].textContent === 'up')`, 5*time.Second)
 	start := time.Now()
 	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
 		t.Fatal("disconnect was forwarded")

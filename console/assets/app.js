@@ -148,7 +148,7 @@ async function refresh() {
 
     const devs = await getJSON("api/devices");
     $("#devices tbody").innerHTML = Object.entries(devs).sort().map(([n, d]) =>
-      `<tr><td>${esc(n)}</td><td>${d.unreachable && d.requests === d.unreachable ? "unreachable" : "ok"}</td><td>${(d.rate_per_s || 0).toFixed(1)}</td>` +
+      `<tr><td>${esc(n)}</td><td class="up-${esc((d.upstream || "idle").replace(" ", "-"))}" title="${esc(d.upstream_detail || "")}">${esc(d.upstream || "idle")}</td><td>${(d.rate_per_s || 0).toFixed(1)}</td>` +
       `<td>${d.requests || 0}</td><td>${d.denies || 0}</td><td class="reason">${esc(d.last_write || "")}</td></tr>`).join("");
 
     const aps = await getJSON("api/approvals");
