@@ -132,16 +132,16 @@ func EnsureCheckpointStream(ctx context.Context, js jetstream.JetStream, replica
 }
 
 // latestWindow is how many of the newest checkpoint messages
-// LatestCheckpoint looks at: with several checkpointers, the last message
-// may come from one that lags.
-const latestWindow = 64
+// LatestCheckpoint reads: with several checkpointers, the last message may
+// come from one that lags.
+const latestWindow = 256
 
 // ErrCheckpointMismatch says the stream does not hold what a signed
 // checkpoint says it held: a rewritten or truncated chain.
 var ErrCheckpointMismatch = errors.New("the stream does not match a signed checkpoint")
 
 // LatestCheckpoint returns the largest checkpoint signed by a known key
-// among the newest checkpoint messages, or nil.
+// among the newest latestWindow checkpoint messages, or nil.
 func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers) (*Checkpoint, error) {
 	s, err := js.Stream(ctx, CheckpointStream)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -155,8 +155,9 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 		return nil, err
 	}
 	var best *Checkpoint
-	looked := 0
-	for seq := info.State.LastSeq; seq >= info.State.FirstSeq && seq > 0 && looked < latestWindow; seq-- {
+	// At most latestWindow messages are read, verified or not: messages
+	// signed by a retired key, or junk, cannot make this read the stream.
+	for seq, read := info.State.LastSeq, 0; seq >= info.State.FirstSeq && seq > 0 && read < latestWindow; seq, read = seq-1, read+1 {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -168,7 +169,6 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 		if err != nil {
 			continue
 		}
-		looked++
 		if best == nil || c.Size > best.Size {
 			best = c
 		}
@@ -344,7 +344,11 @@ func ProveInTree(tree *Tree, cp *Checkpoint, seq uint64, index int) (*Inclusion,
 		return nil, fmt.Errorf("event %d of the block at sequence %d: %w: this tree has read %d of its %d events",
 			index, seq, ErrNotCheckpointed, tree.Size(), cp.Size)
 	}
-	if root, err := tree.Root(cp.Size); err != nil || root != cp.Root {
+	root, err := tree.Root(cp.Size)
+	if err != nil {
+		return nil, err // the tree could not be read: no evidence either way
+	}
+	if root != cp.Root {
 		return nil, fmt.Errorf("%w: the root of the first %d events differs", ErrCheckpointMismatch, cp.Size)
 	}
 	leafHash, err := tree.LeafHash(leaf)

@@ -24,7 +24,7 @@ type Tree struct {
 	blocks store // 16-byte records: block stream sequence, first leaf
 	n      int64 // leaves
 	nb     int64 // blocks indexed
-	paths  []string
+	closed bool
 }
 
 // store is where a Tree keeps fixed-size records.
@@ -64,18 +64,23 @@ func (s *fileStore) readAt(b []byte, off int64) error {
 }
 func (s *fileStore) close() error { return s.f.Close() }
 
-// OpenTreeFiles starts an empty tree kept in dir/name.hashes and
-// dir/name.blocks (created 0600, emptied if they exist). Close removes them.
+// OpenTreeFiles starts an empty tree kept in two files in dir, unlinked as
+// soon as they are open: only this process reaches them, and their space
+// goes back when it closes them or ends, however it ends.
 func OpenTreeFiles(dir, name string) (*Tree, error) {
 	t := &Tree{}
 	for _, ext := range []string{".hashes", ".blocks"} {
 		path := dir + string(os.PathSeparator) + name + ext
 		f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err == nil {
+			if err = os.Remove(path); err != nil {
+				_ = f.Close()
+			}
+		}
 		if err != nil {
 			_ = t.Close()
 			return nil, fmt.Errorf("tree file: %w", err)
 		}
-		t.paths = append(t.paths, path)
 		if ext == ".hashes" {
 			t.hashes = &fileStore{f: f}
 		} else {
@@ -96,15 +101,18 @@ func TempTreeFiles(parent string) (*Tree, error) {
 		return nil, fmt.Errorf("tree files: %w", err)
 	}
 	t, err := OpenTreeFiles(dir, "events")
-	if err != nil {
-		_ = os.Remove(dir)
-		return nil, err
+	if rerr := os.Remove(dir); err == nil && rerr != nil { // empty: the files are unlinked
+		_ = t.Close()
+		return nil, fmt.Errorf("tree files: %w", rerr)
 	}
-	t.paths = append(t.paths, dir) // removed last, once empty
-	return t, nil
+	return t, err
 }
 
-// Close releases the tree's storage and removes its files.
+// ErrTreeClosed is returned by a closed tree.
+var ErrTreeClosed = errors.New("tree closed")
+
+// Close releases the tree's storage; reads after it fail with
+// ErrTreeClosed.
 func (t *Tree) Close() error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -114,26 +122,27 @@ func (t *Tree) Close() error {
 			errs = append(errs, s.close())
 		}
 	}
-	for _, p := range t.paths {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	t.hashes, t.blocks, t.n, t.nb, t.paths = nil, nil, 0, 0, nil
+	t.hashes, t.blocks, t.n, t.nb, t.closed = nil, nil, 0, 0, true
 	return errors.Join(errs...)
 }
 
-func (t *Tree) init() {
+func (t *Tree) init() error {
+	if t.closed {
+		return ErrTreeClosed
+	}
 	if t.hashes == nil {
 		t.hashes, t.blocks = &memStore{}, &memStore{}
 	}
+	return nil
 }
 
 // AppendLeaf adds the event's bytes as the next leaf.
 func (t *Tree) AppendLeaf(event []byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.init()
+	if err := t.init(); err != nil {
+		return err
+	}
 	return t.appendLeafLocked(event)
 }
 
@@ -158,7 +167,9 @@ func (t *Tree) appendLeafLocked(event []byte) error {
 func (t *Tree) AppendBlock(seq uint64, events [][]byte) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.init()
+	if err := t.init(); err != nil {
+		return err
+	}
 	var rec [16]byte
 	binary.BigEndian.PutUint64(rec[:8], seq)
 	binary.BigEndian.PutUint64(rec[8:], uint64(t.n))
@@ -179,6 +190,9 @@ func (t *Tree) AppendBlock(seq uint64, events [][]byte) error {
 func (t *Tree) LeafOf(seq uint64, index int) (int64, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	if t.closed {
+		return -1, ErrTreeClosed
+	}
 	if t.blocks == nil || index < 0 {
 		return -1, nil
 	}
@@ -237,6 +251,9 @@ func (r lockedReader) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 func (t *Tree) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
+	if t.closed {
+		return nil, ErrTreeClosed
+	}
 	if t.hashes == nil {
 		return nil, errors.New("empty tree")
 	}

@@ -1,6 +1,7 @@
 package chain_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -16,7 +17,7 @@ import (
 // have no leaves); the files go with Close.
 func TestTreeFilesMatchMemory(t *testing.T) {
 	dir := t.TempDir()
-	ft, err := chain.OpenTreeFiles(dir, "chain")
+	ft, err := chain.TempTreeFiles(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,11 +81,19 @@ func TestTreeFilesMatchMemory(t *testing.T) {
 			t.Fatalf("leaf of missing %+v: %d %v", miss, leaf, err)
 		}
 	}
+	// The files were unlinked as they were opened: nothing outlives the
+	// process, even one killed with SIGKILL.
+	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
+		t.Fatalf("files visible while the tree is open: %v", left)
+	}
 	if err := ft.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if left, _ := filepath.Glob(filepath.Join(dir, "*")); len(left) != 0 {
-		t.Fatalf("files left after Close: %v", left)
+	if _, err := ft.LeafOf(where[0].seq, 0); !errors.Is(err, chain.ErrTreeClosed) {
+		t.Fatalf("LeafOf after Close: %v", err)
+	}
+	if _, err := ft.Root(1); !errors.Is(err, chain.ErrTreeClosed) {
+		t.Fatalf("Root after Close: %v", err)
 	}
 }
 

@@ -336,7 +336,8 @@ func TestDeviceFloodingRepliesIsCutOff(t *testing.T) {
 		})
 		return flood
 	}
-	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{RetryBackoff: 300 * time.Millisecond}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
 		proxy.Device{Name: "plc", Upstream: up.addr()})
 	c := dial(t, fx.addr)
 	first := c.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 10, 1))
@@ -347,9 +348,16 @@ func TestDeviceFloodingRepliesIsCutOff(t *testing.T) {
 	if len(dropped) != 101 || !strings.Contains(dropped[100].Reason, "more than 100 replies matching no request") {
 		t.Fatalf("%d dropped replies recorded; want 100 and one cut-off record", len(dropped))
 	}
-	resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 20, 1))
-	if got := binary.BigEndian.Uint16(resp[2:]); got != 21 {
-		t.Fatalf("after the cut-off: %x", resp)
+	// Not redialled at once (a reconnect would buy the device another 100
+	// records), but after the retry backoff.
+	if resp := c.roundTrip(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 20, 1)); !bytes.Equal(resp,
+		exception(modbus.ReadHoldingRegisters, modbus.GatewayPathUnavailable)) {
+		t.Fatalf("right after the cut-off: %x, want exception 0x0A", resp)
+	}
+	time.Sleep(400 * time.Millisecond)
+	resp := c.roundTrip(3, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 20, 1))
+	if len(resp) < 4 || binary.BigEndian.Uint16(resp[2:]) != 21 {
+		t.Fatalf("after the backoff: %x", resp)
 	}
 }
 
@@ -384,6 +392,12 @@ func TestForceListenOnlyIsNotAnswered(t *testing.T) {
 	if diag == nil || diag.Verdict != audit.Allow || diag.Exception != 0 || len(diag.Response) != 0 ||
 		!strings.Contains(diag.Reason, "does not answer") {
 		t.Fatalf("listen-only recorded as %+v", diag)
+	}
+	// This device answers anyway (exception 1): that reply is recorded
+	// against the listen-only request, not as a reply to nothing.
+	waitFor(t, "the unexpected reply recorded", func() bool { return len(fx.events.inPhase(audit.PhaseDroppedReply)) == 1 })
+	if e := fx.events.inPhase(audit.PhaseDroppedReply)[0]; e.Op != diag.Op || !strings.Contains(e.Reason, "force listen-only") || e.Exception != 1 {
+		t.Fatalf("the device's reply to listen-only recorded as %+v", e)
 	}
 }
 

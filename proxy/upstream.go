@@ -75,6 +75,9 @@ type upconn struct {
 	lastErrAt   time.Time
 	lastReply   time.Time
 	lastTimeout time.Time
+	// Replies to no request in the current window (see readLoop).
+	strays      int
+	strayWindow time.Time
 	// quarantine holds transaction ids whose calls timed out: they are not
 	// reused on this connection, so a late reply can never be taken for the
 	// answer to a new request. Each keeps what identifies its request, so a
@@ -142,7 +145,13 @@ func (uc *upconn) send(c *call) {
 	// Force listen-only mode (function 8, sub-function 4) is never
 	// answered (Modbus Application Protocol 6.8.1): done once sent.
 	silent := c.in.Request.Function == modbus.Diagnostics && c.in.Request.Sub == 4
-	if !silent {
+	if silent {
+		// Should the device answer anyway, the reply is recorded
+		// against this request, and the id is not reused meanwhile.
+		late := lateRecord(c)
+		late.Reason = "reply to force listen-only mode, which a device does not send; dropped"
+		uc.quarantine[tid] = late
+	} else {
 		uc.pending[tid] = c
 	}
 	c.frame[0], c.frame[1] = byte(tid>>8), byte(tid)
@@ -231,8 +240,6 @@ func (uc *upconn) dialLocked() error {
 func (uc *upconn) readLoop(conn net.Conn) {
 	rd := modbus.NewReader(conn)
 	log := uc.up.s.log
-	var strays int // replies to no request in the current window
-	var strayWindow time.Time
 	for {
 		f, err := rd.ReadFrame()
 		if err != nil {
@@ -254,27 +261,35 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		if late != nil {
 			delete(uc.quarantine, f.Transaction)
 		}
+		// Replies to no request: each is recorded, up to maxStrays in
+		// strayWindowLen per device connection slot (kept across
+		// reconnects); a device that sends more is cut off, and not
+		// redialled before the retry backoff, so it cannot fill the chain,
+		// which never deletes.
+		cutOff := false
+		if c == nil && late == nil {
+			if now := time.Now(); now.Sub(uc.strayWindow) > strayWindowLen {
+				uc.strays, uc.strayWindow = 0, now
+			}
+			uc.strays++
+			if cutOff = uc.strays > maxStrays; cutOff {
+				uc.downUntil = time.Now().Add(uc.up.s.cfg.Upstream.RetryBackoff)
+			}
+		}
 		uc.mu.Unlock()
 		if late != nil {
 			log.Info("late upstream reply after its timeout; dropped", zap.String("device", uc.up.name),
 				zap.Uint16("tid", f.Transaction), zap.Uint64("op", late.Op))
-			uc.recordDropped(late, f, "late reply from the device, after the request timed out and was answered 0x0B; dropped")
+			uc.recordDropped(late, f, late.Reason)
 			continue
 		}
 		if c == nil {
-			// Each is recorded, up to maxStrays in strayWindowLen; a device
-			// that sends more is cut off (its pending calls get 0x0B) so it
-			// cannot fill the chain, which never deletes.
-			if now := time.Now(); now.Sub(strayWindow) > strayWindowLen {
-				strays, strayWindow = 0, now
-			}
-			strays++
 			// The frame's source is the device: its address stands where a
 			// client's would, and the proxy's end of the connection where the
 			// listener's would.
 			ev := &audit.Event{Op: uc.up.s.opSeq.Add(1), Device: uc.up.name, Unit: f.Unit,
 				Client: addrPort(conn.RemoteAddr()), Listener: conn.LocalAddr().String()}
-			if strays > maxStrays {
+			if cutOff {
 				why := fmt.Sprintf("device sent more than %d replies matching no request within %v; connection closed", maxStrays, strayWindowLen)
 				log.Warn(why, zap.String("device", uc.up.name))
 				uc.recordDropped(ev, f, why)
@@ -378,7 +393,9 @@ func (uc *upconn) reap() {
 					expired = append(expired, c)
 					uc.lastTimeout = now
 					delete(uc.pending, tid)
-					uc.quarantine[tid] = lateRecord(c)
+					late := lateRecord(c)
+					late.Reason = "late reply from the device, after the request timed out and was answered 0x0B; dropped"
+					uc.quarantine[tid] = late
 				}
 			}
 			recycle := len(uc.quarantine) > maxQuarantine
@@ -425,27 +442,37 @@ type UpstreamState struct {
 	Since  time.Time // when the state was last confirmed
 }
 
-// state is the best of the pool's connections: one that answers is enough.
+// state decides per device: connected if any pool connection is, and then
+// answering if the newest reply on any connection is newer than the newest
+// timeout (an idle connection's old replies do not hide the timeouts of the
+// one in use).
 func (u *upstream) state() UpstreamState {
-	best := UpstreamState{State: "idle"}
-	rank := map[string]int{"idle": 0, "down": 1, "not answering": 2, "up": 3}
+	var connected bool
+	var lastReply, lastTimeout, errAt time.Time
+	var lastErr string
 	for _, uc := range u.conns {
 		uc.mu.Lock()
-		st := UpstreamState{State: "idle"}
-		switch {
-		case uc.conn != nil && !uc.lastTimeout.After(uc.lastReply):
-			st = UpstreamState{State: "up", Since: uc.lastReply}
-		case uc.conn != nil:
-			st = UpstreamState{State: "not answering", Since: uc.lastTimeout}
-		case uc.lastErr != "":
-			st = UpstreamState{State: "down", Detail: uc.lastErr, Since: uc.lastErrAt}
+		connected = connected || uc.conn != nil
+		if uc.lastReply.After(lastReply) {
+			lastReply = uc.lastReply
+		}
+		if uc.lastTimeout.After(lastTimeout) {
+			lastTimeout = uc.lastTimeout
+		}
+		if uc.lastErr != "" && uc.lastErrAt.After(errAt) {
+			lastErr, errAt = uc.lastErr, uc.lastErrAt
 		}
 		uc.mu.Unlock()
-		if rank[st.State] > rank[best.State] || (st.State == best.State && st.Since.After(best.Since)) {
-			best = st
-		}
 	}
-	return best
+	switch {
+	case connected && !lastTimeout.After(lastReply):
+		return UpstreamState{State: "up", Since: lastReply}
+	case connected:
+		return UpstreamState{State: "not answering", Since: lastTimeout}
+	case lastErr != "":
+		return UpstreamState{State: "down", Detail: lastErr, Since: errAt}
+	}
+	return UpstreamState{State: "idle"}
 }
 
 // Upstreams reports each device's reachability, by device name.
