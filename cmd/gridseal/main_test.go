@@ -503,7 +503,7 @@ func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient 
 // waitForCond polls cond until it holds or 10 s pass.
 func waitForCond(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // generous: a loaded CI machine is slow
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
