@@ -134,13 +134,7 @@ devices:
 	}
 	c := console.New(console.Config{Metrics: metrics, Gatherer: reg, JetStream: js, Policy: engine.Policy,
 		Trust: trust, Ready: func() error { return rec.Failed() }, Log: zap.NewNop(), TreeDir: t.TempDir(),
-		Upstreams: func() map[string]console.UpstreamView {
-			out := map[string]console.UpstreamView{}
-			for name, u := range srv.Upstreams() {
-				out[name] = console.UpstreamView{State: u.State, Detail: u.Detail, Since: u.Since}
-			}
-			return out
-		}})
+		Upstreams: srv.Upstreams})
 	go c.Run(ctx)
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)

@@ -24,6 +24,7 @@ import (
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/proxy"
 )
 
 //go:embed assets
@@ -50,8 +51,9 @@ type Config struct {
 	// TLS serves HTTPS with it; with ClientCAs set, Auth may admit
 	// viewers by their verified client certificate.
 	TLS *tls.Config
-	// Upstreams reports each device's reachability; nil: not shown.
-	Upstreams func() map[string]UpstreamView
+	// Upstreams reports each device's reachability (proxy.Server's
+	// Upstreams); nil: not shown.
+	Upstreams func() map[string]proxy.UpstreamState
 	// TreeDir keeps the tree of every event for inclusion proofs (about
 	// 64 bytes an event, rebuilt at each start); "": in memory.
 	TreeDir string
@@ -436,14 +438,6 @@ func (s *Server) devices(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 	writeJSON(w, out)
-}
-
-// UpstreamView is a device's reachability as the proxy sees it: "up",
-// "not answering", "down" or "idle".
-type UpstreamView struct {
-	State  string
-	Detail string
-	Since  time.Time
 }
 
 // ApprovalView is one pending approval as the console shows it.

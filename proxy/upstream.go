@@ -148,9 +148,7 @@ func (uc *upconn) send(c *call) {
 	if silent {
 		// Should the device answer anyway, the reply is recorded
 		// against this request, and the id is not reused meanwhile.
-		late := lateRecord(c)
-		late.Reason = "reply to force listen-only mode, which a device does not send; dropped"
-		uc.quarantine[tid] = late
+		uc.quarantine[tid] = lateRecord(c, "reply to force listen-only mode, which a device does not send; dropped")
 	} else {
 		uc.pending[tid] = c
 	}
@@ -334,13 +332,13 @@ func (uc *upconn) recordDropped(ev *audit.Event, f modbus.Frame, reason string) 
 	uc.up.s.record(ev, false)
 }
 
-// lateRecord keeps what identifies a timed-out request, for recording a
-// late reply to it (the call itself is reused).
-func lateRecord(c *call) *audit.Event {
+// lateRecord keeps what identifies a request no reply is awaited for, and
+// the reason to record should one come anyway (the call itself is reused).
+func lateRecord(c *call, reason string) *audit.Event {
 	return &audit.Event{Op: c.ev.Op, Client: c.ev.Client, Listener: c.ev.Listener, Role: c.ev.Role,
 		Device: c.ev.Device, Unit: c.ev.Unit, Function: c.ev.Function, Class: c.ev.Class,
 		Address: c.ev.Address, Quantity: c.ev.Quantity, PDU: append([]byte(nil), c.ev.PDU...),
-		Rule: c.ev.Rule, Policy: c.ev.Policy, Approval: c.ev.Approval}
+		Rule: c.ev.Rule, Policy: c.ev.Policy, Approval: c.ev.Approval, Reason: reason}
 }
 
 // drop closes conn if it is still current and fails its pending calls with
@@ -393,9 +391,7 @@ func (uc *upconn) reap() {
 					expired = append(expired, c)
 					uc.lastTimeout = now
 					delete(uc.pending, tid)
-					late := lateRecord(c)
-					late.Reason = "late reply from the device, after the request timed out and was answered 0x0B; dropped"
-					uc.quarantine[tid] = late
+					uc.quarantine[tid] = lateRecord(c, "late reply from the device, after the request timed out and was answered 0x0B; dropped")
 				}
 			}
 			recycle := len(uc.quarantine) > maxQuarantine

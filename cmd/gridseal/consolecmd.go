@@ -95,14 +95,8 @@ func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observa
 	}
 	c := console.New(console.Config{
 		Metrics: o.metrics, Gatherer: o.reg, JetStream: js, Trust: trust, Approvals: store,
-		Upstreams: func() map[string]console.UpstreamView {
-			out := map[string]console.UpstreamView{}
-			for name, u := range st.srv.Upstreams() {
-				out[name] = console.UpstreamView{State: u.State, Detail: u.Detail, Since: u.Since}
-			}
-			return out
-		},
-		Policy: engine.Policy, Log: log.Named("console"), Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.dataDir, "console"),
+		Upstreams: st.srv.Upstreams,
+		Policy:    engine.Policy, Log: log.Named("console"), Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.dataDir, "console"),
 		Ready: func() error {
 			if err := r.rec.Failed(); err != nil {
 				return err
