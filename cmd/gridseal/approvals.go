@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -23,7 +23,7 @@ import (
 // approvalsEnv is a connection to the approvals bucket and the policy the
 // proxies have in force.
 type approvalsEnv struct {
-	conn  *natsConn
+	conn  *natsembed.Conn
 	store *policy.Store
 	pol   *policy.Policy
 }
@@ -409,38 +409,15 @@ func policyCmd(g *globals) *cobra.Command {
 			if threshold < 1 || threshold > len(args) {
 				return fmt.Errorf("%w: --threshold %d: want 1..%d", errUsage, threshold, len(args))
 			}
-			var b strings.Builder
-			fmt.Fprintf(&b, "# Policy admins: a policy is in force only with %d of their signatures.\nthreshold: %d\nadmins:\n", threshold, threshold)
-			for _, path := range args {
-				data, err := os.ReadFile(path)
-				if err != nil {
-					return err
-				}
-				if _, err := keys.LoadVerifier(path); err != nil {
-					return err
-				}
-				name := strings.TrimSuffix(filepath.Base(path), ".public.json")
-				writeKeysetEntry(&b, name, nil, data)
+			b, err := policy.FormatRoot(threshold, args)
+			if err != nil {
+				return err
 			}
-			_, err := io.WriteString(g.stdout, b.String())
+			_, err = g.stdout.Write(b)
 			return err
 		},
 	}
 	root.Flags().IntVar(&threshold, "threshold", 2, "how many admins must sign")
 	cmd.AddCommand(sign, verify, root)
 	return cmd
-}
-
-// writeKeysetEntry writes one YAML list entry naming a person (with their
-// groups, if any) and their public keyset inline, as policies and policy
-// roots list approvers and admins.
-func writeKeysetEntry(b *strings.Builder, name string, groups []string, publicJSON []byte) {
-	fmt.Fprintf(b, "  - name: %s\n", name)
-	if len(groups) > 0 {
-		fmt.Fprintf(b, "    groups: [%s]\n", strings.Join(groups, ", "))
-	}
-	b.WriteString("    keyset: |\n")
-	for _, line := range strings.Split(strings.TrimSpace(string(publicJSON)), "\n") {
-		b.WriteString("      " + line + "\n")
-	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/gridseal/gridseal/internal/demo"
 	"github.com/gridseal/gridseal/simulators"
 )
 
@@ -100,10 +101,10 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(proof, "signed by "+demoCheckpointer) || !strings.Contains(proof, "gridseal/chain/GRIDSEAL_CHAIN") {
+	if !strings.Contains(proof, "signed by "+demo.Checkpointer) || !strings.Contains(proof, "gridseal/chain/GRIDSEAL_CHAIN") {
 		t.Fatalf("proof panel: %q", proof)
 	}
-	poll("the signed checkpoint in the chain panel", `document.querySelector('#chain').textContent.includes('by `+demoCheckpointer+`')`, 10*time.Second) // status reads checkpoints at most every 5 s
+	poll("the signed checkpoint in the chain panel", `document.querySelector('#chain').textContent.includes('by `+demo.Checkpointer+`')`, 10*time.Second) // status reads checkpoints at most every 5 s
 	saveShot(t, bctx, "console-proof.png")
 	run("close the event", chromedp.Click("#close-detail"))
 

@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -16,47 +13,6 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/atomicfile"
 )
-
-// checkpointKeyPaths are the signer key (secret, 0600) and verifier key files.
-func checkpointKeyPaths(dir, name string) (skey, vkey string) {
-	return filepath.Join(dir, name+".checkpoint.key"), filepath.Join(dir, name+".checkpoint.vkey")
-}
-
-// newCheckpointKey writes a signed-note key pair for a checkpointer.
-func newCheckpointKey(dir, name string) (vkey string, err error) {
-	skey, vkey, err := note.GenerateKey(rand.Reader, name)
-	if err != nil {
-		return "", err
-	}
-	sp, vp := checkpointKeyPaths(dir, name)
-	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	if err := atomicfile.Create(vp, []byte(vkey+"\n"), 0o644); err != nil {
-		return "", err
-	}
-	return vkey, nil
-}
-
-// loadCheckpointSigner reads a checkpointer's signer key (0600 only).
-func loadCheckpointSigner(path string) (note.Signer, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("checkpoint key %s is readable by others; chmod 600 it", path)
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	s, err := note.NewSigner(strings.TrimSpace(string(b)))
-	if err != nil {
-		return nil, fmt.Errorf("checkpoint key %s: not a signed-note signer key", path)
-	}
-	return s, nil
-}
 
 func keysCheckpointCmd(g *globals) *cobra.Command {
 	var dir string
@@ -68,14 +24,14 @@ func keysCheckpointCmd(g *globals) *cobra.Command {
 			if err := chain.CheckWriterID(args[0]); err != nil {
 				return fmt.Errorf("%w: key name: %v", errUsage, err)
 			}
-			vkey, err := newCheckpointKey(dir, args[0])
+			vkey, err := chain.NewCheckpointKey(dir, args[0])
 			if errors.Is(err, atomicfile.ErrExists) {
 				return fmt.Errorf("%v: choose another name", err)
 			}
 			if err != nil {
 				return err
 			}
-			sp, _ := checkpointKeyPaths(dir, args[0])
+			sp, _ := chain.CheckpointKeyPaths(dir, args[0])
 			fmt.Fprintf(g.stdout, "signer key %s (mode 0600: keep it secret)\nverifier key, for the trust file's checkpointers:\n  %s\n", sp, vkey)
 			return nil
 		},

@@ -55,6 +55,12 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if (g.natsCert == "") != (g.natsKey == "") {
+			return fmt.Errorf("%w: --nats-tls-cert and --nats-tls-key go together", errUsage)
+		}
+		return nil
+	}
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -83,6 +89,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	return 1
 }
+
+// errUsage marks a command line that cannot be run as written: exit 2.
+var errUsage = errors.New("usage")
 
 func versionCmd(g *globals) *cobra.Command {
 	return &cobra.Command{

@@ -24,6 +24,7 @@ import (
 	mbclient "github.com/simonvetter/modbus"
 
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -34,16 +35,6 @@ func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout
 	var out, errb bytes.Buffer
 	code = run(ctx, args, strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
-}
-
-func TestExampleConfigLoads(t *testing.T) {
-	cfg, err := loadConfig("../../deploy/examples/gridseal.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Limits.MaxConnectionsPerClient != 16 || cfg.Upstream.ResponseTimeout != 3*time.Second || cfg.Exceptions.Unrouted != 10 {
-		t.Fatalf("example config decoded as %+v", cfg)
-	}
 }
 
 func TestCommandErrors(t *testing.T) {
@@ -703,7 +694,7 @@ func TestBenchJSON(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("bench: exit %d %s", code, stderr)
 	}
-	var rep Report
+	var rep bench.Report
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("bench --json: %v\n%s", err, out)
 	}

@@ -1,4 +1,4 @@
-package main
+package gateway
 
 import (
 	"bytes"
@@ -21,39 +21,44 @@ import (
 	"github.com/gridseal/gridseal/proxy"
 )
 
-// fileConfig is the proxy's configuration file.
-type fileConfig struct {
+// Config is the gateway's configuration: the YAML file `gridseal proxy
+// --config` reads (deploy/examples/gridseal.yaml), or one the demo builds.
+type Config struct {
 	Policy     string `yaml:"policy"`
 	PolicyRoot string `yaml:"policy_root"` // admins' root file; the policy must carry their m-of-n signatures
 	// InsecureUnsignedPolicy runs a policy no admin signed. Tests and labs only.
 	InsecureUnsignedPolicy bool `yaml:"insecure_unsigned_policy"`
 	// AllowPolicyRollback accepts a policy older than one already in force.
 	AllowPolicyRollback bool                 `yaml:"allow_policy_rollback"`
-	Listeners           []listenerConfig     `yaml:"listeners"`
+	Listeners           []ListenerConfig     `yaml:"listeners"`
 	Limits              proxy.Limits         `yaml:"limits"`
 	Upstream            proxy.UpstreamConfig `yaml:"upstream"`
 	Exceptions          proxy.Exceptions     `yaml:"exceptions"`
-	Chain               chainConfig          `yaml:"chain"`
+	Chain               ChainConfig          `yaml:"chain"`
 	// UpstreamTLS speaks Modbus/TCP Security to the named devices.
-	UpstreamTLS map[string]*tlsConfig `yaml:"upstream_tls"`
+	UpstreamTLS map[string]*TLSConfig `yaml:"upstream_tls"`
 	// Checkpoint signs checkpoints of the whole chain stream (one
 	// checkpointer per deployment is enough).
-	Checkpoint struct {
-		Key   string        `yaml:"key"`   // signed-note signer key (gridseal keys checkpoint)
-		Every time.Duration `yaml:"every"` // default 10s
-	} `yaml:"checkpoint"`
+	Checkpoint CheckpointConfig `yaml:"checkpoint"`
 	// Console is the web console, /metrics, /healthz and /readyz.
-	Console consoleConfig `yaml:"console"`
-	Log     logConfig     `yaml:"log"`
+	Console ConsoleConfig `yaml:"console"`
+	Log     LogConfig     `yaml:"log"`
 	path    string
 }
 
-// consoleConfig says where the console listens and whom it admits. Off
+// CheckpointConfig names the checkpointer's key and period; no key, no
+// checkpointer.
+type CheckpointConfig struct {
+	Key   string        `yaml:"key"`   // signed-note signer key (gridseal keys checkpoint)
+	Every time.Duration `yaml:"every"` // default 10s
+}
+
+// ConsoleConfig says where the console listens and whom it admits. Off
 // loopback it must use TLS and admit only client certificates from ca or
 // the tokens listed in the token file.
-type consoleConfig struct {
+type ConsoleConfig struct {
 	Listen         string     `yaml:"listen"` // default 127.0.0.1:8080; "off": none; --http overrides
-	TLS            *tlsConfig `yaml:"tls"`    // cert, key; ca: viewers' client certificates
+	TLS            *TLSConfig `yaml:"tls"`    // cert, key; ca: viewers' client certificates
 	Tokens         string     `yaml:"tokens"` // token file (gridseal keys console-token)
 	MaxConnections int        `yaml:"max_connections"`
 }
@@ -68,7 +73,7 @@ type consoleSetup struct {
 
 // setup checks the console configuration: off loopback, TLS and a way to
 // admit viewers are required, since the command stream is plant data.
-func (c *consoleConfig) setup(base, addr string) (*consoleSetup, error) {
+func (c *ConsoleConfig) setup(base, addr string) (*consoleSetup, error) {
 	cs := &consoleSetup{addr: addr, maxConns: c.MaxConnections}
 	if addr == "" || addr == "off" {
 		return cs, nil
@@ -113,8 +118,8 @@ func (c *consoleConfig) setup(base, addr string) (*consoleSetup, error) {
 	return cs, nil
 }
 
-// chainConfig says where and as whom the proxy records.
-type chainConfig struct {
+// ChainConfig says where and as whom the proxy records.
+type ChainConfig struct {
 	Writer         string        `yaml:"writer"`          // writer id, unique per proxy instance
 	Key            string        `yaml:"key"`             // the writer's private Tink keyset
 	NATS           string        `yaml:"nats"`            // NATS URL(s); default --nats, else embedded
@@ -125,16 +130,17 @@ type chainConfig struct {
 	Trust          string        `yaml:"trust"`           // trust file the console verifies against (default DATA-DIR/trust.yaml)
 }
 
-type listenerConfig struct {
+// ListenerConfig is one client-facing address and the devices behind it.
+type ListenerConfig struct {
 	Listen  string     `yaml:"listen"`
 	Devices []string   `yaml:"devices"`
-	TLS     *tlsConfig `yaml:"tls"` // Modbus/TCP Security: mutual TLS, roles from client certificates
+	TLS     *TLSConfig `yaml:"tls"` // Modbus/TCP Security: mutual TLS, roles from client certificates
 }
 
-// tlsConfig names PEM files. On a listener: the server's certificate and
+// TLSConfig names PEM files. On a listener: the server's certificate and
 // key and the CA that issues client certificates. Toward a PLC: the CA that
 // issued its certificate, and the proxy's client certificate and key.
-type tlsConfig struct {
+type TLSConfig struct {
 	Cert       string `yaml:"cert"`
 	Key        string `yaml:"key"`
 	CA         string `yaml:"ca"`
@@ -142,7 +148,7 @@ type tlsConfig struct {
 }
 
 // server builds the listener side: TLS 1.2+, client certificates required.
-func (t *tlsConfig) server(base string) (*tls.Config, error) {
+func (t *TLSConfig) server(base string) (*tls.Config, error) {
 	cert, pool, err := t.load(base)
 	if err != nil {
 		return nil, err
@@ -155,7 +161,7 @@ func (t *tlsConfig) server(base string) (*tls.Config, error) {
 }
 
 // client builds the PLC side.
-func (t *tlsConfig) client(base string) (*tls.Config, error) {
+func (t *TLSConfig) client(base string) (*tls.Config, error) {
 	cert, pool, err := t.load(base)
 	if err != nil {
 		return nil, err
@@ -167,7 +173,7 @@ func (t *tlsConfig) client(base string) (*tls.Config, error) {
 	return c, nil
 }
 
-func (t *tlsConfig) load(base string) (*tls.Certificate, *x509.CertPool, error) {
+func (t *TLSConfig) load(base string) (*tls.Certificate, *x509.CertPool, error) {
 	abs := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
 			return p
@@ -196,7 +202,9 @@ func (t *tlsConfig) load(base string) (*tls.Certificate, *x509.CertPool, error) 
 	return cert, pool, nil
 }
 
-type logConfig struct {
+// LogConfig sets the log's level and format (the command line's flags are
+// the defaults).
+type LogConfig struct {
 	Level  string `yaml:"level"`
 	Format string `yaml:"format"`
 }
@@ -204,12 +212,12 @@ type logConfig struct {
 var yamlLineRE = regexp.MustCompile(`line (\d+): (.*)`)
 
 // loadConfig reads the configuration at path; errors read "path:line: what".
-func loadConfig(path string) (*fileConfig, error) {
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	c := fileConfig{path: path}
+	c := Config{path: path}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
@@ -250,7 +258,7 @@ func loadConfig(path string) (*fileConfig, error) {
 }
 
 // proxyConfig returns the proxy's part of the file.
-func (c *fileConfig) proxyConfig() proxy.Config {
+func (c *Config) proxyConfig() proxy.Config {
 	return proxy.Config{Limits: c.Limits, Upstream: c.Upstream, Exceptions: c.Exceptions, DurableReads: c.Chain.DurableReads}
 }
 
@@ -261,7 +269,7 @@ type listenerSpec struct {
 }
 
 // routes maps each listener's devices to unit ids, as the policy assigns them.
-func routes(listeners []listenerConfig, p *policy.Policy) ([]listenerSpec, error) {
+func routes(listeners []ListenerConfig, p *policy.Policy) ([]listenerSpec, error) {
 	var out []listenerSpec
 	for i, l := range listeners {
 		if l.Listen == "" {
@@ -304,7 +312,7 @@ func devices(p *policy.Policy, upTLS map[string]*tls.Config) []proxy.Device {
 }
 
 // tlsSetup loads the listeners' and the PLCs' TLS configurations.
-func (c *fileConfig) tlsSetup(specs []listenerSpec) (map[string]*tls.Config, error) {
+func (c *Config) tlsSetup(specs []listenerSpec) (map[string]*tls.Config, error) {
 	base := filepath.Dir(c.path)
 	for i, l := range c.Listeners {
 		if l.TLS == nil {
@@ -326,5 +334,3 @@ func (c *fileConfig) tlsSetup(specs []listenerSpec) (map[string]*tls.Config, err
 	}
 	return up, nil
 }
-
-var errUsage = errors.New("usage")

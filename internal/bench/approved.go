@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -78,9 +78,9 @@ func newBenchApprovals(ctx context.Context, nc *nats.Conn, log *zap.Logger) (*be
 func (a *benchApprovals) engine(upstream string, log *zap.Logger) (*policy.Engine, error) {
 	var b strings.Builder
 	fmt.Fprintf(&b, benchApprovedPolicy, upstream)
-	writeKeysetEntry(&b, "proposer", []string{"engineers"}, a.publics[0])
+	policy.WriteKeysetEntry(&b, "proposer", []string{"engineers"}, a.publics[0])
 	for i, pub := range a.publics[1:] {
-		writeKeysetEntry(&b, fmt.Sprintf("operator-%d", i+1), []string{"operators"}, pub)
+		policy.WriteKeysetEntry(&b, fmt.Sprintf("operator-%d", i+1), []string{"operators"}, pub)
 	}
 	pol, err := policy.Parse("bench-approved.yaml", []byte(b.String()))
 	if err != nil {
@@ -136,7 +136,7 @@ func (a *benchApprovals) close() { a.cancel() }
 // approval, verifies the three Tink signatures, consumes it (a durable use
 // record) and records the write durably before forwarding it. The order of
 // the two alternates.
-func (b *bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs string) (*ScenarioReport, error) {
+func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs string) (*ScenarioReport, error) {
 	type target struct {
 		name string
 		c    net.Conn
@@ -146,22 +146,22 @@ func (b *bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs 
 		took time.Duration
 	}
 	var ts []*target
-	for _, t := range []benchTarget{{"direct", up}, {"gridseal", gs}} {
-		c, err := net.DialTimeout("tcp", t.addr, 3*time.Second)
+	for _, t := range []Target{{"direct", up}, {"gridseal", gs}} {
+		c, err := net.DialTimeout("tcp", t.Addr, 3*time.Second)
 		if err != nil {
-			return nil, fmt.Errorf("approved-writes %s: %w", t.name, err)
+			return nil, fmt.Errorf("approved-writes %s: %w", t.Name, err)
 		}
 		defer c.Close()
-		ts = append(ts, &target{name: t.name, c: c, rd: modbus.NewReader(c)})
+		ts = append(ts, &target{name: t.Name, c: c, rd: modbus.NewReader(c)})
 	}
 	const maxWrites = 5000
 	start := time.Now()
-	for i := 0; i < maxWrites && time.Since(start) < b.duration; i++ {
+	for i := 0; i < maxWrites && time.Since(start) < b.Duration; i++ {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if !b.quiet && i%50 == 0 {
-			fmt.Fprintf(b.g.stderr, "\r%-10s %4d writes approved and sent", "approved", i)
+		if !b.Quiet && i%50 == 0 {
+			fmt.Fprintf(b.Stderr, "\r%-10s %4d writes approved and sent", "approved", i)
 		}
 		pdu := modbus.AppendWriteSingleRegister(nil, uint16(100+i%10), uint16(i%101))
 		if err := a.approve(ctx, pdu, i); err != nil {
@@ -188,8 +188,8 @@ func (b *bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs 
 			t.took += d
 		}
 	}
-	if !b.quiet {
-		fmt.Fprintf(b.g.stderr, "\r%60s\r", "")
+	if !b.Quiet {
+		fmt.Fprintf(b.Stderr, "\r%60s\r", "")
 	}
 	sr := &ScenarioReport{Name: "approved-writes", Clients: 1, Pipeline: 1, WritePct: 100, Extra: map[string]string{
 		"approval": "2 of 3 operators (Tink Ed25519), proposed and signed before each write, consumed durably by gridseal",

@@ -1,4 +1,4 @@
-package main
+package natsembed
 
 import (
 	"context"
@@ -16,63 +16,68 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/gridseal/gridseal/internal/natsembed"
 )
 
-// natsConn is a connection to the chain's NATS, and whatever must be
-// stopped with it (an embedded server this process started).
-type natsConn struct {
-	nc       *nats.Conn
-	embedded bool
+// ErrCertWithoutKey is returned for a client certificate without its key,
+// or a key without its certificate.
+var ErrCertWithoutKey = errors.New("a NATS client certificate and its key go together")
+
+// ConnectOptions say which NATS a gridseal process records to: a cluster
+// (URL and its credentials) or the embedded server of a data directory.
+type ConnectOptions struct {
+	Name string // client name, "gridseal " + Name
+
+	URL   string // comma list of NATS URLs; empty: the embedded server under DataDir
+	Creds string // credentials file (JWT and nkey) for URL
+	CA    string // CA bundle to verify URL's servers
+	Cert  string // client certificate for URL (with Key)
+	Key   string
+
+	DataDir string // where the embedded server stores (DataDir/nats)
+	// Own says this process is long-running (the proxy, the demo) and must
+	// run the embedded server itself: if a short command holds the data
+	// directory it waits for it, rather than depend on a server that is
+	// about to go away.
+	Own bool
+}
+
+// Conn is a connection to the chain's NATS, and whatever must be stopped
+// with it (an embedded server this process started).
+type Conn struct {
+	NC *nats.Conn
+	// Embedded is true when this process runs the embedded server.
+	Embedded bool
 	stop     func()
 }
 
-func (c *natsConn) Close() {
-	c.nc.Close()
+// Close disconnects and stops the embedded server this process runs, if any.
+func (c *Conn) Close() {
+	c.NC.Close()
 	if c.stop != nil {
 		c.stop()
 	}
 }
 
-// connectNATS connects to --nats URL, or else to the embedded server under
-// --data-dir: the one another gridseal process already runs there, or a new
-// one this process runs (fsync always, loopback only, token required; the
-// token is in DATA-DIR/nats/token, mode 0600). A long-running owner (the
-// proxy, the demo) must run the server itself: if a short command holds
-// the data directory it waits for it, rather than depend on a server that
-// is about to go away.
-func (g *globals) connectNATS(ctx context.Context, name string) (*natsConn, error) {
-	return g.connectNATSOwner(ctx, name, false)
-}
+// JetStream opens JetStream on the connection.
+func (c *Conn) JetStream() (jetstream.JetStream, error) { return jetstream.New(c.NC) }
 
-func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (*natsConn, error) {
+// Connect connects to o.URL, or else to the embedded server under
+// o.DataDir: the one another gridseal process already runs there, or a new
+// one this process runs (fsync always, loopback only, token required; the
+// token is in DATA-DIR/nats/token, mode 0600, and the server's address in
+// DATA-DIR/nats/client.url while it runs). One process owns a data
+// directory at a time, by an exclusive lock on DATA-DIR/nats/LOCK.
+func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 	opts := []nats.Option{
-		nats.Name("gridseal " + name),
+		nats.Name("gridseal " + o.Name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(3 * time.Second),
 	}
-	if g.natsURL != "" {
-		if g.natsCreds != "" {
-			opts = append(opts, nats.UserCredentials(g.natsCreds))
-		}
-		if g.natsCA != "" {
-			opts = append(opts, nats.RootCAs(g.natsCA))
-		}
-		if (g.natsCert == "") != (g.natsKey == "") {
-			return nil, fmt.Errorf("%w: --nats-tls-cert and --nats-tls-key go together", errUsage)
-		}
-		if g.natsCert != "" {
-			opts = append(opts, nats.ClientCert(g.natsCert, g.natsKey))
-		}
-		nc, err := nats.Connect(g.natsURL, append(opts, nats.RetryOnFailedConnect(true))...)
-		if err != nil {
-			return nil, fmt.Errorf("connect to NATS %s: %w", redactURLs(g.natsURL), err)
-		}
-		return &natsConn{nc: nc}, nil
+	if o.URL != "" {
+		return connectURL(o, opts)
 	}
-	dir := filepath.Join(g.dataDir, "nats")
+	dir := filepath.Join(o.DataDir, "nats")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
@@ -97,11 +102,11 @@ func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (
 			_ = lock.Close()
 			return nil, fmt.Errorf("lock %s: %w", dir, err)
 		}
-		if own {
+		if o.Own {
 			if time.Now().After(deadline) {
 				pid, _ := os.ReadFile(filepath.Join(dir, "LOCK"))
 				_ = lock.Close()
-				return nil, fmt.Errorf("%s is in use by another gridseal process (pid %s): one proxy per data directory", g.dataDir, strings.TrimSpace(string(pid)))
+				return nil, fmt.Errorf("%s is in use by another gridseal process (pid %s): one proxy per data directory", o.DataDir, strings.TrimSpace(string(pid)))
 			}
 			select {
 			case <-ctx.Done():
@@ -119,13 +124,13 @@ func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (
 		}
 		nc, err := nats.Connect(url, opts...)
 		if err != nil {
-			return nil, fmt.Errorf("connect to the embedded NATS of %s at %s: %w", g.dataDir, url, err)
+			return nil, fmt.Errorf("connect to the embedded NATS of %s at %s: %w", o.DataDir, url, err)
 		}
-		return &natsConn{nc: nc}, nil
+		return &Conn{NC: nc}, nil
 	}
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	srv, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true, Token: token})
+	srv, err := Start(Options{Port: -1, StoreDir: dir, SyncAlways: true, Token: token})
 	if err != nil {
 		_ = lock.Close()
 		return nil, err
@@ -146,21 +151,27 @@ func (g *globals) connectNATSOwner(ctx context.Context, name string, own bool) (
 		stop()
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
 	}
-	return &natsConn{nc: nc, embedded: true, stop: stop}, nil
+	return &Conn{NC: nc, Embedded: true, stop: stop}, nil
 }
 
-// jetStream connects as connectNATS does and opens JetStream on it.
-func (g *globals) jetStream(ctx context.Context, name string) (*natsConn, jetstream.JetStream, error) {
-	conn, err := g.connectNATS(ctx, name)
-	if err != nil {
-		return nil, nil, err
+func connectURL(o ConnectOptions, opts []nats.Option) (*Conn, error) {
+	if o.Creds != "" {
+		opts = append(opts, nats.UserCredentials(o.Creds))
 	}
-	js, err := jetstream.New(conn.nc)
-	if err != nil {
-		conn.Close()
-		return nil, nil, err
+	if o.CA != "" {
+		opts = append(opts, nats.RootCAs(o.CA))
 	}
-	return conn, js, nil
+	if (o.Cert == "") != (o.Key == "") {
+		return nil, ErrCertWithoutKey
+	}
+	if o.Cert != "" {
+		opts = append(opts, nats.ClientCert(o.Cert, o.Key))
+	}
+	nc, err := nats.Connect(o.URL, append(opts, nats.RetryOnFailedConnect(true))...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", RedactURLs(o.URL), err)
+	}
+	return &Conn{NC: nc}, nil
 }
 
 // loadToken reads the embedded server's client token, creating a random
@@ -184,9 +195,9 @@ func loadToken(path string) (string, error) {
 	return tok, nil
 }
 
-// redactURLs hides user:password and tokens in a comma list of NATS URLs,
+// RedactURLs hides user:password and tokens in a comma list of NATS URLs,
 // so a log line or error never carries a credential.
-func redactURLs(s string) string {
+func RedactURLs(s string) string {
 	parts := strings.Split(s, ",")
 	for i, p := range parts {
 		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {

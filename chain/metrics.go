@@ -1,0 +1,101 @@
+package chain
+
+import (
+	"context"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// BlockObserver returns histograms of block size and acknowledgement time,
+// registered with reg, as a function for Config.Observe.
+func BlockObserver(reg prometheus.Registerer) func(events int, ack time.Duration) {
+	size := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_block_events",
+		Help: "Events per block (group commit).", Buckets: prometheus.ExponentialBuckets(1, 2, 13)})
+	ack := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_record_seconds",
+		Help:    "Time from publishing a block to its durable acknowledgement: what a write waits for its record.",
+		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
+	reg.MustRegister(size, ack)
+	return func(events int, d time.Duration) {
+		size.Observe(float64(events))
+		ack.Observe(d.Seconds())
+	}
+}
+
+// RegisterMetrics registers the recorder's counters and state with reg:
+// blocks and events acknowledged, publish retries, events spooled and
+// whether the chain is writable.
+func (r *Recorder) RegisterMetrics(reg prometheus.Registerer) {
+	st := r.Stats()
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_blocks_total", Help: "Blocks acknowledged by JetStream."},
+			func() float64 { return float64(st.Blocks.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_events_total", Help: "Events in acknowledged blocks."},
+			func() float64 { return float64(st.Events.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_chain_publish_retries_total", Help: "Block publishes retried."},
+			func() float64 { return float64(st.Retries.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_events", Help: "Events waiting to be recorded."},
+			func() float64 { return float64(r.Pending()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_writable", Help: "1 when the last block was acknowledged and the recorder has not stopped."},
+			func() float64 {
+				if r.Available() && r.Failed() == nil {
+					return 1
+				}
+				return 0
+			}),
+	)
+}
+
+// StorageCollector reports, at each scrape, how much the chain stream and
+// the JetStream account hold against the account's limit, and the free
+// space under the data directory. The chain never deletes, so a full disk
+// is how it would stop taking writes (they would then be refused: fail
+// closed), and operators should see that coming.
+type StorageCollector struct {
+	js      jetstream.JetStream
+	dataDir string
+	descs   [5]*prometheus.Desc
+}
+
+// NewStorageCollector reports on js's chain stream and account, and on the
+// free space under dataDir ("" when NATS stores elsewhere).
+func NewStorageCollector(js jetstream.JetStream, dataDir string) *StorageCollector {
+	d := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, nil) }
+	return &StorageCollector{js: js, dataDir: dataDir, descs: [5]*prometheus.Desc{
+		d("gridseal_chain_stream_bytes", "Bytes stored in the chain stream (it never shrinks)."),
+		d("gridseal_chain_stream_messages", "Blocks in the chain stream."),
+		d("gridseal_jetstream_storage_bytes", "File storage the JetStream account uses."),
+		d("gridseal_jetstream_storage_limit_bytes", "The JetStream account's file storage limit; -1: none set for the account."),
+		d("gridseal_data_dir_free_bytes", "Free space under --data-dir, where the embedded server stores."),
+	}}
+}
+
+// Describe sends the descriptions of every figure.
+func (c *StorageCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+// Collect asks NATS (2 s at most); a figure it cannot get is left out.
+func (c *StorageCollector) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	emit := func(i int, v float64) { ch <- prometheus.MustNewConstMetric(c.descs[i], prometheus.GaugeValue, v) }
+	if s, err := c.js.Stream(ctx, StreamName); err == nil {
+		if info, err := s.Info(ctx); err == nil {
+			emit(0, float64(info.State.Bytes))
+			emit(1, float64(info.State.Msgs))
+		}
+	}
+	if ai, err := c.js.AccountInfo(ctx); err == nil {
+		emit(2, float64(ai.Store))
+		emit(3, float64(ai.Limits.MaxStore))
+	}
+	var st syscall.Statfs_t
+	if c.dataDir != "" && syscall.Statfs(c.dataDir, &st) == nil {
+		emit(4, float64(st.Bavail)*float64(st.Bsize))
+	}
+}

@@ -1,0 +1,458 @@
+// Package gateway assembles one gridseal deployment from its configuration:
+// the proxy in front of the devices, the policy engine with its approvals,
+// the chain recorder on NATS JetStream, the checkpointer and the console.
+// `gridseal proxy` runs one from a file; `gridseal demo` builds a Config of
+// its own and adds simulators, keys and the tour.
+//
+// The lifecycle is New (bind every listener, open the chain, start serving),
+// Reload (put a newly signed policy in force, the SIGHUP path), Run (serve
+// until the context ends or a listener fails) and Close.
+package gateway
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natsembed"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/proxy"
+)
+
+// Options are what a command adds to a Config: where it keeps its state,
+// which NATS it records to and how it logs.
+type Options struct {
+	// DataDir keeps the embedded NATS store, local chain heads, the policy
+	// succession record, the default trust file and the console's tree.
+	DataDir string
+	// NATS is the connection to record to; its DataDir is DataDir, and
+	// Config.Chain.NATS, when set, replaces its URL.
+	NATS natsembed.ConnectOptions
+	Log  *zap.Logger
+	// OpsLog writes a line per operation; nil: Log.
+	OpsLog *zap.Logger
+	// ConsoleFallback serves the console on a free loopback port when its
+	// address is taken (the demo, on a busy laptop).
+	ConsoleFallback bool
+}
+
+// Gateway is a running deployment. Its methods are safe to call from any
+// goroutine; Close must be called once Run has returned (or instead of it).
+type Gateway struct {
+	cfg    *Config
+	opts   Options
+	log    *zap.Logger
+	cancel context.CancelFunc
+
+	conn    *natsembed.Conn
+	rec     *chain.Recorder
+	engine  *policy.Engine
+	store   *policy.Store
+	srv     *proxy.Server
+	addrs   []string
+	errc    chan error
+	console string // the console's URL; "" when off
+
+	reloadMu         sync.Mutex
+	stopCheckpointer func()
+	closeOnce        sync.Once
+}
+
+// New checks cfg, opens the chain, binds every listener (a busy port fails
+// the start before anything is served) and starts serving. Background work
+// (approvals, checkpointer, console) runs until Close.
+func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error) {
+	if opts.Log == nil {
+		opts.Log = zap.NewNop()
+	}
+	if opts.OpsLog == nil {
+		opts.OpsLog = opts.Log
+	}
+	opts.NATS.DataDir, opts.NATS.Own = opts.DataDir, true
+	if opts.NATS.Name == "" {
+		opts.NATS.Name = "recorder " + cfg.Chain.Writer
+	}
+	if cfg.Chain.NATS != "" {
+		opts.NATS.URL = cfg.Chain.NATS
+	}
+	log := opts.Log
+	ctx, cancel := context.WithCancel(ctx)
+	g := &Gateway{cfg: cfg, opts: opts, log: log, cancel: cancel}
+	defer func() {
+		if err != nil {
+			g.Close()
+		}
+	}()
+
+	pol, err := cfg.loadPolicy(log)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.acceptPolicy(pol); err != nil {
+		return nil, err
+	}
+	specs, err := routes(cfg.Listeners, pol)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", cfg.path, err)
+	}
+	upTLS, err := cfg.tlsSetup(specs)
+	if err != nil {
+		return nil, err
+	}
+	cs, err := cfg.Console.setup(filepath.Dir(cfg.path), cfg.Console.Listen)
+	if err != nil {
+		return nil, err
+	}
+	signer, err := keys.LoadSigner(cfg.Chain.Key)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	if err := g.openRecorder(ctx, signer, reg); err != nil {
+		return nil, err
+	}
+	g.engine = policy.NewEngine(pol, log.Named("policy"))
+	if err := g.startApprovals(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.Checkpoint.Key != "" {
+		s, err := chain.LoadCheckpointSigner(cfg.Checkpoint.Key)
+		if err != nil {
+			return nil, err
+		}
+		every := cfg.Checkpoint.Every
+		if every <= 0 {
+			every = 10 * time.Second
+		}
+		g.startCheckpointer(ctx, s, every)
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	g.rec.RegisterMetrics(reg)
+	metrics := console.NewMetrics(reg)
+	// The chain first (its durable answer decides whether a write moves),
+	// then metrics, then the log line.
+	recorders := audit.Tee{g.rec, metrics, audit.NewLogRecorder(opts.OpsLog.Named("ops"))}
+	if err := g.startProxy(specs, upTLS, recorders); err != nil {
+		return nil, err
+	}
+	if err := g.startConsole(ctx, cs, reg, metrics); err != nil {
+		return nil, err
+	}
+	return g, nil
+}
+
+// Addrs are the proxy's bound listener addresses, in configuration order.
+func (g *Gateway) Addrs() []string { return g.addrs }
+
+// ConsoleURL is the console's address, "" when it is off.
+func (g *Gateway) ConsoleURL() string { return g.console }
+
+// Policy is the policy in force.
+func (g *Gateway) Policy() *policy.Policy { return g.engine.Policy() }
+
+// Approvals is the approvals bucket the engine consumes from.
+func (g *Gateway) Approvals() *policy.Store { return g.store }
+
+// Run serves until ctx ends or a listener fails, then stops the proxy. It
+// returns nil on a clean stop.
+func (g *Gateway) Run(ctx context.Context) error {
+	var err error
+	select {
+	case <-ctx.Done():
+		g.log.Info("shutting down")
+	case err = <-g.errc:
+	}
+	_ = g.srv.Close()
+	if errors.Is(err, proxy.ErrClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Close stops the proxy, the background work and the checkpointer, commits
+// what is spooled (for up to 5 s) and disconnects. It is idempotent.
+func (g *Gateway) Close() {
+	g.closeOnce.Do(func() {
+		if g.srv != nil {
+			_ = g.srv.Close()
+		}
+		g.cancel()
+		if g.stopCheckpointer != nil {
+			g.stopCheckpointer()
+		}
+		if g.rec != nil {
+			if err := g.rec.Close(5 * time.Second); err != nil {
+				g.log.Error("chain closed with events not recorded", zap.Error(err))
+			}
+		}
+		if g.conn != nil {
+			g.conn.Close()
+		}
+	})
+}
+
+// Reload re-reads the policy and puts it in force if it is valid, signed
+// and not older than the one in force; otherwise the policy in force stays
+// and the error says why. Devices added or moved need a restart to be
+// routed; Reload warns of them.
+func (g *Gateway) Reload(ctx context.Context) error {
+	g.reloadMu.Lock()
+	defer g.reloadMu.Unlock()
+	p, err := g.cfg.loadPolicy(g.log)
+	if err == nil {
+		err = g.acceptPolicy(p)
+	}
+	if err != nil {
+		return err
+	}
+	old := g.engine.Policy()
+	for _, d := range p.Devices {
+		if od := old.Device(d.Name); od == nil || od.Upstream != d.Upstream {
+			g.log.Warn("device added or moved in the new policy: restart the proxy to route it", zap.String("device", d.Name))
+		}
+	}
+	g.engine.Swap(p)
+	g.log.Info("policy reloaded", zap.String("policy", p.ID), zap.Int("version", p.Version), zap.String("digest", p.Digest))
+	if err := g.store.PublishPolicy(ctx, p); err != nil {
+		g.log.Error("cannot publish the policy in force", zap.Error(err))
+	}
+	return nil
+}
+
+// loadPolicy reads the policy, refusing it unless enough admins signed it
+// (or the configuration says, by name, to run an unsigned policy).
+func (c *Config) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
+	if c.PolicyRoot == "" {
+		if !c.InsecureUnsignedPolicy {
+			return nil, fmt.Errorf("policy_root: name the admins' root file that signs %s (or set insecure_unsigned_policy: true, never in production)", c.Policy)
+		}
+		log.Warn("running an UNSIGNED policy: insecure_unsigned_policy is set", zap.String("policy", c.Policy))
+		return policy.Load(c.Policy)
+	}
+	root, err := policy.LoadRoot(c.PolicyRoot)
+	if err != nil {
+		return nil, err
+	}
+	p, signers, err := policy.LoadSigned(c.Policy, root)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("policy signature verified", zap.String("policy", p.ID), zap.Strings("signed_by", signers))
+	return p, nil
+}
+
+// acceptPolicy refuses a policy older than the newest this data directory
+// accepted (unless allow_policy_rollback is set) and remembers p as the
+// newest.
+func (g *Gateway) acceptPolicy(p *policy.Policy) error {
+	path := filepath.Join(g.opts.DataDir, "policy-in-force.json")
+	prev, err := policy.LoadInForce(path)
+	if err != nil {
+		return err
+	}
+	if err := policy.CheckSuccession(prev, p); err != nil && !g.cfg.AllowPolicyRollback {
+		return fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
+	}
+	return policy.SaveInForce(path, p)
+}
+
+// openRecorder connects to NATS (or starts the embedded server) and opens
+// the writer's chain, keeping its head under the data directory.
+func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg prometheus.Registerer) error {
+	conn, err := natsembed.Connect(ctx, g.opts.NATS)
+	if err != nil {
+		return err
+	}
+	g.conn = conn
+	c := g.cfg.Chain
+	g.rec, err = chain.Open(ctx, conn.NC, chain.Config{
+		Writer: c.Writer, Signer: signer, Replicas: c.Replicas,
+		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes,
+		Observe: chain.BlockObserver(reg), HeadDir: HeadDir(g.opts.DataDir),
+	}, g.log.Named("chain"))
+	if err != nil {
+		return err
+	}
+	where := natsembed.RedactURLs(g.opts.NATS.URL)
+	if conn.Embedded {
+		where = "embedded under " + g.opts.DataDir
+	}
+	g.log.Info("recording to the chain", zap.String("writer", c.Writer), zap.String("nats", where))
+	return nil
+}
+
+// startApprovals opens the approvals bucket, lets the engine allow writes
+// with approvals from it, records every approval step in the chain, and
+// publishes the policy in force for gridseal propose.
+func (g *Gateway) startApprovals(ctx context.Context) error {
+	js, err := g.conn.JetStream()
+	if err != nil {
+		return err
+	}
+	g.store, err = policy.OpenStore(ctx, js, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	if err != nil {
+		return err
+	}
+	g.store.OnChange = func(before, after *policy.Stored) {
+		for _, ev := range approvalEvents(g.engine.Policy(), before, after) {
+			if err := g.rec.Record(ctx, &ev, false); err != nil {
+				g.log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
+			}
+		}
+	}
+	if err := g.store.Watch(ctx); err != nil {
+		return err
+	}
+	g.engine.UseApprovals(g.store, g.cfg.Chain.Writer)
+	if err := g.store.PublishPolicy(ctx, g.engine.Policy()); err != nil {
+		return fmt.Errorf("publish the policy in force: %w", err)
+	}
+	return nil
+}
+
+// startCheckpointer signs checkpoints of the whole stream every period.
+func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every time.Duration) {
+	js, err := g.conn.JetStream()
+	if err != nil {
+		g.log.Error("checkpointer not started", zap.Error(err))
+		return
+	}
+	cp := &chain.Checkpointer{Signer: s, Every: every, Log: g.log.Named("checkpoint")}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := cp.Run(ctx, js); err != nil && ctx.Err() == nil {
+			g.log.Error("checkpointer stopped", zap.Error(err))
+		}
+	}()
+	g.stopCheckpointer = func() {
+		cancel()
+		<-done
+	}
+}
+
+// startProxy binds every listener first, so a busy port fails the start
+// before anything is served, then serves them.
+func (g *Gateway) startProxy(specs []listenerSpec, upTLS map[string]*tls.Config, rec audit.Recorder) error {
+	pol := g.engine.Policy()
+	srv, err := proxy.New(g.cfg.proxyConfig(), devices(pol, upTLS), g.engine, rec, g.log.Named("proxy"))
+	if err != nil {
+		return err
+	}
+	var lns []net.Listener
+	for _, sp := range specs {
+		ln, err := net.Listen("tcp", sp.addr)
+		if err != nil {
+			for _, l := range lns {
+				_ = l.Close()
+			}
+			_ = srv.Close()
+			return fmt.Errorf("listen on %s: %w", sp.addr, err)
+		}
+		if sp.tls != nil {
+			ln = tls.NewListener(ln, sp.tls)
+		}
+		lns = append(lns, ln)
+	}
+	g.srv, g.errc = srv, make(chan error, len(lns))
+	for i, ln := range lns {
+		g.addrs = append(g.addrs, ln.Addr().String())
+		rt := specs[i].route
+		go func() { g.errc <- srv.Serve(ln, rt) }()
+	}
+	g.log.Info("gridseal proxy running", zap.String("policy", pol.ID), zap.Int("version", pol.Version),
+		zap.String("digest", pol.Digest), zap.Strings("listen", g.addrs))
+	return nil
+}
+
+// startConsole serves /metrics, /healthz, /readyz and the console as cs
+// says (address "" or "off": not at all) until the gateway closes.
+func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prometheus.Registry, metrics *console.Metrics) error {
+	addr := cs.addr
+	if addr == "" || addr == "off" {
+		return nil
+	}
+	g.srv.RegisterMetrics(reg)
+	js, err := jetstream.New(g.conn.NC)
+	if err != nil {
+		return err
+	}
+	trustPath := g.cfg.Chain.Trust
+	if trustPath == "" {
+		trustPath = TrustPath(g.opts.DataDir)
+	}
+	trust := chain.Trust{}
+	if _, err := os.Stat(trustPath); err == nil {
+		if trust, err = chain.LoadTrust(trustPath, HeadDir(g.opts.DataDir)); err != nil {
+			return err
+		}
+	}
+	c := console.New(console.Config{
+		Metrics: metrics, Gatherer: reg, JetStream: js, Trust: trust, Approvals: g.store,
+		Upstreams: g.srv.Upstreams, Policy: g.engine.Policy, Log: g.log.Named("console"),
+		Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.opts.DataDir, "console"),
+		Ready: func() error {
+			if err := g.rec.Failed(); err != nil {
+				return err
+			}
+			if !g.rec.Available() {
+				return errors.New("chain not writable")
+			}
+			return nil
+		},
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil && g.opts.ConsoleFallback {
+		g.log.Warn("console address busy; using a free port", zap.String("wanted", addr), zap.Error(err))
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", addr, err)
+	}
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && cs.auth == nil && !ta.IP.IsLoopback() {
+		// "localhost" may resolve elsewhere: judge the address bound.
+		_ = ln.Close()
+		return fmt.Errorf("console: %s is bound to %s, not a loopback address: set console.tls and console.tls.ca or console.tokens", addr, ta.IP)
+	}
+	storeDir := g.opts.DataDir
+	if g.opts.NATS.URL != "" {
+		storeDir = "" // NATS stores elsewhere
+	}
+	reg.MustRegister(chain.NewStorageCollector(js, storeDir))
+	scheme := "http"
+	if cs.tls != nil {
+		scheme = "https"
+	}
+	g.console = scheme + "://" + ln.Addr().String() + "/"
+	go c.Run(ctx)
+	go func() {
+		if err := c.Serve(ctx, ln); err != nil {
+			g.log.Error("console stopped", zap.Error(err))
+		}
+	}()
+	g.log.Info("console and metrics", zap.String("url", g.console), zap.Bool("sign_in_required", cs.auth != nil))
+	return nil
+}
+
+// TrustPath is the trust file a data directory keeps by default.
+func TrustPath(dataDir string) string { return filepath.Join(dataDir, "trust.yaml") }
+
+// HeadDir is where a data directory keeps the writers' local chain heads.
+func HeadDir(dataDir string) string { return filepath.Join(dataDir, "heads") }

@@ -1,0 +1,190 @@
+// Package demo prepares what `gridseal demo` runs on top of a gateway: the
+// demo's keys (writer, checkpointer, three operators, two policy admins)
+// under the data directory, a trust file pinning the writer and the
+// checkpointer, the demo policy signed by both admins, and the guided tour.
+package demo
+
+import (
+	"bytes"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/policy"
+)
+
+// policyTemplate is the demo's policy; Setup appends its approvers.
+//
+//go:embed policy.yaml
+var policyTemplate []byte
+
+// Names of the demo's writer, checkpointer, approvers and policy admins.
+const (
+	Writer       = "demo-gw"
+	Checkpointer = "demo-checkpointer"
+)
+
+var (
+	approvers = []string{"alice", "bob", "carol"}
+	admins    = []string{"admin-1", "admin-2"}
+)
+
+// Setup writes the demo's keys (first use only), trust file and signed
+// policy under dataDir, and returns the gateway configuration that serves
+// the three simulated devices at simAddr on listen, signing a checkpoint
+// every cpEvery.
+func Setup(dataDir, simAddr, listen string, cpEvery time.Duration) (*gateway.Config, error) {
+	d := dir(dataDir)
+	if _, err := key(d, Writer); err != nil {
+		return nil, err
+	}
+	cpKey, err := trust(dataDir)
+	if err != nil {
+		return nil, err
+	}
+	polPath, rootPath, err := signedPolicy(dataDir, simAddr)
+	if err != nil {
+		return nil, err
+	}
+	priv, _ := keys.Paths(d, Writer)
+	return &gateway.Config{
+		Policy: polPath, PolicyRoot: rootPath,
+		// The demo re-signs its policy at every start.
+		AllowPolicyRollback: true,
+		Listeners:           []gateway.ListenerConfig{{Listen: listen, Devices: []string{"inverter-1", "battery-1", "breaker-1"}}},
+		Chain:               gateway.ChainConfig{Writer: Writer, Key: priv},
+		Checkpoint:          gateway.CheckpointConfig{Key: cpKey, Every: cpEvery},
+	}, nil
+}
+
+func dir(dataDir string) string { return filepath.Join(dataDir, "keys") }
+
+// key loads a demo keyset from dir, creating it on first use.
+func key(dir, name string) (*keys.Signer, error) {
+	priv, _ := keys.Paths(dir, name)
+	if _, err := os.Stat(priv); errors.Is(err, os.ErrNotExist) {
+		h, err := keys.New(keys.Ed25519)
+		if err != nil {
+			return nil, err
+		}
+		if _, _, err := keys.WritePair(dir, name, h); err != nil {
+			return nil, err
+		}
+	}
+	return keys.LoadSigner(priv)
+}
+
+// trust pins the demo writer's public keyset and the demo checkpointer's
+// verifier key for chain verify, and returns the checkpointer's key file.
+func trust(dataDir string) (string, error) {
+	d := dir(dataDir)
+	sp, vp := chain.CheckpointKeyPaths(d, Checkpointer)
+	if _, err := os.Stat(sp); errors.Is(err, os.ErrNotExist) {
+		if _, err := chain.NewCheckpointKey(d, Checkpointer); err != nil {
+			return "", err
+		}
+	}
+	vkey, err := os.ReadFile(vp)
+	if err != nil {
+		return "", err
+	}
+	_, pub := keys.Paths(d, Writer)
+	if err := chain.WriteTrust(gateway.TrustPath(dataDir), Writer, pub, strings.TrimSpace(string(vkey))); err != nil {
+		return "", err
+	}
+	return sp, nil
+}
+
+// signedPolicy writes the demo policy with its approvers and the
+// simulators' address, and the root of the demo admins, who both sign it.
+func signedPolicy(dataDir, simAddr string) (polPath, rootPath string, err error) {
+	d := dir(dataDir)
+	var b bytes.Buffer
+	b.Write(bytes.ReplaceAll(policyTemplate, []byte("127.0.0.1:15020"), []byte(simAddr)))
+	var sb strings.Builder
+	sb.WriteString("\napprovers:\n")
+	for _, name := range approvers {
+		if err := entry(&sb, d, name, []string{"operators"}); err != nil {
+			return "", "", err
+		}
+	}
+	b.WriteString(sb.String())
+	polPath = filepath.Join(dataDir, "policy.yaml")
+	if err := os.WriteFile(polPath, b.Bytes(), 0o644); err != nil {
+		return "", "", err
+	}
+	var pubs []string
+	for _, name := range admins {
+		if _, err := key(d, name); err != nil {
+			return "", "", err
+		}
+		_, pub := keys.Paths(d, name)
+		pubs = append(pubs, pub)
+	}
+	root, err := policy.FormatRoot(len(admins), pubs)
+	if err != nil {
+		return "", "", err
+	}
+	rootPath = filepath.Join(dataDir, "policy-root.yaml")
+	if err := os.WriteFile(rootPath, root, 0o644); err != nil {
+		return "", "", err
+	}
+	_ = os.Remove(policy.SigPath(polPath))
+	for _, name := range admins {
+		s, err := key(d, name)
+		if err != nil {
+			return "", "", err
+		}
+		if err := policy.SignPolicy(polPath, s); err != nil {
+			return "", "", err
+		}
+	}
+	return polPath, rootPath, nil
+}
+
+// entry appends name's public keyset (created on first use) to b.
+func entry(b *strings.Builder, dir, name string, groups []string) error {
+	if _, err := key(dir, name); err != nil {
+		return err
+	}
+	_, pub := keys.Paths(dir, name)
+	data, err := os.ReadFile(pub)
+	if err != nil {
+		return err
+	}
+	policy.WriteKeysetEntry(b, name, groups, data)
+	return nil
+}
+
+// PrintBanner tells what runs where and what to try.
+func PrintBanner(w io.Writer, dataDir, sim, addr string, pol *policy.Policy) {
+	i := strings.LastIndexByte(addr, ':')
+	host, port := addr[:max(i, 0)], addr[i+1:]
+	d := dataDir
+	fmt.Fprintf(w, `gridseal demo
+  simulators  %s   unit 1 PV inverter, unit 2 battery, unit 3 breaker
+  proxy       %s   policy %s v%d (sha256 %s…), signed by 2 of 2 demo admins
+  chain       writer %s on embedded NATS JetStream under %s (fsync always)
+  approvers   alice, bob, carol (operators); their keys are in %s/keys
+
+Try it with mbpoll (apt-get install mbpoll; -0 = 0-based addresses):
+  mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40084 -c 1 -1 %s      # inverter AC power, 10 W steps
+  mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40127 -1 %s 60       # power limit 60 %% (standing rule)
+  mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40127 -1 %s 20       # 20 %% needs 2 operators: denied, exception 1
+  mbpoll -m tcp -p %s -a 3 -0 -t 0 -r 1 -1 %s 1            # open breaker: needs approval
+and approve a command:
+  gridseal propose --data-dir %s --device inverter-1 --unit 1 --write-register 40127=20 --key %s/keys/alice.private.json
+  gridseal approve ID --data-dir %s --key %s/keys/bob.private.json
+  gridseal approvals list --data-dir %s
+  gridseal chain tail --data-dir %s --follow
+`, sim, addr, pol.ID, pol.Version, pol.Digest[:12], Writer, d, d,
+		port, host, port, host, port, host, port, host, d, d, d, d, d, d)
+}
