@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"golang.org/x/mod/sumdb/note"
@@ -84,16 +85,45 @@ func LoadTrust(path, headDir string) (Trust, error) {
 // WriteTrust writes a trust file pinning one writer's public keyset and,
 // optionally, checkpointer verifier keys.
 func WriteTrust(path, writer, publicKeyset string, checkpointers ...string) error {
-	rel, err := filepath.Rel(filepath.Dir(path), publicKeyset)
-	if err != nil {
-		rel = publicKeyset
+	return WriteTrustFile(path, map[string]string{writer: publicKeyset}, checkpointers...)
+}
+
+// WriteTrustFile writes a trust file pinning each writer's public keyset
+// (writer id → keyset path, written relative to the file) and checkpointer
+// verifier keys. It checks what it pins: valid writer ids, keysets that
+// load, verifier keys that parse.
+func WriteTrustFile(path string, writers map[string]string, checkpointers ...string) error {
+	if len(writers) == 0 {
+		return fmt.Errorf("trust file %s: name at least one writer", path)
 	}
-	body := fmt.Sprintf("# Writers whose chains gridseal chain verify accepts, and their public keysets.\nwriters:\n  - id: %s\n    keyset: %s\n", writer, rel)
+	var b strings.Builder
+	b.WriteString("# Writers whose chains gridseal chain verify accepts, and their public keysets.\nwriters:\n")
+	ids := make([]string, 0, len(writers))
+	for id := range writers {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := CheckWriterID(id); err != nil {
+			return err
+		}
+		if _, err := keys.LoadVerifier(writers[id]); err != nil {
+			return fmt.Errorf("writer %s: %w", id, err)
+		}
+		rel, err := filepath.Rel(filepath.Dir(path), writers[id])
+		if err != nil {
+			rel = writers[id]
+		}
+		fmt.Fprintf(&b, "  - id: %s\n    keyset: %s\n", id, rel)
+	}
 	if len(checkpointers) > 0 {
-		body += "# Keys whose signed checkpoints of the whole stream are checked.\ncheckpointers:\n"
+		b.WriteString("# Keys whose signed checkpoints of the whole stream are checked.\ncheckpointers:\n")
 		for _, k := range checkpointers {
-			body += fmt.Sprintf("  - %q\n", k)
+			if _, err := note.NewVerifier(k); err != nil {
+				return fmt.Errorf("checkpointer key %q: %v", k, err)
+			}
+			fmt.Fprintf(&b, "  - %q\n", k)
 		}
 	}
-	return os.WriteFile(path, []byte(body), 0o644)
+	return os.WriteFile(path, []byte(b.String()), 0o644)
 }

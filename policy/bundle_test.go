@@ -37,7 +37,7 @@ func TestSignedPolicyBundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "policy.yaml")
-	body, err := os.ReadFile("../deploy/examples/policy.yaml")
+	body, err := os.ReadFile("testdata/plant.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}

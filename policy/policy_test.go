@@ -12,7 +12,7 @@ import (
 
 func examplePolicy(t testing.TB) *Policy {
 	t.Helper()
-	p, err := Load("../deploy/examples/policy.yaml")
+	p, err := Load("testdata/plant.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -195,7 +195,7 @@ func TestSwapIsAtomic(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	seed, err := os.ReadFile("../deploy/examples/policy.yaml")
+	seed, err := os.ReadFile("testdata/plant.yaml")
 	if err != nil {
 		f.Fatal(err)
 	}

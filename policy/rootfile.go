@@ -33,15 +33,37 @@ func FormatRoot(threshold int, paths []string) ([]byte, error) {
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Policy admins: a policy is in force only with %d of their signatures.\nthreshold: %d\nadmins:\n", threshold, threshold)
+	if err := writeEntries(&b, nil, paths); err != nil {
+		return nil, err
+	}
+	return []byte(b.String()), nil
+}
+
+// FormatApprovers returns a policy's approvers section naming the people
+// whose public keysets are at paths (named as FormatRoot names admins), all
+// in groups, to be appended to the policy file before it is signed.
+func FormatApprovers(groups []string, paths []string) ([]byte, error) {
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("name at least one approver's public keyset")
+	}
+	var b strings.Builder
+	b.WriteString("\n# People who may propose and approve commands that rules mark requires:.\napprovers:\n")
+	if err := writeEntries(&b, groups, paths); err != nil {
+		return nil, err
+	}
+	return []byte(b.String()), nil
+}
+
+func writeEntries(b *strings.Builder, groups []string, paths []string) error {
 	for _, path := range paths {
 		data, err := os.ReadFile(path)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if _, err := keys.LoadVerifier(path); err != nil {
-			return nil, err
+			return err
 		}
-		WriteKeysetEntry(&b, strings.TrimSuffix(filepath.Base(path), ".public.json"), nil, data)
+		WriteKeysetEntry(b, strings.TrimSuffix(filepath.Base(path), ".public.json"), groups, data)
 	}
-	return []byte(b.String()), nil
+	return nil
 }

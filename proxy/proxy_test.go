@@ -128,7 +128,7 @@ func TestSimulatorsThroughProxy(t *testing.T) {
 }
 
 func readExamplePolicy(simAddr string) (string, error) {
-	b, err := readFile("../deploy/examples/policy.yaml")
+	b, err := readFile("../policy/testdata/plant.yaml")
 	if err != nil {
 		return "", err
 	}

@@ -418,6 +418,6 @@ func policyCmd(g *globals) *cobra.Command {
 		},
 	}
 	root.Flags().IntVar(&threshold, "threshold", 2, "how many admins must sign")
-	cmd.AddCommand(sign, verify, root)
+	cmd.AddCommand(sign, verify, root, policyApproversCmd(g))
 	return cmd
 }

@@ -266,25 +266,40 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pol = bytes.ReplaceAll(pol, []byte("127.0.0.1:15020"), []byte(simAddr))
+	pol = bytes.ReplaceAll(pol, []byte("127.0.0.1:15021"), []byte(simAddr))
 	cfg, err := os.ReadFile("../../deploy/examples/gridseal.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	listen := freeAddr(t)
-	cfg = bytes.ReplaceAll(cfg, []byte("127.0.0.1:5020"), []byte(listen))
+	cfg = bytes.ReplaceAll(cfg, []byte("127.0.0.1:5021"), []byte(listen))
 	for name, body := range map[string][]byte{"policy.yaml": pol, "gridseal.yaml": cfg,
 		"trust.yaml": []byte("writers:\n  - id: gw-1\n    keyset: keys/gw-1.public.json\n")} {
 		if err := os.WriteFile(filepath.Join(dir, name), body, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	// Two policy admins sign the policy, as the example configuration says.
+	// The operators who approve what the example policy's requires: rules
+	// name, the checkpointer's key, and two policy admins who sign the
+	// policy, as the example configuration says.
 	keyDir := filepath.Join(dir, "keys")
-	for _, a := range []string{"admin-1", "admin-2"} {
+	var operators []string
+	for _, a := range []string{"alice", "bob", "carol", "admin-1", "admin-2"} {
 		if code, _, stderr := runCLI(t, t.Context(), "keys", "new", a, "--dir", keyDir); code != 0 {
 			t.Fatal(stderr)
 		}
+		operators = append(operators, filepath.Join(keyDir, a+".public.json"))
+	}
+	code, approvers, stderr := runCLI(t, t.Context(), append([]string{"policy", "approvers", "--group", "operators"}, operators[:3]...)...)
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	pol = append(pol, approvers...)
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), pol, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "checkpoint", "cp-1", "--dir", keyDir); code != 0 {
+		t.Fatal(stderr)
 	}
 	code, rootYAML, stderr := runCLI(t, t.Context(), "policy", "root", "--threshold", "2",
 		filepath.Join(keyDir, "admin-1.public.json"), filepath.Join(keyDir, "admin-2.public.json"))
@@ -329,7 +344,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 	web := freeAddr(t)
 	cfgPath := filepath.Join(dir, "gridseal.yaml")
-	withConsole := bytes.Replace(cfg, []byte("console:\n  listen: 127.0.0.1:8080\n"), fmt.Appendf(nil,
+	withConsole := bytes.Replace(cfg, []byte("console:\n  listen: 127.0.0.1:8081\n"), fmt.Appendf(nil,
 		"console:\n  listen: %s\n  tls: {cert: tls/console.pem, key: tls/console-key.pem, ca: tls/viewers-ca.pem}\n  tokens: console-tokens\n", web), 1)
 	if bytes.Equal(withConsole, cfg) {
 		t.Fatal("the example configuration has no console section to fill in")
@@ -355,8 +370,11 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
 		t.Fatalf("read through the proxy: %v", err)
 	}
-	if err := c.WriteRegister(simulators.InverterLimitPct, 40); err != nil {
+	if err := c.WriteRegister(simulators.InverterLimitPct, 60); err != nil {
 		t.Fatalf("allowed write: %v", err)
+	}
+	if err := c.WriteRegister(simulators.InverterLimitPct, 40); err == nil {
+		t.Fatal("a write the policy allows only with two operators' approval went through without")
 	}
 	if err := c.WriteRegister(simulators.InverterConn, 0); err == nil {
 		t.Fatal("forbidden write went through")
@@ -421,7 +439,10 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	// and the policy in force stays; a new version signed by both admins
 	// goes into force.
 	polPath := filepath.Join(dir, "policy.yaml")
-	edited := bytes.Replace(pol, []byte("values: 0-100"), []byte("values: 0-10"), 1)
+	edited := bytes.Replace(pol, []byte("values: 50-100"), []byte("values: 40-60"), 1)
+	if bytes.Equal(edited, pol) {
+		t.Fatal("the example policy has no power-limit-setpoint range to edit")
+	}
 	if err := os.WriteFile(polPath, edited, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -447,10 +468,10 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 	hangup()
 	waitForCond(t, "the signed version 2 to be in force", func() bool {
-		return c.WriteRegister(simulators.InverterLimitPct, 50) != nil
+		return c.WriteRegister(simulators.InverterLimitPct, 70) != nil
 	})
-	if err := c.WriteRegister(simulators.InverterLimitPct, 10); err != nil {
-		t.Fatalf("version 2 allows 0-10: %v", err)
+	if err := c.WriteRegister(simulators.InverterLimitPct, 40); err != nil {
+		t.Fatalf("version 2 allows 40-60: %v", err)
 	}
 	cancel()
 	if code := <-done; code != 0 {
