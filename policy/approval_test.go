@@ -21,6 +21,7 @@ import (
 	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -249,7 +250,7 @@ func (r *rig) addRaw(id policy.ID, sig []byte) {
 
 // decide asks the engine, once the store's index has seen revision-level
 // changes for id.
-func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byte, pdu []byte, id policy.ID) policy.Verdict {
+func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byte, pdu []byte, id policy.ID) decision.Result {
 	r.t.Helper()
 	if id != (policy.ID{}) {
 		want, err := r.store.Get(r.t.Context(), id)
@@ -277,7 +278,7 @@ func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byt
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return e.Decide(r.t.Context(), &policy.Input{Device: device, Unit: unit, Request: req, Op: 7})
+	return e.Decide(r.t.Context(), &decision.Input{Device: device, Unit: unit, Request: req, Op: 7})
 }
 
 var setpoint30 = modbus.AppendWriteSingleRegister(nil, 40127, 30)
@@ -308,9 +309,9 @@ func TestApprovalQuorum(t *testing.T) {
 			}
 			v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 			if v.Allowed() != tc.allow || !strings.Contains(v.Reason, tc.why) {
-				t.Fatalf("verdict %v: %s\nwant allowed=%v with %q", v.Decision, v.Reason, tc.allow, tc.why)
+				t.Fatalf("verdict %v: %s\nwant allowed=%v with %q", v.Verdict, v.Reason, tc.allow, tc.why)
 			}
-			if !tc.allow && v.Denial != policy.DenyApproval {
+			if !tc.allow && v.Denial != decision.DenyApproval {
 				t.Fatalf("denial = %v, want approval", v.Denial)
 			}
 			if tc.allow {
@@ -320,7 +321,7 @@ func TestApprovalQuorum(t *testing.T) {
 				// Single use: the same command again is a replay.
 				again := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 				if again.Allowed() || !strings.Contains(again.Reason, "already used by gw-1") {
-					t.Fatalf("replay: %v %s", again.Decision, again.Reason)
+					t.Fatalf("replay: %v %s", again.Verdict, again.Reason)
 				}
 			}
 		})
@@ -347,7 +348,7 @@ func TestApprovalBadSignatures(t *testing.T) {
 	r.sign(id, r.alice.signer) // the only one that counts
 	v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 	if v.Allowed() || !strings.Contains(v.Reason, "1 of 2 operators signed (alice)") {
-		t.Fatalf("verdict %v: %s", v.Decision, v.Reason)
+		t.Fatalf("verdict %v: %s", v.Verdict, v.Reason)
 	}
 	st, err := r.store.Get(t.Context(), id)
 	if err != nil {
@@ -371,23 +372,23 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	expired := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now.Add(-20*time.Minute), 15*time.Minute)
 	both(expired)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, expired); v.Allowed() || !strings.Contains(v.Reason, "expired") {
-		t.Fatalf("expired: %v %s", v.Decision, v.Reason)
+		t.Fatalf("expired: %v %s", v.Verdict, v.Reason)
 	}
 	future := modbus.AppendWriteSingleRegister(nil, 40127, 31)
 	early := r.propose(r.bob, "inverter-1", 1, future, r.now.Add(5*time.Minute), 15*time.Minute)
 	both(early)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); v.Allowed() || !strings.Contains(v.Reason, "not valid before") {
-		t.Fatalf("not yet valid: %v %s", v.Decision, v.Reason)
+		t.Fatalf("not yet valid: %v %s", v.Verdict, v.Reason)
 	}
 	r.now = r.now.Add(5*time.Minute - 20*time.Second) // within the 30 s skew
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); !v.Allowed() {
-		t.Fatalf("inside the skew: %v %s", v.Decision, v.Reason)
+		t.Fatalf("inside the skew: %v %s", v.Verdict, v.Reason)
 	}
 	long := modbus.AppendWriteSingleRegister(nil, 40127, 32)
 	tooLong := r.propose(r.bob, "inverter-1", 1, long, r.now, 2*time.Hour)
 	both(tooLong)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, long, tooLong); v.Allowed() || !strings.Contains(v.Reason, "longer than rule setpoint allows") {
-		t.Fatalf("window over max_ttl: %v %s", v.Decision, v.Reason)
+		t.Fatalf("window over max_ttl: %v %s", v.Verdict, v.Reason)
 	}
 	// The policy changes after the proposal: the approval no longer counts.
 	changed := modbus.AppendWriteSingleRegister(nil, 40127, 33)
@@ -400,7 +401,7 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	r.engine.Swap(newer)
 	r.pol = newer
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, changed, stale); v.Allowed() || !strings.Contains(v.Reason, "is in force") {
-		t.Fatalf("policy changed: %v %s", v.Decision, v.Reason)
+		t.Fatalf("policy changed: %v %s", v.Verdict, v.Reason)
 	}
 }
 
@@ -451,13 +452,13 @@ func TestTwoProxiesRaceForOneApproval(t *testing.T) {
 		_ = r.decide(engines[i], stores[i], "inverter-1", 9, setpoint30, id)
 	}
 	var wg sync.WaitGroup
-	verdicts := make([]policy.Verdict, 2)
+	verdicts := make([]decision.Result, 2)
 	for i := range engines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			req, _ := modbus.ParseRequest(setpoint30)
-			verdicts[i] = engines[i].Decide(context.Background(), &policy.Input{Device: "inverter-1", Unit: 1, Request: req})
+			verdicts[i] = engines[i].Decide(context.Background(), &decision.Input{Device: "inverter-1", Unit: 1, Request: req})
 		}()
 	}
 	wg.Wait()
@@ -589,8 +590,8 @@ func TestApprovedDiagnostics(t *testing.T) {
 	r := newRig(t, false)
 	listenOnly := []byte{8, 0, 4, 0, 0}
 	restart := []byte{8, 0, 1, 0, 0}
-	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, policy.ID{}); v.Allowed() || v.Denial != policy.DenyApproval {
-		t.Fatalf("listen-only without an approval: %v %s", v.Decision, v.Reason)
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, policy.ID{}); v.Allowed() || v.Denial != decision.DenyApproval {
+		t.Fatalf("listen-only without an approval: %v %s", v.Verdict, v.Reason)
 	}
 	id := r.propose(r.bob, "rtu-1", 1, listenOnly, r.now, 15*time.Minute)
 	st, err := r.store.Get(t.Context(), id)
@@ -602,14 +603,14 @@ func TestApprovedDiagnostics(t *testing.T) {
 	}
 	r.sign(id, r.alice.signer)
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() || !strings.Contains(v.Reason, "1 of 2") {
-		t.Fatalf("one signature: %v %s", v.Decision, v.Reason)
+		t.Fatalf("one signature: %v %s", v.Verdict, v.Reason)
 	}
 	r.sign(id, r.carol.signer)
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, restart, policy.ID{}); v.Allowed() {
 		t.Fatalf("another sub-function rode on the approval: %s", v.Reason)
 	}
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); !v.Allowed() || v.Approval != id.String() {
-		t.Fatalf("two signatures: %v %s", v.Decision, v.Reason)
+		t.Fatalf("two signatures: %v %s", v.Verdict, v.Reason)
 	}
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() {
 		t.Fatal("replayed")

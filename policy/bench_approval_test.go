@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -27,7 +28,7 @@ func BenchmarkDecideWithApproval(b *testing.B) {
 		r.sign(id, r.alice.signer)
 		r.sign(id, r.carol.signer)
 		req, _ := modbus.ParseRequest(pdu)
-		in := &policy.Input{Device: "inverter-1", Unit: 1, Request: req}
+		in := &decision.Input{Device: "inverter-1", Unit: 1, Request: req}
 		r.waitIndexed(id)
 		b.StartTimer()
 		t0 := time.Now()

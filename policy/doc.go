@@ -4,6 +4,6 @@
 // address, unit ids) and, per device, the rules that allow reads, writes and
 // diagnostics by function, address range and value range. Anything no rule
 // allows is denied: unknown and diagnostic function codes included. The
-// Engine answers each request with a Verdict that names the rule or the
+// Engine answers each request with a decision.Result that names the rule or the
 // reason, and the digest of the policy that decided it.
 package policy

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -55,7 +56,7 @@ func (p *Policy) ApprovalRule(device string, unit byte, pdu []byte) (*Rule, erro
 	if err != nil {
 		return nil, err
 	}
-	in := &Input{Device: device, Unit: unit, Request: req}
+	in := &decision.Input{Device: device, Unit: unit, Request: req}
 	for _, r := range d.Rules {
 		if r.Class != req.Class() || !r.functions[req.Function] {
 			continue

@@ -23,12 +23,12 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 )
 
 // decider decides one request. Anything but an Allow verdict is a deny.
 type decider interface {
-	Decide(ctx context.Context, in *policy.Input) policy.Verdict
+	Decide(ctx context.Context, in *decision.Input) decision.Result
 }
 
 // recorder records one event. With durable set it returns only once the
