@@ -158,7 +158,7 @@ func (r *Root) VerifyBundle(data []byte, sf *SigFile) ([]string, error) {
 		if !ok {
 			continue
 		}
-		if id, ok := keyOf(s.Signature); !ok || id != s.KeyID {
+		if id, ok := keys.SignatureKeyID(s.Signature); !ok || id != s.KeyID {
 			continue
 		}
 		if a.verifier.Verify(s.Signature, input) == nil {

@@ -20,27 +20,26 @@ import (
 type Engine struct {
 	cur       atomic.Pointer[Policy]
 	log       *zap.Logger
-	approvals approvalSource
-	writer    string
+	approvals Approvals
 	now       func() time.Time
 }
 
-// approvalSource finds approvals for an exact command and consumes them.
-type approvalSource interface {
-	Candidates(device string, unit byte, pdu []byte) []*Stored
-	Consume(ctx context.Context, st *Stored, by string, op uint64) error
+// Approvals lets through the commands that a rule allows only with an m-of-n
+// approval. The approvals package implements it over its store (see
+// approvals.Use); policy declares it so that it imports neither approvals
+// nor NATS.
+type Approvals interface {
+	// Approve judges, at now, the approvals held for exactly in's command
+	// under rule r of p (r.Requires is set), and consumes the best usable
+	// one for in.Op before answering audit.Allow. Otherwise it answers
+	// audit.Deny with decision.DenyApproval and says why. Either way the
+	// result names r and p's digest. It must be safe for concurrent use.
+	Approve(ctx context.Context, p *Policy, r *Rule, in *decision.Input, now time.Time) decision.Result
 }
 
-// UseApprovals lets rules that require a quorum allow writes with approvals
-// from src; writer names this proxy in each consumption. Call it before
-// deciding.
-func (e *Engine) UseApprovals(src approvalSource, writer string) {
-	e.approvals, e.writer = src, writer
-	if s, ok := src.(*Store); ok {
-		w := e.warm
-		s.warm.Store(&w)
-	}
-}
+// UseApprovals lets rules that require a quorum allow commands with
+// approvals from a. Call it before deciding.
+func (e *Engine) UseApprovals(a Approvals) { e.approvals = a }
 
 // NewEngine returns an Engine enforcing p.
 func NewEngine(p *Policy, log *zap.Logger) *Engine {
@@ -101,73 +100,39 @@ func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result
 	return v
 }
 
-// decideApproval allows a command that rule r allows only with a quorum:
-// it finds an approval for exactly this command, checks it, and consumes it
-// before answering Allow.
+// decideApproval allows a command that rule r allows only with a quorum,
+// if an approval for exactly this command holds.
 func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *decision.Input) decision.Result {
-	v := decision.Result{Verdict: audit.Deny, Denial: decision.DenyApproval, Rule: r.Name, Policy: p.Digest}
 	if e.approvals == nil {
-		v.Reason = fmt.Sprintf("rule %s: needs %d of %s, and this proxy has no approval store", r.Name, r.Requires.M, r.Requires.Group)
-		return v
+		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyApproval, Rule: r.Name, Policy: p.Digest,
+			Reason: fmt.Sprintf("rule %s: needs %d of %s, and this proxy has no approval store", r.Name, r.Requires.M, r.Requires.Group)}
 	}
-	cands := e.approvals.Candidates(in.Device, in.Unit, in.Request.PDU)
-	if len(cands) == 0 {
-		v.Reason = fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command (gridseal propose)", r.Name, r.Requires.M, r.Requires.Group)
-		return v
-	}
-	now := e.now()
-	// Verify signatures only on approvals that could still be used; if
-	// none could, judge the newest one so the reason says why.
-	live := cands[:0:0]
-	newest := cands[0]
-	for _, st := range cands {
-		pr := st.Proposal
-		if st.Entry.Consumed == nil && !now.Before(pr.NotBefore.Add(-Skew)) && !now.After(pr.NotAfter.Add(Skew)) {
-			live = append(live, st)
-		}
-		if pr.NotBefore.After(newest.Proposal.NotBefore) {
-			newest = st
-		}
-	}
-	if len(live) == 0 {
-		live = append(live, newest)
-	}
-	var best *Evaluation
-	var bestSt *Stored
-	for _, st := range live {
-		ev := p.Evaluate(st, now)
-		if ev.Rule != r { // judged under another rule: not for this request
-			continue
-		}
-		better := best == nil || (ev.Usable() && !best.Usable()) ||
-			(ev.Usable() == best.Usable() && ev.Enough && !best.Enough) ||
-			(ev.Usable() == best.Usable() && ev.Enough == best.Enough && len(ev.Approvers) > len(best.Approvers))
-		if better {
-			evCopy := ev
-			best, bestSt = &evCopy, st
-		}
-	}
-	if best == nil {
-		v.Reason = fmt.Sprintf("rule %s: no approval for this command under this rule", r.Name)
-		return v
-	}
-	v.Approval = bestSt.ID.String()
-	if !best.Usable() {
-		v.Reason = fmt.Sprintf("rule %s: approval %s…: %s", r.Name, v.Approval[:12], best.Summary())
-		return v
-	}
-	if err := e.approvals.Consume(ctx, bestSt, e.writer, in.Op); err != nil {
-		v.Reason = fmt.Sprintf("rule %s: approval %s…: %v", r.Name, v.Approval[:12], err)
-		return v
-	}
-	v.Verdict, v.Denial, v.Approvers, v.BreakGlass = audit.Allow, 0, best.Approvers, best.BreakGlass
-	v.Reason = fmt.Sprintf("%s: approval %s… by %s", r.Name, v.Approval[:12], strings.Join(best.Approvers, ", "))
-	if best.BreakGlass {
-		v.Reason = "BREAK-GLASS " + v.Reason + fmt.Sprintf(" (%d of %d)", len(best.Approvers), r.Requires.M)
+	v := e.approvals.Approve(ctx, p, r, in, e.now())
+	if v.Allowed() && v.BreakGlass {
 		e.log.Error("break-glass approval used", zap.String("rule", r.Name), zap.String("approval", v.Approval),
-			zap.Strings("approvers", best.Approvers), zap.String("device", in.Device))
+			zap.Strings("approvers", v.Approvers), zap.String("device", in.Device))
 	}
 	return v
+}
+
+// Match returns the first rule of in's device that allows in's request,
+// whether or not the rule also requires an approval; nil if none does or the
+// device is not in p. An approval is judged under this rule.
+func (p *Policy) Match(in *decision.Input) *Rule {
+	d := p.byName[in.Device]
+	if d == nil {
+		return nil
+	}
+	req := &in.Request
+	for _, r := range d.Rules {
+		if r.Class != req.Class() || !r.functions[req.Function] {
+			continue
+		}
+		if denial, _ := r.check(d, in); denial == 0 {
+			return r
+		}
+	}
+	return nil
 }
 
 // check returns 0 if r allows the request, or the denial and why.

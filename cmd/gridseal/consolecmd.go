@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
@@ -77,7 +78,7 @@ func (o *observability) recorders(rec *chain.Recorder, log *zap.Logger) audit.Te
 // startConsole serves /metrics, /healthz, /readyz and the console as cs
 // says (address "" or "off": not at all) until ctx ends.
 func (g *globals) startConsole(ctx context.Context, cs *consoleSetup, o *observability, r *recording, st *running,
-	engine *policy.Engine, store *policy.Store, trustPath string, log *zap.Logger) error {
+	engine *policy.Engine, store *approvals.Store, trustPath string, log *zap.Logger) error {
 	addr := cs.addr
 	if addr == "" || addr == "off" {
 		return nil

@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
@@ -288,7 +289,7 @@ func splitHostPort(addr string) (string, string) {
 type tourGuide struct {
 	w     io.Writer
 	addr  string
-	store *policy.Store
+	store *approvals.Store
 	pol   *policy.Policy
 	keys  string
 	c     *mbclient.ModbusClient
@@ -408,19 +409,19 @@ func (t *tourGuide) run(ctx context.Context) error {
 }
 
 // propose and approve do what gridseal propose and gridseal approve do.
-func (t *tourGuide) propose(ctx context.Context, who, device string, unit uint8, value uint16) (policy.ID, error) {
+func (t *tourGuide) propose(ctx context.Context, who, device string, unit uint8, value uint16) (approvals.ID, error) {
 	s, err := keys.LoadSigner(filepath.Join(t.keys, who+".private.json"))
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
 	pdu := []byte{6, byte(simulators.InverterLimitPct >> 8), byte(simulators.InverterLimitPct & 0xFF), byte(value >> 8), byte(value)}
-	pr, err := policy.NewProposal(t.pol, device, unit, pdu, 15*time.Minute, who, time.Now())
+	pr, err := approvals.NewProposal(t.pol, device, unit, pdu, 15*time.Minute, who, time.Now())
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
-	sig, err := s.Sign(policy.ProposeInput(pr.ID()))
+	sig, err := s.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
 	id, err := t.store.Propose(ctx, pr, sig)
 	if err != nil {
@@ -429,12 +430,12 @@ func (t *tourGuide) propose(ctx context.Context, who, device string, unit uint8,
 	return id, t.waitIndexed(ctx, id, 0)
 }
 
-func (t *tourGuide) approve(ctx context.Context, id policy.ID, who string) error {
+func (t *tourGuide) approve(ctx context.Context, id approvals.ID, who string) error {
 	s, err := keys.LoadSigner(filepath.Join(t.keys, who+".private.json"))
 	if err != nil {
 		return err
 	}
-	sig, err := s.Sign(policy.ApproveInput(id))
+	sig, err := s.Sign(approvals.ApproveInput(id))
 	if err != nil {
 		return err
 	}
@@ -446,7 +447,7 @@ func (t *tourGuide) approve(ctx context.Context, id policy.ID, who string) error
 }
 
 // waitIndexed waits until the proxy's approval index has seen revision rev.
-func (t *tourGuide) waitIndexed(ctx context.Context, id policy.ID, rev uint64) error {
+func (t *tourGuide) waitIndexed(ctx context.Context, id approvals.ID, rev uint64) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, st := range t.store.Pending() {

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
@@ -165,7 +166,7 @@ func (g *globals) acceptPolicy(cfg *fileConfig, p *policy.Policy) error {
 
 // reloadOnHangup re-reads the policy on SIGHUP and puts it in force if it
 // is valid and signed; otherwise the policy in force stays.
-func (g *globals) reloadOnHangup(ctx context.Context, hup <-chan os.Signal, cfg *fileConfig, engine *policy.Engine, store *policy.Store, log *zap.Logger) {
+func (g *globals) reloadOnHangup(ctx context.Context, hup <-chan os.Signal, cfg *fileConfig, engine *policy.Engine, store *approvals.Store, log *zap.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -270,16 +271,16 @@ func (g *globals) openRecorder(ctx context.Context, cfg chain.Config, log *zap.L
 // startApprovals opens the approvals bucket on the recorder's NATS, lets
 // engine allow writes with approvals from it, records every approval step
 // in the chain, and publishes the policy in force for gridseal propose.
-func (r *recording) startApprovals(ctx context.Context, engine *policy.Engine, writer string, replicas int) (*policy.Store, error) {
+func (r *recording) startApprovals(ctx context.Context, engine *policy.Engine, writer string, replicas int) (*approvals.Store, error) {
 	js, err := jetstream.New(r.conn.nc)
 	if err != nil {
 		return nil, err
 	}
-	store, err := policy.OpenStore(ctx, js, replicas, r.log.Named("approvals"))
+	store, err := approvals.OpenStore(ctx, js, replicas, r.log.Named("approvals"))
 	if err != nil {
 		return nil, err
 	}
-	store.OnChange = func(before, after *policy.Stored) {
+	store.OnChange = func(before, after *approvals.Stored) {
 		for _, ev := range approvalEvents(engine.Policy(), before, after) {
 			if err := r.rec.Record(ctx, &ev, false); err != nil {
 				r.log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
@@ -289,7 +290,7 @@ func (r *recording) startApprovals(ctx context.Context, engine *policy.Engine, w
 	if err := store.Watch(ctx); err != nil {
 		return nil, err
 	}
-	engine.UseApprovals(store, writer)
+	approvals.Use(engine, store, writer)
 	if err := store.PublishPolicy(ctx, engine.Policy()); err != nil {
 		return nil, fmt.Errorf("publish the policy in force: %w", err)
 	}
@@ -297,7 +298,7 @@ func (r *recording) startApprovals(ctx context.Context, engine *policy.Engine, w
 }
 
 // approvalEvents describes what changed on an approval as chain events.
-func approvalEvents(p *policy.Policy, before, after *policy.Stored) []audit.Event {
+func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.Event {
 	pr := after.Proposal
 	base := audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Allow, Class: "approval",
 		Device: pr.Device, Unit: pr.Unit, Function: pr.PDU[0], PDU: pr.PDU, Approval: after.ID.String(), Policy: p.Digest}

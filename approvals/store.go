@@ -1,4 +1,4 @@
-package policy
+package approvals
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/policy"
 )
 
 // ApprovalsBucket is the JetStream key-value bucket holding proposals,
@@ -72,7 +74,7 @@ type Stored struct {
 // sigResult caches the signature checks of one Stored under one policy.
 type sigResult struct {
 	digest      string
-	rule        *Rule
+	rule        *policy.Rule
 	approvers   []string
 	ignored     []string
 	proposerErr error
@@ -347,8 +349,8 @@ func (s *Store) List(ctx context.Context) ([]*Stored, error) {
 }
 
 // PublishPolicy stores the policy in force for CLI tools.
-func (s *Store) PublishPolicy(ctx context.Context, p *Policy) error {
-	data, err := json.Marshal(PolicyInForce{ID: p.ID, Version: p.Version, Digest: p.Digest, YAML: p.raw, Since: time.Now().UTC()})
+func (s *Store) PublishPolicy(ctx context.Context, p *policy.Policy) error {
+	data, err := json.Marshal(PolicyInForce{ID: p.ID, Version: p.Version, Digest: p.Digest, YAML: p.Bytes(), Since: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
@@ -357,7 +359,7 @@ func (s *Store) PublishPolicy(ctx context.Context, p *Policy) error {
 }
 
 // PolicyInForce reads the policy the proxies publish, and parses it.
-func (s *Store) PolicyInForce(ctx context.Context) (*Policy, error) {
+func (s *Store) PolicyInForce(ctx context.Context) (*policy.Policy, error) {
 	kve, err := s.kv.Get(ctx, "policy.current")
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, errors.New("no proxy has published its policy yet: start gridseal proxy (or demo) first")
@@ -369,7 +371,7 @@ func (s *Store) PolicyInForce(ctx context.Context) (*Policy, error) {
 	if err := json.Unmarshal(kve.Value(), &pf); err != nil {
 		return nil, fmt.Errorf("policy in force: %w", err)
 	}
-	return Parse("policy "+pf.ID+" (in force)", pf.YAML)
+	return policy.Parse("policy "+pf.ID+" (in force)", pf.YAML)
 }
 
 // Watch keeps the in-memory index up to date until ctx ends. It returns
