@@ -548,7 +548,7 @@ func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); !v.Allowed() {
 		t.Fatal(v.Reason)
 	}
-	kv, err := r.js.KeyValue(t.Context(), approvals.ApprovalsBucket)
+	kv, err := r.js.KeyValue(t.Context(), approvals.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}

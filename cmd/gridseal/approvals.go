@@ -39,7 +39,7 @@ func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
 		conn.Close()
 		return nil, err
 	}
-	pol, err := store.PolicyInForce(cmd.Context())
+	pol, err := store.PublishedPolicy(cmd.Context())
 	if err != nil {
 		conn.Close()
 		return nil, err

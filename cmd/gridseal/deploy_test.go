@@ -120,7 +120,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 
 	// An operator writes approvals, never blocks or uses.
 	_, ojs := connect("operator", "pw2")
-	kv, err := ojs.KeyValue(t.Context(), approvals.ApprovalsBucket)
+	kv, err := ojs.KeyValue(t.Context(), approvals.Bucket)
 	if err != nil {
 		t.Fatalf("operator cannot see the approvals bucket: %v", err)
 	}

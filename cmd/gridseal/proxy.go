@@ -154,14 +154,14 @@ func (c *fileConfig) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
 // (unless allow_policy_rollback is set) and remembers p as the newest.
 func (g *globals) acceptPolicy(cfg *fileConfig, p *policy.Policy) error {
 	path := filepath.Join(g.dataDir, "policy-in-force.json")
-	prev, err := policy.LoadInForce(path)
+	prev, err := policy.LoadAccepted(path)
 	if err != nil {
 		return err
 	}
 	if err := policy.CheckSuccession(prev, p); err != nil && !cfg.AllowPolicyRollback {
 		return fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
 	}
-	return policy.SaveInForce(path, p)
+	return policy.SaveAccepted(path, p)
 }
 
 // reloadOnHangup re-reads the policy on SIGHUP and puts it in force if it
