@@ -43,7 +43,7 @@ test: lint tools
 
 # Micro-benchmarks, then the side-by-side table: direct, bare relay, gridseal.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./protocols/... ./policy/... ./proxy/... ./chain/...
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./protocols/... ./policy/... ./approvals/... ./proxy/... ./chain/...
 	./$(BIN) bench --clients 1,16,256 --duration 9s
 
 # Each fuzz target runs for FUZZTIME; the seed corpus under testdata/fuzz runs in `make test`.
@@ -51,7 +51,7 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzReadFrame$$' -fuzztime $(FUZZTIME) ./protocols/modbus
 	$(GO) test -run '^$$' -fuzz '^FuzzParseRequest$$' -fuzztime $(FUZZTIME) ./protocols/modbus
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./policy
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeProposal$$' -fuzztime $(FUZZTIME) ./policy
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeProposal$$' -fuzztime $(FUZZTIME) ./approvals
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./chain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBlock$$' -fuzztime $(FUZZTIME) ./chain
 

@@ -22,6 +22,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/time/rate"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/proxy"
@@ -36,7 +37,7 @@ type Config struct {
 	Gatherer  prometheus.Gatherer
 	JetStream jetstream.JetStream
 	Trust     chain.Trust           // writers to verify live; empty: show, don't verify
-	Approvals *policy.Store         // pending approvals; nil: none shown
+	Approvals *approvals.Store      // pending approvals; nil: none shown
 	Policy    func() *policy.Policy // the policy in force
 	// Ready reports why the proxy is not ready (nil: ready): upstreams
 	// known and chain writable.
@@ -459,10 +460,10 @@ func (s *Server) approvals(w http.ResponseWriter, _ *http.Request) {
 		p := s.cfg.Policy()
 		now := time.Now()
 		for _, st := range s.cfg.Approvals.Pending() {
-			if now.After(st.Proposal.NotAfter.Add(policy.Skew)) {
+			if now.After(st.Proposal.NotAfter.Add(approvals.Skew)) {
 				continue
 			}
-			ev := p.Evaluate(st, now)
+			ev := approvals.Evaluate(p, st, now)
 			out = append(out, ApprovalView{ID: st.ID.String(), Command: st.Proposal.Describe(), Device: st.Proposal.Device,
 				Proposer: st.Proposal.Proposer, NotAfter: st.Proposal.NotAfter, Status: ev.Summary(),
 				Approvers: ev.Approvers, Ready: ev.Usable(), Signatures: len(st.Entry.Signatures)})

@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
 // approvalEvents describes what changed on an approval as chain events.
-func approvalEvents(p *policy.Policy, before, after *policy.Stored) []audit.Event {
+func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.Event {
 	pr := after.Proposal
 	base := audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Allow, Class: "approval",
 		Device: pr.Device, Unit: pr.Unit, Function: pr.PDU[0], PDU: pr.PDU, Approval: after.ID.String(), Policy: p.Digest}

@@ -26,6 +26,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
@@ -63,7 +64,7 @@ type Gateway struct {
 	conn    *natsembed.Conn
 	rec     *chain.Recorder
 	engine  *policy.Engine
-	store   *policy.Store
+	store   *approvals.Store
 	srv     *proxy.Server
 	addrs   []string
 	errc    chan error
@@ -167,7 +168,7 @@ func (g *Gateway) ConsoleURL() string { return g.console }
 func (g *Gateway) Policy() *policy.Policy { return g.engine.Policy() }
 
 // Approvals is the approvals bucket the engine consumes from.
-func (g *Gateway) Approvals() *policy.Store { return g.store }
+func (g *Gateway) Approvals() *approvals.Store { return g.store }
 
 // Run serves until ctx ends or a listener fails, then stops the proxy. It
 // returns nil on a clean stop.
@@ -262,14 +263,14 @@ func (c *Config) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
 // newest.
 func (g *Gateway) acceptPolicy(p *policy.Policy) error {
 	path := filepath.Join(g.opts.DataDir, "policy-in-force.json")
-	prev, err := policy.LoadInForce(path)
+	prev, err := policy.LoadAccepted(path)
 	if err != nil {
 		return err
 	}
 	if err := policy.CheckSuccession(prev, p); err != nil && !g.cfg.AllowPolicyRollback {
 		return fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
 	}
-	return policy.SaveInForce(path, p)
+	return policy.SaveAccepted(path, p)
 }
 
 // openRecorder connects to NATS (or starts the embedded server) and opens
@@ -305,11 +306,11 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g.store, err = policy.OpenStore(ctx, js, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	g.store, err = approvals.OpenStore(ctx, js, g.cfg.Chain.Replicas, g.log.Named("approvals"))
 	if err != nil {
 		return err
 	}
-	g.store.OnChange = func(before, after *policy.Stored) {
+	g.store.OnChange = func(before, after *approvals.Stored) {
 		for _, ev := range approvalEvents(g.engine.Policy(), before, after) {
 			if err := g.rec.Record(ctx, &ev, false); err != nil {
 				g.log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
@@ -319,7 +320,7 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 	if err := g.store.Watch(ctx); err != nil {
 		return err
 	}
-	g.engine.UseApprovals(g.store, g.cfg.Chain.Writer)
+	approvals.Use(g.engine, g.store, g.cfg.Chain.Writer)
 	if err := g.store.PublishPolicy(ctx, g.engine.Policy()); err != nil {
 		return fmt.Errorf("publish the policy in force: %w", err)
 	}

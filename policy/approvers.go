@@ -26,12 +26,6 @@ type Quorum struct {
 	M     int
 }
 
-// approverKey maps one key id to its approver.
-type approverKey struct {
-	approver *Approver
-	verifier *keys.Verifier
-}
-
 // parseApprovers reads the top-level approvers list. Each approver's
 // keyset is the public Tink keyset JSON, inline, so that the policy digest
 // covers it.
@@ -40,7 +34,7 @@ func parseApprovers(p *Policy, n *yaml.Node) error {
 		return lineErr(n, "approvers must be a list")
 	}
 	p.approvers = map[string]*Approver{}
-	p.keyIndex = map[uint32]approverKey{}
+	p.keyIndex = map[uint32]*Approver{}
 	for _, an := range n.Content {
 		f, err := fields(an, "approver", "name", "groups", "keyset")
 		if err != nil {
@@ -77,9 +71,9 @@ func parseApprovers(p *Policy, n *yaml.Node) error {
 		}
 		for id := range a.verifier.KeyIDs {
 			if other, dup := p.keyIndex[id]; dup {
-				return lineErr(kn, "approver %q: key id %d already belongs to %q", a.Name, id, other.approver.Name)
+				return lineErr(kn, "approver %q: key id %d already belongs to %q", a.Name, id, other.Name)
 			}
-			p.keyIndex[id] = approverKey{approver: a, verifier: a.verifier}
+			p.keyIndex[id] = a
 		}
 		p.approvers[a.Name] = a
 		p.Approvers = append(p.Approvers, a)
@@ -159,7 +153,8 @@ func (p *Policy) groupSize(g string) int {
 	return n
 }
 
-func (a *Approver) inGroup(g string) bool {
+// InGroup reports whether a belongs to group g.
+func (a *Approver) InGroup(g string) bool {
 	for _, x := range a.Groups {
 		if x == g {
 			return true
@@ -168,12 +163,16 @@ func (a *Approver) inGroup(g string) bool {
 	return false
 }
 
+// Verify checks sig over data against a's keyset.
+func (a *Approver) Verify(sig, data []byte) error { return a.verifier.Verify(sig, data) }
+
+// Revoked reports whether the policy revokes Tink key id: a signature by it
+// counts for nothing, whoever it belongs to.
+func (p *Policy) Revoked(id uint32) bool { return p.revoked[id] }
+
 // ApproverForKey returns the approver whose keyset holds key id, or nil.
 func (p *Policy) ApproverForKey(id uint32) *Approver {
-	if k, ok := p.keyIndex[id]; ok {
-		return k.approver
-	}
-	return nil
+	return p.keyIndex[id]
 }
 
 // defaultMaxTTL bounds an approval's window when a rule names none.

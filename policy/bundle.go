@@ -28,12 +28,13 @@ func SigPath(policyPath string) string { return policyPath + ".sig" }
 
 // SigFile is the sidecar's content.
 type SigFile struct {
-	Policy     string         `yaml:"policy"` // hex SHA-256 of the signed file
-	Signatures []PolicySigner `yaml:"signatures"`
+	Policy     string           `yaml:"policy"` // hex SHA-256 of the signed file
+	Signatures []AdminSignature `yaml:"signatures"`
 }
 
-// PolicySigner is one admin signature.
-type PolicySigner struct {
+// AdminSignature is one policy admin's signature over a policy file, as the
+// sidecar holds it: the Tink key id and the signature bytes.
+type AdminSignature struct {
 	KeyID     uint32 `yaml:"key_id"`
 	Signature []byte `yaml:"signature"`
 }
@@ -127,7 +128,7 @@ func SignPolicy(path string, signer *keys.Signer) error {
 			}
 		}
 	}
-	sf.Signatures = append(sf.Signatures, PolicySigner{KeyID: signer.KeyID, Signature: sig})
+	sf.Signatures = append(sf.Signatures, AdminSignature{KeyID: signer.KeyID, Signature: sig})
 	out, err := yaml.Marshal(sf)
 	if err != nil {
 		return err
@@ -158,7 +159,7 @@ func (r *Root) VerifyBundle(data []byte, sf *SigFile) ([]string, error) {
 		if !ok {
 			continue
 		}
-		if id, ok := keyOf(s.Signature); !ok || id != s.KeyID {
+		if id, ok := keys.SignatureKeyID(s.Signature); !ok || id != s.KeyID {
 			continue
 		}
 		if a.verifier.Verify(s.Signature, input) == nil {

@@ -95,14 +95,14 @@ func TestPolicySuccession(t *testing.T) {
 		return p
 	}
 	state := filepath.Join(t.TempDir(), "in-force.json")
-	prev, err := policy.LoadInForce(state)
+	prev, err := policy.LoadAccepted(state)
 	if err != nil || prev != nil {
 		t.Fatalf("no state yet: %v %v", prev, err)
 	}
-	if err := policy.SaveInForce(state, v(3, "")); err != nil {
+	if err := policy.SaveAccepted(state, v(3, "")); err != nil {
 		t.Fatal(err)
 	}
-	prev, _ = policy.LoadInForce(state)
+	prev, _ = policy.LoadAccepted(state)
 	for _, tc := range []struct {
 		name string
 		next *policy.Policy

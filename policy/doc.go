@@ -4,6 +4,15 @@
 // address, unit ids) and, per device, the rules that allow reads, writes and
 // diagnostics by function, address range and value range. Anything no rule
 // allows is denied: unknown and diagnostic function codes included. The
-// Engine answers each request with a Verdict that names the rule or the
-// reason, and the digest of the policy that decided it.
+// Engine answers each request with a decision.Result that names the rule or
+// the reason, and the digest of the policy that decided it.
+//
+// The package holds the rules and their parsing (file.go, ranges.go,
+// approvers.go), the engine (engine.go), signed policy bundles (bundle.go)
+// and succession, which refuses rollbacks (succession.go). A rule that
+// requires an m-of-n approval is decided through the Approvals interface
+// declared here; package approvals implements it.
+//
+// policy must not import NATS or package approvals (approvals imports
+// policy), so that deciding and parsing need no message bus.
 package policy

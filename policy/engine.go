@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -18,27 +20,26 @@ import (
 type Engine struct {
 	cur       atomic.Pointer[Policy]
 	log       *zap.Logger
-	approvals approvalSource
-	writer    string
+	approvals Approvals
 	now       func() time.Time
 }
 
-// approvalSource finds approvals for an exact command and consumes them.
-type approvalSource interface {
-	Candidates(device string, unit byte, pdu []byte) []*Stored
-	Consume(ctx context.Context, st *Stored, by string, op uint64) error
+// Approvals lets through the commands that a rule allows only with an m-of-n
+// approval. The approvals package implements it over its store (see
+// approvals.Use); policy declares it so that it imports neither approvals
+// nor NATS.
+type Approvals interface {
+	// Approve judges, at now, the approvals held for exactly in's command
+	// under rule r of p (r.Requires is set), and consumes the best usable
+	// one for in.Op before answering audit.Allow. Otherwise it answers
+	// audit.Deny with decision.DenyApproval and says why. Either way the
+	// result names r and p's digest. It must be safe for concurrent use.
+	Approve(ctx context.Context, p *Policy, r *Rule, in *decision.Input, now time.Time) decision.Result
 }
 
-// UseApprovals lets rules that require a quorum allow writes with approvals
-// from src; writer names this proxy in each consumption. Call it before
-// deciding.
-func (e *Engine) UseApprovals(src approvalSource, writer string) {
-	e.approvals, e.writer = src, writer
-	if s, ok := src.(*Store); ok {
-		w := e.warm
-		s.warm.Store(&w)
-	}
-}
+// UseApprovals lets rules that require a quorum allow commands with
+// approvals from a. Call it before deciding.
+func (e *Engine) UseApprovals(a Approvals) { e.approvals = a }
 
 // NewEngine returns an Engine enforcing p.
 func NewEngine(p *Policy, log *zap.Logger) *Engine {
@@ -61,16 +62,16 @@ func (e *Engine) Swap(p *Policy) {
 }
 
 // Decide returns the verdict for one request. Allowing does not allocate.
-func (e *Engine) Decide(ctx context.Context, in *Input) Verdict {
+func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result {
 	p := e.cur.Load()
 	d := p.byName[in.Device]
 	if d == nil {
-		return Verdict{Decision: Deny, Denial: DenyDevice, Policy: p.Digest,
+		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyDevice, Policy: p.Digest,
 			Reason: fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)}
 	}
 	req := &in.Request
 	cls := req.Class()
-	worst := DenyFunction
+	worst := decision.DenyFunction
 	var near *Rule
 	var detail string
 	for _, r := range d.Rules {
@@ -82,13 +83,13 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Verdict {
 			return e.decideApproval(ctx, p, r, in)
 		}
 		if denial == 0 {
-			return Verdict{Decision: Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
+			return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
 		}
 		if denial > worst || near == nil {
 			worst, near, detail = denial, r, why
 		}
 	}
-	v := Verdict{Decision: Deny, Denial: worst, Policy: p.Digest}
+	v := decision.Result{Verdict: audit.Deny, Denial: worst, Policy: p.Digest}
 	if near == nil {
 		v.Reason = fmt.Sprintf("no rule of device %s allows function %d (%s, a %s)",
 			d.Name, req.Function, req.Function, cls)
@@ -99,92 +100,58 @@ func (e *Engine) Decide(ctx context.Context, in *Input) Verdict {
 	return v
 }
 
-// decideApproval allows a command that rule r allows only with a quorum:
-// it finds an approval for exactly this command, checks it, and consumes it
-// before answering Allow.
-func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *Input) Verdict {
-	v := Verdict{Decision: Deny, Denial: DenyApproval, Rule: r.Name, Policy: p.Digest}
+// decideApproval allows a command that rule r allows only with a quorum,
+// if an approval for exactly this command holds.
+func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *decision.Input) decision.Result {
 	if e.approvals == nil {
-		v.Reason = fmt.Sprintf("rule %s: needs %d of %s, and this proxy has no approval store", r.Name, r.Requires.M, r.Requires.Group)
-		return v
+		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyApproval, Rule: r.Name, Policy: p.Digest,
+			Reason: fmt.Sprintf("rule %s: needs %d of %s, and this proxy has no approval store", r.Name, r.Requires.M, r.Requires.Group)}
 	}
-	cands := e.approvals.Candidates(in.Device, in.Unit, in.Request.PDU)
-	if len(cands) == 0 {
-		v.Reason = fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command (gridseal propose)", r.Name, r.Requires.M, r.Requires.Group)
-		return v
-	}
-	now := e.now()
-	// Verify signatures only on approvals that could still be used; if
-	// none could, judge the newest one so the reason says why.
-	live := cands[:0:0]
-	newest := cands[0]
-	for _, st := range cands {
-		pr := st.Proposal
-		if st.Entry.Consumed == nil && !now.Before(pr.NotBefore.Add(-Skew)) && !now.After(pr.NotAfter.Add(Skew)) {
-			live = append(live, st)
-		}
-		if pr.NotBefore.After(newest.Proposal.NotBefore) {
-			newest = st
-		}
-	}
-	if len(live) == 0 {
-		live = append(live, newest)
-	}
-	var best *Evaluation
-	var bestSt *Stored
-	for _, st := range live {
-		ev := p.Evaluate(st, now)
-		if ev.Rule != r { // judged under another rule: not for this request
-			continue
-		}
-		better := best == nil || (ev.Usable() && !best.Usable()) ||
-			(ev.Usable() == best.Usable() && ev.Enough && !best.Enough) ||
-			(ev.Usable() == best.Usable() && ev.Enough == best.Enough && len(ev.Approvers) > len(best.Approvers))
-		if better {
-			evCopy := ev
-			best, bestSt = &evCopy, st
-		}
-	}
-	if best == nil {
-		v.Reason = fmt.Sprintf("rule %s: no approval for this command under this rule", r.Name)
-		return v
-	}
-	v.Approval = bestSt.ID.String()
-	if !best.Usable() {
-		v.Reason = fmt.Sprintf("rule %s: approval %s…: %s", r.Name, v.Approval[:12], best.Summary())
-		return v
-	}
-	if err := e.approvals.Consume(ctx, bestSt, e.writer, in.Op); err != nil {
-		v.Reason = fmt.Sprintf("rule %s: approval %s…: %v", r.Name, v.Approval[:12], err)
-		return v
-	}
-	v.Decision, v.Denial, v.Approvers, v.BreakGlass = Allow, 0, best.Approvers, best.BreakGlass
-	v.Reason = fmt.Sprintf("%s: approval %s… by %s", r.Name, v.Approval[:12], strings.Join(best.Approvers, ", "))
-	if best.BreakGlass {
-		v.Reason = "BREAK-GLASS " + v.Reason + fmt.Sprintf(" (%d of %d)", len(best.Approvers), r.Requires.M)
+	v := e.approvals.Approve(ctx, p, r, in, e.now())
+	if v.Allowed() && v.BreakGlass {
 		e.log.Error("break-glass approval used", zap.String("rule", r.Name), zap.String("approval", v.Approval),
-			zap.Strings("approvers", best.Approvers), zap.String("device", in.Device))
+			zap.Strings("approvers", v.Approvers), zap.String("device", in.Device))
 	}
 	return v
 }
 
+// Match returns the first rule of in's device that allows in's request,
+// whether or not the rule also requires an approval; nil if none does or the
+// device is not in p. An approval is judged under this rule.
+func (p *Policy) Match(in *decision.Input) *Rule {
+	d := p.byName[in.Device]
+	if d == nil {
+		return nil
+	}
+	req := &in.Request
+	for _, r := range d.Rules {
+		if r.Class != req.Class() || !r.functions[req.Function] {
+			continue
+		}
+		if denial, _ := r.check(d, in); denial == 0 {
+			return r
+		}
+	}
+	return nil
+}
+
 // check returns 0 if r allows the request, or the denial and why.
-func (r *Rule) check(d *Device, in *Input) (Denial, string) {
+func (r *Rule) check(d *Device, in *decision.Input) (decision.Denial, string) {
 	req := &in.Request
 	if len(r.roles) > 0 && !contains(r.roles, in.Role) {
 		role := in.Role
 		if role == "" {
 			role = "none (plain TCP or no role in the certificate)"
 		}
-		return DenyFunction, fmt.Sprintf("client role %s not allowed (rule is for %s)", role, strings.Join(r.roles, ", "))
+		return decision.DenyFunction, fmt.Sprintf("client role %s not allowed (rule is for %s)", role, strings.Join(r.roles, ", "))
 	}
 	if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
-		return DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
+		return decision.DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
 	}
 	switch r.Class {
 	case modbus.ClassDiagnostic:
 		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {
-			return DenyFunction, fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
+			return decision.DenyFunction, fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
 		}
 	case modbus.ClassRead:
 		return r.checkRead(req)
@@ -193,16 +160,16 @@ func (r *Rule) check(d *Device, in *Input) (Denial, string) {
 			return denial, why
 		}
 		if req.Function == modbus.ReadWriteMultipleRegisters && !readAllowed(d, in) {
-			return DenyAddress, fmt.Sprintf("read part %d+%d of function 23 is not allowed by any read rule",
+			return decision.DenyAddress, fmt.Sprintf("read part %d+%d of function 23 is not allowed by any read rule",
 				req.Address, req.Quantity)
 		}
 	}
 	return 0, ""
 }
 
-func (r *Rule) checkRead(req *modbus.Request) (Denial, string) {
+func (r *Rule) checkRead(req *modbus.Request) (decision.Denial, string) {
 	if r.Table != modbus.SpaceNone && req.Space != r.Table {
-		return DenyAddress, fmt.Sprintf("reads %s, rule allows %s", req.Space, r.Table)
+		return decision.DenyAddress, fmt.Sprintf("reads %s, rule allows %s", req.Space, r.Table)
 	}
 	if r.addresses == nil {
 		return 0, ""
@@ -210,30 +177,30 @@ func (r *Rule) checkRead(req *modbus.Request) (Denial, string) {
 	switch req.Function {
 	case modbus.ReadFIFOQueue:
 		if !r.addresses.containsRange(req.Address, 1) {
-			return DenyAddress, fmt.Sprintf("fifo %d outside %s", req.Address, r.addresses)
+			return decision.DenyAddress, fmt.Sprintf("fifo %d outside %s", req.Address, r.addresses)
 		}
 	case modbus.ReadFileRecord, modbus.EncapsulatedInterface:
 	default:
 		if !r.addresses.containsRange(req.Address, req.Quantity) {
-			return DenyAddress, fmt.Sprintf("%s %d+%d outside %s", req.Space, req.Address, req.Quantity, r.addresses)
+			return decision.DenyAddress, fmt.Sprintf("%s %d+%d outside %s", req.Space, req.Address, req.Quantity, r.addresses)
 		}
 	}
 	return 0, ""
 }
 
-func (r *Rule) checkWrite(req *modbus.Request) (Denial, string) {
+func (r *Rule) checkWrite(req *modbus.Request) (decision.Denial, string) {
 	space, addr, qty, ok := req.WriteRange()
 	if !ok { // function 21: file records, no addresses or values to check
 		if r.values != nil {
-			return DenyValue, "file record values cannot be checked against a value range"
+			return decision.DenyValue, "file record values cannot be checked against a value range"
 		}
 		return 0, ""
 	}
 	if r.Table != modbus.SpaceNone && space != r.Table {
-		return DenyAddress, fmt.Sprintf("writes %s, rule allows %s", space, r.Table)
+		return decision.DenyAddress, fmt.Sprintf("writes %s, rule allows %s", space, r.Table)
 	}
 	if !r.addresses.containsRange(addr, qty) {
-		return DenyAddress, fmt.Sprintf("%s %d+%d outside %s", space, addr, qty, r.addresses)
+		return decision.DenyAddress, fmt.Sprintf("%s %d+%d outside %s", space, addr, qty, r.addresses)
 	}
 	if r.values == nil {
 		return 0, ""
@@ -246,20 +213,20 @@ func (r *Rule) checkWrite(req *modbus.Request) (Denial, string) {
 				v = 1
 			}
 			if !r.values.containsValue(v) {
-				return DenyValue, fmt.Sprintf("coil %d value %d outside %s", int(addr)+i, v, r.values)
+				return decision.DenyValue, fmt.Sprintf("coil %d value %d outside %s", int(addr)+i, v, r.values)
 			}
 		}
 	case modbus.MaskWriteRegister:
 		if req.AndMask != 0 {
-			return DenyValue, "mask write with a non-zero AND mask: the result depends on the current value"
+			return decision.DenyValue, "mask write with a non-zero AND mask: the result depends on the current value"
 		}
 		if !r.values.containsValue(req.OrMask) {
-			return DenyValue, fmt.Sprintf("register %d value %d outside %s", addr, req.OrMask, r.values)
+			return decision.DenyValue, fmt.Sprintf("register %d value %d outside %s", addr, req.OrMask, r.values)
 		}
 	default:
 		for i := 0; i < int(qty); i++ {
 			if v := req.RegisterValue(i); !r.values.containsValue(v) {
-				return DenyValue, fmt.Sprintf("register %d value %d outside %s", int(addr)+i, v, r.values)
+				return decision.DenyValue, fmt.Sprintf("register %d value %d outside %s", int(addr)+i, v, r.values)
 			}
 		}
 	}
@@ -268,7 +235,7 @@ func (r *Rule) checkWrite(req *modbus.Request) (Denial, string) {
 
 // readAllowed reports whether a read rule allows function 23's read part,
 // as a function 3 read of the same range.
-func readAllowed(d *Device, in *Input) bool {
+func readAllowed(d *Device, in *decision.Input) bool {
 	req := in.Request
 	req.Function = modbus.ReadHoldingRegisters
 	for _, r := range d.Rules {

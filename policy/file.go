@@ -28,7 +28,7 @@ type Policy struct {
 	Approvers []*Approver
 	byName    map[string]*Device
 	approvers map[string]*Approver
-	keyIndex  map[uint32]approverKey
+	keyIndex  map[uint32]*Approver // key id → its approver
 	revoked   map[uint32]bool
 	raw       []byte
 }
@@ -59,6 +59,10 @@ type Rule struct {
 	BreakGlass *Quorum       // fewer signatures that still pass, flagged loudly
 	MaxTTL     time.Duration // longest approval window this rule accepts
 }
+
+// Bytes returns the policy file as parsed: the bytes Digest covers. The
+// caller must not modify them.
+func (p *Policy) Bytes() []byte { return p.raw }
 
 // Device returns the named device, or nil.
 func (p *Policy) Device(name string) *Device { return p.byName[name] }
@@ -156,7 +160,7 @@ func parse(data []byte) (*Policy, error) {
 		return nil, err
 	}
 	p := &Policy{byName: map[string]*Device{}, approvers: map[string]*Approver{},
-		keyIndex: map[uint32]approverKey{}, revoked: map[uint32]bool{}}
+		keyIndex: map[uint32]*Approver{}, revoked: map[uint32]bool{}}
 	if n := f["approvers"]; n != nil {
 		if err := parseApprovers(p, n); err != nil {
 			return nil, err

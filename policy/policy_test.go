@@ -7,6 +7,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -19,13 +21,13 @@ func examplePolicy(t testing.TB) *Policy {
 	return p
 }
 
-func input(t testing.TB, device string, unit byte, pdu []byte) *Input {
+func input(t testing.TB, device string, unit byte, pdu []byte) *decision.Input {
 	t.Helper()
 	req, err := modbus.ParseRequest(pdu)
 	if err != nil {
 		t.Fatalf("test PDU %x: %v", pdu, err)
 	}
-	return &Input{Device: device, Unit: unit, Request: req}
+	return &decision.Input{Device: device, Unit: unit, Request: req}
 }
 
 func TestDecideExamplePolicy(t *testing.T) {
@@ -36,46 +38,39 @@ func TestDecideExamplePolicy(t *testing.T) {
 		device string
 		unit   byte
 		pdu    []byte
-		want   Decision
-		denial Denial
+		want   audit.Verdict
+		denial decision.Denial
 		rule   string
 	}{
-		{"inverter telemetry read", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40072, 50), Allow, 0, "inverter-telemetry"},
-		{"read past the mapped range", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40100, 60), Deny, DenyAddress, "inverter-telemetry"},
-		{"input registers not in table", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadInputRegisters, 40072, 1), Deny, DenyAddress, "inverter-telemetry"},
-		{"power limit 30", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40127, 30), Allow, 0, "power-limit-setpoint"},
-		{"power limit 100 via fc16", "inverter-1", 1, modbus.AppendWriteMultipleRegisters(nil, 40127, []uint16{100}), Allow, 0, "power-limit-setpoint"},
-		{"power limit 101", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40127, 101), Deny, DenyValue, "power-limit-setpoint"},
-		{"fc16 wider than the rule", "inverter-1", 1, modbus.AppendWriteMultipleRegisters(nil, 40127, []uint16{50, 0}), Deny, DenyAddress, "power-limit-setpoint"},
-		{"disconnect", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40126, 0), Deny, DenyAddress, "power-limit-setpoint"},
-		{"fc22 not named", "inverter-1", 1, []byte{22, 0x9C, 0xBF, 0, 0, 0, 30}, Deny, DenyFunction, ""},
-		{"diagnostics denied by default", "inverter-1", 1, []byte{8, 0, 0, 0xA5, 0x37}, Deny, DenyFunction, ""},
-		{"device id named", "inverter-1", 1, []byte{43, 14, 1, 0}, Allow, 0, "inverter-identity"},
-		{"battery discharge 50", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, 50), Allow, 0, "battery-dispatch"},
-		{"battery charge -50 (signed)", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, neg(-50)), Allow, 0, "battery-dispatch"},
-		{"battery charge -51", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, neg(-51)), Deny, DenyValue, "battery-dispatch"},
-		{"battery setpoint and mode together", "battery-1", 2, modbus.AppendWriteMultipleRegisters(nil, 0, []uint16{neg(-20), 1}), Allow, 0, "battery-dispatch"},
-		{"breaker open denied", "breaker-1", 3, modbus.AppendWriteSingleCoil(nil, 1, true), Deny, DenyFunction, ""},
-		{"breaker status read", "breaker-1", 3, modbus.AppendReadRequest(nil, modbus.ReadDiscreteInputs, 0, 6), Allow, 0, "breaker-status"},
-		{"unknown device", "pump-7", 1, modbus.AppendReadRequest(nil, modbus.ReadCoils, 0, 1), Deny, DenyDevice, ""},
+		{"inverter telemetry read", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40072, 50), audit.Allow, 0, "inverter-telemetry"},
+		{"read past the mapped range", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40100, 60), audit.Deny, decision.DenyAddress, "inverter-telemetry"},
+		{"input registers not in table", "inverter-1", 1, modbus.AppendReadRequest(nil, modbus.ReadInputRegisters, 40072, 1), audit.Deny, decision.DenyAddress, "inverter-telemetry"},
+		{"power limit 30", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40127, 30), audit.Allow, 0, "power-limit-setpoint"},
+		{"power limit 100 via fc16", "inverter-1", 1, modbus.AppendWriteMultipleRegisters(nil, 40127, []uint16{100}), audit.Allow, 0, "power-limit-setpoint"},
+		{"power limit 101", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40127, 101), audit.Deny, decision.DenyValue, "power-limit-setpoint"},
+		{"fc16 wider than the rule", "inverter-1", 1, modbus.AppendWriteMultipleRegisters(nil, 40127, []uint16{50, 0}), audit.Deny, decision.DenyAddress, "power-limit-setpoint"},
+		{"disconnect", "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40126, 0), audit.Deny, decision.DenyAddress, "power-limit-setpoint"},
+		{"fc22 not named", "inverter-1", 1, []byte{22, 0x9C, 0xBF, 0, 0, 0, 30}, audit.Deny, decision.DenyFunction, ""},
+		{"diagnostics denied by default", "inverter-1", 1, []byte{8, 0, 0, 0xA5, 0x37}, audit.Deny, decision.DenyFunction, ""},
+		{"device id named", "inverter-1", 1, []byte{43, 14, 1, 0}, audit.Allow, 0, "inverter-identity"},
+		{"battery discharge 50", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, 50), audit.Allow, 0, "battery-dispatch"},
+		{"battery charge -50 (signed)", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, neg(-50)), audit.Allow, 0, "battery-dispatch"},
+		{"battery charge -51", "battery-1", 2, modbus.AppendWriteSingleRegister(nil, 0, neg(-51)), audit.Deny, decision.DenyValue, "battery-dispatch"},
+		{"battery setpoint and mode together", "battery-1", 2, modbus.AppendWriteMultipleRegisters(nil, 0, []uint16{neg(-20), 1}), audit.Allow, 0, "battery-dispatch"},
+		{"breaker open denied", "breaker-1", 3, modbus.AppendWriteSingleCoil(nil, 1, true), audit.Deny, decision.DenyFunction, ""},
+		{"breaker status read", "breaker-1", 3, modbus.AppendReadRequest(nil, modbus.ReadDiscreteInputs, 0, 6), audit.Allow, 0, "breaker-status"},
+		{"unknown device", "pump-7", 1, modbus.AppendReadRequest(nil, modbus.ReadCoils, 0, 1), audit.Deny, decision.DenyDevice, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			v := e.Decide(t.Context(), input(t, tc.device, tc.unit, tc.pdu))
-			if v.Decision != tc.want || v.Denial != tc.denial || v.Rule != tc.rule {
+			if v.Verdict != tc.want || v.Denial != tc.denial || v.Rule != tc.rule {
 				t.Fatalf("verdict = %+v; want %v/%v rule %q", v, tc.want, tc.denial, tc.rule)
 			}
 			if v.Policy != e.Policy().Digest || v.Reason == "" {
 				t.Fatalf("verdict must name the policy digest and a reason: %+v", v)
 			}
 		})
-	}
-}
-
-func TestZeroVerdictIsNotAllowed(t *testing.T) {
-	var v Verdict
-	if v.Allowed() {
-		t.Fatal("the zero Verdict must not allow")
 	}
 }
 
@@ -109,22 +104,22 @@ func TestDecideFunctionVariants(t *testing.T) {
 		name   string
 		unit   byte
 		pdu    []byte
-		denial Denial // 0: allowed
+		denial decision.Denial // 0: allowed
 	}{
 		{"fc23 in range", 1, fc23(0, 5, 100, 1, 2), 0},
-		{"fc23 value out of range", 1, fc23(0, 5, 100, 1, 11), DenyValue},
-		{"fc23 read part not allowed", 1, fc23(20, 5, 100, 1), DenyAddress},
-		{"fc23 write past range", 1, fc23(0, 5, 109, 1, 1), DenyAddress},
+		{"fc23 value out of range", 1, fc23(0, 5, 100, 1, 11), decision.DenyValue},
+		{"fc23 read part not allowed", 1, fc23(20, 5, 100, 1), decision.DenyAddress},
+		{"fc23 write past range", 1, fc23(0, 5, 109, 1, 1), decision.DenyAddress},
 		{"fc22 set exact value", 1, []byte{22, 0, 50, 0, 0, 0, 5}, 0},
-		{"fc22 value out of range", 1, []byte{22, 0, 50, 0, 0, 0, 9}, DenyValue},
-		{"fc22 partial mask", 1, []byte{22, 0, 50, 0xFF, 0, 0, 1}, DenyValue},
+		{"fc22 value out of range", 1, []byte{22, 0, 50, 0, 0, 0, 9}, decision.DenyValue},
+		{"fc22 partial mask", 1, []byte{22, 0, 50, 0xFF, 0, 0, 1}, decision.DenyValue},
 		{"coil off on unit 2", 2, modbus.AppendWriteSingleCoil(nil, 3, false), 0},
-		{"coil on", 2, modbus.AppendWriteSingleCoil(nil, 3, true), DenyValue},
-		{"coil off on unit 1", 1, modbus.AppendWriteSingleCoil(nil, 3, false), DenyAddress},
-		{"fc15 mixed values", 2, modbus.AppendWriteMultipleCoils(nil, 0, []bool{false, true}), DenyValue},
+		{"coil on", 2, modbus.AppendWriteSingleCoil(nil, 3, true), decision.DenyValue},
+		{"coil off on unit 1", 1, modbus.AppendWriteSingleCoil(nil, 3, false), decision.DenyAddress},
+		{"fc15 mixed values", 2, modbus.AppendWriteMultipleCoils(nil, 0, []bool{false, true}), decision.DenyValue},
 		{"fc15 all off", 2, modbus.AppendWriteMultipleCoils(nil, 0, []bool{false, false, false, false}), 0},
 		{"fifo named", 1, []byte{24, 0, 7}, 0},
-		{"fifo other pointer", 1, []byte{24, 0, 8}, DenyAddress},
+		{"fifo other pointer", 1, []byte{24, 0, 8}, decision.DenyAddress},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -214,7 +209,7 @@ func FuzzParse(f *testing.F) {
 				modbus.AppendWriteMultipleCoils(nil, 65530, []bool{true, false, true}),
 			} {
 				req, _ := modbus.ParseRequest(pdu)
-				_ = e.Decide(t.Context(), &Input{Device: d.Name, Unit: 1, Request: req})
+				_ = e.Decide(t.Context(), &decision.Input{Device: d.Name, Unit: 1, Request: req})
 			}
 		}
 	})
@@ -262,7 +257,7 @@ devices:
 	for _, tc := range cases {
 		v := e.Decide(t.Context(), input(t, tc.device, 1, []byte{8, 0, byte(tc.sub), 0, 0}))
 		if v.Allowed() != tc.allow {
-			t.Errorf("%s sub %d: %v (%s)", tc.device, tc.sub, v.Decision, v.Reason)
+			t.Errorf("%s sub %d: %v (%s)", tc.device, tc.sub, v.Verdict, v.Reason)
 		}
 	}
 	req, _ := modbus.ParseRequest([]byte{8, 0, 4, 0, 0})

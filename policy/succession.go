@@ -12,10 +12,11 @@ import (
 // ErrRollback is returned for a policy older than one already in force.
 var ErrRollback = errors.New("policy rollback refused")
 
-// InForce is the newest policy a proxy has accepted, kept on disk so that
-// an older signed policy cannot be put back (its signatures stay valid
-// forever; its version does not).
-type InForce struct {
+// Accepted is this proxy's record of the newest policy it has accepted,
+// kept on disk so that an older signed policy cannot be put back (its
+// signatures stay valid forever; its version does not). It is local to one
+// proxy; approvals.Published is what proxies publish for the CLI.
+type Accepted struct {
 	ID      string `json:"id"`
 	Version int    `json:"version"`
 	Digest  string `json:"digest"`
@@ -23,7 +24,7 @@ type InForce struct {
 
 // CheckSuccession refuses next if it is older than prev, or the same
 // version with other content.
-func CheckSuccession(prev *InForce, next *Policy) error {
+func CheckSuccession(prev *Accepted, next *Policy) error {
 	if prev == nil || prev.ID != next.ID {
 		return nil
 	}
@@ -37,8 +38,8 @@ func CheckSuccession(prev *InForce, next *Policy) error {
 	return nil
 }
 
-// LoadInForce reads the state file; a missing file is no state.
-func LoadInForce(path string) (*InForce, error) {
+// LoadAccepted reads the record at path; a missing file is no record (nil).
+func LoadAccepted(path string) (*Accepted, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -46,16 +47,16 @@ func LoadInForce(path string) (*InForce, error) {
 	if err != nil {
 		return nil, fmt.Errorf("policy state: %w", err)
 	}
-	var s InForce
+	var s Accepted
 	if err := json.Unmarshal(data, &s); err != nil {
 		return nil, fmt.Errorf("policy state %s is corrupt: %w", path, err)
 	}
 	return &s, nil
 }
 
-// SaveInForce records p as the policy in force.
-func SaveInForce(path string, p *Policy) error {
-	data, err := json.Marshal(InForce{ID: p.ID, Version: p.Version, Digest: p.Digest})
+// SaveAccepted records p at path as the newest policy accepted.
+func SaveAccepted(path string, p *Policy) error {
+	data, err := json.Marshal(Accepted{ID: p.ID, Version: p.Version, Digest: p.Digest})
 	if err != nil {
 		return err
 	}

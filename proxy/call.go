@@ -4,7 +4,7 @@ import (
 	"time"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -17,7 +17,7 @@ type call struct {
 	n         int // frame length
 	clientTID uint16
 	upTID     uint16
-	in        policy.Input
+	in        decision.Input
 	ev        audit.Event
 	start     time.Time
 	deadline  time.Time // upstream response deadline
@@ -29,7 +29,7 @@ func (c *call) reset(ss *session, f modbus.Frame) {
 	c.n = copy(c.frame[:], f.Raw)
 	c.clientTID = f.Transaction
 	c.start = time.Now()
-	c.in = policy.Input{Client: ss.client, Unit: f.Unit, Role: ss.role}
+	c.in = decision.Input{Client: ss.client, Unit: f.Unit, Role: ss.role}
 	c.ev = audit.Event{
 		Time:     c.start,
 		Op:       ss.s.opSeq.Add(1),
@@ -76,7 +76,7 @@ func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	}
 	c.silent = false
 	c.ev = audit.Event{}
-	c.in = policy.Input{}
+	c.in = decision.Input{}
 	c.ss = nil
 	ss.s.calls.Put(c)
 	<-ss.slots

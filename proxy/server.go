@@ -1,11 +1,13 @@
 // Package proxy is gridseal's inline Modbus/TCP firewall: it accepts client
-// connections, parses every request strictly, asks a decider whether it may
-// pass, has a recorder log it, and forwards allowed requests to the device
+// connections, parses every request strictly, asks a Decider whether it may
+// pass, has a Recorder log it, and forwards allowed requests to the device
 // over a small pool of upstream connections, rewriting transaction ids so
 // that many pipelining clients can share one PLC connection.
 //
 // The proxy owns sockets, ordering and timeouts. It knows nothing about
-// keys, hashes or NATS: the decider and recorder it is given do.
+// keys, hashes or NATS: the Decider and Recorder it is given do. It imports
+// only protocols/modbus, audit and policy/decision of gridseal, and must not
+// (even transitively) import NATS, Tink or YAML; deps_test.go checks.
 package proxy
 
 import (
@@ -23,18 +25,20 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 )
 
-// decider decides one request. Anything but an Allow verdict is a deny.
-type decider interface {
-	Decide(ctx context.Context, in *policy.Input) policy.Verdict
+// Decider decides one request. Anything but an audit.Allow verdict is a
+// deny. It must be safe for concurrent use; *policy.Engine is one.
+type Decider interface {
+	Decide(ctx context.Context, in *decision.Input) decision.Result
 }
 
-// recorder records one event. With durable set it returns only once the
+// Recorder records one event. With durable set it returns only once the
 // event is durable, or an error; the proxy then refuses the request. It must
-// not keep ev or its slices after returning.
-type recorder interface {
+// not keep ev or its slices after returning, and must be safe for
+// concurrent use.
+type Recorder interface {
 	Record(ctx context.Context, ev *audit.Event, durable bool) error
 }
 
@@ -62,8 +66,8 @@ func (r *Route) lookup(unit byte) string {
 // it with Close.
 type Server struct {
 	cfg       Config
-	dec       decider
-	rec       recorder
+	dec       Decider
+	rec       Recorder
 	log       *zap.Logger
 	upstreams map[string]*upstream
 	ctx       context.Context
@@ -81,7 +85,7 @@ type Server struct {
 }
 
 // New returns a proxy for devices. It dials nothing until the first request.
-func New(cfg Config, devices []Device, dec decider, rec recorder, log *zap.Logger) (*Server, error) {
+func New(cfg Config, devices []Device, dec Decider, rec Recorder, log *zap.Logger) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -214,15 +214,15 @@ func (s *Server) recorderFailed() error {
 	return nil
 }
 
-func (s *Server) exceptionFor(d policy.Denial) modbus.ExceptionCode {
+func (s *Server) exceptionFor(d decision.Denial) modbus.ExceptionCode {
 	switch d {
-	case policy.DenyAddress:
+	case decision.DenyAddress:
 		return s.cfg.Exceptions.Address
-	case policy.DenyValue:
+	case decision.DenyValue:
 		return s.cfg.Exceptions.Value
-	case policy.DenyDevice:
+	case decision.DenyDevice:
 		return s.cfg.Exceptions.Unrouted
-	case policy.DenyApproval:
+	case decision.DenyApproval:
 		return s.cfg.Exceptions.Approval
 	}
 	return s.cfg.Exceptions.Function

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/policy"
@@ -24,7 +25,7 @@ import (
 // proxies have in force.
 type approvalsEnv struct {
 	conn  *natsembed.Conn
-	store *policy.Store
+	store *approvals.Store
 	pol   *policy.Policy
 }
 
@@ -33,12 +34,12 @@ func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := policy.OpenStore(cmd.Context(), js, 1, nopLogger())
+	store, err := approvals.OpenStore(cmd.Context(), js, 1, nopLogger())
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	pol, err := store.PolicyInForce(cmd.Context())
+	pol, err := store.PublishedPolicy(cmd.Context())
 	if err != nil {
 		conn.Close()
 		return nil, err
@@ -155,11 +156,11 @@ func proposeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			pr, err := policy.NewProposal(env.pol, device, byte(unit), pdu, ttl, proposer, time.Now())
+			pr, err := approvals.NewProposal(env.pol, device, byte(unit), pdu, ttl, proposer, time.Now())
 			if err != nil {
 				return err
 			}
-			rule, err := env.pol.ApprovalRule(device, byte(unit), pdu)
+			rule, err := approvals.ApprovalRule(env.pol, device, byte(unit), pdu)
 			if err != nil {
 				return err
 			}
@@ -169,7 +170,7 @@ func proposeCmd(g *globals) *cobra.Command {
 			if ttl > rule.MaxTTL {
 				return fmt.Errorf("%w: --ttl %v is longer than rule %s allows (%v)", errUsage, ttl, rule.Name, rule.MaxTTL)
 			}
-			sig, err := signer.Sign(policy.ProposeInput(pr.ID()))
+			sig, err := signer.Sign(approvals.ProposeInput(pr.ID()))
 			if err != nil {
 				return err
 			}
@@ -194,18 +195,18 @@ func proposeCmd(g *globals) *cobra.Command {
 
 // resolveID accepts a full approval id or a unique prefix of at least 8 hex
 // digits, as `approvals list` prints them.
-func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (policy.ID, error) {
+func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (approvals.ID, error) {
 	if len(s) == 64 {
-		return policy.ParseID(s)
+		return approvals.ParseID(s)
 	}
 	if len(s) < 8 {
-		return policy.ID{}, fmt.Errorf("%w: approval id %q: give at least 8 hex digits", errUsage, s)
+		return approvals.ID{}, fmt.Errorf("%w: approval id %q: give at least 8 hex digits", errUsage, s)
 	}
 	all, err := env.store.List(cmd.Context())
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
-	var found []policy.ID
+	var found []approvals.ID
 	for _, st := range all {
 		if strings.HasPrefix(st.ID.String(), strings.ToLower(s)) {
 			found = append(found, st.ID)
@@ -213,11 +214,11 @@ func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (policy.ID, erro
 	}
 	switch len(found) {
 	case 0:
-		return policy.ID{}, fmt.Errorf("%w: %s", policy.ErrNotFound, s)
+		return approvals.ID{}, fmt.Errorf("%w: %s", approvals.ErrNotFound, s)
 	case 1:
 		return found[0], nil
 	}
-	return policy.ID{}, fmt.Errorf("%w: approval id prefix %q matches %d approvals: give more digits", errUsage, s, len(found))
+	return approvals.ID{}, fmt.Errorf("%w: approval id prefix %q matches %d approvals: give more digits", errUsage, s, len(found))
 }
 
 func approveCmd(g *globals) *cobra.Command {
@@ -253,7 +254,7 @@ func approveCmd(g *globals) *cobra.Command {
 			}
 			showApproval(g.stdout, env.pol, st)
 			if st.Entry.Consumed != nil {
-				return policy.ErrConsumed
+				return approvals.ErrConsumed
 			}
 			if who == st.Proposal.Proposer {
 				return fmt.Errorf("%s proposed this command: the proposer's signature never counts toward its quorum", who)
@@ -265,7 +266,7 @@ func approveCmd(g *globals) *cobra.Command {
 					return errors.New("not signed: approval not confirmed")
 				}
 			}
-			sig, err := signer.Sign(policy.ApproveInput(id))
+			sig, err := signer.Sign(approvals.ApproveInput(id))
 			if err != nil {
 				return err
 			}
@@ -273,7 +274,7 @@ func approveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ev := env.pol.Evaluate(st, time.Now())
+			ev := approvals.Evaluate(env.pol, st, time.Now())
 			fmt.Fprintf(g.stdout, "signed as %s: %s\n", who, ev.Summary())
 			return nil
 		},
@@ -284,9 +285,9 @@ func approveCmd(g *globals) *cobra.Command {
 }
 
 // showApproval prints a proposal decoded for a human.
-func showApproval(w io.Writer, pol *policy.Policy, st *policy.Stored) {
+func showApproval(w io.Writer, pol *policy.Policy, st *approvals.Stored) {
 	pr := st.Proposal
-	ev := pol.Evaluate(st, time.Now())
+	ev := approvals.Evaluate(pol, st, time.Now())
 	fmt.Fprintf(w, "approval %s\n  command   %s\n  PDU       %x\n  proposer  %s\n  window    %s to %s\n  policy    %s %x…\n  status    %s\n",
 		st.ID, pr.Describe(), pr.PDU, pr.Proposer, pr.NotBefore.Local().Format(time.RFC3339), pr.NotAfter.Local().Format(time.RFC3339),
 		pr.PolicyID, pr.PolicyDigest[:6], ev.Summary())
@@ -317,7 +318,7 @@ func approvalsCmd(g *globals) *cobra.Command {
 			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tCOMMAND\tPROPOSER\tUNTIL\tSTATE")
 			for _, st := range all {
-				ev := env.pol.Evaluate(st, time.Now())
+				ev := approvals.Evaluate(env.pol, st, time.Now())
 				state := ev.Summary()
 				if ev.Usable() {
 					state = "READY: " + state

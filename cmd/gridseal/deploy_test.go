@@ -13,10 +13,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
-	"github.com/gridseal/gridseal/policy"
 )
 
 // TestShippedNATSConfigs parses the cluster configurations under
@@ -109,7 +109,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 		t.Fatalf("proxy cannot record: %v", err)
 	}
 	_ = rec.Close(time.Second)
-	if _, err := policy.OpenStore(t.Context(), pjs, 1, zap.NewNop()); err != nil {
+	if _, err := approvals.OpenStore(t.Context(), pjs, 1, zap.NewNop()); err != nil {
 		t.Fatalf("proxy cannot open the approvals store: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
@@ -120,7 +120,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 
 	// An operator writes approvals, never blocks or uses.
 	_, ojs := connect("operator", "pw2")
-	kv, err := ojs.KeyValue(t.Context(), policy.ApprovalsBucket)
+	kv, err := ojs.KeyValue(t.Context(), approvals.Bucket)
 	if err != nil {
 		t.Fatalf("operator cannot see the approvals bucket: %v", err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/loadgen"
 	"github.com/gridseal/gridseal/policy"
@@ -38,7 +39,7 @@ type benchApprovals struct {
 	proposer  *keys.Signer
 	operators []*keys.Signer
 	publics   [][]byte // proposer first, then the operators
-	store     *policy.Store
+	store     *approvals.Store
 	pol       *policy.Policy
 	cancel    context.CancelFunc
 }
@@ -61,7 +62,7 @@ func newBenchApprovals(ctx context.Context, nc *nats.Conn, log *zap.Logger) (*be
 	if err != nil {
 		return nil, err
 	}
-	if a.store, err = policy.OpenStore(ctx, js, 1, log); err != nil {
+	if a.store, err = approvals.OpenStore(ctx, js, 1, log); err != nil {
 		return nil, err
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -88,18 +89,18 @@ func (a *benchApprovals) engine(upstream string, log *zap.Logger) (*policy.Engin
 	}
 	a.pol = pol
 	e := policy.NewEngine(pol, log)
-	e.UseApprovals(a.store, "bench")
+	approvals.Use(e, a.store, "bench")
 	return e, nil
 }
 
 // approve proposes pdu and has two of the three operators sign it, then
 // waits until the store's index (what the proxy reads) has the signatures.
 func (a *benchApprovals) approve(ctx context.Context, pdu []byte, n int) error {
-	pr, err := policy.NewProposal(a.pol, "dev", 1, pdu, 15*time.Minute, "proposer", time.Now())
+	pr, err := approvals.NewProposal(a.pol, "dev", 1, pdu, 15*time.Minute, "proposer", time.Now())
 	if err != nil {
 		return err
 	}
-	sig, err := a.proposer.Sign(policy.ProposeInput(pr.ID()))
+	sig, err := a.proposer.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
 		return err
 	}
@@ -107,9 +108,9 @@ func (a *benchApprovals) approve(ctx context.Context, pdu []byte, n int) error {
 	if err != nil {
 		return err
 	}
-	var last *policy.Stored
+	var last *approvals.Stored
 	for _, op := range []*keys.Signer{a.operators[n%3], a.operators[(n+1)%3]} { // a different pair each time
-		sig, err := op.Sign(policy.ApproveInput(id))
+		sig, err := op.Sign(approvals.ApproveInput(id))
 		if err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 
 	mbclient "github.com/simonvetter/modbus"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/simulators"
@@ -18,11 +19,11 @@ import (
 
 // Tour drives the demo through the proxy as operators would.
 type Tour struct {
-	W      io.Writer      // where the narration goes
-	Addr   string         // the proxy's address
-	Store  *policy.Store  // the approvals bucket the proxy consumes from
-	Keys   string         // the demo's key directory (DATA-DIR/keys)
-	Policy *policy.Policy // the policy in force, which proposals bind
+	W      io.Writer        // where the narration goes
+	Addr   string           // the proxy's address
+	Store  *approvals.Store // the approvals bucket the proxy consumes from
+	Keys   string           // the demo's key directory (DATA-DIR/keys)
+	Policy *policy.Policy   // the policy in force, which proposals bind
 	c      *mbclient.ModbusClient
 }
 
@@ -143,19 +144,19 @@ func (t *Tour) Run(ctx context.Context) error {
 }
 
 // propose and approve do what gridseal propose and gridseal approve do.
-func (t *Tour) propose(ctx context.Context, who, device string, unit uint8, value uint16) (policy.ID, error) {
+func (t *Tour) propose(ctx context.Context, who, device string, unit uint8, value uint16) (approvals.ID, error) {
 	s, err := keys.LoadSigner(filepath.Join(t.Keys, who+".private.json"))
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
 	pdu := []byte{6, byte(simulators.InverterLimitPct >> 8), byte(simulators.InverterLimitPct & 0xFF), byte(value >> 8), byte(value)}
-	pr, err := policy.NewProposal(t.Policy, device, unit, pdu, 15*time.Minute, who, time.Now())
+	pr, err := approvals.NewProposal(t.Policy, device, unit, pdu, 15*time.Minute, who, time.Now())
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
-	sig, err := s.Sign(policy.ProposeInput(pr.ID()))
+	sig, err := s.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
-		return policy.ID{}, err
+		return approvals.ID{}, err
 	}
 	id, err := t.Store.Propose(ctx, pr, sig)
 	if err != nil {
@@ -164,12 +165,12 @@ func (t *Tour) propose(ctx context.Context, who, device string, unit uint8, valu
 	return id, t.waitIndexed(ctx, id, 0)
 }
 
-func (t *Tour) approve(ctx context.Context, id policy.ID, who string) error {
+func (t *Tour) approve(ctx context.Context, id approvals.ID, who string) error {
 	s, err := keys.LoadSigner(filepath.Join(t.Keys, who+".private.json"))
 	if err != nil {
 		return err
 	}
-	sig, err := s.Sign(policy.ApproveInput(id))
+	sig, err := s.Sign(approvals.ApproveInput(id))
 	if err != nil {
 		return err
 	}
@@ -181,7 +182,7 @@ func (t *Tour) approve(ctx context.Context, id policy.ID, who string) error {
 }
 
 // waitIndexed waits until the proxy's approval index has seen revision rev.
-func (t *Tour) waitIndexed(ctx context.Context, id policy.ID, rev uint64) error {
+func (t *Tour) waitIndexed(ctx context.Context, id approvals.ID, rev uint64) error {
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, st := range t.Store.Pending() {

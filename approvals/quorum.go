@@ -1,19 +1,21 @@
-package policy
+package approvals
 
 import (
-	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
 // Evaluation is what an approval is worth under a policy at one moment.
 type Evaluation struct {
-	Rule       *Rule
+	Rule       *policy.Rule
 	Approvers  []string // distinct approvers whose signatures count
 	Ignored    []string // signatures that do not count, and why
 	Problem    string   // why the approval cannot be used at all; "" if it can
@@ -43,35 +45,28 @@ func (ev *Evaluation) Summary() string {
 	return s
 }
 
-// ApprovalRule returns the rule under which an approval for this command
-// would be judged: the write rule that allows the command subject to a
-// quorum. It reports why if none does.
-func (p *Policy) ApprovalRule(device string, unit byte, pdu []byte) (*Rule, error) {
-	d := p.Device(device)
-	if d == nil {
+// ApprovalRule returns the rule of p under which an approval for this
+// command would be judged: the write rule that allows the command subject to
+// a quorum. It reports why if none does.
+func ApprovalRule(p *policy.Policy, device string, unit byte, pdu []byte) (*policy.Rule, error) {
+	if p.Device(device) == nil {
 		return nil, fmt.Errorf("device %q is not in policy %s", device, p.ID)
 	}
 	req, err := modbus.ParseRequest(pdu)
 	if err != nil {
 		return nil, err
 	}
-	in := &Input{Device: device, Unit: unit, Request: req}
-	for _, r := range d.Rules {
-		if r.Class != req.Class() || !r.functions[req.Function] {
-			continue
-		}
-		if denial, _ := r.check(d, in); denial == 0 {
-			return r, nil
-		}
+	if r := p.Match(&decision.Input{Device: device, Unit: unit, Request: req}); r != nil {
+		return r, nil
 	}
 	return nil, fmt.Errorf("no rule of device %s allows %s, even with approvals", device, (&Proposal{Device: device, Unit: unit, PDU: pdu}).Describe())
 }
 
 // Evaluate judges a stored approval for its command under p at now.
-func (p *Policy) Evaluate(st *Stored, now time.Time) Evaluation {
+func Evaluate(p *policy.Policy, st *Stored, now time.Time) Evaluation {
 	pr := st.Proposal
 	ev := Evaluation{}
-	r, err := p.ApprovalRule(pr.Device, pr.Unit, pr.PDU)
+	r, err := ApprovalRule(p, pr.Device, pr.Unit, pr.PDU)
 	if err != nil {
 		ev.Problem = err.Error()
 		return ev
@@ -81,7 +76,7 @@ func (p *Policy) Evaluate(st *Stored, now time.Time) Evaluation {
 		ev.Problem = "rule " + r.Name + " allows this command without approval"
 		return ev
 	}
-	sr := p.signatures(st, r)
+	sr := signatures(p, st, r)
 	ev.Approvers, ev.Ignored = sr.approvers, sr.ignored
 	switch {
 	case st.Entry.Consumed != nil:
@@ -106,49 +101,40 @@ func (p *Policy) Evaluate(st *Stored, now time.Time) Evaluation {
 
 // signatures verifies the proposer's and approvers' signatures of st under
 // p and rule r, once per (revision, policy): the result is cached on st.
-func (p *Policy) signatures(st *Stored, r *Rule) *sigResult {
+func signatures(p *policy.Policy, st *Stored, r *policy.Rule) *sigResult {
 	if c := st.sigs.Load(); c != nil && c.digest == p.Digest && c.rule == r {
 		return c
 	}
 	var ev Evaluation
-	p.countSignatures(st, r, &ev)
-	sr := &sigResult{digest: p.Digest, rule: r, approvers: ev.Approvers, ignored: ev.Ignored, proposerErr: p.checkProposer(st)}
+	countSignatures(p, st, r, &ev)
+	sr := &sigResult{digest: p.Digest, rule: r, approvers: ev.Approvers, ignored: ev.Ignored, proposerErr: checkProposer(p, st)}
 	st.sigs.Store(sr)
 	return sr
 }
 
-// Warm verifies st's signatures under the policy in force, so that deciding
-// a write does not pay for it.
-func (e *Engine) warm(st *Stored) {
-	p := e.cur.Load()
-	if r, err := p.ApprovalRule(st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU); err == nil && r.Requires != nil {
-		p.signatures(st, r)
+// warm verifies st's signatures under p (the policy in force), so that
+// deciding a write does not pay for it.
+func warm(p *policy.Policy, st *Stored) {
+	if r, err := ApprovalRule(p, st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU); err == nil && r.Requires != nil {
+		signatures(p, st, r)
 	}
 }
 
-// keyOf returns the Tink key id a signature's 5-byte output prefix names.
-func keyOf(sig []byte) (uint32, bool) {
-	if len(sig) < 5 || sig[0] != 1 {
-		return 0, false
-	}
-	return binary.BigEndian.Uint32(sig[1:5]), true
-}
-
-func (p *Policy) checkProposer(st *Stored) error {
-	id, ok := keyOf(st.Entry.ProposerSig)
+func checkProposer(p *policy.Policy, st *Stored) error {
+	id, ok := keys.SignatureKeyID(st.Entry.ProposerSig)
 	if !ok {
 		return fmt.Errorf("the proposer's signature is missing or malformed")
 	}
-	k, ok := p.keyIndex[id]
+	a := p.ApproverForKey(id)
 	switch {
-	case !ok:
+	case a == nil:
 		return fmt.Errorf("the proposer's key %d is not in the policy", id)
-	case p.revoked[id]:
+	case p.Revoked(id):
 		return fmt.Errorf("the proposer's key %d is revoked", id)
-	case k.approver.Name != st.Proposal.Proposer:
-		return fmt.Errorf("proposal names %s as proposer but was signed by %s", st.Proposal.Proposer, k.approver.Name)
+	case a.Name != st.Proposal.Proposer:
+		return fmt.Errorf("proposal names %s as proposer but was signed by %s", st.Proposal.Proposer, a.Name)
 	}
-	if k.verifier.Verify(st.Entry.ProposerSig, ProposeInput(st.ID)) != nil {
+	if a.Verify(st.Entry.ProposerSig, ProposeInput(st.ID)) != nil {
 		return fmt.Errorf("the proposer's signature does not verify")
 	}
 	return nil
@@ -156,34 +142,33 @@ func (p *Policy) checkProposer(st *Stored) error {
 
 // countSignatures counts distinct approvers of the rule's group with a
 // valid signature; the proposer and revoked keys count zero.
-func (p *Policy) countSignatures(st *Stored, r *Rule, ev *Evaluation) {
+func countSignatures(p *policy.Policy, st *Stored, r *policy.Rule, ev *Evaluation) {
 	counted := map[string]bool{}
 	input := ApproveInput(st.ID)
 	for i, s := range st.Entry.Signatures {
 		ignore := func(why string) { ev.Ignored = append(ev.Ignored, fmt.Sprintf("signature %d: %s", i+1, why)) }
-		id, ok := keyOf(s.Sig)
+		id, ok := keys.SignatureKeyID(s.Sig)
 		if !ok {
 			ignore("malformed (no Tink key prefix)")
 			continue
 		}
-		k, ok := p.keyIndex[id]
+		a := p.ApproverForKey(id)
 		switch {
-		case !ok:
+		case a == nil:
 			ignore(fmt.Sprintf("key %d belongs to no approver", id))
 			continue
-		case p.revoked[id]:
-			ignore(fmt.Sprintf("key %d of %s is revoked", id, k.approver.Name))
+		case p.Revoked(id):
+			ignore(fmt.Sprintf("key %d of %s is revoked", id, a.Name))
 			continue
 		}
-		if k.verifier.Verify(s.Sig, input) != nil {
-			ignore(fmt.Sprintf("does not verify with %s's key %d", k.approver.Name, id))
+		if a.Verify(s.Sig, input) != nil {
+			ignore(fmt.Sprintf("does not verify with %s's key %d", a.Name, id))
 			continue
 		}
-		a := k.approver
 		switch {
 		case a.Name == st.Proposal.Proposer:
 			ignore(a.Name + " proposed this command and cannot approve it")
-		case !a.inGroup(r.Requires.Group):
+		case !a.InGroup(r.Requires.Group):
 			ignore(a.Name + " is not in group " + r.Requires.Group)
 		case counted[a.Name]:
 			ignore(a.Name + " already signed (approvers count once, not keys)")

@@ -1,4 +1,4 @@
-package policy
+package approvals
 
 import (
 	"context"
@@ -13,11 +13,13 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/policy"
 )
 
-// ApprovalsBucket is the JetStream key-value bucket holding proposals,
-// their signatures and their consumption, and the policy in force.
-const ApprovalsBucket = "GRIDSEAL_APPROVALS"
+// Bucket is the JetStream key-value bucket holding proposals, their
+// signatures and their consumption, and the Published policy.
+const Bucket = "GRIDSEAL_APPROVALS"
 
 // UsedStream records each approval's one use as the first and only message
 // on gridseal.approval.used.<id>, in a stream that forbids deletes and
@@ -72,15 +74,16 @@ type Stored struct {
 // sigResult caches the signature checks of one Stored under one policy.
 type sigResult struct {
 	digest      string
-	rule        *Rule
+	rule        *policy.Rule
 	approvers   []string
 	ignored     []string
 	proposerErr error
 }
 
-// PolicyInForce is what a proxy publishes so that CLI tools propose under
-// the right policy.
-type PolicyInForce struct {
+// Published is the policy a proxy has in force, as it publishes it in the
+// bucket so that CLI tools propose under the right policy. (A proxy's own
+// record of the newest policy it accepted is policy.Accepted, on its disk.)
+type Published struct {
 	ID      string    `json:"id"`
 	Version int       `json:"version"`
 	Digest  string    `json:"digest"`
@@ -116,14 +119,14 @@ func OpenStore(ctx context.Context, js jetstream.JetStream, replicas int, log *z
 	if replicas <= 0 {
 		replicas = 1
 	}
-	kv, err := js.KeyValue(ctx, ApprovalsBucket)
+	kv, err := js.KeyValue(ctx, Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket: ApprovalsBucket, Description: "gridseal m-of-n approvals",
+			Bucket: Bucket, Description: "gridseal m-of-n approvals",
 			History: 16, Storage: jetstream.FileStorage, Replicas: replicas,
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			kv, err = js.KeyValue(ctx, ApprovalsBucket)
+			kv, err = js.KeyValue(ctx, Bucket)
 		}
 	}
 	if err != nil {
@@ -346,9 +349,10 @@ func (s *Store) List(ctx context.Context) ([]*Stored, error) {
 	return out, nil
 }
 
-// PublishPolicy stores the policy in force for CLI tools.
-func (s *Store) PublishPolicy(ctx context.Context, p *Policy) error {
-	data, err := json.Marshal(PolicyInForce{ID: p.ID, Version: p.Version, Digest: p.Digest, YAML: p.raw, Since: time.Now().UTC()})
+// PublishPolicy stores p, the policy in force, as the Published policy for
+// CLI tools.
+func (s *Store) PublishPolicy(ctx context.Context, p *policy.Policy) error {
+	data, err := json.Marshal(Published{ID: p.ID, Version: p.Version, Digest: p.Digest, YAML: p.Bytes(), Since: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
@@ -356,8 +360,8 @@ func (s *Store) PublishPolicy(ctx context.Context, p *Policy) error {
 	return err
 }
 
-// PolicyInForce reads the policy the proxies publish, and parses it.
-func (s *Store) PolicyInForce(ctx context.Context) (*Policy, error) {
+// PublishedPolicy reads the policy the proxies publish, and parses it.
+func (s *Store) PublishedPolicy(ctx context.Context) (*policy.Policy, error) {
 	kve, err := s.kv.Get(ctx, "policy.current")
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, errors.New("no proxy has published its policy yet: start gridseal proxy (or demo) first")
@@ -365,11 +369,11 @@ func (s *Store) PolicyInForce(ctx context.Context) (*Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	var pf PolicyInForce
+	var pf Published
 	if err := json.Unmarshal(kve.Value(), &pf); err != nil {
 		return nil, fmt.Errorf("policy in force: %w", err)
 	}
-	return Parse("policy "+pf.ID+" (in force)", pf.YAML)
+	return policy.Parse("policy "+pf.ID+" (in force)", pf.YAML)
 }
 
 // Watch keeps the in-memory index up to date until ctx ends. It returns

@@ -1,4 +1,4 @@
-package policy
+package approvals
 
 import (
 	"crypto/rand"
@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -58,7 +59,7 @@ func ParseID(s string) (ID, error) {
 
 // NewProposal binds pdu on (device, unit) to the policy p for ttl from now.
 // It checks the PDU is a valid, state-changing request.
-func NewProposal(p *Policy, device string, unit byte, pdu []byte, ttl time.Duration, proposer string, now time.Time) (*Proposal, error) {
+func NewProposal(p *policy.Policy, device string, unit byte, pdu []byte, ttl time.Duration, proposer string, now time.Time) (*Proposal, error) {
 	if p.Device(device) == nil {
 		return nil, fmt.Errorf("device %q is not in policy %s", device, p.ID)
 	}

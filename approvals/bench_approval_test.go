@@ -1,4 +1,4 @@
-package policy_test
+package approvals_test
 
 import (
 	"context"
@@ -6,7 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/approvals"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -18,7 +19,7 @@ import (
 func BenchmarkDecideWithApproval(b *testing.B) {
 	r := newRigB(b)
 	timed := &timedConsume{Store: r.store}
-	r.engine.UseApprovals(timed, "gw-1")
+	approvals.Use(r.engine, timed, "gw-1")
 	var lat []time.Duration
 	for i := 0; b.Loop(); i++ {
 		b.StopTimer()
@@ -27,7 +28,7 @@ func BenchmarkDecideWithApproval(b *testing.B) {
 		r.sign(id, r.alice.signer)
 		r.sign(id, r.carol.signer)
 		req, _ := modbus.ParseRequest(pdu)
-		in := &policy.Input{Device: "inverter-1", Unit: 1, Request: req}
+		in := &decision.Input{Device: "inverter-1", Unit: 1, Request: req}
 		r.waitIndexed(id)
 		b.StartTimer()
 		t0 := time.Now()
@@ -47,11 +48,11 @@ func BenchmarkDecideWithApproval(b *testing.B) {
 
 // timedConsume is the real store, with the compare-and-set timed.
 type timedConsume struct {
-	*policy.Store
+	*approvals.Store
 	lat []time.Duration
 }
 
-func (t *timedConsume) Consume(ctx context.Context, st *policy.Stored, by string, op uint64) error {
+func (t *timedConsume) Consume(ctx context.Context, st *approvals.Stored, by string, op uint64) error {
 	t0 := time.Now()
 	err := t.Store.Consume(ctx, st, by, op)
 	t.lat = append(t.lat, time.Since(t0))

@@ -1,4 +1,4 @@
-package policy_test
+package approvals_test
 
 import (
 	"bytes"
@@ -18,9 +18,11 @@ import (
 	"github.com/tink-crypto/tink-go/v2/signature"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -141,7 +143,7 @@ type rig struct {
 	alice, bob, carol, dave *person
 	aliceKey2               *keys.Signer
 	pol                     *policy.Policy
-	store                   *policy.Store
+	store                   *approvals.Store
 	engine                  *policy.Engine
 	js                      jetstream.JetStream
 	now                     time.Time
@@ -150,7 +152,7 @@ type rig struct {
 func newRigB(b *testing.B) *rig { return newRig(b, false) }
 
 // waitIndexed waits until the store's index holds id's latest revision.
-func (r *rig) waitIndexed(id policy.ID) {
+func (r *rig) waitIndexed(id approvals.ID) {
 	r.t.Helper()
 	want, err := r.store.Get(r.t.Context(), id)
 	if err != nil {
@@ -193,8 +195,8 @@ func newRig(t testing.TB, revokeCarol bool) *rig {
 	return r
 }
 
-func (r *rig) openStore() *policy.Store {
-	st, err := policy.OpenStore(r.t.Context(), r.js, 1, zap.NewNop())
+func (r *rig) openStore() *approvals.Store {
+	st, err := approvals.OpenStore(r.t.Context(), r.js, 1, zap.NewNop())
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -206,21 +208,21 @@ func (r *rig) openStore() *policy.Store {
 	return st
 }
 
-func (r *rig) newEngine(st *policy.Store, writer string) *policy.Engine {
+func (r *rig) newEngine(st *approvals.Store, writer string) *policy.Engine {
 	e := policy.NewEngine(r.pol, zap.NewNop())
-	e.UseApprovals(st, writer)
+	approvals.Use(e, st, writer)
 	e.SetClock(func() time.Time { return r.now })
 	return e
 }
 
 // propose stores a proposal by p for pdu on device/unit, valid from now for ttl.
-func (r *rig) propose(p *person, device string, unit byte, pdu []byte, start time.Time, ttl time.Duration) policy.ID {
+func (r *rig) propose(p *person, device string, unit byte, pdu []byte, start time.Time, ttl time.Duration) approvals.ID {
 	r.t.Helper()
-	pr, err := policy.NewProposal(r.pol, device, unit, pdu, ttl, p.name, start)
+	pr, err := approvals.NewProposal(r.pol, device, unit, pdu, ttl, p.name, start)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	sig, err := p.signer.Sign(policy.ProposeInput(pr.ID()))
+	sig, err := p.signer.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -231,16 +233,16 @@ func (r *rig) propose(p *person, device string, unit byte, pdu []byte, start tim
 	return id
 }
 
-func (r *rig) sign(id policy.ID, s *keys.Signer) {
+func (r *rig) sign(id approvals.ID, s *keys.Signer) {
 	r.t.Helper()
-	sig, err := s.Sign(policy.ApproveInput(id))
+	sig, err := s.Sign(approvals.ApproveInput(id))
 	if err != nil {
 		r.t.Fatal(err)
 	}
 	r.addRaw(id, sig)
 }
 
-func (r *rig) addRaw(id policy.ID, sig []byte) {
+func (r *rig) addRaw(id approvals.ID, sig []byte) {
 	r.t.Helper()
 	if _, err := r.store.AddSignature(r.t.Context(), id, sig); err != nil {
 		r.t.Fatal(err)
@@ -249,9 +251,9 @@ func (r *rig) addRaw(id policy.ID, sig []byte) {
 
 // decide asks the engine, once the store's index has seen revision-level
 // changes for id.
-func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byte, pdu []byte, id policy.ID) policy.Verdict {
+func (r *rig) decide(e *policy.Engine, st *approvals.Store, device string, unit byte, pdu []byte, id approvals.ID) decision.Result {
 	r.t.Helper()
-	if id != (policy.ID{}) {
+	if id != (approvals.ID{}) {
 		want, err := r.store.Get(r.t.Context(), id)
 		if err != nil {
 			r.t.Fatal(err)
@@ -277,7 +279,7 @@ func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byt
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	return e.Decide(r.t.Context(), &policy.Input{Device: device, Unit: unit, Request: req, Op: 7})
+	return e.Decide(r.t.Context(), &decision.Input{Device: device, Unit: unit, Request: req, Op: 7})
 }
 
 var setpoint30 = modbus.AppendWriteSingleRegister(nil, 40127, 30)
@@ -308,9 +310,9 @@ func TestApprovalQuorum(t *testing.T) {
 			}
 			v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 			if v.Allowed() != tc.allow || !strings.Contains(v.Reason, tc.why) {
-				t.Fatalf("verdict %v: %s\nwant allowed=%v with %q", v.Decision, v.Reason, tc.allow, tc.why)
+				t.Fatalf("verdict %v: %s\nwant allowed=%v with %q", v.Verdict, v.Reason, tc.allow, tc.why)
 			}
-			if !tc.allow && v.Denial != policy.DenyApproval {
+			if !tc.allow && v.Denial != decision.DenyApproval {
 				t.Fatalf("denial = %v, want approval", v.Denial)
 			}
 			if tc.allow {
@@ -320,7 +322,7 @@ func TestApprovalQuorum(t *testing.T) {
 				// Single use: the same command again is a replay.
 				again := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 				if again.Allowed() || !strings.Contains(again.Reason, "already used by gw-1") {
-					t.Fatalf("replay: %v %s", again.Decision, again.Reason)
+					t.Fatalf("replay: %v %s", again.Verdict, again.Reason)
 				}
 			}
 		})
@@ -335,8 +337,8 @@ func TestApprovalBadSignatures(t *testing.T) {
 	_, _ = rand.Read(forged)
 	forged[0] = 1
 	copy(forged[1:5], []byte{byte(r.alice.signer.KeyID >> 24), byte(r.alice.signer.KeyID >> 16), byte(r.alice.signer.KeyID >> 8), byte(r.alice.signer.KeyID)})
-	good, _ := r.alice.signer.Sign(policy.ApproveInput(id))
-	other, _ := r.alice.signer.Sign(policy.ApproveInput(policy.ID{1, 2, 3}))
+	good, _ := r.alice.signer.Sign(approvals.ApproveInput(id))
+	other, _ := r.alice.signer.Sign(approvals.ApproveInput(approvals.ID{1, 2, 3}))
 
 	r.sign(id, r.carol.signer) // revoked
 	r.addRaw(id, forged)       // random bytes behind alice's key id
@@ -347,13 +349,13 @@ func TestApprovalBadSignatures(t *testing.T) {
 	r.sign(id, r.alice.signer) // the only one that counts
 	v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 	if v.Allowed() || !strings.Contains(v.Reason, "1 of 2 operators signed (alice)") {
-		t.Fatalf("verdict %v: %s", v.Decision, v.Reason)
+		t.Fatalf("verdict %v: %s", v.Verdict, v.Reason)
 	}
 	st, err := r.store.Get(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ev := r.pol.Evaluate(st, r.now)
+	ev := approvals.Evaluate(r.pol, st, r.now)
 	joined := strings.Join(ev.Ignored, "\n")
 	for _, want := range []string{"revoked", "does not verify with alice", "belongs to no approver", "malformed"} {
 		if !strings.Contains(joined, want) {
@@ -364,30 +366,30 @@ func TestApprovalBadSignatures(t *testing.T) {
 
 func TestApprovalWindowAndPolicy(t *testing.T) {
 	r := newRig(t, false)
-	both := func(id policy.ID) {
+	both := func(id approvals.ID) {
 		r.sign(id, r.alice.signer)
 		r.sign(id, r.carol.signer)
 	}
 	expired := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now.Add(-20*time.Minute), 15*time.Minute)
 	both(expired)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, expired); v.Allowed() || !strings.Contains(v.Reason, "expired") {
-		t.Fatalf("expired: %v %s", v.Decision, v.Reason)
+		t.Fatalf("expired: %v %s", v.Verdict, v.Reason)
 	}
 	future := modbus.AppendWriteSingleRegister(nil, 40127, 31)
 	early := r.propose(r.bob, "inverter-1", 1, future, r.now.Add(5*time.Minute), 15*time.Minute)
 	both(early)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); v.Allowed() || !strings.Contains(v.Reason, "not valid before") {
-		t.Fatalf("not yet valid: %v %s", v.Decision, v.Reason)
+		t.Fatalf("not yet valid: %v %s", v.Verdict, v.Reason)
 	}
 	r.now = r.now.Add(5*time.Minute - 20*time.Second) // within the 30 s skew
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); !v.Allowed() {
-		t.Fatalf("inside the skew: %v %s", v.Decision, v.Reason)
+		t.Fatalf("inside the skew: %v %s", v.Verdict, v.Reason)
 	}
 	long := modbus.AppendWriteSingleRegister(nil, 40127, 32)
 	tooLong := r.propose(r.bob, "inverter-1", 1, long, r.now, 2*time.Hour)
 	both(tooLong)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, long, tooLong); v.Allowed() || !strings.Contains(v.Reason, "longer than rule setpoint allows") {
-		t.Fatalf("window over max_ttl: %v %s", v.Decision, v.Reason)
+		t.Fatalf("window over max_ttl: %v %s", v.Verdict, v.Reason)
 	}
 	// The policy changes after the proposal: the approval no longer counts.
 	changed := modbus.AppendWriteSingleRegister(nil, 40127, 33)
@@ -400,7 +402,7 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	r.engine.Swap(newer)
 	r.pol = newer
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, changed, stale); v.Allowed() || !strings.Contains(v.Reason, "is in force") {
-		t.Fatalf("policy changed: %v %s", v.Decision, v.Reason)
+		t.Fatalf("policy changed: %v %s", v.Verdict, v.Reason)
 	}
 }
 
@@ -428,7 +430,7 @@ func TestApprovalNearMatchesAreDenied(t *testing.T) {
 	}
 	for _, tc := range near {
 		t.Run(tc.name, func(t *testing.T) {
-			v := r.decide(r.engine, r.store, "inverter-1", tc.unit, tc.pdu, policy.ID{})
+			v := r.decide(r.engine, r.store, "inverter-1", tc.unit, tc.pdu, approvals.ID{})
 			if v.Allowed() {
 				t.Fatalf("near match allowed: %s", v.Reason)
 			}
@@ -446,18 +448,18 @@ func TestTwoProxiesRaceForOneApproval(t *testing.T) {
 	r.sign(id, r.carol.signer)
 	other := r.openStore()
 	engines := []*policy.Engine{r.engine, r.newEngine(other, "gw-2")}
-	stores := []*policy.Store{r.store, other}
+	stores := []*approvals.Store{r.store, other}
 	for i := range engines { // both indexes hold the signed approval
 		_ = r.decide(engines[i], stores[i], "inverter-1", 9, setpoint30, id)
 	}
 	var wg sync.WaitGroup
-	verdicts := make([]policy.Verdict, 2)
+	verdicts := make([]decision.Result, 2)
 	for i := range engines {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			req, _ := modbus.ParseRequest(setpoint30)
-			verdicts[i] = engines[i].Decide(context.Background(), &policy.Input{Device: "inverter-1", Unit: 1, Request: req})
+			verdicts[i] = engines[i].Decide(context.Background(), &decision.Input{Device: "inverter-1", Unit: 1, Request: req})
 		}()
 	}
 	wg.Wait()
@@ -480,25 +482,25 @@ func TestBreakGlass(t *testing.T) {
 		t.Fatalf("break-glass: %+v", v)
 	}
 	close := modbus.AppendWriteSingleCoil(nil, 1, false)
-	if v := r.decide(r.engine, r.store, "breaker-1", 1, close, policy.ID{}); v.Allowed() {
+	if v := r.decide(r.engine, r.store, "breaker-1", 1, close, approvals.ID{}); v.Allowed() {
 		t.Fatal("closing is not allowed by any rule")
 	}
 }
 
 func TestProposalEncoding(t *testing.T) {
 	r := newRig(t, false)
-	pr, err := policy.NewProposal(r.pol, "inverter-1", 1, setpoint30, 15*time.Minute, "bob", time.Unix(1764072000, 0))
+	pr, err := approvals.NewProposal(r.pol, "inverter-1", 1, setpoint30, 15*time.Minute, "bob", time.Unix(1764072000, 0))
 	if err != nil {
 		t.Fatal(err)
 	}
 	pr.Nonce = [16]byte{0: 0xAA, 15: 0x55}
 	pr.PolicyDigest = [32]byte{0: 1, 31: 2}
 	b := pr.SigningBytes()
-	back, err := policy.DecodeProposal(b)
+	back, err := approvals.DecodeProposal(b)
 	if err != nil || !bytes.Equal(back.SigningBytes(), b) || back.ID() != pr.ID() {
 		t.Fatalf("round trip: %v", err)
 	}
-	vector := fmt.Sprintf("signing-bytes %x\nid %s\napprove-input %x\n", b, pr.ID(), policy.ApproveInput(pr.ID()))
+	vector := fmt.Sprintf("signing-bytes %x\nid %s\napprove-input %x\n", b, pr.ID(), approvals.ApproveInput(pr.ID()))
 	path := filepath.Join("testdata", "proposal-v1.txt")
 	if os.Getenv("GRIDSEAL_UPDATE_GOLDEN") != "" {
 		_ = os.WriteFile(path, []byte(vector), 0o644)
@@ -508,24 +510,24 @@ func TestProposalEncoding(t *testing.T) {
 		t.Fatalf("proposal test vector changed (set GRIDSEAL_UPDATE_GOLDEN=1 to rewrite):\n%s", vector)
 	}
 	for i := range b {
-		if _, err := policy.DecodeProposal(b[:i]); err == nil {
+		if _, err := approvals.DecodeProposal(b[:i]); err == nil {
 			t.Fatalf("a %d-byte prefix decoded", i)
 		}
 	}
-	if _, err := policy.NewProposal(r.pol, "inverter-1", 1, modbus.AppendReadRequest(nil, 3, 0, 1), time.Minute, "bob", time.Now()); err == nil {
+	if _, err := approvals.NewProposal(r.pol, "inverter-1", 1, modbus.AppendReadRequest(nil, 3, 0, 1), time.Minute, "bob", time.Now()); err == nil {
 		t.Fatal("a read was accepted as a proposal")
 	}
-	if _, err := policy.NewProposal(r.pol, "pump", 1, setpoint30, time.Minute, "bob", time.Now()); err == nil {
+	if _, err := approvals.NewProposal(r.pol, "pump", 1, setpoint30, time.Minute, "bob", time.Now()); err == nil {
 		t.Fatal("an unknown device was accepted")
 	}
 }
 
 func FuzzDecodeProposal(f *testing.F) {
-	pr := &policy.Proposal{PolicyID: "plant", Device: "inverter-1", Unit: 1, PDU: setpoint30,
+	pr := &approvals.Proposal{PolicyID: "plant", Device: "inverter-1", Unit: 1, PDU: setpoint30,
 		NotBefore: time.Unix(1, 0), NotAfter: time.Unix(100, 0), Proposer: "bob", MaxUses: 1}
 	f.Add(pr.SigningBytes())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := policy.DecodeProposal(b)
+		p, err := approvals.DecodeProposal(b)
 		if err != nil {
 			return
 		}
@@ -546,7 +548,7 @@ func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); !v.Allowed() {
 		t.Fatal(v.Reason)
 	}
-	kv, err := r.js.KeyValue(t.Context(), policy.ApprovalsBucket)
+	kv, err := r.js.KeyValue(t.Context(), approvals.Bucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -567,7 +569,7 @@ func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	for _, e := range []struct {
 		name string
 		eng  *policy.Engine
-		st   *policy.Store
+		st   *approvals.Store
 	}{{"same proxy", r.engine, r.store}, {"fresh proxy", r.newEngine(fresh, "gw-2"), fresh}} {
 		if v := r.decide(e.eng, e.st, "inverter-1", 1, setpoint30, id); v.Allowed() {
 			t.Fatalf("%s: replay after the bucket was rewritten: %s", e.name, v.Reason)
@@ -576,7 +578,7 @@ func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	if st, err := r.store.Get(t.Context(), id); err != nil || st.Entry.Consumed == nil || st.Entry.Consumed.By != "gw-1" {
 		t.Fatalf("Get must report the use from the use stream: %+v %v", st, err)
 	}
-	if _, err := r.store.AddSignature(t.Context(), id, []byte{1, 2, 3, 4, 5, 6}); !errors.Is(err, policy.ErrConsumed) {
+	if _, err := r.store.AddSignature(t.Context(), id, []byte{1, 2, 3, 4, 5, 6}); !errors.Is(err, approvals.ErrConsumed) {
 		t.Fatalf("signing a used approval: %v", err)
 	}
 }
@@ -589,8 +591,8 @@ func TestApprovedDiagnostics(t *testing.T) {
 	r := newRig(t, false)
 	listenOnly := []byte{8, 0, 4, 0, 0}
 	restart := []byte{8, 0, 1, 0, 0}
-	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, policy.ID{}); v.Allowed() || v.Denial != policy.DenyApproval {
-		t.Fatalf("listen-only without an approval: %v %s", v.Decision, v.Reason)
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, approvals.ID{}); v.Allowed() || v.Denial != decision.DenyApproval {
+		t.Fatalf("listen-only without an approval: %v %s", v.Verdict, v.Reason)
 	}
 	id := r.propose(r.bob, "rtu-1", 1, listenOnly, r.now, 15*time.Minute)
 	st, err := r.store.Get(t.Context(), id)
@@ -602,20 +604,20 @@ func TestApprovedDiagnostics(t *testing.T) {
 	}
 	r.sign(id, r.alice.signer)
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() || !strings.Contains(v.Reason, "1 of 2") {
-		t.Fatalf("one signature: %v %s", v.Decision, v.Reason)
+		t.Fatalf("one signature: %v %s", v.Verdict, v.Reason)
 	}
 	r.sign(id, r.carol.signer)
-	if v := r.decide(r.engine, r.store, "rtu-1", 1, restart, policy.ID{}); v.Allowed() {
+	if v := r.decide(r.engine, r.store, "rtu-1", 1, restart, approvals.ID{}); v.Allowed() {
 		t.Fatalf("another sub-function rode on the approval: %s", v.Reason)
 	}
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); !v.Allowed() || v.Approval != id.String() {
-		t.Fatalf("two signatures: %v %s", v.Decision, v.Reason)
+		t.Fatalf("two signatures: %v %s", v.Verdict, v.Reason)
 	}
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() {
 		t.Fatal("replayed")
 	}
 	// Diagnostics that change nothing need no approval and take none.
-	if _, err := policy.NewProposal(r.pol, "rtu-1", 1, []byte{8, 0, 0, 0x12, 0x34}, time.Minute, "bob", r.now); err == nil {
+	if _, err := approvals.NewProposal(r.pol, "rtu-1", 1, []byte{8, 0, 0, 0x12, 0x34}, time.Minute, "bob", r.now); err == nil {
 		t.Fatal("an echo (sub-function 0) was accepted as a proposal")
 	}
 }

@@ -1,28 +1,19 @@
-package policy
+// Package decision is the vocabulary between the proxy and the policy: the
+// request to decide (Input), the answer (Result) and why a request was
+// denied (Denial).
+//
+// It is its own package so that the proxy can ask for decisions without
+// importing the policy engine and what the engine needs (YAML, Tink keys,
+// NATS). It imports only audit, protocols/modbus and the standard library,
+// and must stay that way.
+package decision
 
 import (
 	"net/netip"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
-
-// Decision is the outcome of a policy check. The zero value is not Allow:
-// anything but Allow must be treated as a deny.
-type Decision uint8
-
-// Decisions.
-const (
-	Allow Decision = iota + 1
-	Deny
-)
-
-// String returns "allow" or "deny".
-func (d Decision) String() string {
-	if d == Allow {
-		return "allow"
-	}
-	return "deny"
-}
 
 // Denial says why a request was denied, so the proxy can pick the exception.
 type Denial uint8
@@ -64,19 +55,19 @@ type Input struct {
 	Request modbus.Request
 }
 
-// Verdict is the Engine's answer for one request.
-type Verdict struct {
-	Decision Decision
-	Denial   Denial // set when Decision is Deny
-	Rule     string // the rule that allowed (or nearly allowed) the request
-	Reason   string // human-readable; names the rule or what is missing
-	Policy   string // hex SHA-256 of the policy file that decided
+// Result is the answer for one request.
+type Result struct {
+	Verdict audit.Verdict // audit.Allow or audit.Deny; the zero value allows nothing
+	Denial  Denial        // set when Verdict is not audit.Allow
+	Rule    string        // the rule that allowed (or nearly allowed) the request
+	Reason  string        // human-readable; names the rule or what is missing
+	Policy  string        // hex SHA-256 of the policy file that decided
 	// Approval is the id of the approval consumed to allow the request.
 	Approval   string
 	Approvers  []string // who signed it
 	BreakGlass bool     // allowed by the rule's break-glass quorum: flag loudly
 }
 
-// Allowed reports whether the verdict allows the request. Anything but an
-// explicit Allow is a deny.
-func (v *Verdict) Allowed() bool { return v.Decision == Allow }
+// Allowed reports whether the result allows the request. Anything but an
+// explicit audit.Allow is a deny.
+func (r *Result) Allowed() bool { return r.Verdict == audit.Allow }
