@@ -60,32 +60,8 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 	if len(ev.PDU) > 0 {
 		r.FuncName = modbus.Function(ev.PDU[0]).String()
 		if req, err := modbus.ParseRequest(ev.PDU); err == nil {
-			r.Values = writtenValues(&req)
+			r.Values = req.WriteValues()
 		}
 	}
 	return r
-}
-
-// writtenValues lists the values a write carries (coils as 0/1).
-func writtenValues(req *modbus.Request) []uint16 {
-	_, _, qty, ok := req.WriteRange()
-	if !ok {
-		return nil
-	}
-	out := make([]uint16, 0, qty)
-	for i := 0; i < int(qty); i++ {
-		switch req.Function {
-		case modbus.WriteSingleCoil, modbus.WriteMultipleCoils:
-			v := uint16(0)
-			if req.CoilValue(i) {
-				v = 1
-			}
-			out = append(out, v)
-		case modbus.MaskWriteRegister:
-			return []uint16{req.AndMask, req.OrMask}
-		default:
-			out = append(out, req.RegisterValue(i))
-		}
-	}
-	return out
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
@@ -322,7 +323,7 @@ func chainExportCmd(g *globals) *cobra.Command {
 				if format == "jsonl" {
 					return enc.Encode(r)
 				}
-				for _, e := range chain.EVEFor(r, ev) {
+				for _, e := range eve.For(r, ev) {
 					if err := enc.Encode(e); err != nil {
 						return err
 					}
