@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,63 +51,18 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			v := chain.NewVerifier(trust)
-			var cpCheck *chain.CheckpointCheck
-			var cps []*chain.Checkpoint
 			pinnedPath := filepath.Join(g.dataDir, "checkpoint.pinned")
-			if trust.Checkpointers != nil {
-				if cps, err = chain.Checkpoints(cmd.Context(), js, trust.Checkpointers); err != nil {
-					return err
-				}
-				// The last checkpoint this verifier saw stays pinned even if
-				// the stream's checkpoints were removed.
-				if b, err := os.ReadFile(pinnedPath); err == nil {
-					cp, err := chain.OpenCheckpoint(b, trust.Checkpointers)
-					if err != nil {
-						return fmt.Errorf("pinned checkpoint %s: %w", pinnedPath, err)
-					}
-					cps = append(cps, cp)
-				}
-				cpCheck = chain.NewCheckpointCheck(cps)
-			}
-			start, lastProgress := time.Now(), time.Now()
-			// Keep going past a bad block, so one injected message does not
-			// hide what comes after it; report them all, the first first.
-			var problems []*chain.Problem
-			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
-				if time.Since(lastProgress) > 2*time.Second {
-					lastProgress = time.Now()
-					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", v.Blocks, v.Events)
-				}
-				var p *chain.Problem
-				if cpCheck != nil {
-					if err := cpCheck.Add(m); errors.As(err, &p) {
-						problems = append(problems, p)
-					}
-				}
-				if err := v.Add(m); errors.As(err, &p) {
-					problems = append(problems, p)
-					return nil
-				} else if err != nil {
-					return err
-				}
-				return nil
+			start := time.Now()
+			rep, err := chain.VerifyStream(cmd.Context(), js, chain.VerifyOptions{
+				Trust: trust, PinnedCheckpoint: pinnedPath,
+				Progress: func(blocks, events uint64) {
+					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", blocks, events)
+				},
 			})
 			if err != nil {
 				return err
 			}
-			var p *chain.Problem
-			if err := v.Finish(); errors.As(err, &p) {
-				problems = append(problems, p)
-			} else if err != nil {
-				return err
-			}
-			if cpCheck != nil {
-				if err := cpCheck.Finish(); errors.As(err, &p) {
-					problems = append(problems, p)
-				}
-			}
-			if len(problems) > 0 {
+			if problems := rep.Problems; len(problems) > 0 {
 				for i, p := range problems {
 					if i == 20 {
 						fmt.Fprintf(g.stdout, "  … and %d more\n", len(problems)-20)
@@ -118,27 +73,23 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("chain verify FAILED at %v (%d problems in all)", problems[0], len(problems))
 			}
 			el := time.Since(start)
-			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(v.Writers()), v.Blocks, v.Events)
-			if v.Blocks > 0 {
-				fmt.Fprintf(g.stdout, ", %s … %s", v.First.Format(time.RFC3339), v.Last.Format(time.RFC3339))
+			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(rep.Writers), rep.Blocks, rep.Events)
+			if rep.Blocks > 0 {
+				fmt.Fprintf(g.stdout, ", %s … %s", rep.First.Format(time.RFC3339), rep.Last.Format(time.RFC3339))
 			}
 			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
-			if cpCheck != nil {
-				n, events := cpCheck.Confirmed()
-				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", n, events)
-				var newest *chain.Checkpoint
-				for _, cp := range cps {
-					if newest == nil || cp.Size > newest.Size {
-						newest = cp
-					}
-				}
-				if newest != nil {
-					if err := atomicfile.Write(pinnedPath, newest.Note, 0o644); err != nil {
+			if cp := rep.Checkpoints; cp != nil {
+				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", cp.Confirmed, cp.Events)
+				// The last checkpoint this verifier saw stays pinned even if
+				// the stream's checkpoints are removed.
+				if cp.Newest != nil {
+					if err := atomicfile.Write(pinnedPath, cp.Newest.Note, 0o644); err != nil {
 						return fmt.Errorf("pin checkpoint: %w", err)
 					}
 				}
 			}
-			for w, st := range v.Writers() {
+			for _, w := range slices.Sorted(maps.Keys(rep.Writers)) {
+				st := rep.Writers[w]
 				pinned := "no local head"
 				if h, ok := trust.Heads[w]; ok {
 					pinned = fmt.Sprintf("local head %d present", h.Height)
