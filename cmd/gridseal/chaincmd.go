@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -104,49 +103,9 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// eventFilter selects exported events.
-type eventFilter struct {
-	device, verdict string
-	since, until    time.Time
-}
-
-func (f *eventFilter) match(r *chain.Record) bool {
-	return (f.device == "" || r.Device == f.device) && (f.verdict == "" || r.Verdict == f.verdict) &&
-		(f.since.IsZero() || !r.Time.Before(f.since)) && (f.until.IsZero() || r.Time.Before(f.until))
-}
-
-// scanRecords reads the chain and calls fn for each event that passes f.
-// It checks each block's structure, not its signature: run chain verify.
-func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record, *audit.Event) error) error {
-	conn, js, err := g.jetStream(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return chain.Scan(ctx, js, from, follow, func(m *chain.Msg) error {
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", m.Seq, err)
-		}
-		for i, e := range b.Events {
-			ev, err := chain.DecodeEvent(e)
-			if err != nil {
-				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
-			}
-			rec := chain.NewRecord(m, b, i, &ev)
-			if f.match(&rec) {
-				if err := fn(&rec, &ev); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-}
-
 func chainTailCmd(g *globals) *cobra.Command {
 	var (
-		f       eventFilter
+		f       chain.Filter
 		follow  bool
 		asJSON  bool
 		lastN   int
@@ -161,11 +120,21 @@ func chainTailCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --lines %d: want at least 1", errUsage, lastN)
 			}
 			switch verdict {
-			case "", "allow", "deny", "malformed":
-				f.verdict = verdict
+			case "":
+			case "allow":
+				f.Verdict = audit.Allow
+			case "deny":
+				f.Verdict = audit.Deny
+			case "malformed":
+				f.Verdict = audit.Malformed
 			default:
 				return fmt.Errorf("%w: --verdict %q: want allow, deny or malformed", errUsage, verdict)
 			}
+			conn, js, err := g.jetStream(cmd.Context(), "chain tail")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
 			var tw *tabwriter.Writer
 			out := func(r *chain.Record) error {
 				if asJSON {
@@ -182,8 +151,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "TIME\tCLIENT\tDEVICE\tUNIT\tFC\tADDR+QTY\tVALUES\tVERDICT\tEXC\tREASON")
 			}
 			if follow {
-				ctx := cmd.Context()
-				err := g.scanRecords(ctx, "chain tail", 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
+				err := chain.ScanRecords(cmd.Context(), js, 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
 				if tw != nil {
 					_ = tw.Flush()
 				}
@@ -191,7 +159,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 			}
 			// Keep the last N matching events.
 			ring := make([]chain.Record, 0, lastN)
-			err := g.scanRecords(cmd.Context(), "chain tail", 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
+			err = chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
 				if len(ring) == lastN {
 					copy(ring, ring[1:])
 					ring = ring[:lastN-1]
@@ -214,7 +182,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new operations as they are recorded")
-	cmd.Flags().StringVar(&f.device, "device", "", "only this device")
+	cmd.Flags().StringVar(&f.Device, "device", "", "only this device")
 	cmd.Flags().StringVar(&verdict, "verdict", "", "only this verdict: allow, deny or malformed")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON lines instead of a table")
 	cmd.Flags().IntVarP(&lastN, "lines", "n", 20, "how many of the newest operations to show")
@@ -252,7 +220,7 @@ func chainExportCmd(g *globals) *cobra.Command {
 	var (
 		format       string
 		since, until string
-		f            eventFilter
+		f            chain.Filter
 	)
 	cmd := &cobra.Command{
 		Use:   "export --format jsonl|eve [--since T] [--until T]",
@@ -263,14 +231,19 @@ func chainExportCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --format %q: want jsonl or eve", errUsage, format)
 			}
 			var err error
-			if f.since, err = parseTime(since); err != nil {
+			if f.Since, err = parseTime(since); err != nil {
 				return fmt.Errorf("%w: --since: %v", errUsage, err)
 			}
-			if f.until, err = parseTime(until); err != nil {
+			if f.Until, err = parseTime(until); err != nil {
 				return fmt.Errorf("%w: --until: %v", errUsage, err)
 			}
+			conn, js, err := g.jetStream(cmd.Context(), "chain export")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
 			enc := json.NewEncoder(g.stdout)
-			return g.scanRecords(cmd.Context(), "chain export", 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
+			return chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
 				if format == "jsonl" {
 					return enc.Encode(r)
 				}
