@@ -1,8 +1,12 @@
 package chain
 
 import (
+	"context"
 	"encoding/hex"
+	"fmt"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -60,32 +64,53 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 	if len(ev.PDU) > 0 {
 		r.FuncName = modbus.Function(ev.PDU[0]).String()
 		if req, err := modbus.ParseRequest(ev.PDU); err == nil {
-			r.Values = writtenValues(&req)
+			r.Values = req.WriteValues()
 		}
 	}
 	return r
 }
 
-// writtenValues lists the values a write carries (coils as 0/1).
-func writtenValues(req *modbus.Request) []uint16 {
-	_, _, qty, ok := req.WriteRange()
-	if !ok {
-		return nil
+// Filter selects records. A zero field matches any record; a nil *Filter
+// matches all.
+type Filter struct {
+	Device  string
+	Verdict audit.Verdict
+	Since   time.Time // at or after
+	Until   time.Time // before
+}
+
+// Match reports whether r passes f.
+func (f *Filter) Match(r *Record) bool {
+	if f == nil {
+		return true
 	}
-	out := make([]uint16, 0, qty)
-	for i := 0; i < int(qty); i++ {
-		switch req.Function {
-		case modbus.WriteSingleCoil, modbus.WriteMultipleCoils:
-			v := uint16(0)
-			if req.CoilValue(i) {
-				v = 1
-			}
-			out = append(out, v)
-		case modbus.MaskWriteRegister:
-			return []uint16{req.AndMask, req.OrMask}
-		default:
-			out = append(out, req.RegisterValue(i))
+	return (f.Device == "" || r.Device == f.Device) && (f.Verdict == 0 || r.Verdict == f.Verdict.String()) &&
+		(f.Since.IsZero() || !r.Time.Before(f.Since)) && (f.Until.IsZero() || r.Time.Before(f.Until))
+}
+
+// ScanRecords calls fn with each event that passes f, in stream order,
+// reading the chain stream as Scan does: from sequence from up to its last
+// message, or with follow until ctx ends. It checks each block's
+// structure, not its signature: VerifyStream does that. An error from fn
+// stops the scan and is returned.
+func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, f *Filter, fn func(*Record, *audit.Event) error) error {
+	return Scan(ctx, js, from, follow, func(m *Msg) error {
+		b, err := ParseBlock(m.Data)
+		if err != nil {
+			return fmt.Errorf("sequence %d: %w", m.Seq, err)
 		}
-	}
-	return out
+		for i, e := range b.Events {
+			ev, err := DecodeEvent(e)
+			if err != nil {
+				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+			}
+			rec := NewRecord(m, b, i, &ev)
+			if f.Match(&rec) {
+				if err := fn(&rec, &ev); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
 }

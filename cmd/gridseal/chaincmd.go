@@ -1,13 +1,12 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"os"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
@@ -50,63 +50,18 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			v := chain.NewVerifier(trust)
-			var cpCheck *chain.CheckpointCheck
-			var cps []*chain.Checkpoint
 			pinnedPath := filepath.Join(g.dataDir, "checkpoint.pinned")
-			if trust.Checkpointers != nil {
-				if cps, err = chain.Checkpoints(cmd.Context(), js, trust.Checkpointers); err != nil {
-					return err
-				}
-				// The last checkpoint this verifier saw stays pinned even if
-				// the stream's checkpoints were removed.
-				if b, err := os.ReadFile(pinnedPath); err == nil {
-					cp, err := chain.OpenCheckpoint(b, trust.Checkpointers)
-					if err != nil {
-						return fmt.Errorf("pinned checkpoint %s: %w", pinnedPath, err)
-					}
-					cps = append(cps, cp)
-				}
-				cpCheck = chain.NewCheckpointCheck(cps)
-			}
-			start, lastProgress := time.Now(), time.Now()
-			// Keep going past a bad block, so one injected message does not
-			// hide what comes after it; report them all, the first first.
-			var problems []*chain.Problem
-			err = chain.Scan(cmd.Context(), js, 1, false, func(m *chain.Msg) error {
-				if time.Since(lastProgress) > 2*time.Second {
-					lastProgress = time.Now()
-					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", v.Blocks, v.Events)
-				}
-				var p *chain.Problem
-				if cpCheck != nil {
-					if err := cpCheck.Add(m); errors.As(err, &p) {
-						problems = append(problems, p)
-					}
-				}
-				if err := v.Add(m); errors.As(err, &p) {
-					problems = append(problems, p)
-					return nil
-				} else if err != nil {
-					return err
-				}
-				return nil
+			start := time.Now()
+			rep, err := chain.VerifyStream(cmd.Context(), js, chain.VerifyOptions{
+				Trust: trust, PinnedCheckpoint: pinnedPath,
+				Progress: func(blocks, events uint64) {
+					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", blocks, events)
+				},
 			})
 			if err != nil {
 				return err
 			}
-			var p *chain.Problem
-			if err := v.Finish(); errors.As(err, &p) {
-				problems = append(problems, p)
-			} else if err != nil {
-				return err
-			}
-			if cpCheck != nil {
-				if err := cpCheck.Finish(); errors.As(err, &p) {
-					problems = append(problems, p)
-				}
-			}
-			if len(problems) > 0 {
+			if problems := rep.Problems; len(problems) > 0 {
 				for i, p := range problems {
 					if i == 20 {
 						fmt.Fprintf(g.stdout, "  … and %d more\n", len(problems)-20)
@@ -117,27 +72,23 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("chain verify FAILED at %v (%d problems in all)", problems[0], len(problems))
 			}
 			el := time.Since(start)
-			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(v.Writers()), v.Blocks, v.Events)
-			if v.Blocks > 0 {
-				fmt.Fprintf(g.stdout, ", %s … %s", v.First.Format(time.RFC3339), v.Last.Format(time.RFC3339))
+			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(rep.Writers), rep.Blocks, rep.Events)
+			if rep.Blocks > 0 {
+				fmt.Fprintf(g.stdout, ", %s … %s", rep.First.Format(time.RFC3339), rep.Last.Format(time.RFC3339))
 			}
 			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
-			if cpCheck != nil {
-				n, events := cpCheck.Confirmed()
-				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", n, events)
-				var newest *chain.Checkpoint
-				for _, cp := range cps {
-					if newest == nil || cp.Size > newest.Size {
-						newest = cp
-					}
-				}
-				if newest != nil {
-					if err := atomicfile.Write(pinnedPath, newest.Note, 0o644); err != nil {
+			if cp := rep.Checkpoints; cp != nil {
+				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", cp.Confirmed, cp.Events)
+				// The last checkpoint this verifier saw stays pinned even if
+				// the stream's checkpoints are removed.
+				if cp.Newest != nil {
+					if err := atomicfile.Write(pinnedPath, cp.Newest.Note, 0o644); err != nil {
 						return fmt.Errorf("pin checkpoint: %w", err)
 					}
 				}
 			}
-			for w, st := range v.Writers() {
+			for _, w := range slices.Sorted(maps.Keys(rep.Writers)) {
+				st := rep.Writers[w]
 				pinned := "no local head"
 				if h, ok := trust.Heads[w]; ok {
 					pinned = fmt.Sprintf("local head %d present", h.Height)
@@ -152,49 +103,9 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// eventFilter selects exported events.
-type eventFilter struct {
-	device, verdict string
-	since, until    time.Time
-}
-
-func (f *eventFilter) match(r *chain.Record) bool {
-	return (f.device == "" || r.Device == f.device) && (f.verdict == "" || r.Verdict == f.verdict) &&
-		(f.since.IsZero() || !r.Time.Before(f.since)) && (f.until.IsZero() || r.Time.Before(f.until))
-}
-
-// scanRecords reads the chain and calls fn for each event that passes f.
-// It checks each block's structure, not its signature: run chain verify.
-func (g *globals) scanRecords(ctx context.Context, name string, from uint64, follow bool, f *eventFilter, fn func(*chain.Record, *audit.Event) error) error {
-	conn, js, err := g.jetStream(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	return chain.Scan(ctx, js, from, follow, func(m *chain.Msg) error {
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", m.Seq, err)
-		}
-		for i, e := range b.Events {
-			ev, err := chain.DecodeEvent(e)
-			if err != nil {
-				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
-			}
-			rec := chain.NewRecord(m, b, i, &ev)
-			if f.match(&rec) {
-				if err := fn(&rec, &ev); err != nil {
-					return err
-				}
-			}
-		}
-		return nil
-	})
-}
-
 func chainTailCmd(g *globals) *cobra.Command {
 	var (
-		f       eventFilter
+		f       chain.Filter
 		follow  bool
 		asJSON  bool
 		lastN   int
@@ -209,11 +120,21 @@ func chainTailCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --lines %d: want at least 1", errUsage, lastN)
 			}
 			switch verdict {
-			case "", "allow", "deny", "malformed":
-				f.verdict = verdict
+			case "":
+			case "allow":
+				f.Verdict = audit.Allow
+			case "deny":
+				f.Verdict = audit.Deny
+			case "malformed":
+				f.Verdict = audit.Malformed
 			default:
 				return fmt.Errorf("%w: --verdict %q: want allow, deny or malformed", errUsage, verdict)
 			}
+			conn, js, err := g.jetStream(cmd.Context(), "chain tail")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
 			var tw *tabwriter.Writer
 			out := func(r *chain.Record) error {
 				if asJSON {
@@ -230,8 +151,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 				fmt.Fprintln(tw, "TIME\tCLIENT\tDEVICE\tUNIT\tFC\tADDR+QTY\tVALUES\tVERDICT\tEXC\tREASON")
 			}
 			if follow {
-				ctx := cmd.Context()
-				err := g.scanRecords(ctx, "chain tail", 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
+				err := chain.ScanRecords(cmd.Context(), js, 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
 				if tw != nil {
 					_ = tw.Flush()
 				}
@@ -239,7 +159,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 			}
 			// Keep the last N matching events.
 			ring := make([]chain.Record, 0, lastN)
-			err := g.scanRecords(cmd.Context(), "chain tail", 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
+			err = chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
 				if len(ring) == lastN {
 					copy(ring, ring[1:])
 					ring = ring[:lastN-1]
@@ -262,7 +182,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new operations as they are recorded")
-	cmd.Flags().StringVar(&f.device, "device", "", "only this device")
+	cmd.Flags().StringVar(&f.Device, "device", "", "only this device")
 	cmd.Flags().StringVar(&verdict, "verdict", "", "only this verdict: allow, deny or malformed")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON lines instead of a table")
 	cmd.Flags().IntVarP(&lastN, "lines", "n", 20, "how many of the newest operations to show")
@@ -300,7 +220,7 @@ func chainExportCmd(g *globals) *cobra.Command {
 	var (
 		format       string
 		since, until string
-		f            eventFilter
+		f            chain.Filter
 	)
 	cmd := &cobra.Command{
 		Use:   "export --format jsonl|eve [--since T] [--until T]",
@@ -311,18 +231,23 @@ func chainExportCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --format %q: want jsonl or eve", errUsage, format)
 			}
 			var err error
-			if f.since, err = parseTime(since); err != nil {
+			if f.Since, err = parseTime(since); err != nil {
 				return fmt.Errorf("%w: --since: %v", errUsage, err)
 			}
-			if f.until, err = parseTime(until); err != nil {
+			if f.Until, err = parseTime(until); err != nil {
 				return fmt.Errorf("%w: --until: %v", errUsage, err)
 			}
+			conn, js, err := g.jetStream(cmd.Context(), "chain export")
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
 			enc := json.NewEncoder(g.stdout)
-			return g.scanRecords(cmd.Context(), "chain export", 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
+			return chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
 				if format == "jsonl" {
 					return enc.Encode(r)
 				}
-				for _, e := range chain.EVEFor(r, ev) {
+				for _, e := range eve.For(r, ev) {
 					if err := enc.Encode(e); err != nil {
 						return err
 					}

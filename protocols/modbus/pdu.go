@@ -96,6 +96,33 @@ func (r *Request) CoilValue(i int) bool {
 	return r.Data[i/8]&(1<<(uint(i)%8)) != 0
 }
 
+// WriteValues lists the values a write carries, in address order: coils
+// as 0 or 1, function 22 as its AND and OR masks. It is nil for requests
+// that write nothing (see WriteRange).
+func (r *Request) WriteValues() []uint16 {
+	_, _, qty, ok := r.WriteRange()
+	if !ok {
+		return nil
+	}
+	if r.Function == MaskWriteRegister {
+		return []uint16{r.AndMask, r.OrMask}
+	}
+	out := make([]uint16, 0, qty)
+	for i := 0; i < int(qty); i++ {
+		switch r.Function {
+		case WriteSingleCoil, WriteMultipleCoils:
+			v := uint16(0)
+			if r.CoilValue(i) {
+				v = 1
+			}
+			out = append(out, v)
+		default:
+			out = append(out, r.RegisterValue(i))
+		}
+	}
+	return out
+}
+
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
 
 // ParseRequest decodes and checks a request PDU against the specification.

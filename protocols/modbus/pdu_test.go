@@ -107,6 +107,38 @@ func TestRequestValues(t *testing.T) {
 	}
 }
 
+func TestWriteValues(t *testing.T) {
+	cases := []struct {
+		name string
+		pdu  string
+		want []uint16
+	}{
+		{"read writes nothing", "03 0000 0002", nil},
+		{"single register", "06 0001 0003", []uint16{3}},
+		{"multiple coils as 0/1", "0F 0013 000A 02 CD01", []uint16{1, 0, 1, 1, 0, 0, 1, 1, 1, 0}},
+		{"single coil", "05 0007 FF00", []uint16{1}},
+		{"mask write as AND and OR masks", "16 0004 00F2 0025", []uint16{0xF2, 0x25}},
+		{"read/write multiple: the written part", "17 0003 0006 000E 0003 06 00FF 00FE 00FD", []uint16{0xFF, 0xFE, 0xFD}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, err := ParseRequest(unhex(t, tc.pdu))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := req.WriteValues()
+			if len(got) != len(tc.want) || (tc.want == nil) != (got == nil) {
+				t.Fatalf("WriteValues = %v, want %v", got, tc.want)
+			}
+			for i := range got {
+				if got[i] != tc.want[i] {
+					t.Fatalf("WriteValues = %v, want %v", got, tc.want)
+				}
+			}
+		})
+	}
+}
+
 func TestParseRequestRejects(t *testing.T) {
 	cases := []struct {
 		name string

@@ -1,15 +1,18 @@
-package chain_test
+package eve_test
 
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -45,12 +48,12 @@ func eveEvents() []*audit.Event {
 	}
 }
 
-func TestEVEExportGolden(t *testing.T) {
+func TestExportGolden(t *testing.T) {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	for i, ev := range eveEvents() {
 		rec := chain.Record{Writer: "gw-1", Seq: 7, Height: 6, Block: "b10c", Index: i}
-		for _, e := range chain.EVEFor(&rec, ev) {
+		for _, e := range eve.For(&rec, ev) {
 			if err := enc.Encode(e); err != nil {
 				t.Fatal(err)
 			}
@@ -86,5 +89,25 @@ func TestEVEExportGolden(t *testing.T) {
 	}
 	if alerts != 4 {
 		t.Fatalf("%d alerts, want one per refused request and per dropped reply (4)", alerts)
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// golden compares got with testdata/name (or writes it, with -update).
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := "testdata/" + name
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./eve -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s changed: the EVE export is a contract others parse\ngot:\n%s\nwant:\n%s", path, got, want)
 	}
 }

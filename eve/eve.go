@@ -1,66 +1,69 @@
-package chain
+// Package eve renders recorded operations as Suricata EVE JSON, so SIEM
+// pipelines built for Suricata's modbus and alert events ingest gridseal's
+// record as they are.
+package eve
 
 import (
 	"net/netip"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
-// EVE is one line of Suricata-EVE-compatible JSON: a "modbus" event for each
-// completed operation, and an "alert" for each one gridseal refused, so SIEM
-// pipelines built for Suricata's modbus and alert events ingest it as they
-// are. The "gridseal" object carries what Suricata cannot know: the
-// verdict, rule, approval, policy and the event's place in the chain.
-type EVE struct {
-	Timestamp string      `json:"timestamp"`
-	EventType string      `json:"event_type"`
-	SrcIP     string      `json:"src_ip,omitempty"`
-	SrcPort   uint16      `json:"src_port,omitempty"`
-	DestIP    string      `json:"dest_ip,omitempty"`
-	DestPort  uint16      `json:"dest_port,omitempty"`
-	Proto     string      `json:"proto"`
-	AppProto  string      `json:"app_proto"`
-	Modbus    *EVEModbus  `json:"modbus,omitempty"`
-	Alert     *EVEAlert   `json:"alert,omitempty"`
-	Gridseal  EVEGridseal `json:"gridseal"`
+// Event is one line of EVE JSON: a "modbus" event for each completed
+// operation, or an "alert" for each one gridseal refused. Its "gridseal"
+// object carries what Suricata cannot know: the verdict, rule, approval,
+// policy and the event's place in the chain.
+type Event struct {
+	Timestamp string   `json:"timestamp"`
+	EventType string   `json:"event_type"`
+	SrcIP     string   `json:"src_ip,omitempty"`
+	SrcPort   uint16   `json:"src_port,omitempty"`
+	DestIP    string   `json:"dest_ip,omitempty"`
+	DestPort  uint16   `json:"dest_port,omitempty"`
+	Proto     string   `json:"proto"`
+	AppProto  string   `json:"app_proto"`
+	Modbus    *Modbus  `json:"modbus,omitempty"`
+	Alert     *Alert   `json:"alert,omitempty"`
+	Gridseal  Gridseal `json:"gridseal"`
 }
 
-// EVEModbus is Suricata's modbus object.
-type EVEModbus struct {
-	ID       uint64        `json:"id"`
-	Request  EVEModbusPDU  `json:"request"`
-	Response *EVEModbusPDU `json:"response,omitempty"`
+// Modbus is Suricata's modbus object.
+type Modbus struct {
+	ID       uint64 `json:"id"`
+	Request  PDU    `json:"request"`
+	Response *PDU   `json:"response,omitempty"`
 }
 
-// EVEModbusPDU is one side of a Modbus transaction.
-type EVEModbusPDU struct {
-	UnitID       byte      `json:"unit_id"`
-	FunctionRaw  byte      `json:"function_raw"`
-	FunctionCode string    `json:"function_code"`
-	AccessType   string    `json:"access_type,omitempty"`
-	Category     string    `json:"category"`
-	ErrorFlags   string    `json:"error_flags"`
-	Read         *EVERange `json:"read,omitempty"`
-	Write        *EVERange `json:"write,omitempty"`
-	Exception    *EVEExc   `json:"exception,omitempty"`
+// PDU is one side of a Modbus transaction.
+type PDU struct {
+	UnitID       byte       `json:"unit_id"`
+	FunctionRaw  byte       `json:"function_raw"`
+	FunctionCode string     `json:"function_code"`
+	AccessType   string     `json:"access_type,omitempty"`
+	Category     string     `json:"category"`
+	ErrorFlags   string     `json:"error_flags"`
+	Read         *Range     `json:"read,omitempty"`
+	Write        *Range     `json:"write,omitempty"`
+	Exception    *Exception `json:"exception,omitempty"`
 }
 
-// EVERange is an address range and, for writes, the values.
-type EVERange struct {
+// Range is an address range and, for writes, the values.
+type Range struct {
 	Address  uint16   `json:"address"`
 	Quantity uint16   `json:"quantity"`
 	Data     []uint16 `json:"data,omitempty"`
 }
 
-// EVEExc is an exception response.
-type EVEExc struct {
+// Exception is an exception response.
+type Exception struct {
 	Raw  byte   `json:"raw"`
 	Code string `json:"code"`
 }
 
-// EVEAlert is Suricata's alert object, for refused requests.
-type EVEAlert struct {
+// Alert is Suricata's alert object, for refused requests.
+type Alert struct {
 	Action      string `json:"action"`
 	GID         int    `json:"gid"`
 	SignatureID int    `json:"signature_id"`
@@ -70,8 +73,8 @@ type EVEAlert struct {
 	Severity    int    `json:"severity"`
 }
 
-// EVEGridseal is gridseal's own context for the event.
-type EVEGridseal struct {
+// Gridseal is gridseal's own context for the event.
+type Gridseal struct {
 	Verdict  string `json:"verdict"`
 	Device   string `json:"device,omitempty"`
 	Role     string `json:"role,omitempty"`
@@ -87,7 +90,7 @@ type EVEGridseal struct {
 }
 
 // Suricata's names for the public function codes.
-var eveFunction = map[modbus.Function]string{
+var functionNames = map[modbus.Function]string{
 	modbus.ReadCoils: "RdCoils", modbus.ReadDiscreteInputs: "RdDiscreteInputs", modbus.ReadHoldingRegisters: "RdHoldRegs",
 	modbus.ReadInputRegisters: "RdInputRegs", modbus.WriteSingleCoil: "WrSingleCoil", modbus.WriteSingleRegister: "WrSingleReg",
 	modbus.ReadExceptionStatus: "RdExcStatus", modbus.Diagnostics: "Diagnostic", modbus.GetCommEventCounter: "GetCommEventCounter",
@@ -97,12 +100,12 @@ var eveFunction = map[modbus.Function]string{
 	modbus.EncapsulatedInterface: "EncapsIntTrans",
 }
 
-var eveException = map[byte]string{
+var exceptionNames = map[byte]string{
 	1: "IllegalFunction", 2: "IllegalDataAddr", 3: "IllegalDataValue", 4: "ServerDeviceFail", 5: "Ack",
 	6: "ServerDeviceBusy", 8: "MemParityErr", 10: "GatewayPathUnavailable", 11: "GatewayTargetFailedToRespond",
 }
 
-func eveAccess(req *modbus.Request) string {
+func accessType(req *modbus.Request) string {
 	switch req.Space {
 	case modbus.SpaceCoils:
 		if req.Class() == modbus.ClassWrite {
@@ -125,19 +128,19 @@ func eveAccess(req *modbus.Request) string {
 	return ""
 }
 
-// EVEFor renders one recorded event as EVE lines: none for steps that are
+// For renders one recorded event as EVE lines: none for steps that are
 // not Modbus transactions (a write's pre-forward record, approval steps),
 // one "modbus" event, and an "alert" after it if gridseal refused it. A
 // device reply gridseal passed to no client is one alert.
-func EVEFor(r *Record, ev *audit.Event) []EVE {
+func For(r *chain.Record, ev *audit.Event) []Event {
 	dropped := ev.Phase == audit.PhaseDroppedReply
 	if !dropped && (ev.Phase != audit.PhaseComplete || len(ev.PDU) == 0) {
 		return nil
 	}
-	base := EVE{
+	base := Event{
 		Timestamp: ev.Time.UTC().Format("2006-01-02T15:04:05.000000+0000"),
 		EventType: "modbus", Proto: "TCP", AppProto: "modbus",
-		Gridseal: EVEGridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Role: ev.Role, Rule: ev.Rule, Reason: ev.Reason,
+		Gridseal: Gridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Role: ev.Role, Rule: ev.Rule, Reason: ev.Reason,
 			Policy: ev.Policy, Approval: ev.Approval, Writer: r.Writer, Seq: r.Seq, Height: r.Height, Block: r.Block, Index: r.Index},
 	}
 	if ev.Client.IsValid() {
@@ -150,35 +153,35 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 	if len(ev.PDU) > 0 {
 		fn = modbus.Function(ev.PDU[0])
 	}
-	reqSide := EVEModbusPDU{UnitID: ev.Unit, FunctionRaw: byte(fn), FunctionCode: eveFunction[fn], Category: "PUBLIC_ASSIGNED", ErrorFlags: "NONE"}
+	reqSide := PDU{UnitID: ev.Unit, FunctionRaw: byte(fn), FunctionCode: functionNames[fn], Category: "PUBLIC_ASSIGNED", ErrorFlags: "NONE"}
 	if reqSide.FunctionCode == "" {
 		reqSide.FunctionCode, reqSide.Category = "Unknown", "RESERVED"
 	}
 	if req, err := modbus.ParseRequest(ev.PDU); err == nil {
-		reqSide.AccessType = eveAccess(&req)
+		reqSide.AccessType = accessType(&req)
 		if _, a, q, ok := req.ReadRange(); ok {
-			reqSide.Read = &EVERange{Address: a, Quantity: q}
+			reqSide.Read = &Range{Address: a, Quantity: q}
 		}
 		if _, a, q, ok := req.WriteRange(); ok {
-			reqSide.Write = &EVERange{Address: a, Quantity: q, Data: writtenValues(&req)}
+			reqSide.Write = &Range{Address: a, Quantity: q, Data: req.WriteValues()}
 		}
 	} else if len(ev.PDU) > 0 {
 		reqSide.ErrorFlags = "INVALID_VALUE"
 	}
-	m := &EVEModbus{ID: ev.Op, Request: reqSide}
+	m := &Modbus{ID: ev.Op, Request: reqSide}
 	if ev.Exception != 0 || len(ev.Response) > 0 {
 		resp := reqSide
 		resp.Read, resp.Write = nil, nil
 		if ev.Exception != 0 {
-			resp.Exception = &EVEExc{Raw: ev.Exception, Code: eveException[ev.Exception]}
+			resp.Exception = &Exception{Raw: ev.Exception, Code: exceptionNames[ev.Exception]}
 		}
 		m.Response = &resp
 	}
 	base.Modbus = m
 	if dropped {
-		return []EVE{droppedReplyAlert(base, ev)}
+		return []Event{droppedReplyAlert(base, ev)}
 	}
-	out := []EVE{base}
+	out := []Event{base}
 	if ev.Verdict != audit.Allow {
 		alert := base
 		alert.EventType = "alert"
@@ -187,7 +190,7 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 			sid, cat = 9050002, "gridseal: malformed Modbus request"
 		}
 		action := "blocked"
-		alert.Alert = &EVEAlert{Action: action, GID: 1, SignatureID: sid, Rev: 1,
+		alert.Alert = &Alert{Action: action, GID: 1, SignatureID: sid, Rev: 1,
 			Signature: "GRIDSEAL " + ev.Reason, Category: cat, Severity: 2}
 		out = append(out, alert)
 	}
@@ -199,13 +202,13 @@ func EVEFor(r *Record, ev *audit.Event) []EVE {
 // device looks like (its source is the device's address); a late reply to
 // a timed-out write means the client was told it failed while the device
 // may have carried it out (it keeps the request's client and listener).
-func droppedReplyAlert(e EVE, ev *audit.Event) EVE {
+func droppedReplyAlert(e Event, ev *audit.Event) Event {
 	e.EventType = "alert"
 	sid, cat := 9050003, "gridseal: device reply matches no request"
 	if len(ev.PDU) > 0 {
 		sid, cat = 9050004, "gridseal: late device reply to a timed-out request"
 	}
-	e.Alert = &EVEAlert{Action: "blocked", GID: 1, SignatureID: sid, Rev: 1,
+	e.Alert = &Alert{Action: "blocked", GID: 1, SignatureID: sid, Rev: 1,
 		Signature: "GRIDSEAL " + ev.Reason, Category: cat, Severity: 2}
 	return e
 }

@@ -1,0 +1,129 @@
+package chain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// VerifyOptions says what VerifyStream trusts and how it reports progress.
+type VerifyOptions struct {
+	// Trust pins the writers' keys and heads and, if Trust.Checkpointers
+	// is set, the keys whose signed checkpoints are checked.
+	Trust Trust
+	// PinnedCheckpoint is the path of a checkpoint an earlier verification
+	// kept (Report.Checkpoints.Newest). It is checked with the stream's own
+	// checkpoints, so removing those from the stream does not hide a
+	// truncation. A missing file is no pinned checkpoint; "" is none.
+	// Ignored unless Trust.Checkpointers is set.
+	PinnedCheckpoint string
+	// Progress, if set, is called every ProgressEvery (default 2s) during
+	// the scan with the blocks and events verified so far.
+	Progress      func(blocks, events uint64)
+	ProgressEvery time.Duration
+}
+
+// Report is what VerifyStream found. The chain verified if Problems is empty.
+type Report struct {
+	Writers     map[string]WriterState // by writer id
+	Blocks      uint64
+	Events      uint64
+	First, Last time.Time // times of the first and last block; zero if none
+	// Problems lists every bad block and missing piece in stream order,
+	// the first first; a bad block does not stop the scan, so one injected
+	// message cannot hide what comes after it.
+	Problems []*Problem
+	// Checkpoints is nil unless Trust.Checkpointers is set.
+	Checkpoints *CheckpointReport
+}
+
+// CheckpointReport is what VerifyStream found of signed checkpoints.
+type CheckpointReport struct {
+	Confirmed int   // checkpoints whose root matches the stream
+	Events    int64 // events in the stream's tree
+	// Newest is the largest checkpoint seen (in the stream or pinned), for
+	// the caller to keep as its next PinnedCheckpoint; nil if none.
+	Newest *Checkpoint
+}
+
+// VerifyStream verifies the whole chain stream: every block's hash, Merkle
+// root, signature and height against opts.Trust, every pinned head, and the
+// signed checkpoints if the trust pins checkpointer keys. It returns an
+// error only if it could not verify (NATS, an unreadable pinned
+// checkpoint); what it found wrong is in Report.Problems.
+func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOptions) (*Report, error) {
+	trust := opts.Trust
+	v := NewVerifier(trust)
+	rep := &Report{}
+	var cpCheck *CheckpointCheck
+	if trust.Checkpointers != nil {
+		cps, err := Checkpoints(ctx, js, trust.Checkpointers)
+		if err != nil {
+			return nil, err
+		}
+		if opts.PinnedCheckpoint != "" {
+			if b, err := os.ReadFile(opts.PinnedCheckpoint); err == nil {
+				cp, err := OpenCheckpoint(b, trust.Checkpointers)
+				if err != nil {
+					return nil, fmt.Errorf("pinned checkpoint %s: %w", opts.PinnedCheckpoint, err)
+				}
+				cps = append(cps, cp)
+			}
+		}
+		cpCheck = NewCheckpointCheck(cps)
+		rep.Checkpoints = &CheckpointReport{}
+		for _, cp := range cps {
+			if rep.Checkpoints.Newest == nil || cp.Size > rep.Checkpoints.Newest.Size {
+				rep.Checkpoints.Newest = cp
+			}
+		}
+	}
+	every := opts.ProgressEvery
+	if every <= 0 {
+		every = 2 * time.Second
+	}
+	lastProgress := time.Now()
+	err := Scan(ctx, js, 1, false, func(m *Msg) error {
+		if opts.Progress != nil && time.Since(lastProgress) > every {
+			lastProgress = time.Now()
+			opts.Progress(v.Blocks, v.Events)
+		}
+		var p *Problem
+		if cpCheck != nil {
+			if err := cpCheck.Add(m); errors.As(err, &p) {
+				rep.Problems = append(rep.Problems, p)
+			}
+		}
+		if err := v.Add(m); errors.As(err, &p) {
+			rep.Problems = append(rep.Problems, p)
+		} else if err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var p *Problem
+	if err := v.Finish(); errors.As(err, &p) {
+		rep.Problems = append(rep.Problems, p)
+	} else if err != nil {
+		return nil, err
+	}
+	if cpCheck != nil {
+		if err := cpCheck.Finish(); errors.As(err, &p) {
+			rep.Problems = append(rep.Problems, p)
+		}
+		rep.Checkpoints.Confirmed, rep.Checkpoints.Events = cpCheck.Confirmed()
+	}
+	rep.Writers = make(map[string]WriterState, len(v.Writers()))
+	for w, st := range v.Writers() {
+		rep.Writers[w] = *st
+	}
+	rep.Blocks, rep.Events, rep.First, rep.Last = v.Blocks, v.Events, v.First, v.Last
+	return rep, nil
+}

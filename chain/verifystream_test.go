@@ -1,0 +1,252 @@
+package chain_test
+
+import (
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/chain/chaintest"
+)
+
+// TestVerifyStreamCleanChain verifies what the recorder wrote: no problems,
+// every block and event counted, the writer's state, progress reported.
+func TestVerifyStreamCleanChain(t *testing.T) {
+	srv := chaintest.RunJetStream(t)
+	nc := chaintest.Connect(t, srv.URL())
+	signer, wk := newKey(t)
+	heads := t.TempDir()
+	r := openRecorder(t, nc, "gw-1", signer, heads)
+	for i := uint64(0); i < 25; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Allow), i%10 == 9); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	h, ok, err := chain.LoadHead(heads, "gw-1")
+	if err != nil || !ok {
+		t.Fatalf("local head: %v %v", ok, err)
+	}
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{"gw-1": h}}
+	var progress []uint64
+	rep, err := chain.VerifyStream(t.Context(), jsOf(t, nc), chain.VerifyOptions{
+		Trust: trust, ProgressEvery: time.Nanosecond,
+		Progress: func(blocks, _ uint64) { progress = append(progress, blocks) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Problems) > 0 {
+		t.Fatalf("clean chain: problems %v", rep.Problems)
+	}
+	st, ok := rep.Writers["gw-1"]
+	if len(rep.Writers) != 1 || !ok || st.Events != 25 || st.Height != h.Height || st.Hash.String() != h.Hash {
+		t.Fatalf("writers = %+v, want gw-1 with 25 events up to the local head %+v", rep.Writers, h)
+	}
+	if rep.Events != 25 || rep.Blocks != st.Blocks || rep.First.IsZero() || rep.Last.Before(rep.First) {
+		t.Fatalf("report: %d blocks, %d events, %v … %v", rep.Blocks, rep.Events, rep.First, rep.Last)
+	}
+	if rep.Checkpoints != nil {
+		t.Fatalf("checkpoints reported without checkpointer keys: %+v", rep.Checkpoints)
+	}
+	if len(progress) == 0 || progress[0] != 0 {
+		t.Fatalf("progress %v, want a call per block from 0", progress)
+	}
+	for i := 1; i < len(progress); i++ {
+		if progress[i] < progress[i-1] {
+			t.Fatalf("progress goes back: %v", progress)
+		}
+	}
+}
+
+// publish stores msgs in a fresh chain stream, as a recorder (or an
+// attacker with access to NATS) would.
+func publish(t *testing.T, js jetstream.JetStream, msgs []*chain.Msg) {
+	t.Helper()
+	if _, err := chain.EnsureStream(t.Context(), js, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if _, err := js.Publish(t.Context(), m.Subject, m.Data, jetstream.WithMsgID(m.MsgID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestVerifyStreamFindsTampering stores the genuine six-block chain, or a
+// tampered copy, in JetStream and checks what VerifyStream reports: the
+// first problem names the bad block, later ones are still found, and the
+// signed checkpoints (in the stream or pinned) catch a truncation.
+func TestVerifyStreamFindsTampering(t *testing.T) {
+	signer, wk := newKey(t)
+	genuine := genuineChain(t, signer)
+	last, err := chain.ParseBlock(genuine[len(genuine)-1].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := chain.Head{Writer: "gw-1", Height: last.Height, Hash: last.Hash.String()}
+	var acc chain.RootAcc
+	for _, m := range genuine {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range b.Events {
+			acc.Append(chain.LeafHash(e))
+		}
+	}
+	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := note.NewSigner(skey)
+	nv, _ := note.NewVerifier(vkey)
+	all, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey, _, _ := note.GenerateKey(rand.Reader, "checkpointer-1")
+	other, _ := note.NewSigner(otherKey)
+	forged, _ := chain.SignCheckpoint(acc.Size(), acc.Root(), other)
+
+	edited := func() []*chain.Msg {
+		out := make([]*chain.Msg, len(genuine))
+		for i, m := range genuine {
+			cp := *m
+			cp.Data = append([]byte(nil), m.Data...)
+			out[i] = &cp
+		}
+		d := out[2].Data
+		d[len(d)-30] ^= 0x01 // inside the last event of block 2
+		return out
+	}
+	cases := []struct {
+		name        string
+		msgs        []*chain.Msg
+		checkpoints bool   // trust pins the checkpointer key
+		inStream    []byte // checkpoint published in the stream
+		pinned      []byte // pinned checkpoint file's contents
+		problems    int    // -1: at least one
+		first       string // the first problem, as printed
+		confirmed   int
+		newest      int64
+		err         string
+	}{
+		{name: "genuine", msgs: genuine},
+		{name: "edited event byte", msgs: edited(), problems: -1,
+			first: "sequence 3 (writer gw-1, block 2): events do not match the signed Merkle root"},
+		{name: "truncated tail", msgs: genuine[:4], problems: 1,
+			first: "writer gw-1: chain ends at block 3, but the local head is block 5: blocks 4..5 were truncated"},
+		{name: "genuine, checkpoint in the stream", msgs: genuine, checkpoints: true, inStream: all.Note,
+			confirmed: 1, newest: all.Size},
+		{name: "genuine, pinned checkpoint", msgs: genuine, checkpoints: true, pinned: all.Note,
+			confirmed: 1, newest: all.Size},
+		{name: "truncated behind the pinned checkpoint", msgs: genuine[:4], checkpoints: true, pinned: all.Note,
+			problems: 2, first: "writer gw-1: chain ends at block 3", newest: all.Size},
+		{name: "forged pinned checkpoint", msgs: genuine, checkpoints: true, pinned: forged.Note,
+			err: "pinned checkpoint "},
+		{name: "no pinned checkpoint file", msgs: genuine, checkpoints: true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := chaintest.RunJetStream(t)
+			js := jsOf(t, chaintest.Connect(t, srv.URL()))
+			publish(t, js, tc.msgs)
+			opts := chain.VerifyOptions{Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk},
+				Heads: map[string]chain.Head{"gw-1": head}}}
+			if tc.checkpoints {
+				opts.Trust.Checkpointers = note.VerifierList(nv)
+				opts.PinnedCheckpoint = filepath.Join(t.TempDir(), "checkpoint.pinned")
+			}
+			if tc.inStream != nil {
+				if err := chain.EnsureCheckpointStream(t.Context(), js, 1); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-1", tc.inStream); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.pinned != nil {
+				if err := os.WriteFile(opts.PinnedCheckpoint, tc.pinned, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := chain.VerifyStream(t.Context(), js, opts)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error = %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(rep.Problems); tc.problems == -1 && n == 0 || tc.problems >= 0 && n != tc.problems {
+				t.Fatalf("%d problems, want %d: %v", n, tc.problems, rep.Problems)
+			}
+			if tc.first != "" && !strings.HasPrefix(rep.Problems[0].Error(), tc.first) {
+				t.Fatalf("first problem = %v, want %q", rep.Problems[0], tc.first)
+			}
+			if !tc.checkpoints {
+				if rep.Checkpoints != nil {
+					t.Fatalf("checkpoints reported without checkpointer keys: %+v", rep.Checkpoints)
+				}
+				return
+			}
+			cp := rep.Checkpoints
+			if cp == nil || cp.Confirmed != tc.confirmed || (cp.Newest == nil) != (tc.newest == 0) ||
+				cp.Newest != nil && cp.Newest.Size != tc.newest {
+				t.Fatalf("checkpoints = %+v, want %d confirmed, newest of size %d", cp, tc.confirmed, tc.newest)
+			}
+		})
+	}
+}
+
+// TestVerifyStreamReportsEveryProblem: a bad block does not hide the
+// blocks after it, and a later problem is reported after the first.
+func TestVerifyStreamReportsEveryProblem(t *testing.T) {
+	signer, wk := newKey(t)
+	attacker, _ := newKey(t)
+	msgs := genuineChain(t, signer)
+	b, err := chain.ParseBlock(msgs[4].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resigned, hash, err := chain.EncodeBlock("gw-1", attacker, b.Height, b.Prev, b.Time, b.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := *msgs[4]
+	cp.Data, cp.MsgID = resigned, hash.String()
+	msgs[4] = &cp
+	first := *msgs[1]
+	first.Data = append([]byte(nil), msgs[1].Data...)
+	first.Data[len(first.Data)-30] ^= 0x01
+	msgs[1] = &first
+
+	srv := chaintest.RunJetStream(t)
+	js := jsOf(t, chaintest.Connect(t, srv.URL()))
+	publish(t, js, msgs)
+	rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{
+		Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for _, p := range rep.Problems {
+		seqs = append(seqs, p.Seq)
+	}
+	if len(seqs) != 5 || seqs[0] != 2 || !strings.Contains(rep.Problems[0].Reason, "Merkle root") ||
+		!strings.Contains(rep.Problems[3].Reason, "not a pinned key") {
+		t.Fatalf("problems at sequences %v: %v\nwant 2 (edited) … 5 (re-signed by another key)", seqs, rep.Problems)
+	}
+}
