@@ -26,10 +26,10 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/loadgen"
+	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -76,8 +76,8 @@ func start(t testing.TB) *rig { return startWith(t, nil) }
 // the tree every 50 ms and the console trusts its key.
 func startWith(t testing.TB, cp note.Signer) *rig {
 	t.Helper()
-	ns := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, ns.URL())
+	ns := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, ns.URL())
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)

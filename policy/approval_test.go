@@ -18,8 +18,8 @@ import (
 	"github.com/tink-crypto/tink-go/v2/signature"
 	"go.uber.org/zap"
 
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -182,8 +182,8 @@ func newRig(t testing.TB, revokeCarol bool) *rig {
 		t.Fatal(err)
 	}
 	r.pol = pol
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	if r.js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}

@@ -14,8 +14,8 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -25,7 +25,7 @@ import (
 // JetStream server.
 type chainFixture struct {
 	addr   string
-	srv    *chaintest.Server
+	srv    *natstest.Server
 	nc     *nats.Conn
 	rec    *chain.Recorder
 	signer *keys.Signer // the proxy's writer key
@@ -34,8 +34,8 @@ type chainFixture struct {
 
 func startChainProxy(t *testing.T, up *upstream) *chainFixture {
 	t.Helper()
-	js := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, js.URL())
+	js := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, js.URL())
 	h, err := keys.New(keys.Ed25519)
 	if err != nil {
 		t.Fatal(err)
