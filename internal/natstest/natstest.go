@@ -45,6 +45,27 @@ func run(t testing.TB, o natsembed.Options) *Server {
 	return srv
 }
 
+// RunConfig starts a server from a nats-server configuration file (the
+// shipped deployment files, say), stopped with the test.
+func RunConfig(t testing.TB, path string) *server.Server {
+	t.Helper()
+	o, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.NoLog, o.NoSigs = true, true
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats-server with %s did not start", path)
+	}
+	return s
+}
+
 // URL is the client URL; it stays the same across Restart.
 func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
 
