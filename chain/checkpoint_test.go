@@ -13,6 +13,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 func TestRootAccMatchesRFC6962(t *testing.T) {
@@ -77,7 +78,7 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	var latest *chain.Checkpoint
-	waitFor(t, "a checkpoint of all 40 events", func() bool {
+	testwait.For(t, "a checkpoint of all 40 events", func() bool {
 		latest, _ = chain.LatestCheckpoint(t.Context(), js, known)
 		return latest != nil && latest.Size == 40
 	})

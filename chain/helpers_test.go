@@ -1,7 +1,6 @@
 package chain_test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -102,19 +101,6 @@ func ops(evs []audit.Event) string {
 		s += fmt.Sprintf("%d ", e.Op)
 	}
 	return s
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 func nopLog() *zap.Logger { return zap.NewNop() }

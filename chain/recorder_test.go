@@ -9,6 +9,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 func TestRecordAndVerify(t *testing.T) {
@@ -106,7 +107,7 @@ func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
 		}
 	}
 	srv.Restart()
-	waitFor(t, "the spool to drain", func() bool { return r.Pending() == 0 })
+	testwait.For(t, "the spool to drain", func() bool { return r.Pending() == 0 })
 	if err := r.Record(t.Context(), event(51, audit.Allow), true); err != nil {
 		t.Fatalf("durable record after NATS returned: %v", err)
 	}

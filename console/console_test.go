@@ -30,6 +30,7 @@ import (
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/loadgen"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -313,15 +314,11 @@ func TestEventProofChecksIndependently(t *testing.T) {
 	}
 	deny := firstDeny(t, r)
 	var p console.ProofView
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "the proof to be no longer pending", func() bool {
 		p = console.ProofView{}
 		get(fmt.Sprintf("seq=%d&index=%d", deny.Seq, deny.Index), &p)
-		if p.Status != "pending" || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return p.Status != "pending"
+	})
 	if p.Status != "proved" {
 		t.Fatalf("proof: %+v", p)
 	}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -150,23 +151,23 @@ type rig struct {
 func newRigB(b *testing.B) *rig { return newRig(b, false) }
 
 // waitIndexed waits until the store's index holds id's latest revision.
-func (r *rig) waitIndexed(id policy.ID) {
+func (r *rig) waitIndexed(id policy.ID) { r.waitIndexedIn(r.store, id) }
+
+// waitIndexedIn waits until st's index holds id's latest revision.
+func (r *rig) waitIndexedIn(st *policy.Store, id policy.ID) {
 	r.t.Helper()
 	want, err := r.store.Get(r.t.Context(), id)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		for _, c := range r.store.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
+	testwait.For(r.t, "the approval index to catch up", func() bool {
+		for _, c := range st.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
 			if c.ID == id && c.Revision >= want.Revision {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatal("approval index never caught up")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+		return false
+	})
 }
 
 func newRig(t testing.TB, revokeCarol bool) *rig {
@@ -252,26 +253,7 @@ func (r *rig) addRaw(id policy.ID, sig []byte) {
 func (r *rig) decide(e *policy.Engine, st *policy.Store, device string, unit byte, pdu []byte, id policy.ID) policy.Verdict {
 	r.t.Helper()
 	if id != (policy.ID{}) {
-		want, err := r.store.Get(r.t.Context(), id)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			ok := false
-			for _, c := range st.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
-				if c.ID == id && c.Revision >= want.Revision {
-					ok = true
-				}
-			}
-			if ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				r.t.Fatal("approval index never caught up")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		r.waitIndexedIn(st, id)
 	}
 	req, err := modbus.ParseRequest(pdu)
 	if err != nil {

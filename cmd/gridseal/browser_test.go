@@ -12,6 +12,7 @@ import (
 
 	"github.com/chromedp/chromedp"
 
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 )
 
@@ -42,7 +43,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitForCond(t, "the console", func() bool {
+	testwait.For(t, "the console", func() bool {
 		c, err := net.Dial("tcp", web)
 		if err == nil {
 			_ = c.Close()

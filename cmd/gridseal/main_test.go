@@ -25,6 +25,7 @@ import (
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/testpki"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
@@ -353,7 +354,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		code, _, stderr = runCLI(t, ctx, "proxy", "--config", cfgPath, "--data-dir", data, "--log-format", "json")
 		done <- code
 	}()
-	waitForCond(t, "the proxy to listen", func() bool {
+	testwait.For(t, "the proxy to listen", func() bool {
 		conn, err := net.Dial("tcp", listen)
 		if err == nil {
 			_ = conn.Close()
@@ -455,7 +456,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		}
 	}
 	hangup()
-	waitForCond(t, "the signed version 2 to be in force", func() bool {
+	testwait.For(t, "the signed version 2 to be in force", func() bool {
 		return c.WriteRegister(simulators.InverterLimitPct, 50) != nil
 	})
 	if err := c.WriteRegister(simulators.InverterLimitPct, 10); err != nil {
@@ -500,18 +501,6 @@ func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient 
 	return c
 }
 
-// waitForCond polls cond until it holds or 10 s pass.
-func waitForCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second) // generous: a loaded CI machine is slow
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestProposeAndApproveCommands drives the approval commands against a
 // running demo (no tour): propose, a refused confirmation, two approvals,
 // then the approved write goes through the proxy exactly once.
@@ -533,7 +522,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 			t.Errorf("demo exit %d: %s", code, demoErr)
 		}
 	}()
-	waitForCond(t, "the demo proxy", func() bool {
+	testwait.For(t, "the demo proxy", func() bool {
 		conn, err := net.Dial("tcp", listen)
 		if err == nil {
 			_ = conn.Close()
@@ -589,7 +578,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	if code, out, stderr := cli("", "approve", id[:16], "--key", key("carol"), "--yes"); code != 0 || !strings.Contains(out, "2 of 2 operators signed (bob, carol)") {
 		t.Fatalf("carol approves: exit %d\n%s%s", code, out, stderr)
 	}
-	waitForCond(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })
+	testwait.For(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })
 	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err == nil {
 		t.Fatal("the approval was used twice")
 	}
@@ -603,7 +592,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	// The demo's checkpointer signs the stream's tree: verify checks the
 	// checkpoints, and one write's record is proven in the signed tree.
 	var recs []chain.Record
-	waitForCond(t, "a signed checkpoint covering the approved write", func() bool {
+	testwait.For(t, "a signed checkpoint covering the approved write", func() bool {
 		code, out, _ := cli("", "chain", "verify")
 		if code != 0 || !strings.Contains(out, "signed checkpoints match the stream") {
 			return false
@@ -646,7 +635,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitForCond(t, "a newer checkpoint that extends the kept one", func() bool {
+	testwait.For(t, "a newer checkpoint that extends the kept one", func() bool {
 		code, out, _ := cli("", "chain", "prove", "--from-checkpoint", keptPath)
 		return code == 0 && strings.Contains(out, "extends the tree of "+keptSize+" events") &&
 			!strings.Contains(out, "the signed tree of "+keptSize+" events")

@@ -78,16 +78,14 @@ func (s *Server) Stop() {
 // Restart starts the server again on the same port and store.
 func (s *Server) Restart() {
 	s.t.Helper()
-	var err error
-	for i := 0; i < 50; i++ { // the old listener may take a moment to let go
+	// The old listener may take a moment to let go of the port.
+	testwait.NoError(s.t, "nats-server to restart", func() (err error) {
 		var ns *server.Server
 		if ns, err = natsembed.Start(s.opts); err == nil {
 			s.Server = ns
-			return
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	s.t.Fatalf("restart nats-server: %v", err)
+		return err
+	})
 }
 
 // Connect returns a client that reconnects forever, closed with the test.

@@ -17,11 +17,28 @@ const Timeout = 20 * time.Second
 // t.Fatal, it must be called from the test's own goroutine.
 func For(t testing.TB, what string, cond func() bool) {
 	t.Helper()
+	if !poll(cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// NoError is For with a condition that fails with an error: it polls try
+// until it returns nil, and on timeout names what and try's last error.
+func NoError(t testing.TB, what string, try func() error) {
+	t.Helper()
+	var err error
+	if !poll(func() bool { err = try(); return err == nil }) {
+		t.Fatalf("timed out waiting for %s: %v", what, err)
+	}
+}
+
+func poll(cond func() bool) bool {
 	deadline := time.Now().Add(Timeout)
 	for pause := 100 * time.Microsecond; !cond(); pause = min(2*pause, 5*time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
+			return false
 		}
 		time.Sleep(pause)
 	}
+	return true
 }
