@@ -27,7 +27,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
-	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/loadgen"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -83,9 +83,8 @@ func startWith(t testing.TB, cp note.Signer) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, _ := keys.New(keys.Ed25519)
-	signer, _ := keys.SignerFromHandle(h)
-	ver, _ := keys.VerifierFromHandle(h)
+	k := keystest.New(t)
+	signer, ver := k.Signer, k.Verifier
 	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
@@ -34,15 +35,8 @@ type person struct {
 
 func newPerson(t testing.TB, name string) *person {
 	t.Helper()
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := keys.SignerFromHandle(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &person{name: name, signer: s, handle: h}
+	k := keystest.New(t)
+	return &person{name: name, signer: k.Signer, handle: k.Handle}
 }
 
 // secondKey gives p a second key in the same keyset and returns a signer
@@ -71,15 +65,11 @@ func (p *person) secondKey(t testing.TB) *keys.Signer {
 
 func (p *person) publicJSON(t testing.TB) string {
 	t.Helper()
-	pub, err := p.handle.Public()
+	pub, err := keys.PublicJSON(p.handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b bytes.Buffer
-	if err := pub.WriteWithNoSecrets(keyset.NewJSONWriter(&b)); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
+	return string(pub)
 }
 
 // approvalPolicy: operators alice, bob, carol (2 of them for a setpoint,

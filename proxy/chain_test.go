@@ -15,6 +15,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
@@ -37,12 +38,8 @@ func startChainProxy(t *testing.T, up *upstream) *chainFixture {
 	t.Helper()
 	js := natstest.RunJetStream(t)
 	nc := natstest.Connect(t, js.URL())
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := keys.SignerFromHandle(h)
-	ver, _ := keys.VerifierFromHandle(h)
+	k := keystest.New(t)
+	signer, ver := k.Signer, k.Verifier
 	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer,
 		DurableTimeout: time.Second}, zap.NewNop())
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
 )
@@ -87,9 +87,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 
 	// The proxy records and creates what it needs.
 	pnc, pjs := connect("proxy", "pw1")
-	h, _ := keys.New(keys.Ed25519)
-	signer, _ := keys.SignerFromHandle(h)
-	rec, err := chain.Open(t.Context(), pnc, chain.Config{Writer: "gw-1", Signer: signer}, zap.NewNop())
+	rec, err := chain.Open(t.Context(), pnc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(t)}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
