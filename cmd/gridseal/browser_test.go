@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 )
 
@@ -43,13 +41,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	testwait.For(t, "the console", func() bool {
-		c, err := net.Dial("tcp", web)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the console", web)
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),

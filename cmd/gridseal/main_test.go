@@ -372,13 +372,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		code, _, stderr = runCLI(t, ctx, "proxy", "--config", cfgPath, "--data-dir", data, "--log-format", "json")
 		done <- code
 	}()
-	testwait.For(t, "the proxy to listen", func() bool {
-		conn, err := net.Dial("tcp", listen)
-		if err == nil {
-			_ = conn.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the proxy to listen", listen)
 	c := modbusClient(t, listen, 1)
 	if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
 		t.Fatalf("read through the proxy: %v", err)
@@ -504,6 +498,18 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// waitListening waits until something accepts connections on addr.
+func waitListening(t *testing.T, what, addr string) {
+	t.Helper()
+	testwait.NoError(t, what, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	})
+}
+
 func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
 	t.Helper()
 	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 3 * time.Second,
@@ -540,13 +546,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 			t.Errorf("demo exit %d: %s", code, demoErr)
 		}
 	}()
-	testwait.For(t, "the demo proxy", func() bool {
-		conn, err := net.Dial("tcp", listen)
-		if err == nil {
-			_ = conn.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the demo proxy", listen)
 	key := func(who string) string { return filepath.Join(data, "keys", who+".private.json") }
 	// The embedded NATS admits only holders of the data directory's token.
 	url, err := os.ReadFile(filepath.Join(data, "nats", "client.url"))
