@@ -19,8 +19,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -35,15 +37,8 @@ type person struct {
 
 func newPerson(t testing.TB, name string) *person {
 	t.Helper()
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := keys.SignerFromHandle(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &person{name: name, signer: s, handle: h}
+	k := keystest.New(t)
+	return &person{name: name, signer: k.Signer, handle: k.Handle}
 }
 
 // secondKey gives p a second key in the same keyset and returns a signer
@@ -72,15 +67,11 @@ func (p *person) secondKey(t testing.TB) *keys.Signer {
 
 func (p *person) publicJSON(t testing.TB) string {
 	t.Helper()
-	pub, err := p.handle.Public()
+	pub, err := keys.PublicJSON(p.handle)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var b bytes.Buffer
-	if err := pub.WriteWithNoSecrets(keyset.NewJSONWriter(&b)); err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
+	return string(pub)
 }
 
 // approvalPolicy: operators alice, bob, carol (2 of them for a setpoint,
@@ -152,23 +143,23 @@ type rig struct {
 func newRigB(b *testing.B) *rig { return newRig(b, false) }
 
 // waitIndexed waits until the store's index holds id's latest revision.
-func (r *rig) waitIndexed(id approvals.ID) {
+func (r *rig) waitIndexed(id approvals.ID) { r.waitIndexedIn(r.store, id) }
+
+// waitIndexedIn waits until st's index holds id's latest revision.
+func (r *rig) waitIndexedIn(st *approvals.Store, id approvals.ID) {
 	r.t.Helper()
 	want, err := r.store.Get(r.t.Context(), id)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		for _, c := range r.store.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
+	testwait.For(r.t, "the approval index to catch up", func() bool {
+		for _, c := range st.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
 			if c.ID == id && c.Revision >= want.Revision {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			r.t.Fatal("approval index never caught up")
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
+		return false
+	})
 }
 
 func newRig(t testing.TB, revokeCarol bool) *rig {
@@ -184,8 +175,8 @@ func newRig(t testing.TB, revokeCarol bool) *rig {
 		t.Fatal(err)
 	}
 	r.pol = pol
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	if r.js, err = jetstream.New(nc); err != nil {
 		t.Fatal(err)
 	}
@@ -254,26 +245,7 @@ func (r *rig) addRaw(id approvals.ID, sig []byte) {
 func (r *rig) decide(e *policy.Engine, st *approvals.Store, device string, unit byte, pdu []byte, id approvals.ID) decision.Result {
 	r.t.Helper()
 	if id != (approvals.ID{}) {
-		want, err := r.store.Get(r.t.Context(), id)
-		if err != nil {
-			r.t.Fatal(err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			ok := false
-			for _, c := range st.Candidates(want.Proposal.Device, want.Proposal.Unit, want.Proposal.PDU) {
-				if c.ID == id && c.Revision >= want.Revision {
-					ok = true
-				}
-			}
-			if ok {
-				break
-			}
-			if time.Now().After(deadline) {
-				r.t.Fatal("approval index never caught up")
-			}
-			time.Sleep(time.Millisecond)
-		}
+		r.waitIndexedIn(st, id)
 	}
 	req, err := modbus.ParseRequest(pdu)
 	if err != nil {

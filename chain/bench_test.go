@@ -11,7 +11,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // benchDurable records durable events from many goroutines at once, as many
@@ -57,28 +57,28 @@ func benchDurable(b *testing.B, nc *nats.Conn, replicas, parallelism int) {
 }
 
 func BenchmarkRecordDurableEmbedded(b *testing.B) {
-	srv := chaintest.RunJetStream(b)
-	benchDurable(b, chaintest.Connect(b, srv.URL()), 1, 256)
+	srv := natstest.RunJetStream(b)
+	benchDurable(b, natstest.Connect(b, srv.URL()), 1, 256)
 }
 
 // BenchmarkRecordDurableAlone is one write at a time: the latency a lone
 // operator's setpoint change pays for its durable record.
 func BenchmarkRecordDurableAlone(b *testing.B) {
-	srv := chaintest.RunJetStream(b)
-	benchDurable(b, chaintest.Connect(b, srv.URL()), 1, 1)
+	srv := natstest.RunJetStream(b)
+	benchDurable(b, natstest.Connect(b, srv.URL()), 1, 1)
 }
 
 func BenchmarkRecordDurableCluster(b *testing.B) {
-	nodes := chaintest.RunCluster(b, 3)
-	benchDurable(b, chaintest.Connect(b, chaintest.ClusterURLs(nodes)), 3, 256)
+	nodes := natstest.RunCluster(b, 3)
+	benchDurable(b, natstest.Connect(b, natstest.ClusterURLs(nodes)), 3, 256)
 }
 
 // BenchmarkRecordSpooled records non-durable events (reads) from one
 // goroutine and waits until all are acknowledged.
 func BenchmarkRecordSpooled(b *testing.B) {
-	srv := chaintest.RunJetStream(b)
+	srv := natstest.RunJetStream(b)
 	signer, _ := newKey(b)
-	r, err := chain.Open(b.Context(), chaintest.Connect(b, srv.URL()), chain.Config{Writer: "bench", Signer: signer}, zap.NewNop())
+	r, err := chain.Open(b.Context(), natstest.Connect(b, srv.URL()), chain.Config{Writer: "bench", Signer: signer}, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}

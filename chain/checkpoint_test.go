@@ -12,7 +12,8 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 func TestRootAccMatchesRFC6962(t *testing.T) {
@@ -52,8 +53,8 @@ func TestRootAccMatchesRFC6962(t *testing.T) {
 // the tree, and checks the signed checkpoints against the stream; a rebuilt
 // stream that drops the last block is caught by the checkpoint alone.
 func TestCheckpointsPinTheStream(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, _ := newKey(t)
 	r := openRecorder(t, nc, "gw-1", signer, "")
 	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-1")
@@ -77,7 +78,7 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	var latest *chain.Checkpoint
-	waitFor(t, "a checkpoint of all 40 events", func() bool {
+	testwait.For(t, "a checkpoint of all 40 events", func() bool {
 		latest, _ = chain.LatestCheckpoint(t.Context(), js, known)
 		return latest != nil && latest.Size == 40
 	})

@@ -11,7 +11,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestClusterNodeLossKeepsEveryAcknowledgedEvent records continuously into
@@ -22,8 +22,8 @@ func TestClusterNodeLossKeepsEveryAcknowledgedEvent(t *testing.T) {
 	if testing.Short() {
 		t.Skip("3-node cluster")
 	}
-	nodes := chaintest.RunCluster(t, 3)
-	nc := chaintest.Connect(t, chaintest.ClusterURLs(nodes))
+	nodes := natstest.RunCluster(t, 3)
+	nc := natstest.Connect(t, natstest.ClusterURLs(nodes))
 	signer, wk := newKey(t)
 	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, Replicas: 3,
 		DurableTimeout: 5 * time.Second, PublishTimeout: 2 * time.Second}, zap.NewNop())

@@ -8,14 +8,14 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestScanRecordsFilters records operations of two devices and three
 // verdicts and checks which ones each filter lets through, in stream order.
 func TestScanRecordsFilters(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, _ := newKey(t)
 	r := openRecorder(t, nc, "gw-1", signer, "")
 	verdicts := []audit.Verdict{audit.Allow, audit.Deny, audit.Malformed}

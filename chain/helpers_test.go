@@ -1,7 +1,6 @@
 package chain_test
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -14,25 +13,15 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
 // newKey returns a fresh Ed25519 Tink signer and the writer keys that trust it.
 func newKey(t testing.TB) (*keys.Signer, chain.WriterKeys) {
 	t.Helper()
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := keys.SignerFromHandle(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := keys.VerifierFromHandle(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, chain.WriterKeys{Verifier: v, KeyIDs: v.KeyIDs}
+	k := keystest.New(t)
+	return k.Signer, chain.WriterKeys{Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}
 }
 
 func openRecorder(t testing.TB, nc *nats.Conn, writer string, s *keys.Signer, headDir string) *chain.Recorder {
@@ -102,19 +91,6 @@ func ops(evs []audit.Event) string {
 		s += fmt.Sprintf("%d ", e.Op)
 	}
 	return s
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
-	defer cancel()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
 }
 
 func nopLog() *zap.Logger { return zap.NewNop() }

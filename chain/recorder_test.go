@@ -8,12 +8,13 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 func TestRecordAndVerify(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	r := openRecorder(t, nc, "gw-1", signer, heads)
@@ -83,8 +84,8 @@ func TestRecordAndVerify(t *testing.T) {
 }
 
 func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, wk := newKey(t)
 	r := openRecorder(t, nc, "gw-1", signer, "")
 	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
@@ -106,7 +107,7 @@ func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
 		}
 	}
 	srv.Restart()
-	waitFor(t, "the spool to drain", func() bool { return r.Pending() == 0 })
+	testwait.For(t, "the spool to drain", func() bool { return r.Pending() == 0 })
 	if err := r.Record(t.Context(), event(51, audit.Allow), true); err != nil {
 		t.Fatalf("durable record after NATS returned: %v", err)
 	}
@@ -135,11 +136,11 @@ func appendInt(b []byte, i int) []byte {
 }
 
 func TestRestartedRecorderContinuesTheChain(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
+	srv := natstest.RunJetStream(t)
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	for round := 0; round < 3; round++ {
-		nc := chaintest.Connect(t, srv.URL())
+		nc := natstest.Connect(t, srv.URL())
 		r := openRecorder(t, nc, "gw-1", signer, heads)
 		for i := 0; i < 100; i++ {
 			if err := r.Record(t.Context(), event(uint64(round*100+i), audit.Allow), i == 99); err != nil {
@@ -150,7 +151,7 @@ func TestRestartedRecorderContinuesTheChain(t *testing.T) {
 		// the last durable record.
 		nc.Close()
 	}
-	nc := chaintest.Connect(t, srv.URL())
+	nc := natstest.Connect(t, srv.URL())
 	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
 	evs, err := verify(trust, readAll(t, nc))
 	if err != nil {
@@ -167,8 +168,8 @@ func TestRestartedRecorderContinuesTheChain(t *testing.T) {
 // stops (truncated) instead of retrying forever, so writes fail closed and
 // readiness says why.
 func TestStreamRebuiltUnderARunningWriter(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, _ := newKey(t)
 	r := openRecorder(t, nc, "gw-1", signer, "")
 	for i := uint64(1); i <= 3; i++ {
@@ -190,10 +191,10 @@ func TestStreamRebuiltUnderARunningWriter(t *testing.T) {
 }
 
 func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
+	srv := natstest.RunJetStream(t)
 	signer, wk := newKey(t)
-	a := openRecorder(t, chaintest.Connect(t, srv.URL()), "gw-1", signer, "")
-	b := openRecorder(t, chaintest.Connect(t, srv.URL()), "gw-1", signer, "")
+	a := openRecorder(t, natstest.Connect(t, srv.URL()), "gw-1", signer, "")
+	b := openRecorder(t, natstest.Connect(t, srv.URL()), "gw-1", signer, "")
 	// Both read the same (empty) head; the first to append wins.
 	if err := a.Record(t.Context(), event(1, audit.Allow), true); err != nil {
 		t.Fatal(err)
@@ -208,7 +209,7 @@ func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
 	if err := a.Record(t.Context(), event(4, audit.Allow), true); err != nil {
 		t.Fatalf("first writer after the fence: %v", err)
 	}
-	nc := chaintest.Connect(t, srv.URL())
+	nc := natstest.Connect(t, srv.URL())
 	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, nc))
 	if err != nil || ops(evs) != "1 4 " {
 		t.Fatalf("chain = %q, %v; want ops 1 4", ops(evs), err)

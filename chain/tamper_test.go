@@ -12,8 +12,8 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // genuineChain builds six blocks of ten events for writer gw-1, in memory,
@@ -186,8 +186,8 @@ func (f forgedKeyID) PrimaryKeyID() uint32 { return f.id }
 // the genuine blocks minus the newest: verification through NATS catches it
 // against the head the writer kept locally.
 func TestDeletedAndRebuiltStream(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	r := openRecorder(t, nc, "gw-1", signer, heads)
@@ -240,8 +240,8 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 // A block injected on a writer's subject by someone without its key: the
 // writer refuses to build on it.
 func TestWriterRefusesAForeignHead(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, _ := newKey(t)
 	r := openRecorder(t, nc, "gw-1", signer, "")
 	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {

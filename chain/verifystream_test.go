@@ -13,14 +13,14 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestVerifyStreamCleanChain verifies what the recorder wrote: no problems,
 // every block and event counted, the writer's state, progress reported.
 func TestVerifyStreamCleanChain(t *testing.T) {
-	srv := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, srv.URL())
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	r := openRecorder(t, nc, "gw-1", signer, heads)
@@ -158,8 +158,8 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := chaintest.RunJetStream(t)
-			js := jsOf(t, chaintest.Connect(t, srv.URL()))
+			srv := natstest.RunJetStream(t)
+			js := jsOf(t, natstest.Connect(t, srv.URL()))
 			publish(t, js, tc.msgs)
 			opts := chain.VerifyOptions{Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk},
 				Heads: map[string]chain.Head{"gw-1": head}}}
@@ -233,8 +233,8 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	first.Data[len(first.Data)-30] ^= 0x01
 	msgs[1] = &first
 
-	srv := chaintest.RunJetStream(t)
-	js := jsOf(t, chaintest.Connect(t, srv.URL()))
+	srv := natstest.RunJetStream(t)
+	js := jsOf(t, natstest.Connect(t, srv.URL()))
 	publish(t, js, msgs)
 	rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{
 		Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}})

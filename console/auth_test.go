@@ -21,6 +21,7 @@ import (
 
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/internal/testpki"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 func tokenFile(t *testing.T, lines ...string) string {
@@ -298,30 +299,20 @@ func TestConsoleConnectionLimits(t *testing.T) {
 	// One request at a time on a fresh connection; the server frees a
 	// slot when it sees a connection close, so try again for a moment.
 	hc := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	get := func(path string) *http.Response {
-		t.Helper()
-		for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-			resp, err := hc.Get("http://" + addr + path)
-			if err == nil {
-				resp.Body.Close()
-				return resp
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %v", path, err)
-			}
-		}
-	}
-	if resp := get("/healthz"); resp.StatusCode != http.StatusOK {
+	var resp *http.Response
+	testwait.NoError(t, "/healthz once a slot is freed", func() (err error) {
+		resp, err = hc.Get("http://" + addr + "/healthz")
+		return err
+	})
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("healthz after a slot was freed: %d", resp.StatusCode)
 	}
 	// Keep-alive on, as browsers and scrapers do: the 401 still closes.
-	resp, err := (&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}).Get("http://" + addr + "/api/status")
-	for deadline := time.Now().Add(3 * time.Second); err != nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	testwait.NoError(t, "/api/status with keep-alive", func() (err error) {
 		resp, err = (&http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{}}).Get("http://" + addr + "/api/status")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
+		return err
+	})
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusUnauthorized || !resp.Close {
 		t.Fatalf("unauthorized answer: %d, connection kept: %v", resp.StatusCode, !resp.Close)

@@ -26,10 +26,11 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/console"
-	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/loadgen"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -76,15 +77,14 @@ func start(t testing.TB) *rig { return startWith(t, nil) }
 // the tree every 50 ms and the console trusts its key.
 func startWith(t testing.TB, cp note.Signer) *rig {
 	t.Helper()
-	ns := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, ns.URL())
+	ns := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, ns.URL())
 	js, err := jetstream.New(nc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, _ := keys.New(keys.Ed25519)
-	signer, _ := keys.SignerFromHandle(h)
-	ver, _ := keys.VerifierFromHandle(h)
+	k := keystest.New(t)
+	signer, ver := k.Signer, k.Verifier
 	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
@@ -313,15 +313,11 @@ func TestEventProofChecksIndependently(t *testing.T) {
 	}
 	deny := firstDeny(t, r)
 	var p console.ProofView
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testwait.For(t, "the proof to be no longer pending", func() bool {
 		p = console.ProofView{}
 		get(fmt.Sprintf("seq=%d&index=%d", deny.Seq, deny.Index), &p)
-		if p.Status != "pending" || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return p.Status != "pending"
+	})
 	if p.Status != "proved" {
 		t.Fatalf("proof: %+v", p)
 	}

@@ -14,8 +14,10 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/chain/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -25,7 +27,7 @@ import (
 // JetStream server.
 type chainFixture struct {
 	addr   string
-	srv    *chaintest.Server
+	srv    *natstest.Server
 	nc     *nats.Conn
 	rec    *chain.Recorder
 	signer *keys.Signer // the proxy's writer key
@@ -34,14 +36,10 @@ type chainFixture struct {
 
 func startChainProxy(t *testing.T, up *upstream) *chainFixture {
 	t.Helper()
-	js := chaintest.RunJetStream(t)
-	nc := chaintest.Connect(t, js.URL())
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, _ := keys.SignerFromHandle(h)
-	ver, _ := keys.VerifierFromHandle(h)
+	js := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, js.URL())
+	k := keystest.New(t)
+	signer, ver := k.Signer, k.Verifier
 	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer,
 		DurableTimeout: time.Second}, zap.NewNop())
 	if err != nil {
@@ -112,7 +110,7 @@ func TestChainRecordsEveryOperationOnceInOrder(t *testing.T) {
 		t.Fatal("malformed frame did not close the connection")
 	}
 	want := "complete:3:allow:0 request:6:allow:0 complete:6:allow:0 complete:6:deny:3 complete:5:deny:1 complete:3:malformed:3 complete:3:malformed:0"
-	waitFor(t, "all operations in the chain", func() bool { return len(f.chainEvents(t)) == 7 })
+	testwait.For(t, "all operations in the chain", func() bool { return len(f.chainEvents(t)) == 7 })
 	evs := f.chainEvents(t)
 	if got := describe(evs); got != want {
 		t.Fatalf("chain holds\n %s\nwant\n %s", got, want)
@@ -150,13 +148,13 @@ func TestWritesFailClosedWhileNATSIsDown(t *testing.T) {
 		}
 	}
 	f.srv.Restart()
-	waitFor(t, "the chain to accept writes again", func() bool {
+	testwait.For(t, "the chain to accept writes again", func() bool {
 		resp := c.roundTrip(30, 1, write)
 		return bytes.Equal(resp, write)
 	})
 	// The forwarded write's completion is recorded just after its reply.
 	var evs []audit.Event
-	waitFor(t, "the forwarded write's completion in the chain", func() bool {
+	testwait.For(t, "the forwarded write's completion in the chain", func() bool {
 		evs = f.chainEvents(t)
 		for _, e := range evs {
 			if e.Function == 6 && e.Phase == audit.PhaseComplete && e.Verdict == audit.Allow {
@@ -212,7 +210,7 @@ func TestFencedRecorderStopsAllForwarding(t *testing.T) {
 	if resp := c.roundTrip(2, 1, write); !bytes.Equal(resp, exception(modbus.WriteSingleRegister, modbus.ServerDeviceBusy)) {
 		t.Fatalf("write after the fence: %x", resp)
 	}
-	waitFor(t, "the recorder to stop", func() bool { return f.rec.Failed() != nil })
+	testwait.For(t, "the recorder to stop", func() bool { return f.rec.Failed() != nil })
 	if resp := c.roundTrip(3, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); !bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
 		t.Fatalf("read after the recorder stopped: %x, want exception 6", resp)
 	}

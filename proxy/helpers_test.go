@@ -295,18 +295,6 @@ func isReset(err error) bool {
 	return errors.As(err, &oe) && !oe.Timeout()
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(15 * time.Second) // generous: a loaded CI machine is slow, and success returns at once
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func exception(fn modbus.Function, code modbus.ExceptionCode) []byte {
 	return modbus.AppendException(nil, fn, code)
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
 	"github.com/gridseal/gridseal/simulators"
@@ -48,7 +49,7 @@ func TestSimulatorsThroughProxy(t *testing.T) {
 		if resp := c.roundTrip(2, 1, pdu); !bytes.Equal(resp, pdu) {
 			t.Fatalf("write echo = %x", resp)
 		}
-		waitFor(t, "inverter output to fall to its 20 kW limit", func() bool { return inv.Watts() <= 20_000 })
+		testwait.For(t, "inverter output to fall to its 20 kW limit", func() bool { return inv.Watts() <= 20_000 })
 	})
 	t.Run("inverter forbidden write", func(t *testing.T) {
 		resp := c.roundTrip(3, 1, modbus.AppendWriteSingleRegister(nil, simulators.InverterConn, 0))
@@ -69,7 +70,7 @@ func TestSimulatorsThroughProxy(t *testing.T) {
 			t.Fatalf("dispatch 80 kW reply = %x, want exception 3", resp)
 		}
 		tid := uint16(100)
-		waitFor(t, "battery to discharge at up to 40 kW", func() bool {
+		testwait.For(t, "battery to discharge at up to 40 kW", func() bool {
 			tid++
 			resp := c.roundTrip(tid, 2, modbus.AppendReadRequest(nil, modbus.ReadInputRegisters, simulators.BatteryPower, 1))
 			kw := int16(binary.BigEndian.Uint16(resp[2:]))
@@ -93,7 +94,7 @@ func TestSimulatorsThroughProxy(t *testing.T) {
 		}
 	})
 	t.Run("every operation recorded once with its verdict", func(t *testing.T) {
-		waitFor(t, "the breaker deny to be recorded", func() bool {
+		testwait.For(t, "the breaker deny to be recorded", func() bool {
 			ev := fx.events.completed()
 			return len(ev) > 0 && ev[len(ev)-1].Device == "breaker-1" && ev[len(ev)-1].Function == 5
 		})
@@ -204,7 +205,7 @@ func TestUpstreamUnreachable(t *testing.T) {
 			t.Fatalf("reply = %x, want exception 0x0A", resp)
 		}
 	}
-	waitFor(t, "three recorded operations", func() bool { return len(fx.events.completed()) == 3 })
+	testwait.For(t, "three recorded operations", func() bool { return len(fx.events.completed()) == 3 })
 	ev := fx.events.completed()
 	if len(ev) != 3 || ev[0].Exception != 0x0A || !strings.Contains(ev[0].Reason, "unreachable") {
 		t.Fatalf("events = %+v", ev)
@@ -375,7 +376,7 @@ func TestForceListenOnlyIsNotAnswered(t *testing.T) {
 	if got := binary.BigEndian.Uint16(resp[2:]); got != 6 {
 		t.Fatalf("the read after listen-only got %x (a reply to the diagnostic?)", resp)
 	}
-	waitFor(t, "the device to receive the command", func() bool {
+	testwait.For(t, "the device to receive the command", func() bool {
 		for _, f := range up.received() {
 			if len(f) > modbus.HeaderLen && f[modbus.HeaderLen] == 8 {
 				return true
@@ -395,7 +396,7 @@ func TestForceListenOnlyIsNotAnswered(t *testing.T) {
 	}
 	// This device answers anyway (exception 1): that reply is recorded
 	// against the listen-only request, not as a reply to nothing.
-	waitFor(t, "the unexpected reply recorded", func() bool { return len(fx.events.inPhase(audit.PhaseDroppedReply)) == 1 })
+	testwait.For(t, "the unexpected reply recorded", func() bool { return len(fx.events.inPhase(audit.PhaseDroppedReply)) == 1 })
 	if e := fx.events.inPhase(audit.PhaseDroppedReply)[0]; e.Op != diag.Op || !strings.Contains(e.Reason, "force listen-only") || e.Exception != 1 {
 		t.Fatalf("the device's reply to listen-only recorded as %+v", e)
 	}
@@ -467,7 +468,7 @@ func TestMalformedFramesAreNeverForwarded(t *testing.T) {
 		}
 		return n
 	}
-	waitFor(t, "12 malformed operations recorded", func() bool { return count() >= 12 })
+	testwait.For(t, "12 malformed operations recorded", func() bool { return count() >= 12 })
 	if malformed := count(); malformed != 12 {
 		t.Fatalf("%d malformed operations recorded, want 12", malformed)
 	}
@@ -513,7 +514,7 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatal("a third connection from one address was accepted")
 	}
 	_ = a.c.Close()
-	waitFor(t, "the first connection to be released", func() bool { return fx.srv.Connections() == 1 })
+	testwait.For(t, "the first connection to be released", func() bool { return fx.srv.Connections() == 1 })
 	d := dial(t, fx.addr)
 	d.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
 }
@@ -553,7 +554,7 @@ func TestIdleAndSlowClientsAreDisconnected(t *testing.T) {
 	if !slow.closed() {
 		t.Fatal("a client that never finished its frame was not disconnected")
 	}
-	waitFor(t, "the slow frame to be recorded", func() bool {
+	testwait.For(t, "the slow frame to be recorded", func() bool {
 		for _, e := range fx.events.completed() {
 			if e.Verdict == audit.Malformed && strings.Contains(e.Reason, "read timeout") {
 				return true
@@ -612,7 +613,7 @@ func TestMbpollThroughProxy(t *testing.T) {
 	if out, err := run("-r", "40127", "25"); err != nil || !strings.Contains(out, "Written 1 references") {
 		t.Fatalf("mbpoll allowed write: %v\n%s", err, out)
 	}
-	waitFor(t, "the inverter to follow the 25 % limit", func() bool {
+	testwait.For(t, "the inverter to follow the 25 % limit", func() bool {
 		return plant.Device(1).(*simulators.Inverter).Watts() <= 25_000
 	})
 	if out, err := run("-r", "40126", "0"); err == nil || !strings.Contains(out, "Illegal data address") {
@@ -707,5 +708,5 @@ func TestClientThatDoesNotReadIsDisconnected(t *testing.T) {
 			t.Fatalf("a well-behaved client waited %v", d)
 		}
 	}
-	waitFor(t, "the greedy client to be disconnected", func() bool { return fx.srv.Connections() == 1 })
+	testwait.For(t, "the greedy client to be disconnected", func() bool { return fx.srv.Connections() == 1 })
 }

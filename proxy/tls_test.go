@@ -12,6 +12,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/internal/testpki"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -110,7 +111,7 @@ devices:
 	if !anon.closed() {
 		t.Fatal("a client without a certificate was served")
 	}
-	waitFor(t, "four recorded operations", func() bool { return len(events.completed()) >= 4 })
+	testwait.For(t, "four recorded operations", func() bool { return len(events.completed()) >= 4 })
 	var roles []string
 	for _, e := range events.completed() {
 		roles = append(roles, fmt.Sprintf("%s/%s", e.Role, e.Verdict))

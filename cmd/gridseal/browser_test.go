@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,13 +42,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitForCond(t, "the console", func() bool {
-		c, err := net.Dial("tcp", web)
-		if err == nil {
-			_ = c.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the console", web)
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),

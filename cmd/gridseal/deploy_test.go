@@ -16,7 +16,8 @@ import (
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
+	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestShippedNATSConfigs parses the cluster configurations under
@@ -64,20 +65,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(dir, "gridseal-accounts.conf"), []byte(withPw), 0o600)
 	conf := "listen: 127.0.0.1:-1\njetstream { store_dir: " + filepath.Join(dir, "js") + "\n sync_interval: always }\ninclude ./gridseal-accounts.conf\n"
 	_ = os.WriteFile(filepath.Join(dir, "single.conf"), []byte(conf), 0o600)
-	o, err := server.ProcessConfigFile(filepath.Join(dir, "single.conf"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	o.NoLog, o.NoSigs = true, true
-	srv, err := server.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Start()
-	t.Cleanup(srv.Shutdown)
-	if !srv.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server did not start")
-	}
+	srv := natstest.RunConfig(t, filepath.Join(dir, "single.conf"))
 	connect := func(user, pw string) (*nats.Conn, jetstream.JetStream) {
 		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pw),
 			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // violations are what we test for
@@ -99,9 +87,7 @@ func TestShippedNATSConfigs(t *testing.T) {
 
 	// The proxy records and creates what it needs.
 	pnc, pjs := connect("proxy", "pw1")
-	h, _ := keys.New(keys.Ed25519)
-	signer, _ := keys.SignerFromHandle(h)
-	rec, err := chain.Open(t.Context(), pnc, chain.Config{Writer: "gw-1", Signer: signer}, zap.NewNop())
+	rec, err := chain.Open(t.Context(), pnc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(t)}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -26,12 +27,30 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/testpki"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
 
+// TestMain fails the run if it leaves a gridseal-data directory in this
+// folder: the default --data-dir, which no test may write to.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if _, err := os.Stat("gridseal-data"); err == nil {
+		fmt.Fprintln(os.Stderr, "FAIL: cmd/gridseal/gridseal-data exists after the tests: a command ran without --data-dir "+
+			"(runCLI gives one a t.TempDir()); remove the directory once that is fixed")
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// runCLI runs gridseal with args. A command not given --data-dir gets a
+// fresh temporary one, so no test writes to the default in this folder.
 func runCLI(t *testing.T, ctx context.Context, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	if !slices.ContainsFunc(args, func(a string) bool { return a == "--data-dir" || strings.HasPrefix(a, "--data-dir=") }) {
+		args = append(args, "--data-dir", t.TempDir())
+	}
 	var out, errb bytes.Buffer
 	code = run(ctx, args, strings.NewReader(""), &out, &errb)
 	return code, out.String(), errb.String()
@@ -359,13 +378,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		code, _, stderr = runCLI(t, ctx, "proxy", "--config", cfgPath, "--data-dir", data, "--log-format", "json")
 		done <- code
 	}()
-	waitForCond(t, "the proxy to listen", func() bool {
-		conn, err := net.Dial("tcp", listen)
-		if err == nil {
-			_ = conn.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the proxy to listen", listen)
 	c := modbusClient(t, listen, 1)
 	if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
 		t.Fatalf("read through the proxy: %v", err)
@@ -467,7 +480,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 		}
 	}
 	hangup()
-	waitForCond(t, "the signed version 2 to be in force", func() bool {
+	testwait.For(t, "the signed version 2 to be in force", func() bool {
 		return c.WriteRegister(simulators.InverterLimitPct, 70) != nil
 	})
 	if err := c.WriteRegister(simulators.InverterLimitPct, 40); err != nil {
@@ -497,6 +510,18 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// waitListening waits until something accepts connections on addr.
+func waitListening(t *testing.T, what, addr string) {
+	t.Helper()
+	testwait.NoError(t, what, func() error {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return err
+	})
+}
+
 func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
 	t.Helper()
 	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 3 * time.Second,
@@ -510,18 +535,6 @@ func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient 
 	t.Cleanup(func() { _ = c.Close() })
 	_ = c.SetUnitId(unit)
 	return c
-}
-
-// waitForCond polls cond until it holds or 10 s pass.
-func waitForCond(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second) // generous: a loaded CI machine is slow
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // TestProposeAndApproveCommands drives the approval commands against a
@@ -545,13 +558,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 			t.Errorf("demo exit %d: %s", code, demoErr)
 		}
 	}()
-	waitForCond(t, "the demo proxy", func() bool {
-		conn, err := net.Dial("tcp", listen)
-		if err == nil {
-			_ = conn.Close()
-		}
-		return err == nil
-	})
+	waitListening(t, "the demo proxy", listen)
 	key := func(who string) string { return filepath.Join(data, "keys", who+".private.json") }
 	// The embedded NATS admits only holders of the data directory's token.
 	url, err := os.ReadFile(filepath.Join(data, "nats", "client.url"))
@@ -601,7 +608,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	if code, out, stderr := cli("", "approve", id[:16], "--key", key("carol"), "--yes"); code != 0 || !strings.Contains(out, "2 of 2 operators signed (bob, carol)") {
 		t.Fatalf("carol approves: exit %d\n%s%s", code, out, stderr)
 	}
-	waitForCond(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })
+	testwait.For(t, "the approved write to pass", func() bool { return c.WriteRegister(simulators.InverterLimitPct, 20) == nil })
 	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err == nil {
 		t.Fatal("the approval was used twice")
 	}
@@ -615,7 +622,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	// The demo's checkpointer signs the stream's tree: verify checks the
 	// checkpoints, and one write's record is proven in the signed tree.
 	var recs []chain.Record
-	waitForCond(t, "a signed checkpoint covering the approved write", func() bool {
+	testwait.For(t, "a signed checkpoint covering the approved write", func() bool {
 		code, out, _ := cli("", "chain", "verify")
 		if code != 0 || !strings.Contains(out, "signed checkpoints match the stream") {
 			return false
@@ -658,7 +665,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitForCond(t, "a newer checkpoint that extends the kept one", func() bool {
+	testwait.For(t, "a newer checkpoint that extends the kept one", func() bool {
 		code, out, _ := cli("", "chain", "prove", "--from-checkpoint", keptPath)
 		return code == 0 && strings.Contains(out, "extends the tree of "+keptSize+" events") &&
 			!strings.Contains(out, "the signed tree of "+keptSize+" events")

@@ -1,6 +1,6 @@
-// Package chaintest runs real in-process nats-servers with JetStream for
+// Package natstest runs real in-process nats-servers with JetStream for
 // tests: one server, or a cluster on loopback, each stopped with the test.
-package chaintest
+package natstest
 
 import (
 	"fmt"
@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/gridseal/gridseal/internal/natsembed"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 // Server is a running embedded server that a test can stop and restart on
@@ -22,18 +23,47 @@ type Server struct {
 	opts natsembed.Options
 }
 
-// RunJetStream starts one JetStream server (fsync always) on a free
-// loopback port with its store in a temporary directory.
+// RunJetStream starts one JetStream server (fsync always) on a loopback
+// port the server picks (-1, as nats-server's own tests do) with its store
+// in a temporary directory.
 func RunJetStream(t testing.TB) *Server {
 	t.Helper()
-	o := natsembed.Options{Port: freePort(t), StoreDir: t.TempDir(), SyncAlways: true}
+	return run(t, natsembed.Options{Port: -1, StoreDir: t.TempDir(), SyncAlways: true})
+}
+
+// run starts a server with o, stopped with the test. The port it bound is
+// kept in opts, so Restart comes back on the same one.
+func run(t testing.TB, o natsembed.Options) *Server {
+	t.Helper()
 	s, err := natsembed.Start(o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	o.Port = s.Addr().(*net.TCPAddr).Port
 	srv := &Server{Server: s, t: t, opts: o}
 	t.Cleanup(func() { srv.Shutdown() })
 	return srv
+}
+
+// RunConfig starts a server from a nats-server configuration file (the
+// shipped deployment files, say), stopped with the test.
+func RunConfig(t testing.TB, path string) *server.Server {
+	t.Helper()
+	o, err := server.ProcessConfigFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.NoLog, o.NoSigs = true, true
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatalf("nats-server with %s did not start", path)
+	}
+	return s
 }
 
 // URL is the client URL; it stays the same across Restart.
@@ -48,16 +78,14 @@ func (s *Server) Stop() {
 // Restart starts the server again on the same port and store.
 func (s *Server) Restart() {
 	s.t.Helper()
-	var err error
-	for i := 0; i < 50; i++ { // the old listener may take a moment to let go
+	// The old listener may take a moment to let go of the port.
+	testwait.NoError(s.t, "nats-server to restart", func() (err error) {
 		var ns *server.Server
 		if ns, err = natsembed.Start(s.opts); err == nil {
 			s.Server = ns
-			return
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	s.t.Fatalf("restart nats-server: %v", err)
+		return err
+	})
 }
 
 // Connect returns a client that reconnects forever, closed with the test.
@@ -84,34 +112,21 @@ func RunCluster(t testing.TB, n int) []*Server {
 	}
 	out := make([]*Server, n)
 	for i := 0; i < n; i++ {
-		o := natsembed.Options{
-			Name: fmt.Sprintf("n%d", i+1), Port: freePort(t), StoreDir: t.TempDir(), SyncAlways: true,
+		out[i] = run(t, natsembed.Options{
+			Name: fmt.Sprintf("n%d", i+1), Port: -1, StoreDir: t.TempDir(), SyncAlways: true,
 			Cluster: "gridseal-test", ClusterPort: ports[i], Routes: routes,
-		}
-		s, err := natsembed.Start(o)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = &Server{Server: s, t: t, opts: o}
-		srv := out[i]
-		t.Cleanup(func() { srv.Shutdown() })
+		})
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testwait.For(t, "the cluster to form a JetStream meta leader", func() bool {
 		ready := 0
 		for _, s := range out {
 			if s.Running() && s.JetStreamIsLeader() || s.JetStreamEnabled() && s.JetStreamIsCurrent() {
 				ready++
 			}
 		}
-		if ready == n && hasLeader(out) {
-			return out
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("cluster formed no JetStream meta leader")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ready == n && hasLeader(out)
+	})
+	return out
 }
 
 func hasLeader(ss []*Server) bool {
@@ -135,6 +150,8 @@ func ClusterURLs(ss []*Server) string {
 	return u
 }
 
+// freePort returns a loopback port free now: route ports must be known
+// before any node starts, as every node names all the routes.
 func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
