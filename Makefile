@@ -1,6 +1,9 @@
 # gridseal — the two commands a newcomer needs are `make demo` and `make test`.
 GO       ?= go
 BIN      := bin/gridseal
+# The version `gridseal version` prints: the nearest tag and commit (dev outside a git checkout).
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
 PKGS     := ./...
 FUZZTIME ?= 20s
 
@@ -12,7 +15,7 @@ deps:
 	$(GO) mod download
 
 build: deps
-	$(GO) build -o $(BIN) ./cmd/gridseal
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gridseal
 
 demo: build
 	./$(BIN) demo

@@ -18,7 +18,8 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
+// version is set at build time: `make build` passes -ldflags "-X
+// main.version=…" with the nearest git tag and commit.
 var version = "dev"
 
 func main() {
