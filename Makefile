@@ -7,7 +7,7 @@ LDFLAGS  := -X main.version=$(VERSION)
 PKGS     := ./...
 FUZZTIME ?= 20s
 
-.PHONY: all build demo test vet fmt-check lint bench fuzz deps tools clean
+.PHONY: all build demo test vet fmt-check lint golangci bench fuzz deps tools clean
 
 all: build
 
@@ -28,6 +28,12 @@ vet: deps
 	$(GO) vet $(PKGS)
 
 lint: fmt-check vet
+
+# golangci-lint (.golangci.yml), pinned in the tools module tools/go.mod and
+# built by the go command on first use: nothing to install.
+GOLANGCI := $(GO) tool -modfile=tools/go.mod golangci-lint
+golangci:
+	$(GOLANGCI) run $(PKGS)
 
 # Debian packages the tests drive: mbpoll (an independent Modbus client) and
 # chromium (the console's browser test). Installed only when missing.
