@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -45,7 +46,7 @@ devices:
 			fmt.Println("malformed:", err)
 			return
 		}
-		v := e.Decide(context.Background(), &policy.Input{Device: "inverter-1", Unit: 1, Request: req})
+		v := e.Decide(context.Background(), &decision.Input{Device: "inverter-1", Unit: 1, Request: req})
 		if v.Allowed() {
 			fmt.Printf("allow by %s\n", v.Rule)
 			return
