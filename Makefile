@@ -27,7 +27,7 @@ fmt-check:
 vet: deps
 	$(GO) vet $(PKGS)
 
-lint: fmt-check vet
+lint: fmt-check vet golangci
 
 # golangci-lint (.golangci.yml), pinned in the tools module tools/go.mod and
 # built by the go command on first use: nothing to install.

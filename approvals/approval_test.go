@@ -263,7 +263,7 @@ func TestApprovalQuorum(t *testing.T) {
 		allow   bool
 		why     string
 	}{
-		{"no signatures", func(r *rig) []*keys.Signer { return nil }, false, "0 of 2 operators signed"},
+		{"no signatures", func(*rig) []*keys.Signer { return nil }, false, "0 of 2 operators signed"},
 		{"one (m-1)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.signer} }, false, "1 of 2 operators signed (alice)"},
 		{"two (m)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.signer, r.carol.signer} }, true, "by alice, carol"},
 		{"three (m+1)", func(r *rig) []*keys.Signer {
@@ -453,8 +453,8 @@ func TestBreakGlass(t *testing.T) {
 	if !v.Allowed() || !v.BreakGlass || !strings.HasPrefix(v.Reason, "BREAK-GLASS") || !strings.Contains(v.Reason, "(1 of 2)") {
 		t.Fatalf("break-glass: %+v", v)
 	}
-	close := modbus.AppendWriteSingleCoil(nil, 1, false)
-	if v := r.decide(r.engine, r.store, "breaker-1", 1, close, approvals.ID{}); v.Allowed() {
+	closing := modbus.AppendWriteSingleCoil(nil, 1, false)
+	if v := r.decide(r.engine, r.store, "breaker-1", 1, closing, approvals.ID{}); v.Allowed() {
 		t.Fatal("closing is not allowed by any rule")
 	}
 }

@@ -21,7 +21,7 @@ const (
 	proposeTag  = "gridseal/approval/v1/propose\x00"
 )
 
-// Clock skew tolerated on an approval's window.
+// Skew is the clock skew tolerated on an approval's window.
 const Skew = 30 * time.Second
 
 // Proposal is one exact state-changing command that approvers sign: the

@@ -218,11 +218,13 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	ctx, cancel := context.WithCancel(ctx)
 	events := make(chan *Msg, 64)
 	errc := make(chan error, 1)
+	scanned := make(chan struct{})
 	defer func() {
 		cancel()
-		<-errc
+		<-scanned
 	}()
 	go func() {
+		defer close(scanned)
 		errc <- Scan(ctx, js, 1, true, func(m *Msg) error {
 			cp := *m
 			cp.Data = append([]byte(nil), m.Data...)
@@ -239,7 +241,6 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-errc:
-			errc <- err // for the deferred wait
 			return err
 		case <-tick.C:
 			if time.Since(last) >= every {

@@ -51,7 +51,9 @@ func TestEventGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	var v1hex string
-	fmt.Sscanf(string(v1), "event %s", &v1hex)
+	if _, err := fmt.Sscanf(string(v1), "event %s", &v1hex); err != nil {
+		t.Fatalf("testdata/event-v1.txt: %v", err)
+	}
 	v1bytes, _ := hex.DecodeString(v1hex)
 	old, err := chain.DecodeEvent(v1bytes)
 	if err != nil || old.Op != 42 || old.Role != "" || old.Approval != "a1b2" {
@@ -193,7 +195,7 @@ func FuzzParseBlock(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(msg)
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Fuzz(func(_ *testing.T, b []byte) {
 		blk, err := chain.ParseBlock(b)
 		if err != nil {
 			return

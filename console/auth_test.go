@@ -274,7 +274,9 @@ func TestConsoleConnectionLimits(t *testing.T) {
 	go func() { done <- c.Serve(ctx, ln) }()
 	defer func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("console: %v", err)
+		}
 	}()
 	addr := ln.Addr().String()
 	var held []net.Conn

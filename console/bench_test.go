@@ -23,7 +23,7 @@ func BenchmarkReadPathWithViewers(b *testing.B) {
 		var rps [2]float64
 		for round := 0; round < rounds; round++ {
 			for k, viewers := range []int{0, 100} {
-				stop := watch(b, r.web.URL, viewers)
+				stop := watch(r.web.URL, viewers)
 				res, err := loadgen.Run(b.Context(), loadgen.Config{Addr: r.proxyAddr, Clients: clients, Pipeline: 1,
 					Duration: per, Unit: 1, ReadSpan: 100})
 				seen := stop()
@@ -44,7 +44,7 @@ func BenchmarkReadPathWithViewers(b *testing.B) {
 
 // watch connects n viewers to the event stream, each reading and
 // discarding; stop disconnects them and says how many received events.
-func watch(b *testing.B, base string, n int) (stop func() int) {
+func watch(base string, n int) (stop func() int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var mu sync.Mutex

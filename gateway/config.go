@@ -211,7 +211,7 @@ type LogConfig struct {
 
 var yamlLineRE = regexp.MustCompile(`line (\d+): (.*)`)
 
-// loadConfig reads the configuration at path; errors read "path:line: what".
+// Load reads the configuration at path; errors read "path:line: what".
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

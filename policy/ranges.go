@@ -56,9 +56,9 @@ func (rs ranges) String() string {
 	return b.String()
 }
 
-// parseRanges reads a ranges node. min and max bound every number; words
+// parseRanges reads a ranges node. floor and ceil bound every number; words
 // maps names such as "on" to numbers.
-func parseRanges(n *yaml.Node, min, max int32, words map[string]int32) (ranges, error) {
+func parseRanges(n *yaml.Node, floor, ceil int32, words map[string]int32) (ranges, error) {
 	var items []*yaml.Node
 	switch n.Kind {
 	case yaml.ScalarNode:
@@ -74,7 +74,7 @@ func parseRanges(n *yaml.Node, min, max int32, words map[string]int32) (ranges, 
 			return nil, lineErr(it, "want a number or a range such as 10-20")
 		}
 		for _, part := range strings.Split(it.Value, ",") {
-			s, err := parseSpan(strings.TrimSpace(part), min, max, words)
+			s, err := parseSpan(strings.TrimSpace(part), floor, ceil, words)
 			if err != nil {
 				return nil, lineErr(it, "%v", err)
 			}
@@ -87,7 +87,7 @@ func parseRanges(n *yaml.Node, min, max int32, words map[string]int32) (ranges, 
 	return out, nil
 }
 
-func parseSpan(s string, min, max int32, words map[string]int32) (span, error) {
+func parseSpan(s string, floor, ceil int32, words map[string]int32) (span, error) {
 	lo, hi, ok := strings.Cut(s, "..")
 	if !ok && !strings.HasPrefix(s, "-") {
 		lo, hi, ok = strings.Cut(s, "-")
@@ -95,11 +95,11 @@ func parseSpan(s string, min, max int32, words map[string]int32) (span, error) {
 	if !ok {
 		hi = lo
 	}
-	a, err := parseBound(strings.TrimSpace(lo), min, max, words)
+	a, err := parseBound(strings.TrimSpace(lo), floor, ceil, words)
 	if err != nil {
 		return span{}, err
 	}
-	b, err := parseBound(strings.TrimSpace(hi), min, max, words)
+	b, err := parseBound(strings.TrimSpace(hi), floor, ceil, words)
 	if err != nil {
 		return span{}, err
 	}
@@ -109,7 +109,7 @@ func parseSpan(s string, min, max int32, words map[string]int32) (span, error) {
 	return span{lo: a, hi: b, signed: a < 0}, nil
 }
 
-func parseBound(s string, min, max int32, words map[string]int32) (int32, error) {
+func parseBound(s string, floor, ceil int32, words map[string]int32) (int32, error) {
 	if v, ok := words[strings.ToLower(s)]; ok {
 		return v, nil
 	}
@@ -117,8 +117,8 @@ func parseBound(s string, min, max int32, words map[string]int32) (int32, error)
 	if err != nil {
 		return 0, fmt.Errorf("%q is not a number", s)
 	}
-	if int32(v) < min || int32(v) > max {
-		return 0, fmt.Errorf("%d is outside %d..%d", v, min, max)
+	if int32(v) < floor || int32(v) > ceil {
+		return 0, fmt.Errorf("%d is outside %d..%d", v, floor, ceil)
 	}
 	return int32(v), nil
 }

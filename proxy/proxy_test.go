@@ -637,7 +637,7 @@ func TestLateReplyIsNotMatchedToANewRequest(t *testing.T) {
 		}
 		return registerEcho(f)
 	})
-	up.stray = func(f modbus.Frame) []byte {
+	up.stray = func(modbus.Frame) []byte {
 		// With the next request after the stall, release the stalled reply:
 		// same transaction id space, same function, same length.
 		mu.Lock()

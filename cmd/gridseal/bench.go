@@ -52,10 +52,15 @@ func benchCmd(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				defer f.Close()
 				if err := pprof.StartCPUProfile(f); err != nil {
+					_ = f.Close()
 					return err
 				}
+				defer func() {
+					if err := f.Close(); err != nil {
+						fmt.Fprintf(g.stderr, "gridseal: cpu profile %s: %v\n", cpuprof, err)
+					}
+				}()
 				defer pprof.StopCPUProfile()
 			}
 			b := &bench.Bencher{Stderr: g.stderr, Duration: duration, Rounds: rounds, Pipeline: pipeline, Quiet: asJSON}

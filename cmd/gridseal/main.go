@@ -39,11 +39,8 @@ type globals struct {
 	natsCert  string
 	natsKey   string
 	dataDir   string
-	// consoleFallback lets the demo serve its console on a free port when
-	// the requested one is taken.
-	consoleFallback bool
-	stdout          io.Writer
-	stderr          io.Writer
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 // run executes one command line and returns the process exit code. Errors

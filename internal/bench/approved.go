@@ -152,7 +152,7 @@ func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs 
 		if err != nil {
 			return nil, fmt.Errorf("approved-writes %s: %w", t.Name, err)
 		}
-		defer c.Close()
+		defer func() { _ = c.Close() }()
 		ts = append(ts, &target{name: t.Name, c: c, rd: modbus.NewReader(c)})
 	}
 	const maxWrites = 5000

@@ -63,6 +63,8 @@ type TargetReport struct {
 	RatioRelay    float64 `json:"ratio_to_relay,omitempty"`
 }
 
+// ParseMix reads a request mix such as "read=90,write=10" and returns the
+// percentage of writes.
 func ParseMix(s string) (int, error) {
 	read, write := -1, -1
 	for _, part := range strings.Split(s, ",") {
@@ -92,6 +94,7 @@ func ParseMix(s string) (int, error) {
 	return write, nil
 }
 
+// Bencher runs scenarios with one load generator setting.
 type Bencher struct {
 	Stderr   io.Writer     // progress lines, unless Quiet
 	Duration time.Duration // measuring time per target and client count, split over the rounds
@@ -181,7 +184,7 @@ func (b *Bencher) SelfHosted(ctx context.Context, counts []int, writePct int, wh
 	if err != nil {
 		return rep, err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }() // a temporary store: nothing to keep
 	ns, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true})
 	if err != nil {
 		return rep, err
@@ -388,6 +391,7 @@ func rss() int64 {
 	return 0
 }
 
+// PrintReport writes rep as a table, one row per target and scenario.
 func PrintReport(w io.Writer, rep *Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "SCENARIO\tCLIENTS\tTARGET\tREQ/S\tP50 µs\tP90 µs\tP99 µs\tP99.9 µs\tERRORS\tEXC\t×DIRECT\t×RELAY\t")

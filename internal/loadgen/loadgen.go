@@ -155,7 +155,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 }
 
 func client(ctx context.Context, c net.Conn, cfg Config, seed uint64, deadline time.Time, total *atomic.Uint64) *Result {
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	maxSamples := max(1<<14, totalSamples/cfg.Clients)
 	res := &Result{latencies: make([]time.Duration, 0, 1024)}
 	rng := rand.New(rand.NewPCG(seed, 0x9E3779B97F4A7C15))

@@ -80,7 +80,7 @@ func (d *Device) Close() {
 }
 
 func (d *Device) serve(c net.Conn) {
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	rd := modbus.NewReader(c)
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var pdu [modbus.MaxPDULen]byte

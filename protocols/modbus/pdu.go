@@ -140,18 +140,18 @@ func ParseRequest(pdu []byte) (Request, error) {
 			return r, err
 		}
 		r.Address, r.Quantity = be16(d), be16(d[2:])
-		max := uint16(MaxReadRegisters)
+		limit := uint16(MaxReadRegisters)
 		switch r.Function {
 		case ReadCoils:
-			r.Space, max = SpaceCoils, MaxReadBits
+			r.Space, limit = SpaceCoils, MaxReadBits
 		case ReadDiscreteInputs:
-			r.Space, max = SpaceDiscreteInputs, MaxReadBits
+			r.Space, limit = SpaceDiscreteInputs, MaxReadBits
 		case ReadHoldingRegisters:
 			r.Space = SpaceHoldingRegisters
 		default:
 			r.Space = SpaceInputRegisters
 		}
-		return r, checkRange(r.Address, r.Quantity, max)
+		return r, checkRange(r.Address, r.Quantity, limit)
 
 	case WriteSingleCoil, WriteSingleRegister:
 		if err := fixedLen(d, 4); err != nil {
@@ -291,9 +291,9 @@ func fixedLen(b []byte, n int) error {
 	return nil
 }
 
-// checkRange enforces 1 ≤ qty ≤ max and that the range ends at or before 0xFFFF.
-func checkRange(addr, qty, max uint16) error {
-	if qty == 0 || qty > max {
+// checkRange enforces 1 ≤ qty ≤ limit and that the range ends at or before 0xFFFF.
+func checkRange(addr, qty, limit uint16) error {
+	if qty == 0 || qty > limit {
 		return ErrQuantity
 	}
 	if uint32(addr)+uint32(qty) > 0x10000 {
