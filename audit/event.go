@@ -62,9 +62,14 @@ const (
 	// no request, Client is the device's address (the frame's source) and
 	// Listener the proxy's end of the upstream connection.
 	PhaseDroppedReply
+	// PhaseGap records operations the recorder could not keep: its spool
+	// was full (the chain unreachable or its disk full) or a shutdown left
+	// events it could not save. Reason says how many and when; the
+	// operations themselves were refused or are lost, never silently.
+	PhaseGap
 )
 
-// String returns request, complete, approval or dropped-reply.
+// String returns request, complete, approval, dropped-reply or gap.
 func (p Phase) String() string {
 	switch p {
 	case PhaseRequest:
@@ -73,6 +78,8 @@ func (p Phase) String() string {
 		return "approval"
 	case PhaseDroppedReply:
 		return "dropped-reply"
+	case PhaseGap:
+		return "gap"
 	}
 	return "complete"
 }
@@ -168,6 +175,24 @@ func (t Tee) Failed() error {
 			if err := f.Failed(); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// Admit returns the first recorder's reason why an operation must not go
+// ahead (its Admit, or else its Failed, where it has them), or nil.
+func (t Tee) Admit() error {
+	for _, r := range t {
+		var err error
+		switch a := r.(type) {
+		case interface{ Admit() error }:
+			err = a.Admit()
+		case interface{ Failed() error }:
+			err = a.Failed()
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

@@ -172,7 +172,7 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	if flags&^1 != 0 {
 		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
 	}
-	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseDroppedReply ||
+	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseGap ||
 		ev.Verdict < audit.Allow || ev.Verdict > audit.Malformed {
 		return ev, fmt.Errorf("%w: phase %d verdict %d", ErrFormat, ev.Phase, ev.Verdict)
 	}

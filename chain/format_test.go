@@ -80,7 +80,7 @@ func TestEventGolden(t *testing.T) {
 // phase or verdict outside the documented ones is a format error.
 func TestEventPhases(t *testing.T) {
 	phaseAt := 1 + 8 + 8 // version, time, op
-	for _, ph := range []audit.Phase{audit.PhaseRequest, audit.PhaseComplete, audit.PhaseApproval, audit.PhaseDroppedReply} {
+	for _, ph := range []audit.Phase{audit.PhaseRequest, audit.PhaseComplete, audit.PhaseApproval, audit.PhaseDroppedReply, audit.PhaseGap} {
 		ev := event(7, audit.Deny)
 		ev.Phase = ph
 		enc := chain.AppendEvent(nil, ev)
@@ -93,7 +93,7 @@ func TestEventPhases(t *testing.T) {
 		}
 	}
 	enc := chain.AppendEvent(nil, event(7, audit.Deny))
-	for _, bad := range [][2]byte{{0, 2}, {5, 2}, {2, 0}, {2, 4}} {
+	for _, bad := range [][2]byte{{0, 2}, {6, 2}, {2, 0}, {2, 4}} {
 		b := bytes.Clone(enc)
 		b[phaseAt], b[phaseAt+1] = bad[0], bad[1]
 		if _, err := chain.DecodeEvent(b); !errors.Is(err, chain.ErrFormat) {

@@ -24,10 +24,14 @@ func newKey(t testing.TB) (*keys.Signer, chain.WriterKeys) {
 	return k.Signer, chain.WriterKeys{Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}
 }
 
+// openRecorder opens a recorder without a writer lease: these tests run
+// several recorders of one writer in one process, as separate processes
+// would after a crash, to test what stands behind the lease (fencing by
+// expected sequence, head checks). The lease has tests of its own.
 func openRecorder(t testing.TB, nc *nats.Conn, writer string, s *keys.Signer, headDir string) *chain.Recorder {
 	t.Helper()
 	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: writer, Signer: s, HeadDir: headDir,
-		DurableTimeout: 3 * time.Second}, zap.NewNop())
+		DurableTimeout: 3 * time.Second, LeaseTTL: -1}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

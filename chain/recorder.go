@@ -46,6 +46,12 @@ type Config struct {
 	// wait at once. [2ms; negative: never wait]
 	Linger         time.Duration
 	PublishTimeout time.Duration // one publish attempt [2s]
+	// LeaseTTL is how long the writer's lease in LeaseBucket outlives its
+	// last renewal: a second process with this writer id refuses to start
+	// while the lease lives, and one that crashed frees it after LeaseTTL
+	// (at once when the new process runs on the same host). [15s;
+	// negative: no lease, only fencing by expected sequence]
+	LeaseTTL time.Duration
 	// Observe, if set, is told of every acknowledged block: its event count
 	// and how long its publish took to be acknowledged (metrics).
 	Observe func(events int, ack time.Duration)
@@ -79,8 +85,17 @@ type Recorder struct {
 	closed     bool
 	failed     error // fatal: fenced or truncated
 	wake       chan struct{}
+	// lost counts events Record could not spool (it was full) since the
+	// last gap event, from lostFrom to lostTo.
+	lost             uint64
+	lostFrom, lostTo time.Time
+	restored         int // entries at the spool's front loaded from the spool file
+	lastOp           uint64
+
+	lease atomic.Pointer[lease]
 
 	available atomic.Bool
+	nearFull  atomic.Bool           // the spool is past Admit's mark; set under mu
 	fatal     atomic.Pointer[error] // set once by fail
 	stop      chan struct{}
 	done      chan struct{}
@@ -131,6 +146,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	if cfg.Linger == 0 {
 		cfg.Linger = 2 * time.Millisecond
 	}
+	if cfg.LeaseTTL == 0 {
+		cfg.LeaseTTL = 15 * time.Second
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -149,18 +167,25 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
-	// A first attempt to read the head now, so a fenced or truncated writer
-	// fails at start; if NATS is away the committer keeps trying.
+	if err := r.loadSpool(); err != nil {
+		return nil, err
+	}
+	// A first attempt to take the lease and read the head now, so a busy,
+	// fenced or truncated writer fails at start; if NATS is away the
+	// committer keeps trying.
 	sctx, cancel := context.WithTimeout(ctx, cfg.PublishTimeout)
 	err = r.syncHead(sctx)
 	cancel()
-	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrForeignHead) {
+	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrForeignHead) || errors.Is(err, ErrWriterBusy) {
 		return nil, err
 	}
 	if err != nil {
 		log.Warn("chain not reachable at start; spooling until it is", zap.Error(err))
 	}
 	go r.run()
+	if cfg.LeaseTTL > 0 {
+		go r.keepLease()
+	}
 	return r, nil
 }
 
@@ -168,9 +193,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 // block holding ev is acknowledged by JetStream (fsync'd on every replica
 // the stream requires), or ErrUnavailable after DurableTimeout; while the
 // chain is known to be down, or the spool is full, it fails at once.
-// Without durable it returns as soon as ev is spooled; when the spool is
-// full it waits for room (backpressure, never a dropped event) until ctx
-// ends, and only then returns ErrSpoolFull.
+// Without durable it returns as soon as ev is spooled. When the spool is
+// full it returns ErrSpoolFull at once, never blocking its caller; the
+// event is then counted, and a gap event with the count is recorded as
+// soon as there is room. Callers that must not lose a record ask Admit
+// before they act.
 func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) error {
 	data := AppendEvent(make([]byte, 0, 96+len(ev.PDU)+len(ev.Reason)+len(ev.Response)+len(ev.Policy)), ev)
 	var done chan error
@@ -180,43 +207,40 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 		}
 		done = make(chan error, 1)
 	}
-	for {
-		r.mu.Lock()
-		switch {
-		case r.failed != nil:
-			r.mu.Unlock()
-			return r.failed
-		case r.closed:
-			r.mu.Unlock()
-			return ErrClosed
-		case r.spoolBytes+len(data) > r.cfg.SpoolBytes:
-			r.mu.Unlock()
-			if durable {
-				return ErrSpoolFull
+	r.mu.Lock()
+	switch {
+	case r.failed != nil:
+		r.mu.Unlock()
+		return r.failed
+	case r.closed:
+		r.mu.Unlock()
+		return ErrClosed
+	case r.spoolBytes+len(data) > r.cfg.SpoolBytes:
+		if !durable {
+			if r.lost == 0 {
+				r.lostFrom = ev.Time
 			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w: %w", ErrSpoolFull, ctx.Err())
-			case <-time.After(time.Millisecond):
-			}
-			continue
-		}
-		r.spool = append(r.spool, entry{data: data, done: done})
-		r.spoolBytes += len(data)
-		// Wake the committer only when it has a reason to act now: the
-		// first event, a durable one, or a full block.
-		signal := len(r.spool) == 1 || durable || len(r.spool) == r.cfg.MaxBlockEvents
-		if durable {
-			r.durable++
+			r.lost++
+			r.lostTo = ev.Time
 		}
 		r.mu.Unlock()
-		if signal {
-			select {
-			case r.wake <- struct{}{}:
-			default:
-			}
+		return ErrSpoolFull
+	}
+	r.spool = append(r.spool, entry{data: data, done: done})
+	r.spoolBytes += len(data)
+	r.levelLocked()
+	// Wake the committer only when it has a reason to act now: the
+	// first event, a durable one, or a full block.
+	signal := len(r.spool) == 1 || durable || len(r.spool) == r.cfg.MaxBlockEvents
+	if durable {
+		r.durable++
+	}
+	r.mu.Unlock()
+	if signal {
+		select {
+		case r.wake <- struct{}{}:
+		default:
 		}
-		break
 	}
 	if !durable {
 		return nil
@@ -231,6 +255,25 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// Admit reports whether an operation may go ahead because its record can
+// be kept: nil, or why not (the recorder stopped, or its spool is nearly
+// full while the chain cannot take blocks). The last sixteenth of the spool
+// stays free for the records of the operations Admit refuses.
+func (r *Recorder) Admit() error {
+	if err := r.Failed(); err != nil {
+		return err
+	}
+	if r.nearFull.Load() {
+		return ErrSpoolFull
+	}
+	return nil
+}
+
+// levelLocked notes whether the spool is past Admit's mark. r.mu is held.
+func (r *Recorder) levelLocked() {
+	r.nearFull.Store(r.spoolBytes > r.cfg.SpoolBytes-r.cfg.SpoolBytes/16)
 }
 
 // Failed returns the fatal error that stopped the recorder (fenced,
@@ -292,7 +335,47 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	close(r.stop)
 	<-r.done
 	r.saveHead(true)
+	if err != nil {
+		if serr := r.saveSpool(); serr != nil {
+			err = fmt.Errorf("%w; %w", err, serr)
+		} else if r.cfg.HeadDir != "" {
+			err = nil // kept for the next start
+		}
+	}
+	if l := r.lease.Load(); l != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		l.release(ctx)
+		cancel()
+	}
 	return err
+}
+
+// keepLease renews the writer's lease every third of its TTL until the
+// recorder stops; a lease another process took stops the recorder.
+func (r *Recorder) keepLease() {
+	t := time.NewTicker(r.cfg.LeaseTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.done:
+			return
+		case <-t.C:
+		}
+		l := r.lease.Load()
+		if l == nil {
+			continue // the committer has not reached NATS yet
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.PublishTimeout)
+		err := l.renew(ctx)
+		cancel()
+		if errors.Is(err, ErrFenced) {
+			r.fail(err)
+			return
+		}
+		if err != nil {
+			r.log.Warn("writer lease not renewed; retrying", zap.String("writer", r.cfg.Writer), zap.Error(err))
+		}
+	}
 }
 
 // run is the committer: one block in flight at a time.
@@ -535,8 +618,34 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	}
 	clear(r.spool[:n]) // batch aliases these entries: release them to the GC
 	r.spool = r.spool[n:]
+	restoredDone := r.restored > 0 && n >= r.restored
+	r.restored = max(r.restored-n, 0)
+	r.appendGapLocked("the recorder's spool was full")
+	r.levelLocked()
 	r.mu.Unlock()
+	if restoredDone {
+		r.removeSpoolFile()
+	}
 	r.saveHead(false)
+}
+
+// appendGapLocked spools a gap event for the events Record could not
+// spool, once there is room for it. r.mu is held.
+func (r *Recorder) appendGapLocked(why string) {
+	if r.lost == 0 {
+		return
+	}
+	ev := audit.Event{Time: time.Now(), Phase: audit.PhaseGap, Verdict: audit.Deny, Class: "gap",
+		Reason: fmt.Sprintf("%d operations not recorded from %s to %s: %s", r.lost,
+			r.lostFrom.UTC().Format(time.RFC3339Nano), r.lostTo.UTC().Format(time.RFC3339Nano), why)}
+	data := AppendEvent(nil, &ev)
+	if r.spoolBytes+len(data) > r.cfg.SpoolBytes {
+		return
+	}
+	r.log.Error("chain gap: operations not recorded", zap.Uint64("operations", r.lost), zap.String("why", why))
+	r.spool = append(r.spool, entry{data: data})
+	r.spoolBytes += len(data)
+	r.lost = 0
 }
 
 func (r *Recorder) fail(err error) {
@@ -547,6 +656,7 @@ func (r *Recorder) fail(err error) {
 	r.failed = err
 	spool := r.spool
 	r.spool, r.spoolBytes, r.durable = nil, 0, 0
+	r.levelLocked()
 	r.mu.Unlock()
 	for _, e := range spool {
 		if e.done != nil {
@@ -561,6 +671,13 @@ func (r *Recorder) fail(err error) {
 // syncHead reads the writer's last block from the stream (creating the
 // stream if needed) and checks it against the locally kept head.
 func (r *Recorder) syncHead(ctx context.Context) error {
+	if r.lease.Load() == nil && r.cfg.LeaseTTL > 0 {
+		l, err := acquireLease(ctx, r.js, r.cfg.Writer, r.cfg.LeaseTTL, r.cfg.Replicas)
+		if err != nil {
+			return err
+		}
+		r.lease.Store(l)
+	}
 	if _, err := EnsureStream(ctx, r.js, r.cfg.Replicas); err != nil {
 		return err
 	}
@@ -581,6 +698,11 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 			}
 		}
 		height, prev, seq = b.Height+1, b.Hash, last.Seq
+		for _, e := range b.Events {
+			if ev, err := DecodeEvent(e); err == nil {
+				r.noteOp(ev.Op)
+			}
+		}
 	}
 	local, ok, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
 	if err != nil {

@@ -231,7 +231,7 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 		t.Fatalf("rebuilt stream: %v, want truncation against the local head", err)
 	}
 	// The writer itself refuses to continue on the rebuilt stream.
-	_, err = chain.Open(context.Background(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads}, nopLog())
+	_, err = chain.Open(context.Background(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrTruncated) {
 		t.Fatalf("recorder on a truncated stream: %v, want ErrTruncated", err)
 	}
@@ -259,7 +259,7 @@ func TestWriterRefusesAForeignHead(t *testing.T) {
 	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer}, nopLog())
+	_, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrForeignHead) {
 		t.Fatalf("recorder on a forged head: %v, want ErrForeignHead", err)
 	}

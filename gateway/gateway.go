@@ -85,7 +85,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	if opts.OpsLog == nil {
 		opts.OpsLog = opts.Log
 	}
-	opts.NATS.DataDir, opts.NATS.Own = opts.DataDir, true
+	opts.NATS.DataDir, opts.NATS.Own, opts.NATS.Log = opts.DataDir, true, opts.Log.Named("nats")
 	if opts.NATS.Name == "" {
 		opts.NATS.Name = "recorder " + cfg.Chain.Writer
 	}
@@ -353,7 +353,16 @@ func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every ti
 // before anything is served, then serves them.
 func (g *Gateway) startProxy(specs []listenerSpec, upTLS map[string]*tls.Config, rec audit.Recorder) error {
 	pol := g.engine.Policy()
-	srv, err := proxy.New(g.cfg.proxyConfig(), devices(pol, upTLS), g.engine, rec, g.log.Named("proxy"))
+	pc := g.cfg.proxyConfig()
+	// Operation numbers unique per writer across restarts and crashes: each
+	// run reserves a million (the next run starts above the reservation,
+	// or above the chain's last op if a run used more).
+	first, err := g.rec.ReserveOps(1 << 20)
+	if err != nil {
+		return err
+	}
+	pc.FirstOp = first
+	srv, err := proxy.New(pc, devices(pol, upTLS), g.engine, rec, g.log.Named("proxy"))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,12 +37,21 @@ type chainFixture struct {
 
 func startChainProxy(t *testing.T, up *upstream) *chainFixture {
 	t.Helper()
+	return startChainProxyWith(t, up, chain.Config{})
+}
+
+// startChainProxyWith records with cfg's spool and timeouts.
+func startChainProxyWith(t *testing.T, up *upstream, cfg chain.Config) *chainFixture {
+	t.Helper()
 	js := natstest.RunJetStream(t)
 	nc := natstest.Connect(t, js.URL())
 	k := keystest.New(t)
 	signer, ver := k.Signer, k.Verifier
-	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer,
-		DurableTimeout: time.Second}, zap.NewNop())
+	cfg.Writer, cfg.Signer = "gw-1", signer
+	if cfg.DurableTimeout == 0 {
+		cfg.DurableTimeout = time.Second
+	}
+	rec, err := chain.Open(t.Context(), nc, cfg, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +208,9 @@ func TestFencedRecorderStopsAllForwarding(t *testing.T) {
 	if err := f.rec.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	impostor, err := chain.Open(t.Context(), f.nc, chain.Config{Writer: "gw-1", Signer: f.signer}, zap.NewNop())
+	// The impostor takes no lease, as one that ignores it (or runs while a
+	// partition hid the lease) would: fencing by sequence still stops the proxy.
+	impostor, err := chain.Open(t.Context(), f.nc, chain.Config{Writer: "gw-1", Signer: f.signer, LeaseTTL: -1}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,5 +228,47 @@ func TestFencedRecorderStopsAllForwarding(t *testing.T) {
 	}
 	for _, fr := range up.received()[1:] {
 		t.Fatalf("forwarded after the fence: %x", fr)
+	}
+}
+
+// TestReadsRefusedWhileTheSpoolIsFull: with the chain away long enough for
+// the read spool to fill, reads are answered promptly with exception 6
+// instead of hanging, and once the chain is back every refusal is in it
+// (or counted in a gap event): nothing passed unrecorded or vanished.
+func TestReadsRefusedWhileTheSpoolIsFull(t *testing.T) {
+	up := startUpstream(t, nil)
+	f := startChainProxyWith(t, up, chain.Config{SpoolBytes: 16 << 10, PublishTimeout: 200 * time.Millisecond})
+	c := dial(t, f.addr)
+	read := modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)
+	c.roundTrip(1, 1, read)
+	f.srv.Stop()
+	refusedAnswers := 0
+	for i := uint16(2); i < 400; i++ {
+		resp := c.roundTrip(i, 1, read)
+		if bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+			refusedAnswers++
+		}
+	}
+	if refusedAnswers == 0 {
+		t.Fatal("every read was forwarded although the spool was full: they cannot all be recorded")
+	}
+	f.srv.Restart()
+	testwait.For(t, "the recorder to drain its spool", func() bool { return f.rec.Available() && f.rec.Pending() == 0 })
+	resp := c.roundTrip(500, 1, read)
+	if bytes.Equal(resp, exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+		t.Fatal("reads still refused once the chain is back")
+	}
+	recorded, lost := 0, 0
+	for _, e := range f.chainEvents(t) {
+		switch {
+		case e.Phase == audit.PhaseGap:
+			n, _ := strconv.Atoi(strings.Fields(e.Reason)[0])
+			lost += n
+		case strings.HasPrefix(e.Reason, "refused: the record cannot keep it"):
+			recorded++
+		}
+	}
+	if recorded+lost != refusedAnswers {
+		t.Fatalf("%d reads refused; the chain holds %d refusals and a gap of %d", refusedAnswers, recorded, lost)
 	}
 }

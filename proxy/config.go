@@ -17,6 +17,9 @@ type Config struct {
 	// always are. Off by default: a read is recorded with its answer, and
 	// the recorder spools it without making the client wait.
 	DurableReads bool
+	// FirstOp is the operation number the proxy's count starts after: the
+	// recorder's ReserveOps, so numbers stay unique across restarts.
+	FirstOp uint64
 }
 
 // Limits bound what one client, and all of them, may ask of the proxy.

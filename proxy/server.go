@@ -103,6 +103,7 @@ func New(cfg Config, devices []Device, dec Decider, rec Recorder, log *zap.Logge
 		sessions:  map[*session]struct{}{},
 		perIP:     map[netip.Addr]int{},
 	}
+	s.opSeq.Store(cfg.FirstOp)
 	s.calls.New = func() any { return new(call) }
 	for _, d := range devices {
 		if _, dup := s.upstreams[d.Name]; dup {

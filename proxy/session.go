@@ -167,8 +167,8 @@ func (ss *session) handle(c *call) bool {
 		c.done(nil, s.cfg.Exceptions.RateLimit)
 		return true
 	}
-	if err := s.recorderFailed(); err != nil {
-		c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record has stopped ("+err.Error()+")"
+	if err := s.recorderAdmits(); err != nil {
+		c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record cannot keep it ("+err.Error()+")"
 		c.done(nil, s.cfg.Exceptions.Unrecorded)
 		return true
 	}
@@ -205,11 +205,16 @@ func (ss *session) handle(c *call) bool {
 	return true
 }
 
-// recorderFailed reports a recorder that stopped for good: then nothing,
-// reads included, may pass unrecorded.
-func (s *Server) recorderFailed() error {
-	if f, ok := s.rec.(interface{ Failed() error }); ok {
-		return f.Failed()
+// recorderAdmits reports why the recorder could not keep the record of a
+// request (it stopped for good, or its spool is nearly full while the
+// chain cannot take blocks): then nothing, reads included, may pass. A
+// recorder that has neither Admit nor Failed admits everything.
+func (s *Server) recorderAdmits() error {
+	switch r := s.rec.(type) {
+	case interface{ Admit() error }:
+		return r.Admit()
+	case interface{ Failed() error }:
+		return r.Failed()
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 )
 
 // ErrCertWithoutKey is returned for a client certificate without its key,
@@ -39,6 +40,13 @@ type ConnectOptions struct {
 	// directory it waits for it, rather than depend on a server that is
 	// about to go away.
 	Own bool
+	// Log receives the embedded server's warnings and errors (a full disk
+	// among them), when this process runs it.
+	Log *zap.Logger
+	// MinFree is how much free space the data directory's file system must
+	// have again before an embedded server whose store write failed is
+	// restarted [64 MiB].
+	MinFree uint64
 }
 
 // Conn is a connection to the chain's NATS, and whatever must be stopped
@@ -130,7 +138,14 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 	}
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	srv, err := Start(Options{Port: -1, StoreDir: dir, SyncAlways: true, Token: token})
+	log := o.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if o.MinFree == 0 {
+		o.MinFree = 64 << 20
+	}
+	srv, err := startOwned(Options{Port: -1, StoreDir: dir, SyncAlways: true, Token: token}, log, o.MinFree)
 	if err != nil {
 		_ = lock.Close()
 		return nil, err
@@ -138,7 +153,6 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 	url := srv.ClientURL()
 	stop := func() {
 		srv.Shutdown()
-		srv.WaitForShutdown()
 		_ = os.Remove(urlFile)
 		_ = lock.Close()
 	}

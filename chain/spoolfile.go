@@ -1,0 +1,129 @@
+package chain
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/internal/atomicfile"
+)
+
+// The spool file keeps, across a restart, the events a recorder could not
+// commit before it stopped: DATA-DIR/heads/<writer>.spool, a sequence of
+// u32 length | encoded event. The next Open puts them back at the front of
+// the spool, and the file goes once they are committed.
+func spoolPath(dir, writer string) string { return filepath.Join(dir, writer+".spool") }
+
+// opsPath keeps the operation numbers reserved by earlier runs.
+func opsPath(dir, writer string) string { return filepath.Join(dir, writer+".ops") }
+
+// saveSpool writes what is still spooled (and a gap event for what could
+// not be spooled) to the spool file. Durable waiters were already told.
+func (r *Recorder) saveSpool() error {
+	r.mu.Lock()
+	r.appendGapLocked("the recorder's spool was full when it stopped")
+	spool := r.spool
+	lost := r.lost
+	r.mu.Unlock()
+	if len(spool) == 0 && lost == 0 {
+		return nil
+	}
+	if r.cfg.HeadDir == "" {
+		return fmt.Errorf("%d chain events not recorded (no head directory to keep them in)", len(spool))
+	}
+	var b []byte
+	for _, e := range spool {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(e.data)))
+		b = append(b, e.data...)
+	}
+	if err := atomicfile.Write(spoolPath(r.cfg.HeadDir, r.cfg.Writer), b, 0o600); err != nil {
+		return fmt.Errorf("%d chain events not recorded, and not kept: %w", len(spool), err)
+	}
+	r.log.Warn("chain events kept for the next start", zap.Int("events", len(spool)),
+		zap.String("file", spoolPath(r.cfg.HeadDir, r.cfg.Writer)))
+	return nil
+}
+
+// loadSpool puts the events a previous run kept back into the spool.
+func (r *Recorder) loadSpool() error {
+	if r.cfg.HeadDir == "" {
+		return nil
+	}
+	path := spoolPath(r.cfg.HeadDir, r.cfg.Writer)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("chain spool file: %w", err)
+	}
+	for len(b) > 0 {
+		if len(b) < 4 || int(binary.BigEndian.Uint32(b)) > len(b)-4 {
+			return fmt.Errorf("chain spool file %s is truncated: check it, then move it away to start without it", path)
+		}
+		n := binary.BigEndian.Uint32(b)
+		data := b[4 : 4+n : 4+n]
+		ev, err := DecodeEvent(data)
+		if err != nil {
+			return fmt.Errorf("chain spool file %s: %w", path, err)
+		}
+		r.noteOp(ev.Op)
+		r.spool = append(r.spool, entry{data: data})
+		r.spoolBytes += len(data)
+		b = b[4+n:]
+	}
+	r.restored = len(r.spool)
+	r.levelLocked()
+	r.log.Info("chain events kept by the last run spooled again", zap.Int("events", r.restored))
+	return nil
+}
+
+func (r *Recorder) removeSpoolFile() {
+	if err := os.Remove(spoolPath(r.cfg.HeadDir, r.cfg.Writer)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		r.log.Warn("chain spool file not removed", zap.Error(err))
+	}
+}
+
+// noteOp remembers the highest operation number seen in this writer's
+// chain or spool.
+func (r *Recorder) noteOp(op uint64) {
+	r.mu.Lock()
+	r.lastOp = max(r.lastOp, op)
+	r.mu.Unlock()
+}
+
+// ReserveOps returns the first of span operation numbers this writer has
+// not used before, across restarts and crashes: above every op in its last
+// block and its kept spool, and above what earlier runs reserved (kept in
+// DATA-DIR/heads/<writer>.ops, written before the numbers are handed out).
+// Call it once, after Open, before recording.
+func (r *Recorder) ReserveOps(span uint64) (uint64, error) {
+	r.mu.Lock()
+	first := r.lastOp
+	r.mu.Unlock()
+	if r.cfg.HeadDir == "" {
+		return first, nil
+	}
+	path := opsPath(r.cfg.HeadDir, r.cfg.Writer)
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		hw, perr := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if perr != nil {
+			return 0, fmt.Errorf("operation numbers file %s is corrupt: %v", path, perr)
+		}
+		first = max(first, hw)
+	case !errors.Is(err, os.ErrNotExist):
+		return 0, fmt.Errorf("operation numbers file: %w", err)
+	}
+	if err := atomicfile.Write(path, []byte(strconv.FormatUint(first+span, 10)+"\n"), 0o600); err != nil {
+		return 0, fmt.Errorf("operation numbers file: %w", err)
+	}
+	return first, nil
+}
