@@ -54,6 +54,9 @@ type Exceptions struct {
 	RateLimit  modbus.ExceptionCode `yaml:"rate_limit"`    // client over its request rate
 	Unrecorded modbus.ExceptionCode `yaml:"unrecorded"`    // a write could not be recorded: fail closed
 	Busy       modbus.ExceptionCode `yaml:"upstream_busy"` // upstream queue full past the response timeout
+	// BadReply answers a request whose device reply is well framed but
+	// does not fit the request (the wrong function, length or count).
+	BadReply modbus.ExceptionCode `yaml:"bad_reply"`
 }
 
 // DefaultConfig returns the limits and answers gridseal ships with.
@@ -85,6 +88,7 @@ func DefaultConfig() Config {
 			RateLimit:  modbus.ServerDeviceBusy,
 			Unrecorded: modbus.ServerDeviceBusy,
 			Busy:       modbus.ServerDeviceBusy,
+			BadReply:   modbus.ServerDeviceFailure,
 		},
 	}
 }
@@ -133,9 +137,11 @@ func (c Config) withDefaults() (Config, error) {
 	setEx(&e.RateLimit, de.RateLimit)
 	setEx(&e.Unrecorded, de.Unrecorded)
 	setEx(&e.Busy, de.Busy)
+	setEx(&e.BadReply, de.BadReply)
 	for name, code := range map[string]modbus.ExceptionCode{
 		"function": e.Function, "address": e.Address, "value": e.Value, "approval": e.Approval, "unrouted": e.Unrouted,
 		"rate_limit": e.RateLimit, "unrecorded": e.Unrecorded, "upstream_busy": e.Busy,
+		"bad_reply": e.BadReply,
 	} {
 		if !code.Valid() {
 			return c, fmt.Errorf("exceptions.%s: %d is not a Modbus exception code", name, code)
