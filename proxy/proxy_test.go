@@ -618,6 +618,53 @@ func TestRateLimit(t *testing.T) {
 	}
 }
 
+// TestRateLimitCountsMalformedRequests: requests that break the
+// specification's value limits count against the client's rate like any
+// other; past the burst they get the rate-limit exception, and a valid
+// request after them is refused too.
+func TestRateLimitCountsMalformedRequests(t *testing.T) {
+	up := startUpstream(t, nil)
+	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 0.001, Burst: 3}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	cases := []struct {
+		name string
+		pdu  []byte
+	}{
+		{"quantity 0", []byte{3, 0, 0, 0, 0}},
+		{"byte count not 2x quantity", []byte{16, 0, 1, 0, 2, 3, 0, 10, 1}},
+	}
+	counts := map[modbus.ExceptionCode]int{}
+	for i := range 10 {
+		tc := cases[i%len(cases)]
+		resp := c.roundTrip(uint16(i), 1, tc.pdu)
+		if len(resp) != 2 || resp[0] != tc.pdu[0]|0x80 {
+			t.Fatalf("%s: reply %x, want an exception", tc.name, resp)
+		}
+		counts[modbus.ExceptionCode(resp[1])]++
+	}
+	if counts[modbus.IllegalDataValue] != 3 || counts[modbus.ServerDeviceBusy] != 7 {
+		t.Fatalf("exceptions by code %v; want 3 (the burst) of 0x03 and 7 of 0x06", counts)
+	}
+	if resp := c.roundTrip(10, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); !bytes.Equal(resp,
+		exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+		t.Fatalf("a valid request after the malformed flood: %x, want exception 6", resp)
+	}
+	if n := len(up.received()); n != 0 {
+		t.Fatalf("upstream received %d requests", n)
+	}
+	limited := 0
+	for _, e := range fx.events.completed() {
+		if strings.Contains(e.Reason, "rate limit") {
+			limited++
+		}
+	}
+	if limited != 8 {
+		t.Fatalf("%d rate-limit refusals recorded, want 8", limited)
+	}
+}
+
 func TestIdleAndSlowClientsAreDisconnected(t *testing.T) {
 	up := startUpstream(t, nil)
 	cfg := proxy.Config{Limits: proxy.Limits{IdleTimeout: 200 * time.Millisecond, ReadTimeout: 200 * time.Millisecond}}
