@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -17,6 +18,11 @@ type Config struct {
 	// always are. Off by default: a read is recorded with its answer, and
 	// the recorder spools it without making the client wait.
 	DurableReads bool
+	// LogInterval is how long repeats of a warning that a client or device
+	// can cause at will (a refused connection, a reply that does not fit
+	// its request) are counted before their number is logged as one line;
+	// the first of each kind is logged at once. The record is unaffected.
+	LogInterval time.Duration
 }
 
 // Limits bound what one client, and all of them, may ask of the proxy.
@@ -79,6 +85,7 @@ func DefaultConfig() Config {
 			ResponseTimeout: 3 * time.Second,
 			RetryBackoff:    time.Second,
 		},
+		LogInterval: audit.DefaultLogInterval,
 		Exceptions: Exceptions{
 			Function:   modbus.IllegalFunction,
 			Address:    modbus.IllegalDataAddress,
@@ -111,6 +118,7 @@ func (c Config) withDefaults() (Config, error) {
 			*v = def
 		}
 	}
+	setDur(&c.LogInterval, d.LogInterval)
 	l, dl := &c.Limits, d.Limits
 	setInt(&l.MaxConnections, dl.MaxConnections)
 	setInt(&l.MaxConnectionsPerClient, dl.MaxConnectionsPerClient)

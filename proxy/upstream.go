@@ -306,7 +306,7 @@ func (uc *upconn) readLoop(conn net.Conn) {
 			// this request failed. The client gets the configured
 			// exception, the record keeps what the device sent, and the
 			// other calls on the connection wait for their own replies.
-			log.Warn("device reply does not fit its request", zap.String("device", uc.up.name),
+			uc.up.s.warns.Warn("device reply does not fit its request", zap.String("device", uc.up.name),
 				zap.Uint64("op", c.ev.Op), zap.Error(err))
 			c.ev.Reason = "device reply does not fit the request: " + err.Error()
 			c.ev.Response = f.PDU
