@@ -79,10 +79,11 @@ func TestLogThrottleSummarisesEachInterval(t *testing.T) {
 	for range 10 {
 		th.Warn("connection refused", zap.String("reason", "limit"))
 	}
-	summaries := func() int { return logs.FilterFieldKey("count").Len() }
-	testwait.For(t, "the interval's summary", func() bool { return summaries() == 1 })
-	if n := counted(logs); n != 10 {
-		t.Fatalf("the lines stand for %d warnings, want 10", n)
+	// On a loaded machine the loop may outlast an interval: then there are
+	// two summaries, but still ten warnings.
+	testwait.For(t, "the interval's summary", func() bool { return counted(logs) == 10 })
+	if n := logs.FilterFieldKey("count").Len(); n == 0 {
+		t.Fatalf("%d lines, %d of them summaries", logs.Len(), n)
 	}
 	th.Warn("connection refused", zap.String("reason", "limit"))
 	testwait.For(t, "the next interval's summary or first line", func() bool { return counted(logs) == 11 })
