@@ -1,7 +1,8 @@
 // Package audit defines the record of one Modbus operation as the proxy saw
 // it — who asked what of which device, what the policy decided and why, and
 // what the device answered — and the simplest recorder, a structured log
-// line per operation. The chain stores the same events, tamper-evidently.
+// line per operation (repeated malformed ones summarised by a LogThrottle).
+// The chain stores the same events, tamper-evidently.
 //
 // The event is its own package, not part of the proxy or the chain, because
 // three parties share it: the proxy writes events, the chain stores them and
@@ -115,28 +116,49 @@ type Event struct {
 	Role string
 }
 
-// LogRecorder records every event as one structured log line. It keeps
-// nothing, so Record is durable only as far as the log sink is.
+// LogRecorder records every event as one structured log line, except that
+// malformed operations — which any client can send at will — are logged
+// through a LogThrottle by reason: the first at once, repeats as one count
+// per interval. It keeps nothing, so Record is durable only as far as the
+// log sink is.
 type LogRecorder struct {
-	log *zap.Logger
+	log       *zap.Logger
+	malformed *LogThrottle
 }
 
-// NewLogRecorder returns a recorder writing to log.
-func NewLogRecorder(log *zap.Logger) *LogRecorder {
-	return &LogRecorder{log: log}
+// NewLogRecorder returns a recorder writing to log that summarises repeated
+// malformed operations every interval (DefaultLogInterval if not positive).
+// Close it to log the counts still pending.
+func NewLogRecorder(log *zap.Logger, every time.Duration) *LogRecorder {
+	return &LogRecorder{log: log, malformed: NewLogThrottle(log, every)}
 }
 
-// Record writes ev as one log line. It is safe for concurrent use.
+// Record writes ev as one log line, or counts it (see LogRecorder). It is
+// safe for concurrent use.
 func (r *LogRecorder) Record(_ context.Context, ev *Event, _ bool) error {
 	level := zap.InfoLevel
 	if ev.Verdict != Allow {
 		level = zap.WarnLevel
 	}
+	reason := zap.String("reason", ev.Reason)
+	if ev.Verdict == Malformed {
+		r.malformed.Warn("modbus operation", reason, eventFields(ev)...)
+		return nil
+	}
 	ce := r.log.Check(level, "modbus operation")
 	if ce == nil {
 		return nil
 	}
-	ce.Write(
+	ce.Write(append(eventFields(ev), reason)...)
+	return nil
+}
+
+// Close logs the counts of malformed operations not yet logged.
+func (r *LogRecorder) Close() { r.malformed.Close() }
+
+// eventFields are ev's log fields but its reason, with room for it.
+func eventFields(ev *Event) []zap.Field {
+	return append(make([]zap.Field, 0, 18),
 		zap.Uint64("op", ev.Op),
 		zap.Stringer("phase", ev.Phase),
 		zap.String("client", ev.Client.String()),
@@ -149,14 +171,12 @@ func (r *LogRecorder) Record(_ context.Context, ev *Event, _ bool) error {
 		zap.String("pdu", hex.EncodeToString(ev.PDU)),
 		zap.Stringer("verdict", ev.Verdict),
 		zap.String("rule", ev.Rule),
-		zap.String("reason", ev.Reason),
 		zap.String("policy", ev.Policy),
 		zap.Uint8("exception", ev.Exception),
 		zap.Duration("upstream", ev.Upstream),
 		zap.Bool("closed", ev.Closed),
 		zap.String("role", ev.Role),
 	)
-	return nil
 }
 
 // Recorder records events; see the proxy's contract for durable.

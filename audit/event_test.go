@@ -11,7 +11,7 @@ import (
 
 func TestLogRecorderWritesOneLinePerOperation(t *testing.T) {
 	core, logs := observer.New(zapcore.InfoLevel)
-	r := NewLogRecorder(zap.New(core))
+	r := NewLogRecorder(zap.New(core), 0)
 	allow := Event{Op: 1, Phase: PhaseComplete, Client: netip.MustParseAddrPort("127.0.0.1:5000"),
 		Device: "inverter-1", Unit: 1, Function: 3, PDU: []byte{3, 0, 0, 0, 1}, Verdict: Allow}
 	deny := Event{Op: 2, Phase: PhaseComplete, Device: "breaker-1", Function: 5, Verdict: Deny,

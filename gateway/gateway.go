@@ -66,6 +66,7 @@ type Gateway struct {
 	engine  *policy.Engine
 	store   *approvals.Store
 	srv     *proxy.Server
+	opsLog  *audit.LogRecorder
 	addrs   []string
 	errc    chan error
 	console string // the console's URL; "" when off
@@ -148,7 +149,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	metrics := console.NewMetrics(reg)
 	// The chain first (its durable answer decides whether a write moves),
 	// then metrics, then the log line.
-	recorders := audit.Tee{g.rec, metrics, audit.NewLogRecorder(opts.OpsLog.Named("ops"))}
+	g.opsLog = audit.NewLogRecorder(opts.OpsLog.Named("ops"), audit.DefaultLogInterval)
+	recorders := audit.Tee{g.rec, metrics, g.opsLog}
 	if err := g.startProxy(specs, upTLS, recorders); err != nil {
 		return nil, err
 	}
@@ -192,6 +194,9 @@ func (g *Gateway) Close() {
 	g.closeOnce.Do(func() {
 		if g.srv != nil {
 			_ = g.srv.Close()
+		}
+		if g.opsLog != nil {
+			g.opsLog.Close()
 		}
 		g.cancel()
 		if g.stopCheckpointer != nil {

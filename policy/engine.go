@@ -148,6 +148,11 @@ func (r *Rule) check(d *Device, in *decision.Input) (decision.Denial, string) {
 	if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
 		return decision.DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
 	}
+	// Unit 0 is the broadcast address: on a gateway, every device behind
+	// it. A rule naming no units does not stretch to that.
+	if in.Unit == 0 && req.StateChanging() && len(r.units) == 0 {
+		return decision.DenyAddress, "unit 0 is a broadcast; a state-changing request to it needs a rule that names unit 0"
+	}
 	switch r.Class {
 	case modbus.ClassDiagnostic:
 		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {

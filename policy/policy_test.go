@@ -131,6 +131,64 @@ func TestDecideFunctionVariants(t *testing.T) {
 	}
 }
 
+// broadcastPolicy has a device that takes every unit id, and rules for it
+// that do and do not name unit 0.
+const broadcastPolicy = `id: t
+devices:
+  - name: d
+    upstream: 127.0.0.1:1
+    rules:
+      - {name: w, allow: write, functions: [6], addresses: 0-99, values: 0-100}
+      - {name: r, allow: read, functions: [3], addresses: 0-99}
+      - {name: diag, allow: diagnostic, functions: [8], subfunctions: [0, 1]}
+      - {name: all-units, allow: write, functions: [5], addresses: 0-9, units: 0-255}
+      - {name: broadcast, allow: write, functions: [6], addresses: 200-209, values: 0-100, units: [0]}
+`
+
+// TestDecideUnitZeroIsABroadcast: unit 0 is the broadcast address, on a
+// gateway a write to every device behind it; a state-changing request to
+// it passes only a rule that names unit 0, however the device is routed.
+func TestDecideUnitZeroIsABroadcast(t *testing.T) {
+	p, err := Parse("broadcast.yaml", []byte(broadcastPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(p, zap.NewNop())
+	cases := []struct {
+		name   string
+		unit   byte
+		pdu    []byte
+		denial decision.Denial // 0: allowed
+		rule   string
+	}{
+		{"write to unit 1", 1, modbus.AppendWriteSingleRegister(nil, 5, 50), 0, "w"},
+		{"write to unit 0, rule names no unit", 0, modbus.AppendWriteSingleRegister(nil, 5, 50), decision.DenyAddress, "w"},
+		{"read of unit 0", 0, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 5, 1), 0, "r"},
+		{"restart communications on unit 0", 0, []byte{8, 0, 1, 0, 0}, decision.DenyAddress, "diag"},
+		{"echo on unit 0", 0, []byte{8, 0, 0, 0xA5, 0x37}, 0, "diag"},
+		{"restart communications on unit 1", 1, []byte{8, 0, 1, 0, 0}, 0, "diag"},
+		{"coil on unit 0, rule names units 0-255", 0, modbus.AppendWriteSingleCoil(nil, 1, true), 0, "all-units"},
+		{"write to unit 0, rule names unit 0", 0, modbus.AppendWriteSingleRegister(nil, 200, 50), 0, "broadcast"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := input(t, "d", tc.unit, tc.pdu)
+			v := e.Decide(t.Context(), in)
+			if tc.denial == 0 && !v.Allowed() || tc.denial != 0 && (v.Allowed() || v.Denial != tc.denial) || v.Rule != tc.rule {
+				t.Fatalf("verdict = %+v (%s), want denial %v by rule %q", v, v.Reason, tc.denial, tc.rule)
+			}
+			if tc.denial != 0 && tc.unit == 0 && !strings.Contains(v.Reason, "broadcast") {
+				t.Fatalf("reason %q does not say unit 0 is a broadcast", v.Reason)
+			}
+			// An approval is judged under the rule Match finds: none for a
+			// broadcast no rule names.
+			if m := p.Match(in); (m != nil) != (tc.denial == 0) {
+				t.Fatalf("Match = %v, want a rule only when allowed", m)
+			}
+		})
+	}
+}
+
 func TestParseErrorsNameFileAndLine(t *testing.T) {
 	cases := []struct {
 		name, yaml, want string

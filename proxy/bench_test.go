@@ -34,7 +34,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}
 	srv, err := proxy.New(proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 1e9, Burst: 1 << 30}},
 		[]proxy.Device{{Name: "plc", Upstream: up.addr()}},
-		policy.NewEngine(pol, zap.NewNop()), audit.NewLogRecorder(zap.NewNop()), zap.NewNop())
+		policy.NewEngine(pol, zap.NewNop()), audit.NewLogRecorder(zap.NewNop(), 0), zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
 	}

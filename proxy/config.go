@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -20,6 +21,11 @@ type Config struct {
 	// FirstOp is the operation number the proxy's count starts after: the
 	// recorder's ReserveOps, so numbers stay unique across restarts.
 	FirstOp uint64
+	// LogInterval is how long repeats of a warning that a client or device
+	// can cause at will (a refused connection, a reply that does not fit
+	// its request) are counted before their number is logged as one line;
+	// the first of each kind is logged at once. The record is unaffected.
+	LogInterval time.Duration
 }
 
 // Limits bound what one client, and all of them, may ask of the proxy.
@@ -57,6 +63,9 @@ type Exceptions struct {
 	RateLimit  modbus.ExceptionCode `yaml:"rate_limit"`    // client over its request rate
 	Unrecorded modbus.ExceptionCode `yaml:"unrecorded"`    // a write could not be recorded: fail closed
 	Busy       modbus.ExceptionCode `yaml:"upstream_busy"` // upstream queue full past the response timeout
+	// BadReply answers a request whose device reply is well framed but
+	// does not fit the request (the wrong function, length or count).
+	BadReply modbus.ExceptionCode `yaml:"bad_reply"`
 }
 
 // DefaultConfig returns the limits and answers gridseal ships with.
@@ -79,6 +88,7 @@ func DefaultConfig() Config {
 			ResponseTimeout: 3 * time.Second,
 			RetryBackoff:    time.Second,
 		},
+		LogInterval: audit.DefaultLogInterval,
 		Exceptions: Exceptions{
 			Function:   modbus.IllegalFunction,
 			Address:    modbus.IllegalDataAddress,
@@ -88,6 +98,7 @@ func DefaultConfig() Config {
 			RateLimit:  modbus.ServerDeviceBusy,
 			Unrecorded: modbus.ServerDeviceBusy,
 			Busy:       modbus.ServerDeviceBusy,
+			BadReply:   modbus.ServerDeviceFailure,
 		},
 	}
 }
@@ -110,6 +121,7 @@ func (c Config) withDefaults() (Config, error) {
 			*v = def
 		}
 	}
+	setDur(&c.LogInterval, d.LogInterval)
 	l, dl := &c.Limits, d.Limits
 	setInt(&l.MaxConnections, dl.MaxConnections)
 	setInt(&l.MaxConnectionsPerClient, dl.MaxConnectionsPerClient)
@@ -136,9 +148,11 @@ func (c Config) withDefaults() (Config, error) {
 	setEx(&e.RateLimit, de.RateLimit)
 	setEx(&e.Unrecorded, de.Unrecorded)
 	setEx(&e.Busy, de.Busy)
+	setEx(&e.BadReply, de.BadReply)
 	for name, code := range map[string]modbus.ExceptionCode{
 		"function": e.Function, "address": e.Address, "value": e.Value, "approval": e.Approval, "unrouted": e.Unrouted,
 		"rate_limit": e.RateLimit, "unrecorded": e.Unrecorded, "upstream_busy": e.Busy,
+		"bad_reply": e.BadReply,
 	} {
 		if !code.Valid() {
 			return c, fmt.Errorf("exceptions.%s: %d is not a Modbus exception code", name, code)

@@ -321,6 +321,85 @@ func TestUnmatchedUpstreamReplyIsDropped(t *testing.T) {
 	}
 }
 
+// TestReplyThatDoesNotFitKeepsTheConnection: a device that answers one
+// request with a well-framed reply that does not fit it (one register for a
+// two-register read, as libmodbus's unit tests do on purpose) gets that one
+// request answered with exception 4 and recorded with the reply's bytes;
+// the write in flight beside it on the same connection gets the device's
+// real answer, and the connection is kept.
+func TestReplyThatDoesNotFitKeepsTheConnection(t *testing.T) {
+	var mu sync.Mutex
+	var write *modbus.Frame
+	up := startUpstream(t, func(f modbus.Frame) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		if f.PDU[0] == byte(modbus.WriteSingleRegister) && write == nil {
+			cp := f
+			cp.PDU = append([]byte(nil), f.PDU...)
+			write = &cp // answered after the bad reply, below
+			return nil
+		}
+		if f.PDU[0] == byte(modbus.ReadHoldingRegisters) && f.PDU[4] == 2 {
+			return nil
+		}
+		return registerEcho(f)
+	})
+	up.stray = func(f modbus.Frame) []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		if f.PDU[0] != byte(modbus.ReadHoldingRegisters) || f.PDU[4] != 2 || write == nil {
+			return nil
+		}
+		out := modbus.AppendFrame(nil, f.Transaction, f.Unit, []byte{3, 2, 0, 1}) // one register, not two
+		return modbus.AppendFrame(out, write.Transaction, write.Unit, write.PDU)
+	}
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	wr := modbus.AppendWriteSingleRegister(nil, 7, 42)
+	c.send(1, 1, wr)
+	testwait.For(t, "the write to reach the device", func() bool { return len(up.received()) == 1 })
+	c.send(2, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 10, 2))
+	got := map[uint16][]byte{}
+	for range 2 {
+		f, err := c.recv()
+		if err != nil {
+			t.Fatalf("reply %d: %v", len(got)+1, err)
+		}
+		got[f.Transaction] = f.PDU
+	}
+	if !bytes.Equal(got[1], wr) {
+		t.Fatalf("the write in flight beside the bad reply got %x, want the device's echo %x", got[1], wr)
+	}
+	if want := exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceFailure); !bytes.Equal(got[2], want) {
+		t.Fatalf("the read answered with one register got %x, want %x", got[2], want)
+	}
+	if resp := c.roundTrip(3, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 20, 1)); !bytes.Equal(resp, []byte{3, 2, 0, 21}) {
+		t.Fatalf("the next read: %x", resp)
+	}
+	if n := up.connections(); n != 1 {
+		t.Fatalf("the device was dialled %d times; the connection must be kept", n)
+	}
+	var bad, written *audit.Event
+	for _, e := range fx.events.completed() {
+		switch e.Function {
+		case byte(modbus.ReadHoldingRegisters):
+			if e.Quantity == 2 {
+				bad = &e
+			}
+		case byte(modbus.WriteSingleRegister):
+			written = &e
+		}
+	}
+	if bad == nil || bad.Exception != byte(modbus.ServerDeviceFailure) || !bytes.Equal(bad.Response, []byte{3, 2, 0, 1}) ||
+		!strings.Contains(bad.Reason, "does not fit the request") {
+		t.Fatalf("the bad reply recorded as %+v", bad)
+	}
+	if written == nil || written.Exception != 0 || !bytes.Equal(written.Response, wr) || written.Verdict != audit.Allow {
+		t.Fatalf("the write recorded as %+v", written)
+	}
+}
+
 // TestDeviceFloodingRepliesIsCutOff: a device that answers with a stream
 // of replies to nothing gets 100 of them recorded, then one record saying
 // it was cut off, and its connection closed; the pending request fails
@@ -536,6 +615,53 @@ func TestRateLimit(t *testing.T) {
 	}
 	if n := len(up.received()); n != 3 {
 		t.Fatalf("upstream received %d requests, want 3", n)
+	}
+}
+
+// TestRateLimitCountsMalformedRequests: requests that break the
+// specification's value limits count against the client's rate like any
+// other; past the burst they get the rate-limit exception, and a valid
+// request after them is refused too.
+func TestRateLimitCountsMalformedRequests(t *testing.T) {
+	up := startUpstream(t, nil)
+	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 0.001, Burst: 3}}
+	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	c := dial(t, fx.addr)
+	cases := []struct {
+		name string
+		pdu  []byte
+	}{
+		{"quantity 0", []byte{3, 0, 0, 0, 0}},
+		{"byte count not 2x quantity", []byte{16, 0, 1, 0, 2, 3, 0, 10, 1}},
+	}
+	counts := map[modbus.ExceptionCode]int{}
+	for i := range 10 {
+		tc := cases[i%len(cases)]
+		resp := c.roundTrip(uint16(i), 1, tc.pdu)
+		if len(resp) != 2 || resp[0] != tc.pdu[0]|0x80 {
+			t.Fatalf("%s: reply %x, want an exception", tc.name, resp)
+		}
+		counts[modbus.ExceptionCode(resp[1])]++
+	}
+	if counts[modbus.IllegalDataValue] != 3 || counts[modbus.ServerDeviceBusy] != 7 {
+		t.Fatalf("exceptions by code %v; want 3 (the burst) of 0x03 and 7 of 0x06", counts)
+	}
+	if resp := c.roundTrip(10, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); !bytes.Equal(resp,
+		exception(modbus.ReadHoldingRegisters, modbus.ServerDeviceBusy)) {
+		t.Fatalf("a valid request after the malformed flood: %x, want exception 6", resp)
+	}
+	if n := len(up.received()); n != 0 {
+		t.Fatalf("upstream received %d requests", n)
+	}
+	limited := 0
+	for _, e := range fx.events.completed() {
+		if strings.Contains(e.Reason, "rate limit") {
+			limited++
+		}
+	}
+	if limited != 8 {
+		t.Fatalf("%d rate-limit refusals recorded, want 8", limited)
 	}
 }
 

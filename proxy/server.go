@@ -69,6 +69,7 @@ type Server struct {
 	dec       Decider
 	rec       Recorder
 	log       *zap.Logger
+	warns     *audit.LogThrottle // warnings a peer can cause at will
 	upstreams map[string]*upstream
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -96,6 +97,7 @@ func New(cfg Config, devices []Device, dec Decider, rec Recorder, log *zap.Logge
 		dec:       dec,
 		rec:       rec,
 		log:       log,
+		warns:     audit.NewLogThrottle(log, cfg.LogInterval),
 		upstreams: map[string]*upstream{},
 		ctx:       ctx,
 		cancel:    cancel,
@@ -193,7 +195,7 @@ func (s *Server) admit(conn net.Conn, local string, rt *Route) (*session, bool) 
 	}
 	if why != "" {
 		s.mu.Unlock()
-		s.log.Warn("connection refused", zap.String("client", client.String()), zap.String("reason", why))
+		s.warns.Warn("connection refused", zap.String("reason", why), zap.String("client", client.String()))
 		_ = conn.Close()
 		return nil, false
 	}
@@ -224,7 +226,8 @@ func (s *Server) Connections() int {
 
 // Close stops every listener, client session and upstream connection and
 // waits for the sessions to end. Requests in flight are answered or
-// recorded as failed before Close returns.
+// recorded as failed before Close returns, and the counts of repeated
+// warnings not yet logged are logged.
 func (s *Server) Close() error {
 	s.mu.Lock()
 	if s.closed {
@@ -244,6 +247,7 @@ func (s *Server) Close() error {
 		u.close()
 	}
 	s.wg.Wait()
+	s.warns.Close()
 	return nil
 }
 

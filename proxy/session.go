@@ -157,6 +157,13 @@ func (ss *session) handle(c *call) bool {
 			c.done(nil, 0)
 			return false
 		}
+		// A request answered with the specification's exception costs the
+		// proxy a record like any other: it counts against the rate.
+		if !ss.limiter.Allow() {
+			c.ev.Reason = "client over its request rate limit; the request also breaks the specification: " + err.Error()
+			c.done(nil, s.cfg.Exceptions.RateLimit)
+			return true
+		}
 		c.done(nil, me.Exception)
 		return true
 	}

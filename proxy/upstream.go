@@ -302,10 +302,16 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		<-uc.slots
 		c.ev.Upstream = time.Since(c.start)
 		if _, err := modbus.ParseResponse(&c.in.Request, f.PDU); err != nil {
-			c.ev.Reason = "malformed reply from device: " + err.Error()
-			c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
-			uc.drop(conn, err)
-			return
+			// The frame was whole, so the stream is still in step: only
+			// this request failed. The client gets the configured
+			// exception, the record keeps what the device sent, and the
+			// other calls on the connection wait for their own replies.
+			uc.up.s.warns.Warn("device reply does not fit its request", zap.String("device", uc.up.name),
+				zap.Uint64("op", c.ev.Op), zap.Error(err))
+			c.ev.Reason = "device reply does not fit the request: " + err.Error()
+			c.ev.Response = f.PDU
+			c.done(nil, uc.up.s.cfg.Exceptions.BadReply)
+			continue
 		}
 		c.done(f.PDU, 0)
 	}

@@ -143,6 +143,9 @@ func proposeCmd(g *globals) *cobra.Command {
 			if unit < 0 || unit > 255 {
 				return fmt.Errorf("%w: --unit %d: want 0..255", errUsage, unit)
 			}
+			if unit == 0 {
+				fmt.Fprintln(g.stderr, "warning: unit 0 is the broadcast address: on a gateway the command reaches every device behind it, and only a rule that names unit 0 allows it")
+			}
 			pdu, err := parseWrite(regs, coil, pduHex)
 			if err != nil {
 				return err

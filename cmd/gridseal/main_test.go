@@ -584,6 +584,12 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	if code, _, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "1", "--write-register", "40127=20", "--key", key("admin-1")); code != 1 || !strings.Contains(stderr, "belongs to no approver") {
 		t.Fatalf("proposing with a non-approver key: exit %d %s", code, stderr)
 	}
+	// Unit 0 is a broadcast: propose warns, and no rule of the demo's
+	// policy names unit 0, so none can allow it.
+	if code, _, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "0", "--write-register", "40127=20", "--key", key("alice")); code != 1 ||
+		!strings.Contains(stderr, "warning: unit 0 is the broadcast address") || !strings.Contains(stderr, "no rule of device inverter-1 allows") {
+		t.Fatalf("proposing a broadcast: exit %d %s", code, stderr)
+	}
 	code, out, stderr := cli("", "propose", "--device", "inverter-1", "--unit", "1", "--write-register", "40127=20", "--key", key("alice"))
 	if code != 0 {
 		t.Fatalf("propose: exit %d %s", code, stderr)
