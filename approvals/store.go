@@ -68,7 +68,12 @@ type Stored struct {
 	Revision uint64
 	Entry    Entry
 	Proposal *Proposal
-	sigs     atomic.Pointer[sigResult]
+	// Seen is when the proposal was first seen: when this process first
+	// indexed it (or, if earlier, when NATS stored the revision it first
+	// read), or when Get loaded it. A proposal whose window starts more than
+	// Skew after Seen is refused (Proposal.CheckStart). Zero: unknown.
+	Seen time.Time
+	sigs atomic.Pointer[sigResult]
 }
 
 // sigResult caches the signature checks of one Stored under one policy.
@@ -107,6 +112,10 @@ type Store struct {
 	// OnChange, if set before Watch, sees every change: before is nil for a
 	// new proposal.
 	OnChange func(before, after *Stored)
+	// OnInvalid, if set before Watch, sees every change to a proposal's key
+	// that is not a valid proposal stored under its own id (an entry altered
+	// in the bucket); the index ignores it.
+	OnInvalid func(key string, err error)
 	// warm, if set, pre-verifies each new revision's signatures off the
 	// request path.
 	warm atomic.Pointer[func(*Stored)]
@@ -206,7 +215,22 @@ func (s *Store) getRaw(ctx context.Context, id ID) (*Stored, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read approval: %w", err)
 	}
-	return decodeStored(id, kve.Value(), kve.Revision())
+	st, err := decodeStored(id, kve.Value(), kve.Revision())
+	if err != nil {
+		return nil, err
+	}
+	st.Seen = seenAt(kve)
+	return st, nil
+}
+
+// seenAt is when kve was seen: when NATS stored it, or now if that is
+// unknown or later.
+func seenAt(kve jetstream.KeyValueEntry) time.Time {
+	now := time.Now()
+	if c := kve.Created(); !c.IsZero() && c.Before(now) {
+		return c
+	}
+	return now
 }
 
 func decodeStored(id ID, value []byte, rev uint64) (*Stored, error) {
@@ -428,13 +452,20 @@ func (s *Store) apply(kve jetstream.KeyValueEntry, live bool) {
 	st, err := decodeStored(id, kve.Value(), kve.Revision())
 	if err != nil {
 		s.log.Warn("ignoring an invalid approval entry", zap.String("key", kve.Key()), zap.Error(err))
+		if live && s.OnInvalid != nil {
+			s.OnInvalid(kve.Key(), err)
+		}
 		return
 	}
+	st.Seen = seenAt(kve)
 	if w := s.warm.Load(); w != nil {
 		(*w)(st)
 	}
 	s.mu.Lock()
 	before := s.byID[id]
+	if before != nil && !before.Seen.IsZero() && before.Seen.Before(st.Seen) {
+		st.Seen = before.Seen
+	}
 	if st.Entry.Consumed == nil {
 		// A used approval stays used, whatever a later revision says.
 		if c := s.usedIDs[id]; c != nil {
@@ -486,7 +517,7 @@ func (s *Store) Candidates(device string, unit byte, pdu []byte) []*Stored {
 	for _, st := range list {
 		if st.Proposal.Device == device && st.Proposal.Unit == unit && string(st.Proposal.PDU) == string(pdu) {
 			if c := s.usedIDs[st.ID]; c != nil && st.Entry.Consumed == nil {
-				used := &Stored{ID: st.ID, Revision: st.Revision, Entry: st.Entry, Proposal: st.Proposal}
+				used := &Stored{ID: st.ID, Revision: st.Revision, Entry: st.Entry, Proposal: st.Proposal, Seen: st.Seen}
 				used.Entry.Consumed = c
 				st = used
 			}
