@@ -20,7 +20,7 @@ function matches(r, f) {
 }
 function rowHTML(r) {
   const t = new Date(r.time).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(r.time).getMilliseconds()).padStart(3, "0");
-  const verdict = r.phase === "approval" ? "approval" : r.phase === "request" ? r.verdict + " · recorded before forwarding"
+  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "request" ? r.verdict + " · recorded before forwarding"
     : r.phase === "dropped-reply" ? "device reply dropped" : r.verdict;
   const vals = (r.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
@@ -38,7 +38,7 @@ function render() {
 }
 function addRow(tb, r, fresh, append) {
   const tr = document.createElement("tr");
-  tr.className = (r.phase === "approval" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
+  tr.className = (r.phase === "approval" && r.verdict === "allow" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
   tr.dataset.verdict = r.verdict;
   tr.innerHTML = rowHTML(r);
   tr.onclick = () => showDetail(r);
