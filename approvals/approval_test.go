@@ -651,3 +651,23 @@ func TestRequiresOnlyOnStateChangingRules(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusedStoreConsumesNothing: a store that can no longer tell whether
+// an approval was used (Refuse) denies every approved write, saying why.
+func TestRefusedStoreConsumesNothing(t *testing.T) {
+	r := newRig(t, false)
+	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
+	r.sign(id, r.alice.signer)
+	r.sign(id, r.carol.signer)
+	why := errors.New("approvals refused: the use stream could not be checked")
+	r.store.Refuse(why)
+	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); v.Allowed() || !strings.Contains(v.Reason, why.Error()) {
+		t.Fatalf("refused store: %v %s", v.Verdict, v.Reason)
+	}
+	if !errors.Is(r.store.Failed(), why) {
+		t.Fatalf("Failed() = %v", r.store.Failed())
+	}
+	if used, err := r.store.Used(t.Context(), id); err != nil || used != nil {
+		t.Fatalf("a refused store consumed the approval: %+v %v", used, err)
+	}
+}

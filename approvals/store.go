@@ -119,6 +119,8 @@ type Store struct {
 	// warm, if set, pre-verifies each new revision's signatures off the
 	// request path.
 	warm atomic.Pointer[func(*Stored)]
+	// refused, if set, is why no approval may be consumed (Refuse).
+	refused atomic.Pointer[error]
 }
 
 func key(id ID) string { return "p." + id.String() }
@@ -305,6 +307,9 @@ func (s *Store) AddSignature(ctx context.Context, id ID, sig []byte) (*Stored, e
 // and no later rewrite of the bucket can make a used approval usable again.
 // The bucket entry is updated afterwards for people reading it.
 func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) error {
+	if err := s.Failed(); err != nil {
+		return err
+	}
 	c := Consumption{At: time.Now().UTC(), By: by, Op: op}
 	data, err := json.Marshal(c)
 	if err != nil {
@@ -336,6 +341,57 @@ func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) e
 		}
 	}()
 	return nil
+}
+
+// Refuse makes every later Consume fail with err: the store can no longer
+// tell whether an approval was used. It cannot be undone but by a restart.
+func (s *Store) Refuse(err error) { s.refused.CompareAndSwap(nil, &err) }
+
+// Failed returns why the store refuses to consume approvals, or nil.
+func (s *Store) Failed() error {
+	if e := s.refused.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// RestoreUses makes sure every use in uses — what the chain records as
+// used, read by the caller — is known to be used: at once in this store's
+// index, and in the use stream for every proxy, where a use record that is
+// missing (the stream deleted and created anew, empty) is published again.
+// It returns the ids whose use record it restored; on an error, some may be
+// missing from the stream still (though never from this store's index).
+func (s *Store) RestoreUses(ctx context.Context, uses map[ID]Consumption) ([]ID, error) {
+	for id, c := range uses {
+		s.markUsed(id, &c)
+	}
+	var restored []ID
+	for id, c := range uses {
+		got, err := s.Used(ctx, id)
+		if err != nil {
+			return restored, err
+		}
+		if got != nil {
+			continue
+		}
+		data, err := json.Marshal(c)
+		if err != nil {
+			return restored, err
+		}
+		_, err = s.js.Publish(ctx, usedSubject+id.String(), data, jetstream.WithExpectLastSequencePerSubject(0))
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			continue // restored meanwhile, by another proxy
+		}
+		if err != nil {
+			return restored, fmt.Errorf("restore the use of approval %s: %w", id, err)
+		}
+		restored = append(restored, id)
+		s.log.Error("approval use record was missing from the use stream, though the chain records the use: restored it",
+			zap.String("approval", id.String()), zap.String("used_by", c.By), zap.Uint64("op", c.Op))
+	}
+	return restored, nil
 }
 
 // markUsed remembers in the index that id was used, whatever the bucket says later.

@@ -21,6 +21,7 @@ import (
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -161,6 +162,28 @@ func (f *approvalsFixture) waitSteps(id string, n int) []string {
 	return got
 }
 
+// decide asks engine about pdu once store's index holds id's newest revision.
+func (f *approvalsFixture) decide(engine *policy.Engine, store *approvals.Store, id approvals.ID, pdu []byte, op uint64) decision.Result {
+	f.t.Helper()
+	want, err := store.Get(f.t.Context(), id)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	testwait.For(f.t, "the approval index to catch up", func() bool {
+		for _, c := range store.Candidates("inverter-1", 1, pdu) {
+			if c.ID == id && c.Revision >= want.Revision {
+				return true
+			}
+		}
+		return false
+	})
+	req, err := modbus.ParseRequest(pdu)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return engine.Decide(f.t.Context(), &decision.Input{Device: "inverter-1", Unit: 1, Request: req, Op: op})
+}
+
 // TestApprovalStepsAreVerifiedBeforeTheyAreRecorded: the chain records a
 // step of an approval as done only once it verifies under the policy; junk
 // behind an approver's key id, a proposal altered in the bucket and one
@@ -258,4 +281,79 @@ func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 			t.Fatalf("steps:\n%s", strings.Join(got, "\n"))
 		}
 	})
+}
+
+// TestUsedApprovalStaysUsedWhenTheUseStreamIsDeleted: whoever holds a
+// proxy's NATS rights deletes the use stream, clears the bucket's used mark
+// and restarts the proxy; the chain still records the use (a proxy's
+// durable record of the write, and the "used" step), so the same write
+// stays denied — whichever proxy used the approval.
+func TestUsedApprovalStaysUsedWhenTheUseStreamIsDeleted(t *testing.T) {
+	for _, tc := range []struct{ name, user string }{
+		{"its own use", "gw-1"},
+		{"another proxy's use", "gw-2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newApprovalsFixture(t)
+			engine, store := f.open(tc.user)
+			pdu := modbus.AppendWriteSingleRegister(nil, 40127, 30)
+			id := f.propose(store, "bob", f.bob, pdu, time.Now())
+			f.sign(store, id, f.alice)
+			f.sign(store, id, f.carol)
+			v := f.decide(engine, store, id, pdu, 7)
+			if !v.Allowed() {
+				t.Fatal(v.Reason)
+			}
+			// What the proxy records, durably, before it forwards the write.
+			ev := audit.Event{Time: time.Now(), Op: 7, Phase: audit.PhaseRequest, Verdict: audit.Allow, Device: "inverter-1", Unit: 1,
+				Function: pdu[0], Class: "write", PDU: pdu, Rule: v.Rule, Reason: v.Reason, Policy: v.Policy, Approval: v.Approval}
+			if err := f.recorder(tc.user).Record(t.Context(), &ev, true); err != nil {
+				t.Fatal(err)
+			}
+			f.waitSteps(id.String(), 4) // proposed, signed twice, used
+
+			kv, err := f.js.KeyValue(t.Context(), approvals.Bucket)
+			if err != nil {
+				t.Fatal(err)
+			}
+			kve, err := kv.Get(t.Context(), "p."+id.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var e approvals.Entry
+			if err := json.Unmarshal(kve.Value(), &e); err != nil || e.Consumed == nil {
+				t.Fatalf("bucket entry before the attack: %+v %v", e, err)
+			}
+			if err := f.js.DeleteStream(t.Context(), approvals.UsedStream); err != nil {
+				t.Fatal(err)
+			}
+			e.Consumed = nil
+			data, _ := json.Marshal(e)
+			if _, err := kv.Put(t.Context(), "p."+id.String(), data); err != nil {
+				t.Fatal(err)
+			}
+
+			engine, store = f.open("gw-1") // the restart
+			if v := f.decide(engine, store, id, pdu, 8); v.Allowed() || !strings.Contains(v.Reason, "already used by "+tc.user) {
+				t.Fatalf("after the use stream was deleted: %v %s", v.Verdict, v.Reason)
+			}
+			if c, err := store.Used(t.Context(), id); err != nil || c == nil || c.By != tc.user || c.Op != 7 {
+				t.Fatalf("the use stream must hold the use again: %+v %v", c, err)
+			}
+			if err := store.Failed(); err != nil {
+				t.Fatalf("store refuses approvals after restoring: %v", err)
+			}
+			if _, err := store.AddSignature(t.Context(), id, []byte{1, 2, 3, 4, 5, 6}); err == nil {
+				t.Fatal("signed a used approval")
+			}
+			// A fresh approval is still usable once.
+			fresh := modbus.AppendWriteSingleRegister(nil, 40127, 31)
+			nid := f.propose(store, "bob", f.bob, fresh, time.Now())
+			f.sign(store, nid, f.alice)
+			f.sign(store, nid, f.carol)
+			if v := f.decide(engine, store, nid, fresh, 9); !v.Allowed() {
+				t.Fatalf("a new approval after the restore: %s", v.Reason)
+			}
+		})
+	}
 }

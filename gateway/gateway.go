@@ -316,9 +316,10 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 	return nil
 }
 
-// openApprovals opens the approvals bucket, records every approval step it
-// sees from then on in rec, and lets engine allow writes with its
-// approvals, consumed in writer's name.
+// openApprovals opens the approvals bucket, restores every use the chain
+// records that the use stream lacks (see approvaluses.go), records every
+// approval step it sees from then on in rec, and lets engine allow writes
+// with its approvals, consumed in writer's name.
 func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
 	store, err := approvals.OpenStore(ctx, js, replicas, log)
 	if err != nil {
@@ -337,6 +338,7 @@ func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recor
 			log.Error("refused approval entry not recorded", zap.String("key", key), zap.Error(err))
 		}
 	}
+	restoreUses(ctx, js, store, log)
 	if err := store.Watch(ctx); err != nil {
 		return nil, err
 	}
@@ -428,6 +430,9 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.opts.DataDir, "console"),
 		Ready: func() error {
 			if err := g.rec.Failed(); err != nil {
+				return err
+			}
+			if err := g.store.Failed(); err != nil {
 				return err
 			}
 			if !g.rec.Available() {
