@@ -26,7 +26,7 @@ function rowHTML(r) {
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
   return `<td>${t}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td><td>${r.unit}</td>` +
     `<td>${r.fc} ${esc(r.function || "")}</td><td>${r.address}+${r.quantity}</td><td>${esc(vals)}</td>` +
-    `<td class="verdict">${esc(verdict)}${exc}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
 }
 function render() {
   const f = filters();
