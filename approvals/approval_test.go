@@ -347,13 +347,17 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, expired); v.Allowed() || !strings.Contains(v.Reason, "expired") {
 		t.Fatalf("expired: %v %s", v.Verdict, v.Reason)
 	}
+	// A window that starts within the skew of when it is proposed: not
+	// valid on a clock more than the skew behind it, valid on one within.
 	future := modbus.AppendWriteSingleRegister(nil, 40127, 31)
-	early := r.propose(r.bob, "inverter-1", 1, future, r.now.Add(5*time.Minute), 15*time.Minute)
+	early := r.propose(r.bob, "inverter-1", 1, future, r.now.Add(20*time.Second), 15*time.Minute)
 	both(early)
+	proposedAt := r.now
+	r.now = proposedAt.Add(-time.Minute)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); v.Allowed() || !strings.Contains(v.Reason, "not valid before") {
 		t.Fatalf("not yet valid: %v %s", v.Verdict, v.Reason)
 	}
-	r.now = r.now.Add(5*time.Minute - 20*time.Second) // within the 30 s skew
+	r.now = proposedAt // within the 30 s skew
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, future, early); !v.Allowed() {
 		t.Fatalf("inside the skew: %v %s", v.Verdict, v.Reason)
 	}
@@ -375,6 +379,45 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	r.pol = newer
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, changed, stale); v.Allowed() || !strings.Contains(v.Reason, "is in force") {
 		t.Fatalf("policy changed: %v %s", v.Verdict, v.Reason)
+	}
+}
+
+// TestFutureProposalIsRefused: only gridseal propose ties a window's start
+// to now; a proposal written into the bucket with a window that starts an
+// hour or ten years later is refused for good — even once the clock
+// reaches its start — and the refusal says why.
+func TestFutureProposalIsRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ahead time.Duration
+	}{
+		{"one hour ahead", time.Hour},
+		{"ten years ahead", 10 * 365 * 24 * time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, false)
+			start := time.Now().Add(tc.ahead)
+			id := r.propose(r.bob, "inverter-1", 1, setpoint30, start, 15*time.Minute)
+			r.sign(id, r.alice.signer)
+			r.sign(id, r.carol.signer)
+			for _, at := range []struct {
+				name string
+				now  time.Time
+			}{{"now", r.now}, {"at its start", start.Add(time.Second)}, {"inside its window", start.Add(5 * time.Minute)}} {
+				r.now = at.now
+				v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
+				if v.Allowed() || !strings.Contains(v.Reason, "starts in the future") || !strings.Contains(v.Reason, "refused for good") {
+					t.Fatalf("%s: %v %s", at.name, v.Verdict, v.Reason)
+				}
+			}
+			st, err := r.store.Get(t.Context(), id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := approvals.VerifyProposal(r.pol, st); !errors.Is(err, approvals.ErrFutureStart) {
+				t.Fatalf("an approver loading it: %v, want ErrFutureStart", err)
+			}
+		})
 	}
 }
 
@@ -606,5 +649,25 @@ func TestRequiresOnlyOnStateChangingRules(t *testing.T) {
 		if _, err := policy.Parse("p.yaml", y); err == nil || !strings.Contains(err.Error(), "requires applies to") {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+// TestRefusedStoreConsumesNothing: a store that can no longer tell whether
+// an approval was used (Refuse) denies every approved write, saying why.
+func TestRefusedStoreConsumesNothing(t *testing.T) {
+	r := newRig(t, false)
+	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
+	r.sign(id, r.alice.signer)
+	r.sign(id, r.carol.signer)
+	why := errors.New("approvals refused: the use stream could not be checked")
+	r.store.Refuse(why)
+	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); v.Allowed() || !strings.Contains(v.Reason, why.Error()) {
+		t.Fatalf("refused store: %v %s", v.Verdict, v.Reason)
+	}
+	if !errors.Is(r.store.Failed(), why) {
+		t.Fatalf("Failed() = %v", r.store.Failed())
+	}
+	if used, err := r.store.Used(t.Context(), id); err != nil || used != nil {
+		t.Fatalf("a refused store consumed the approval: %+v %v", used, err)
 	}
 }

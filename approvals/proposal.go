@@ -197,6 +197,24 @@ func DecodeProposal(b []byte) (*Proposal, error) {
 	return p, nil
 }
 
+// ErrFutureStart marks a proposal whose window starts more than Skew after
+// it was first seen. Only a proposal written into the bucket by hand can be
+// one (gridseal propose starts the window at once); it is refused for good,
+// so that nobody collects signatures today for a command that becomes
+// usable later, when those who signed no longer look.
+var ErrFutureStart = errors.New("proposal starts in the future")
+
+// CheckStart reports ErrFutureStart if p's window starts more than Skew
+// after seen, the moment p was first seen (by a proxy's index or an
+// approver's CLI).
+func (p *Proposal) CheckStart(seen time.Time) error {
+	if !p.NotBefore.After(seen.Add(Skew)) {
+		return nil
+	}
+	return fmt.Errorf("%w: its window starts at %s, %v after it was first seen (%s), more than the %v skew allowed: refused for good (gridseal propose starts the window when it proposes)",
+		ErrFutureStart, p.NotBefore.Format(time.RFC3339), p.NotBefore.Sub(seen).Round(time.Second), seen.UTC().Format(time.RFC3339), Skew)
+}
+
 // ApproveInput is what an approver signs for proposal id.
 func ApproveInput(id ID) []byte { return append([]byte(approveTag), id[:]...) }
 

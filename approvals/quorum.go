@@ -2,6 +2,7 @@ package approvals
 
 import (
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -83,6 +84,8 @@ func Evaluate(p *policy.Policy, st *Stored, now time.Time) Evaluation {
 		ev.Problem = fmt.Sprintf("already used by %s at %s", st.Entry.Consumed.By, st.Entry.Consumed.At.Format(time.RFC3339))
 	case pr.PolicyID != p.ID || hex.EncodeToString(pr.PolicyDigest[:]) != p.Digest:
 		ev.Problem = fmt.Sprintf("proposed under policy %s %x…, but %s %s… is in force", pr.PolicyID, pr.PolicyDigest[:6], p.ID, p.Digest[:12])
+	case !st.Seen.IsZero() && pr.CheckStart(st.Seen) != nil:
+		ev.Problem = pr.CheckStart(st.Seen).Error()
 	case now.Before(pr.NotBefore.Add(-Skew)):
 		ev.Problem = "not valid before " + pr.NotBefore.Format(time.RFC3339)
 	case now.After(pr.NotAfter.Add(Skew)):
@@ -140,29 +143,52 @@ func checkProposer(p *policy.Policy, st *Stored) error {
 	return nil
 }
 
+// VerifyProposal checks what a proposal claims before anyone relies on it:
+// that the proposer it names signed its id (the SHA-256 of its encoding, which
+// every Stored has been checked against) with a key of p that is not revoked,
+// and that its window does not start more than Skew after it was first seen.
+func VerifyProposal(p *policy.Policy, st *Stored) error {
+	if err := checkProposer(p, st); err != nil {
+		return err
+	}
+	if !st.Seen.IsZero() {
+		return st.Proposal.CheckStart(st.Seen)
+	}
+	return nil
+}
+
+// VerifySignature checks one approver signature on st under p. It returns
+// the approver whose key made it, or why it does not verify: malformed, a
+// key of no approver, a revoked key (which counts zero), or not a
+// signature of st's id by that key. Whether it counts toward a quorum (the
+// group, the proposer, duplicates) is for Evaluate to judge.
+func VerifySignature(p *policy.Policy, st *Stored, sig []byte) (*policy.Approver, error) {
+	id, ok := keys.SignatureKeyID(sig)
+	if !ok {
+		return nil, errors.New("malformed (no Tink key prefix)")
+	}
+	a := p.ApproverForKey(id)
+	switch {
+	case a == nil:
+		return nil, fmt.Errorf("key %d belongs to no approver", id)
+	case p.Revoked(id):
+		return nil, fmt.Errorf("key %d of %s is revoked", id, a.Name)
+	}
+	if a.Verify(sig, ApproveInput(st.ID)) != nil {
+		return nil, fmt.Errorf("does not verify with %s's key %d", a.Name, id)
+	}
+	return a, nil
+}
+
 // countSignatures counts distinct approvers of the rule's group with a
 // valid signature; the proposer and revoked keys count zero.
 func countSignatures(p *policy.Policy, st *Stored, r *policy.Rule, ev *Evaluation) {
 	counted := map[string]bool{}
-	input := ApproveInput(st.ID)
 	for i, s := range st.Entry.Signatures {
 		ignore := func(why string) { ev.Ignored = append(ev.Ignored, fmt.Sprintf("signature %d: %s", i+1, why)) }
-		id, ok := keys.SignatureKeyID(s.Sig)
-		if !ok {
-			ignore("malformed (no Tink key prefix)")
-			continue
-		}
-		a := p.ApproverForKey(id)
-		switch {
-		case a == nil:
-			ignore(fmt.Sprintf("key %d belongs to no approver", id))
-			continue
-		case p.Revoked(id):
-			ignore(fmt.Sprintf("key %d of %s is revoked", id, a.Name))
-			continue
-		}
-		if a.Verify(s.Sig, input) != nil {
-			ignore(fmt.Sprintf("does not verify with %s's key %d", a.Name, id))
+		a, err := VerifySignature(p, st, s.Sig)
+		if err != nil {
+			ignore(err.Error())
 			continue
 		}
 		switch {

@@ -68,7 +68,12 @@ type Stored struct {
 	Revision uint64
 	Entry    Entry
 	Proposal *Proposal
-	sigs     atomic.Pointer[sigResult]
+	// Seen is when the proposal was first seen: when this process first
+	// indexed it (or, if earlier, when NATS stored the revision it first
+	// read), or when Get loaded it. A proposal whose window starts more than
+	// Skew after Seen is refused (Proposal.CheckStart). Zero: unknown.
+	Seen time.Time
+	sigs atomic.Pointer[sigResult]
 }
 
 // sigResult caches the signature checks of one Stored under one policy.
@@ -107,9 +112,15 @@ type Store struct {
 	// OnChange, if set before Watch, sees every change: before is nil for a
 	// new proposal.
 	OnChange func(before, after *Stored)
+	// OnInvalid, if set before Watch, sees every change to a proposal's key
+	// that is not a valid proposal stored under its own id (an entry altered
+	// in the bucket); the index ignores it.
+	OnInvalid func(key string, err error)
 	// warm, if set, pre-verifies each new revision's signatures off the
 	// request path.
 	warm atomic.Pointer[func(*Stored)]
+	// refused, if set, is why no approval may be consumed (Refuse).
+	refused atomic.Pointer[error]
 }
 
 func key(id ID) string { return "p." + id.String() }
@@ -206,7 +217,22 @@ func (s *Store) getRaw(ctx context.Context, id ID) (*Stored, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read approval: %w", err)
 	}
-	return decodeStored(id, kve.Value(), kve.Revision())
+	st, err := decodeStored(id, kve.Value(), kve.Revision())
+	if err != nil {
+		return nil, err
+	}
+	st.Seen = seenAt(kve)
+	return st, nil
+}
+
+// seenAt is when kve was seen: when NATS stored it, or now if that is
+// unknown or later.
+func seenAt(kve jetstream.KeyValueEntry) time.Time {
+	now := time.Now()
+	if c := kve.Created(); !c.IsZero() && c.Before(now) {
+		return c
+	}
+	return now
 }
 
 func decodeStored(id ID, value []byte, rev uint64) (*Stored, error) {
@@ -281,6 +307,9 @@ func (s *Store) AddSignature(ctx context.Context, id ID, sig []byte) (*Stored, e
 // and no later rewrite of the bucket can make a used approval usable again.
 // The bucket entry is updated afterwards for people reading it.
 func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) error {
+	if err := s.Failed(); err != nil {
+		return err
+	}
 	c := Consumption{At: time.Now().UTC(), By: by, Op: op}
 	data, err := json.Marshal(c)
 	if err != nil {
@@ -312,6 +341,57 @@ func (s *Store) Consume(ctx context.Context, st *Stored, by string, op uint64) e
 		}
 	}()
 	return nil
+}
+
+// Refuse makes every later Consume fail with err: the store can no longer
+// tell whether an approval was used. It cannot be undone but by a restart.
+func (s *Store) Refuse(err error) { s.refused.CompareAndSwap(nil, &err) }
+
+// Failed returns why the store refuses to consume approvals, or nil.
+func (s *Store) Failed() error {
+	if e := s.refused.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// RestoreUses makes sure every use in uses — what the chain records as
+// used, read by the caller — is known to be used: at once in this store's
+// index, and in the use stream for every proxy, where a use record that is
+// missing (the stream deleted and created anew, empty) is published again.
+// It returns the ids whose use record it restored; on an error, some may be
+// missing from the stream still (though never from this store's index).
+func (s *Store) RestoreUses(ctx context.Context, uses map[ID]Consumption) ([]ID, error) {
+	for id, c := range uses {
+		s.markUsed(id, &c)
+	}
+	var restored []ID
+	for id, c := range uses {
+		got, err := s.Used(ctx, id)
+		if err != nil {
+			return restored, err
+		}
+		if got != nil {
+			continue
+		}
+		data, err := json.Marshal(c)
+		if err != nil {
+			return restored, err
+		}
+		_, err = s.js.Publish(ctx, usedSubject+id.String(), data, jetstream.WithExpectLastSequencePerSubject(0))
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+			continue // restored meanwhile, by another proxy
+		}
+		if err != nil {
+			return restored, fmt.Errorf("restore the use of approval %s: %w", id, err)
+		}
+		restored = append(restored, id)
+		s.log.Error("approval use record was missing from the use stream, though the chain records the use: restored it",
+			zap.String("approval", id.String()), zap.String("used_by", c.By), zap.Uint64("op", c.Op))
+	}
+	return restored, nil
 }
 
 // markUsed remembers in the index that id was used, whatever the bucket says later.
@@ -428,13 +508,20 @@ func (s *Store) apply(kve jetstream.KeyValueEntry, live bool) {
 	st, err := decodeStored(id, kve.Value(), kve.Revision())
 	if err != nil {
 		s.log.Warn("ignoring an invalid approval entry", zap.String("key", kve.Key()), zap.Error(err))
+		if live && s.OnInvalid != nil {
+			s.OnInvalid(kve.Key(), err)
+		}
 		return
 	}
+	st.Seen = seenAt(kve)
 	if w := s.warm.Load(); w != nil {
 		(*w)(st)
 	}
 	s.mu.Lock()
 	before := s.byID[id]
+	if before != nil && !before.Seen.IsZero() && before.Seen.Before(st.Seen) {
+		st.Seen = before.Seen
+	}
 	if st.Entry.Consumed == nil {
 		// A used approval stays used, whatever a later revision says.
 		if c := s.usedIDs[id]; c != nil {
@@ -486,7 +573,7 @@ func (s *Store) Candidates(device string, unit byte, pdu []byte) []*Stored {
 	for _, st := range list {
 		if st.Proposal.Device == device && st.Proposal.Unit == unit && string(st.Proposal.PDU) == string(pdu) {
 			if c := s.usedIDs[st.ID]; c != nil && st.Entry.Consumed == nil {
-				used := &Stored{ID: st.ID, Revision: st.Revision, Entry: st.Entry, Proposal: st.Proposal}
+				used := &Stored{ID: st.ID, Revision: st.Revision, Entry: st.Entry, Proposal: st.Proposal, Seen: st.Seen}
 				used.Entry.Consumed = c
 				st = used
 			}

@@ -114,6 +114,9 @@ type Event struct {
 	// Role is the Modbus/TCP Security role in the client's certificate
 	// (OID 1.3.6.1.4.1.50316.802.1); empty on plain TCP.
 	Role string
+	// BreakGlass marks a write allowed by a rule's break-glass quorum:
+	// fewer approvers than the rule normally needs. SOC tools alert on it.
+	BreakGlass bool
 }
 
 // LogRecorder records every event as one structured log line, except that
@@ -175,6 +178,7 @@ func eventFields(ev *Event) []zap.Field {
 		zap.Uint8("exception", ev.Exception),
 		zap.Duration("upstream", ev.Upstream),
 		zap.Bool("closed", ev.Closed),
+		zap.Bool("break_glass", ev.BreakGlass),
 		zap.String("role", ev.Role),
 	)
 }

@@ -11,10 +11,20 @@ import (
 )
 
 // Event format versions. Version 2 adds the client's Modbus/TCP Security
-// role after the flags byte; version 1 events (no role) still decode.
+// role after the flags byte; version 3 gives flag bit 1 a meaning: the
+// write was allowed by a break-glass quorum. Versions 1 (no role) and 2 (bit
+// 1 must be 0) still decode.
 const (
 	eventV1      = 1
-	eventVersion = 2
+	eventV2      = 2
+	eventVersion = 3
+)
+
+// Event flag bits: the proxy closed the client connection; break-glass
+// (version 3 on).
+const (
+	flagClosed     = 1 << 0
+	flagBreakGlass = 1 << 1
 )
 
 // AppendEvent appends the stored encoding of ev to dst.
@@ -45,7 +55,10 @@ func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	dst = binary.BigEndian.AppendUint64(dst, uint64(ev.Upstream))
 	var flags byte
 	if ev.Closed {
-		flags |= 1
+		flags |= flagClosed
+	}
+	if ev.BreakGlass {
+		flags |= flagBreakGlass
 	}
 	dst = append(dst, flags)
 	dst = append(dst, byte(min(len(ev.Role), 255)))
@@ -134,7 +147,7 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	r := reader{b: b}
 	var ev audit.Event
 	version := r.u8()
-	if r.err == nil && version != eventV1 && version != eventVersion {
+	if r.err == nil && version != eventV1 && version != eventV2 && version != eventVersion {
 		return ev, fmt.Errorf("%w: event version %d", ErrFormat, version)
 	}
 	ev.Time = time.Unix(0, int64(r.u64())).UTC()
@@ -162,14 +175,19 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	ev.Response = clone(r.lp16())
 	ev.Upstream = time.Duration(r.u64())
 	flags := r.u8()
-	ev.Closed = flags&1 != 0
-	if version >= 2 {
+	ev.Closed = flags&flagClosed != 0
+	known := byte(flagClosed)
+	if version >= eventVersion {
+		ev.BreakGlass = flags&flagBreakGlass != 0
+		known |= flagBreakGlass
+	}
+	if version >= eventV2 {
 		ev.Role = string(r.lp8())
 	}
 	if err := r.end(); err != nil {
 		return ev, err
 	}
-	if flags&^1 != 0 {
+	if flags&^known != 0 {
 		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
 	}
 	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseGap ||

@@ -45,6 +45,8 @@ type Record struct {
 	Response  string    `json:"response,omitempty"`
 	Upstream  float64   `json:"upstream_ms,omitempty"`
 	Closed    bool      `json:"closed,omitempty"`
+	// BreakGlass: allowed by a rule's break-glass quorum (event version 3).
+	BreakGlass bool `json:"break_glass,omitempty"`
 }
 
 // NewRecord builds the exported form of event i of block b stored at m.
@@ -56,7 +58,7 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 		Address: ev.Address, Quantity: ev.Quantity, PDU: hex.EncodeToString(ev.PDU),
 		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,
 		Approval: ev.Approval, Exception: ev.Exception, Response: hex.EncodeToString(ev.Response),
-		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed,
+		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed, BreakGlass: ev.BreakGlass,
 	}
 	if ev.Client.IsValid() {
 		r.Client = ev.Client.String()

@@ -35,29 +35,40 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
-// TestEventGolden pins the stored encoding of an event (format version 2)
-// and its leaf hash, so another implementation can check itself; version 1
-// events, already in chains, still decode.
+// TestEventGolden pins the stored encoding of an event (format version 3)
+// and its leaf hash, so another implementation can check itself; versions 1
+// and 2, already in chains, still decode.
 func TestEventGolden(t *testing.T) {
 	ev := event(42, audit.Allow)
 	ev.Approval = "a1b2"
 	ev.Closed = true
 	ev.Role = "operator"
+	ev.BreakGlass = true
 	enc := chain.AppendEvent(nil, ev)
 	leaf := chain.LeafHash(enc)
-	golden(t, "event-v2.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
-	v1, err := os.ReadFile("testdata/event-v1.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v1hex string
-	if _, err := fmt.Sscanf(string(v1), "event %s", &v1hex); err != nil {
-		t.Fatalf("testdata/event-v1.txt: %v", err)
-	}
-	v1bytes, _ := hex.DecodeString(v1hex)
-	old, err := chain.DecodeEvent(v1bytes)
-	if err != nil || old.Op != 42 || old.Role != "" || old.Approval != "a1b2" {
-		t.Fatalf("version 1 event: %+v %v", old, err)
+	golden(t, "event-v3.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	for _, old := range []struct {
+		file string
+		role string
+	}{{"event-v1.txt", ""}, {"event-v2.txt", "operator"}} {
+		b, err := os.ReadFile("testdata/" + old.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var oldHex string
+		if _, err := fmt.Sscanf(string(b), "event %s", &oldHex); err != nil {
+			t.Fatalf("testdata/%s: %v", old.file, err)
+		}
+		oldBytes, _ := hex.DecodeString(oldHex)
+		got, err := chain.DecodeEvent(oldBytes)
+		if err != nil || got.Op != 42 || got.Role != old.role || got.Approval != "a1b2" || !got.Closed || got.BreakGlass {
+			t.Fatalf("%s: %+v %v", old.file, got, err)
+		}
+		// Before version 3, flag bit 1 has no meaning: it is an error.
+		oldBytes[len(oldBytes)-1-len(old.role)-btoi(old.role != "")] |= 2
+		if _, err := chain.DecodeEvent(oldBytes); !errors.Is(err, chain.ErrFormat) {
+			t.Fatalf("%s with the break-glass bit: %v, want a format error", old.file, err)
+		}
 	}
 	back, err := chain.DecodeEvent(enc)
 	if err != nil {
@@ -100,6 +111,13 @@ func TestEventPhases(t *testing.T) {
 			t.Fatalf("phase %d verdict %d: %v, want a format error", bad[0], bad[1], err)
 		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // refRoot is RFC 6962's recursive definition of the Merkle tree hash.
@@ -178,7 +196,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(chain.AppendEvent(nil, event(1, audit.Allow)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := chain.DecodeEvent(b)
-		if err != nil || b[0] != 2 { // version 1 re-encodes as version 2
+		if err != nil || b[0] != 3 { // versions 1 and 2 re-encode as version 3
 			return
 		}
 		if !bytes.Equal(chain.AppendEvent(nil, &ev), b) {

@@ -67,6 +67,7 @@ type rig struct {
 	web       *httptest.Server
 	console   *console.Server
 	js        jetstream.JetStream
+	rec       *chain.Recorder
 }
 
 func startB(b *testing.B) *rig { return start(b) }
@@ -138,7 +139,7 @@ devices:
 	go c.Run(ctx)
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)
-	return &rig{proxyAddr: ln.Addr().String(), web: web, console: c, js: js}
+	return &rig{proxyAddr: ln.Addr().String(), web: web, console: c, js: js, rec: rec}
 }
 
 // traffic sends n reads and one forbidden write through the proxy.
@@ -427,4 +428,47 @@ func firstDeny(t *testing.T, r *rig) chain.Record {
 	}
 	t.Fatalf("no denied event streamed: %v", sc.Err())
 	return chain.Record{}
+}
+
+// TestBreakGlassIsFlaggedInTheEventStream: a write allowed by a break-glass
+// quorum reaches viewers with break_glass set, and the page shows a badge
+// on its row.
+func TestBreakGlassIsFlaggedInTheEventStream(t *testing.T) {
+	r := start(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	coil := modbus.AppendWriteSingleCoil(nil, 1, true)
+	ev := audit.Event{Time: time.Now(), Op: 1, Phase: audit.PhaseComplete, Device: "breaker-1", Unit: 1, Function: 5, Class: "write",
+		Address: 1, Quantity: 1, PDU: coil, Verdict: audit.Allow, Rule: "open-breaker", Approval: "ab12", BreakGlass: true,
+		Reason: "BREAK-GLASS open-breaker: approval ab12… by alice (1 of 2)", Response: coil}
+	if err := r.rec.Record(ctx, &ev, true); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	var got chain.Record
+	for sc.Scan() && got.Op == 0 {
+		if line, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			if err := json.Unmarshal([]byte(line), &got); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if !got.BreakGlass || got.Device != "breaker-1" {
+		t.Fatalf("streamed: %+v", got)
+	}
+	js, err := http.Get(r.web.URL + "/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(js.Body)
+	js.Body.Close()
+	if !strings.Contains(string(body), "r.break_glass ?") || !strings.Contains(string(body), `class="badge break-glass"`) {
+		t.Fatal("the page does not badge break-glass rows")
+	}
 }

@@ -82,11 +82,13 @@ type Gridseal struct {
 	Reason   string `json:"reason,omitempty"`
 	Policy   string `json:"policy,omitempty"`
 	Approval string `json:"approval,omitempty"`
-	Writer   string `json:"writer"`
-	Seq      uint64 `json:"seq"`
-	Height   uint64 `json:"height"`
-	Block    string `json:"block"`
-	Index    int    `json:"index"`
+	// BreakGlass: allowed by a rule's break-glass quorum.
+	BreakGlass bool   `json:"break_glass,omitempty"`
+	Writer     string `json:"writer"`
+	Seq        uint64 `json:"seq"`
+	Height     uint64 `json:"height"`
+	Block      string `json:"block"`
+	Index      int    `json:"index"`
 }
 
 // Suricata's names for the public function codes.
@@ -141,7 +143,7 @@ func For(r *chain.Record, ev *audit.Event) []Event {
 		Timestamp: ev.Time.UTC().Format("2006-01-02T15:04:05.000000+0000"),
 		EventType: "modbus", Proto: "TCP", AppProto: "modbus",
 		Gridseal: Gridseal{Verdict: ev.Verdict.String(), Device: ev.Device, Role: ev.Role, Rule: ev.Rule, Reason: ev.Reason,
-			Policy: ev.Policy, Approval: ev.Approval, Writer: r.Writer, Seq: r.Seq, Height: r.Height, Block: r.Block, Index: r.Index},
+			Policy: ev.Policy, Approval: ev.Approval, BreakGlass: ev.BreakGlass, Writer: r.Writer, Seq: r.Seq, Height: r.Height, Block: r.Block, Index: r.Index},
 	}
 	if ev.Client.IsValid() {
 		base.SrcIP, base.SrcPort = ev.Client.Addr().Unmap().String(), ev.Client.Port()
@@ -182,6 +184,9 @@ func For(r *chain.Record, ev *audit.Event) []Event {
 		return []Event{droppedReplyAlert(base, ev)}
 	}
 	out := []Event{base}
+	if ev.Verdict == audit.Allow && ev.BreakGlass {
+		out = append(out, breakGlassAlert(base, ev))
+	}
 	if ev.Verdict != audit.Allow {
 		alert := base
 		alert.EventType = "alert"
@@ -195,6 +200,17 @@ func For(r *chain.Record, ev *audit.Event) []Event {
 		out = append(out, alert)
 	}
 	return out
+}
+
+// breakGlassAlert is the alert for a write forwarded on a rule's break-glass
+// quorum: fewer approvers than the rule normally needs signed it. It was
+// allowed, and is the most severe alert gridseal raises, because someone
+// must look at it now.
+func breakGlassAlert(e Event, ev *audit.Event) Event {
+	e.EventType = "alert"
+	e.Alert = &Alert{Action: "allowed", GID: 1, SignatureID: 9050005, Rev: 1,
+		Signature: "GRIDSEAL " + ev.Reason, Category: "gridseal: break-glass approval used", Severity: 1}
+	return e
 }
 
 // droppedReplyAlert is the alert for a device reply gridseal passed to no

@@ -111,3 +111,41 @@ func golden(t *testing.T, name string, got []byte) {
 		t.Fatalf("%s changed: the EVE export is a contract others parse\ngot:\n%s\nwant:\n%s", path, got, want)
 	}
 }
+
+// TestBreakGlassAlert: a write forwarded on a break-glass quorum is a
+// modbus event flagged break_glass and an alert of its own, at the highest
+// severity; the same write on a full quorum raises none.
+func TestBreakGlassAlert(t *testing.T) {
+	coil := modbus.AppendWriteSingleCoil(nil, 1, true)
+	for _, tc := range []struct {
+		name       string
+		breakGlass bool
+		lines      int
+	}{{"break-glass quorum", true, 2}, {"full quorum", false, 1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := &audit.Event{Time: time.Unix(1764072000, 0), Op: 9, Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.1.2.3:50211"),
+				Listener: "10.9.9.9:502", Device: "breaker-1", Unit: 1, Function: 5, Class: "write", Address: 1, Quantity: 1, PDU: coil,
+				Verdict: audit.Allow, Rule: "open-breaker", Approval: "ab12", BreakGlass: tc.breakGlass,
+				Reason: "BREAK-GLASS open-breaker: approval ab12… by alice (1 of 2)", Response: coil}
+			out := eve.For(&chain.Record{Writer: "gw-1", Seq: 3}, ev)
+			if len(out) != tc.lines {
+				t.Fatalf("%d EVE lines, want %d: %+v", len(out), tc.lines, out)
+			}
+			if out[0].EventType != "modbus" || out[0].Gridseal.BreakGlass != tc.breakGlass {
+				t.Fatalf("modbus event: %+v", out[0])
+			}
+			if !tc.breakGlass {
+				return
+			}
+			a := out[1].Alert
+			if out[1].EventType != "alert" || a == nil || a.SignatureID != 9050005 || a.Severity != 1 || a.Action != "allowed" ||
+				a.Category != "gridseal: break-glass approval used" || !strings.Contains(a.Signature, "BREAK-GLASS") {
+				t.Fatalf("break-glass alert: %+v %+v", out[1], a)
+			}
+			b, err := json.Marshal(out[1])
+			if err != nil || !strings.Contains(string(b), `"break_glass":true`) {
+				t.Fatalf("alert JSON lacks break_glass: %s %v", b, err)
+			}
+		})
+	}
+}

@@ -2,15 +2,23 @@ package gateway
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
-// approvalEvents describes what changed on an approval as chain events.
+// approvalEvents describes what changed on an approval as chain events. A
+// step is recorded as done (verdict allow) only once it is verified under p,
+// the policy in force: a proposal whose proposer's signature verifies and
+// whose window does not start in the future, a signature that verifies with
+// an approver's key that is not revoked. Anything else is recorded as
+// refused (verdict deny, reason "refused: …" saying why), never under the
+// name a key id merely claims.
 func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.Event {
 	pr := after.Proposal
 	base := audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Allow, Class: "approval",
@@ -23,6 +31,9 @@ func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.E
 		ev := base
 		ev.Reason = fmt.Sprintf("proposed by %s: %s, valid %s to %s", pr.Proposer, pr.Describe(),
 			pr.NotBefore.Format(time.RFC3339), pr.NotAfter.Format(time.RFC3339))
+		if err := approvals.VerifyProposal(p, after); err != nil {
+			ev.Verdict, ev.Reason = audit.Deny, "refused: "+ev.Reason+": "+err.Error()
+		}
 		out = append(out, ev)
 	}
 	seen := 0
@@ -31,15 +42,12 @@ func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.E
 	}
 	for _, s := range after.Entry.Signatures[min(seen, len(after.Entry.Signatures)):] {
 		ev := base
-		who := "an unknown key"
-		if len(s.Sig) >= 5 {
-			id := uint32(s.Sig[1])<<24 | uint32(s.Sig[2])<<16 | uint32(s.Sig[3])<<8 | uint32(s.Sig[4])
-			who = fmt.Sprintf("key %d", id)
-			if a := p.ApproverForKey(id); a != nil {
-				who = fmt.Sprintf("%s (key %d)", a.Name, id)
-			}
+		if a, err := approvals.VerifySignature(p, after, s.Sig); err != nil {
+			ev.Verdict, ev.Reason = audit.Deny, "refused: a signature: "+err.Error()
+		} else {
+			id, _ := keys.SignatureKeyID(s.Sig)
+			ev.Reason = fmt.Sprintf("signed by %s (key %d)", a.Name, id)
 		}
-		ev.Reason = "signed by " + who
 		out = append(out, ev)
 	}
 	if after.Entry.Consumed != nil && (before == nil || before.Entry.Consumed == nil) {
@@ -48,4 +56,12 @@ func approvalEvents(p *policy.Policy, before, after *approvals.Stored) []audit.E
 		out = append(out, ev)
 	}
 	return out
+}
+
+// invalidApprovalEvent records a change to a proposal's key in the bucket
+// that is not a valid proposal stored under its own id.
+func invalidApprovalEvent(p *policy.Policy, key string, err error) audit.Event {
+	return audit.Event{Time: time.Now(), Phase: audit.PhaseApproval, Verdict: audit.Deny, Class: "approval",
+		Approval: strings.TrimPrefix(key, "p."), Policy: p.Digest,
+		Reason: "refused: bucket entry " + key + " is not a valid proposal: " + err.Error()}
 }

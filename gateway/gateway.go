@@ -311,25 +311,44 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g.store, err = approvals.OpenStore(ctx, js, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	g.store, err = openApprovals(ctx, js, g.rec, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
 	if err != nil {
 		return err
 	}
-	g.store.OnChange = func(before, after *approvals.Stored) {
-		for _, ev := range approvalEvents(g.engine.Policy(), before, after) {
-			if err := g.rec.Record(ctx, &ev, false); err != nil {
-				g.log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
-			}
-		}
-	}
-	if err := g.store.Watch(ctx); err != nil {
-		return err
-	}
-	approvals.Use(g.engine, g.store, g.cfg.Chain.Writer)
 	if err := g.store.PublishPolicy(ctx, g.engine.Policy()); err != nil {
 		return fmt.Errorf("publish the policy in force: %w", err)
 	}
 	return nil
+}
+
+// openApprovals opens the approvals bucket, restores every use the chain
+// records that the use stream lacks (see approvaluses.go), records every
+// approval step it sees from then on in rec, and lets engine allow writes
+// with its approvals, consumed in writer's name.
+func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
+	store, err := approvals.OpenStore(ctx, js, replicas, log)
+	if err != nil {
+		return nil, err
+	}
+	store.OnChange = func(before, after *approvals.Stored) {
+		for _, ev := range approvalEvents(engine.Policy(), before, after) {
+			if err := rec.Record(ctx, &ev, false); err != nil {
+				log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
+			}
+		}
+	}
+	store.OnInvalid = func(key string, invalid error) {
+		ev := invalidApprovalEvent(engine.Policy(), key, invalid)
+		if err := rec.Record(ctx, &ev, false); err != nil {
+			log.Error("refused approval entry not recorded", zap.String("key", key), zap.Error(err))
+		}
+	}
+	restoreUses(ctx, js, store, log)
+	if err := store.Watch(ctx); err != nil {
+		return nil, err
+	}
+	approvals.Use(engine, store, writer)
+	return store, nil
 }
 
 // startCheckpointer signs checkpoints of the whole stream every period.
@@ -425,6 +444,9 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.opts.DataDir, "console"),
 		Ready: func() error {
 			if err := g.rec.Failed(); err != nil {
+				return err
+			}
+			if err := g.store.Failed(); err != nil {
 				return err
 			}
 			if !g.rec.Available() {

@@ -189,6 +189,7 @@ func (ss *session) handle(c *call) bool {
 	c.in.Device, c.ev.Device, c.in.Op = name, name, c.ev.Op
 	v := s.dec.Decide(s.ctx, &c.in)
 	c.ev.Rule, c.ev.Reason, c.ev.Policy, c.ev.Approval = v.Rule, v.Reason, v.Policy, v.Approval
+	c.ev.BreakGlass = v.BreakGlass && v.Allowed()
 	if !v.Allowed() {
 		c.ev.Verdict = audit.Deny
 		c.done(nil, s.exceptionFor(v.Denial))

@@ -259,6 +259,9 @@ func approveCmd(g *globals) *cobra.Command {
 			if st.Entry.Consumed != nil {
 				return approvals.ErrConsumed
 			}
+			if err := approvals.VerifyProposal(env.pol, st); err != nil {
+				return fmt.Errorf("not signed: approval %s…: %w", id.String()[:16], err)
+			}
 			if who == st.Proposal.Proposer {
 				return fmt.Errorf("%s proposed this command: the proposer's signature never counts toward its quorum", who)
 			}

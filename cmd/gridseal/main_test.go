@@ -24,10 +24,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	mbclient "github.com/simonvetter/modbus"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/bench"
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/internal/testwait"
+	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
@@ -718,6 +721,40 @@ func TestProposeAndApproveCommands(t *testing.T) {
 	want := fmt.Sprintf("chain verify FAILED at sequence %d (writer demo-gw", ack.Sequence)
 	if code != 1 || !strings.Contains(stderr, want) || !strings.Contains(stderr, "unreadable block") {
 		t.Fatalf("verify after an injected block: exit %d, want one line with %q\n%s%s", code, want, out, stderr)
+	}
+
+	// Someone with access to the bucket writes a proposal whose window
+	// starts later (gridseal propose starts it now): approvers refuse it.
+	store, err := approvals.OpenStore(ctx, js, 1, nopLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := store.PublishedPolicy(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, err := keys.LoadSigner(key("alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ahead := range []time.Duration{time.Hour, 10 * 365 * 24 * time.Hour} {
+		pr, err := approvals.NewProposal(pol, "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, simulators.InverterLimitPct, 21),
+			15*time.Minute, "alice", time.Now().Add(ahead))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := alice.Sign(approvals.ProposeInput(pr.ID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		future, err := store.Propose(ctx, pr, sig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, _, stderr := cli("", "approve", future.String(), "--key", key("bob"), "--yes")
+		if code != 1 || !strings.Contains(stderr, "not signed") || !strings.Contains(stderr, "starts in the future") || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+			t.Fatalf("approving a proposal %v ahead: exit %d, want one line saying it starts in the future:\n%s", ahead, code, stderr)
+		}
 	}
 }
 

@@ -20,13 +20,13 @@ function matches(r, f) {
 }
 function rowHTML(r) {
   const t = new Date(r.time).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(r.time).getMilliseconds()).padStart(3, "0");
-  const verdict = r.phase === "approval" ? "approval" : r.phase === "request" ? r.verdict + " · recorded before forwarding"
+  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "request" ? r.verdict + " · recorded before forwarding"
     : r.phase === "dropped-reply" ? "device reply dropped" : r.verdict;
   const vals = (r.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
   return `<td>${t}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td><td>${r.unit}</td>` +
     `<td>${r.fc} ${esc(r.function || "")}</td><td>${r.address}+${r.quantity}</td><td>${esc(vals)}</td>` +
-    `<td class="verdict">${esc(verdict)}${exc}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
 }
 function render() {
   const f = filters();
@@ -38,7 +38,7 @@ function render() {
 }
 function addRow(tb, r, fresh, append) {
   const tr = document.createElement("tr");
-  tr.className = (r.phase === "approval" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
+  tr.className = (r.phase === "approval" && r.verdict === "allow" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
   tr.dataset.verdict = r.verdict;
   tr.innerHTML = rowHTML(r);
   tr.onclick = () => showDetail(r);
