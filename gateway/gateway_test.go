@@ -1,0 +1,123 @@
+package gateway_test
+
+import (
+	"errors"
+	"io"
+	"log"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	mbclient "github.com/simonvetter/modbus"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/natsembed"
+	"github.com/gridseal/gridseal/simulators"
+	"github.com/gridseal/gridseal/simulators/simtest"
+)
+
+// site writes an unsigned policy for the simulators at simAddr and a writer
+// key, and returns a configuration serving them on a free port.
+func site(t *testing.T, simAddr string) *gateway.Config {
+	t.Helper()
+	dir := t.TempDir()
+	pol := "id: plant\nversion: 1\ndevices:\n  - name: inverter-1\n    upstream: " + simAddr +
+		"\n    units: [1]\n    rules:\n      - {name: telemetry, allow: read, table: holding-registers, addresses: 40000-40149}\n"
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(pol), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	h, err := keys.New(keys.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, _, err := keys.WritePair(dir, "gw-1", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &gateway.Config{Policy: filepath.Join(dir, "policy.yaml"), InsecureUnsignedPolicy: true,
+		Listeners: []gateway.ListenerConfig{{Listen: "127.0.0.1:0", Devices: []string{"inverter-1"}}},
+		Chain:     gateway.ChainConfig{Writer: "gw-1", Key: priv}, Console: gateway.ConsoleConfig{Listen: "off"}}
+}
+
+func reads(t *testing.T, addr string, n int) {
+	t.Helper()
+	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Open(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	for i := 0; i < n; i++ {
+		if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRestartedGatewayKeepsOperationNumbersUnique: one site run twice on
+// one data directory records no operation number twice, and while it runs
+// a second gateway with the same writer id refuses to start.
+func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
+	simAddr, _ := simtest.Start(t, simulators.Options{})
+	cfg := site(t, simAddr)
+	dataDir := t.TempDir()
+	opts := gateway.Options{DataDir: dataDir, Log: zap.NewNop()}
+	for run := 0; run < 2; run++ {
+		gw, err := gateway.New(t.Context(), cfg, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reads(t, gw.Addrs()[0], 10)
+		if run == 0 {
+			// The same writer id from another data directory (another
+			// embedded server would not see the lease: share this one's).
+			url, err := os.ReadFile(filepath.Join(dataDir, "nats", "client.url"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			token, _ := os.ReadFile(filepath.Join(dataDir, "nats", "token"))
+			other := opts
+			other.DataDir = t.TempDir()
+			other.NATS = natsembed.ConnectOptions{URL: strings.Replace(string(url), "nats://", "nats://"+string(token)+"@", 1)}
+			_, err = gateway.New(t.Context(), cfg, other)
+			if !errors.Is(err, chain.ErrWriterBusy) {
+				t.Fatalf("a second gateway as gw-1: %v, want ErrWriterBusy", err)
+			}
+		}
+		gw.Close()
+	}
+	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	js, err := jetstream.New(conn.NC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint64]bool{}
+	n := 0
+	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(r *chain.Record, ev *audit.Event) error {
+		if seen[ev.Op] {
+			t.Errorf("operation %d recorded twice", ev.Op)
+		}
+		seen[ev.Op] = true
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 20 {
+		t.Fatalf("%d operations in the chain, want 20", n)
+	}
+}
