@@ -92,7 +92,8 @@ type Recorder struct {
 	restored         int // entries at the spool's front loaded from the spool file
 	lastOp           uint64
 
-	lease atomic.Pointer[lease]
+	lease     atomic.Pointer[lease]
+	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
 
 	available atomic.Bool
 	nearFull  atomic.Bool           // the spool is past Admit's mark; set under mu
@@ -184,6 +185,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	}
 	go r.run()
 	if cfg.LeaseTTL > 0 {
+		r.leaseDone = make(chan struct{})
 		go r.keepLease()
 	}
 	return r, nil
@@ -334,6 +336,9 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	cancel()
 	close(r.stop)
 	<-r.done
+	if r.leaseDone != nil {
+		<-r.leaseDone
+	}
 	r.saveHead(true)
 	if err != nil {
 		if serr := r.saveSpool(); serr != nil {
@@ -353,10 +358,13 @@ func (r *Recorder) Close(timeout time.Duration) error {
 // keepLease renews the writer's lease every third of its TTL until the
 // recorder stops; a lease another process took stops the recorder.
 func (r *Recorder) keepLease() {
+	defer close(r.leaseDone)
 	t := time.NewTicker(r.cfg.LeaseTTL / 3)
 	defer t.Stop()
 	for {
 		select {
+		case <-r.stop:
+			return
 		case <-r.done:
 			return
 		case <-t.C:
@@ -703,6 +711,7 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 				r.noteOp(ev.Op)
 			}
 		}
+		r.dropLanded(b.Events)
 	}
 	local, ok, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
 	if err != nil {

@@ -1,6 +1,7 @@
 package chain
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -82,6 +83,35 @@ func (r *Recorder) loadSpool() error {
 	r.levelLocked()
 	r.log.Info("chain events kept by the last run spooled again", zap.Int("events", r.restored))
 	return nil
+}
+
+// dropLanded removes from the front of the restored spool the events of
+// the writer's last block when they are exactly those: the previous run's
+// last publish landed although its acknowledgement never came (or a
+// buffered publish went out as it stopped), so they are recorded already.
+func (r *Recorder) dropLanded(events [][]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := len(events)
+	if n == 0 || n > r.restored {
+		return
+	}
+	for i, e := range events {
+		if !bytes.Equal(e, r.spool[i].data) {
+			return
+		}
+	}
+	for _, e := range r.spool[:n] {
+		r.spoolBytes -= len(e.data)
+	}
+	clear(r.spool[:n])
+	r.spool = r.spool[n:]
+	r.restored -= n
+	r.levelLocked()
+	r.log.Info("kept chain events were recorded already by the last run's last block", zap.Int("events", n))
+	if r.restored == 0 {
+		r.removeSpoolFile()
+	}
 }
 
 func (r *Recorder) removeSpoolFile() {

@@ -81,6 +81,11 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(3 * time.Second),
+		// No publishes buffered while disconnected: a chain block or an
+		// approval update either reaches the server now or fails and is
+		// retried by its owner, never sent late behind its owner's back
+		// (after a timeout, or after the process handed its spool on).
+		nats.ReconnectBufSize(-1),
 	}
 	if o.URL != "" {
 		return connectURL(o, opts)

@@ -92,7 +92,7 @@ func (s *Server) Restart() {
 func Connect(t testing.TB, urls string) *nats.Conn {
 	t.Helper()
 	nc, err := nats.Connect(urls, nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond),
-		nats.RetryOnFailedConnect(true), nats.Timeout(2*time.Second))
+		nats.RetryOnFailedConnect(true), nats.Timeout(2*time.Second), nats.ReconnectBufSize(-1))
 	if err != nil {
 		t.Fatal(err)
 	}
