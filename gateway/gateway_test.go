@@ -106,7 +106,7 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 	}
 	seen := map[uint64]bool{}
 	n := 0
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(r *chain.Record, ev *audit.Event) error {
+	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
 		if seen[ev.Op] {
 			t.Errorf("operation %d recorded twice", ev.Op)
 		}
