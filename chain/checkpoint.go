@@ -177,17 +177,21 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 }
 
 // Checkpointer follows the chain, folds every event into the tree and signs
-// a checkpoint every Every (when the tree grew) or every EveryEvents events.
+// a checkpoint every Every (when the tree grew) or every EveryEvents events,
+// whichever comes first.
 type Checkpointer struct {
 	Signer      note.Signer
 	Every       time.Duration
 	EveryEvents int64
-	Log         *zap.Logger
+	// Replicas of the checkpoint stream, when Run creates it: as many as
+	// the chain stream's, so losing a node does not stop checkpoints.
+	Replicas int
+	Log      *zap.Logger
 }
 
 // Run checkpoints until ctx ends.
 func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
-	if err := EnsureCheckpointStream(ctx, js, 1); err != nil {
+	if err := EnsureCheckpointStream(ctx, js, c.Replicas); err != nil {
 		return fmt.Errorf("checkpoint stream: %w", err)
 	}
 	every := c.Every
@@ -196,7 +200,8 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	}
 	var acc RootAcc
 	var signed int64
-	last := time.Now()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
 	publish := func() {
 		if acc.Size() == signed {
 			return
@@ -209,10 +214,10 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 			c.Log.Warn("checkpoint not published", zap.Error(err))
 			return
 		}
-		signed, last = acc.Size(), time.Now()
+		signed = acc.Size()
+		// A checkpoint signed for EveryEvents restarts the period.
+		tick.Reset(every)
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	// The scan ends with Run: Run cancels it and waits for it, so nothing
 	// of the checkpointer outlives the call.
 	ctx, cancel := context.WithCancel(ctx)
@@ -243,9 +248,7 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 		case err := <-errc:
 			return err
 		case <-tick.C:
-			if time.Since(last) >= every {
-				publish()
-			}
+			publish()
 		case m := <-events:
 			b, err := ParseBlock(m.Data)
 			if err != nil {

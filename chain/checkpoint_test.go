@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
@@ -162,5 +163,104 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	forged, _ := chain.SignCheckpoint(1000, chain.Hash{}, os2)
 	if _, err := chain.OpenCheckpoint(forged.Note, known); err == nil {
 		t.Fatal("a checkpoint signed by another key was accepted")
+	}
+}
+
+// newCheckpointKey returns a fresh signed-note key pair for a checkpointer.
+func newCheckpointKey(t *testing.T, name string) (note.Signer, note.Verifiers) {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, note.VerifierList(v)
+}
+
+// checkpointMsgs is how many messages the checkpoint stream holds.
+func checkpointMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), chain.CheckpointStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestCheckpointerSignsEveryPeriod records an event every 20 ms for 2 s
+// while a checkpointer with a 200 ms period runs: about ten checkpoints,
+// one a period. (Signing only when a whole period has passed since the
+// last one signs every other tick: about five.)
+func TestCheckpointerSignsEveryPeriod(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	js := jsOf(t, nc)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	cpr := &chain.Checkpointer{Signer: ns, Every: 200 * time.Millisecond, Log: zap.NewNop()}
+	go func() { done <- cpr.Run(ctx, js) }()
+	pace := time.NewTicker(20 * time.Millisecond)
+	defer pace.Stop()
+	for i, end := uint64(0), time.Now().Add(2*time.Second); time.Now().Before(end); i++ {
+		<-pace.C
+		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := checkpointMsgs(t, js); n < 7 || n > 11 {
+		t.Fatalf("%d checkpoints in 2 s with a 200 ms period, want about 10 (one a period)", n)
+	}
+}
+
+// TestCheckpointStreamReplicas: the checkpoint stream is replicated as
+// the checkpointer is told, so losing one node of three does not stop
+// checkpoints.
+func TestCheckpointStreamReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster")
+	}
+	nodes := natstest.RunCluster(t, 3)
+	nc := natstest.Connect(t, natstest.ClusterURLs(nodes))
+	js := jsOf(t, nc)
+	if _, err := chain.EnsureStream(t.Context(), js, 3); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	cpr := &chain.Checkpointer{Signer: ns, Every: time.Hour, Replicas: 3, Log: zap.NewNop()}
+	go func() { done <- cpr.Run(ctx, js) }()
+	var info *jetstream.StreamInfo
+	testwait.For(t, "the checkpoint stream", func() bool {
+		s, err := js.Stream(t.Context(), chain.CheckpointStream)
+		if err == nil {
+			info, err = s.Info(t.Context())
+		}
+		return err == nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Fatalf("checkpoint stream has %d replicas, want 3", info.Config.Replicas)
 	}
 }

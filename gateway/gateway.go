@@ -334,7 +334,7 @@ func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every ti
 		g.log.Error("checkpointer not started", zap.Error(err))
 		return
 	}
-	cp := &chain.Checkpointer{Signer: s, Every: every, Log: g.log.Named("checkpoint")}
+	cp := &chain.Checkpointer{Signer: s, Every: every, Replicas: g.cfg.Chain.Replicas, Log: g.log.Named("checkpoint")}
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
