@@ -230,7 +230,9 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	}()
 	go func() {
 		defer close(scanned)
-		errc <- Scan(ctx, js, 1, true, func(m *Msg) error {
+		// A message the store cannot return stops the checkpointer: a
+		// tree without its events must not be signed.
+		errc <- scanContiguous(ctx, js, 1, true, func(m *Msg) error {
 			cp := *m
 			cp.Data = append([]byte(nil), m.Data...)
 			select {
@@ -296,7 +298,7 @@ func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 	}
 	tree := &Tree{}
 	done := errors.New("done")
-	err = Scan(ctx, js, 1, false, func(m *Msg) error {
+	err = scanContiguous(ctx, js, 1, false, func(m *Msg) error {
 		if tree.Size() >= cp.Size {
 			return done
 		}

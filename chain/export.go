@@ -92,9 +92,10 @@ func (f *Filter) Match(r *Record) bool {
 // reading the chain stream as Scan does: from sequence from up to its last
 // message, or with follow until ctx ends. It checks each block's
 // structure, not its signature: VerifyStream does that. An error from fn
-// stops the scan and is returned.
+// stops the scan and is returned; so does a message the store cannot
+// return (an *UnreadableError naming it): no record is skipped silently.
 func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, f *Filter, fn func(*Record, *audit.Event) error) error {
-	return Scan(ctx, js, from, follow, func(m *Msg) error {
+	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
 		b, err := ParseBlock(m.Data)
 		if err != nil {
 			return fmt.Errorf("sequence %d: %w", m.Seq, err)
