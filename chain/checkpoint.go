@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,9 @@ type Checkpoint struct {
 	Root    Hash
 	Note    []byte   // the whole signed note, as stored
 	Signers []string // names of the known keys whose signatures verified
+	// Stored is when the checkpoint stream stored it; zero if it was not
+	// read from the stream (a pinned file). The note itself has no time.
+	Stored time.Time
 }
 
 // Body is the checkpoint's text, as signed.
@@ -187,10 +191,73 @@ type Checkpointer struct {
 	// the chain stream's, so losing a node does not stop checkpoints.
 	Replicas int
 	Log      *zap.Logger
+
+	mu          sync.Mutex
+	failures    uint64 // attempts that failed, in all
+	inARow      int    // attempts that failed since the last success
+	lastErr     error
+	lastSuccess time.Time
+	stopped     error // why Run stopped, if it failed
 }
 
-// Run checkpoints until ctx ends.
-func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
+// failingAfter is how many checkpoint attempts in a row must fail before
+// Err reports the checkpointer failing: one may meet a leader election.
+const failingAfter = 2
+
+// failed counts a failed attempt to sign or publish a checkpoint.
+func (c *Checkpointer) failed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	c.inARow++
+	c.lastErr = err
+}
+
+func (c *Checkpointer) succeeded() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inARow, c.lastErr, c.lastSuccess = 0, nil, time.Now()
+}
+
+// Err says why the checkpointer is failing: Run stopped with an error, or
+// its last attempts to publish a checkpoint failed. It is nil while
+// checkpoints are signed (or nothing new needed one). Safe to call from
+// any goroutine, as readiness checks do.
+func (c *Checkpointer) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	since := "none signed yet"
+	if !c.lastSuccess.IsZero() {
+		since = "the last signed at " + c.lastSuccess.Format(time.RFC3339)
+	}
+	switch {
+	case c.stopped != nil:
+		return fmt.Errorf("checkpointer stopped (%s): %w", since, c.stopped)
+	case c.inARow >= failingAfter:
+		return fmt.Errorf("checkpoints failing: %d attempts in a row (%s): %w", c.inARow, since, c.lastErr)
+	}
+	return nil
+}
+
+// Status returns how many checkpoint attempts failed in all and when a
+// checkpoint was last published (zero if never).
+func (c *Checkpointer) Status() (failures uint64, lastSuccess time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failures, c.lastSuccess
+}
+
+// Run checkpoints until ctx ends. An error it stops with is also what Err
+// reports from then on.
+func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err error) {
+	parent := ctx
+	defer func() {
+		if err != nil && parent.Err() == nil {
+			c.mu.Lock()
+			c.stopped = err
+			c.mu.Unlock()
+		}
+	}()
 	if err := EnsureCheckpointStream(ctx, js, c.Replicas); err != nil {
 		return fmt.Errorf("checkpoint stream: %w", err)
 	}
@@ -211,9 +278,11 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 			_, err = js.Publish(ctx, checkpointSubject+c.Signer.Name(), cp.Note)
 		}
 		if err != nil {
+			c.failed(err)
 			c.Log.Warn("checkpoint not published", zap.Error(err))
 			return
 		}
+		c.succeeded()
 		signed = acc.Size()
 		// A checkpoint signed for EveryEvents restarts the period.
 		tick.Reset(every)

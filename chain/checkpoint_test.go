@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
@@ -262,5 +264,71 @@ func TestCheckpointStreamReplicas(t *testing.T) {
 	}
 	if info.Config.Replicas != 3 {
 		t.Fatalf("checkpoint stream has %d replicas, want 3", info.Config.Replicas)
+	}
+}
+
+// TestCheckpointerReportsFailures: a checkpointer whose checkpoints
+// JetStream refuses (here the checkpoint stream takes another subject, as
+// when permissions deny it) says so in Err and its metrics, and recovers
+// when they are taken again.
+func TestCheckpointerReportsFailures(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	js := jsOf(t, nc)
+	cfg := jetstream.StreamConfig{Name: chain.CheckpointStream, Subjects: []string{"gridseal.checkpoint.someone-else"}}
+	if _, err := js.CreateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	reg := prometheus.NewRegistry()
+	cpr := &chain.Checkpointer{Signer: ns, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr.RegisterMetrics(reg)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cpr.Run(ctx, js) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	metric := func(name string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				m := mf.GetMetric()[0]
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	for i := uint64(0); i < 3; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testwait.For(t, "the checkpointer to report its failures", func() bool { return cpr.Err() != nil })
+	if err := cpr.Err(); !strings.Contains(err.Error(), "checkpoints failing") || !strings.Contains(err.Error(), "none signed yet") {
+		t.Fatalf("Err() = %v", err)
+	}
+	if n := metric("gridseal_checkpoint_failures_total"); n < 2 {
+		t.Fatalf("gridseal_checkpoint_failures_total = %v, want at least 2", n)
+	}
+	if ts := metric("gridseal_checkpoint_last_success_timestamp_seconds"); ts != 0 {
+		t.Fatalf("last success %v, want 0: none was published", ts)
+	}
+	cfg.Subjects = []string{"gridseal.checkpoint.>"}
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the checkpointer to recover", func() bool { return cpr.Err() == nil })
+	if ts := metric("gridseal_checkpoint_last_success_timestamp_seconds"); ts < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Fatalf("last success %v, want about now", ts)
 	}
 }

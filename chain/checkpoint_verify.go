@@ -87,6 +87,7 @@ func Checkpoints(ctx context.Context, js jetstream.JetStream, known note.Verifie
 			continue
 		}
 		if c, err := OpenCheckpoint(m.Data, known); err == nil {
+			c.Stored = m.Time
 			out = append(out, c)
 		}
 	}

@@ -21,6 +21,11 @@ type VerifyOptions struct {
 	// truncation. A missing file is no pinned checkpoint; "" is none.
 	// Ignored unless Trust.Checkpointers is set.
 	PinnedCheckpoint string
+	// MaxCheckpointAge, if above 0 and Trust.Checkpointers is set, is how
+	// long an event may stay outside every signed checkpoint: one recorded
+	// longer ago that none covers is a problem, so a checkpointer that is
+	// not running or cannot publish is caught. A quiet chain is no problem.
+	MaxCheckpointAge time.Duration
 	// Progress, if set, is called every ProgressEvery (default 2s) during
 	// the scan with the blocks and events verified so far.
 	Progress      func(blocks, events uint64)
@@ -91,6 +96,12 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 	// checkpoints cannot be checked beyond it, and are not.
 	gap := false
 	next := uint64(1)
+	var covered, events int64 // events the newest checkpoint covers; seen
+	if rep.Checkpoints != nil && rep.Checkpoints.Newest != nil {
+		covered = rep.Checkpoints.Newest.Size
+	}
+	checkAge := cpCheck != nil && opts.MaxCheckpointAge > 0
+	now := time.Now()
 	err := Scan(ctx, js, 1, false, func(m *Msg) error {
 		if opts.Progress != nil && time.Since(lastProgress) > every {
 			lastProgress = time.Now()
@@ -102,6 +113,15 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 			var p *Problem
 			if err := cpCheck.Add(m); errors.As(err, &p) {
 				rep.Problems = append(rep.Problems, p)
+			}
+		}
+		if checkAge {
+			events += int64(len(leavesOf(m.Data)))
+			if age := now.Sub(m.Stored); events > covered && age > opts.MaxCheckpointAge {
+				checkAge = false // the first such block says it
+				rep.Problems = append(rep.Problems, &Problem{Seq: m.Seq, Writer: m.Writer(), Reason: fmt.Sprintf(
+					"recorded %v ago, yet no signed checkpoint covers it (the newest covers %d events; the most an event may wait is %v): the checkpointer is not running or cannot publish",
+					age.Round(time.Second), covered, opts.MaxCheckpointAge)})
 			}
 		}
 		ps, err := problems(v.Add(m))

@@ -265,3 +265,73 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 		t.Fatalf("first problem = %q, want it to end %q", rep.Problems[0], want)
 	}
 }
+
+// TestVerifyStreamCheckpointAge: with a pinned checkpointer, an event
+// stored longer ago than MaxCheckpointAge that no signed checkpoint covers
+// fails verification; covered events, or the check off, do not.
+func TestVerifyStreamCheckpointAge(t *testing.T) {
+	signer, wk := newKey(t)
+	genuine := genuineChain(t, signer) // six blocks of ten events
+	ns, known := newCheckpointKey(t, "checkpointer-1")
+	signed := func(blocks int) []byte {
+		var acc chain.RootAcc
+		for _, m := range genuine[:blocks] {
+			b, err := chain.ParseBlock(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range b.Events {
+				acc.Append(chain.LeafHash(e))
+			}
+		}
+		cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cp.Note
+	}
+	cases := []struct {
+		name       string
+		checkpoint []byte
+		maxAge     time.Duration
+		first      string // "": no problem
+	}{
+		{"no checkpoint", nil, time.Nanosecond,
+			"sequence 1 (writer gw-1): recorded "},
+		{"no checkpoint, check off", nil, 0, ""},
+		{"no checkpoint, events younger", nil, time.Hour, ""},
+		{"every event covered", signed(6), time.Nanosecond, ""},
+		{"the last two blocks not covered", signed(4), time.Nanosecond,
+			"sequence 5 (writer gw-1): recorded "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.RunJetStream(t)
+			js := jsOf(t, natstest.Connect(t, srv.URL()))
+			publish(t, js, genuine)
+			if err := chain.EnsureCheckpointStream(t.Context(), js, 1); err != nil {
+				t.Fatal(err)
+			}
+			if tc.checkpoint != nil {
+				if _, err := js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-1", tc.checkpoint); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{MaxCheckpointAge: tc.maxAge,
+				Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Checkpointers: known}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.first == "" {
+				if len(rep.Problems) > 0 {
+					t.Fatalf("problems: %v", rep.Problems)
+				}
+				return
+			}
+			if len(rep.Problems) != 1 || !strings.HasPrefix(rep.Problems[0].Error(), tc.first) ||
+				!strings.Contains(rep.Problems[0].Reason, "the checkpointer is not running or cannot publish") {
+				t.Fatalf("problems: %v\nwant one starting %q", rep.Problems, tc.first)
+			}
+		})
+	}
+}

@@ -30,11 +30,15 @@ func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads
 
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads string
+	var maxCheckpointAge time.Duration
 	cmd := &cobra.Command{
-		Use:   "verify [--trust FILE] [--heads DIR]",
+		Use:   "verify [--trust FILE] [--heads DIR] [--max-checkpoint-age D]",
 		Short: "Check every hash, Merkle root, signature and height of the chain",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxCheckpointAge < 0 {
+				return fmt.Errorf("%w: --max-checkpoint-age %v: want 0 (do not check) or more", errUsage, maxCheckpointAge)
+			}
 			if trustPath == "" {
 				trustPath = g.defaultTrust()
 			}
@@ -53,7 +57,7 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			pinnedPath := filepath.Join(g.dataDir, "checkpoint.pinned")
 			start := time.Now()
 			rep, err := chain.VerifyStream(cmd.Context(), js, chain.VerifyOptions{
-				Trust: trust, PinnedCheckpoint: pinnedPath,
+				Trust: trust, PinnedCheckpoint: pinnedPath, MaxCheckpointAge: maxCheckpointAge,
 				Progress: func(blocks, events uint64) {
 					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", blocks, events)
 				},
@@ -100,6 +104,8 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file pinning writer public keysets (default DATA-DIR/trust.yaml)")
 	cmd.Flags().StringVar(&heads, "heads", "", "directory of locally kept writer heads (default DATA-DIR/heads)")
+	cmd.Flags().DurationVar(&maxCheckpointAge, "max-checkpoint-age", 5*time.Minute,
+		"with checkpointers in the trust file: fail if an event recorded longer ago than this is in no signed checkpoint (0: do not check)")
 	return cmd
 }
 
