@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,6 +36,9 @@ type Checkpoint struct {
 	Root    Hash
 	Note    []byte   // the whole signed note, as stored
 	Signers []string // names of the known keys whose signatures verified
+	// Stored is when the checkpoint stream stored it; zero if it was not
+	// read from the stream (a pinned file). The note itself has no time.
+	Stored time.Time
 }
 
 // Body is the checkpoint's text, as signed.
@@ -177,17 +181,88 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 }
 
 // Checkpointer follows the chain, folds every event into the tree and signs
-// a checkpoint every Every (when the tree grew) or every EveryEvents events.
+// a checkpoint every Every (when the tree grew) or every EveryEvents events,
+// whichever comes first.
 type Checkpointer struct {
 	Signer      note.Signer
 	Every       time.Duration
 	EveryEvents int64
-	Log         *zap.Logger
+	// Replicas of the checkpoint stream, when Run creates it: as many as
+	// the chain stream's, so losing a node does not stop checkpoints.
+	Replicas int
+	Log      *zap.Logger
+
+	mu          sync.Mutex
+	failures    uint64 // attempts that failed, in all
+	inARow      int    // attempts that failed since the last success
+	lastErr     error
+	lastSuccess time.Time
+	stopped     error // why Run stopped, if it failed
 }
 
-// Run checkpoints until ctx ends.
-func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
-	if err := EnsureCheckpointStream(ctx, js, 1); err != nil {
+// failingAfter is how many checkpoint attempts in a row must fail before
+// Err reports the checkpointer failing: one may meet a leader election.
+const failingAfter = 2
+
+// failed counts a failed attempt to sign or publish a checkpoint.
+func (c *Checkpointer) failed(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failures++
+	c.inARow++
+	c.lastErr = err
+}
+
+func (c *Checkpointer) succeeded() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inARow, c.lastErr, c.lastSuccess = 0, nil, time.Now()
+}
+
+// Err says why the checkpointer is failing: Run stopped with an error, or
+// its last attempts to publish a checkpoint failed. It is nil while
+// checkpoints are signed (or nothing new needed one). Safe to call from
+// any goroutine, as readiness checks do.
+func (c *Checkpointer) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	since := "none signed yet"
+	if !c.lastSuccess.IsZero() {
+		since = "the last signed at " + c.lastSuccess.Format(time.RFC3339)
+	}
+	switch {
+	case c.stopped != nil:
+		return fmt.Errorf("checkpointer stopped (%s): %w", since, c.stopped)
+	case c.inARow >= failingAfter:
+		return fmt.Errorf("checkpoints failing: %d attempts in a row (%s): %w", c.inARow, since, c.lastErr)
+	}
+	return nil
+}
+
+// Status returns how many checkpoint attempts failed in all and when a
+// checkpoint was last published (zero if never).
+func (c *Checkpointer) Status() (failures uint64, lastSuccess time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.failures, c.lastSuccess
+}
+
+// Run checkpoints until ctx ends, then returns nil. An error it stops with
+// before that is also what Err reports from then on.
+func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err error) {
+	parent := ctx
+	defer func() {
+		if parent.Err() != nil {
+			err = nil // stopped, not failed
+			return
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.stopped = err
+			c.mu.Unlock()
+		}
+	}()
+	if err := EnsureCheckpointStream(ctx, js, c.Replicas); err != nil {
 		return fmt.Errorf("checkpoint stream: %w", err)
 	}
 	every := c.Every
@@ -196,7 +271,8 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	}
 	var acc RootAcc
 	var signed int64
-	last := time.Now()
+	tick := time.NewTicker(every)
+	defer tick.Stop()
 	publish := func() {
 		if acc.Size() == signed {
 			return
@@ -206,13 +282,15 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 			_, err = js.Publish(ctx, checkpointSubject+c.Signer.Name(), cp.Note)
 		}
 		if err != nil {
+			c.failed(err)
 			c.Log.Warn("checkpoint not published", zap.Error(err))
 			return
 		}
-		signed, last = acc.Size(), time.Now()
+		c.succeeded()
+		signed = acc.Size()
+		// A checkpoint signed for EveryEvents restarts the period.
+		tick.Reset(every)
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
 	// The scan ends with Run: Run cancels it and waits for it, so nothing
 	// of the checkpointer outlives the call.
 	ctx, cancel := context.WithCancel(ctx)
@@ -225,7 +303,9 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 	}()
 	go func() {
 		defer close(scanned)
-		errc <- Scan(ctx, js, 1, true, func(m *Msg) error {
+		// A message the store cannot return stops the checkpointer: a
+		// tree without its events must not be signed.
+		errc <- scanContiguous(ctx, js, 1, true, func(m *Msg) error {
 			cp := *m
 			cp.Data = append([]byte(nil), m.Data...)
 			select {
@@ -243,9 +323,7 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) error {
 		case err := <-errc:
 			return err
 		case <-tick.C:
-			if time.Since(last) >= every {
-				publish()
-			}
+			publish()
 		case m := <-events:
 			b, err := ParseBlock(m.Data)
 			if err != nil {
@@ -293,7 +371,7 @@ func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 	}
 	tree := &Tree{}
 	done := errors.New("done")
-	err = Scan(ctx, js, 1, false, func(m *Msg) error {
+	err = scanContiguous(ctx, js, 1, false, func(m *Msg) error {
 		if tree.Size() >= cp.Size {
 			return done
 		}

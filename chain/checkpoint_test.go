@@ -4,9 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
@@ -162,5 +165,170 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	forged, _ := chain.SignCheckpoint(1000, chain.Hash{}, os2)
 	if _, err := chain.OpenCheckpoint(forged.Note, known); err == nil {
 		t.Fatal("a checkpoint signed by another key was accepted")
+	}
+}
+
+// newCheckpointKey returns a fresh signed-note key pair for a checkpointer.
+func newCheckpointKey(t *testing.T, name string) (note.Signer, note.Verifiers) {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, note.VerifierList(v)
+}
+
+// checkpointMsgs is how many messages the checkpoint stream holds.
+func checkpointMsgs(t *testing.T, js jetstream.JetStream) uint64 {
+	t.Helper()
+	s, err := js.Stream(t.Context(), chain.CheckpointStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+// TestCheckpointerSignsEveryPeriod records an event every 20 ms for 2 s
+// while a checkpointer with a 200 ms period runs: about ten checkpoints,
+// one a period. (Signing only when a whole period has passed since the
+// last one signs every other tick: about five.)
+func TestCheckpointerSignsEveryPeriod(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	js := jsOf(t, nc)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	cpr := &chain.Checkpointer{Signer: ns, Every: 200 * time.Millisecond, Log: zap.NewNop()}
+	go func() { done <- cpr.Run(ctx, js) }()
+	pace := time.NewTicker(20 * time.Millisecond)
+	defer pace.Stop()
+	for i, end := uint64(0), time.Now().Add(2*time.Second); time.Now().Before(end); i++ {
+		<-pace.C
+		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := checkpointMsgs(t, js); n < 7 || n > 11 {
+		t.Fatalf("%d checkpoints in 2 s with a 200 ms period, want about 10 (one a period)", n)
+	}
+}
+
+// TestCheckpointStreamReplicas: the checkpoint stream is replicated as
+// the checkpointer is told, so losing one node of three does not stop
+// checkpoints.
+func TestCheckpointStreamReplicas(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster")
+	}
+	nodes := natstest.RunCluster(t, 3)
+	nc := natstest.Connect(t, natstest.ClusterURLs(nodes))
+	js := jsOf(t, nc)
+	if _, err := chain.EnsureStream(t.Context(), js, 3); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	cpr := &chain.Checkpointer{Signer: ns, Every: time.Hour, Replicas: 3, Log: zap.NewNop()}
+	go func() { done <- cpr.Run(ctx, js) }()
+	var info *jetstream.StreamInfo
+	testwait.For(t, "the checkpoint stream", func() bool {
+		s, err := js.Stream(t.Context(), chain.CheckpointStream)
+		if err == nil {
+			info, err = s.Info(t.Context())
+		}
+		return err == nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Fatalf("checkpoint stream has %d replicas, want 3", info.Config.Replicas)
+	}
+}
+
+// TestCheckpointerReportsFailures: a checkpointer whose checkpoints
+// JetStream refuses (here the checkpoint stream takes another subject, as
+// when permissions deny it) says so in Err and its metrics, and recovers
+// when they are taken again.
+func TestCheckpointerReportsFailures(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, srv.URL())
+	signer, _ := newKey(t)
+	r := openRecorder(t, nc, "gw-1", signer, "")
+	js := jsOf(t, nc)
+	cfg := jetstream.StreamConfig{Name: chain.CheckpointStream, Subjects: []string{"gridseal.checkpoint.someone-else"}}
+	if _, err := js.CreateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	ns, _ := newCheckpointKey(t, "checkpointer-1")
+	reg := prometheus.NewRegistry()
+	cpr := &chain.Checkpointer{Signer: ns, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr.RegisterMetrics(reg)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cpr.Run(ctx, js) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	metric := func(name string) float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == name {
+				m := mf.GetMetric()[0]
+				return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			}
+		}
+		t.Fatalf("no metric %s", name)
+		return 0
+	}
+	for i := uint64(0); i < 3; i++ {
+		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testwait.For(t, "the checkpointer to report its failures", func() bool { return cpr.Err() != nil })
+	if err := cpr.Err(); !strings.Contains(err.Error(), "checkpoints failing") || !strings.Contains(err.Error(), "none signed yet") {
+		t.Fatalf("Err() = %v", err)
+	}
+	if n := metric("gridseal_checkpoint_failures_total"); n < 2 {
+		t.Fatalf("gridseal_checkpoint_failures_total = %v, want at least 2", n)
+	}
+	if ts := metric("gridseal_checkpoint_last_success_timestamp_seconds"); ts != 0 {
+		t.Fatalf("last success %v, want 0: none was published", ts)
+	}
+	cfg.Subjects = []string{"gridseal.checkpoint.>"}
+	if _, err := js.UpdateStream(t.Context(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the checkpointer to recover", func() bool { return cpr.Err() == nil })
+	if ts := metric("gridseal_checkpoint_last_success_timestamp_seconds"); ts < float64(time.Now().Add(-time.Minute).Unix()) {
+		t.Fatalf("last success %v, want about now", ts)
 	}
 }

@@ -15,9 +15,11 @@ import (
 // root differs from the recomputed tree, or that claims more events than
 // the stream holds, means the stream was rewritten or truncated behind it.
 type CheckpointCheck struct {
-	want []*Checkpoint // by size
-	acc  RootAcc
-	seen int // checkpoints confirmed
+	want      []*Checkpoint // by size
+	acc       RootAcc
+	next      int // want[next] is the next checkpoint to reach
+	confirmed int
+	mismatch  bool // a checkpoint did not match: the larger ones cannot
 }
 
 // NewCheckpointCheck checks the given checkpoints (any order).
@@ -31,12 +33,18 @@ func NewCheckpointCheck(cps []*Checkpoint) *CheckpointCheck {
 func (c *CheckpointCheck) Add(m *Msg) error {
 	for _, e := range leavesOf(m.Data) {
 		c.acc.Append(LeafHash(e))
-		for c.seen < len(c.want) && c.want[c.seen].Size == c.acc.Size() {
-			if cp := c.want[c.seen]; c.acc.Root() != cp.Root {
+		for c.next < len(c.want) && c.want[c.next].Size == c.acc.Size() {
+			cp := c.want[c.next]
+			c.next++
+			switch {
+			case c.acc.Root() == cp.Root:
+				c.confirmed++
+			case !c.mismatch:
+				// Every larger tree holds these events too: report once.
+				c.mismatch = true
 				return &Problem{Seq: m.Seq, Writer: m.Writer(), Reason: fmt.Sprintf(
 					"the first %d events do not hash to the signed checkpoint's root: the stream was rewritten behind it", cp.Size)}
 			}
-			c.seen++
 		}
 	}
 	return nil
@@ -44,11 +52,12 @@ func (c *CheckpointCheck) Add(m *Msg) error {
 
 // Finish reports checkpoints larger than the stream.
 func (c *CheckpointCheck) Finish() error {
-	for c.seen < len(c.want) && c.want[c.seen].Size == 0 {
-		c.seen++
+	for c.next < len(c.want) && c.want[c.next].Size == 0 {
+		c.next++
+		c.confirmed++
 	}
-	if c.seen < len(c.want) {
-		cp := c.want[c.seen]
+	if c.next < len(c.want) && !c.mismatch {
+		cp := c.want[c.next]
 		return &Problem{Reason: fmt.Sprintf("a signed checkpoint covers %d events but the stream holds %d: the stream was truncated",
 			cp.Size, c.acc.Size())}
 	}
@@ -56,7 +65,7 @@ func (c *CheckpointCheck) Finish() error {
 }
 
 // Confirmed returns how many checkpoints matched, and the events seen.
-func (c *CheckpointCheck) Confirmed() (int, int64) { return c.seen, c.acc.Size() }
+func (c *CheckpointCheck) Confirmed() (int, int64) { return c.confirmed, c.acc.Size() }
 
 // Checkpoints returns every checkpoint in the stream that a known key signed.
 func Checkpoints(ctx context.Context, js jetstream.JetStream, known note.Verifiers) ([]*Checkpoint, error) {
@@ -78,6 +87,7 @@ func Checkpoints(ctx context.Context, js jetstream.JetStream, known note.Verifie
 			continue
 		}
 		if c, err := OpenCheckpoint(m.Data, known); err == nil {
+			c.Stored = m.Time
 			out = append(out, c)
 		}
 	}

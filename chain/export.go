@@ -3,7 +3,9 @@ package chain
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -94,9 +96,10 @@ func (f *Filter) Match(r *Record) bool {
 // reading the chain stream as Scan does: from sequence from up to its last
 // message, or with follow until ctx ends. It checks each block's
 // structure, not its signature: VerifyStream does that. An error from fn
-// stops the scan and is returned.
+// stops the scan and is returned; so does a message the store cannot
+// return (an *UnreadableError naming it): no record is skipped silently.
 func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, f *Filter, fn func(*Record, *audit.Event) error) error {
-	return Scan(ctx, js, from, follow, func(m *Msg) error {
+	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
 		b, err := ParseBlock(m.Data)
 		if err != nil {
 			return fmt.Errorf("sequence %d: %w", m.Seq, err)
@@ -115,4 +118,51 @@ func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follo
 		}
 		return nil
 	})
+}
+
+// LastRecords returns the newest n events that pass f, oldest first, and
+// the stream's last sequence when it began, from which a follower goes on
+// (ScanRecords from last+1). It reads blocks backwards from the end, one
+// at a time, until it has n: what it costs is the blocks it reads, not the
+// length of the chain. A block the store cannot return is an
+// *UnreadableError naming it.
+func LastRecords(ctx context.Context, js jetstream.JetStream, n int, f *Filter) (recs []Record, last uint64, err error) {
+	s, err := js.Stream(ctx, StreamName)
+	if err != nil {
+		return nil, 0, fmt.Errorf("chain stream %s: %w", StreamName, err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("chain stream %s: %w", StreamName, err)
+	}
+	last = info.State.LastSeq
+	first := max(info.State.FirstSeq, 1)
+	for seq := last; seq >= first && len(recs) < n; seq-- {
+		raw, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, 0, &UnreadableError{First: seq, Last: seq, Err: err}
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("read chain sequence %d: %w", seq, err)
+		}
+		m := &Msg{Seq: raw.Sequence, Subject: raw.Subject, Data: raw.Data, Stored: raw.Time}
+		if raw.Header != nil {
+			m.MsgID = raw.Header.Get(jetstream.MsgIDHeader)
+		}
+		b, err := ParseBlock(m.Data)
+		if err != nil {
+			return nil, 0, fmt.Errorf("sequence %d: %w", m.Seq, err)
+		}
+		for i := len(b.Events) - 1; i >= 0 && len(recs) < n; i-- {
+			ev, err := DecodeEvent(b.Events[i])
+			if err != nil {
+				return nil, 0, fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+			}
+			if rec := NewRecord(m, b, i, &ev); f.Match(&rec) {
+				recs = append(recs, rec)
+			}
+		}
+	}
+	slices.Reverse(recs)
+	return recs, last, nil
 }

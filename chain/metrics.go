@@ -99,3 +99,22 @@ func (c *StorageCollector) Collect(ch chan<- prometheus.Metric) {
 		emit(4, float64(st.Bavail)*float64(st.Bsize))
 	}
 }
+
+// RegisterMetrics registers the checkpointer's failed attempts and the time
+// of its last published checkpoint with reg: an alert on either catches a
+// checkpointer that cannot publish (permissions, a full stream, no quorum).
+func (c *Checkpointer) RegisterMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_checkpoint_failures_total",
+			Help: "Checkpoints that could not be signed or published."},
+			func() float64 { n, _ := c.Status(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_last_success_timestamp_seconds",
+			Help: "Unix time of the last checkpoint published; 0 if none yet."},
+			func() float64 {
+				if _, t := c.Status(); !t.IsZero() {
+					return float64(t.UnixNano()) / 1e9
+				}
+				return 0
+			}),
+	)
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -96,9 +97,53 @@ type Msg struct {
 // Writer returns the writer id named by the message's subject.
 func (m *Msg) Writer() string { return strings.TrimPrefix(m.Subject, SubjectPrefix) }
 
+// ErrUnreadable says the chain stream holds a message its store cannot
+// return: a record corrupt on disk (its checksum fails) or lost. Deletes
+// and purges are denied, so no sequence up to the last may be missing.
+var ErrUnreadable = errors.New("unreadable: the stream holds it but its store cannot return it (a record corrupt on disk, or lost)")
+
+// UnreadableError names the sequences First..Last of the chain stream that
+// are stored but cannot be read. It matches ErrUnreadable.
+type UnreadableError struct {
+	First, Last uint64
+	Err         error // what the store answered when asked for First
+}
+
+func (e *UnreadableError) Error() string {
+	seqs := fmt.Sprintf("sequence %d", e.First)
+	if e.Last > e.First {
+		seqs = fmt.Sprintf("sequences %d..%d", e.First, e.Last)
+	}
+	if e.Err == nil {
+		return fmt.Sprintf("%s: %v", seqs, ErrUnreadable)
+	}
+	return fmt.Sprintf("%s: %v: %v", seqs, ErrUnreadable, e.Err)
+}
+
+// Is matches ErrUnreadable.
+func (e *UnreadableError) Is(target error) bool { return target == ErrUnreadable }
+
+// unreadable asks the store for seq, the first of first..last that was not
+// delivered, and returns the *UnreadableError if it cannot return it; nil
+// if it can (the message is late, not lost) or the question failed.
+func unreadable(ctx context.Context, s jetstream.Stream, first, last uint64) error {
+	_, err := s.GetMsg(ctx, first)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return &UnreadableError{First: first, Last: last, Err: err}
+	}
+	return nil
+}
+
+// scanIdle is how long Scan waits for the next message it knows is stored
+// before it asks the store whether it can be read at all.
+const scanIdle = 2 * time.Second
+
 // Scan calls fn for every message of the stream, in stream order, from
 // sequence from up to the last message stored when Scan started (or, with
-// follow, until ctx ends).
+// follow, until ctx ends). A message the store cannot return is skipped:
+// fn sees the gap in Msg.Seq. If the messages from some sequence to the
+// last never arrive, Scan returns an *UnreadableError naming them instead
+// of waiting for them.
 func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, fn func(*Msg) error) error {
 	s, err := js.Stream(ctx, StreamName)
 	if err != nil {
@@ -129,8 +174,19 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 	defer it.Stop()
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
+	var next []jetstream.NextOpt
+	if !follow {
+		next = append(next, jetstream.NextMaxWait(scanIdle))
+	}
+	want := from // the next sequence not yet delivered
 	for {
-		m, err := it.Next()
+		m, err := it.Next(next...)
+		if errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
+			if err := unreadable(ctx, s, want, last); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				if follow {
@@ -146,6 +202,7 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 		}
 		msg := &Msg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(),
 			MsgID: m.Headers().Get(jetstream.MsgIDHeader), Stored: md.Timestamp}
+		want = msg.Seq + 1
 		if err := fn(msg); err != nil {
 			return err
 		}
@@ -153,4 +210,17 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 			return nil
 		}
 	}
+}
+
+// scanContiguous is Scan for readers that must see every message: a
+// message the store skips is an *UnreadableError, not a gap.
+func scanContiguous(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, fn func(*Msg) error) error {
+	want := max(from, 1)
+	return Scan(ctx, js, from, follow, func(m *Msg) error {
+		if m.Seq != want {
+			return &UnreadableError{First: want, Last: m.Seq - 1}
+		}
+		want++
+		return fn(m)
+	})
 }

@@ -2,7 +2,9 @@ package chain
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"golang.org/x/mod/sumdb/note"
@@ -28,19 +30,44 @@ type WriterKeys struct {
 	KeyIDs   map[uint32]bool
 }
 
-// Problem names the first bad block and why.
+// Problem names one bad block, or a missing piece of the chain, and why.
 type Problem struct {
 	Seq    uint64 // stream sequence (0 if the problem is not one message)
-	Writer string
+	Writer string // "" if no writer is known
 	Height uint64
-	Reason string
+	// HasHeight says Height is known: the block could be read, or the
+	// problem is about a height.
+	HasHeight bool
+	Reason    string
+	// Later counts the writer's blocks after this one that were not
+	// verified because they follow it: the chain breaks here, so they
+	// reach the trusted history only through this bad block or gap.
+	Later uint64
 }
 
 func (p *Problem) Error() string {
-	if p.Seq == 0 {
-		return fmt.Sprintf("writer %s: %s", p.Writer, p.Reason)
+	var b strings.Builder
+	switch {
+	case p.Seq != 0:
+		fmt.Fprintf(&b, "sequence %d", p.Seq)
+		switch {
+		case p.Writer != "" && p.HasHeight:
+			fmt.Fprintf(&b, " (writer %s, block %d)", p.Writer, p.Height)
+		case p.Writer != "":
+			fmt.Fprintf(&b, " (writer %s)", p.Writer)
+		}
+		b.WriteString(": ")
+	case p.Writer != "":
+		fmt.Fprintf(&b, "writer %s: ", p.Writer)
 	}
-	return fmt.Sprintf("sequence %d (writer %s, block %d): %s", p.Seq, p.Writer, p.Height, p.Reason)
+	b.WriteString(p.Reason)
+	switch {
+	case p.Later == 1:
+		fmt.Fprintf(&b, "; and 1 later block not verified because it follows this one")
+	case p.Later > 1:
+		fmt.Fprintf(&b, "; and %d later blocks not verified because they follow this one", p.Later)
+	}
+	return b.String()
 }
 
 // WriterState is what the verifier knows of one writer's chain so far.
@@ -54,10 +81,18 @@ type WriterState struct {
 
 // Verifier checks a stream of block messages, one at a time, in stream
 // order. It trusts only the pinned keys and heads in Trust, never NATS.
+//
+// A bad block is reported once: the writer's later blocks, which reach
+// its trusted history only through it, are counted in its Problem.Later
+// unless they are bad in themselves (a signature, a Merkle root, another
+// break in the links between them), which is reported too, so one
+// injected message cannot hide what comes after it.
 type Verifier struct {
 	trust   Trust
 	lastSeq uint64
 	writers map[string]*WriterState
+	links   map[string]*link
+	lastGap *Problem // the latest run of missing sequences
 	Blocks  uint64
 	Events  uint64
 	First   time.Time
@@ -67,77 +102,158 @@ type Verifier struct {
 	leaves  []Hash
 }
 
-// NewVerifier returns a verifier pinned to trust.
-func NewVerifier(trust Trust) *Verifier {
-	return &Verifier{trust: trust, writers: map[string]*WriterState{}}
+// link is what the verifier knows of a writer's chain beyond WriterState:
+// where it broke, and the last sound block since.
+type link struct {
+	seen     uint64   // sequence of the writer's last message
+	broken   *Problem // the chain broke here (nil: it holds up to WriterState)
+	anchored bool     // a sound block was seen since the break: height, hash
+	height   uint64
+	hash     Hash
 }
 
-// Writers returns the state of every writer seen.
+// NewVerifier returns a verifier pinned to trust.
+func NewVerifier(trust Trust) *Verifier {
+	return &Verifier{trust: trust, writers: map[string]*WriterState{}, links: map[string]*link{}}
+}
+
+// Writers returns the state of every writer seen: each one's chain as
+// verified from its genesis block.
 func (v *Verifier) Writers() map[string]*WriterState { return v.writers }
 
-// Add verifies the next message. It returns a *Problem for the first bad block.
-func (v *Verifier) Add(m *Msg) error {
-	bad := func(w string, h uint64, format string, args ...any) error {
-		return &Problem{Seq: m.Seq, Writer: w, Height: h, Reason: fmt.Sprintf(format, args...)}
+// Missing reports that stream sequences first..last are not there, and
+// moves past them: cause is what the store answered when asked for first,
+// or nil when the stream simply jumps over them. A writer whose chain then
+// skips blocks is counted in this Problem's Later, not reported again.
+func (v *Verifier) Missing(first, last uint64, cause error) error {
+	through := ""
+	if last > first {
+		through = fmt.Sprintf(" (through sequence %d)", last)
 	}
-	writer := m.Writer()
+	reason := fmt.Sprintf("stream sequence jumps from %d to %d: messages are missing (records corrupt on disk, or lost)", first-1, last+1)
+	if cause != nil {
+		reason = fmt.Sprintf("unreadable%s: the stream holds it but its store cannot return it (a record corrupt on disk, or lost): %v", through, cause)
+	}
+	p := &Problem{Seq: first, Reason: reason}
+	v.lastGap = p
+	v.lastSeq = max(v.lastSeq, last)
+	return p
+}
+
+// Add verifies the next message. It returns a *Problem for a bad block, or
+// errors.Join of two when messages are missing before it and it is bad too.
+func (v *Verifier) Add(m *Msg) error {
+	var gap error
 	if m.Seq != v.lastSeq+1 {
-		return bad(writer, 0, "stream sequence jumps from %d to %d: messages are missing", v.lastSeq, m.Seq)
+		gap = v.Missing(v.lastSeq+1, m.Seq-1, nil)
 	}
 	v.lastSeq = m.Seq
+	return errors.Join(gap, v.add(m))
+}
+
+func (v *Verifier) link(writer string) *link {
+	l := v.links[writer]
+	if l == nil {
+		l = &link{}
+		v.links[writer] = l
+	}
+	return l
+}
+
+// add verifies m, whose sequence follows the last.
+func (v *Verifier) add(m *Msg) error {
+	writer := m.Writer()
+	l := v.link(writer)
+	defer func() { l.seen = m.Seq }()
+	// broke reports p and starts counting the writer's later blocks in it.
+	broke := func(p *Problem) error {
+		l.broken, l.anchored = p, false
+		return p
+	}
+	bad := func(h uint64, format string, args ...any) error {
+		return broke(&Problem{Seq: m.Seq, Writer: writer, Height: h, HasHeight: true, Reason: fmt.Sprintf(format, args...)})
+	}
 	b, err := ParseBlock(m.Data)
 	if err != nil {
-		return bad(writer, 0, "unreadable block: %v", err)
+		return broke(&Problem{Seq: m.Seq, Writer: writer, Reason: fmt.Sprintf("unreadable block: %v", err)})
 	}
 	if b.Writer != writer {
-		return bad(writer, b.Height, "block names writer %q but was stored under %s", b.Writer, m.Subject)
+		return bad(b.Height, "block names writer %q but was stored under %s", b.Writer, m.Subject)
 	}
 	keys, ok := v.trust.Writers[writer]
 	if !ok {
-		return bad(writer, b.Height, "writer is not in the trust file")
+		if l.broken != nil {
+			l.broken.Later++
+			return nil
+		}
+		return bad(b.Height, "writer is not in the trust file")
 	}
 	if !keys.KeyIDs[b.KeyID] {
-		return bad(writer, b.Height, "signed with key id %d, which is not a pinned key of this writer", b.KeyID)
+		return bad(b.Height, "signed with key id %d, which is not a pinned key of this writer", b.KeyID)
 	}
 	if len(b.Signature) < 5 || b.Signature[0] != 1 || binary.BigEndian.Uint32(b.Signature[1:5]) != b.KeyID {
-		return bad(writer, b.Height, "signature prefix does not name the header's key id %d", b.KeyID)
+		return bad(b.Height, "signature prefix does not name the header's key id %d", b.KeyID)
 	}
 	if err := keys.Verifier.Verify(b.Signature, SigningInput(b.Hash)); err != nil {
-		return bad(writer, b.Height, "signature does not verify with the writer's pinned keys")
+		return bad(b.Height, "signature does not verify with the writer's pinned keys")
 	}
 	if m.MsgID != "" && m.MsgID != b.Hash.String() {
-		return bad(writer, b.Height, "message id %s is not the block hash %s", m.MsgID, b.Hash)
+		return bad(b.Height, "message id %s is not the block hash %s", m.MsgID, b.Hash)
 	}
 	if int(b.Count) != len(b.Events) {
-		return bad(writer, b.Height, "header counts %d events, block holds %d", b.Count, len(b.Events))
+		return bad(b.Height, "header counts %d events, block holds %d", b.Count, len(b.Events))
 	}
 	v.leaves = v.leaves[:0]
 	for _, e := range b.Events {
 		v.leaves = append(v.leaves, LeafHash(e))
 	}
 	if root := MerkleRoot(v.leaves); root != b.Root {
-		return bad(writer, b.Height, "events do not match the signed Merkle root: an event was altered, added or removed")
-	}
-	st := v.writers[writer]
-	switch {
-	case st == nil && b.Height != 0:
-		return bad(writer, b.Height, "first block of this writer is block %d, not 0: blocks 0..%d are missing", b.Height, b.Height-1)
-	case st == nil && b.Prev != GenesisPrev(writer):
-		return bad(writer, 0, "genesis block does not name this writer's genesis hash")
-	case st != nil && b.Height <= st.Height:
-		return bad(writer, b.Height, "fork: block %d appears again after block %d", b.Height, st.Height)
-	case st != nil && b.Height != st.Height+1:
-		return bad(writer, b.Height, "blocks %d..%d are missing", st.Height+1, b.Height-1)
-	case st != nil && b.Prev != st.Hash:
-		return bad(writer, b.Height, "previous hash %s is not block %d's hash %s", b.Prev, st.Height, st.Hash)
-	}
-	if h, ok := v.trust.Heads[writer]; ok && h.Height == b.Height && h.Hash != b.Hash.String() {
-		return bad(writer, b.Height, "block hash %s differs from the local head's %s: the chain was rewritten", b.Hash, h.Hash)
+		return bad(b.Height, "events do not match the signed Merkle root: an event was altered, added or removed")
 	}
 	for i, e := range b.Events {
 		if _, err := DecodeEvent(e); err != nil {
-			return bad(writer, b.Height, "event %d: %v", i, err)
+			return bad(b.Height, "event %d: %v", i, err)
 		}
+	}
+	if h, ok := v.trust.Heads[writer]; ok && h.Height == b.Height && h.Hash != b.Hash.String() {
+		return bad(b.Height, "block hash %s differs from the local head's %s: the chain was rewritten", b.Hash, h.Hash)
+	}
+	// The block is sound in itself; now its place in the writer's chain.
+	st := v.writers[writer]
+	var reason string
+	var skipped bool
+	if st == nil {
+		reason, skipped = linkReason(writer, false, 0, Hash{}, b)
+	} else {
+		reason, skipped = linkReason(writer, true, st.Height, st.Hash, b)
+	}
+	if reason != "" {
+		followsAnchor := false
+		if l.broken != nil && l.anchored {
+			// Since the break, the chain is checked from the last sound block.
+			reason, skipped = linkReason(writer, true, l.height, l.hash, b)
+			followsAnchor = reason == ""
+		}
+		var p *Problem
+		switch {
+		case l.broken != nil && (!l.anchored || followsAnchor):
+			l.broken.Later++
+		case skipped && v.lastGap != nil && v.lastGap.Seq > l.seen:
+			// The missing messages may hold the skipped blocks.
+			l.broken = v.lastGap
+			l.broken.Later++
+		default:
+			p = &Problem{Seq: m.Seq, Writer: writer, Height: b.Height, HasHeight: true, Reason: reason}
+			l.broken = p
+		}
+		l.anchored, l.height, l.hash = true, b.Height, b.Hash
+		if p != nil {
+			return p
+		}
+		return nil
+	}
+	l.broken, l.anchored = nil, false
+	for i, e := range b.Events {
 		if v.OnEvent != nil {
 			if err := v.OnEvent(m, b, i, e); err != nil {
 				return err
@@ -160,19 +276,48 @@ func (v *Verifier) Add(m *Msg) error {
 	return nil
 }
 
+// linkReason says why block b cannot follow the writer's block at height
+// with hash (have false: the writer has no block yet), or "" if it can;
+// skipped says blocks are missing between them.
+func linkReason(writer string, have bool, height uint64, hash Hash, b *Block) (reason string, skipped bool) {
+	switch {
+	case !have && b.Height != 0:
+		return fmt.Sprintf("first block of this writer is block %d, not 0: blocks 0..%d are missing", b.Height, b.Height-1), true
+	case !have && b.Prev != GenesisPrev(writer):
+		return "genesis block does not name this writer's genesis hash", false
+	case have && b.Height <= height:
+		return fmt.Sprintf("fork: block %d appears again after block %d", b.Height, height), false
+	case have && b.Height != height+1:
+		return fmt.Sprintf("blocks %d..%d are missing", height+1, b.Height-1), true
+	case have && b.Prev != hash:
+		return fmt.Sprintf("previous hash %s is not block %d's hash %s", b.Prev, height, hash), false
+	}
+	return "", false
+}
+
 // Finish checks what only the end can tell: every pinned head is present,
-// so a stream truncated behind a writer's head is caught.
+// so a stream truncated behind a writer's head is caught. A head that
+// missing messages (Missing) may hold is not reported again.
 func (v *Verifier) Finish() error {
 	for writer, head := range v.trust.Heads {
-		st := v.writers[writer]
-		if st == nil {
-			return &Problem{Writer: writer, Height: head.Height,
-				Reason: fmt.Sprintf("no blocks in the stream, but the local head is block %d: the chain was deleted or truncated", head.Height)}
+		st, l := v.writers[writer], v.link(writer)
+		have, top := st != nil, uint64(0)
+		if have {
+			top = st.Height
 		}
-		if st.Height < head.Height {
-			return &Problem{Writer: writer, Height: st.Height + 1,
+		if l.anchored && (!have || l.height > top) {
+			have, top = true, l.height
+		}
+		switch {
+		case have && top >= head.Height:
+		case v.lastGap != nil && v.lastGap.Seq > l.seen:
+		case !have:
+			return &Problem{Writer: writer, Height: head.Height, HasHeight: true,
+				Reason: fmt.Sprintf("no blocks in the stream, but the local head is block %d: the chain was deleted or truncated", head.Height)}
+		default:
+			return &Problem{Writer: writer, Height: top + 1, HasHeight: true,
 				Reason: fmt.Sprintf("chain ends at block %d, but the local head is block %d: blocks %d..%d were truncated",
-					st.Height, head.Height, st.Height+1, head.Height)}
+					top, head.Height, top+1, head.Height)}
 		}
 	}
 	return nil

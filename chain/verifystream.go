@@ -21,6 +21,11 @@ type VerifyOptions struct {
 	// truncation. A missing file is no pinned checkpoint; "" is none.
 	// Ignored unless Trust.Checkpointers is set.
 	PinnedCheckpoint string
+	// MaxCheckpointAge, if above 0 and Trust.Checkpointers is set, is how
+	// long an event may stay outside every signed checkpoint: one recorded
+	// longer ago that none covers is a problem, so a checkpointer that is
+	// not running or cannot publish is caught. A quiet chain is no problem.
+	MaxCheckpointAge time.Duration
 	// Progress, if set, is called every ProgressEvery (default 2s) during
 	// the scan with the blocks and events verified so far.
 	Progress      func(blocks, events uint64)
@@ -87,36 +92,60 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 		every = 2 * time.Second
 	}
 	lastProgress := time.Now()
+	// Once a message is missing, the stream's tree lacks its events: the
+	// checkpoints cannot be checked beyond it, and are not.
+	gap := false
+	next := uint64(1)
+	var covered, events int64 // events the newest checkpoint covers; seen
+	if rep.Checkpoints != nil && rep.Checkpoints.Newest != nil {
+		covered = rep.Checkpoints.Newest.Size
+	}
+	checkAge := cpCheck != nil && opts.MaxCheckpointAge > 0
+	now := time.Now()
 	err := Scan(ctx, js, 1, false, func(m *Msg) error {
 		if opts.Progress != nil && time.Since(lastProgress) > every {
 			lastProgress = time.Now()
 			opts.Progress(v.Blocks, v.Events)
 		}
-		var p *Problem
-		if cpCheck != nil {
+		gap = gap || m.Seq != next
+		next = m.Seq + 1
+		if cpCheck != nil && !gap {
+			var p *Problem
 			if err := cpCheck.Add(m); errors.As(err, &p) {
 				rep.Problems = append(rep.Problems, p)
 			}
 		}
-		if err := v.Add(m); errors.As(err, &p) {
-			rep.Problems = append(rep.Problems, p)
-		} else if err != nil {
-			return err
+		if checkAge {
+			events += int64(len(leavesOf(m.Data)))
+			if age := now.Sub(m.Stored); events > covered && age > opts.MaxCheckpointAge {
+				checkAge = false // the first such block says it
+				rep.Problems = append(rep.Problems, &Problem{Seq: m.Seq, Writer: m.Writer(), Reason: fmt.Sprintf(
+					"recorded %v ago, yet no signed checkpoint covers it (the newest covers %d events; the most an event may wait is %v): the checkpointer is not running or cannot publish",
+					age.Round(time.Second), covered, opts.MaxCheckpointAge)})
+			}
 		}
-		return nil
+		ps, err := problems(v.Add(m))
+		rep.Problems = append(rep.Problems, ps...)
+		return err
 	})
-	if err != nil {
-		return nil, err
-	}
-	var p *Problem
-	if err := v.Finish(); errors.As(err, &p) {
-		rep.Problems = append(rep.Problems, p)
+	var ue *UnreadableError
+	if errors.As(err, &ue) {
+		// The last messages never came: report them, then finish.
+		gap = true
+		ps, _ := problems(v.Missing(ue.First, ue.Last, ue.Err))
+		rep.Problems = append(rep.Problems, ps...)
 	} else if err != nil {
 		return nil, err
 	}
+	ps, err := problems(v.Finish())
+	if err != nil {
+		return nil, err
+	}
+	rep.Problems = append(rep.Problems, ps...)
 	if cpCheck != nil {
-		if err := cpCheck.Finish(); errors.As(err, &p) {
-			rep.Problems = append(rep.Problems, p)
+		if !gap {
+			ps, _ := problems(cpCheck.Finish())
+			rep.Problems = append(rep.Problems, ps...)
 		}
 		rep.Checkpoints.Confirmed, rep.Checkpoints.Events = cpCheck.Confirmed()
 	}
@@ -126,4 +155,28 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 	}
 	rep.Blocks, rep.Events, rep.First, rep.Last = v.Blocks, v.Events, v.First, v.Last
 	return rep, nil
+}
+
+// problems splits what the verifier returned into the problems it found
+// (one, or several joined) and an error that stops verification.
+func problems(err error) ([]*Problem, error) {
+	if err == nil {
+		return nil, nil
+	}
+	var p *Problem
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []*Problem
+		for _, e := range joined.Unwrap() {
+			ps, err := problems(e)
+			if err != nil {
+				return out, err
+			}
+			out = append(out, ps...)
+		}
+		return out, nil
+	}
+	if errors.As(err, &p) {
+		return []*Problem{p}, nil
+	}
+	return nil, err
 }

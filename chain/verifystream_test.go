@@ -2,6 +2,7 @@ package chain_test
 
 import (
 	"crypto/rand"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -140,6 +141,7 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 		confirmed   int
 		newest      int64
 		err         string
+		never       string // in no problem
 	}{
 		{name: "genuine", msgs: genuine},
 		{name: "edited event byte", msgs: edited(), problems: -1,
@@ -148,6 +150,9 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 			first: "writer gw-1: chain ends at block 3, but the local head is block 5: blocks 4..5 were truncated"},
 		{name: "genuine, checkpoint in the stream", msgs: genuine, checkpoints: true, inStream: all.Note,
 			confirmed: 1, newest: all.Size},
+		{name: "edited event byte, checkpoint in the stream", msgs: edited(), checkpoints: true, inStream: all.Note,
+			problems: 2, first: "sequence 3 (writer gw-1, block 2): events do not match the signed Merkle root", newest: all.Size,
+			never: "truncated"},
 		{name: "genuine, pinned checkpoint", msgs: genuine, checkpoints: true, pinned: all.Note,
 			confirmed: 1, newest: all.Size},
 		{name: "truncated behind the pinned checkpoint", msgs: genuine[:4], checkpoints: true, pinned: all.Note,
@@ -196,6 +201,11 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 			if tc.first != "" && !strings.HasPrefix(rep.Problems[0].Error(), tc.first) {
 				t.Fatalf("first problem = %v, want %q", rep.Problems[0], tc.first)
 			}
+			for _, p := range rep.Problems {
+				if tc.never != "" && strings.Contains(p.Error(), tc.never) {
+					t.Fatalf("problem %q says %q: %v", p, tc.never, rep.Problems)
+				}
+			}
 			if !tc.checkpoints {
 				if rep.Checkpoints != nil {
 					t.Fatalf("checkpoints reported without checkpointer keys: %+v", rep.Checkpoints)
@@ -212,7 +222,8 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 }
 
 // TestVerifyStreamReportsEveryProblem: a bad block does not hide the
-// blocks after it, and a later problem is reported after the first.
+// blocks after it that are bad in themselves, and the blocks that only
+// follow a bad one are counted in its problem, not each listed.
 func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	signer, wk := newKey(t)
 	attacker, _ := newKey(t)
@@ -241,12 +252,86 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var seqs []uint64
+	var got []string
 	for _, p := range rep.Problems {
-		seqs = append(seqs, p.Seq)
+		got = append(got, fmt.Sprintf("%d+%d", p.Seq, p.Later))
 	}
-	if len(seqs) != 5 || seqs[0] != 2 || !strings.Contains(rep.Problems[0].Reason, "Merkle root") ||
-		!strings.Contains(rep.Problems[3].Reason, "not a pinned key") {
-		t.Fatalf("problems at sequences %v: %v\nwant 2 (edited) … 5 (re-signed by another key)", seqs, rep.Problems)
+	if len(got) != 2 || got[0] != "2+2" || got[1] != "5+1" || !strings.Contains(rep.Problems[0].Reason, "Merkle root") ||
+		!strings.Contains(rep.Problems[1].Reason, "not a pinned key") {
+		t.Fatalf("problems (sequence+later blocks) %v: %v\nwant 2+2 (edited, then blocks 2 and 3 follow it), 5+1 (re-signed by another key, block 5 follows it)",
+			got, rep.Problems)
+	}
+	if want := "and 2 later blocks not verified because they follow this one"; !strings.HasSuffix(rep.Problems[0].Error(), want) {
+		t.Fatalf("first problem = %q, want it to end %q", rep.Problems[0], want)
+	}
+}
+
+// TestVerifyStreamCheckpointAge: with a pinned checkpointer, an event
+// stored longer ago than MaxCheckpointAge that no signed checkpoint covers
+// fails verification; covered events, or the check off, do not.
+func TestVerifyStreamCheckpointAge(t *testing.T) {
+	signer, wk := newKey(t)
+	genuine := genuineChain(t, signer) // six blocks of ten events
+	ns, known := newCheckpointKey(t, "checkpointer-1")
+	signed := func(blocks int) []byte {
+		var acc chain.RootAcc
+		for _, m := range genuine[:blocks] {
+			b, err := chain.ParseBlock(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range b.Events {
+				acc.Append(chain.LeafHash(e))
+			}
+		}
+		cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cp.Note
+	}
+	cases := []struct {
+		name       string
+		checkpoint []byte
+		maxAge     time.Duration
+		first      string // "": no problem
+	}{
+		{"no checkpoint", nil, time.Nanosecond,
+			"sequence 1 (writer gw-1): recorded "},
+		{"no checkpoint, check off", nil, 0, ""},
+		{"no checkpoint, events younger", nil, time.Hour, ""},
+		{"every event covered", signed(6), time.Nanosecond, ""},
+		{"the last two blocks not covered", signed(4), time.Nanosecond,
+			"sequence 5 (writer gw-1): recorded "},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.RunJetStream(t)
+			js := jsOf(t, natstest.Connect(t, srv.URL()))
+			publish(t, js, genuine)
+			if err := chain.EnsureCheckpointStream(t.Context(), js, 1); err != nil {
+				t.Fatal(err)
+			}
+			if tc.checkpoint != nil {
+				if _, err := js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-1", tc.checkpoint); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{MaxCheckpointAge: tc.maxAge,
+				Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Checkpointers: known}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.first == "" {
+				if len(rep.Problems) > 0 {
+					t.Fatalf("problems: %v", rep.Problems)
+				}
+				return
+			}
+			if len(rep.Problems) != 1 || !strings.HasPrefix(rep.Problems[0].Error(), tc.first) ||
+				!strings.Contains(rep.Problems[0].Reason, "the checkpointer is not running or cannot publish") {
+				t.Fatalf("problems: %v\nwant one starting %q", rep.Problems, tc.first)
+			}
+		})
 	}
 }

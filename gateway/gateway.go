@@ -72,6 +72,7 @@ type Gateway struct {
 	console string // the console's URL; "" when off
 
 	reloadMu         sync.Mutex
+	checkpointer     *chain.Checkpointer // nil when none runs
 	stopCheckpointer func()
 	closeOnce        sync.Once
 }
@@ -142,7 +143,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		if every <= 0 {
 			every = 10 * time.Second
 		}
-		g.startCheckpointer(ctx, s, every)
+		g.startCheckpointer(ctx, s, every, reg)
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.rec.RegisterMetrics(reg)
@@ -351,14 +352,17 @@ func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recor
 	return store, nil
 }
 
-// startCheckpointer signs checkpoints of the whole stream every period.
-func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every time.Duration) {
+// startCheckpointer signs checkpoints of the whole stream every period and
+// registers its failures with reg.
+func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every time.Duration, reg prometheus.Registerer) {
 	js, err := g.conn.JetStream()
 	if err != nil {
 		g.log.Error("checkpointer not started", zap.Error(err))
 		return
 	}
-	cp := &chain.Checkpointer{Signer: s, Every: every, Log: g.log.Named("checkpoint")}
+	cp := &chain.Checkpointer{Signer: s, Every: every, Replicas: g.cfg.Chain.Replicas, Log: g.log.Named("checkpoint")}
+	cp.RegisterMetrics(reg)
+	g.checkpointer = cp
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -442,18 +446,7 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		Metrics: metrics, Gatherer: reg, JetStream: js, Trust: trust, Approvals: g.store,
 		Upstreams: g.srv.Upstreams, Policy: g.engine.Policy, Log: g.log.Named("console"),
 		Auth: cs.auth, MaxConns: cs.maxConns, TLS: cs.tls, TreeDir: filepath.Join(g.opts.DataDir, "console"),
-		Ready: func() error {
-			if err := g.rec.Failed(); err != nil {
-				return err
-			}
-			if err := g.store.Failed(); err != nil {
-				return err
-			}
-			if !g.rec.Available() {
-				return errors.New("chain not writable")
-			}
-			return nil
-		},
+		Ready: g.ready,
 	})
 	ln, err := net.Listen("tcp", addr)
 	if err != nil && g.opts.ConsoleFallback {
@@ -485,6 +478,26 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		}
 	}()
 	g.log.Info("console and metrics", zap.String("url", g.console), zap.Bool("sign_in_required", cs.auth != nil))
+	return nil
+}
+
+// ready says why the gateway is not ready: the chain is not writable, or
+// its checkpointer fails to publish.
+func (g *Gateway) ready() error {
+	if err := g.rec.Failed(); err != nil {
+		return err
+	}
+	if g.store != nil {
+		if err := g.store.Failed(); err != nil {
+			return err
+		}
+	}
+	if !g.rec.Available() {
+		return errors.New("chain not writable")
+	}
+	if g.checkpointer != nil {
+		return g.checkpointer.Err()
+	}
 	return nil
 }
 

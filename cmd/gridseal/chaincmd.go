@@ -7,8 +7,8 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,11 +30,15 @@ func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads
 
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads string
+	var maxCheckpointAge time.Duration
 	cmd := &cobra.Command{
-		Use:   "verify [--trust FILE] [--heads DIR]",
+		Use:   "verify [--trust FILE] [--heads DIR] [--max-checkpoint-age D]",
 		Short: "Check every hash, Merkle root, signature and height of the chain",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if maxCheckpointAge < 0 {
+				return fmt.Errorf("%w: --max-checkpoint-age %v: want 0 (do not check) or more", errUsage, maxCheckpointAge)
+			}
 			if trustPath == "" {
 				trustPath = g.defaultTrust()
 			}
@@ -53,7 +57,7 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			pinnedPath := filepath.Join(g.dataDir, "checkpoint.pinned")
 			start := time.Now()
 			rep, err := chain.VerifyStream(cmd.Context(), js, chain.VerifyOptions{
-				Trust: trust, PinnedCheckpoint: pinnedPath,
+				Trust: trust, PinnedCheckpoint: pinnedPath, MaxCheckpointAge: maxCheckpointAge,
 				Progress: func(blocks, events uint64) {
 					fmt.Fprintf(g.stderr, "verifying: %d blocks, %d events so far\n", blocks, events)
 				},
@@ -100,6 +104,8 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file pinning writer public keysets (default DATA-DIR/trust.yaml)")
 	cmd.Flags().StringVar(&heads, "heads", "", "directory of locally kept writer heads (default DATA-DIR/heads)")
+	cmd.Flags().DurationVar(&maxCheckpointAge, "max-checkpoint-age", 5*time.Minute,
+		"with checkpointers in the trust file: fail if an event recorded longer ago than this is in no signed checkpoint (0: do not check)")
 	return cmd
 }
 
@@ -135,50 +141,31 @@ func chainTailCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			var tw *tabwriter.Writer
 			out := func(r *chain.Record) error {
 				if asJSON {
 					return json.NewEncoder(g.stdout).Encode(r)
 				}
-				printRow(tw, r)
-				if follow {
-					return tw.Flush()
-				}
+				printRow(g.stdout, r)
 				return nil
 			}
-			if !asJSON {
-				tw = tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-				fmt.Fprintln(tw, "TIME\tCLIENT\tDEVICE\tUNIT\tFC\tADDR+QTY\tVALUES\tVERDICT\tEXC\tREASON")
-			}
-			if follow {
-				err := chain.ScanRecords(cmd.Context(), js, 1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
-				if tw != nil {
-					_ = tw.Flush()
-				}
-				return err
-			}
-			// Keep the last N matching events.
-			ring := make([]chain.Record, 0, lastN)
-			err = chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, _ *audit.Event) error {
-				if len(ring) == lastN {
-					copy(ring, ring[1:])
-					ring = ring[:lastN-1]
-				}
-				ring = append(ring, *r)
-				return nil
-			})
+			// The newest N, read backwards from the end; then, following,
+			// what is recorded after them.
+			recs, last, err := chain.LastRecords(cmd.Context(), js, lastN, &f)
 			if err != nil {
 				return err
 			}
-			for i := range ring {
-				if err := out(&ring[i]); err != nil {
+			if !asJSON {
+				fmt.Fprintf(g.stdout, tailRow, "TIME", "CLIENT", "DEVICE", "UNIT", "FC", "ADDR+QTY", "VALUES", "VERDICT", "EXC", "REASON")
+			}
+			for i := range recs {
+				if err := out(&recs[i]); err != nil {
 					return err
 				}
 			}
-			if tw != nil {
-				return tw.Flush()
+			if !follow {
+				return nil
 			}
-			return nil
+			return chain.ScanRecords(cmd.Context(), js, last+1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new operations as they are recorded")
@@ -188,6 +175,10 @@ func chainTailCmd(g *globals) *cobra.Command {
 	cmd.Flags().IntVarP(&lastN, "lines", "n", 20, "how many of the newest operations to show")
 	return cmd
 }
+
+// tailRow is a row of chain tail's table: fixed column widths, so the rows
+// printed while following line up with the header printed first.
+const tailRow = "%-12s  %-21s  %-16s  %4s  %3s  %-11s  %-24s  %-13s  %-4s  %s\n"
 
 func printRow(w io.Writer, r *chain.Record) {
 	vals := ""
@@ -212,8 +203,8 @@ func printRow(w io.Writer, r *chain.Record) {
 	case "dropped-reply":
 		verdict = "dropped-reply"
 	}
-	fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d+%d\t%s\t%s\t%s\t%s\n", r.Time.Local().Format("15:04:05.000"),
-		r.Client, r.Device, r.Unit, r.Function, r.Address, r.Quantity, vals, verdict, exc, reason)
+	fmt.Fprintf(w, tailRow, r.Time.Local().Format("15:04:05.000"), r.Client, r.Device, strconv.Itoa(int(r.Unit)),
+		strconv.Itoa(int(r.Function)), fmt.Sprintf("%d+%d", r.Address, r.Quantity), vals, verdict, exc, reason)
 }
 
 func chainExportCmd(g *globals) *cobra.Command {

@@ -3,8 +3,11 @@
 package natstest
 
 import (
+	"bytes"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -160,4 +163,37 @@ func freePort(t testing.TB) int {
 	}
 	defer func() { _ = ln.Close() }()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// CorruptRecord stops the server, flips one byte inside the stored record
+// of stream that holds data (its last 32 bytes must be unique in the
+// store), and restarts it: the record's checksum then fails, as after a
+// disk error. It fails the test if no record holds data.
+func (s *Server) CorruptRecord(stream string, data []byte) {
+	s.t.Helper()
+	dir := filepath.Join(s.StoreDir(), "$G", "streams", stream, "msgs")
+	s.Stop()
+	blks, err := filepath.Glob(filepath.Join(dir, "*.blk"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	tail := data[max(len(data)-32, 0):]
+	done := false
+	for _, path := range blks {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		if i := bytes.Index(b, tail); i >= 0 && !done {
+			b[i+len(tail)/2] ^= 0x01
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				s.t.Fatal(err)
+			}
+			done = true
+		}
+	}
+	if !done {
+		s.t.Fatalf("no record of stream %s under %s holds the data to corrupt", stream, dir)
+	}
+	s.Restart()
 }
