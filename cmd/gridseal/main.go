@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -25,7 +26,8 @@ var version = "dev"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	wd, _ := os.Getwd()
+	code := runAs(ctx, commandName(os.Args[0], wd), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -43,6 +45,7 @@ type globals struct {
 	natsCert          string
 	natsKey           string
 	dataDir           string
+	prog              string // how the user ran gridseal, for the commands we print
 	stdout            io.Writer
 	stderr            io.Writer
 }
@@ -50,7 +53,13 @@ type globals struct {
 // run executes one command line and returns the process exit code. Errors
 // are one line on stderr.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	g := &globals{stdout: stdout, stderr: stderr}
+	return runAs(ctx, "gridseal", args, stdin, stdout, stderr)
+}
+
+// runAs is run for a gridseal the user ran as prog: the commands it prints
+// for them to try next start with prog.
+func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	g := &globals{prog: prog, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "gridseal",
 		Short:         "Command-integrity firewall for Modbus/TCP grid controllers",
@@ -99,6 +108,28 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 	return 1
+}
+
+// commandName is how to run this gridseal again from wd, given how it was
+// started (arg0): "gridseal" when the shell found it on PATH (or under go
+// run), else its path relative to wd ("bin/gridseal" for make demo, which
+// runs ./bin/gridseal) or, when shorter, absolute.
+func commandName(arg0, wd string) string {
+	if !strings.ContainsRune(arg0, filepath.Separator) || strings.Contains(arg0, "go-build") {
+		return "gridseal"
+	}
+	abs := arg0
+	if !filepath.IsAbs(abs) {
+		abs = filepath.Join(wd, abs)
+	}
+	rel, err := filepath.Rel(wd, abs)
+	if err != nil || len(rel) >= len(abs) {
+		return abs
+	}
+	if !strings.ContainsRune(rel, filepath.Separator) {
+		rel = "./" + rel // not a PATH lookup
+	}
+	return rel
 }
 
 // errUsage marks a command line that cannot be run as written: exit 2.

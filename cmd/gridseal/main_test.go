@@ -254,6 +254,27 @@ func TestLogLevelFlagOverridesConfig(t *testing.T) {
 	}
 }
 
+// TestCommandName: the commands gridseal prints for a user to run next
+// start the way they started it.
+func TestCommandName(t *testing.T) {
+	cases := []struct{ name, arg0, wd, want string }{
+		{"make demo", "./bin/gridseal", "/src/gridseal", "bin/gridseal"},
+		{"found on PATH", "gridseal", "/home/op", "gridseal"},
+		{"from the site folder", "../bin/gridseal", "/src/gridseal/site", "../bin/gridseal"},
+		{"absolute path elsewhere", "/usr/local/bin/gridseal", "/home/op/plant", "/usr/local/bin/gridseal"},
+		{"absolute path below", "/src/gridseal/bin/gridseal", "/src/gridseal", "bin/gridseal"},
+		{"in the working directory", "./gridseal", "/opt/gs", "./gridseal"},
+		{"go run", "/tmp/go-build1234/b001/exe/gridseal", "/src/gridseal", "gridseal"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := commandName(tc.arg0, tc.wd); got != tc.want {
+				t.Fatalf("commandName(%q, %q) = %q, want %q", tc.arg0, tc.wd, got, tc.want)
+			}
+		})
+	}
+}
+
 func TestVersion(t *testing.T) {
 	code, out, _ := runCLI(t, t.Context(), "version")
 	if code != 0 || !strings.HasPrefix(out, "gridseal ") {
@@ -267,12 +288,22 @@ func TestDemoTour(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	data := t.TempDir()
-	code, out, stderr := runCLI(t, ctx, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
-		"--duration", "100ms", "--log-format", "json", "--data-dir", data, "--http", "127.0.0.1:0")
+	// Run as make demo runs it: the commands it prints start with bin/gridseal.
+	var outb, errb bytes.Buffer
+	code := runAs(ctx, "bin/gridseal", []string{"demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
+		"--duration", "100ms", "--log-format", "json", "--data-dir", data, "--http", "127.0.0.1:0"}, strings.NewReader(""), &outb, &errb)
+	out, stderr := outb.String(), errb.String()
 	if code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
+	for _, line := range strings.Split(out, "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "gridseal ") && !strings.HasPrefix(l, "gridseal demo") {
+			t.Errorf("the demo prints a command as %q, not as it was run (bin/gridseal)", l)
+		}
+	}
 	for _, want := range []string{
+		"bin/gridseal propose --data-dir " + data,
+		"bin/gridseal chain tail --data-dir " + data + " -n 40",
 		"write 0 to 40126 to disconnect the inverter: denied by gridseal: illegal data address",
 		"(standing rule power-limit-setpoint): forwarded",
 		"write 30 to 40127: denied by gridseal: illegal function",
