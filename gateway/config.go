@@ -10,7 +10,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -78,10 +80,10 @@ func (c *ConsoleConfig) setup(base, addr string) (*consoleSetup, error) {
 	if addr == "" || addr == "off" {
 		return cs, nil
 	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return nil, fmt.Errorf("console: listen %q: %v", addr, err)
+	if err := checkAddr(addr); err != nil {
+		return nil, fmt.Errorf("console: listen %s: %w", addr, err)
 	}
+	host, _, _ := net.SplitHostPort(addr)
 	ip, _ := netip.ParseAddr(host)
 	loopback := host == "localhost" || (ip.IsValid() && ip.IsLoopback())
 	tokens := c.Tokens
@@ -111,11 +113,25 @@ func (c *ConsoleConfig) setup(base, addr string) (*consoleSetup, error) {
 		return nil, fmt.Errorf("console: %s is not a loopback address: set console.tls (cert, key) and console.tls.ca or console.tokens, so only your analysts see the command stream", addr)
 	}
 	if clientCerts || tokens != "" {
+		var err error
 		if cs.auth, err = console.NewAuth(tokens, clientCerts); err != nil {
 			return nil, err
 		}
 	}
 	return cs, nil
+}
+
+// checkAddr refuses a listen address that is not HOST:PORT with a port
+// from 0 to 65535 (or a service name).
+func checkAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want HOST:PORT (e.g. 127.0.0.1:5020)")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("invalid port %q", port)
+	}
+	return nil
 }
 
 // ChainConfig says where and as whom the proxy records.
@@ -209,7 +225,133 @@ type LogConfig struct {
 	Format string `yaml:"format"`
 }
 
-var yamlLineRE = regexp.MustCompile(`line (\d+): (.*)`)
+var (
+	yamlLineRE      = regexp.MustCompile(`line (\d+): (.*)`)
+	unknownFieldRE  = regexp.MustCompile(`^field (\S+) not found in type (\S+)$`)
+	cannotDecodeRE  = regexp.MustCompile("^cannot unmarshal !!(\\w+)(?: `(.*)`)? into (\\S+)$")
+	typeDescription = map[string]string{
+		"time.Duration": "a duration (e.g. 30s, 5m)", "bool": "true or false", "string": "a single value",
+		"int": "a whole number", "uint8": "a number from 0 to 255", "uint16": "a number from 0 to 65535",
+		"int64": "a whole number", "uint64": "a whole number", "float64": "a number",
+	}
+)
+
+// yamlError makes the decoder's first complaint about the file at path one
+// line a user can act on: "path:line: key: what is wrong", naming the keys
+// allowed where a key is unknown, and no Go type names.
+func yamlError(path string, data []byte, err error) error {
+	msg := err.Error()
+	more := 0
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		msg, more = te.Errors[0], len(te.Errors)-1
+	}
+	msg = strings.Join(strings.Fields(strings.TrimPrefix(msg, "yaml: ")), " ")
+	where, what := path, msg
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		where, what = path+":"+m[1], m[2]
+		line, _ := strconv.Atoi(m[1])
+		if f := unknownFieldRE.FindStringSubmatch(what); f != nil {
+			what = fmt.Sprintf("unknown key %q (allowed: %s)", f[1], strings.Join(yamlKeys(reflect.TypeFor[Config](), f[2]), ", "))
+		} else if f := cannotDecodeRE.FindStringSubmatch(what); f != nil {
+			got := map[string]string{"seq": "a list", "map": "a mapping"}[f[1]]
+			if f[2] != "" || got == "" {
+				got = strconv.Quote(f[2])
+			}
+			want := typeDescription[f[3]]
+			switch {
+			case want != "":
+			case strings.HasPrefix(f[3], "[]"):
+				want = "a list"
+			default:
+				want = "a mapping"
+			}
+			what = fmt.Sprintf("%s is not %s", got, want)
+			if key := keyAtLine(data, line, f[1], f[2]); key != "" {
+				what = key + ": " + what
+			}
+		}
+	}
+	if more > 0 {
+		what += fmt.Sprintf(" (and %d more problems)", more)
+	}
+	return fmt.Errorf("%s: %s", where, what)
+}
+
+// yamlKeys lists the keys of the struct type named name (as Go prints it)
+// found anywhere under t, in declaration order.
+func yamlKeys(t reflect.Type, name string) []string {
+	seen := map[reflect.Type]bool{}
+	var find func(reflect.Type) []string
+	find = func(t reflect.Type) []string {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+			t = t.Elem()
+		}
+		if t.Kind() != reflect.Struct || seen[t] {
+			return nil
+		}
+		seen[t] = true
+		var keys []string
+		for f := range t.Fields() {
+			tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+			if f.IsExported() && tag != "-" {
+				if tag == "" {
+					tag = strings.ToLower(f.Name)
+				}
+				keys = append(keys, tag)
+			}
+		}
+		if t.String() == name {
+			return keys
+		}
+		for f := range t.Fields() {
+			if k := find(f.Type); k != nil {
+				return k
+			}
+		}
+		return nil
+	}
+	return find(t)
+}
+
+// keyAtLine is the key of the innermost value on line of the YAML document
+// in data that is the scalar value (or, for value "", a node of kind: seq
+// or map); "" if there is none.
+func keyAtLine(data []byte, line int, kind, value string) string {
+	var doc yaml.Node
+	if yaml.Unmarshal(data, &doc) != nil {
+		return ""
+	}
+	fits := func(n *yaml.Node) bool {
+		switch {
+		case n.Line != line:
+			return false
+		case value != "":
+			return n.Kind == yaml.ScalarNode && n.Value == value
+		case kind == "seq":
+			return n.Kind == yaml.SequenceNode
+		case kind == "map":
+			return n.Kind == yaml.MappingNode
+		}
+		return n.Kind == yaml.ScalarNode
+	}
+	var walk func(n *yaml.Node, depth int) string
+	walk = func(n *yaml.Node, depth int) string {
+		if depth > 64 {
+			return ""
+		}
+		for i, c := range n.Content {
+			if k := walk(c, depth+1); k != "" {
+				return k
+			}
+			if n.Kind == yaml.MappingNode && i%2 == 1 && fits(c) {
+				return n.Content[i-1].Value
+			}
+		}
+		return ""
+	}
+	return walk(&doc, 0)
+}
 
 // Load reads the configuration at path; errors read "path:line: what".
 func Load(path string) (*Config, error) {
@@ -221,11 +363,7 @@ func Load(path string) (*Config, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		msg := strings.Join(strings.Fields(err.Error()), " ")
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			return nil, fmt.Errorf("%s:%s: %s", path, m[1], m[2])
-		}
-		return nil, fmt.Errorf("%s: %s", path, msg)
+		return nil, yamlError(path, data, err)
 	}
 	if c.Policy == "" {
 		return nil, fmt.Errorf("%s: missing policy (path of the policy file)", path)

@@ -122,6 +122,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	if err != nil {
 		return nil, err
 	}
+	if err := checkListeners(cfg.path, specs, cs, opts.ConsoleFallback); err != nil {
+		return nil, err
+	}
 	signer, err := keys.LoadSigner(cfg.Chain.Key)
 	if err != nil {
 		return nil, err
@@ -375,6 +378,35 @@ func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every ti
 		cancel()
 		<-done
 	}
+}
+
+// checkListeners binds each listener's and the console's address once and
+// lets it go again, so one that cannot be served (malformed, not a local
+// address, taken) fails the start before NATS does anything. A busy console
+// address is left to startConsole when it may fall back to a free port.
+func checkListeners(path string, specs []listenerSpec, cs *consoleSetup, consoleFallback bool) error {
+	try := func(addr string) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return err
+		}
+		return ln.Close()
+	}
+	for _, sp := range specs {
+		err := checkAddr(sp.addr)
+		if err == nil {
+			err = try(sp.addr)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: listener %s: %w", path, sp.addr, err)
+		}
+	}
+	if cs.addr != "" && cs.addr != "off" && !consoleFallback {
+		if err := try(cs.addr); err != nil {
+			return fmt.Errorf("console: listen on %s: %w (choose another with --http, or --http off)", cs.addr, err)
+		}
+	}
+	return nil
 }
 
 // startProxy binds every listener first, so a busy port fails the start

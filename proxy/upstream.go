@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,6 +77,9 @@ type upconn struct {
 	lastErrAt   time.Time
 	lastReply   time.Time
 	lastTimeout time.Time
+	// idleClosed is when the device last closed this connection with no
+	// request in flight: idle, not down, since the next request redials.
+	idleClosed time.Time
 	// Replies to no request in the current window (see readLoop).
 	strays      int
 	strayWindow time.Time
@@ -352,9 +357,15 @@ func lateRecord(c *call, reason string) *audit.Event {
 func (uc *upconn) drop(conn net.Conn, cause error) {
 	uc.mu.Lock()
 	var failed []*call
+	idle := false
 	if uc.conn == conn {
 		uc.conn, uc.bw = nil, nil
-		if !uc.closed {
+		idle = len(uc.pending) == 0 && (errors.Is(cause, io.EOF) || errors.Is(cause, syscall.ECONNRESET))
+		switch {
+		case uc.closed:
+		case idle:
+			uc.lastErr, uc.idleClosed = "", time.Now()
+		default:
 			uc.lastErr, uc.lastErrAt = "connection lost: "+cause.Error(), time.Now()
 		}
 		clear(uc.quarantine)
@@ -366,7 +377,10 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 	closing := uc.closed
 	uc.mu.Unlock()
 	_ = conn.Close()
-	if len(failed) > 0 || !closing {
+	switch {
+	case idle:
+		uc.up.s.log.Debug("device closed the idle upstream connection", zap.String("device", uc.up.name))
+	case len(failed) > 0 || !closing:
 		uc.up.s.log.Warn("upstream connection lost", zap.String("device", uc.up.name),
 			zap.Int("pending", len(failed)), zap.Error(cause))
 	}
@@ -437,10 +451,12 @@ func (uc *upconn) shutdown() {
 type UpstreamState struct {
 	// State is "up" (connected, and the last request was answered),
 	// "not answering" (connected, but the last request timed out), "down"
-	// (the last dial failed or the connection was lost) or "idle" (not
-	// connected yet: no request has needed it).
+	// (the last dial failed or the connection was lost with requests in
+	// flight) or "idle" (not connected: no request has needed it yet, or
+	// the device closed the idle connection, which the next request
+	// redials).
 	State  string
-	Detail string    // the error, for down
+	Detail string    // the error, for down; why, for an idle device that closed
 	Since  time.Time // when the state was last confirmed
 }
 
@@ -450,11 +466,14 @@ type UpstreamState struct {
 // one in use).
 func (u *upstream) state() UpstreamState {
 	var connected bool
-	var lastReply, lastTimeout, errAt time.Time
+	var lastReply, lastTimeout, errAt, idleAt time.Time
 	var lastErr string
 	for _, uc := range u.conns {
 		uc.mu.Lock()
 		connected = connected || uc.conn != nil
+		if uc.idleClosed.After(idleAt) {
+			idleAt = uc.idleClosed
+		}
 		if uc.lastReply.After(lastReply) {
 			lastReply = uc.lastReply
 		}
@@ -471,8 +490,10 @@ func (u *upstream) state() UpstreamState {
 		return UpstreamState{State: "up", Since: lastReply}
 	case connected:
 		return UpstreamState{State: "not answering", Since: lastTimeout}
-	case lastErr != "":
+	case lastErr != "" && errAt.After(idleAt):
 		return UpstreamState{State: "down", Detail: lastErr, Since: errAt}
+	case !idleAt.IsZero():
+		return UpstreamState{State: "idle", Detail: "the device closed the idle connection; the next request reconnects", Since: idleAt}
 	}
 	return UpstreamState{State: "idle"}
 }

@@ -181,8 +181,8 @@ func proposeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "proposal %s\n  %s\n  by %s, valid until %s, needs %d of %s (rule %s)\n  approve with: gridseal approve %s --key KEY\n",
-				id, pr.Describe(), proposer, pr.NotAfter.Local().Format(time.RFC3339), rule.Requires.M, rule.Requires.Group, rule.Name, id)
+			fmt.Fprintf(g.stdout, "proposal %s\n  %s\n  by %s, valid until %s, needs %d of %s (rule %s)\n  approve with: %s approve %s --key KEY\n",
+				id, pr.Describe(), proposer, pr.NotAfter.Local().Format(time.RFC3339), rule.Requires.M, rule.Requires.Group, rule.Name, g.prog, id)
 			return nil
 		},
 	}

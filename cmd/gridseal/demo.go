@@ -62,7 +62,7 @@ func demoCmd(g *globals) *cobra.Command {
 			}
 			defer gw.Close()
 			addr := gw.Addrs()[0]
-			demo.PrintBanner(g.stdout, g.dataDir, sim.Addr, addr, gw.Policy())
+			demo.PrintBanner(g.stdout, g.prog, g.dataDir, sim.Addr, addr, gw.Policy())
 			if u := gw.ConsoleURL(); u != "" {
 				fmt.Fprintf(g.stdout, "\nSOC console: %s   (metrics: %smetrics)\n", u, u)
 			}
@@ -71,7 +71,7 @@ func demoCmd(g *globals) *cobra.Command {
 				if err := t.Run(ctx); err != nil {
 					return fmt.Errorf("demo tour: %w", err)
 				}
-				fmt.Fprintf(g.stdout, "\nThe chain holds every step above:\n  gridseal chain tail --data-dir %s -n 40\n  gridseal chain verify --data-dir %s\n", g.dataDir, g.dataDir)
+				fmt.Fprintf(g.stdout, "\nThe chain holds every step above:\n  %s chain tail --data-dir %s -n 40\n  %s chain verify --data-dir %s\n", g.prog, g.dataDir, g.prog, g.dataDir)
 				fmt.Fprintln(g.stdout, "\nThe proxy keeps running; try the commands above. Ctrl-C stops it.")
 			}
 			if duration > 0 {

@@ -89,6 +89,10 @@ func TestCommandErrors(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, "shared-tokens"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	typeAndKey := write("typo2.yaml", "policy: p.yaml\nlimits:\n  idle_timeout: soon\n  max_conn: 3\n")
+	badListen := write("cfg10.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:99999\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
+	noPort := write("cfg11.yaml", "policy: good.yaml\nlisteners:\n  - listen: localhost\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
+	goodListen := write("cfg12.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\n")
 	sharedTokens := write("cfg9.yaml", "policy: good.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\ninsecure_unsigned_policy: true\nconsole: {listen: \"127.0.0.1:0\", tokens: shared-tokens}\n")
 
 	cases := []struct {
@@ -100,7 +104,8 @@ func TestCommandErrors(t *testing.T) {
 		{"proxy without config", []string{"proxy"}, 2, "--config FILE is required"},
 		{"missing config file", []string{"proxy", "--config", filepath.Join(dir, "nope.yaml")}, 1, "no such file"},
 		{"bad value in config", []string{"proxy", "--config", badYAML}, 1, badYAML + ":6:"},
-		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: field listners not found`},
+		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: unknown key "listners" (allowed: policy, policy_root, insecure_unsigned_policy, allow_policy_rollback, listeners, limits, upstream, exceptions, chain, upstream_tls, checkpoint, console, log)`},
+		{"bad value and unknown key", []string{"proxy", "--config", typeAndKey}, 1, typeAndKey + ":3: idle_timeout: \"soon\" is not a duration (e.g. 30s, 5m)"},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
 		{"listener tls files missing", []string{"proxy", "--config", badTLS}, 1, "listener 127.0.0.1:0: tls: open"},
@@ -123,8 +128,24 @@ func TestCommandErrors(t *testing.T) {
 		{"bad verdict filter", []string{"chain", "tail", "--verdict", "maybe"}, 2, `--verdict "maybe"`},
 		{"bad key name", []string{"keys", "new", "Bad.Name", "--dir", dir}, 2, "key name"},
 		{"unknown sim device", []string{"sim", "--device", "pump"}, 2, `unknown device "pump"`},
-		{"bad log level", []string{"sim", "--log-level", "loud"}, 1, `--log-level "loud"`},
-		{"unknown command", []string{"frobnicate"}, 1, `unknown command "frobnicate"`},
+		{"bad log level", []string{"sim", "--log-level", "loud"}, 2, `--log-level "loud": want debug, info, warn or error`},
+		{"bad log level, no logger", []string{"chain", "tail", "--log-level", "loud"}, 2, `--log-level "loud"`},
+		{"bad log format", []string{"chain", "verify", "--log-format", "xml"}, 2, `--log-format "xml": want console, json or auto`},
+		{"unknown command", []string{"frobnicate"}, 2, `unknown command "frobnicate" for "gridseal"`},
+		{"unknown command, suggestion", []string{"chian", "tail"}, 2, `unknown command "chian" for "gridseal"; did you mean "chain"?`},
+		{"unknown chain subcommand", []string{"chain", "tial"}, 2, `unknown command "tial" for "gridseal chain"; did you mean "tail"?`},
+		{"unknown keys subcommand", []string{"keys", "foo"}, 2, `unknown command "foo" for "gridseal keys" (run gridseal keys --help)`},
+		{"unknown policy subcommand", []string{"policy", "sgn"}, 2, `unknown command "sgn" for "gridseal policy"; did you mean "sign"?`},
+		{"unknown approvals subcommand", []string{"approvals", "lst"}, 2, `did you mean "list"?`},
+		{"extra argument", []string{"version", "now"}, 2, `unknown command "now" for "gridseal version"`},
+		{"missing argument", []string{"approve", "--key", "k"}, 2, "accepts 1 arg(s), received 0"},
+		{"unknown flag", []string{"chain", "tail", "--bogus"}, 2, "unknown flag: --bogus"},
+		{"bad flag value", []string{"chain", "tail", "-n", "many"}, 2, `invalid argument "many" for "-n`},
+		{"bad listen address", []string{"proxy", "--config", badListen}, 1, "listener 127.0.0.1:99999: invalid port"},
+		{"listen address without port", []string{"proxy", "--config", noPort}, 1, `listener localhost: want HOST:PORT`},
+		{"bad --http address", []string{"proxy", "--config", goodListen, "--http", "127.0.0.1:70000"}, 1, "console: listen 127.0.0.1:70000: invalid port"},
+		{"no data directory", []string{"chain", "tail", "--data-dir", filepath.Join(dir, "nowhere")}, 1,
+			"no gridseal data directory at " + filepath.Join(dir, "nowhere") + " (start the proxy or demo there, or pass --nats)"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -141,6 +162,114 @@ func TestCommandErrors(t *testing.T) {
 			}
 			if len(errLines) != 1 || !strings.Contains(errLines[0], tc.want) {
 				t.Fatalf("stderr = %q; want one error line containing %q", stderr, tc.want)
+			}
+			if strings.Contains(stderr, "Usage:") {
+				t.Fatalf("stderr holds the help text: %q", stderr)
+			}
+		})
+	}
+	// No command above may have started NATS: a command given a directory
+	// that is not a gridseal data directory leaves it uncreated, and a
+	// configuration's bad address is reported before the embedded server
+	// starts (in runCLI's temporary data directory, never created here).
+	if _, err := os.Stat(filepath.Join(dir, "nowhere")); !os.IsNotExist(err) {
+		t.Errorf("chain tail created the data directory it was pointed at: %v", err)
+	}
+}
+
+// TestBadAddressesBeforeNATS: a listener or console address that cannot
+// work fails `gridseal proxy` before the embedded NATS server starts.
+func TestBadAddressesBeforeNATS(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte("id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := func(listen string) string {
+		p := filepath.Join(t.TempDir(), "gridseal.yaml")
+		body := fmt.Sprintf("policy: %s\nlisteners:\n  - listen: %q\n    devices: [a]\nchain: {writer: gw-1, key: %s}\ninsecure_unsigned_policy: true\n",
+			filepath.Join(dir, "policy.yaml"), listen, filepath.Join(dir, "gw-1.private.json"))
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"port out of range", []string{"--config", config("127.0.0.1:99999")}, "listener 127.0.0.1:99999: invalid port"},
+		{"no port", []string{"--config", config("127.0.0.1")}, "listener 127.0.0.1: want HOST:PORT"},
+		{"not a local address", []string{"--config", config("192.0.2.1:5020")}, "listener 192.0.2.1:5020: listen tcp 192.0.2.1:5020: bind"},
+		{"console port out of range", []string{"--config", config("127.0.0.1:0"), "--http", "127.0.0.1:70000"}, "console: listen 127.0.0.1:70000: invalid port"},
+		{"console not an address", []string{"--config", config("127.0.0.1:0"), "--http", "8080"}, "console: listen 8080: want HOST:PORT"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data := t.TempDir()
+			code, _, stderr := runCLI(t, t.Context(), append(append([]string{"proxy"}, tc.args...), "--data-dir", data, "--log-format", "json")...)
+			if code != 1 || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want exit 1 and %q", code, stderr, tc.want)
+			}
+			if _, err := os.Stat(filepath.Join(data, "nats")); !os.IsNotExist(err) {
+				t.Fatalf("the embedded NATS server was started before the address was checked (%v)", err)
+			}
+		})
+	}
+}
+
+// TestLogLevelFlagOverridesConfig: --log-level, when given, wins over the
+// configuration's log.level; without it the configuration's applies.
+func TestLogLevelFlagOverridesConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gridseal.yaml")
+	// The gateway warns of the unsigned policy, then fails to read it: the
+	// warning shows whether warn or the configuration's error is in force.
+	if err := os.WriteFile(cfg, []byte("policy: nope.yaml\nlisteners:\n  - listen: 127.0.0.1:0\n    devices: [a]\nchain: {writer: gw-1, key: k.json}\n"+
+		"insecure_unsigned_policy: true\nlog: {level: error, format: json}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name     string
+		args     []string
+		wantWarn bool
+	}{
+		{"config's level", nil, false},
+		{"flag wins", []string{"--log-level", "warn"}, true},
+		{"flag at its default wins too", []string{"--log-level", "info"}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, t.Context(), append([]string{"proxy", "--config", cfg}, tc.args...)...)
+			if code != 1 {
+				t.Fatalf("exit %d, want 1: %s", code, stderr)
+			}
+			if got := strings.Contains(stderr, "running an UNSIGNED policy"); got != tc.wantWarn {
+				t.Fatalf("warning logged: %v, want %v\n%s", got, tc.wantWarn, stderr)
+			}
+		})
+	}
+}
+
+// TestCommandName: the commands gridseal prints for a user to run next
+// start the way they started it.
+func TestCommandName(t *testing.T) {
+	cases := []struct{ name, arg0, wd, want string }{
+		{"make demo", "./bin/gridseal", "/src/gridseal", "bin/gridseal"},
+		{"found on PATH", "gridseal", "/home/op", "gridseal"},
+		{"from the site folder", "../bin/gridseal", "/src/gridseal/site", "../bin/gridseal"},
+		{"absolute path elsewhere", "/usr/local/bin/gridseal", "/home/op/plant", "/usr/local/bin/gridseal"},
+		{"absolute path below", "/src/gridseal/bin/gridseal", "/src/gridseal", "bin/gridseal"},
+		{"in the working directory", "./gridseal", "/opt/gs", "./gridseal"},
+		{"go run", "/tmp/go-build1234/b001/exe/gridseal", "/src/gridseal", "gridseal"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := commandName(tc.arg0, tc.wd); got != tc.want {
+				t.Fatalf("commandName(%q, %q) = %q, want %q", tc.arg0, tc.wd, got, tc.want)
 			}
 		})
 	}
@@ -159,12 +288,22 @@ func TestDemoTour(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
 	data := t.TempDir()
-	code, out, stderr := runCLI(t, ctx, "demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
-		"--duration", "100ms", "--log-format", "json", "--data-dir", data, "--http", "127.0.0.1:0")
+	// Run as make demo runs it: the commands it prints start with bin/gridseal.
+	var outb, errb bytes.Buffer
+	code := runAs(ctx, "bin/gridseal", []string{"demo", "--listen", "127.0.0.1:0", "--sim-listen", "127.0.0.1:0",
+		"--duration", "100ms", "--log-format", "json", "--data-dir", data, "--http", "127.0.0.1:0"}, strings.NewReader(""), &outb, &errb)
+	out, stderr := outb.String(), errb.String()
 	if code != 0 {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, stderr)
 	}
+	for _, line := range strings.Split(out, "\n") {
+		if l := strings.TrimSpace(line); strings.HasPrefix(l, "gridseal ") && !strings.HasPrefix(l, "gridseal demo") {
+			t.Errorf("the demo prints a command as %q, not as it was run (bin/gridseal)", l)
+		}
+	}
 	for _, want := range []string{
+		"bin/gridseal propose --data-dir " + data,
+		"bin/gridseal chain tail --data-dir " + data + " -n 40",
 		"write 0 to 40126 to disconnect the inverter: denied by gridseal: illegal data address",
 		"(standing rule power-limit-setpoint): forwarded",
 		"write 30 to 40127: denied by gridseal: illegal function",

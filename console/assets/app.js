@@ -1,88 +1,133 @@
 // gridseal console: read-only views of the chain, the devices and the
 // pending approvals. No request it makes changes anything.
 "use strict";
-const rows = [];            // newest first, capped
+const rows = [];            // operations, newest first, capped
+const byKey = new Map();    // writer/op → operation, to merge its phases
 const MAX_ROWS = 1000;
 let paused = false, queued = [];
 const $ = (s) => document.querySelector(s);
 const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+// Every time on the page reads the same: local date and time to the
+// millisecond, "2025-06-01 14:03:07.123".
+const pad = (n, w = 2) => String(n).padStart(w, "0");
+function fmtTime(t) {
+  const d = new Date(t);
+  if (!t || isNaN(d) || d.getTime() <= 0) return "-"; // Go's zero time: never
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+// An operation is every event of one request: an allowed write is recorded
+// before it is forwarded (request) and with the device's answer (complete),
+// a late reply after a timeout as dropped-reply. Approval steps stand alone.
+const opKey = (r) => (r.op && r.phase !== "approval" ? `${r.writer}/${r.op}` : null);
+const last = (op) => op.phases[op.phases.length - 1];
 
 function filters() {
   return { device: $("#f-device").value, verdict: $("#f-verdict").value,
     fc: $("#f-function").value.trim(), client: $("#f-client").value.trim() };
 }
-function matches(r, f) {
+function matches(op, f) {
+  const r = op.phases[0];
   if (f.device && r.device !== f.device) return false;
   if (f.verdict && r.verdict !== f.verdict) return false;
   if (f.fc && String(r.fc) !== f.fc) return false;
   if (f.client && !(r.client || "").includes(f.client)) return false;
   return true;
 }
-function rowHTML(r) {
-  const t = new Date(r.time).toLocaleTimeString([], { hour12: false }) + "." + String(new Date(r.time).getMilliseconds()).padStart(3, "0");
+const phaseName = { "request": "request", "complete": "complete", "dropped-reply": "reply dropped" };
+function rowHTML(op) {
+  const first = op.phases[0], r = last(op);
   const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "request" ? r.verdict + " · recorded before forwarding"
-    : r.phase === "dropped-reply" ? "device reply dropped" : r.verdict;
-  const vals = (r.values || []).join(",");
+    : r.phase === "dropped-reply" && op.phases.length === 1 ? "device reply dropped" : r.verdict;
+  const vals = (first.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
-  return `<td>${t}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td><td>${r.unit}</td>` +
-    `<td>${r.fc} ${esc(r.function || "")}</td><td>${r.address}+${r.quantity}</td><td>${esc(vals)}</td>` +
-    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+  const phases = op.phases.length > 1 ? `<br><span class="phases muted">${op.phases.map((p) => esc(phaseName[p.phase] || p.phase)).join(" → ")}</span>` : "";
+  return `<td title="${esc(first.time)}">${fmtTime(first.time)}</td><td>${esc(first.client)}</td><td>${esc(first.device)}</td><td>${first.unit}</td>` +
+    `<td>${first.fc} ${esc(first.function || "")}</td><td>${first.address}+${first.quantity}</td><td>${esc(vals)}</td>` +
+    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}${phases}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
 }
 function render() {
   const f = filters();
   const tb = $("#stream tbody");
-  const shown = rows.filter((r) => matches(r, f));
+  const shown = rows.filter((op) => matches(op, f));
   tb.innerHTML = "";
-  for (const r of shown.slice(0, 300)) addRow(tb, r, false, true);
+  for (const op of shown.slice(0, 300)) addRow(tb, op, false, true);
   $("#count").textContent = `${shown.length} of ${rows.length} shown`;
 }
-function addRow(tb, r, fresh, append) {
-  const tr = document.createElement("tr");
-  tr.className = (r.phase === "approval" && r.verdict === "allow" ? "approval" : r.verdict) + (fresh ? " fresh" : "");
+function paint(op) {
+  const tr = op.tr, r = op.phases[0];
+  tr.className = (r.phase === "approval" && r.verdict === "allow" ? "approval" : r.verdict) + (tr.classList.contains("fresh") ? " fresh" : "");
   tr.dataset.verdict = r.verdict;
-  tr.innerHTML = rowHTML(r);
-  tr.onclick = () => showDetail(r);
+  tr.dataset.phases = op.phases.map((p) => p.phase).join(" ");
+  tr.innerHTML = rowHTML(op);
+}
+function addRow(tb, op, fresh, append) {
+  const tr = document.createElement("tr");
+  if (fresh) tr.classList.add("fresh");
+  op.tr = tr;
+  paint(op);
+  tr.onclick = () => showDetail(op);
   if (append) tb.appendChild(tr); else tb.insertBefore(tr, tb.firstChild);
   while (tb.rows.length > 300) tb.deleteRow(tb.rows.length - 1);
 }
 function ingest(r) {
-  rows.unshift(r);
-  if (rows.length > MAX_ROWS) rows.pop();
+  const key = opKey(r);
+  const known = key && byKey.get(key);
+  if (known) { // a later phase of an operation already shown: the same row
+    known.phases.push(r);
+    if (known.tr && known.tr.isConnected) paint(known);
+    if (detailFor === known) showDetail(known);
+    return;
+  }
+  const op = { phases: [r], key };
+  rows.unshift(op);
+  if (key) byKey.set(key, op);
+  if (rows.length > MAX_ROWS) { const gone = rows.pop(); if (gone.key) byKey.delete(gone.key); }
   const sel = $("#f-device");
   if (r.device && ![...sel.options].some((o) => o.value === r.device)) sel.add(new Option(r.device, r.device));
-  if (matches(r, filters())) addRow($("#stream tbody"), r, true, false);
+  if (matches(op, filters())) addRow($("#stream tbody"), op, true, false);
   $("#count").textContent = `${rows.filter((x) => matches(x, filters())).length} of ${rows.length} shown`;
 }
-function showDetail(r) {
-  const fields = [["time", r.time], ["verdict", r.verdict], ["phase", r.phase], ["reason", r.reason], ["rule", r.rule],
-    ["client", r.client], ["device", r.device], ["unit", r.unit], ["function", `${r.fc} ${r.function || ""}`],
-    ["request PDU", r.pdu], ["response PDU", r.response], ["exception", r.exception || "none"],
-    ["approval", r.approval], ["policy", r.policy], ["writer", r.writer], ["block height", r.height],
-    ["block hash", r.block], ["signed with key id", r.key_id], ["stream sequence", r.seq], ["event in block", r.index],
+let detailFor = null;
+function showDetail(op) {
+  const first = op.phases[0], r = last(op);
+  const fields = [["time", fmtTime(first.time)], ["verdict", r.verdict], ["reason", r.reason], ["rule", r.rule],
+    ["client", first.client], ["device", first.device], ["unit", first.unit], ["function", `${first.fc} ${first.function || ""}`],
+    ["request PDU", first.pdu], ["response PDU", r.response], ["exception", r.exception || "none"],
+    ["approval", r.approval], ["policy", r.policy], ["writer", r.writer], ["operation", r.op || ""],
     ["device time", r.upstream_ms ? r.upstream_ms + " ms" : ""]];
+  for (const p of op.phases) {
+    fields.push([`${phaseName[p.phase] || p.phase} recorded`, `${fmtTime(p.time)} · block ${p.height} (${String(p.block || "").slice(0, 16)}…, key id ${p.key_id}) · stream sequence ${p.seq}, event ${p.index}`]);
+  }
   $("#detail-list").innerHTML = fields.filter(([, v]) => v !== undefined && v !== "")
     .map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   $("#detail").hidden = false;
-  showProof(r);
+  if (detailFor !== op) { detailFor = op; showProof(first, false); }
 }
-// The proof that this event is in the newest signed checkpoint: built by
-// the server from the stream, checked there, shown here in full so it can
-// be checked again elsewhere (gridseal chain prove prints the same).
-let proofFor = null;
-async function showProof(r) {
+// The proof that this event (an operation's first record: for a write, the
+// one made before it was forwarded) is in the newest signed checkpoint:
+// built by the server from the stream, checked there, shown here in full so
+// it can be checked again elsewhere (gridseal chain prove prints the same).
+// While no signed checkpoint covers it yet, it is asked for again every
+// second, for as long as the panel shows it (at most ten minutes).
+let proofFor = null, proofTimer = null;
+async function showProof(r, again) {
   const el = $("#proof");
-  proofFor = r;
+  clearTimeout(proofTimer);
+  if (!again) proofFor = { r, tries: 0 };
+  const mine = proofFor;
   if (!r.seq || r.index === undefined) { el.textContent = "not a recorded event"; return; }
-  el.className = "muted";
-  el.textContent = "building the proof…";
+  if (!again) { el.className = "muted"; el.textContent = "building the proof…"; }
   let p;
   try { p = await getJSON(`api/proof?seq=${encodeURIComponent(r.seq)}&index=${encodeURIComponent(r.index)}`); }
-  catch (e) { if (proofFor === r) el.textContent = "proof unavailable (the console is busy or restarting): try again"; return; }
-  if (proofFor !== r) return;
+  catch (e) { if (proofFor === mine) el.textContent = "proof unavailable (the console is busy or restarting): try again"; return; }
+  if (proofFor !== mine) return;
   el.className = "";
+  el.dataset.status = p.status;
   if (p.status !== "proved") {
-    const what = { pending: "not yet in a signed checkpoint (the next one covers it)", unavailable: "no proof now", failed: "PROOF FAILED: the chain does not match its signed checkpoint" }[p.status] || p.status;
+    const what = { pending: "not yet in a signed checkpoint (the next one covers it; this updates by itself)", unavailable: "no proof now", failed: "PROOF FAILED: the chain does not match its signed checkpoint" }[p.status] || p.status;
     el.innerHTML = `<span class="${esc(p.status)}">${esc(what)}</span><br><span class="muted">${esc(p.problem || "")}</span>`;
+    if (p.status === "pending" && ++mine.tries < 600) proofTimer = setTimeout(() => { if (proofFor === mine && !$("#detail").hidden) showProof(r, true); }, 1000);
     return;
   }
   el.innerHTML = `<span class="proved">proved</span>: leaf ${p.leaf} of the tree of ${p.tree_size} events signed by ${esc((p.signed_by || []).join(", "))}` +
@@ -90,7 +135,7 @@ async function showProof(r) {
     `<dt>audit path</dt><dd>${(p.proof || []).map(esc).join("<br>") || "(none: a one-event tree)"}</dd></dl>` +
     `<pre>${esc(p.checkpoint)}</pre>`;
 }
-$("#close-detail").onclick = () => { $("#detail").hidden = true; };
+$("#close-detail").onclick = () => { $("#detail").hidden = true; detailFor = null; proofFor = null; clearTimeout(proofTimer); };
 // Filters apply on the server too, so a busy plant's stream still brings
 // every matching event (the server caps each viewer at 200 events/s).
 let es = null, reconnectTimer = null;
@@ -98,7 +143,7 @@ function refilter() {
   render();
   clearTimeout(reconnectTimer);
   // The server filters too: start over from its filtered backlog.
-  reconnectTimer = setTimeout(() => { rows.length = 0; $("#stream tbody").innerHTML = ""; connect(); }, 300);
+  reconnectTimer = setTimeout(() => { rows.length = 0; byKey.clear(); $("#stream tbody").innerHTML = ""; connect(); }, 300);
 }
 for (const id of ["#f-device", "#f-verdict"]) $(id).onchange = refilter;
 for (const id of ["#f-function", "#f-client"]) $(id).oninput = refilter;
@@ -140,7 +185,7 @@ async function refresh() {
     badge.textContent = st.verified ? (st.trust_pinned ? "chain verified" : "chain (no trust pinned)") : "CHAIN PROBLEM";
     badge.className = "badge " + (st.verified ? "ok" : "bad");
     if (st.policy) $("#policy").textContent = `policy ${st.policy.id} v${st.policy.version} ${st.policy.digest.slice(0, 12)}…`;
-    const dl = [["blocks", st.blocks], ["events", st.events], ["last block", st.last_block ? new Date(st.last_block).toLocaleTimeString() : "-"],
+    const dl = [["blocks", st.blocks], ["events", st.events], ["last block", st.last_block ? fmtTime(st.last_block) : "-"],
       ["verification", st.verified ? "every block verified" : st.problem], ["viewers", st.viewers]];
     for (const [w, ws] of Object.entries(st.writers || {})) dl.push([`writer ${w}`, `height ${ws.height}, ${ws.hash.slice(0, 16)}…`]);
     if (st.checkpoint) dl.push(["signed checkpoint", `${st.checkpoint.size} events, root ${st.checkpoint.root.slice(0, 16)}…, by ${(st.checkpoint.signed_by || []).join(", ")}`]);
@@ -155,7 +200,7 @@ async function refresh() {
     $("#no-approvals").hidden = aps.length > 0;
     $("#approvals tbody").innerHTML = aps.map((a) =>
       `<tr class="${a.ready ? "ready" : ""}"><td class="reason">${esc(a.command)}<br><span class="muted">${esc(a.id.slice(0, 16))}…</span></td>` +
-      `<td>${esc(a.proposer)}</td><td class="reason">${esc(a.status)}</td><td>${new Date(a.not_after).toLocaleTimeString()}</td></tr>`).join("");
+      `<td>${esc(a.proposer)}</td><td class="reason">${esc(a.status)}</td><td>${fmtTime(a.not_after)}</td></tr>`).join("");
   } catch (e) { /* the proxy may be restarting */ }
 }
 connect();

@@ -164,8 +164,9 @@ func entry(b *strings.Builder, dir, name string, groups []string) error {
 	return nil
 }
 
-// PrintBanner tells what runs where and what to try.
-func PrintBanner(w io.Writer, dataDir, sim, addr string, pol *policy.Policy) {
+// PrintBanner tells what runs where and what to try; prog is how the user
+// ran gridseal (e.g. bin/gridseal), so the commands it shows run as printed.
+func PrintBanner(w io.Writer, prog, dataDir, sim, addr string, pol *policy.Policy) {
 	i := strings.LastIndexByte(addr, ':')
 	host, port := addr[:max(i, 0)], addr[i+1:]
 	d := dataDir
@@ -181,10 +182,10 @@ Try it with mbpoll (apt-get install mbpoll; -0 = 0-based addresses):
   mbpoll -m tcp -p %s -a 1 -0 -t 4 -r 40127 -1 %s 20       # 20 %% needs 2 operators: denied, exception 1
   mbpoll -m tcp -p %s -a 3 -0 -t 0 -r 1 -1 %s 1            # open breaker: needs approval
 and approve a command:
-  gridseal propose --data-dir %s --device inverter-1 --unit 1 --write-register 40127=20 --key %s/keys/alice.private.json
-  gridseal approve ID --data-dir %s --key %s/keys/bob.private.json
-  gridseal approvals list --data-dir %s
-  gridseal chain tail --data-dir %s --follow
+  %s propose --data-dir %s --device inverter-1 --unit 1 --write-register 40127=20 --key %s/keys/alice.private.json
+  %s approve ID --data-dir %s --key %s/keys/bob.private.json
+  %s approvals list --data-dir %s
+  %s chain tail --data-dir %s --follow
 `, sim, addr, pol.ID, pol.Version, pol.Digest[:12], Writer, d, d,
-		port, host, port, host, port, host, port, host, d, d, d, d, d, d)
+		port, host, port, host, port, host, port, host, prog, d, d, prog, d, d, prog, d, prog, d)
 }

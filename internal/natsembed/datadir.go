@@ -23,6 +23,11 @@ import (
 // or a key without its certificate.
 var ErrCertWithoutKey = errors.New("a NATS client certificate and its key go together")
 
+// ErrNoDataDir is returned to a process that does not own the data
+// directory (ConnectOptions.Own false) when no embedded server ever ran
+// there.
+var ErrNoDataDir = errors.New("no gridseal data directory")
+
 // ConnectOptions say which NATS a gridseal process records to: a cluster
 // (URL and its credentials) or the embedded server of a data directory.
 type ConnectOptions struct {
@@ -38,7 +43,8 @@ type ConnectOptions struct {
 	// Own says this process is long-running (the proxy, the demo) and must
 	// run the embedded server itself: if a short command holds the data
 	// directory it waits for it, rather than depend on a server that is
-	// about to go away.
+	// about to go away. Only an owner creates the data directory; any
+	// other process gets ErrNoDataDir where it does not exist.
 	Own bool
 	// Log receives the embedded server's warnings and errors (a full disk
 	// among them), when this process runs it.
@@ -91,6 +97,13 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 		return connectURL(o, opts)
 	}
 	dir := filepath.Join(o.DataDir, "nats")
+	if !o.Own {
+		// A short command reads what a proxy or demo recorded; where none
+		// ever ran it must not start a server of its own on an empty store.
+		if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w at %s (start the proxy or demo there, or pass --nats)", ErrNoDataDir, o.DataDir)
+		}
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
