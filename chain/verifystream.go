@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -105,6 +107,14 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 		}
 		return nil
 	})
+	if errors.Is(err, jetstream.ErrStreamNotFound) && len(trust.Writers) > 0 {
+		// The trust pins writers, so the chain existed: its stream is gone.
+		for _, w := range slices.Sorted(maps.Keys(trust.Writers)) {
+			rep.Problems = append(rep.Problems, &Problem{Writer: w,
+				Reason: "the chain stream " + StreamName + " does not exist: deleted? (the trust file pins this writer)"})
+		}
+		err = nil
+	}
 	if err != nil {
 		return nil, err
 	}
