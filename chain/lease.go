@@ -16,6 +16,9 @@ import (
 // running recorder at a time.
 const LeaseBucket = "GRIDSEAL_WRITERS"
 
+// DefaultLeaseTTL is how long a writer's lease outlives its holder.
+const DefaultLeaseTTL = 15 * time.Second
+
 // ErrWriterBusy is returned by Open when another live process holds the
 // writer's lease.
 var ErrWriterBusy = errors.New("writer id in use by another process")
@@ -25,6 +28,23 @@ type leaseHolder struct {
 	Host    string    `json:"host"`
 	PID     int       `json:"pid"`
 	Started time.Time `json:"started"`
+}
+
+// EnsureLeaseBucket opens the writers' lease bucket, creating it with ttl
+// (how long a lease outlives its last renewal) if it does not exist yet.
+// gridseal chain init creates it in deployments whose proxies may not
+// create streams.
+func EnsureLeaseBucket(ctx context.Context, js jetstream.JetStream, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, LeaseBucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: LeaseBucket, TTL: ttl,
+			Storage: jetstream.FileStorage, Replicas: max(replicas, 1), History: 1,
+			Description: "gridseal: which process records as each writer id"})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("writer lease bucket %s: %w", LeaseBucket, err)
+	}
+	return kv, nil
 }
 
 // lease is a recorder's hold on its writer id: a key in LeaseBucket that
@@ -42,14 +62,9 @@ type lease struct {
 // a process of this host that no longer runs (kill -9, a crash) is taken
 // over at once rather than waited out.
 func acquireLease(ctx context.Context, js jetstream.JetStream, writer string, ttl time.Duration, replicas int) (*lease, error) {
-	kv, err := js.KeyValue(ctx, LeaseBucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: LeaseBucket, TTL: ttl,
-			Storage: jetstream.FileStorage, Replicas: max(replicas, 1), History: 1,
-			Description: "gridseal: which process records as each writer id"})
-	}
+	kv, err := EnsureLeaseBucket(ctx, js, ttl, replicas)
 	if err != nil {
-		return nil, fmt.Errorf("writer lease bucket %s: %w", LeaseBucket, err)
+		return nil, err
 	}
 	host, _ := os.Hostname()
 	l := &lease{kv: kv, writer: writer, me: leaseHolder{Host: host, PID: os.Getpid(), Started: time.Now().UTC()}}

@@ -148,7 +148,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 		cfg.Linger = 2 * time.Millisecond
 	}
 	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 15 * time.Second
+		cfg.LeaseTTL = DefaultLeaseTTL
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -129,12 +131,19 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 		return err
 	})
 	var ue *UnreadableError
-	if errors.As(err, &ue) {
+	switch {
+	case errors.As(err, &ue):
 		// The last messages never came: report them, then finish.
 		gap = true
 		ps, _ := problems(v.Missing(ue.First, ue.Last, ue.Err))
 		rep.Problems = append(rep.Problems, ps...)
-	} else if err != nil {
+	case errors.Is(err, jetstream.ErrStreamNotFound) && len(trust.Writers) > 0:
+		// The trust pins writers, so the chain existed: its stream is gone.
+		for _, w := range slices.Sorted(maps.Keys(trust.Writers)) {
+			rep.Problems = append(rep.Problems, &Problem{Writer: w,
+				Reason: "the chain stream " + StreamName + " does not exist: deleted? (the trust file pins this writer)"})
+		}
+	case err != nil:
 		return nil, err
 	}
 	ps, err := problems(v.Finish())

@@ -53,8 +53,9 @@ func New(t testing.TB) *CA {
 	return &CA{t: t, Cert: ca, key: key, Pool: pool, n: 1}
 }
 
-// Issue returns a certificate for cn: a server's (for 127.0.0.1) or a
-// client's, with role in the role extension if not empty.
+// Issue returns a certificate for cn: a server's (for 127.0.0.1; it may
+// also authenticate as a client, as a NATS server does on its cluster
+// routes) or a client's, with role in the role extension if not empty.
 func (c *CA) Issue(cn, role string, server bool) tls.Certificate {
 	c.t.Helper()
 	c.n++
@@ -65,7 +66,7 @@ func (c *CA) Issue(cn, role string, server bool) tls.Certificate {
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(c.n), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
 	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
 	} else {
 		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
