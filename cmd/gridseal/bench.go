@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"runtime/pprof"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/internal/bench"
+	"github.com/gridseal/gridseal/internal/loadgen"
 )
 
 func benchCmd(g *globals) *cobra.Command {
@@ -26,6 +28,7 @@ func benchCmd(g *globals) *cobra.Command {
 		rounds    int
 		scenarios string
 		cpuprof   string
+		inProcess bool
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--clients N] [--duration D] [--direct ADDR] [--via ADDR]",
@@ -64,6 +67,18 @@ func benchCmd(g *globals) *cobra.Command {
 				defer pprof.StopCPUProfile()
 			}
 			b := &bench.Bencher{Stderr: g.stderr, Duration: duration, Rounds: rounds, Pipeline: pipeline, Quiet: asJSON}
+			if !inProcess && direct == "" && via == "" {
+				self, err := os.Executable()
+				if err != nil {
+					return err
+				}
+				dir, err := os.MkdirTemp("", "gridseal-bench-")
+				if err != nil {
+					return err
+				}
+				defer func() { _ = os.RemoveAll(dir) }() // the children's stores: nothing to keep
+				b.Procs = &bench.Procs{Self: self, Dir: dir}
+			}
 			var rep bench.Report
 			if direct != "" || via != "" {
 				var targets []bench.Target
@@ -101,6 +116,52 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	cmd.Flags().IntVar(&rounds, "rounds", 3, "interleaved rounds, so machine noise hits every target alike")
 	cmd.Flags().StringVar(&scenarios, "scenarios", "overhead,plc,writes,approved,idle", "self-hosted scenarios to run")
-	cmd.Flags().StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of the whole run (proxy, NATS, load generator) to this file")
+	cmd.Flags().StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of this process (the load generator; with --in-process also proxy and NATS) to this file")
+	cmd.Flags().BoolVar(&inProcess, "in-process", false, "run device, relay, gridseal and NATS in this process (for profiling) instead of each as a process of its own, as deployed")
+	return cmd
+}
+
+// benchServeCmd runs one of the bench's targets as a process of its own:
+// a zero-latency (or PLC-like) device, or a bare TCP relay. It prints
+// "listening ADDR" once it listens. Hidden: the bench starts it.
+func benchServeCmd() *cobra.Command {
+	var listen, to string
+	var serviceTime time.Duration
+	var serial bool
+	cmd := &cobra.Command{
+		Use:    "bench-serve device|relay",
+		Hidden: true,
+		Args:   cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return err
+			}
+			switch args[0] {
+			case "device":
+				dev := &loadgen.Device{ServiceTime: serviceTime, Serial: serial}
+				go dev.Serve(ln)
+				defer dev.Close()
+			case "relay":
+				if to == "" {
+					_ = ln.Close()
+					return fmt.Errorf("%w: relay needs --to ADDR", errUsage)
+				}
+				rel := &loadgen.Relay{Upstream: to}
+				go rel.Serve(ln)
+				defer rel.Close()
+			default:
+				_ = ln.Close()
+				return fmt.Errorf("%w: bench-serve %q: want device or relay", errUsage, args[0])
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "listening %s\n", ln.Addr())
+			<-cmd.Context().Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to serve on")
+	cmd.Flags().StringVar(&to, "to", "", "the relay's upstream")
+	cmd.Flags().DurationVar(&serviceTime, "service-time", 0, "the device's time per request")
+	cmd.Flags().BoolVar(&serial, "serial", false, "the device serves one request at a time, as a PLC's CPU does")
 	return cmd
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,10 +42,11 @@ type benchApprovals struct {
 	publics   [][]byte // proposer first, then the operators
 	store     *approvals.Store
 	pol       *policy.Policy
+	yaml      string // the policy gridseal runs
 	cancel    context.CancelFunc
 }
 
-func newBenchApprovals(ctx context.Context, nc *nats.Conn, log *zap.Logger) (*benchApprovals, error) {
+func newBenchApprovals() (*benchApprovals, error) {
 	a := &benchApprovals{}
 	for i := 0; i < 4; i++ {
 		s, pub, err := keys.Generate()
@@ -58,39 +60,43 @@ func newBenchApprovals(ctx context.Context, nc *nats.Conn, log *zap.Logger) (*be
 			a.operators = append(a.operators, s)
 		}
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return nil, err
-	}
-	if a.store, err = approvals.OpenStore(ctx, js, 1, log); err != nil {
-		return nil, err
-	}
-	wctx, cancel := context.WithCancel(ctx)
-	a.cancel = cancel
-	if err := a.store.Watch(wctx); err != nil {
-		cancel()
-		return nil, err
-	}
 	return a, nil
 }
 
-// engine is the proxy's policy engine for upstream: the policy names the
-// operators and the proxy consumes approvals from the store.
-func (a *benchApprovals) engine(upstream string, log *zap.Logger) (*policy.Engine, error) {
+// policyYAML is the policy for upstream: the bench policy and a setpoint
+// range the operators approve. Proposals bind the last one made.
+func (a *benchApprovals) policyYAML(upstream string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, benchApprovedPolicy, upstream)
 	policy.WriteKeysetEntry(&b, "proposer", []string{"engineers"}, a.publics[0])
 	for i, pub := range a.publics[1:] {
 		policy.WriteKeysetEntry(&b, fmt.Sprintf("operator-%d", i+1), []string{"operators"}, pub)
 	}
-	pol, err := policy.Parse("bench-approved.yaml", []byte(b.String()))
+	a.yaml = b.String()
+	return a.yaml
+}
+
+// open opens the approvals bucket on nc, where gridseal reads it.
+func (a *benchApprovals) open(ctx context.Context, nc *nats.Conn) error {
+	pol, err := policy.Parse("bench-approved.yaml", []byte(a.yaml))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	a.pol = pol
-	e := policy.NewEngine(pol, log)
-	approvals.Use(e, a.store, "bench")
-	return e, nil
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if a.store, err = approvals.OpenStore(ctx, js, 1, zap.NewNop()); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	if err := a.store.Watch(wctx); err != nil {
+		cancel()
+		return err
+	}
+	return nil
 }
 
 // approve proposes pdu and has two of the three operators sign it, then
@@ -137,7 +143,9 @@ func (a *benchApprovals) close() { a.cancel() }
 // approval, verifies the three Tink signatures, consumes it (a durable use
 // record) and records the write durably before forwarding it. The order of
 // the two alternates.
-func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs string) (*ScenarioReport, error) {
+func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, st *stack) (*ScenarioReport, error) {
+	up, gs := st.up, st.gs
+	retries := 0
 	type target struct {
 		name string
 		c    net.Conn
@@ -147,7 +155,7 @@ func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs 
 		took time.Duration
 	}
 	var ts []*target
-	for _, t := range []Target{{"direct", up}, {"gridseal", gs}} {
+	for _, t := range []Target{{Name: "direct", Addr: up}, {Name: "gridseal", Addr: gs}} {
 		c, err := net.DialTimeout("tcp", t.Addr, 3*time.Second)
 		if err != nil {
 			return nil, fmt.Errorf("approved-writes %s: %w", t.Name, err)
@@ -171,29 +179,40 @@ func (b *Bencher) approvedWrites(ctx context.Context, a *benchApprovals, up, gs 
 		for k := range ts {
 			t := ts[(k+i)%2]
 			frame := modbus.AppendFrame(nil, uint16(i), 1, pdu)
-			_ = t.c.SetDeadline(time.Now().Add(5 * time.Second))
-			t0 := time.Now()
-			if _, err := t.c.Write(frame); err != nil {
-				return nil, fmt.Errorf("approved-writes %s: %w", t.name, err)
+			// A gridseal in a process of its own indexes the approval on
+			// its own watch of the bucket, a moment after the bench's: a
+			// refusal for want of it is tried again (not timed, counted).
+			for attempt := 0; ; attempt++ {
+				_ = t.c.SetDeadline(time.Now().Add(5 * time.Second))
+				t0 := time.Now()
+				if _, err := t.c.Write(frame); err != nil {
+					return nil, fmt.Errorf("approved-writes %s: %w", t.name, err)
+				}
+				f, err := t.rd.ReadFrame()
+				d := time.Since(t0)
+				if err != nil {
+					return nil, fmt.Errorf("approved-writes %s: %w", t.name, err)
+				}
+				if f.Transaction == uint16(i) && bytes.Equal(f.PDU, pdu) {
+					t.lat = append(t.lat, d)
+					t.took += d
+					break
+				}
+				if attempt == 20 {
+					t.exc++ // not the echo of an accepted write: refused
+					break
+				}
+				retries++
+				time.Sleep(2 * time.Millisecond)
 			}
-			f, err := t.rd.ReadFrame()
-			d := time.Since(t0)
-			if err != nil {
-				return nil, fmt.Errorf("approved-writes %s: %w", t.name, err)
-			}
-			if f.Transaction != uint16(i) || !bytes.Equal(f.PDU, pdu) {
-				t.exc++ // not the echo of an accepted write: refused
-				continue
-			}
-			t.lat = append(t.lat, d)
-			t.took += d
 		}
 	}
 	if !b.Quiet {
 		fmt.Fprintf(b.Stderr, "\r%60s\r", "")
 	}
 	sr := &ScenarioReport{Name: "approved-writes", Clients: 1, Pipeline: 1, WritePct: 100, Extra: map[string]string{
-		"approval": "2 of 3 operators (Tink Ed25519), proposed and signed before each write, consumed durably by gridseal",
+		"approval":              "2 of 3 operators (Tink Ed25519), proposed and signed before each write, consumed durably by gridseal",
+		"not_yet_indexed_tries": strconv.Itoa(retries),
 	}}
 	res := make([]*loadgen.Result, len(ts))
 	for i, t := range ts {

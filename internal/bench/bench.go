@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/loadgen"
@@ -31,6 +33,7 @@ import (
 type Target struct {
 	Name string
 	Addr string
+	PID  int // the process serving Addr, for its CPU; 0: not measured
 }
 
 // Report is `gridseal bench --json`.
@@ -61,6 +64,10 @@ type TargetReport struct {
 	Exceptions    uint64  `json:"exceptions"`
 	RatioDirect   float64 `json:"ratio_to_direct,omitempty"`
 	RatioRelay    float64 `json:"ratio_to_relay,omitempty"`
+	// CPUPer1k is the CPU time (user + system, seconds) the target's own
+	// process used per 1 000 requests: the honest unit of overhead where
+	// CPU is the limit. Out-of-process only.
+	CPUPer1k float64 `json:"cpu_per_1k,omitempty"`
 }
 
 // ParseMix reads a request mix such as "read=90,write=10" and returns the
@@ -96,6 +103,7 @@ func ParseMix(s string) (int, error) {
 
 // Bencher runs scenarios with one load generator setting.
 type Bencher struct {
+	Procs    *Procs        // run each target as a process of its own; nil: all in this process
 	Stderr   io.Writer     // progress lines, unless Quiet
 	Duration time.Duration // measuring time per target and client count, split over the rounds
 	Rounds   int           // interleaved rounds, so machine noise hits every target alike
@@ -106,6 +114,7 @@ type Bencher struct {
 // Scenario measures targets at n clients, interleaved in rounds.
 func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n, writePct int, extra map[string]string) (*ScenarioReport, error) {
 	res := make([]*loadgen.Result, len(targets))
+	cpu := make([]time.Duration, len(targets))
 	per := b.Duration / time.Duration(b.Rounds)
 	for round := 0; round < b.Rounds; round++ {
 		for k := range targets {
@@ -114,10 +123,14 @@ func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n
 			if !b.Quiet {
 				fmt.Fprintf(b.Stderr, "\r%-10s %4d clients  round %d/%d  %-9s", name, n, round+1, b.Rounds, t.Name)
 			}
+			cpu0, cerr := procCPU(t.PID)
 			r, err := loadgen.Run(ctx, loadgen.Config{Addr: t.Addr, Clients: n, Pipeline: b.Pipeline, Duration: per,
 				WritePct: writePct, Unit: 1, ReadSpan: 100, WriteSpan: 10, MaxValue: 100})
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
+			}
+			if cpu1, err := procCPU(t.PID); cerr == nil && err == nil {
+				cpu[i] += cpu1 - cpu0
 			}
 			if res[i] == nil {
 				res[i] = r
@@ -140,7 +153,11 @@ func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n
 		}
 	}
 	for i, t := range targets {
-		sr.Targets = append(sr.Targets, targetReport(t.Name, res[i], directRPS, relayRPS))
+		tr := targetReport(t.Name, res[i], directRPS, relayRPS)
+		if t.PID != 0 && tr.Requests > 0 {
+			tr.CPUPer1k = cpu[i].Seconds() / (float64(tr.Requests) / 1000)
+		}
+		sr.Targets = append(sr.Targets, tr)
 	}
 	return sr, nil
 }
@@ -171,167 +188,157 @@ devices:
       - {name: writes, allow: write, functions: [6, 16], addresses: 0-99, values: 0-100}
 `
 
-// SelfHosted starts the upstreams, a relay and gridseal with an embedded
-// NATS (fsync always) recording every operation, and runs the scenarios.
+// stack is one device with a relay and gridseal in front of it, each
+// in-process or a process of its own; a pid of 0 is this process.
+type stack struct {
+	up, relay, gs          string
+	upPID, relayPID, gsPID int
+	nc                     *nats.Conn     // the NATS gridseal records to
+	engine                 *policy.Engine // in-process: the proxy's engine
+	stop                   func()
+}
+
+// targets names the stack's addresses for a scenario (relay included
+// when withRelay).
+func (s *stack) targets(withRelay bool) []Target {
+	ts := []Target{{Name: "direct", Addr: s.up, PID: s.upPID}}
+	if withRelay {
+		ts = append(ts, Target{Name: "relay", Addr: s.relay, PID: s.relayPID})
+	}
+	return append(ts, Target{Name: "gridseal", Addr: s.gs, PID: s.gsPID})
+}
+
+// chainEvents counts the events in the chain s's gridseal records to.
+func chainEvents(ctx context.Context, nc *nats.Conn) (uint64, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	err = chain.Scan(ctx, js, 1, false, func(m *chain.Msg) error {
+		b, err := chain.ParseBlock(m.Data)
+		if err == nil {
+			n += uint64(len(b.Events))
+		}
+		return nil
+	})
+	return n, err
+}
+
+// SelfHosted starts the device, a relay and gridseal recording every
+// operation on an embedded NATS (fsync always) — each as a process of its
+// own when b.Procs is set, as a site runs them, else all in this process
+// (for profiling) — and runs the scenarios.
 func (b *Bencher) SelfHosted(ctx context.Context, counts []int, writePct int, which string) (Report, error) {
 	var rep Report
 	want := map[string]bool{}
 	for _, s := range strings.Split(which, ",") {
 		want[strings.TrimSpace(s)] = true
 	}
-	log := zap.NewNop()
-	dir, err := os.MkdirTemp("", "gridseal-bench-")
-	if err != nil {
-		return rep, err
+	newStack := b.inProcess
+	if b.Procs != nil {
+		newStack = b.outOfProcess
+		defer b.Procs.Close()
 	}
-	defer func() { _ = os.RemoveAll(dir) }() // a temporary store: nothing to keep
-	ns, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true})
-	if err != nil {
-		return rep, err
-	}
-	defer ns.Shutdown()
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		return rep, err
-	}
-	defer nc.Close()
-	signer, _, err := keys.Generate()
-	if err != nil {
-		return rep, err
-	}
-	rec, err := chain.Open(ctx, nc, chain.Config{Writer: "bench", Signer: signer}, log)
-	if err != nil {
-		return rep, err
-	}
-	defer func() { _ = rec.Close(10 * time.Second) }()
-
-	// stack starts dev, a relay to it and gridseal in front of it, with the
-	// bench policy or, given engineFor, the engine it makes.
-	stack := func(dev *loadgen.Device, engineFor ...func(upstream string, log *zap.Logger) (*policy.Engine, error)) (up, relay, gs string, stop func(), err error) {
-		listen := func() net.Listener {
-			ln, lerr := net.Listen("tcp", "127.0.0.1:0")
-			if lerr != nil && err == nil {
-				err = lerr
-			}
-			return ln
-		}
-		upLn, relLn := listen(), listen()
-		if err != nil {
-			return
-		}
-		go dev.Serve(upLn)
-		rel := &loadgen.Relay{Upstream: upLn.Addr().String()}
-		go rel.Serve(relLn)
-		var engine *policy.Engine
-		if len(engineFor) > 0 {
-			engine, err = engineFor[0](upLn.Addr().String(), log)
-		} else {
-			var pol *policy.Policy
-			if pol, err = policy.Parse("bench.yaml", fmt.Appendf(nil, benchPolicy, upLn.Addr().String())); err == nil {
-				engine = policy.NewEngine(pol, log)
-			}
-		}
-		if err != nil {
-			dev.Close()
-			rel.Close()
-			return
-		}
-		cfg := proxy.DefaultConfig()
-		cfg.Limits.RequestsPerSecond, cfg.Limits.Burst = 1e9, 1<<30
-		cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerClient = 8192, 8192
-		srv, perr := proxy.New(cfg, []proxy.Device{{Name: "dev", Upstream: upLn.Addr().String()}},
-			engine, rec, log)
-		if perr != nil {
-			err = perr
-			return
-		}
-		gsLn := listen()
-		go func() { _ = srv.Serve(gsLn, proxy.Route{Default: "dev"}) }()
-		return upLn.Addr().String(), relLn.Addr().String(), gsLn.Addr().String(), func() {
-			_ = srv.Close()
-			rel.Close()
-			dev.Close()
-		}, err
-	}
+	benchPol := func(up string) string { return fmt.Sprintf(benchPolicy, up) }
 
 	if want["overhead"] {
-		up, relay, gs, stop, err := stack(&loadgen.Device{})
+		st, err := newStack(ctx, &loadgen.Device{}, benchPol)
 		if err != nil {
 			return rep, err
 		}
 		for _, n := range counts {
-			before := rec.Stats().Events.Load()
-			sr, err := b.Scenario(ctx, "overhead", []Target{{"direct", up}, {"relay", relay}, {"gridseal", gs}}, n, writePct, nil)
+			before, err := chainEvents(ctx, st.nc)
 			if err != nil {
-				stop()
+				st.stop()
 				return rep, err
 			}
-			flushCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			ferr := rec.Flush(flushCtx)
-			cancel()
-			events := rec.Stats().Events.Load() - before
+			sr, err := b.Scenario(ctx, "overhead", st.targets(true), n, writePct, nil)
+			if err != nil {
+				st.stop()
+				return rep, err
+			}
 			var gsReq uint64
 			for _, t := range sr.Targets {
 				if t.Name == "gridseal" {
 					gsReq = t.Requests
 				}
 			}
+			// Reads are recorded without making clients wait: give the
+			// chain a moment to take the last of them.
+			var events uint64
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				after, err := chainEvents(ctx, st.nc)
+				if err != nil {
+					st.stop()
+					return rep, err
+				}
+				if events = after - before; events >= gsReq {
+					break
+				}
+			}
 			sr.Extra = map[string]string{
 				"chain_events":       strconv.FormatUint(events, 10),
 				"chain_events_per_s": fmt.Sprintf("%.0f", float64(events)/b.Duration.Seconds()), // gridseal ran for b.Duration in all
-				"chain_kept_up":      strconv.FormatBool(ferr == nil && events >= gsReq),
+				"chain_kept_up":      strconv.FormatBool(events >= gsReq),
 			}
 			rep.Scenarios = append(rep.Scenarios, *sr)
 		}
-		stop()
+		st.stop()
 	}
 	if want["plc"] {
-		up, _, gs, stop, err := stack(&loadgen.Device{ServiceTime: 2 * time.Millisecond, Serial: true})
+		st, err := newStack(ctx, &loadgen.Device{ServiceTime: 2 * time.Millisecond, Serial: true}, benchPol)
 		if err != nil {
 			return rep, err
 		}
-		sr, err := b.Scenario(ctx, "plc-like", []Target{{"direct", up}, {"gridseal", gs}}, 16, writePct, nil)
-		stop()
+		sr, err := b.Scenario(ctx, "plc-like", st.targets(false), 16, writePct, nil)
+		st.stop()
 		if err != nil {
 			return rep, err
 		}
 		rep.Scenarios = append(rep.Scenarios, *sr)
 	}
 	if want["writes"] {
-		up, _, gs, stop, err := stack(&loadgen.Device{})
+		st, err := newStack(ctx, &loadgen.Device{}, benchPol)
 		if err != nil {
 			return rep, err
 		}
 		for _, n := range []int{1, 16} {
-			sr, err := b.Scenario(ctx, "writes", []Target{{"direct", up}, {"gridseal", gs}}, n, 100, nil)
+			sr, err := b.Scenario(ctx, "writes", st.targets(false), n, 100, nil)
 			if err != nil {
-				stop()
+				st.stop()
 				return rep, err
 			}
 			rep.Scenarios = append(rep.Scenarios, *sr)
 		}
-		stop()
+		st.stop()
 	}
 	if want["approved"] {
-		a, err := newBenchApprovals(ctx, nc, log)
+		a, err := newBenchApprovals()
 		if err != nil {
 			return rep, err
 		}
-		up, _, gs, stop, err := stack(&loadgen.Device{}, a.engine)
+		st, err := newStack(ctx, &loadgen.Device{}, a.policyYAML)
 		if err != nil {
-			a.close()
 			return rep, err
 		}
-		sr, err := b.approvedWrites(ctx, a, up, gs)
-		stop()
+		if err := a.open(ctx, st.nc); err != nil {
+			st.stop()
+			return rep, err
+		}
+		if st.engine != nil {
+			approvals.Use(st.engine, a.store, "bench")
+		}
+		sr, err := b.approvedWrites(ctx, a, st)
 		a.close()
+		st.stop()
 		if err != nil {
 			return rep, err
 		}
 		rep.Scenarios = append(rep.Scenarios, *sr)
 	}
 	if want["idle"] {
-		_, _, gs, stop, err := stack(&loadgen.Device{})
+		st, err := newStack(ctx, &loadgen.Device{}, benchPol)
 		if err != nil {
 			return rep, err
 		}
@@ -347,10 +354,10 @@ func (b *Bencher) SelfHosted(ctx context.Context, counts []int, writePct int, wh
 			return ms.HeapInuse + ms.StackInuse
 		}
 		memBefore := inuse()
-		rssBefore := rss()
+		rssBefore := procRSS(st.gsPID)
 		var conns []net.Conn
 		for i := 0; i < 1000; i++ {
-			c, err := net.Dial("tcp", gs)
+			c, err := net.Dial("tcp", st.gs)
 			if err != nil {
 				break
 			}
@@ -358,43 +365,133 @@ func (b *Bencher) SelfHosted(ctx context.Context, counts []int, writePct int, wh
 		}
 		time.Sleep(500 * time.Millisecond)
 		memAfter := inuse()
-		rssAfter := rss()
+		rssAfter := procRSS(st.gsPID)
 		for _, c := range conns {
 			_ = c.Close()
 		}
-		stop()
-		rep.Scenarios = append(rep.Scenarios, ScenarioReport{Name: "idle", Clients: len(conns), Extra: map[string]string{
-			"rss_before_mib":      fmt.Sprintf("%.1f", float64(rssBefore)/(1<<20)),
-			"rss_with_idle_mib":   fmt.Sprintf("%.1f", float64(rssAfter)/(1<<20)),
-			"go_mem_per_conn_kib": fmt.Sprintf("%.1f", (float64(memAfter)-float64(memBefore))/1024/float64(max(1, len(conns)))),
-			"note":                "RSS is the whole bench process: proxy, embedded NATS, upstream, load generator and its 1000 client sockets",
-		}})
+		st.stop()
+		extra := map[string]string{
+			"rss_before_mib":    fmt.Sprintf("%.1f", float64(rssBefore)/(1<<20)),
+			"rss_with_idle_mib": fmt.Sprintf("%.1f", float64(rssAfter)/(1<<20)),
+			"rss_per_conn_kib":  fmt.Sprintf("%.1f", (float64(rssAfter)-float64(rssBefore))/1024/float64(max(1, len(conns)))),
+			"note":              "RSS of the gridseal process (proxy and its embedded NATS) before and with the idle clients",
+		}
+		if st.gsPID == 0 {
+			extra["go_mem_per_conn_kib"] = fmt.Sprintf("%.1f", (float64(memAfter)-float64(memBefore))/1024/float64(max(1, len(conns))))
+			extra["note"] = "in-process: RSS is the whole bench process: proxy, embedded NATS, upstream, load generator and its 1000 client sockets"
+		}
+		rep.Scenarios = append(rep.Scenarios, ScenarioReport{Name: "idle", Clients: len(conns), Extra: extra})
 	}
 	return rep, nil
 }
 
-// rss reads this process's resident set size from /proc.
-func rss() int64 {
-	data, err := os.ReadFile("/proc/self/status")
+// outOfProcess starts dev, a relay and `gridseal proxy` as processes.
+func (b *Bencher) outOfProcess(ctx context.Context, dev *loadgen.Device, pol func(upstream string) string) (*stack, error) {
+	st := &stack{stop: func() {}}
+	var err error
+	if st.up, st.upPID, err = b.Procs.Device(ctx, dev); err != nil {
+		return nil, err
+	}
+	if st.relay, st.relayPID, err = b.Procs.Relay(ctx, st.up); err != nil {
+		return nil, err
+	}
+	var data string
+	if st.gs, st.gsPID, data, err = b.Procs.Gridseal(ctx, pol(st.up)); err != nil {
+		return nil, err
+	}
+	conn, err := natsembed.Connect(ctx, natsembed.ConnectOptions{Name: "bench", DataDir: data})
 	if err != nil {
-		return 0
+		return nil, err
 	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			f := strings.Fields(line)
-			if len(f) >= 2 {
-				kb, _ := strconv.ParseInt(f[1], 10, 64)
-				return kb * 1024
-			}
+	st.nc = conn.NC
+	st.stop = func() {
+		conn.Close()
+		b.Procs.Close()
+	}
+	return st, nil
+}
+
+// inProcess starts dev, a relay and a proxy recording to an embedded NATS,
+// all in this process.
+func (b *Bencher) inProcess(ctx context.Context, dev *loadgen.Device, pol func(upstream string) string) (_ *stack, err error) {
+	log := zap.NewNop()
+	dir, err := os.MkdirTemp("", "gridseal-bench-")
+	if err != nil {
+		return nil, err
+	}
+	var closers []func()
+	st := &stack{stop: func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
 		}
+	}}
+	defer func() {
+		if err != nil {
+			st.stop()
+		}
+	}()
+	closers = append(closers, func() { _ = os.RemoveAll(dir) }) // a temporary store: nothing to keep
+	ns, err := natsembed.Start(natsembed.Options{Port: -1, StoreDir: dir, SyncAlways: true})
+	if err != nil {
+		return nil, err
 	}
-	return 0
+	closers = append(closers, ns.Shutdown)
+	if st.nc, err = nats.Connect(ns.ClientURL()); err != nil {
+		return nil, err
+	}
+	closers = append(closers, st.nc.Close)
+	signer, _, err := keys.Generate()
+	if err != nil {
+		return nil, err
+	}
+	rec, err := chain.Open(ctx, st.nc, chain.Config{Writer: "bench", Signer: signer, LeaseTTL: -1}, log)
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, func() { _ = rec.Close(10 * time.Second) })
+	devLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	go dev.Serve(devLn)
+	closers = append(closers, dev.Close)
+	st.up = devLn.Addr().String()
+	relLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	rel := &loadgen.Relay{Upstream: st.up}
+	go rel.Serve(relLn)
+	closers = append(closers, rel.Close)
+	st.relay = relLn.Addr().String()
+	p, err := policy.Parse("bench.yaml", []byte(pol(st.up)))
+	if err != nil {
+		return nil, err
+	}
+	engine := policy.NewEngine(p, log)
+	st.engine = engine
+	cfg := proxy.DefaultConfig()
+	cfg.Limits.RequestsPerSecond, cfg.Limits.Burst = 1e9, 1<<30
+	cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerClient = 8192, 8192
+	srv, err := proxy.New(cfg, []proxy.Device{{Name: "dev", Upstream: st.up}}, engine, rec, log)
+	if err != nil {
+		return nil, err
+	}
+	gsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		_ = srv.Close()
+		return nil, err
+	}
+	go func() { _ = srv.Serve(gsLn, proxy.Route{Default: "dev"}) }()
+	closers = append(closers, func() { _ = srv.Close() })
+	st.gs = gsLn.Addr().String()
+	return st, nil
 }
 
 // PrintReport writes rep as a table, one row per target and scenario.
 func PrintReport(w io.Writer, rep *Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "SCENARIO\tCLIENTS\tTARGET\tREQ/S\tP50 µs\tP90 µs\tP99 µs\tP99.9 µs\tERRORS\tEXC\t×DIRECT\t×RELAY\t")
+	fmt.Fprintln(tw, "SCENARIO\tCLIENTS\tTARGET\tREQ/S\tP50 µs\tP90 µs\tP99 µs\tP99.9 µs\tERRORS\tEXC\t×DIRECT\t×RELAY\tCPU ms/1k\t")
 	for _, s := range rep.Scenarios {
 		for _, t := range s.Targets {
 			ratio := func(x float64) string {
@@ -403,8 +500,12 @@ func PrintReport(w io.Writer, rep *Report) {
 				}
 				return fmt.Sprintf("%.2f", x)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t%d\t%s\t%s\t\n", s.Name, s.Clients, t.Name, t.ThroughputRPS,
-				t.P50us, t.P90us, t.P99us, t.P999us, t.Errors, t.Exceptions, ratio(t.RatioDirect), ratio(t.RatioRelay))
+			cpu := "-"
+			if t.CPUPer1k > 0 {
+				cpu = fmt.Sprintf("%.1f", t.CPUPer1k*1000)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.0f\t%d\t%d\t%s\t%s\t%s\t\n", s.Name, s.Clients, t.Name, t.ThroughputRPS,
+				t.P50us, t.P90us, t.P99us, t.P999us, t.Errors, t.Exceptions, ratio(t.RatioDirect), ratio(t.RatioRelay), cpu)
 		}
 	}
 	_ = tw.Flush()
