@@ -44,8 +44,46 @@ type Config struct {
 	Checkpoint CheckpointConfig `yaml:"checkpoint"`
 	// Console is the web console, /metrics, /healthz and /readyz.
 	Console ConsoleConfig `yaml:"console"`
-	Log     LogConfig     `yaml:"log"`
-	path    string
+	// EVE is the proxy's own Suricata-EVE file, for a log forwarder to tail.
+	EVE  EVEConfig `yaml:"eve"`
+	Log  LogConfig `yaml:"log"`
+	path string
+}
+
+// EVEConfig names the proxy's EVE file (no path, no file) and when it is
+// rotated; SIGHUP reopens it.
+type EVEConfig struct {
+	Path   string          `yaml:"path"`
+	Rotate EVERotateConfig `yaml:"rotate"`
+}
+
+// EVERotateConfig rotates the EVE file by size or age, keeping Keep old files.
+type EVERotateConfig struct {
+	Size  ByteSize      `yaml:"size"`  // e.g. 100MB; 0: not by size
+	Every time.Duration `yaml:"every"` // e.g. 24h; 0: not by age
+	Keep  int           `yaml:"keep"`  // rotated files kept (default 10)
+}
+
+// ByteSize is a size in bytes, written as a number or with a KB, MB or GB
+// suffix (powers of 1024).
+type ByteSize int64
+
+// UnmarshalYAML reads 1048576, 1024KB, 1MB or 1GB.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	s := strings.TrimSpace(n.Value)
+	mult := int64(1)
+	for suffix, m := range map[string]int64{"KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30} {
+		if v, ok := strings.CutSuffix(strings.ToUpper(s), suffix); ok {
+			s, mult = strings.TrimSpace(v), m
+			break
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if n.Kind != yaml.ScalarNode || err != nil || v < 0 || v > (1<<62)/mult {
+		return fmt.Errorf("line %d: %q is not a size (e.g. 100MB, 1GB, or a number of bytes)", n.Line, n.Value)
+	}
+	*b = ByteSize(v * mult)
+	return nil
 }
 
 // CheckpointConfig names the checkpointer's key and period; no key, no
@@ -385,6 +423,12 @@ func Load(path string) (*Config, error) {
 	}
 	if c.Checkpoint.Key != "" && !filepath.IsAbs(c.Checkpoint.Key) {
 		c.Checkpoint.Key = filepath.Join(filepath.Dir(path), c.Checkpoint.Key)
+	}
+	if c.EVE.Path != "" && !filepath.IsAbs(c.EVE.Path) {
+		c.EVE.Path = filepath.Join(filepath.Dir(path), c.EVE.Path)
+	}
+	if c.EVE.Rotate.Keep < 0 || c.EVE.Rotate.Every < 0 {
+		return nil, fmt.Errorf("%s: eve.rotate: keep and every must not be negative", path)
 	}
 	if c.Chain.Trust != "" && !filepath.IsAbs(c.Chain.Trust) {
 		c.Chain.Trust = filepath.Join(filepath.Dir(path), c.Chain.Trust)

@@ -1,6 +1,9 @@
 package gateway
 
 import (
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -12,5 +15,44 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 	if cfg.Limits.MaxConnectionsPerClient != 16 || cfg.Upstream.ResponseTimeout != 3*time.Second || cfg.Exceptions.Unrouted != 10 {
 		t.Fatalf("example config decoded as %+v", cfg)
+	}
+}
+
+// TestEVEConfig: eve.path is taken relative to the file, rotate.size reads
+// 16KB, 100MB, 1GB or bytes, and a size that is none is one clear line.
+func TestEVEConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, rotate string
+		size         ByteSize
+		err          string
+	}{
+		{"megabytes", "{size: 100MB, every: 24h}", 100 << 20, ""},
+		{"kilobytes", "{size: 16kb}", 16 << 10, ""},
+		{"gigabytes", "{size: 1GB}", 1 << 30, ""},
+		{"bytes", "{size: 4096}", 4096, ""},
+		{"not a size", "{size: big}", 0, `:6: "big" is not a size (e.g. 100MB, 1GB, or a number of bytes)`},
+		{"negative", "{size: -1MB}", 0, `"-1MB" is not a size`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "gridseal.yaml")
+			yml := "policy: policy.yaml\nlisteners: [{listen: 127.0.0.1:0, devices: [d]}]\nchain: {writer: gw-1, key: k.json}\neve:\n  path: eve.json\n  rotate: " + tc.rotate + "\n"
+			if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := Load(path)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.EVE.Path != filepath.Join(dir, "eve.json") || cfg.EVE.Rotate.Size != tc.size {
+				t.Fatalf("eve %+v", cfg.EVE)
+			}
+		})
 	}
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/policy"
@@ -67,6 +68,7 @@ type Gateway struct {
 	store   *approvals.Store
 	srv     *proxy.Server
 	opsLog  *audit.LogRecorder
+	eve     *eve.FileRecorder // nil without eve.path
 	addrs   []string
 	errc    chan error
 	console string // the console's URL; "" when off
@@ -133,6 +135,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	if err := g.openRecorder(ctx, signer, reg); err != nil {
 		return nil, err
 	}
+	if err := g.openEVE(pol, reg); err != nil {
+		return nil, err
+	}
 	g.engine = policy.NewEngine(pol, log.Named("policy"))
 	if err := g.startApprovals(ctx); err != nil {
 		return nil, err
@@ -152,9 +157,12 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	g.rec.RegisterMetrics(reg)
 	metrics := console.NewMetrics(reg)
 	// The chain first (its durable answer decides whether a write moves),
-	// then metrics, then the log line.
+	// then the EVE file, metrics, then the log line.
 	g.opsLog = audit.NewLogRecorder(opts.OpsLog.Named("ops"), audit.DefaultLogInterval)
 	recorders := audit.Tee{g.rec, metrics, g.opsLog}
+	if g.eve != nil {
+		recorders = audit.Tee{g.rec, g.eve, metrics, g.opsLog}
+	}
 	if err := g.startProxy(specs, upTLS, recorders); err != nil {
 		return nil, err
 	}
@@ -206,6 +214,11 @@ func (g *Gateway) Close() {
 		if g.stopCheckpointer != nil {
 			g.stopCheckpointer()
 		}
+		if g.eve != nil {
+			if err := g.eve.Close(); err != nil {
+				g.log.Error("eve file not closed cleanly", zap.Error(err))
+			}
+		}
 		if g.rec != nil {
 			if err := g.rec.Close(5 * time.Second); err != nil {
 				g.log.Error("chain closed with events not recorded", zap.Error(err))
@@ -217,13 +230,17 @@ func (g *Gateway) Close() {
 	})
 }
 
-// Reload re-reads the policy and puts it in force if it is valid, signed
-// and not older than the one in force; otherwise the policy in force stays
-// and the error says why. Devices added or moved need a restart to be
-// routed; Reload warns of them.
+// Reload reopens the EVE file (for a log rotator that moved it), re-reads
+// the policy and puts it in force if it is valid, signed and not older than
+// the one in force; otherwise the policy in force stays and the error says
+// why. Devices added or moved need a restart to be routed; Reload warns of
+// them.
 func (g *Gateway) Reload(ctx context.Context) error {
 	g.reloadMu.Lock()
 	defer g.reloadMu.Unlock()
+	if g.eve != nil {
+		g.eve.Reopen()
+	}
 	p, err := g.cfg.loadPolicy(g.log)
 	if err == nil {
 		err = g.acceptPolicy(p)
@@ -307,6 +324,28 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 	return nil
 }
 
+// openEVE opens the proxy's EVE file, if the configuration names one. Its
+// PLC addresses are the policy's at start: the devices the proxy routes to
+// until a restart.
+func (g *Gateway) openEVE(pol *policy.Policy, reg prometheus.Registerer) error {
+	c := g.cfg.EVE
+	if c.Path == "" {
+		return nil
+	}
+	devs := make(map[string]string, len(pol.Devices))
+	for _, d := range pol.Devices {
+		devs[d.Name] = d.Upstream
+	}
+	f, err := eve.OpenFile(eve.FileConfig{Path: c.Path, MaxSize: int64(c.Rotate.Size), Every: c.Rotate.Every, Keep: c.Rotate.Keep},
+		eve.Mapper{Writer: g.cfg.Chain.Writer, Devices: devs}, g.log.Named("eve"))
+	if err != nil {
+		return fmt.Errorf("eve.path: %w", err)
+	}
+	f.RegisterMetrics(reg)
+	g.eve = f
+	return nil
+}
+
 // startApprovals opens the approvals bucket, lets the engine allow writes
 // with approvals from it, records every approval step in the chain, and
 // publishes the policy in force for gridseal propose.
@@ -315,7 +354,11 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	g.store, err = openApprovals(ctx, js, g.rec, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	var also audit.Recorder
+	if g.eve != nil {
+		also = g.eve
+	}
+	g.store, err = openApprovals(ctx, js, g.rec, also, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
 	if err != nil {
 		return err
 	}
@@ -327,9 +370,10 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 
 // openApprovals opens the approvals bucket, restores every use the chain
 // records that the use stream lacks (see approvaluses.go), records every
-// approval step it sees from then on in rec, and lets engine allow writes
-// with its approvals, consumed in writer's name.
-func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
+// approval step it sees from then on in rec (and in also, if not nil: the
+// EVE file), and lets engine allow writes with its approvals, consumed in
+// writer's name.
+func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, also audit.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
 	store, err := approvals.OpenStore(ctx, js, replicas, log)
 	if err != nil {
 		return nil, err
@@ -339,12 +383,18 @@ func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recor
 			if err := rec.Record(ctx, &ev, false); err != nil {
 				log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
 			}
+			if also != nil {
+				_ = also.Record(ctx, &ev, false)
+			}
 		}
 	}
 	store.OnInvalid = func(key string, invalid error) {
 		ev := invalidApprovalEvent(engine.Policy(), key, invalid)
 		if err := rec.Record(ctx, &ev, false); err != nil {
 			log.Error("refused approval entry not recorded", zap.String("key", key), zap.Error(err))
+		}
+		if also != nil {
+			_ = also.Record(ctx, &ev, false)
 		}
 	}
 	restoreUses(ctx, js, store, log)

@@ -1,22 +1,28 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/atomicfile"
+	"github.com/gridseal/gridseal/policy"
 )
 
 func chainCmd(g *globals) *cobra.Command {
@@ -29,10 +35,10 @@ func (g *globals) defaultTrust() string { return filepath.Join(g.dataDir, "trust
 func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads") }
 
 func chainVerifyCmd(g *globals) *cobra.Command {
-	var trustPath, heads string
+	var trustPath, heads, eveFile string
 	var maxCheckpointAge time.Duration
 	cmd := &cobra.Command{
-		Use:   "verify [--trust FILE] [--heads DIR] [--max-checkpoint-age D]",
+		Use:   "verify [--trust FILE] [--heads DIR] [--max-checkpoint-age D] [--eve FILE]",
 		Short: "Check every hash, Merkle root, signature and height of the chain",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -66,6 +72,11 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if problems := rep.Problems; len(problems) > 0 {
+				if eveFile != "" {
+					if err := appendVerifyAlerts(eveFile, problems, time.Now()); err != nil {
+						return err
+					}
+				}
 				for i, p := range problems {
 					if i == 20 {
 						fmt.Fprintf(g.stdout, "  … and %d more\n", len(problems)-20)
@@ -106,7 +117,34 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&heads, "heads", "", "directory of locally kept writer heads (default DATA-DIR/heads)")
 	cmd.Flags().DurationVar(&maxCheckpointAge, "max-checkpoint-age", 5*time.Minute,
 		"with checkpointers in the trust file: fail if an event recorded longer ago than this is in no signed checkpoint (0: do not check)")
+	cmd.Flags().StringVar(&eveFile, "eve", "", "append a Suricata-EVE alert line (signature 9050014) per problem to this file, for the SIEM that tails it")
 	return cmd
+}
+
+// appendVerifyAlerts appends one EVE alert per problem to path and syncs it.
+func appendVerifyAlerts(path string, problems []*chain.Problem, at time.Time) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for _, p := range problems {
+		if err := enc.Encode(eve.VerifyAlert(p, at)); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("--eve: %w", err)
+	}
+	_, err = f.Write(buf.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("--eve %s: %w", path, err)
+	}
+	return nil
 }
 
 func chainTailCmd(g *globals) *cobra.Command {
@@ -211,15 +249,20 @@ func chainExportCmd(g *globals) *cobra.Command {
 	var (
 		format       string
 		since, until string
+		follow       bool
+		from         uint64
 		f            chain.Filter
 	)
 	cmd := &cobra.Command{
-		Use:   "export --format jsonl|eve [--since T] [--until T]",
+		Use:   "export --format jsonl|eve [--since T] [--until T] [--from SEQ] [--follow]",
 		Short: "Write every recorded operation as JSON lines: lossless (jsonl) or Suricata EVE (eve)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if format != "jsonl" && format != "eve" {
 				return fmt.Errorf("%w: --format %q: want jsonl or eve", errUsage, format)
+			}
+			if from < 1 {
+				return fmt.Errorf("%w: --from %d: stream sequences start at 1", errUsage, from)
 			}
 			var err error
 			if f.Since, err = parseTime(since); err != nil {
@@ -234,23 +277,60 @@ func chainExportCmd(g *globals) *cobra.Command {
 			}
 			defer conn.Close()
 			enc := json.NewEncoder(g.stdout)
-			return chain.ScanRecords(cmd.Context(), js, 1, false, &f, func(r *chain.Record, ev *audit.Event) error {
-				if format == "jsonl" {
+			var m *eve.Mapper
+			if format == "eve" {
+				m = &eve.Mapper{Devices: publishedDevices(cmd.Context(), js)}
+			}
+			err = chain.ScanRecords(cmd.Context(), js, from, follow, &f, func(r *chain.Record, ev *audit.Event) error {
+				if m == nil {
 					return enc.Encode(r)
 				}
-				for _, e := range eve.For(r, ev) {
+				for _, e := range m.For(r, ev) {
 					if err := enc.Encode(e); err != nil {
 						return err
 					}
 				}
 				return nil
 			})
+			if follow && cmd.Context().Err() != nil {
+				return nil // stopped by the user
+			}
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&format, "format", "jsonl", "jsonl (lossless) or eve (Suricata EVE: modbus and alert events)")
 	cmd.Flags().StringVar(&since, "since", "", "only operations at or after this time (RFC 3339, or a duration ago such as 1h)")
 	cmd.Flags().StringVar(&until, "until", "", "only operations before this time (RFC 3339, or a duration ago)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep going: write each block's operations as it is recorded, until interrupted")
+	cmd.Flags().Uint64Var(&from, "from", 1, "start at this chain stream sequence (an exported line's seq / gridseal_seq), to resume an export")
 	return cmd
+}
+
+// publishedDevices maps each device of the policy the proxies published to
+// its PLC's host:port, for the EVE export's PLC address; nil when no proxy
+// published one (the export then names devices only). It creates nothing.
+func publishedDevices(ctx context.Context, js jetstream.JetStream) map[string]string {
+	kv, err := js.KeyValue(ctx, approvals.Bucket)
+	if err != nil {
+		return nil
+	}
+	kve, err := kv.Get(ctx, "policy.current")
+	if err != nil {
+		return nil
+	}
+	var pub approvals.Published
+	if err := json.Unmarshal(kve.Value(), &pub); err != nil {
+		return nil
+	}
+	p, err := policy.Parse("policy "+pub.ID+" (in force)", pub.YAML)
+	if err != nil {
+		return nil
+	}
+	out := make(map[string]string, len(p.Devices))
+	for _, d := range p.Devices {
+		out[d.Name] = d.Upstream
+	}
+	return out
 }
 
 func parseTime(s string) (time.Time, error) {

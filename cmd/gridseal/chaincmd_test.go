@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -252,5 +255,98 @@ func TestChainCommandsOnUnreadableLastBlock(t *testing.T) {
 				t.Fatalf("exit %d, want 1 naming sequence 5 unreadable:\n%s%s", code, out, stderr)
 			}
 		})
+	}
+}
+
+// TestChainExportEVEFollow: export --format eve --follow --from SEQ starts
+// at that block, goes on with blocks recorded while it runs, and every
+// line validates against Suricata's schema and names its block's sequence.
+func TestChainExportEVEFollow(t *testing.T) {
+	c := recordChain(t, 5, 2) // events 1..10, blocks at sequences 1..5
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"chain", "export", "--format", "eve", "--follow", "--from", "4", "--nats", c.srv.URL(), "--data-dir", t.TempDir()},
+			strings.NewReader(""), &out, &errb)
+	}()
+	lines := func() int { return strings.Count(out.String(), "\n") }
+	testwait.For(t, "blocks 4 and 5", func() bool { return lines() >= 4 })
+	c.record(t, false)
+	c.record(t, true)
+	testwait.For(t, "the block recorded while following", func() bool { return lines() >= 6 })
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	if n := evetest.Check(t, []byte(out.String())); n != 6 {
+		t.Fatalf("%d lines, want 6:\n%s", n, out.String())
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var e struct {
+			Metadata struct {
+				PktVars []map[string]string `json:"pktvars"`
+			} `json:"metadata"`
+		}
+		if err := json.Unmarshal([]byte(l), &e); err != nil {
+			t.Fatal(err)
+		}
+		vars := map[string]string{}
+		for _, v := range e.Metadata.PktVars {
+			maps.Copy(vars, v)
+		}
+		got = append(got, vars["gridseal_seq"]+"/"+vars["gridseal_values"])
+	}
+	if want := "4/7 4/8 5/9 5/10 6/11 6/12"; strings.Join(got, " ") != want {
+		t.Fatalf("seq/value of the lines %v, want %s", got, want)
+	}
+	if code, _, stderr := c.cli(t, "chain", "export", "--from", "0"); code != 2 || !strings.Contains(stderr, "--from 0") {
+		t.Fatalf("--from 0: exit %d %s", code, stderr)
+	}
+}
+
+// TestChainVerifyEVE: verify --eve FILE appends an alert line per problem
+// (signature 9050014), each valid by Suricata's schema, and still fails.
+func TestChainVerifyEVE(t *testing.T) {
+	c := recordChain(t, 3, 2)
+	// A trust file pinning another key for gw-1: every block's signature fails.
+	dir := t.TempDir()
+	if code, _, stderr := runCLI(t, t.Context(), "keys", "new", "gw-1", "--dir", dir); code != 0 {
+		t.Fatalf("keys new: %s", stderr)
+	}
+	wrong := filepath.Join(dir, "trust.yaml")
+	if err := chain.WriteTrust(wrong, "gw-1", filepath.Join(dir, "gw-1.public.json")); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "eve.json")
+	if err := os.WriteFile(file, []byte(`{"timestamp":"2026-01-01T00:00:00.000000+0000","event_type":"stats"}`+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := c.cli(t, "chain", "verify", "--trust", wrong, "--eve", file)
+	if code != 1 || !strings.Contains(stderr, "FAILED") {
+		t.Fatalf("verify with the wrong key: exit %d\n%s%s", code, out, stderr)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	problems := strings.Count(out, "  problem ")
+	if len(lines) != 1+problems || problems == 0 || !strings.Contains(lines[0], `"stats"`) {
+		t.Fatalf("%d lines after the one that was there, want one per problem (%d):\n%s", len(lines)-1, problems, b)
+	}
+	for _, l := range lines[1:] {
+		if !strings.Contains(l, `"signature_id":9050014`) || !strings.Contains(l, `"gridseal_writer":"gw-1"`) {
+			t.Fatalf("verify alert: %s", l)
+		}
+	}
+	evetest.Check(t, b)
+	if code, _, _ := c.cli(t, "chain", "verify", "--trust", c.trust, "--eve", file); code != 0 {
+		t.Fatalf("verify with the right key: exit %d", code)
+	}
+	if after, _ := os.ReadFile(file); !bytes.Equal(after, b) {
+		t.Fatal("a chain that verifies appended alerts")
 	}
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/testpki"
@@ -115,7 +116,7 @@ func TestCommandErrors(t *testing.T) {
 		{"proxy without config", []string{"proxy"}, 2, "--config FILE is required"},
 		{"missing config file", []string{"proxy", "--config", filepath.Join(dir, "nope.yaml")}, 1, "no such file"},
 		{"bad value in config", []string{"proxy", "--config", badYAML}, 1, badYAML + ":6:"},
-		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: unknown key "listners" (allowed: policy, policy_root, insecure_unsigned_policy, allow_policy_rollback, listeners, limits, upstream, exceptions, chain, upstream_tls, checkpoint, console, log)`},
+		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: unknown key "listners" (allowed: policy, policy_root, insecure_unsigned_policy, allow_policy_rollback, listeners, limits, upstream, exceptions, chain, upstream_tls, checkpoint, console, eve, log)`},
 		{"bad value and unknown key", []string{"proxy", "--config", typeAndKey}, 1, typeAndKey + ":3: idle_timeout: \"soon\" is not a duration (e.g. 30s, 5m)"},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
@@ -389,10 +390,14 @@ func TestDemoTour(t *testing.T) {
 	if code != 0 || strings.Count(out, "\n") != len(records()) {
 		t.Fatalf("export: exit %d, %d lines; tail saw %d", code, strings.Count(out, "\n"), len(records()))
 	}
+	// An alert per deny (8) and per approval step (4), every line valid
+	// by Suricata's schema, the PLC's address from the published policy.
 	code, out, _ = runCLI(t, ctx, "chain", "export", "--data-dir", data, "--format", "eve")
-	if code != 0 || strings.Count(out, `"event_type":"alert"`) != 8 || !strings.Contains(out, `"function_code":"WrSingleReg"`) {
+	if code != 0 || strings.Count(out, `"event_type":"alert"`) != 12 || !strings.Contains(out, `"function_code":"WrSingleReg"`) ||
+		!strings.Contains(out, `"signature_id":9050007`) || !strings.Contains(out, `{"gridseal_plc":"127.0.0.1:`) {
 		t.Fatalf("EVE export: exit %d, %d alerts\n%s", code, strings.Count(out, `"event_type":"alert"`), out)
 	}
+	evetest.Check(t, []byte(out))
 	code, out, _ = runCLI(t, ctx, "approvals", "list", "--data-dir", data)
 	if code != 0 || !strings.Contains(out, "already used by demo-gw") || !strings.Contains(out, "alice") {
 		t.Fatalf("approvals list: exit %d\n%s", code, out)
