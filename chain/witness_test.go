@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ import (
 // litewitness to cosign.
 type witnessedLog struct {
 	js     jetstream.JetStream
+	wk     chain.WriterKeys
 	rec    *chain.Recorder
 	cpr    *chain.Checkpointer
 	known  note.Verifiers
@@ -53,8 +55,8 @@ func startWitnessedLog(t *testing.T, s note.Signer, v note.Verifier, ws ...chain
 	t.Helper()
 	srv := natstest.RunJetStream(t)
 	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	l := &witnessedLog{js: jsOf(t, nc), rec: openRecorder(t, nc, "gw-1", signer, ""), known: note.VerifierList(v), done: make(chan struct{})}
+	signer, wk := newKey(t)
+	l := &witnessedLog{wk: wk, js: jsOf(t, nc), rec: openRecorder(t, nc, "gw-1", signer, ""), known: note.VerifierList(v), done: make(chan struct{})}
 	l.cpr = &chain.Checkpointer{Signer: s, Every: 30 * time.Millisecond, Log: zap.NewNop(),
 		Witnesses: ws, WitnessQuorum: 1, WitnessTimeout: 3 * time.Second, TreeDir: t.TempDir()}
 	var ctx context.Context
@@ -225,5 +227,59 @@ func TestWitnessDownDoesNotStopCheckpoints(t *testing.T) {
 	})
 	if !bytes.Contains([]byte(lw.Log()), []byte("listening")) {
 		t.Fatalf("litewitness log: %s", lw.Log())
+	}
+}
+
+// TestVerifyRequiresWitnessQuorum: chain verify applies the trust file's
+// witness policy to the newest checkpoint. With one witness up
+// (litewitness) and one down, a quorum of 1 verifies, a quorum of 2 does
+// not, nor a quorum whose cosignature is older than the bound, nor a
+// checkpoint whose cosignature is not by a pinned witness.
+func TestVerifyRequiresWitnessQuorum(t *testing.T) {
+	s, v, vkey := checkpointKey(t)
+	lw := witnesstest.Start(t, "witness.test/up", chain.CheckpointOrigin, vkey)
+	up, _ := chain.NewCosignatureVerifier(lw.VKey)
+	down := otherWitnessKey(t, "witness.test/down")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	downURL := "http://" + ln.Addr().String()
+	_ = ln.Close() // nothing listens there
+	l := startWitnessedLog(t, s, v, chain.Witness{URL: downURL, Verifier: down}, chain.Witness{URL: lw.URL, Verifier: up})
+	cp := l.record(t, 25)
+	if cs, _ := chain.Cosignatures(cp.Note, []*chain.CosignatureVerifier{up, down}); len(cs) != 1 {
+		t.Fatalf("cosignatures %+v: want the one of the witness that is up", cs)
+	}
+	for _, tc := range []struct {
+		name      string
+		witnesses []*chain.CosignatureVerifier
+		quorum    int
+		maxAge    time.Duration
+		want      string // "" verifies
+	}{
+		{"one of two", []*chain.CosignatureVerifier{up, down}, 1, time.Hour, ""},
+		{"two of two", []*chain.CosignatureVerifier{up, down}, 2, time.Hour, "carries 1 valid cosignatures"},
+		{"too old", []*chain.CosignatureVerifier{up, down}, 1, time.Nanosecond, "was cosigned by a quorum at"},
+		{"not a pinned witness", []*chain.CosignatureVerifier{down}, 1, time.Hour, "carries 0 valid cosignatures"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": l.wk}, Checkpointers: l.known,
+				Witnesses: tc.witnesses, WitnessQuorum: tc.quorum, WitnessMaxAge: tc.maxAge}
+			rep, err := chain.VerifyStream(t.Context(), l.js, chain.VerifyOptions{Trust: trust})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, p := range rep.Problems {
+				got = append(got, p.Error())
+			}
+			switch {
+			case tc.want == "" && len(got) > 0:
+				t.Fatalf("problems: %v", got)
+			case tc.want != "" && (len(got) != 1 || !strings.Contains(got[0], tc.want)):
+				t.Fatalf("problems %v, want one saying %q", got, tc.want)
+			}
+		})
 	}
 }
