@@ -35,11 +35,13 @@ GOLANGCI := $(GO) tool -modfile=tools/go.mod golangci-lint
 golangci:
 	$(GOLANGCI) run $(PKGS)
 
-# Debian packages the tests drive: mbpoll (an independent Modbus client) and
-# chromium (the console's browser test). Installed only when missing.
-TOOLS := mbpoll chromium
+# Debian packages the tests drive: mbpoll (an independent Modbus client),
+# chromium (the console's browser test) and openssh-client (the ssh-agent
+# that holds litewitness's key in the witness tests), as command:package.
+# Installed only when missing.
+TOOLS := mbpoll chromium ssh-agent:openssh-client
 tools:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
@@ -191,10 +192,28 @@ type Checkpointer struct {
 	// the chain stream's, so losing a node does not stop checkpoints.
 	Replicas int
 	Log      *zap.Logger
+	// Witnesses are asked to cosign each checkpoint before it is published
+	// (c2sp.org/tlog-witness); the checkpoint is published with every
+	// cosignature that came within WitnessTimeout (default 5s), however
+	// few: a witness that is down delays checkpoints by at most that, and
+	// stops nothing. WitnessQuorum is how many cosignatures make a
+	// checkpoint count as witnessed, for Witnessed and the metrics.
+	Witnesses      []Witness
+	WitnessQuorum  int
+	WitnessTimeout time.Duration
+	// TreeDir, if set, keeps the tree the consistency proofs for witnesses
+	// come from in files under it rather than in memory (about 64 bytes
+	// an event). Only used with Witnesses.
+	TreeDir string
+	// HTTPClient talks to the witnesses; nil: a client of its own.
+	HTTPClient *http.Client
 
+	witnesses   []*witnessClient // made by Run; fixed from then on
 	mu          sync.Mutex
-	failures    uint64 // attempts that failed, in all
-	inARow      int    // attempts that failed since the last success
+	lastCosigs  int       // cosignatures on the last checkpoint published
+	witnessedAt time.Time // when the last checkpoint with a quorum was published
+	failures    uint64    // attempts that failed, in all
+	inARow      int       // attempts that failed since the last success
 	lastErr     error
 	lastSuccess time.Time
 	stopped     error // why Run stopped, if it failed
@@ -270,6 +289,13 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err err
 		every = 10 * time.Second
 	}
 	var acc RootAcc
+	var tree *Tree // with witnesses: every hash, for consistency proofs
+	if len(c.Witnesses) > 0 {
+		if tree, err = c.startWitnesses(); err != nil {
+			return err
+		}
+		defer func() { _ = tree.Close() }()
+	}
 	var signed int64
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -278,6 +304,17 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err err
 			return
 		}
 		cp, err := SignCheckpoint(acc.Size(), acc.Root(), c.Signer)
+		cosigs := 0
+		if err == nil && tree != nil {
+			cp.Note, cosigs = witnessRound(ctx, c.witnesses, cp, func(old int64) ([]Hash, error) {
+				p, err := tlog.ProveTree(cp.Size, old, tree)
+				out := make([]Hash, len(p))
+				for i, h := range p {
+					out[i] = Hash(h)
+				}
+				return out, err
+			}, c.witnessTimeout(), c.Log)
+		}
 		if err == nil {
 			_, err = js.Publish(ctx, checkpointSubject+c.Signer.Name(), cp.Note)
 		}
@@ -287,6 +324,12 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err err
 			return
 		}
 		c.succeeded()
+		c.mu.Lock()
+		c.lastCosigs = cosigs
+		if tree != nil && cosigs >= max(c.WitnessQuorum, 1) {
+			c.witnessedAt = time.Now()
+		}
+		c.mu.Unlock()
 		signed = acc.Size()
 		// A checkpoint signed for EveryEvents restarts the period.
 		tick.Reset(every)
@@ -331,6 +374,11 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err err
 			}
 			for _, e := range b.Events {
 				acc.Append(LeafHash(e))
+				if tree != nil {
+					if err := tree.AppendLeaf(e); err != nil {
+						return fmt.Errorf("checkpoint tree: %w", err)
+					}
+				}
 			}
 			if c.EveryEvents > 0 && acc.Size()-signed >= c.EveryEvents {
 				publish()

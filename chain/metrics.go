@@ -116,5 +116,60 @@ func (c *Checkpointer) RegisterMetrics(reg prometheus.Registerer) {
 				}
 				return 0
 			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_cosignatures",
+			Help: "Witness cosignatures on the last checkpoint published."},
+			func() float64 { n, _ := c.Witnessed(); return float64(n) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_witnessed_timestamp_seconds",
+			Help: "Unix time of the last checkpoint published with a quorum of witness cosignatures; 0 if none yet."},
+			func() float64 {
+				if _, t := c.Witnessed(); !t.IsZero() {
+					return float64(t.UnixNano()) / 1e9
+				}
+				return 0
+			}),
+		newWitnessCollector(c),
 	)
+}
+
+// witnessCollector reports each witness's state, labelled by its name.
+type witnessCollector struct {
+	c     *Checkpointer
+	descs [5]*prometheus.Desc
+}
+
+func newWitnessCollector(c *Checkpointer) *witnessCollector {
+	return &witnessCollector{c: c, descs: [5]*prometheus.Desc{
+		prometheus.NewDesc("gridseal_witness_up", "1 when the witness's last add-checkpoint brought its cosignature.", []string{"witness"}, nil),
+		prometheus.NewDesc("gridseal_witness_cosigned_size", "Tree size the witness last cosigned, as far as the checkpointer knows; -1: unknown.", []string{"witness"}, nil),
+		prometheus.NewDesc("gridseal_witness_last_cosigned_timestamp_seconds", "Unix time of the witness's last cosignature; 0 if none.", []string{"witness"}, nil),
+		prometheus.NewDesc("gridseal_witness_failures_total", "add-checkpoint requests to the witness that brought no cosignature.", []string{"witness"}, nil),
+		prometheus.NewDesc("gridseal_witness_round_trip_seconds", "Duration of the witness's last successful add-checkpoint.", []string{"witness"}, nil),
+	}}
+}
+
+// Describe sends the descriptions of every figure.
+func (w *witnessCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range w.descs {
+		ch <- d
+	}
+}
+
+// Collect reports every witness the checkpointer asks.
+func (w *witnessCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range w.c.WitnessStatus() {
+		up, last := 0.0, 0.0
+		if st.LastErr == nil && !st.LastCosigned.IsZero() {
+			up = 1
+		}
+		if !st.LastCosigned.IsZero() {
+			last = float64(st.LastCosigned.UnixNano()) / 1e9
+		}
+		for i, v := range []float64{up, float64(st.Size), last, float64(st.Failures), st.RoundTrip.Seconds()} {
+			kind := prometheus.GaugeValue
+			if i == 3 {
+				kind = prometheus.CounterValue
+			}
+			ch <- prometheus.MustNewConstMetric(w.descs[i], kind, v, st.Name)
+		}
+	}
 }

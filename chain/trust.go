@@ -2,11 +2,13 @@ package chain
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/mod/sumdb/note"
 	"gopkg.in/yaml.v3"
@@ -28,7 +30,20 @@ type TrustFile struct {
 	// Checkpointers are the signed-note verifier keys whose checkpoints
 	// are checked (name+hash+key, as gridseal keys checkpoint prints).
 	Checkpointers []string `yaml:"checkpointers"`
+	// Witnesses are cosignature/v1 verifier keys of the witnesses whose
+	// cosignatures count (c2sp.org/tlog-cosignature); WitnessQuorum of them
+	// must have cosigned the newest checkpoint, within WitnessMaxAge
+	// (default DefaultWitnessMaxAge).
+	Witnesses     []string      `yaml:"witnesses"`
+	WitnessQuorum int           `yaml:"witness_quorum"`
+	WitnessMaxAge time.Duration `yaml:"witness_max_age"`
 }
+
+// DefaultWitnessMaxAge is how old the quorum's cosignature of the newest
+// checkpoint may be when the trust file does not say: the checkpointer
+// asks every few seconds while events come, and a plant's proxies see
+// polling all day, so an hour is long past a witness's restart.
+const DefaultWitnessMaxAge = time.Hour
 
 // LoadTrust reads a trust file and, if headDir is not empty, the local heads
 // kept there.
@@ -57,6 +72,9 @@ func LoadTrust(path, headDir string) (Trust, error) {
 	}
 	if len(vs) > 0 {
 		t.Checkpointers = note.VerifierList(vs...)
+	}
+	if err := tf.witnesses(&t); err != nil {
+		return t, fmt.Errorf("trust file %s: %w", path, err)
 	}
 	for _, w := range tf.Writers {
 		if err := CheckWriterID(w.ID); err != nil {
@@ -126,4 +144,39 @@ func WriteTrustFile(path string, writers map[string]string, checkpointers ...str
 		}
 	}
 	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// witnesses checks the witness policy and sets it in t.
+func (tf *TrustFile) witnesses(t *Trust) error {
+	if len(tf.Witnesses) == 0 {
+		if tf.WitnessQuorum != 0 {
+			return fmt.Errorf("witness_quorum %d, but no witnesses are listed", tf.WitnessQuorum)
+		}
+		return nil
+	}
+	if len(tf.Checkpointers) == 0 {
+		return errors.New("witnesses cosign checkpoints: list the checkpointers' keys too")
+	}
+	names := map[string]bool{}
+	for _, k := range tf.Witnesses {
+		v, err := NewCosignatureVerifier(k)
+		if err != nil {
+			return err
+		}
+		if names[v.Name()] {
+			return fmt.Errorf("witness %s is listed twice", v.Name())
+		}
+		names[v.Name()] = true
+		t.Witnesses = append(t.Witnesses, v)
+	}
+	if tf.WitnessQuorum < 1 || tf.WitnessQuorum > len(tf.Witnesses) {
+		return fmt.Errorf("witness_quorum %d: say how many of the %d witnesses must cosign (1..%d)",
+			tf.WitnessQuorum, len(tf.Witnesses), len(tf.Witnesses))
+	}
+	t.WitnessQuorum = tf.WitnessQuorum
+	t.WitnessMaxAge = tf.WitnessMaxAge
+	if t.WitnessMaxAge <= 0 {
+		t.WitnessMaxAge = DefaultWitnessMaxAge
+	}
+	return nil
 }

@@ -22,6 +22,12 @@ type Trust struct {
 	Writers       map[string]WriterKeys
 	Heads         map[string]Head
 	Checkpointers note.Verifiers // nil: no checkpoints checked
+	// Witnesses, if any, are the witnesses whose cosignatures count: the
+	// newest checkpoint must carry valid ones by WitnessQuorum of them, the
+	// quorum's newest no older than WitnessMaxAge.
+	Witnesses     []*CosignatureVerifier
+	WitnessQuorum int
+	WitnessMaxAge time.Duration
 }
 
 // WriterKeys is one writer's public keyset.

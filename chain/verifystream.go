@@ -55,6 +55,9 @@ type CheckpointReport struct {
 	// Newest is the largest checkpoint seen (in the stream or pinned), for
 	// the caller to keep as its next PinnedCheckpoint; nil if none.
 	Newest *Checkpoint
+	// Cosignatures are the valid cosignatures of Newest by the trust
+	// file's witnesses.
+	Cosignatures []Cosignature
 }
 
 // VerifyStream verifies the whole chain stream: every block's hash, Merkle
@@ -157,6 +160,13 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 			rep.Problems = append(rep.Problems, ps...)
 		}
 		rep.Checkpoints.Confirmed, rep.Checkpoints.Events = cpCheck.Confirmed()
+		if len(trust.Witnesses) > 0 {
+			var p *Problem
+			rep.Checkpoints.Cosignatures, p = checkWitnessed(rep.Checkpoints.Newest, trust, now)
+			if p != nil {
+				rep.Problems = append(rep.Problems, p)
+			}
+		}
 	}
 	rep.Writers = make(map[string]WriterState, len(v.Writers()))
 	for w, st := range v.Writers() {
@@ -188,4 +198,38 @@ func problems(err error) ([]*Problem, error) {
 		return []*Problem{p}, nil
 	}
 	return nil, err
+}
+
+// cosignatureSkew is how far in the future a cosignature's time may be and
+// still count: the witness's clock may run a little ahead of ours.
+const cosignatureSkew = 5 * time.Minute
+
+// checkWitnessed applies the trust file's witness policy to the newest
+// checkpoint: valid cosignatures by WitnessQuorum of its witnesses, the
+// quorum's newest no older than WitnessMaxAge.
+func checkWitnessed(newest *Checkpoint, trust Trust, now time.Time) ([]Cosignature, *Problem) {
+	need := fmt.Sprintf("the trust file requires cosignatures by %d of its %d witnesses, within %v", trust.WitnessQuorum, len(trust.Witnesses), trust.WitnessMaxAge)
+	if newest == nil {
+		return nil, &Problem{Reason: "no signed checkpoint, yet " + need}
+	}
+	cosigs, err := Cosignatures(newest.Note, trust.Witnesses)
+	if err != nil {
+		return nil, &Problem{Reason: fmt.Sprintf("the newest checkpoint (%d events): %v", newest.Size, err)}
+	}
+	var times []time.Time
+	for _, c := range cosigs {
+		if c.Time.Before(now.Add(cosignatureSkew)) {
+			times = append(times, c.Time)
+		}
+	}
+	if len(times) < trust.WitnessQuorum {
+		return cosigs, &Problem{Reason: fmt.Sprintf("the newest checkpoint (%d events) carries %d valid cosignatures, but %s: the witnesses are down, or refused it (a rolled-back or forked chain)",
+			newest.Size, len(times), need)}
+	}
+	slices.SortFunc(times, func(a, b time.Time) int { return b.Compare(a) })
+	if at := times[trust.WitnessQuorum-1]; now.Sub(at) > trust.WitnessMaxAge {
+		return cosigs, &Problem{Reason: fmt.Sprintf("the newest checkpoint (%d events) was cosigned by a quorum at %s, %v ago, but %s: the checkpointer cannot reach the witnesses, or the chain is stale",
+			newest.Size, at.UTC().Format(time.RFC3339), now.Sub(at).Round(time.Second), need)}
+	}
+	return cosigs, nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -18,6 +19,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/proxy"
@@ -91,6 +93,49 @@ func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 type CheckpointConfig struct {
 	Key   string        `yaml:"key"`   // signed-note signer key (gridseal keys checkpoint)
 	Every time.Duration `yaml:"every"` // default 10s
+	// Witnesses are asked to cosign every checkpoint (c2sp.org/tlog-witness).
+	Witnesses []WitnessConfig `yaml:"witnesses"`
+	// WitnessQuorum is how many cosignatures make a checkpoint witnessed,
+	// for metrics and RequireWitnessed; default: every witness.
+	WitnessQuorum int `yaml:"witness_quorum"`
+	// WitnessTimeout bounds one round of requests to the witnesses; the
+	// checkpoint is published with what came by then. Default 5s.
+	WitnessTimeout time.Duration `yaml:"witness_timeout"`
+	// RequireWitnessed, if above 0, makes /readyz fail when no checkpoint
+	// with a quorum of cosignatures was published for that long. Default 0:
+	// a witness is a third party, often off-site; readiness of a plant's
+	// proxy should not hang on it. Writes never wait for witnesses.
+	RequireWitnessed time.Duration `yaml:"require_witnessed"`
+}
+
+// WitnessConfig is one witness: its submission URL and its cosignature
+// verifier key (name+id+base64(0x04 ‖ Ed25519 key), as litewitness prints).
+type WitnessConfig struct {
+	URL string `yaml:"url"`
+	Key string `yaml:"key"`
+}
+
+// witnesses checks the witnesses' part of the configuration.
+func (c *CheckpointConfig) witnesses(path string) ([]chain.Witness, error) {
+	var out []chain.Witness
+	for i, w := range c.Witnesses {
+		u, err := url.Parse(w.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("%s: checkpoint.witnesses[%d].url %q: want http(s)://host[:port][/prefix]", path, i, w.URL)
+		}
+		v, err := chain.NewCosignatureVerifier(w.Key)
+		if err != nil {
+			return nil, fmt.Errorf("%s: checkpoint.witnesses[%d].key: %w", path, i, err)
+		}
+		out = append(out, chain.Witness{URL: w.URL, Verifier: v})
+	}
+	if c.WitnessQuorum < 0 || c.WitnessQuorum > len(out) {
+		return nil, fmt.Errorf("%s: checkpoint.witness_quorum %d: want 0 (every witness) to %d", path, c.WitnessQuorum, len(out))
+	}
+	if len(out) > 0 && c.Key == "" {
+		return nil, fmt.Errorf("%s: checkpoint.witnesses need checkpoint.key: no checkpointer, no checkpoints to cosign", path)
+	}
+	return out, nil
 }
 
 // ConsoleConfig says where the console listens and whom it admits. Off
@@ -429,6 +474,9 @@ func Load(path string) (*Config, error) {
 	}
 	if c.EVE.Rotate.Keep < 0 || c.EVE.Rotate.Every < 0 {
 		return nil, fmt.Errorf("%s: eve.rotate: keep and every must not be negative", path)
+	}
+	if _, err := c.Checkpoint.witnesses(path); err != nil {
+		return nil, err
 	}
 	if c.Chain.Trust != "" && !filepath.IsAbs(c.Chain.Trust) {
 		c.Chain.Trust = filepath.Join(filepath.Dir(path), c.Chain.Trust)

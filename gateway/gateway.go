@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,10 +74,12 @@ type Gateway struct {
 	errc    chan error
 	console string // the console's URL; "" when off
 
-	reloadMu         sync.Mutex
-	checkpointer     *chain.Checkpointer // nil when none runs
-	stopCheckpointer func()
-	closeOnce        sync.Once
+	reloadMu          sync.Mutex
+	checkpointer      *chain.Checkpointer // nil when none runs
+	checkpointStarted time.Time
+	requireWitnessed  time.Duration // checkpoint.require_witnessed
+	stopCheckpointer  func()
+	closeOnce         sync.Once
 }
 
 // New checks cfg, opens the chain, binds every listener (a busy port fails
@@ -413,8 +416,20 @@ func (g *Gateway) startCheckpointer(ctx context.Context, s note.Signer, every ti
 		g.log.Error("checkpointer not started", zap.Error(err))
 		return
 	}
-	cp := &chain.Checkpointer{Signer: s, Every: every, Replicas: g.cfg.Chain.Replicas, Log: g.log.Named("checkpoint")}
+	ws, err := g.cfg.Checkpoint.witnesses(g.cfg.path)
+	if err != nil {
+		g.log.Error("checkpointer not started", zap.Error(err))
+		return
+	}
+	quorum := g.cfg.Checkpoint.WitnessQuorum
+	if quorum == 0 {
+		quorum = len(ws)
+	}
+	cp := &chain.Checkpointer{Signer: s, Every: every, Replicas: g.cfg.Chain.Replicas, Log: g.log.Named("checkpoint"),
+		Witnesses: ws, WitnessQuorum: quorum, WitnessTimeout: g.cfg.Checkpoint.WitnessTimeout,
+		TreeDir: filepath.Join(g.opts.DataDir, "checkpoint")}
 	cp.RegisterMetrics(reg)
+	g.checkpointStarted, g.requireWitnessed = time.Now(), g.cfg.Checkpoint.RequireWitnessed
 	g.checkpointer = cp
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -578,9 +593,37 @@ func (g *Gateway) ready() error {
 		return errors.New("chain not writable")
 	}
 	if g.checkpointer != nil {
-		return g.checkpointer.Err()
+		if err := g.checkpointer.Err(); err != nil {
+			return err
+		}
+		if need := g.requireWitnessed; need > 0 {
+			_, at := g.checkpointer.Witnessed()
+			if at.IsZero() {
+				at = g.checkpointStarted // a grace period from the start
+			}
+			if since := time.Since(at); since > need {
+				return fmt.Errorf("no checkpoint cosigned by a quorum of witnesses for %v (checkpoint.require_witnessed: %v): %s",
+					since.Round(time.Second), need, witnessSummary(g.checkpointer.WitnessStatus()))
+			}
+		}
 	}
 	return nil
+}
+
+// witnessSummary says in one line where each witness stands.
+func witnessSummary(st []chain.WitnessStatus) string {
+	parts := make([]string, len(st))
+	for i, w := range st {
+		switch {
+		case w.LastErr != nil:
+			parts[i] = fmt.Sprintf("%s failing: %v", w.Name, w.LastErr)
+		case w.LastCosigned.IsZero():
+			parts[i] = w.Name + " not asked yet"
+		default:
+			parts[i] = fmt.Sprintf("%s cosigned %d events at %s", w.Name, w.Size, w.LastCosigned.Format(time.RFC3339))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // TrustPath is the trust file a data directory keeps by default.

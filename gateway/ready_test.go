@@ -3,11 +3,16 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
@@ -72,4 +77,109 @@ func TestReadyReportsCheckpointFailures(t *testing.T) {
 	if err := g.ready(); !strings.Contains(err.Error(), "checkpoints failing") {
 		t.Fatalf("ready() = %v, want the checkpoint failures", err)
 	}
+}
+
+// TestReadyWitnessPolicy: with a witness that is down, checkpoints are
+// still published and /readyz stays ready by default; with
+// checkpoint.require_witnessed it is not ready once that long passed
+// without a witnessed checkpoint, and says which witness fails. The
+// witness's state is in /metrics.
+func TestReadyWitnessPolicy(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		require time.Duration
+		ready   bool
+	}{
+		{"default: witnesses do not decide readiness", 0, true},
+		{"require_witnessed", 200 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := natstest.RunJetStream(t)
+			nc := natstest.Connect(t, srv.URL())
+			rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(t),
+				DurableTimeout: 3 * time.Second}, zap.NewNop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = rec.Close(time.Second) })
+			js, err := jetstream.New(nc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			skey, _, _ := note.GenerateKey(rand.Reader, "cp-1")
+			s, _ := note.NewSigner(skey)
+			// A witness nobody runs: a closed loopback port.
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			down := "http://" + ln.Addr().String()
+			_ = ln.Close()
+			wv, err := chain.NewCosignatureVerifier(witnessKey(t, "witness.test/down"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			g := &Gateway{rec: rec, requireWitnessed: tc.require, checkpointStarted: time.Now()}
+			g.checkpointer = &chain.Checkpointer{Signer: s, Every: 50 * time.Millisecond, Log: zap.NewNop(),
+				Witnesses: []chain.Witness{{URL: down, Verifier: wv}}, WitnessQuorum: 1}
+			reg := prometheus.NewRegistry()
+			g.checkpointer.RegisterMetrics(reg)
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- g.checkpointer.Run(ctx, js) }()
+			defer func() {
+				cancel()
+				if err := <-done; err != nil {
+					t.Error(err)
+				}
+			}()
+			ev := &audit.Event{Time: time.Now(), Op: 1, Phase: audit.PhaseComplete, Device: "inverter-1", Unit: 1,
+				Function: 3, Class: "read", Quantity: 1, PDU: []byte{3, 0, 0, 0, 1}, Verdict: audit.Allow}
+			if err := rec.Record(t.Context(), ev, true); err != nil {
+				t.Fatal(err)
+			}
+			testwait.For(t, "a checkpoint published despite the witness", func() bool {
+				_, last := g.checkpointer.Status()
+				return !last.IsZero()
+			})
+			if !tc.ready {
+				testwait.For(t, "not ready once require_witnessed passed", func() bool { return g.ready() != nil })
+			}
+			err = g.ready()
+			if tc.ready && err != nil {
+				t.Fatalf("ready() = %v; want ready: a witness being down does not stop the proxy", err)
+			}
+			if !tc.ready && (err == nil || !strings.Contains(err.Error(), "witness.test/down failing")) {
+				t.Fatalf("ready() = %v; want not ready, naming the failing witness", err)
+			}
+			if got := witnessUp(t, reg); got != 0 {
+				t.Fatalf("gridseal_witness_up = %v for a witness that is down", got)
+			}
+		})
+	}
+}
+
+func witnessUp(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "gridseal_witness_up" && len(mf.GetMetric()) == 1 && mf.GetMetric()[0].GetLabel()[0].GetValue() == "witness.test/down" {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no gridseal_witness_up{witness=\"witness.test/down\"} in the metrics")
+	return -1
+}
+
+// witnessKey is a cosignature/v1 verifier key of a new random key.
+func witnessKey(t *testing.T, name string) string {
+	t.Helper()
+	raw := make([]byte, 33)
+	raw[0] = 0x04
+	_, _ = rand.Read(raw[1:])
+	id := sha256.Sum256(append([]byte(name+"\n"), raw...))
+	return fmt.Sprintf("%s+%x+%s", name, id[:4], base64.StdEncoding.EncodeToString(raw))
 }

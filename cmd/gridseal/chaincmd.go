@@ -94,6 +94,9 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
 			if cp := rep.Checkpoints; cp != nil {
 				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", cp.Confirmed, cp.Events)
+				for _, c := range cp.Cosignatures {
+					fmt.Fprintf(g.stdout, "  witness %s cosigned the newest checkpoint at %s\n", c.Witness, c.Time.UTC().Format(time.RFC3339))
+				}
 				// The last checkpoint this verifier saw stays pinned even if
 				// the stream's checkpoints are removed.
 				if cp.Newest != nil {

@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/demo"
 	"github.com/gridseal/gridseal/simulators"
@@ -17,12 +21,13 @@ import (
 
 func demoCmd(g *globals) *cobra.Command {
 	var (
-		listen   string
-		httpAddr string
-		cpEvery  time.Duration
-		simAddr  string
-		duration time.Duration
-		tour     bool
+		listen    string
+		httpAddr  string
+		cpEvery   time.Duration
+		simAddr   string
+		duration  time.Duration
+		tour      bool
+		witnesses []string
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -48,6 +53,9 @@ func demoCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Console.Listen = httpAddr
+			if err := demoWitnesses(g, cfg, witnesses); err != nil {
+				return err
+			}
 			opts := g.gatewayOptions(log)
 			opts.ConsoleFallback = !cmd.Flags().Changed("http")
 			// The tour narrates each request and the chain, console and
@@ -84,9 +92,46 @@ func demoCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:5020", "proxy listen address")
 	cmd.Flags().StringVar(&httpAddr, "http", "127.0.0.1:8080", "console and /metrics address (off: none)")
+	cmd.Flags().StringArrayVar(&witnesses, "witness", nil,
+		"URL=VKEY of a witness (c2sp.org/tlog-witness) to cosign every checkpoint, VKEY its cosignature verifier key; repeatable. chain verify then requires all of them")
 	cmd.Flags().DurationVar(&cpEvery, "checkpoint-every", 5*time.Second, "how often the demo's checkpointer signs the stream's tree")
 	cmd.Flags().StringVar(&simAddr, "sim-listen", "127.0.0.1:15020", "simulators' address")
 	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed, denied and approved commands at start")
 	return cmd
+}
+
+// demoWitnesses adds the --witness URL=VKEY witnesses to the demo's
+// checkpointer and trust file (all of them must cosign), and prints what a
+// witness's operator needs to add this log: its origin and verifier key.
+func demoWitnesses(g *globals, cfg *gateway.Config, flags []string) error {
+	_, vp := chain.CheckpointKeyPaths(filepath.Join(g.dataDir, "keys"), demo.Checkpointer)
+	vkey, err := os.ReadFile(vp)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(g.stdout, "checkpoint origin: %s\ncheckpoint verifier key: %s\n", chain.CheckpointOrigin, strings.TrimSpace(string(vkey)))
+	if len(flags) == 0 {
+		return nil
+	}
+	var trust strings.Builder
+	trust.WriteString("# Witnesses that must all cosign the newest checkpoint (gridseal demo --witness).\nwitnesses:\n")
+	for _, f := range flags {
+		u, k, ok := strings.Cut(f, "=")
+		if !ok {
+			return fmt.Errorf("%w: --witness %q: want URL=VKEY", errUsage, f)
+		}
+		if _, err := chain.NewCosignatureVerifier(k); err != nil {
+			return fmt.Errorf("%w: --witness %q: %v", errUsage, f, err)
+		}
+		cfg.Checkpoint.Witnesses = append(cfg.Checkpoint.Witnesses, gateway.WitnessConfig{URL: u, Key: k})
+		fmt.Fprintf(&trust, "  - %q\n", k)
+	}
+	fmt.Fprintf(&trust, "witness_quorum: %d\n", len(flags))
+	f, err := os.OpenFile(gateway.TrustPath(g.dataDir), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(trust.String())
+	return errors.Join(err, f.Close())
 }
