@@ -51,6 +51,8 @@ type Options struct {
 	// ConsoleFallback serves the console on a free loopback port when its
 	// address is taken (the demo, on a busy laptop).
 	ConsoleFallback bool
+	// Build is what /metrics reports as gridseal_build_info.
+	Build console.BuildInfo
 }
 
 // Gateway is a running deployment. Its methods are safe to call from any
@@ -134,7 +136,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		return nil, err
 	}
 	g.engine = policy.NewEngine(pol, log.Named("policy"))
-	if err := g.startApprovals(ctx); err != nil {
+	metrics := console.NewMetrics(reg)
+	// Approval steps go to the chain, then to the metrics.
+	if err := g.startApprovals(ctx, audit.Tee{g.rec, metrics}); err != nil {
 		return nil, err
 	}
 	if cfg.Checkpoint.Key != "" {
@@ -150,7 +154,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.rec.RegisterMetrics(reg)
-	metrics := console.NewMetrics(reg)
+	console.RegisterBuildInfo(reg, opts.Build)
 	// The chain first (its durable answer decides whether a write moves),
 	// then metrics, then the log line.
 	g.opsLog = audit.NewLogRecorder(opts.OpsLog.Named("ops"), audit.DefaultLogInterval)
@@ -308,14 +312,14 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 }
 
 // startApprovals opens the approvals bucket, lets the engine allow writes
-// with approvals from it, records every approval step in the chain, and
-// publishes the policy in force for gridseal propose.
-func (g *Gateway) startApprovals(ctx context.Context) error {
+// with approvals from it, records every approval step with rec (the chain
+// first), and publishes the policy in force for gridseal propose.
+func (g *Gateway) startApprovals(ctx context.Context, rec audit.Recorder) error {
 	js, err := g.conn.JetStream()
 	if err != nil {
 		return err
 	}
-	g.store, err = openApprovals(ctx, js, g.rec, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	g.store, err = openApprovals(ctx, js, rec, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
 	if err != nil {
 		return err
 	}
@@ -329,7 +333,7 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 // records that the use stream lacks (see approvaluses.go), records every
 // approval step it sees from then on in rec, and lets engine allow writes
 // with its approvals, consumed in writer's name.
-func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
+func openApprovals(ctx context.Context, js jetstream.JetStream, rec audit.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
 	store, err := approvals.OpenStore(ctx, js, replicas, log)
 	if err != nil {
 		return nil, err
@@ -460,6 +464,7 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		return nil
 	}
 	g.srv.RegisterMetrics(reg)
+	reg.MustRegister(console.NewStateCollector(g.engine.Policy, g.srv.Upstreams))
 	js, err := jetstream.New(g.conn.NC)
 	if err != nil {
 		return err
