@@ -11,7 +11,7 @@ LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(D
 PKGS     := ./...
 FUZZTIME ?= 20s
 
-.PHONY: all build release demo test test-deploy vet fmt-check lint golangci bench fuzz deps tools clean
+.PHONY: all build release image demo test test-deploy vet fmt-check lint golangci bench fuzz deps tools clean
 
 all: build
 
@@ -32,6 +32,10 @@ release: deps
 	    -o $(RELEASE_DIR)/gridseal-linux-$$arch ./cmd/gridseal || exit 1; \
 	done
 	cd $(RELEASE_DIR) && sha256sum gridseal-linux-* > SHA256SUMS && cat SHA256SUMS
+
+# The container image (Dockerfile; needs a Docker daemon).
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) -t gridseal:$(VERSION) .
 
 demo: build
 	./$(BIN) demo
