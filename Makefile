@@ -1,13 +1,17 @@
 # gridseal — the two commands a newcomer needs are `make demo` and `make test`.
 GO       ?= go
 BIN      := bin/gridseal
-# The version `gridseal version` prints: the nearest tag and commit (dev outside a git checkout).
+# What `gridseal version` prints: the nearest tag and commit (dev outside a git
+# checkout), the commit, and the commit's time as the build date (the same
+# commit builds the same bytes).
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -X main.version=$(VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+DATE     ?= $(shell TZ=UTC git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
 PKGS     := ./...
 FUZZTIME ?= 20s
 
-.PHONY: all build demo test vet fmt-check lint golangci bench fuzz deps tools clean
+.PHONY: all build release image demo test test-deploy vet fmt-check lint golangci bench fuzz deps tools clean
 
 all: build
 
@@ -16,6 +20,22 @@ deps:
 
 build: deps
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/gridseal
+
+# Static binaries for Linux amd64 and arm64 under bin/release, built with
+# -trimpath (no local paths in them), and their SHA-256 sums.
+RELEASE_DIR := bin/release
+RELEASE_ARCH := amd64 arm64
+release: deps
+	rm -rf $(RELEASE_DIR) && mkdir -p $(RELEASE_DIR)
+	for arch in $(RELEASE_ARCH); do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" \
+	    -o $(RELEASE_DIR)/gridseal-linux-$$arch ./cmd/gridseal || exit 1; \
+	done
+	cd $(RELEASE_DIR) && sha256sum gridseal-linux-* > SHA256SUMS && cat SHA256SUMS
+
+# The container image (Dockerfile; needs a Docker daemon).
+image:
+	docker build --build-arg VERSION=$(VERSION) --build-arg COMMIT=$(COMMIT) --build-arg DATE=$(DATE) -t gridseal:$(VERSION) .
 
 demo: build
 	./$(BIN) demo
@@ -49,8 +69,15 @@ tools:
 	  else echo "missing:$$missing (apt-get install$$missing) for the interop and browser tests"; fi; \
 	fi
 
-test: lint tools
+test: lint tools test-deploy
 	$(GO) test -race -count=1 -timeout 12m $(PKGS)
+
+# deploy/ is a module of its own (Prometheus's rule parser, the Compose
+# loader, the Kubernetes API types, the Dockerfile parser): it checks the
+# alerting rules against a running gridseal, the compose file, the
+# Kubernetes manifests and the Dockerfile.
+test-deploy:
+	cd deploy && $(GO) vet ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # Micro-benchmarks, then the side-by-side table: direct, bare relay, gridseal.
 bench: build

@@ -25,8 +25,8 @@ func BlockObserver(reg prometheus.Registerer) func(events int, ack time.Duration
 }
 
 // RegisterMetrics registers the recorder's counters and state with reg:
-// blocks and events acknowledged, publish retries, events spooled and
-// whether the chain is writable.
+// blocks and events acknowledged, publish retries, events and bytes
+// spooled against the spool's limit, and whether the chain is writable.
 func (r *Recorder) RegisterMetrics(reg prometheus.Registerer) {
 	st := r.Stats()
 	reg.MustRegister(
@@ -38,6 +38,15 @@ func (r *Recorder) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { return float64(st.Retries.Load()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_events", Help: "Events waiting to be recorded."},
 			func() float64 { return float64(r.Pending()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_bytes",
+			Help: "Bytes of encoded events waiting to be recorded; near the limit writes are refused, at it every event."},
+			func() float64 {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return float64(r.spoolBytes)
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_limit_bytes", Help: "The spool's limit (chain.spool_bytes)."},
+			func() float64 { return float64(r.cfg.SpoolBytes) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_writable", Help: "1 when the last block was acknowledged and the recorder has not stopped."},
 			func() float64 {
 				if r.Available() && r.Failed() == nil {
@@ -100,11 +109,23 @@ func (c *StorageCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-// RegisterMetrics registers the checkpointer's failed attempts and the time
-// of its last published checkpoint with reg: an alert on either catches a
-// checkpointer that cannot publish (permissions, a full stream, no quorum).
+// RegisterMetrics registers the checkpointer's failed attempts, the time
+// of its last published checkpoint and that checkpoint's age with reg: an
+// alert on any catches a checkpointer that cannot publish (permissions, a
+// full stream, no quorum). Register it when the checkpointer starts: until
+// its first checkpoint, the age counts from then.
 func (c *Checkpointer) RegisterMetrics(reg prometheus.Registerer) {
+	started := time.Now()
 	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_age_seconds",
+			Help: "Seconds since the last checkpoint was published (since the checkpointer started, before the first)."},
+			func() float64 {
+				_, t := c.Status()
+				if t.IsZero() {
+					t = started
+				}
+				return time.Since(t).Seconds()
+			}),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "gridseal_checkpoint_failures_total",
 			Help: "Checkpoints that could not be signed or published."},
 			func() float64 { n, _ := c.Status(); return float64(n) }),

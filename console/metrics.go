@@ -5,6 +5,7 @@ package console
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/proxy"
 )
 
 // Metrics is an audit recorder that turns every operation into Prometheus
@@ -62,7 +65,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}, []string{"device"}),
 		approvals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gridseal_approvals_total", Help: "Approval steps seen: proposed, signed, used, refused.",
+			Name: "gridseal_approvals_total",
+			Help: "Approval steps seen: proposed, signed, used; refused (a step that did not verify); denied (a write that named an approval the proxy could not use).",
 		}, []string{"step"}),
 		breakGlass: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gridseal_break_glass_total", Help: "Writes allowed by a break-glass quorum.",
@@ -76,7 +80,29 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		devices: map[string]*DeviceStats{},
 	}
 	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.refusals, m.dropped)
+	// Every step from zero, so increase() and alerts see the first one.
+	for _, step := range approvalSteps {
+		m.approvals.WithLabelValues(step)
+	}
 	return m
+}
+
+// approvalSteps are the values of gridseal_approvals_total's step label.
+var approvalSteps = []string{"proposed", "signed", "used", "refused", "denied"}
+
+// approvalStep names the step an approval event (phase approval) records:
+// anything the gateway recorded as refused is "refused", whatever it
+// claimed to be.
+func approvalStep(ev *audit.Event) string {
+	if ev.Verdict != audit.Allow {
+		return "refused"
+	}
+	for _, step := range approvalSteps[:3] {
+		if strings.HasPrefix(ev.Reason, step+" ") {
+			return step
+		}
+	}
+	return "other"
 }
 
 var functionLabels = func() [256]string {
@@ -91,11 +117,7 @@ var functionLabels = func() [256]string {
 func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	switch ev.Phase {
 	case audit.PhaseApproval:
-		step := "other"
-		if f := strings.Fields(ev.Reason); len(f) > 0 {
-			step = f[0]
-		}
-		m.approvals.WithLabelValues(step).Inc()
+		m.approvals.WithLabelValues(approvalStep(ev)).Inc()
 		return nil
 	case audit.PhaseRequest:
 		return nil
@@ -128,7 +150,7 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 		m.refusals.Inc()
 	}
 	if ev.Approval != "" && ev.Verdict == audit.Deny && ev.Class == "write" {
-		m.approvals.WithLabelValues("refused").Inc()
+		m.approvals.WithLabelValues("denied").Inc()
 	}
 	m.mu.Lock()
 	d := m.devices[device]
@@ -182,4 +204,77 @@ type DeviceView struct {
 	Upstream       string    `json:"upstream,omitempty"` // up, not answering, down, idle
 	UpstreamDetail string    `json:"upstream_detail,omitempty"`
 	UpstreamSince  time.Time `json:"upstream_since,omitzero"`
+}
+
+// BuildInfo names the binary that runs, as gridseal version prints it.
+type BuildInfo struct {
+	Version, Commit, Date string
+}
+
+// RegisterBuildInfo registers gridseal_build_info, always 1, whose labels
+// say which build runs: an alert or a dashboard can tell the instances of
+// a fleet that still run an old one.
+func RegisterBuildInfo(reg prometheus.Registerer, b BuildInfo) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gridseal_build_info",
+		Help: "Always 1: the version, commit and build date of the gridseal that runs, and the Go it was built with."},
+		[]string{"version", "commit", "date", "goversion"})
+	g.WithLabelValues(b.Version, b.Commit, b.Date, runtime.Version()).Set(1)
+	reg.MustRegister(g)
+}
+
+// StateCollector reports, at each scrape, the policy in force and each
+// device's reachability as the proxy sees it.
+type StateCollector struct {
+	policy    func() *policy.Policy
+	upstreams func() map[string]proxy.UpstreamState
+	policyDesc,
+	policyVersion,
+	deviceDesc *prometheus.Desc
+}
+
+// deviceStates are the values of gridseal_device_state's state label, as
+// proxy.UpstreamState names them.
+var deviceStates = []string{"up", "not answering", "down", "idle"}
+
+// NewStateCollector reports the policy pol returns and the devices'
+// states upstreams returns (either may be nil: not reported).
+func NewStateCollector(pol func() *policy.Policy, upstreams func() map[string]proxy.UpstreamState) *StateCollector {
+	return &StateCollector{policy: pol, upstreams: upstreams,
+		policyDesc: prometheus.NewDesc("gridseal_policy_info",
+			"Always 1: the id, version and digest of the signed policy in force (a reload changes them).",
+			[]string{"id", "version", "digest"}, nil),
+		policyVersion: prometheus.NewDesc("gridseal_policy_version", "The version of the policy in force.", nil, nil),
+		deviceDesc: prometheus.NewDesc("gridseal_device_state",
+			"1 for each device's reachability as the proxy sees it: up, not answering (the last request timed out), down (a dial failed or a connection dropped requests) or idle (not connected), 0 for the others.",
+			[]string{"device", "state"}, nil),
+	}
+}
+
+// Describe sends the descriptions of every figure.
+func (c *StateCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.policyDesc
+	ch <- c.policyVersion
+	ch <- c.deviceDesc
+}
+
+// Collect reads the policy in force and the proxy's device states.
+func (c *StateCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.policy != nil {
+		if p := c.policy(); p != nil {
+			ch <- prometheus.MustNewConstMetric(c.policyDesc, prometheus.GaugeValue, 1, p.ID, strconv.Itoa(p.Version), p.Digest)
+			ch <- prometheus.MustNewConstMetric(c.policyVersion, prometheus.GaugeValue, float64(p.Version))
+		}
+	}
+	if c.upstreams == nil {
+		return
+	}
+	for name, st := range c.upstreams() {
+		for _, s := range deviceStates {
+			v := 0.0
+			if st.State == s {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(c.deviceDesc, prometheus.GaugeValue, v, name, s)
+		}
+	}
 }

@@ -98,7 +98,7 @@ func (f *approvalsFixture) open(writer string) (*policy.Engine, *approvals.Store
 	ctx, cancel := context.WithCancel(context.Background())
 	f.t.Cleanup(cancel)
 	engine := policy.NewEngine(f.pol, zap.NewNop())
-	store, err := openApprovals(ctx, f.js, f.recorder(writer), nil, engine, writer, 1, zap.NewNop())
+	store, err := openApprovals(ctx, f.js, f.recorder(writer), engine, writer, 1, zap.NewNop())
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -53,6 +53,8 @@ type Options struct {
 	// ConsoleFallback serves the console on a free loopback port when its
 	// address is taken (the demo, on a busy laptop).
 	ConsoleFallback bool
+	// Build is what /metrics reports as gridseal_build_info.
+	Build console.BuildInfo
 }
 
 // Gateway is a running deployment. Its methods are safe to call from any
@@ -142,7 +144,13 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		return nil, err
 	}
 	g.engine = policy.NewEngine(pol, log.Named("policy"))
-	if err := g.startApprovals(ctx); err != nil {
+	metrics := console.NewMetrics(reg)
+	// Approval steps go to the chain, then to the EVE file and the metrics.
+	steps := audit.Tee{g.rec, metrics}
+	if g.eve != nil {
+		steps = audit.Tee{g.rec, g.eve, metrics}
+	}
+	if err := g.startApprovals(ctx, steps); err != nil {
 		return nil, err
 	}
 	if cfg.Checkpoint.Key != "" {
@@ -158,7 +166,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	g.rec.RegisterMetrics(reg)
-	metrics := console.NewMetrics(reg)
+	console.RegisterBuildInfo(reg, opts.Build)
 	// The chain first (its durable answer decides whether a write moves),
 	// then the EVE file, metrics, then the log line.
 	g.opsLog = audit.NewLogRecorder(opts.OpsLog.Named("ops"), audit.DefaultLogInterval)
@@ -350,18 +358,14 @@ func (g *Gateway) openEVE(pol *policy.Policy, reg prometheus.Registerer) error {
 }
 
 // startApprovals opens the approvals bucket, lets the engine allow writes
-// with approvals from it, records every approval step in the chain, and
-// publishes the policy in force for gridseal propose.
-func (g *Gateway) startApprovals(ctx context.Context) error {
+// with approvals from it, records every approval step with rec (the chain
+// first), and publishes the policy in force for gridseal propose.
+func (g *Gateway) startApprovals(ctx context.Context, rec audit.Recorder) error {
 	js, err := g.conn.JetStream()
 	if err != nil {
 		return err
 	}
-	var also audit.Recorder
-	if g.eve != nil {
-		also = g.eve
-	}
-	g.store, err = openApprovals(ctx, js, g.rec, also, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
+	g.store, err = openApprovals(ctx, js, rec, g.engine, g.cfg.Chain.Writer, g.cfg.Chain.Replicas, g.log.Named("approvals"))
 	if err != nil {
 		return err
 	}
@@ -373,10 +377,9 @@ func (g *Gateway) startApprovals(ctx context.Context) error {
 
 // openApprovals opens the approvals bucket, restores every use the chain
 // records that the use stream lacks (see approvaluses.go), records every
-// approval step it sees from then on in rec (and in also, if not nil: the
-// EVE file), and lets engine allow writes with its approvals, consumed in
-// writer's name.
-func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recorder, also audit.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
+// approval step it sees from then on in rec, and lets engine allow writes
+// with its approvals, consumed in writer's name.
+func openApprovals(ctx context.Context, js jetstream.JetStream, rec audit.Recorder, engine *policy.Engine, writer string, replicas int, log *zap.Logger) (*approvals.Store, error) {
 	store, err := approvals.OpenStore(ctx, js, replicas, log)
 	if err != nil {
 		return nil, err
@@ -386,18 +389,12 @@ func openApprovals(ctx context.Context, js jetstream.JetStream, rec *chain.Recor
 			if err := rec.Record(ctx, &ev, false); err != nil {
 				log.Error("approval step not recorded", zap.String("approval", after.ID.String()), zap.Error(err))
 			}
-			if also != nil {
-				_ = also.Record(ctx, &ev, false)
-			}
 		}
 	}
 	store.OnInvalid = func(key string, invalid error) {
 		ev := invalidApprovalEvent(engine.Policy(), key, invalid)
 		if err := rec.Record(ctx, &ev, false); err != nil {
 			log.Error("refused approval entry not recorded", zap.String("key", key), zap.Error(err))
-		}
-		if also != nil {
-			_ = also.Record(ctx, &ev, false)
 		}
 	}
 	restoreUses(ctx, js, store, log)
@@ -525,6 +522,7 @@ func (g *Gateway) startConsole(ctx context.Context, cs *consoleSetup, reg *prome
 		return nil
 	}
 	g.srv.RegisterMetrics(reg)
+	reg.MustRegister(console.NewStateCollector(g.engine.Policy, g.srv.Upstreams))
 	js, err := jetstream.New(g.conn.NC)
 	if err != nil {
 		return err

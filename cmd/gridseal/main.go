@@ -20,10 +20,6 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// version is set at build time: `make build` passes -ldflags "-X
-// main.version=…" with the nearest git tag and commit.
-var version = "dev"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	wd, _ := os.Getwd()
@@ -170,18 +166,6 @@ func unknownSubcommand(cmd *cobra.Command, args []string) error {
 		hint = fmt.Sprintf("; did you mean %q?", s[0])
 	}
 	return fmt.Errorf("%w: unknown command %q for %q%s", errUsage, args[0], cmd.CommandPath(), hint)
-}
-
-func versionCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
-		RunE: func(*cobra.Command, []string) error {
-			_, err := fmt.Fprintf(g.stdout, "gridseal %s\n", version)
-			return err
-		},
-	}
 }
 
 func nopLogger() *zap.Logger { return zap.NewNop() }

@@ -18,7 +18,7 @@ func (g *globals) natsOptions(name string) natsembed.ConnectOptions {
 
 // gatewayOptions are the global flags as a gateway's options.
 func (g *globals) gatewayOptions(log *zap.Logger) gateway.Options {
-	return gateway.Options{DataDir: g.dataDir, NATS: g.natsOptions(""), Log: log}
+	return gateway.Options{DataDir: g.dataDir, NATS: g.natsOptions(""), Log: log, Build: thisBuild()}
 }
 
 // jetStream connects as the NATS flags say (to the embedded server under
