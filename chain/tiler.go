@@ -89,6 +89,13 @@ func OpenTiler(dir string, log *zap.Logger) (*Tiler, error) {
 		return nil, fmt.Errorf("tiles: %w", err)
 	}
 	t.blocks = f
+	if _, err := t.tiles.state(); err != nil { // a new directory: readers see an empty tree
+		t.dirty = true
+		if err := t.flush(); err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+	}
 	return t, nil
 }
 
