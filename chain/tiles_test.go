@@ -335,3 +335,17 @@ func TestTilerRebuildsLostTiles(t *testing.T) {
 		t.Fatalf("rebuilt root %s, want %s (%v)", got, want, err)
 	}
 }
+
+// FuzzParseTilePath: a path from the network parses only if it is the one
+// spelling TilePath writes.
+func FuzzParseTilePath(f *testing.F) {
+	for _, s := range []string{"tile/0/x001/x234/067", "tile/1/000.p/5", "tile/entries/x001/234.p/255", "tile/0/0000"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, p string) {
+		tl, err := chain.ParseTilePath(p)
+		if err == nil && chain.TilePath(tl) != p {
+			t.Fatalf("%q parsed as %+v, written %q", p, tl, chain.TilePath(tl))
+		}
+	})
+}
