@@ -91,7 +91,7 @@ func OpenTiler(dir string, log *zap.Logger) (*Tiler, error) {
 	t.blocks = f
 	if _, err := t.tiles.state(); err != nil { // a new directory: readers see an empty tree
 		t.dirty = true
-		if err := t.flush(); err != nil {
+		if err := t.Flush(); err != nil {
 			_ = f.Close()
 			return nil, err
 		}
@@ -176,7 +176,7 @@ func (t *Tiler) reset() error {
 
 // Close writes what was appended and releases the blocks index.
 func (t *Tiler) Close() error {
-	err := t.flush()
+	err := t.Flush()
 	if t.blocks != nil {
 		err = errors.Join(err, t.blocks.Close())
 		t.blocks = nil
@@ -215,7 +215,7 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 	}
 	parent := ctx
 	defer func() {
-		if ferr := t.flush(); err == nil && parent.Err() == nil {
+		if ferr := t.Flush(); err == nil && parent.Err() == nil {
 			err = ferr
 		}
 		if errors.Is(err, ErrTilesMismatch) {
@@ -275,7 +275,7 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 			}
 			return err
 		case <-tick.C:
-			if err := t.flush(); err != nil {
+			if err := t.Flush(); err != nil {
 				return err
 			}
 		case m := <-msgs:
@@ -284,7 +284,7 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 				return err
 			}
 			if t.n-t.Size() >= tilerFlushLeaves {
-				if err := t.flush(); err != nil {
+				if err := t.Flush(); err != nil {
 					return err
 				}
 			}
@@ -295,7 +295,7 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 // Append tiles the stream message at seq (its events, if it is a block;
 // a message that is not a block has no leaves). Sequences must follow one
 // another; Run calls it, and benchmarks and tools that tile without a
-// stream. What it appends is on disk after the next flush (Close, or Run's
+// stream. What it appends is on disk after the next Flush (Close, or Run's
 // next tick).
 func (t *Tiler) Append(seq uint64, data []byte) error {
 	if seq != t.seq+1 {
@@ -402,9 +402,9 @@ func (t *Tiler) writePartial(tile tlog.Tile, data []byte, old int) error {
 	return nil
 }
 
-// flush writes the partial tiles that grew, then the state: from then on
-// readers see the tiles at the new size.
-func (t *Tiler) flush() error {
+// Flush writes the partial tiles that grew, then the state: from then on
+// readers see the tiles at the new size. Run flushes on its own.
+func (t *Tiler) Flush() error {
 	if !t.dirty {
 		return nil
 	}
