@@ -92,6 +92,8 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeProposal$$' -fuzztime $(FUZZTIME) ./approvals
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZTIME) ./chain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseBlock$$' -fuzztime $(FUZZTIME) ./chain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTlogProof$$' -fuzztime $(FUZZTIME) ./chain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseTilePath$$' -fuzztime $(FUZZTIME) ./chain
 
 clean:
 	rm -rf bin

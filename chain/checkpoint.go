@@ -457,9 +457,9 @@ func ProveEvent(ctx context.Context, js jetstream.JetStream, known note.Verifier
 
 // ProveInTree proves event index of the block at stream sequence seq is in
 // the checkpoint cp, from a tree built block by block from the stream
-// (AppendBlock): it checks the tree has the checkpoint's root, and checks
+// (Tree.AppendBlock, or tiles): it checks the tree has the checkpoint's root, and checks
 // the proof it returns.
-func ProveInTree(tree *Tree, cp *Checkpoint, seq uint64, index int) (*Inclusion, error) {
+func ProveInTree(tree ProofTree, cp *Checkpoint, seq uint64, index int) (*Inclusion, error) {
 	leaf, err := tree.LeafOf(seq, index)
 	if err != nil {
 		return nil, err

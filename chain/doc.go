@@ -17,6 +17,7 @@
 //
 // The Recorder writes (group commit, durable before a write moves, reads
 // spooled through NATS outages); VerifyStream checks a whole stream against
-// a trust file; the Checkpointer signs the tree; ProveEvent and
-// ProveConsistency answer a witness.
+// a trust file; the Checkpointer signs the tree; the Tiler keeps it as
+// C2SP tlog-tiles (Tiles reads them) and TlogProof is one event's offline
+// proof; ProveEvent and ProveConsistency answer a witness.
 package chain

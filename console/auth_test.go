@@ -90,7 +90,8 @@ func TestConsoleTokens(t *testing.T) {
 		}
 		return status(t, noRedirect, req)
 	}
-	for _, p := range []string{"/metrics", "/api/status", "/api/events", "/api/approvals", "/api/proof?seq=1&index=0", "/app.js", "/readyz"} {
+	for _, p := range []string{"/metrics", "/api/status", "/api/events", "/api/approvals", "/api/proof?seq=1&index=0", "/app.js", "/readyz",
+		"/log/checkpoint", "/log/tile/0/000", "/log/tile/entries/000.p/1"} {
 		if code := get(p, ""); code != http.StatusUnauthorized {
 			t.Errorf("%s without a token: %d, want 401", p, code)
 		}

@@ -19,14 +19,12 @@ import (
 // cannot keep up is dropped, never waited for: viewers must not slow the
 // proxy or each other.
 type hub struct {
-	log     *zap.Logger
-	treeDir string // where the proof tree's files go; "": in memory
+	log *zap.Logger
 
 	mu      sync.Mutex
 	recent  []item // the newest events
 	viewers map[chan []item]struct{}
 	status  ChainStatus
-	tree    *chain.Tree // every event followed so far, for inclusion proofs; nil if it broke
 }
 
 // item is one event, encoded once as an SSE message, with what viewers
@@ -83,27 +81,17 @@ func newHub(log *zap.Logger) *hub {
 // scan after a NATS error.
 func (h *hub) follow(ctx context.Context, js jetstream.JetStream, trust chain.Trust) {
 	pinned := len(trust.Writers) > 0
-	defer h.setTree(nil)
 	for ctx.Err() == nil {
 		v := chain.NewVerifier(trust)
-		tree := h.newTree()
 		h.mu.Lock()
 		h.status = ChainStatus{Writers: map[string]WriterStatus{}, Verified: true, TrustPinned: pinned}
 		h.recent = h.recent[:0]
 		h.mu.Unlock()
-		h.setTree(tree)
 		err := chain.Scan(ctx, js, 1, true, func(m *chain.Msg) error {
 			b, err := chain.ParseBlock(m.Data)
 			if err != nil {
 				h.problem(m.Seq, err.Error())
 				return nil
-			}
-			if tree != nil {
-				if err := tree.AppendBlock(m.Seq, b.Events); err != nil {
-					h.log.Error("proof tree stopped; proofs unavailable until the console restarts following", zap.Error(err))
-					h.setTree(nil)
-					tree = nil
-				}
 			}
 			if pinned {
 				var p *chain.Problem
@@ -137,37 +125,6 @@ func (h *hub) follow(ctx context.Context, js jetstream.JetStream, trust chain.Tr
 		case <-time.After(time.Second):
 		}
 	}
-}
-
-// newTree starts an empty proof tree: in files under treeDir, or in memory.
-func (h *hub) newTree() *chain.Tree {
-	if h.treeDir == "" {
-		return &chain.Tree{}
-	}
-	t, err := chain.TempTreeFiles(h.treeDir)
-	if err != nil {
-		h.log.Error("proof tree not kept; proofs unavailable", zap.Error(err))
-		return nil
-	}
-	return t
-}
-
-// setTree makes t the tree proofs are read from, closing the one before.
-func (h *hub) setTree(t *chain.Tree) {
-	h.mu.Lock()
-	old := h.tree
-	h.tree = t
-	h.mu.Unlock()
-	if old != nil && old != t {
-		_ = old.Close()
-	}
-}
-
-// proofTree is the tree proofs are read from; nil while there is none.
-func (h *hub) proofTree() *chain.Tree {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.tree
 }
 
 func (h *hub) problem(seq uint64, why string) {

@@ -55,8 +55,10 @@ type Config struct {
 	// Upstreams reports each device's reachability (proxy.Server's
 	// Upstreams); nil: not shown.
 	Upstreams func() map[string]proxy.UpstreamState
-	// TreeDir keeps the tree of every event for inclusion proofs (about
-	// 64 bytes an event, rebuilt at each start); "": in memory.
+	// TreeDir keeps the tree of every event as tlog-tiles, in
+	// TreeDir/tiles: extended as blocks land, continued after a restart,
+	// served under /log/ and read for inclusion proofs; "": in a temporary
+	// directory removed when Run ends.
 	TreeDir string
 	Log     *zap.Logger
 }
@@ -69,6 +71,7 @@ type Server struct {
 	handler http.Handler // mux, behind Auth if set
 
 	proving chan struct{} // one inclusion proof at a time: each reads the stream
+	tiles   logTiles
 
 	cpMu sync.Mutex
 	cpAt time.Time
@@ -78,7 +81,6 @@ type Server struct {
 // New returns a console; Run follows the chain.
 func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, hub: newHub(cfg.Log), mux: http.NewServeMux()}
-	s.hub.treeDir = cfg.TreeDir
 	static, _ := fs.Sub(assets, "assets")
 	s.mux.Handle("GET /", http.FileServerFS(static))
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{MaxRequestsInFlight: 8}))
@@ -89,6 +91,8 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /api/devices", s.devices)
 	s.mux.HandleFunc("GET /api/approvals", s.approvals)
 	s.mux.HandleFunc("GET /api/proof", s.proof)
+	s.mux.HandleFunc("GET /log/checkpoint", s.serveCheckpoint)
+	s.mux.HandleFunc("GET /log/tile/{path...}", s.serveTile)
 	s.proving = make(chan struct{}, 1)
 	s.handler = s.mux
 	if cfg.Auth != nil {
@@ -99,8 +103,16 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Run follows and verifies the chain until ctx ends.
-func (s *Server) Run(ctx context.Context) { s.hub.follow(ctx, s.cfg.JetStream, s.cfg.Trust) }
+// Run follows and verifies the chain, and keeps its tiles, until ctx ends.
+func (s *Server) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.runTiles(ctx)
+	}()
+	s.hub.follow(ctx, s.cfg.JetStream, s.cfg.Trust)
+	<-done
+}
 
 // Viewers returns the number of live event streams.
 func (s *Server) Viewers() int { return s.hub.viewerCount() }
@@ -473,22 +485,15 @@ func (s *Server) approvals(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, out)
 }
 
-// prove proves the event against the newest checkpoint from the tree the
-// hub keeps as it follows the chain: O(log n) reads, not a pass over the
-// stream.
+// prove proves the event against the newest checkpoint from the tiles the
+// console keeps as it follows the chain: O(log n) reads, not a pass over
+// the stream.
 func (s *Server) prove(ctx context.Context, seq uint64, index int) (*chain.Inclusion, error) {
-	tree := s.hub.proofTree()
-	if tree == nil {
-		return nil, errors.New("the console keeps no proof tree (see its log)")
-	}
-	cp, err := chain.LatestCheckpoint(ctx, s.cfg.JetStream, s.cfg.Trust.Checkpointers)
+	ts, err := s.tiles.reader()
 	if err != nil {
 		return nil, err
 	}
-	if cp == nil {
-		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, chain.ErrNotCheckpointed)
-	}
-	return chain.ProveInTree(tree, cp, seq, index)
+	return chain.ProveEventInTiles(ctx, s.cfg.JetStream, s.cfg.Trust.Checkpointers, ts, seq, index)
 }
 
 // ProofView is an event's inclusion proof as the console shows it.

@@ -27,7 +27,7 @@ import (
 
 func chainCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "chain", Short: "Verify, follow and export the tamper-evident record"}
-	cmd.AddCommand(chainVerifyCmd(g), chainTailCmd(g), chainExportCmd(g), chainProveCmd(g), chainTrustCmd(g), chainInitCmd(g))
+	cmd.AddCommand(chainVerifyCmd(g), chainTailCmd(g), chainExportCmd(g), chainProveCmd(g), chainVerifyProofCmd(g), chainTrustCmd(g), chainInitCmd(g))
 	return cmd
 }
 

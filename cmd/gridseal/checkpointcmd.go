@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -43,13 +46,19 @@ func keysCheckpointCmd(g *globals) *cobra.Command {
 func chainProveCmd(g *globals) *cobra.Command {
 	var seq uint64
 	var index int
-	var trustPath, fromCheckpoint string
+	var trustPath, fromCheckpoint, tilesDir, format, out string
 	var fromSize int64
 	var update bool
 	cmd := &cobra.Command{
-		Use:   "prove (--seq S --index I | --from-checkpoint FILE | --from-size N) [--trust FILE]",
+		Use:   "prove (--seq S --index I [--format text|tlog-proof] [--out FILE] | --from-checkpoint FILE | --from-size N) [--trust FILE] [--tiles DIR]",
 		Short: "Prove an event is in the newest signed checkpoint, or that the newest extends an older one (RFC 6962)",
-		Args:  cobra.NoArgs,
+		Long: `Prove an event is in the newest signed checkpoint (--seq, --index), or that the newest
+checkpoint extends an older one (--from-checkpoint, --from-size). The proof is read from the
+tiles the console keeps (DATA-DIR/console/tiles, or --tiles DIR): O(log n) reads at any chain
+size; without tiles, from the stream, read from its start. --format tlog-proof writes a
+c2sp.org/tlog-proof file (the event, its inclusion proof, the checkpoint with every
+signature) that "gridseal chain verify-proof" checks offline.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			consistency := fromCheckpoint != "" || fromSize != 0
 			if update && fromCheckpoint == "" {
@@ -61,6 +70,12 @@ func chainProveCmd(g *globals) *cobra.Command {
 			if !consistency && (seq == 0 || index < 0) {
 				return fmt.Errorf("%w: --seq (stream sequence of the block) and --index (event in the block) are required", errUsage)
 			}
+			if format != "text" && format != "tlog-proof" {
+				return fmt.Errorf("%w: --format %q: want text or tlog-proof", errUsage, format)
+			}
+			if consistency && (format != "text" || out != "") {
+				return fmt.Errorf("%w: --format and --out go with --seq/--index", errUsage)
+			}
 			if trustPath == "" {
 				trustPath = g.defaultTrust()
 			}
@@ -71,25 +86,42 @@ func chainProveCmd(g *globals) *cobra.Command {
 			if trust.Checkpointers == nil {
 				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
 			}
+			ts, err := g.openTiles(tilesDir)
+			if err != nil {
+				return err
+			}
 			conn, js, err := g.jetStream(cmd.Context(), "chain prove")
 			if err != nil {
 				return err
 			}
 			defer conn.Close()
 			if consistency {
-				return g.proveConsistency(cmd.Context(), js, trust.Checkpointers, fromCheckpoint, fromSize, update)
+				return g.proveConsistency(cmd.Context(), js, trust.Checkpointers, ts, fromCheckpoint, fromSize, update)
 			}
-			inc, err := chain.ProveEvent(cmd.Context(), js, trust.Checkpointers, seq, index)
+			var inc *chain.Inclusion
+			if ts != nil {
+				inc, err = chain.ProveEventInTiles(cmd.Context(), js, trust.Checkpointers, ts, seq, index)
+			} else {
+				inc, err = chain.ProveEvent(cmd.Context(), js, trust.Checkpointers, seq, index)
+			}
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stdout, "event %d of block %d is leaf %d of the signed tree of %d events\nleaf hash %s\nproof (%d hashes):\n",
+			if format == "tlog-proof" {
+				event, err := provedEvent(cmd.Context(), js, ts, inc, seq, index)
+				if err != nil {
+					return err
+				}
+				return g.writeOut(out, chain.NewTlogProof(inc, event).Marshal())
+			}
+			var b strings.Builder
+			fmt.Fprintf(&b, "event %d of block %d is leaf %d of the signed tree of %d events\nleaf hash %s\nproof (%d hashes):\n",
 				index, seq, inc.Leaf, inc.Checkpoint.Size, inc.LeafHash, len(inc.Proof))
 			for _, h := range inc.Proof {
-				fmt.Fprintf(g.stdout, "  %s\n", h)
+				fmt.Fprintf(&b, "  %s\n", h)
 			}
-			fmt.Fprintf(g.stdout, "checkpoint:\n%s", inc.Checkpoint.Note)
-			return nil
+			fmt.Fprintf(&b, "checkpoint:\n%s", inc.Checkpoint.Note)
+			return g.writeOut(out, []byte(b.String()))
 		},
 	}
 	cmd.Flags().Uint64Var(&seq, "seq", 0, "stream sequence of the block (chain tail --json shows it)")
@@ -98,13 +130,124 @@ func chainProveCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&fromCheckpoint, "from-checkpoint", "", "a signed checkpoint you kept: prove the newest extends it")
 	cmd.Flags().Int64Var(&fromSize, "from-size", 0, "prove the newest checkpoint extends the stream's first N events")
 	cmd.Flags().BoolVar(&update, "update", false, "with --from-checkpoint: keep the newest checkpoint in FILE once proved (a witness's cron job)")
+	cmd.Flags().StringVar(&tilesDir, "tiles", "", "the chain's tiles (default DATA-DIR/console/tiles, if there; none: read the stream)")
+	cmd.Flags().StringVar(&format, "format", "text", "text, or tlog-proof (c2sp.org/tlog-proof, for chain verify-proof)")
+	cmd.Flags().StringVar(&out, "out", "", "write the proof to FILE (default standard output)")
+	return cmd
+}
+
+// openTiles opens the tiles in dir, or in DATA-DIR/console/tiles if dir is
+// empty and a console keeps them there; nil if there are none to read.
+func (g *globals) openTiles(dir string) (*chain.Tiles, error) {
+	if dir != "" {
+		return chain.OpenTiles(dir)
+	}
+	ts, err := chain.OpenTiles(filepath.Join(g.dataDir, "console", "tiles"))
+	if err != nil {
+		return nil, nil //nolint:nilerr // no tiles here: the stream is read instead
+	}
+	return ts, nil
+}
+
+// provedEvent returns the event inc proves, as recorded: from the tiles'
+// entry bundle, or the block at seq; it must hash to the proved leaf.
+func provedEvent(ctx context.Context, js jetstream.JetStream, ts *chain.Tiles, inc *chain.Inclusion, seq uint64, index int) ([]byte, error) {
+	var event []byte
+	if ts != nil {
+		var err error
+		if event, err = ts.Entry(inc.Leaf); err != nil {
+			return nil, err
+		}
+	} else {
+		s, err := js.Stream(ctx, chain.StreamName)
+		if err != nil {
+			return nil, err
+		}
+		m, err := s.GetMsg(ctx, seq)
+		if err != nil {
+			return nil, fmt.Errorf("read chain sequence %d: %w", seq, err)
+		}
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil || index >= len(b.Events) {
+			return nil, fmt.Errorf("sequence %d holds no event %d", seq, index)
+		}
+		event = b.Events[index]
+	}
+	if chain.LeafHash(event) != inc.LeafHash {
+		return nil, fmt.Errorf("%w: event %d of block %d does not hash to the proved leaf", chain.ErrCheckpointMismatch, index, seq)
+	}
+	return event, nil
+}
+
+// writeOut writes b to path, or to standard output if path is empty.
+func (g *globals) writeOut(path string, b []byte) error {
+	if path == "" {
+		_, err := g.stdout.Write(b)
+		return err
+	}
+	return atomicfile.Write(path, b, 0o644)
+}
+
+func chainVerifyProofCmd(g *globals) *cobra.Command {
+	var trustPath string
+	cmd := &cobra.Command{
+		Use:   "verify-proof FILE [--trust FILE]",
+		Short: "Check a c2sp.org/tlog-proof file offline: the event it holds is in a checkpoint signed by a trusted key",
+		Long: `Check a c2sp.org/tlog-proof file (chain prove --format tlog-proof) with the trust file's
+checkpointer keys alone, no NATS: the checkpoint's signature, and that the event the file holds
+is the proved leaf of the checkpoint's tree. Prints the event: the command, its verdict, the
+rule and approval that allowed it and who approved it, the policy digest it was decided under.
+Exit 1 if anything does not check.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(_ *cobra.Command, args []string) error {
+			if trustPath == "" {
+				trustPath = g.defaultTrust()
+			}
+			trust, err := chain.LoadTrust(trustPath, "")
+			if err != nil {
+				return err
+			}
+			if trust.Checkpointers == nil {
+				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
+			}
+			data, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			p, err := chain.ParseTlogProof(data)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			cp, err := p.Verify(trust.Checkpointers)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			ev, err := chain.DecodeEvent(p.Extra)
+			if err != nil {
+				return fmt.Errorf("%s: the proved entry is no gridseal event: %w", args[0], err)
+			}
+			w := g.stdout
+			fmt.Fprintf(w, "proof OK: leaf %d of the tree of %d events signed by %s\n", p.Index, cp.Size, strings.Join(cp.Signers, ", "))
+			fmt.Fprintf(w, "time      %s\n", ev.Time.Format(time.RFC3339Nano))
+			fmt.Fprintf(w, "command   %s unit %d function %d address %d quantity %d pdu %x\n", ev.Device, ev.Unit, ev.Function, ev.Address, ev.Quantity, ev.PDU)
+			fmt.Fprintf(w, "client    %s (role %q) via %s\n", ev.Client, ev.Role, ev.Listener)
+			fmt.Fprintf(w, "verdict   %s (phase %s), exception %d\n", ev.Verdict, ev.Phase, ev.Exception)
+			fmt.Fprintf(w, "rule      %s\nreason    %s\n", ev.Rule, ev.Reason)
+			fmt.Fprintf(w, "approval  %s\npolicy    %s\n", ev.Approval, ev.Policy)
+			if ev.BreakGlass {
+				fmt.Fprintln(w, "BREAK-GLASS: allowed by fewer approvers than the rule normally needs")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with checkpointer keys (default DATA-DIR/trust.yaml)")
 	return cmd
 }
 
 // proveConsistency prints the proof that the newest checkpoint extends an
 // older tree: one the caller kept as a signed note (its signature and root
 // are checked too), or the stream's first size events.
-func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, oldPath string, size int64, update bool) error {
+func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *chain.Tiles, oldPath string, size int64, update bool) error {
 	var old *chain.Checkpoint
 	if oldPath != "" {
 		b, err := os.ReadFile(oldPath)
@@ -116,7 +259,13 @@ func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, 
 		}
 		size = old.Size
 	}
-	c, err := chain.ProveConsistency(ctx, js, known, size)
+	var c *chain.Consistency
+	var err error
+	if ts != nil {
+		c, err = chain.ProveConsistencyInTiles(ctx, js, known, ts, size)
+	} else {
+		c, err = chain.ProveConsistency(ctx, js, known, size)
+	}
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,422 @@
+package chain
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/sumdb/note"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// Tiles: the tree of every event (see Checkpoint) kept as C2SP tlog-tiles
+// (c2sp.org/tlog-tiles) in a directory, laid out as the paths are served:
+//
+//	tile/<L>/<N>            a full tile: 256 hashes of level 8·L
+//	tile/<L>/<N>.p/<W>      the newest partial tile, W < 256 hashes
+//	tile/entries/<N>[.p/<W>] entry bundles: each event as recorded, u16 length ‖ bytes
+//	blocks                  16-byte records: a block's stream sequence, its first leaf
+//	state                   JSON: the tiled size, root, and the last message tiled
+//
+// A Tiler writes them; Tiles reads them, also from another process.
+
+// TileHeight is the height of a tile: 256 hashes, or entries, a full tile.
+const TileHeight = 8
+
+const tileWidth = 1 << TileHeight
+
+// maxEntry is the largest event an entry bundle can hold (its u16 length).
+const maxEntry = 0xFFFF
+
+// ErrTilesMismatch says the stream no longer holds what was tiled from it:
+// the stream was rewritten, or recreated. The tiles are not served.
+var ErrTilesMismatch = fmt.Errorf("%w: the tiles were made from other messages", ErrCheckpointMismatch)
+
+// ErrNoTile says the tiles have no such tile (yet).
+var ErrNoTile = errors.New("no such tile")
+
+// TilePath is the tlog-tiles path of t: tile/<L>/<N>[.p/<W>], or for L = -1
+// the entry bundle tile/entries/<N>[.p/<W>]. N is written in 3-digit
+// groups, all but the last prefixed with x (tile/0/x001/234).
+func TilePath(t tlog.Tile) string {
+	p := tlog.Tile{H: TileHeight, L: t.L, N: t.N, W: t.W}.Path() // tile/8/<L or data>/...
+	if t.L == -1 {
+		return "tile/entries/" + strings.TrimPrefix(p, "tile/8/data/")
+	}
+	return "tile/" + strings.TrimPrefix(p, "tile/8/")
+}
+
+// ParseTilePath parses a path TilePath writes, and only such a path (no
+// leading zeros, no other spelling of the same tile).
+func ParseTilePath(p string) (tlog.Tile, error) {
+	var q string
+	switch {
+	case strings.HasPrefix(p, "tile/entries/"):
+		q = "tile/8/data/" + strings.TrimPrefix(p, "tile/entries/")
+	case strings.HasPrefix(p, "tile/"):
+		q = "tile/8/" + strings.TrimPrefix(p, "tile/")
+	default:
+		return tlog.Tile{}, fmt.Errorf("tile path %q: want tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]", p)
+	}
+	t, err := tlog.ParseTilePath(q)
+	if err != nil || t.L > 63 || TilePath(t) != p {
+		return tlog.Tile{}, fmt.Errorf("tile path %q: want tile/<L>/<N>[.p/<W>] or tile/entries/<N>[.p/<W>]", p)
+	}
+	return t, nil
+}
+
+// tilesState is what the state file holds: how far the tiles reach.
+type tilesState struct {
+	Format string `json:"format"` // tilesFormat
+	Origin string `json:"origin"`
+	Size   int64  `json:"size"`   // leaves tiled
+	Root   string `json:"root"`   // hex tree hash at Size
+	Seq    uint64 `json:"seq"`    // stream sequence of the last message tiled; 0: none
+	Msg    string `json:"msg"`    // hex SHA-256 of that message's data
+	Blocks int64  `json:"blocks"` // records of the blocks index that count
+}
+
+const tilesFormat = "gridseal-tiles-v1"
+
+// Tiles reads the tiles in a directory, as a Tiler left them. It is safe
+// for concurrent use, and while a Tiler (in this process or another)
+// extends them: every file it reads was written whole and renamed.
+type Tiles struct {
+	dir string
+}
+
+// OpenTiles reads the tiles in dir; it fails if dir holds none.
+func OpenTiles(dir string) (*Tiles, error) {
+	ts := &Tiles{dir: dir}
+	if _, err := ts.state(); err != nil {
+		return nil, err
+	}
+	return ts, nil
+}
+
+// Dir is the directory the tiles are kept in.
+func (ts *Tiles) Dir() string { return ts.dir }
+
+func (ts *Tiles) state() (tilesState, error) {
+	var st tilesState
+	b, err := os.ReadFile(filepath.Join(ts.dir, "state"))
+	if err != nil {
+		return st, fmt.Errorf("tiles in %s: %w", ts.dir, err)
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.Format != tilesFormat || st.Origin != CheckpointOrigin || st.Size < 0 {
+		return st, fmt.Errorf("tiles in %s: %w: state file is not %s of %s", ts.dir, ErrFormat, tilesFormat, CheckpointOrigin)
+	}
+	return st, nil
+}
+
+// Size is the number of leaves tiled, 0 if the state cannot be read (the
+// other methods then say why).
+func (ts *Tiles) Size() int64 {
+	st, err := ts.state()
+	if err != nil {
+		return 0
+	}
+	return st.Size
+}
+
+// ReadTile returns the data of tile t, exactly t.W hashes (or entries)
+// wide: the full tile's or the newest partial's prefix, as tlog-tiles
+// allows (a tile's first W hashes never change). It returns an error
+// matching ErrNoTile if the tiles do not reach that far.
+func (ts *Tiles) ReadTile(t tlog.Tile) ([]byte, error) {
+	if t.W < 1 || t.W > tileWidth || t.N < 0 || t.L < -1 || t.L > 63 {
+		return nil, fmt.Errorf("%w: tile %+v", ErrNoTile, t)
+	}
+	full := filepath.Join(ts.dir, filepath.FromSlash(TilePath(tlog.Tile{L: t.L, N: t.N, W: tileWidth})))
+	// A partial may be replaced by a wider one, or by the full tile,
+	// between listing and reading it: look again, a few times.
+	for range 4 {
+		data, err := os.ReadFile(full)
+		if err == nil {
+			return tilePrefix(t, data)
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
+		}
+		ents, err := os.ReadDir(full + ".p")
+		if errors.Is(err, fs.ErrNotExist) {
+			if _, serr := os.Stat(full); serr == nil {
+				continue // completed meanwhile
+			}
+			return nil, fmt.Errorf("%w: %s", ErrNoTile, TilePath(t))
+		}
+		if err != nil {
+			return nil, err
+		}
+		best := 0
+		for _, e := range ents {
+			if w, err := strconv.Atoi(e.Name()); err == nil && w > best && w < tileWidth {
+				best = w
+			}
+		}
+		if best < t.W {
+			return nil, fmt.Errorf("%w: %s", ErrNoTile, TilePath(t))
+		}
+		data, err = os.ReadFile(filepath.Join(full+".p", strconv.Itoa(best)))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return tilePrefix(tlog.Tile{L: t.L, N: t.N, W: t.W}, data)
+	}
+	return nil, fmt.Errorf("tile %s: it kept changing while read", TilePath(t))
+}
+
+// tilePrefix returns the first t.W hashes or entries of data.
+func tilePrefix(t tlog.Tile, data []byte) ([]byte, error) {
+	if t.L >= 0 {
+		if len(data) < 32*t.W || len(data)%32 != 0 {
+			return nil, fmt.Errorf("%w: tile %s holds %d bytes", ErrFormat, TilePath(t), len(data))
+		}
+		return data[:32*t.W], nil
+	}
+	off := 0
+	for range t.W {
+		if off+2 > len(data) {
+			return nil, fmt.Errorf("%w: entry bundle %s is short", ErrFormat, TilePath(t))
+		}
+		off += 2 + int(binary.BigEndian.Uint16(data[off:]))
+		if off > len(data) {
+			return nil, fmt.Errorf("%w: entry bundle %s is short", ErrFormat, TilePath(t))
+		}
+	}
+	return data[:off], nil
+}
+
+// Entries splits an entry bundle into its entries (they alias data).
+func Entries(data []byte) ([][]byte, error) {
+	var out [][]byte
+	for len(data) > 0 {
+		if len(data) < 2 {
+			return nil, fmt.Errorf("%w: entry bundle: %d trailing bytes", ErrFormat, len(data))
+		}
+		n := int(binary.BigEndian.Uint16(data))
+		if 2+n > len(data) {
+			return nil, fmt.Errorf("%w: entry bundle: entry of %d bytes past the end", ErrFormat, n)
+		}
+		out = append(out, data[2:2+n])
+		data = data[2+n:]
+	}
+	return out, nil
+}
+
+// ReadHashes implements tlog.HashReader from the tiles, unverified: a
+// caller checks the root it computes against a signed checkpoint.
+func (ts *Tiles) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(idx))
+	cache := map[tlog.Tile][]byte{}
+	for i, x := range idx {
+		t := tlog.TileForIndex(TileHeight, x)
+		data, ok := cache[t]
+		if !ok {
+			var err error
+			if data, err = ts.ReadTile(t); err != nil {
+				return nil, fmt.Errorf("hash %d: %w", x, err)
+			}
+			cache[t] = data
+		}
+		h, err := tlog.HashFromTile(t, data, x)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = h
+	}
+	return out, nil
+}
+
+// Root is the tree hash at size n (n at most Size).
+func (ts *Tiles) Root(n int64) (Hash, error) {
+	h, err := tlog.TreeHash(n, ts)
+	return Hash(h), err
+}
+
+// LeafHash returns the hash of leaf i.
+func (ts *Tiles) LeafHash(i int64) (Hash, error) {
+	hs, err := ts.ReadHashes([]int64{tlog.StoredHashIndex(0, i)})
+	if err != nil {
+		return Hash{}, err
+	}
+	return Hash(hs[0]), nil
+}
+
+// Entry returns leaf i's event as recorded, from its entry bundle.
+func (ts *Tiles) Entry(i int64) ([]byte, error) {
+	t := tlog.Tile{L: -1, N: i / tileWidth, W: int(i%tileWidth) + 1}
+	data, err := ts.ReadTile(t)
+	if err != nil {
+		return nil, err
+	}
+	es, err := Entries(data)
+	if err != nil {
+		return nil, err
+	}
+	return es[len(es)-1], nil
+}
+
+// ProveInclusion proves leaf i is in the tree of size n.
+func (ts *Tiles) ProveInclusion(i, n int64) (tlog.RecordProof, error) {
+	return tlog.ProveRecord(n, i, ts)
+}
+
+// ProveTree proves the tree of size n extends the tree of size old.
+func (ts *Tiles) ProveTree(n, old int64) (tlog.TreeProof, error) {
+	return tlog.ProveTree(n, old, ts)
+}
+
+// LeafOf returns the leaf index of event index of the block at stream
+// sequence seq, or -1 if the tiles hold no such event: a binary search of
+// the blocks index, O(log n) reads.
+func (ts *Tiles) LeafOf(seq uint64, index int) (int64, error) {
+	st, err := ts.state()
+	if err != nil {
+		return -1, err
+	}
+	if index < 0 || st.Blocks == 0 {
+		return -1, nil
+	}
+	f, err := os.Open(filepath.Join(ts.dir, "blocks"))
+	if err != nil {
+		return -1, fmt.Errorf("tiles blocks index: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	read := func(i int64) (uint64, int64, error) {
+		var rec [16]byte
+		if _, err := f.ReadAt(rec[:], 16*i); err != nil {
+			return 0, 0, fmt.Errorf("tiles blocks index record %d: %w", i, err)
+		}
+		return binary.BigEndian.Uint64(rec[:8]), int64(binary.BigEndian.Uint64(rec[8:])), nil
+	}
+	var rerr error
+	i := int64(sort.Search(int(st.Blocks), func(i int) bool {
+		s, _, err := read(int64(i))
+		if err != nil {
+			rerr = err
+			return true
+		}
+		return s >= seq
+	}))
+	if rerr != nil {
+		return -1, rerr
+	}
+	if i >= st.Blocks {
+		return -1, nil
+	}
+	s, first, err := read(i)
+	if err != nil || s != seq {
+		return -1, err
+	}
+	end := st.Size
+	if i+1 < st.Blocks {
+		if _, end, err = read(i + 1); err != nil {
+			return -1, err
+		}
+	}
+	if first+int64(index) >= end {
+		return -1, nil
+	}
+	return first + int64(index), nil
+}
+
+// rootHex parses a state file's hex root.
+func rootHex(s string) (Hash, error) {
+	var h Hash
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(h) {
+		return h, fmt.Errorf("%w: root %q", ErrFormat, s)
+	}
+	copy(h[:], b)
+	return h, nil
+}
+
+// ProofTree is a tree of every event that proofs are read from: a Tree
+// built from the stream, or Tiles.
+type ProofTree interface {
+	tlog.HashReader
+	Size() int64
+	LeafOf(seq uint64, index int) (int64, error)
+	Root(n int64) (Hash, error)
+	LeafHash(i int64) (Hash, error)
+	ProveInclusion(i, n int64) (tlog.RecordProof, error)
+}
+
+// ProveEventInTiles is ProveEvent from tiles: the newest checkpoint signed
+// by a known key, and O(log n) reads of the tiles, not of the stream. The
+// tiles must reach the checkpoint (ErrNotCheckpointed otherwise) and have
+// its root (ErrCheckpointMismatch otherwise).
+func ProveEventInTiles(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *Tiles, seq uint64, index int) (*Inclusion, error) {
+	cp, err := LatestCheckpoint(ctx, js, known)
+	if err != nil {
+		return nil, err
+	}
+	if cp == nil {
+		return nil, fmt.Errorf("event %d of the block at sequence %d is %w: there is none yet", index, seq, ErrNotCheckpointed)
+	}
+	return ProveInTree(ts, cp, seq, index)
+}
+
+// ProveConsistencyInTiles is ProveConsistency from tiles: it proves the
+// newest checkpoint signed by a known key extends the first oldSize
+// events, and checks the proof.
+func ProveConsistencyInTiles(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *Tiles, oldSize int64) (*Consistency, error) {
+	cp, err := LatestCheckpoint(ctx, js, known)
+	if err != nil {
+		return nil, err
+	}
+	if cp == nil {
+		return nil, errors.New("no signed checkpoint yet")
+	}
+	return ConsistencyInTree(ts, cp, oldSize)
+}
+
+// ConsistencyInTree proves the checkpoint cp extends the tree's first
+// oldSize events: it checks the tree has cp's root, and checks the proof.
+func ConsistencyInTree(tree ProofTree, cp *Checkpoint, oldSize int64) (*Consistency, error) {
+	if oldSize > cp.Size {
+		return nil, fmt.Errorf("%w: a checkpoint of %d events was signed, the newest now covers %d: the chain was rolled back, or the checkpointer lags",
+			ErrCheckpointMismatch, oldSize, cp.Size)
+	}
+	if oldSize < 1 {
+		return nil, fmt.Errorf("old size %d: want 1..%d (the newest checkpoint's size)", oldSize, cp.Size)
+	}
+	if tree.Size() < cp.Size {
+		return nil, fmt.Errorf("%w: the tree has %d of the checkpoint's %d events", ErrNotCheckpointed, tree.Size(), cp.Size)
+	}
+	if root, err := tree.Root(cp.Size); err != nil {
+		return nil, err
+	} else if root != cp.Root {
+		return nil, fmt.Errorf("%w: the root of the first %d events differs", ErrCheckpointMismatch, cp.Size)
+	}
+	oldRoot, err := tree.Root(oldSize)
+	if err != nil {
+		return nil, err
+	}
+	proof, err := tlog.ProveTree(cp.Size, oldSize, tree)
+	if err != nil {
+		return nil, err
+	}
+	if err := tlog.CheckTree(proof, cp.Size, tlog.Hash(cp.Root), oldSize, tlog.Hash(oldRoot)); err != nil {
+		return nil, fmt.Errorf("%w: consistency proof does not check: %v", ErrCheckpointMismatch, err)
+	}
+	c := &Consistency{OldSize: oldSize, OldRoot: oldRoot, New: cp, Proof: make([]Hash, len(proof))}
+	for i, h := range proof {
+		c.Proof[i] = Hash(h)
+	}
+	return c, nil
+}
