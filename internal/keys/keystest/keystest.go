@@ -6,9 +6,57 @@ import (
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
+	"github.com/tink-crypto/tink-go/v2/signature"
 
 	"github.com/gridseal/gridseal/internal/keys"
 )
+
+// Person is someone who signs as policies name them (an approver, a policy
+// admin) with a real Tink keyset; Key holds its current handle.
+type Person struct {
+	Name string
+	Key
+}
+
+// NewPerson gives name a fresh Ed25519 keyset.
+func NewPerson(t testing.TB, name string) *Person {
+	t.Helper()
+	return &Person{Name: name, Key: New(t)}
+}
+
+// SecondKey adds a key to p's keyset, makes it the primary one (so
+// PublicJSON lists both) and returns a signer that signs with it.
+func (p *Person) SecondKey(t testing.TB) *keys.Signer {
+	t.Helper()
+	m := keyset.NewManagerFromHandle(p.Handle)
+	id, err := m.Add(signature.ED25519KeyTemplate())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetPrimary(id); err != nil {
+		t.Fatal(err)
+	}
+	h, err := m.Handle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Handle = h
+	s, err := keys.SignerFromHandle(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// PublicJSON is the public half of p's keyset, as a policy lists it.
+func (p *Person) PublicJSON(t testing.TB) []byte {
+	t.Helper()
+	pub, err := keys.PublicJSON(p.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
 
 // Key is a fresh Ed25519 keyset: its private handle, a signer with its
 // primary key and a verifier of its public half.

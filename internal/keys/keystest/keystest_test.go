@@ -1,8 +1,11 @@
 package keystest_test
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 )
 
@@ -20,5 +23,33 @@ func TestNewSignsWhatItsVerifierAccepts(t *testing.T) {
 	}
 	if keystest.Signer(t).KeyID == k.Signer.KeyID {
 		t.Fatal("two keys with one id")
+	}
+}
+
+// TestPersonSecondKey: after SecondKey the person's public keyset lists
+// both keys, so what either signs verifies against it.
+func TestPersonSecondKey(t *testing.T) {
+	p := keystest.NewPerson(t, "alice")
+	first := p.Signer
+	second := p.SecondKey(t)
+	if second.KeyID == first.KeyID {
+		t.Fatal("the second key has the first one's id")
+	}
+	path := filepath.Join(t.TempDir(), "alice.public.json")
+	if err := os.WriteFile(path, p.PublicJSON(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	v, err := keys.LoadVerifier(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*keys.Signer{first, second} {
+		sig, err := s.Sign([]byte("op 7"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Verify(sig, []byte("op 7")); err != nil {
+			t.Fatalf("key %d: %v", s.KeyID, err)
+		}
 	}
 }
