@@ -8,12 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
-	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // genuineChain builds six blocks of ten events for writer gw-1, in memory,
@@ -186,52 +184,31 @@ func (f forgedKeyID) PrimaryKeyID() uint32 { return f.id }
 // the genuine blocks minus the newest: verification through NATS catches it
 // against the head the writer kept locally.
 func TestDeletedAndRebuiltStream(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	heads := t.TempDir()
-	r := openRecorder(t, nc, "gw-1", signer, heads)
-	for i := uint64(0); i < 5; i++ {
-		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
-	genuine := readAll(t, nc)
+	e := newChain(t)
+	heads := e.recordClosed(t, 5, 1)
+	genuine := readAll(t, e.nc)
 	if len(genuine) < 2 {
 		t.Fatalf("only %d blocks", len(genuine))
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := t.Context()
-	if err := js.DeleteStream(ctx, chain.StreamName); err != nil {
+	if err := e.js.DeleteStream(ctx, chain.StreamName); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, chain.StreamConfig(1)); err != nil {
+	if _, err := e.js.CreateStream(ctx, chain.StreamConfig(1)); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range genuine[:len(genuine)-1] {
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Data: m.Data}); err != nil {
+		if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Data: m.Data}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{}}
-	h, ok, _ := chain.LoadHead(heads, "gw-1")
-	if !ok {
-		t.Fatal("no local head")
-	}
-	trust.Heads["gw-1"] = h
-	_, err = verify(trust, readAll(t, nc))
+	_, err := verify(e.trustHead(t, heads), readAll(t, e.nc))
 	var p *chain.Problem
 	if !errors.As(err, &p) || !strings.Contains(p.Reason, "truncated") {
 		t.Fatalf("rebuilt stream: %v, want truncation against the local head", err)
 	}
 	// The writer itself refuses to continue on the rebuilt stream.
-	_, err = chain.Open(context.Background(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1}, nopLog())
+	_, err = chain.Open(context.Background(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrTruncated) {
 		t.Fatalf("recorder on a truncated stream: %v, want ErrTruncated", err)
 	}
@@ -240,26 +217,17 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 // A block injected on a writer's subject by someone without its key: the
 // writer refuses to build on it.
 func TestWriterRefusesAForeignHead(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
-	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
+	e := newChain(t)
+	e.recordClosed(t, 1, 1)
 	attacker, _ := newKey(t)
 	msg, _, err := chain.EncodeBlock("gw-1", attacker, 1_000_000, chain.Hash{}, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(nc)
-	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
+	if _, err := e.js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, LeaseTTL: -1}, nopLog())
+	_, err = chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrForeignHead) {
 		t.Fatalf("recorder on a forged head: %v, want ErrForeignHead", err)
 	}

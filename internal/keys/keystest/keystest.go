@@ -1,12 +1,15 @@
-// Package keystest makes Tink keys for tests: a fresh in-memory Ed25519
-// keyset with its signer and verifier, in one call.
+// Package keystest makes keys for tests, in one call: a fresh in-memory
+// Ed25519 Tink keyset with its signer and verifier, a person who signs
+// with one, and a checkpointer's signed-note key pair.
 package keystest
 
 import (
+	"crypto/rand"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
 	"github.com/tink-crypto/tink-go/v2/signature"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/internal/keys"
 )
@@ -88,4 +91,34 @@ func New(t testing.TB) Key {
 func Signer(t testing.TB) *keys.Signer {
 	t.Helper()
 	return New(t).Signer
+}
+
+// Checkpointer is a fresh signed-note key pair, as a checkpointer signs
+// the chain's tree with.
+type Checkpointer struct {
+	Signer   note.Signer
+	Verifier note.Verifier
+	// VerifierKey is the encoded verifier key, as a trust file lists it.
+	VerifierKey string
+}
+
+// Verifiers is the list of checkpointer keys a chain trust holds: this one.
+func (c Checkpointer) Verifiers() note.Verifiers { return note.VerifierList(c.Verifier) }
+
+// NewCheckpointer makes a fresh key pair named name.
+func NewCheckpointer(t testing.TB, name string) Checkpointer {
+	t.Helper()
+	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := note.NewVerifier(vkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Checkpointer{Signer: s, Verifier: v, VerifierKey: vkey}
 }

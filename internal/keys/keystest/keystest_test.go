@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 )
@@ -51,5 +53,28 @@ func TestPersonSecondKey(t *testing.T) {
 		if err := v.Verify(sig, []byte("op 7")); err != nil {
 			t.Fatalf("key %d: %v", s.KeyID, err)
 		}
+	}
+}
+
+// TestCheckpointerSignsWhatItsVerifiersAccept: a note signed with the
+// checkpointer's key opens with its verifiers, and with the verifier
+// parsed from VerifierKey.
+func TestCheckpointerSignsWhatItsVerifiersAccept(t *testing.T) {
+	c := keystest.NewCheckpointer(t, "checkpointer-1")
+	msg, err := note.Sign(&note.Note{Text: "gridseal tree\n40\n"}, c.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsed, err := note.NewVerifier(c.VerifierKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, vs := range map[string]note.Verifiers{"Verifiers": c.Verifiers(), "VerifierKey": note.VerifierList(parsed)} {
+		if _, err := note.Open(msg, vs); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	if other := keystest.NewCheckpointer(t, "checkpointer-1"); other.VerifierKey == c.VerifierKey {
+		t.Fatal("two checkpointers with one key")
 	}
 }
