@@ -9,7 +9,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/audit"
@@ -62,7 +61,7 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	known, js := cpk.Verifiers(), e.js
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	cpr := &chain.Checkpointer{Signer: cpk.Signer, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: cpk.Signer, Every: 50 * time.Millisecond, Log: nopLog()}
 	go func() { _ = cpr.Run(ctx, js) }()
 	for i := uint64(0); i < 40; i++ {
 		if err := r.Record(t.Context(), event(i, audit.Allow), i%10 == 9); err != nil {
@@ -180,7 +179,7 @@ func TestCheckpointerSignsEveryPeriod(t *testing.T) {
 	js := e.js
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 200 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 200 * time.Millisecond, Log: nopLog()}
 	go func() { done <- cpr.Run(ctx, js) }()
 	pace := time.NewTicker(20 * time.Millisecond)
 	defer pace.Stop()
@@ -214,7 +213,7 @@ func TestCheckpointStreamReplicas(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: time.Hour, Replicas: 3, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: time.Hour, Replicas: 3, Log: nopLog()}
 	go func() { done <- cpr.Run(ctx, js) }()
 	var info *jetstream.StreamInfo
 	testwait.For(t, "the checkpoint stream", func() bool {
@@ -246,7 +245,7 @@ func TestCheckpointerReportsFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
-	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 50 * time.Millisecond, Log: nopLog()}
 	cpr.RegisterMetrics(reg)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)

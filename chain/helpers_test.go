@@ -92,7 +92,7 @@ func (e *chainEnv) trustHead(t testing.TB, headDir string) chain.Trust {
 func openRecorder(t testing.TB, nc *nats.Conn, writer string, s *keys.Signer, headDir string) *chain.Recorder {
 	t.Helper()
 	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: writer, Signer: s, HeadDir: headDir,
-		DurableTimeout: 3 * time.Second, LeaseTTL: -1}, zap.NewNop())
+		DurableTimeout: 3 * time.Second, LeaseTTL: -1}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
@@ -22,7 +20,7 @@ import (
 func TestFullSpoolFailsFastAndRecordsAGap(t *testing.T) {
 	e := newChain(t)
 	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, SpoolBytes: 16 << 10,
-		LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}, zap.NewNop())
+		LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +75,7 @@ func TestSpoolSurvivesARestart(t *testing.T) {
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	cfg := chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}
-	r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+	r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +96,7 @@ func TestSpoolSurvivesARestart(t *testing.T) {
 		t.Fatalf("no spool file: %v", err)
 	}
 	srv.Restart()
-	r2, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+	r2, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +129,7 @@ func TestOperationNumbersAreNotReused(t *testing.T) {
 	heads := t.TempDir()
 	cfg := chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1}
 	open := func() *chain.Recorder {
-		r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+		r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,6 +5,7 @@ package keystest
 
 import (
 	"crypto/rand"
+	"errors"
 	"testing"
 
 	"github.com/tink-crypto/tink-go/v2/keyset"
@@ -112,12 +113,9 @@ func NewCheckpointer(t testing.TB, name string) Checkpointer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
+	s, serr := note.NewSigner(skey)
+	v, verr := note.NewVerifier(vkey)
+	if err := errors.Join(serr, verr); err != nil {
 		t.Fatal(err)
 	}
 	return Checkpointer{Signer: s, Verifier: v, VerifierKey: vkey}
