@@ -116,12 +116,8 @@ func event(n uint64, verdict audit.Verdict) *audit.Event {
 // readAll returns every message of the chain stream.
 func readAll(t testing.TB, nc *nats.Conn) []*chain.Msg {
 	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []*chain.Msg
-	err = chain.Scan(t.Context(), js, 1, false, func(m *chain.Msg) error {
+	err := chain.Scan(t.Context(), jsOf(t, nc), 1, false, func(m *chain.Msg) error {
 		cp := *m
 		cp.Data = append([]byte(nil), m.Data...)
 		out = append(out, &cp)
@@ -178,9 +174,5 @@ func nopLog() *zap.Logger { return zap.NewNop() }
 
 func jsOf(t testing.TB, nc *nats.Conn) jetstream.JetStream {
 	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return js
+	return natstest.JetStream(t, nc)
 }
