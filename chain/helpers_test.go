@@ -118,15 +118,40 @@ func readAll(t testing.TB, nc *nats.Conn) []*chain.Msg {
 	t.Helper()
 	var out []*chain.Msg
 	err := chain.Scan(t.Context(), jsOf(t, nc), 1, false, func(m *chain.Msg) error {
-		cp := *m
-		cp.Data = append([]byte(nil), m.Data...)
-		out = append(out, &cp)
+		out = append(out, copyMsgs([]*chain.Msg{m})...)
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// copyMsgs copies msgs and their data, for a test to tamper with.
+func copyMsgs(msgs []*chain.Msg) []*chain.Msg {
+	out := make([]*chain.Msg, len(msgs))
+	for i, m := range msgs {
+		cp := *m
+		cp.Data = append([]byte(nil), m.Data...)
+		out[i] = &cp
+	}
+	return out
+}
+
+// resign replaces block i of msgs with the same block signed by s.
+func resign(t testing.TB, msgs []*chain.Msg, i int, s chain.BlockSigner) {
+	t.Helper()
+	b, err := chain.ParseBlock(msgs[i].Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, hash, err := chain.EncodeBlock("gw-1", s, b.Height, b.Prev, b.Time, b.Events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := *msgs[i]
+	cp.Data, cp.MsgID = msg, hash.String()
+	msgs[i] = &cp
 }
 
 // rootOf accumulates the Merkle tree of every event in msgs.

@@ -68,14 +68,10 @@ func TestTamperingIsDetected(t *testing.T) {
 		}
 		return b
 	}
-	copyMsgs := func() []*chain.Msg {
-		out := make([]*chain.Msg, len(genuine))
-		for i, m := range genuine {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			out[i] = &cp
-		}
-		return out
+	resigned := func(s chain.BlockSigner) []*chain.Msg {
+		m := copyMsgs(genuine)
+		resign(t, m, 2, s)
+		return m
 	}
 	cases := []struct {
 		name   string
@@ -85,47 +81,30 @@ func TestTamperingIsDetected(t *testing.T) {
 		reason string
 	}{
 		{"edited event byte", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			d := m[2].Data
 			d[len(d)-30] ^= 0x01 // inside the last event of block 2
 			return m
 		}, 3, 2, "do not match the signed Merkle root"},
-		{"block re-signed with another key", func() []*chain.Msg {
-			m := copyMsgs()
-			b := block(2)
-			msg, hash, err := chain.EncodeBlock("gw-1", attacker, 2, b.Prev, b.Time, b.Events)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m[2].Data, m[2].MsgID = msg, hash.String()
-			return m
-		}, 3, 2, "not a pinned key"},
+		{"block re-signed with another key", func() []*chain.Msg { return resigned(attacker) }, 3, 2, "not a pinned key"},
 		{"header claims the pinned key id, signed by another", func() []*chain.Msg {
-			m := copyMsgs()
-			b := block(2)
-			forger := forgedKeyID{Signer: attacker, id: signer.KeyID}
-			msg, hash, err := chain.EncodeBlock("gw-1", forger, 2, b.Prev, b.Time, b.Events)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m[2].Data, m[2].MsgID = msg, hash.String()
-			return m
+			return resigned(forgedKeyID{Signer: attacker, id: signer.KeyID})
 		}, 3, 2, "signature"},
 		{"removed block, stream rebuilt", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			return renumber(append(m[:3:3], m[4:]...))
 		}, 4, 4, "blocks 3..3 are missing"},
 		{"removed block, sequence gap", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			return append(m[:3:3], m[4:]...)
 		}, 4, 0, "stream sequence jumps from 3 to 5: messages are missing"},
 		{"reordered blocks", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			m[2], m[3] = m[3], m[2]
 			return renumber(m)
 		}, 3, 3, "blocks 2..2 are missing"},
 		{"forked height", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			b := block(3)
 			alt := append([][]byte(nil), b.Events[:5]...)
 			msg, hash, err := chain.EncodeBlock("gw-1", signer, 3, b.Prev, b.Time.Add(time.Millisecond), alt)
@@ -136,7 +115,7 @@ func TestTamperingIsDetected(t *testing.T) {
 			return renumber(append(append(m[:4:4], fork), m[4:]...))
 		}, 5, 3, "fork: block 3 appears again"},
 		{"truncated tail", func() []*chain.Msg {
-			return copyMsgs()[:4]
+			return copyMsgs(genuine)[:4]
 		}, 0, 4, "blocks 4..5 were truncated"},
 		{"whole stream rebuilt by another key", func() []*chain.Msg {
 			var out []*chain.Msg
@@ -153,7 +132,7 @@ func TestTamperingIsDetected(t *testing.T) {
 			return out
 		}, 1, 0, "not a pinned key"},
 		{"block moved to another writer's subject", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			m[1].Subject = chain.Subject("gw-2")
 			return m
 		}, 2, 1, "stored under gridseal.chain.gw-2"},

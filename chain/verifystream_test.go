@@ -86,12 +86,7 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 	forged, _ := chain.SignCheckpoint(acc.Size(), acc.Root(), keystest.NewCheckpointer(t, "checkpointer-1").Signer)
 
 	edited := func() []*chain.Msg {
-		out := make([]*chain.Msg, len(genuine))
-		for i, m := range genuine {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			out[i] = &cp
-		}
+		out := copyMsgs(genuine)
 		d := out[2].Data
 		d[len(d)-30] ^= 0x01 // inside the last event of block 2
 		return out
@@ -193,17 +188,7 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	signer, wk := newKey(t)
 	attacker, _ := newKey(t)
 	msgs := genuineChain(t, signer)
-	b, err := chain.ParseBlock(msgs[4].Data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resigned, hash, err := chain.EncodeBlock("gw-1", attacker, b.Height, b.Prev, b.Time, b.Events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := *msgs[4]
-	cp.Data, cp.MsgID = resigned, hash.String()
-	msgs[4] = &cp
+	resign(t, msgs, 4, attacker)
 	first := *msgs[1]
 	first.Data = append([]byte(nil), msgs[1].Data...)
 	first.Data[len(first.Data)-30] ^= 0x01
