@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/tink-crypto/tink-go/v2/keyset"
-	"github.com/tink-crypto/tink-go/v2/signature"
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
@@ -28,67 +26,18 @@ import (
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
-// person is an approver with a real Tink keyset.
-type person struct {
-	name   string
-	signer *keys.Signer
-	handle *keyset.Handle
-}
-
-func newPerson(t testing.TB, name string) *person {
-	t.Helper()
-	k := keystest.New(t)
-	return &person{name: name, signer: k.Signer, handle: k.Handle}
-}
-
-// secondKey gives p a second key in the same keyset and returns a signer
-// that signs with it.
-func (p *person) secondKey(t testing.TB) *keys.Signer {
-	t.Helper()
-	m := keyset.NewManagerFromHandle(p.handle)
-	id, err := m.Add(signature.ED25519KeyTemplate())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.SetPrimary(id); err != nil {
-		t.Fatal(err)
-	}
-	h, err := m.Handle()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.handle = h
-	s, err := keys.SignerFromHandle(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-func (p *person) publicJSON(t testing.TB) string {
-	t.Helper()
-	pub, err := keys.PublicJSON(p.handle)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pub)
-}
-
 // approvalPolicy: operators alice, bob, carol (2 of them for a setpoint,
 // break-glass 1 for the breaker); dave is an engineer, not an operator.
-func approvalPolicy(t testing.TB, people []*person, revoked []uint32, extra string) []byte {
+func approvalPolicy(t testing.TB, people []*keystest.Person, revoked []uint32, extra string) []byte {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("id: plant\nversion: 3\napprovers:\n")
 	for _, p := range people {
 		group := "operators"
-		if p.name == "dave" {
+		if p.Name == "dave" {
 			group = "engineers"
 		}
-		fmt.Fprintf(&b, "  - name: %s\n    groups: [%s]\n    keyset: |\n", p.name, group)
-		for _, line := range strings.Split(strings.TrimSpace(p.publicJSON(t)), "\n") {
-			b.WriteString("      " + line + "\n")
-		}
+		policy.WriteKeysetEntry(&b, p.Name, []string{group}, p.PublicJSON(t))
 	}
 	if len(revoked) > 0 {
 		fmt.Fprintf(&b, "revoked_keys: %v\n", strings.ReplaceAll(fmt.Sprint(revoked), " ", ", "))
@@ -131,7 +80,7 @@ func approvalPolicy(t testing.TB, people []*person, revoked []uint32, extra stri
 
 type rig struct {
 	t                       testing.TB
-	alice, bob, carol, dave *person
+	alice, bob, carol, dave *keystest.Person
 	aliceKey2               *keys.Signer
 	pol                     *policy.Policy
 	store                   *approvals.Store
@@ -164,13 +113,13 @@ func (r *rig) waitIndexedIn(st *approvals.Store, id approvals.ID) {
 
 func newRig(t testing.TB, revokeCarol bool) *rig {
 	t.Helper()
-	r := &rig{t: t, alice: newPerson(t, "alice"), bob: newPerson(t, "bob"), carol: newPerson(t, "carol"), dave: newPerson(t, "dave")}
-	r.aliceKey2 = r.alice.secondKey(t)
+	r := &rig{t: t, alice: keystest.NewPerson(t, "alice"), bob: keystest.NewPerson(t, "bob"), carol: keystest.NewPerson(t, "carol"), dave: keystest.NewPerson(t, "dave")}
+	r.aliceKey2 = r.alice.SecondKey(t)
 	var revoked []uint32
 	if revokeCarol {
-		revoked = []uint32{r.carol.signer.KeyID}
+		revoked = []uint32{r.carol.Signer.KeyID}
 	}
-	pol, err := policy.Parse("plant.yaml", approvalPolicy(t, []*person{r.alice, r.bob, r.carol, r.dave}, revoked, ""))
+	pol, err := policy.Parse("plant.yaml", approvalPolicy(t, []*keystest.Person{r.alice, r.bob, r.carol, r.dave}, revoked, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,13 +156,13 @@ func (r *rig) newEngine(st *approvals.Store, writer string) *policy.Engine {
 }
 
 // propose stores a proposal by p for pdu on device/unit, valid from now for ttl.
-func (r *rig) propose(p *person, device string, unit byte, pdu []byte, start time.Time, ttl time.Duration) approvals.ID {
+func (r *rig) propose(p *keystest.Person, device string, unit byte, pdu []byte, start time.Time, ttl time.Duration) approvals.ID {
 	r.t.Helper()
-	pr, err := approvals.NewProposal(r.pol, device, unit, pdu, ttl, p.name, start)
+	pr, err := approvals.NewProposal(r.pol, device, unit, pdu, ttl, p.Name, start)
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	sig, err := p.signer.Sign(approvals.ProposeInput(pr.ID()))
+	sig, err := p.Signer.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -264,14 +213,14 @@ func TestApprovalQuorum(t *testing.T) {
 		why     string
 	}{
 		{"no signatures", func(*rig) []*keys.Signer { return nil }, false, "0 of 2 operators signed"},
-		{"one (m-1)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.signer} }, false, "1 of 2 operators signed (alice)"},
-		{"two (m)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.signer, r.carol.signer} }, true, "by alice, carol"},
+		{"one (m-1)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.Signer} }, false, "1 of 2 operators signed (alice)"},
+		{"two (m)", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.Signer, r.carol.Signer} }, true, "by alice, carol"},
 		{"three (m+1)", func(r *rig) []*keys.Signer {
-			return []*keys.Signer{r.alice.signer, r.carol.signer, r.dave.signer}
+			return []*keys.Signer{r.alice.Signer, r.carol.Signer, r.dave.Signer}
 		}, true, "by alice, carol"},
-		{"one approver, two keys", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.signer, r.aliceKey2} }, false, "1 of 2"},
-		{"proposer approves own command", func(r *rig) []*keys.Signer { return []*keys.Signer{r.bob.signer, r.alice.signer} }, false, "1 of 2 operators signed (alice)"},
-		{"approver outside the group", func(r *rig) []*keys.Signer { return []*keys.Signer{r.dave.signer, r.alice.signer} }, false, "1 of 2"},
+		{"one approver, two keys", func(r *rig) []*keys.Signer { return []*keys.Signer{r.alice.Signer, r.aliceKey2} }, false, "1 of 2"},
+		{"proposer approves own command", func(r *rig) []*keys.Signer { return []*keys.Signer{r.bob.Signer, r.alice.Signer} }, false, "1 of 2 operators signed (alice)"},
+		{"approver outside the group", func(r *rig) []*keys.Signer { return []*keys.Signer{r.dave.Signer, r.alice.Signer} }, false, "1 of 2"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -304,21 +253,21 @@ func TestApprovalQuorum(t *testing.T) {
 func TestApprovalBadSignatures(t *testing.T) {
 	r := newRig(t, true) // carol's key is revoked
 	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
-	mallory := newPerson(t, "mallory")
+	mallory := keystest.NewPerson(t, "mallory")
 	forged := make([]byte, 69)
 	_, _ = rand.Read(forged)
 	forged[0] = 1
-	copy(forged[1:5], []byte{byte(r.alice.signer.KeyID >> 24), byte(r.alice.signer.KeyID >> 16), byte(r.alice.signer.KeyID >> 8), byte(r.alice.signer.KeyID)})
-	good, _ := r.alice.signer.Sign(approvals.ApproveInput(id))
-	other, _ := r.alice.signer.Sign(approvals.ApproveInput(approvals.ID{1, 2, 3}))
+	copy(forged[1:5], []byte{byte(r.alice.Signer.KeyID >> 24), byte(r.alice.Signer.KeyID >> 16), byte(r.alice.Signer.KeyID >> 8), byte(r.alice.Signer.KeyID)})
+	good, _ := r.alice.Signer.Sign(approvals.ApproveInput(id))
+	other, _ := r.alice.Signer.Sign(approvals.ApproveInput(approvals.ID{1, 2, 3}))
 
-	r.sign(id, r.carol.signer) // revoked
+	r.sign(id, r.carol.Signer) // revoked
 	r.addRaw(id, forged)       // random bytes behind alice's key id
 	r.addRaw(id, good[:len(good)-3])
 	r.addRaw(id, other)        // alice's signature over another approval
-	r.sign(id, mallory.signer) // key in no policy
+	r.sign(id, mallory.Signer) // key in no policy
 	r.addRaw(id, []byte{1, 2}) // too short to carry a key id
-	r.sign(id, r.alice.signer) // the only one that counts
+	r.sign(id, r.alice.Signer) // the only one that counts
 	v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
 	if v.Allowed() || !strings.Contains(v.Reason, "1 of 2 operators signed (alice)") {
 		t.Fatalf("verdict %v: %s", v.Verdict, v.Reason)
@@ -339,8 +288,8 @@ func TestApprovalBadSignatures(t *testing.T) {
 func TestApprovalWindowAndPolicy(t *testing.T) {
 	r := newRig(t, false)
 	both := func(id approvals.ID) {
-		r.sign(id, r.alice.signer)
-		r.sign(id, r.carol.signer)
+		r.sign(id, r.alice.Signer)
+		r.sign(id, r.carol.Signer)
 	}
 	expired := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now.Add(-20*time.Minute), 15*time.Minute)
 	both(expired)
@@ -371,7 +320,7 @@ func TestApprovalWindowAndPolicy(t *testing.T) {
 	changed := modbus.AppendWriteSingleRegister(nil, 40127, 33)
 	stale := r.propose(r.bob, "inverter-1", 1, changed, r.now, 15*time.Minute)
 	both(stale)
-	newer, err := policy.Parse("plant.yaml", append(approvalPolicy(t, []*person{r.alice, r.bob, r.carol, r.dave}, nil, ""), "# v4\n"...))
+	newer, err := policy.Parse("plant.yaml", append(approvalPolicy(t, []*keystest.Person{r.alice, r.bob, r.carol, r.dave}, nil, ""), "# v4\n"...))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,8 +347,8 @@ func TestFutureProposalIsRefused(t *testing.T) {
 			r := newRig(t, false)
 			start := time.Now().Add(tc.ahead)
 			id := r.propose(r.bob, "inverter-1", 1, setpoint30, start, 15*time.Minute)
-			r.sign(id, r.alice.signer)
-			r.sign(id, r.carol.signer)
+			r.sign(id, r.alice.Signer)
+			r.sign(id, r.carol.Signer)
 			for _, at := range []struct {
 				name string
 				now  time.Time
@@ -425,8 +374,8 @@ func TestApprovalNearMatchesAreDenied(t *testing.T) {
 	r := newRig(t, false)
 	fc16 := modbus.AppendWriteMultipleRegisters(nil, 40127, []uint16{30})
 	id := r.propose(r.bob, "inverter-1", 1, fc16, r.now, 15*time.Minute)
-	r.sign(id, r.alice.signer)
-	r.sign(id, r.carol.signer)
+	r.sign(id, r.alice.Signer)
+	r.sign(id, r.carol.Signer)
 	fc23 := func(v uint16) []byte {
 		return []byte{23, 0x9C, 0xBF, 0, 1, 0x9C, 0xBF, 0, 1, 2, byte(v >> 8), byte(v)}
 	}
@@ -459,8 +408,8 @@ func TestApprovalNearMatchesAreDenied(t *testing.T) {
 func TestTwoProxiesRaceForOneApproval(t *testing.T) {
 	r := newRig(t, false)
 	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
-	r.sign(id, r.alice.signer)
-	r.sign(id, r.carol.signer)
+	r.sign(id, r.alice.Signer)
+	r.sign(id, r.carol.Signer)
 	other := r.openStore()
 	engines := []*policy.Engine{r.engine, r.newEngine(other, "gw-2")}
 	stores := []*approvals.Store{r.store, other}
@@ -491,7 +440,7 @@ func TestBreakGlass(t *testing.T) {
 	r := newRig(t, false)
 	open := modbus.AppendWriteSingleCoil(nil, 1, true)
 	id := r.propose(r.bob, "breaker-1", 1, open, r.now, 15*time.Minute)
-	r.sign(id, r.alice.signer)
+	r.sign(id, r.alice.Signer)
 	v := r.decide(r.engine, r.store, "breaker-1", 1, open, id)
 	if !v.Allowed() || !v.BreakGlass || !strings.HasPrefix(v.Reason, "BREAK-GLASS") || !strings.Contains(v.Reason, "(1 of 2)") {
 		t.Fatalf("break-glass: %+v", v)
@@ -558,8 +507,8 @@ func FuzzDecodeProposal(f *testing.F) {
 func TestUsedApprovalStaysUsedWhenTheBucketIsRewritten(t *testing.T) {
 	r := newRig(t, false)
 	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
-	r.sign(id, r.alice.signer)
-	r.sign(id, r.carol.signer)
+	r.sign(id, r.alice.Signer)
+	r.sign(id, r.carol.Signer)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); !v.Allowed() {
 		t.Fatal(v.Reason)
 	}
@@ -617,11 +566,11 @@ func TestApprovedDiagnostics(t *testing.T) {
 	if d := st.Proposal.Describe(); !strings.Contains(d, "sub-function 4 (force listen-only mode)") {
 		t.Fatalf("the approver sees %q", d)
 	}
-	r.sign(id, r.alice.signer)
+	r.sign(id, r.alice.Signer)
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, listenOnly, id); v.Allowed() || !strings.Contains(v.Reason, "1 of 2") {
 		t.Fatalf("one signature: %v %s", v.Verdict, v.Reason)
 	}
-	r.sign(id, r.carol.signer)
+	r.sign(id, r.carol.Signer)
 	if v := r.decide(r.engine, r.store, "rtu-1", 1, restart, approvals.ID{}); v.Allowed() {
 		t.Fatalf("another sub-function rode on the approval: %s", v.Reason)
 	}
@@ -638,14 +587,14 @@ func TestApprovedDiagnostics(t *testing.T) {
 }
 
 func TestRequiresOnlyOnStateChangingRules(t *testing.T) {
-	alice := newPerson(t, "alice")
+	alice := keystest.NewPerson(t, "alice")
 	for name, rule := range map[string]string{
 		"read rule":              "{name: r, allow: read, functions: [3], requires: {group: operators, m: 2}}",
 		"echo diagnostics":       "{name: r, allow: diagnostic, functions: [8], subfunctions: [0, 4], requires: {group: operators, m: 2}}",
 		"diagnostics beyond fc8": "{name: r, allow: diagnostic, functions: [8, 17], subfunctions: [4], requires: {group: operators, m: 2}}",
 	} {
 		extra := "  - name: d\n    upstream: 127.0.0.1:1\n    rules:\n      - " + rule + "\n"
-		y := approvalPolicy(t, []*person{alice}, nil, extra)
+		y := approvalPolicy(t, []*keystest.Person{alice}, nil, extra)
 		if _, err := policy.Parse("p.yaml", y); err == nil || !strings.Contains(err.Error(), "requires applies to") {
 			t.Errorf("%s: %v", name, err)
 		}
@@ -657,8 +606,8 @@ func TestRequiresOnlyOnStateChangingRules(t *testing.T) {
 func TestRefusedStoreConsumesNothing(t *testing.T) {
 	r := newRig(t, false)
 	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
-	r.sign(id, r.alice.signer)
-	r.sign(id, r.carol.signer)
+	r.sign(id, r.alice.Signer)
+	r.sign(id, r.carol.Signer)
 	why := errors.New("approvals refused: the use stream could not be checked")
 	r.store.Refuse(why)
 	if v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id); v.Allowed() || !strings.Contains(v.Reason, why.Error()) {

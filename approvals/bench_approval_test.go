@@ -25,8 +25,8 @@ func BenchmarkDecideWithApproval(b *testing.B) {
 		b.StopTimer()
 		pdu := modbus.AppendWriteSingleRegister(nil, 40127, uint16(i%50))
 		id := r.propose(r.bob, "inverter-1", 1, pdu, r.now, 15*time.Minute)
-		r.sign(id, r.alice.signer)
-		r.sign(id, r.carol.signer)
+		r.sign(id, r.alice.Signer)
+		r.sign(id, r.carol.Signer)
 		req, _ := modbus.ParseRequest(pdu)
 		in := &decision.Input{Device: "inverter-1", Unit: 1, Request: req}
 		r.waitIndexed(id)

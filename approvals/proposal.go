@@ -133,29 +133,26 @@ func DecodeProposal(b []byte) (*Proposal, error) {
 		return out
 	}
 	p := &Proposal{}
-	lp8 := func() ([]byte, bool) {
+	lp8 := func() (string, bool) {
 		l := take(1)
 		if l == nil {
-			return nil, false
+			return "", false
 		}
 		v := take(int(l[0]))
-		return v, v != nil || l[0] == 0
+		return string(v), v != nil || l[0] == 0
 	}
-	id, ok := lp8()
-	if !ok {
+	var ok bool
+	if p.PolicyID, ok = lp8(); !ok {
 		return bad("policy id")
 	}
-	p.PolicyID = string(id)
 	d := take(32)
 	if d == nil {
 		return bad("policy digest")
 	}
 	copy(p.PolicyDigest[:], d)
-	dev, ok := lp8()
-	if !ok {
+	if p.Device, ok = lp8(); !ok {
 		return bad("device")
 	}
-	p.Device = string(dev)
 	u := take(1)
 	l := take(2)
 	if u == nil || l == nil {
@@ -175,11 +172,9 @@ func DecodeProposal(b []byte) (*Proposal, error) {
 	p.NotBefore = time.Unix(int64(binary.BigEndian.Uint64(nb)), 0).UTC()
 	p.NotAfter = time.Unix(int64(binary.BigEndian.Uint64(na)), 0).UTC()
 	copy(p.Nonce[:], nonce)
-	prop, ok := lp8()
-	if !ok {
+	if p.Proposer, ok = lp8(); !ok {
 		return bad("proposer")
 	}
-	p.Proposer = string(prop)
 	mu := take(1)
 	if mu == nil || len(r) != 0 {
 		return bad("length")

@@ -43,6 +43,16 @@ func (v Verdict) String() string {
 	return "invalid"
 }
 
+// ParseVerdict is the inverse of String: the verdict named s, if any.
+func ParseVerdict(s string) (Verdict, bool) {
+	for v := Allow; v <= Malformed; v++ {
+		if v.String() == s {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
 // Phase says which moment of an operation an event records.
 type Phase uint8
 

@@ -43,3 +43,26 @@ func TestZeroVerdictIsInvalid(t *testing.T) {
 		t.Fatal("the zero Verdict must not read as allow")
 	}
 }
+
+// TestParseVerdict: every verdict's name parses back to it; nothing else
+// (not "invalid", the zero verdict's name) is a verdict.
+func TestParseVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		want Verdict
+		ok   bool
+	}{
+		{"allow", Allow, true},
+		{"deny", Deny, true},
+		{"malformed", Malformed, true},
+		{"invalid", 0, false},
+		{"", 0, false},
+		{"Allow", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if v, ok := ParseVerdict(tc.name); v != tc.want || ok != tc.ok {
+				t.Fatalf("ParseVerdict(%q) = %v, %v; want %v, %v", tc.name, v, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
@@ -20,7 +19,7 @@ import (
 func benchDurable(b *testing.B, nc *nats.Conn, replicas, parallelism int) {
 	signer, _ := newKey(b)
 	r, err := chain.Open(b.Context(), nc, chain.Config{Writer: "bench", Signer: signer, Replicas: replicas,
-		DurableTimeout: 10 * time.Second}, zap.NewNop())
+		DurableTimeout: 10 * time.Second}, nopLog())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -78,7 +77,7 @@ func BenchmarkRecordDurableCluster(b *testing.B) {
 func BenchmarkRecordSpooled(b *testing.B) {
 	srv := natstest.RunJetStream(b)
 	signer, _ := newKey(b)
-	r, err := chain.Open(b.Context(), natstest.Connect(b, srv.URL()), chain.Config{Writer: "bench", Signer: signer}, zap.NewNop())
+	r, err := chain.Open(b.Context(), natstest.Connect(b, srv.URL()), chain.Config{Writer: "bench", Signer: signer}, nopLog())
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -148,21 +148,14 @@ var ErrCheckpointMismatch = errors.New("the stream does not match a signed check
 // LatestCheckpoint returns the largest checkpoint signed by a known key
 // among the newest latestWindow checkpoint messages, or nil.
 func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Verifiers) (*Checkpoint, error) {
-	s, err := js.Stream(ctx, CheckpointStream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
+	s, st, err := checkpointStream(ctx, js)
+	if s == nil || err != nil {
 		return nil, err
 	}
 	var best *Checkpoint
 	// At most latestWindow messages are read, verified or not: messages
 	// signed by a retired key, or junk, cannot make this read the stream.
-	for seq, read := info.State.LastSeq, 0; seq >= info.State.FirstSeq && seq > 0 && read < latestWindow; seq, read = seq-1, read+1 {
+	for seq, read := st.LastSeq, 0; seq >= st.FirstSeq && seq > 0 && read < latestWindow; seq, read = seq-1, read+1 {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -179,6 +172,23 @@ func LatestCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 		}
 	}
 	return best, nil
+}
+
+// checkpointStream returns the checkpoint stream and its state, or a nil
+// stream when there is none yet.
+func checkpointStream(ctx context.Context, js jetstream.JetStream) (jetstream.Stream, jetstream.StreamState, error) {
+	s, err := js.Stream(ctx, CheckpointStream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, jetstream.StreamState{}, nil
+	}
+	if err != nil {
+		return nil, jetstream.StreamState{}, err
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		return nil, jetstream.StreamState{}, err
+	}
+	return s, info.State, nil
 }
 
 // Checkpointer follows the chain, folds every event into the tree and signs

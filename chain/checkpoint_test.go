@@ -2,7 +2,6 @@ package chain_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"strings"
 	"testing"
@@ -10,11 +9,11 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
 )
@@ -56,21 +55,13 @@ func TestRootAccMatchesRFC6962(t *testing.T) {
 // the tree, and checks the signed checkpoints against the stream; a rebuilt
 // stream that drops the last block is caught by the checkpoint alone.
 func TestCheckpointsPinTheStream(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
-	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns, _ := note.NewSigner(skey)
-	nv, _ := note.NewVerifier(vkey)
-	known := note.VerifierList(nv)
-	js := jsOf(t, nc)
+	e := newChain(t)
+	r := e.recorder(t, "")
+	cpk := keystest.NewCheckpointer(t, "checkpointer-1")
+	known, js := cpk.Verifiers(), e.js
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	cpr := &chain.Checkpointer{Signer: ns, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: cpk.Signer, Every: 50 * time.Millisecond, Log: nopLog()}
 	go func() { _ = cpr.Run(ctx, js) }()
 	for i := uint64(0); i < 40; i++ {
 		if err := r.Record(t.Context(), event(i, audit.Allow), i%10 == 9); err != nil {
@@ -89,7 +80,7 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	if err != nil || len(cps) == 0 {
 		t.Fatalf("checkpoints: %d, %v", len(cps), err)
 	}
-	msgs := readAll(t, nc)
+	msgs := readAll(t, e.nc)
 	check := chain.NewCheckpointCheck(cps)
 	for _, m := range msgs {
 		if err := check.Add(m); err != nil {
@@ -118,9 +109,9 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 		if err != nil {
 			continue
 		}
-		for _, e := range b.Events {
+		for _, ev := range b.Events {
 			if acc.Size() < 17 {
-				acc.Append(chain.LeafHash(e))
+				acc.Append(chain.LeafHash(ev))
 			}
 		}
 	}
@@ -146,44 +137,22 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 	}
 	// A second, lagging checkpointer signs the first 17 events after the
 	// first signed all 40: the newest message, but not the newest tree.
-	s2key, v2key, _ := note.GenerateKey(rand.Reader, "checkpointer-2")
-	s2, _ := note.NewSigner(s2key)
-	v2, _ := note.NewVerifier(v2key)
-	lag, err := chain.SignCheckpoint(17, acc.Root(), s2)
+	cpk2 := keystest.NewCheckpointer(t, "checkpointer-2")
+	lag, err := chain.SignCheckpoint(17, acc.Root(), cpk2.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-2", lag.Note); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := chain.LatestCheckpoint(t.Context(), js, note.VerifierList(nv, v2)); err != nil || got.Size != 40 {
+	if got, err := chain.LatestCheckpoint(t.Context(), js, note.VerifierList(cpk.Verifier, cpk2.Verifier)); err != nil || got.Size != 40 {
 		t.Fatalf("latest checkpoint with a lagging second checkpointer: %+v %v", got, err)
 	}
 	// A forged checkpoint (another key) is not accepted.
-	otherS, _, _ := note.GenerateKey(rand.Reader, "checkpointer-1")
-	os2, _ := note.NewSigner(otherS)
-	forged, _ := chain.SignCheckpoint(1000, chain.Hash{}, os2)
+	forged, _ := chain.SignCheckpoint(1000, chain.Hash{}, keystest.NewCheckpointer(t, "checkpointer-1").Signer)
 	if _, err := chain.OpenCheckpoint(forged.Note, known); err == nil {
 		t.Fatal("a checkpoint signed by another key was accepted")
 	}
-}
-
-// newCheckpointKey returns a fresh signed-note key pair for a checkpointer.
-func newCheckpointKey(t *testing.T, name string) (note.Signer, note.Verifiers) {
-	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := note.NewVerifier(vkey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s, note.VerifierList(v)
 }
 
 // checkpointMsgs is how many messages the checkpoint stream holds.
@@ -205,15 +174,12 @@ func checkpointMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 // one a period. (Signing only when a whole period has passed since the
 // last one signs every other tick: about five.)
 func TestCheckpointerSignsEveryPeriod(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
-	ns, _ := newCheckpointKey(t, "checkpointer-1")
-	js := jsOf(t, nc)
+	e := newChain(t)
+	r := e.recorder(t, "")
+	js := e.js
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	cpr := &chain.Checkpointer{Signer: ns, Every: 200 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 200 * time.Millisecond, Log: nopLog()}
 	go func() { done <- cpr.Run(ctx, js) }()
 	pace := time.NewTicker(20 * time.Millisecond)
 	defer pace.Stop()
@@ -245,10 +211,9 @@ func TestCheckpointStreamReplicas(t *testing.T) {
 	if _, err := chain.EnsureStream(t.Context(), js, 3); err != nil {
 		t.Fatal(err)
 	}
-	ns, _ := newCheckpointKey(t, "checkpointer-1")
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	cpr := &chain.Checkpointer{Signer: ns, Every: time.Hour, Replicas: 3, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: time.Hour, Replicas: 3, Log: nopLog()}
 	go func() { done <- cpr.Run(ctx, js) }()
 	var info *jetstream.StreamInfo
 	testwait.For(t, "the checkpoint stream", func() bool {
@@ -272,18 +237,15 @@ func TestCheckpointStreamReplicas(t *testing.T) {
 // when permissions deny it) says so in Err and its metrics, and recovers
 // when they are taken again.
 func TestCheckpointerReportsFailures(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
-	js := jsOf(t, nc)
+	e := newChain(t)
+	r := e.recorder(t, "")
+	js := e.js
 	cfg := jetstream.StreamConfig{Name: chain.CheckpointStream, Subjects: []string{"gridseal.checkpoint.someone-else"}}
 	if _, err := js.CreateStream(t.Context(), cfg); err != nil {
 		t.Fatal(err)
 	}
-	ns, _ := newCheckpointKey(t, "checkpointer-1")
 	reg := prometheus.NewRegistry()
-	cpr := &chain.Checkpointer{Signer: ns, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 50 * time.Millisecond, Log: nopLog()}
 	cpr.RegisterMetrics(reg)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)

@@ -2,7 +2,6 @@ package chain
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 
@@ -69,19 +68,12 @@ func (c *CheckpointCheck) Confirmed() (int, int64) { return c.confirmed, c.acc.S
 
 // Checkpoints returns every checkpoint in the stream that a known key signed.
 func Checkpoints(ctx context.Context, js jetstream.JetStream, known note.Verifiers) ([]*Checkpoint, error) {
-	s, err := js.Stream(ctx, CheckpointStream)
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	info, err := s.Info(ctx)
-	if err != nil {
+	s, st, err := checkpointStream(ctx, js)
+	if s == nil || err != nil {
 		return nil, err
 	}
 	var out []*Checkpoint
-	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+	for seq := st.FirstSeq; seq <= st.LastSeq && seq > 0; seq++ {
 		m, err := s.GetMsg(ctx, seq)
 		if err != nil {
 			continue

@@ -6,9 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
-
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
@@ -26,7 +23,7 @@ func TestClusterNodeLossKeepsEveryAcknowledgedEvent(t *testing.T) {
 	nc := natstest.Connect(t, natstest.ClusterURLs(nodes))
 	signer, wk := newKey(t)
 	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, Replicas: 3,
-		DurableTimeout: 5 * time.Second, PublishTimeout: 2 * time.Second}, zap.NewNop())
+		DurableTimeout: 5 * time.Second, PublishTimeout: 2 * time.Second}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,12 +67,10 @@ func TestClusterNodeLossKeepsEveryAcknowledgedEvent(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	// Kill the stream's leader: the hardest node to lose.
 	victim := nodes[1]
-	if js, err := jetstream.New(nc); err == nil {
-		if s, err := js.Stream(t.Context(), chain.StreamName); err == nil && s.CachedInfo().Cluster != nil {
-			for _, n := range nodes {
-				if n.Name() == s.CachedInfo().Cluster.Leader {
-					victim = n
-				}
+	if s, err := jsOf(t, nc).Stream(t.Context(), chain.StreamName); err == nil && s.CachedInfo().Cluster != nil {
+		for _, n := range nodes {
+			if n.Name() == s.CachedInfo().Cluster.Leader {
+				victim = n
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 )
 
@@ -19,53 +20,28 @@ import (
 // sequence bad: what a disk error leaves.
 func corruptChain(t *testing.T, bad int) (jetstream.JetStream, chain.Trust) {
 	t.Helper()
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	heads := t.TempDir()
-	r := openRecorder(t, nc, "gw-1", signer, heads)
-	for i := uint64(0); i < 12; i++ {
-		if err := r.Record(t.Context(), event(i, audit.Allow), i%2 == 1); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
-	msgs := readAll(t, nc)
+	e := newChain(t)
+	heads := e.recordClosed(t, 12, 2)
+	msgs := readAll(t, e.nc)
 	if len(msgs) != 6 {
 		t.Fatalf("%d blocks recorded, want 6", len(msgs))
 	}
-	var acc chain.RootAcc
-	for _, m := range msgs {
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range b.Events {
-			acc.Append(chain.LeafHash(e))
-		}
-	}
-	ns, known := newCheckpointKey(t, "checkpointer-1")
-	cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
+	acc := rootOf(t, msgs)
+	cpk := keystest.NewCheckpointer(t, "checkpointer-1")
+	cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), cpk.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	js := jsOf(t, nc)
-	if err := chain.EnsureCheckpointStream(t.Context(), js, 1); err != nil {
+	if err := chain.EnsureCheckpointStream(t.Context(), e.js, 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-1", cp.Note); err != nil {
+	if _, err := e.js.Publish(t.Context(), "gridseal.checkpoint.checkpointer-1", cp.Note); err != nil {
 		t.Fatal(err)
 	}
-	h, ok, err := chain.LoadHead(heads, "gw-1")
-	if err != nil || !ok {
-		t.Fatalf("local head: %v %v", ok, err)
-	}
-	srv.CorruptRecord(chain.StreamName, msgs[bad-1].Data)
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{"gw-1": h},
-		Checkpointers: known}
-	return jsOf(t, natstest.Connect(t, srv.URL())), trust
+	trust := e.trustHead(t, heads)
+	trust.Checkpointers = cpk.Verifiers()
+	e.srv.CorruptRecord(chain.StreamName, msgs[bad-1].Data)
+	return jsOf(t, natstest.Connect(t, e.srv.URL())), trust
 }
 
 // TestUnreadableLastBlock: when the stream's last record is corrupt on

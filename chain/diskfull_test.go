@@ -48,7 +48,7 @@ func TestDiskFullRecoversByItself(t *testing.T) {
 	t.Cleanup(conn.Close)
 	signer, _ := newKey(t)
 	r, err := chain.Open(t.Context(), conn.NC, chain.Config{Writer: "gw-1", Signer: signer, DurableTimeout: time.Second,
-		PublishTimeout: 500 * time.Millisecond}, zap.NewNop())
+		PublishTimeout: 500 * time.Millisecond}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,16 +8,13 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestScanRecordsFilters records operations of two devices and three
 // verdicts and checks which ones each filter lets through, in stream order.
 func TestScanRecordsFilters(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
+	e := newChain(t)
+	r := e.recorder(t, "")
 	verdicts := []audit.Verdict{audit.Allow, audit.Deny, audit.Malformed}
 	for i := uint64(0); i < 12; i++ {
 		ev := event(i, verdicts[i%3])
@@ -31,7 +28,7 @@ func TestScanRecordsFilters(t *testing.T) {
 	if err := r.Close(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	js := jsOf(t, nc)
+	js := e.js
 	at := func(n int) time.Time { return event(uint64(n), audit.Allow).Time }
 	cases := []struct {
 		name string

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -14,25 +13,13 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/goldentest"
 )
 
-var update = flag.Bool("update", false, "rewrite golden files in testdata")
-
+// golden compares got with testdata/name (or writes it, with -update).
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := "testdata/" + name
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./chain -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("%s changed: the stored format is a contract; bump its version instead\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
+	goldentest.Check(t, name, got, "the stored format is a contract; bump its version instead")
 }
 
 // TestEventGolden pins the stored encoding of an event (format version 3)

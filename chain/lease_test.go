@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
@@ -53,7 +52,7 @@ func TestWriterLease(t *testing.T) {
 	signer, _ := newKey(t)
 	open := func(t *testing.T, srv *natstest.Server, ttl time.Duration) (*chain.Recorder, error) {
 		r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), chain.Config{Writer: "gw-1", Signer: signer,
-			LeaseTTL: ttl, DurableTimeout: 3 * time.Second}, zap.NewNop())
+			LeaseTTL: ttl, DurableTimeout: 3 * time.Second}, nopLog())
 		if err == nil {
 			t.Cleanup(func() { _ = r.Close(time.Second) })
 		}

@@ -13,11 +13,9 @@ import (
 )
 
 func TestRecordAndVerify(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
+	e := newChain(t)
 	heads := t.TempDir()
-	r := openRecorder(t, nc, "gw-1", signer, heads)
+	r := e.recorder(t, heads)
 	const n = 2000
 	var wg sync.WaitGroup
 	for i := uint64(1); i <= n; i++ {
@@ -44,14 +42,8 @@ func TestRecordAndVerify(t *testing.T) {
 	if err := r.Close(time.Second); err != nil {
 		t.Fatal(err)
 	}
-	msgs := readAll(t, nc)
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
-	if h, ok, err := chain.LoadHead(heads, "gw-1"); ok && err == nil {
-		trust.Heads = map[string]chain.Head{"gw-1": h}
-	} else {
-		t.Fatal("no local head kept")
-	}
-	evs, err := verify(trust, msgs)
+	msgs := readAll(t, e.nc)
+	evs, err := verify(e.trustHead(t, heads), msgs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,13 +51,13 @@ func TestRecordAndVerify(t *testing.T) {
 		t.Fatalf("%d events in the chain, want %d", len(evs), n)
 	}
 	seen := map[uint64]bool{}
-	for _, e := range evs {
-		if seen[e.Op] {
-			t.Fatalf("op %d recorded twice", e.Op)
+	for _, ev := range evs {
+		if seen[ev.Op] {
+			t.Fatalf("op %d recorded twice", ev.Op)
 		}
-		seen[e.Op] = true
-		if want := event(e.Op, e.Verdict); e.Device != want.Device || string(e.PDU) != string(want.PDU) || (e.Op%10 == 0) != (e.Verdict == audit.Allow) {
-			t.Fatalf("event %d decoded as %+v", e.Op, e)
+		seen[ev.Op] = true
+		if want := event(ev.Op, ev.Verdict); ev.Device != want.Device || string(ev.PDU) != string(want.PDU) || (ev.Op%10 == 0) != (ev.Verdict == audit.Allow) {
+			t.Fatalf("event %d decoded as %+v", ev.Op, ev)
 		}
 	}
 	if len(msgs) >= n/4 {
@@ -73,25 +65,23 @@ func TestRecordAndVerify(t *testing.T) {
 	}
 	// Non-durable events from one goroutine keep their order.
 	last := uint64(0)
-	for _, e := range evs {
-		if e.Op%10 != 0 {
-			if e.Op < last {
-				t.Fatalf("op %d after op %d: order lost", e.Op, last)
+	for _, ev := range evs {
+		if ev.Op%10 != 0 {
+			if ev.Op < last {
+				t.Fatalf("op %d after op %d: order lost", ev.Op, last)
 			}
-			last = e.Op
+			last = ev.Op
 		}
 	}
 }
 
 func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
+	e := newChain(t)
+	r := e.recorder(t, "")
 	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
 		t.Fatal(err)
 	}
-	srv.Stop()
+	e.srv.Stop()
 	// The first durable record after the outage waits for its block, which
 	// cannot be acknowledged; after that the recorder knows and fails fast.
 	if err := r.Record(t.Context(), event(2, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) {
@@ -106,12 +96,12 @@ func TestOutageSpoolsReadsAndRefusesDurable(t *testing.T) {
 			t.Fatalf("read during outage: %v", err)
 		}
 	}
-	srv.Restart()
+	e.srv.Restart()
 	testwait.For(t, "the spool to drain", func() bool { return r.Pending() == 0 })
 	if err := r.Record(t.Context(), event(51, audit.Allow), true); err != nil {
 		t.Fatalf("durable record after NATS returned: %v", err)
 	}
-	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, nc))
+	evs, err := verify(e.trust(), readAll(t, e.nc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,12 +126,11 @@ func appendInt(b []byte, i int) []byte {
 }
 
 func TestRestartedRecorderContinuesTheChain(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	signer, wk := newKey(t)
+	e := newChain(t)
 	heads := t.TempDir()
 	for round := 0; round < 3; round++ {
-		nc := natstest.Connect(t, srv.URL())
-		r := openRecorder(t, nc, "gw-1", signer, heads)
+		nc := natstest.Connect(t, e.srv.URL())
+		r := openRecorder(t, nc, "gw-1", e.signer, heads)
 		for i := 0; i < 100; i++ {
 			if err := r.Record(t.Context(), event(uint64(round*100+i), audit.Allow), i == 99); err != nil {
 				t.Fatal(err)
@@ -151,9 +140,7 @@ func TestRestartedRecorderContinuesTheChain(t *testing.T) {
 		// the last durable record.
 		nc.Close()
 	}
-	nc := natstest.Connect(t, srv.URL())
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
-	evs, err := verify(trust, readAll(t, nc))
+	evs, err := verify(e.trust(), readAll(t, e.nc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,16 +155,14 @@ func TestRestartedRecorderContinuesTheChain(t *testing.T) {
 // stops (truncated) instead of retrying forever, so writes fail closed and
 // readiness says why.
 func TestStreamRebuiltUnderARunningWriter(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
+	e := newChain(t)
+	r := e.recorder(t, "")
 	for i := uint64(1); i <= 3; i++ {
 		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
 			t.Fatal(err)
 		}
 	}
-	js := jsOf(t, nc)
+	js := e.js
 	if err := js.DeleteStream(t.Context(), chain.StreamName); err != nil {
 		t.Fatal(err)
 	}
@@ -191,10 +176,9 @@ func TestStreamRebuiltUnderARunningWriter(t *testing.T) {
 }
 
 func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	signer, wk := newKey(t)
-	a := openRecorder(t, natstest.Connect(t, srv.URL()), "gw-1", signer, "")
-	b := openRecorder(t, natstest.Connect(t, srv.URL()), "gw-1", signer, "")
+	e := newChain(t)
+	a := e.recorder(t, "")
+	b := openRecorder(t, natstest.Connect(t, e.srv.URL()), "gw-1", e.signer, "")
 	// Both read the same (empty) head; the first to append wins.
 	if err := a.Record(t.Context(), event(1, audit.Allow), true); err != nil {
 		t.Fatal(err)
@@ -209,8 +193,7 @@ func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
 	if err := a.Record(t.Context(), event(4, audit.Allow), true); err != nil {
 		t.Fatalf("first writer after the fence: %v", err)
 	}
-	nc := natstest.Connect(t, srv.URL())
-	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, nc))
+	evs, err := verify(e.trust(), readAll(t, e.nc))
 	if err != nil || ops(evs) != "1 4 " {
 		t.Fatalf("chain = %q, %v; want ops 1 4", ops(evs), err)
 	}

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
@@ -20,16 +18,14 @@ import (
 // spool fills; then Admit refuses, Record fails at once instead of holding
 // its caller, and once the chain is back a gap event counts what was lost.
 func TestFullSpoolFailsFastAndRecordsAGap(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, SpoolBytes: 16 << 10,
-		LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}, zap.NewNop())
+	e := newChain(t)
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, SpoolBytes: 16 << 10,
+		LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = r.Close(time.Second) })
-	srv.Stop()
+	e.srv.Stop()
 	var spooled, refused, lost int
 	for i := uint64(1); i <= 400; i++ {
 		if r.Admit() != nil {
@@ -52,19 +48,19 @@ func TestFullSpoolFailsFastAndRecordsAGap(t *testing.T) {
 	if refused == 0 || lost == 0 || refused <= lost {
 		t.Fatalf("spooled %d, admit refused %d, lost %d: Admit must refuse before the spool is full", spooled, refused, lost)
 	}
-	srv.Restart()
+	e.srv.Restart()
 	testwait.For(t, "the spool to drain and the gap to be recorded", func() bool { return r.Pending() == 0 && r.Available() })
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	evs, err := verify(chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}, readAll(t, natstest.Connect(t, srv.URL())))
+	evs, err := verify(e.trust(), readAll(t, natstest.Connect(t, e.srv.URL())))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var gaps []audit.Event
-	for _, e := range evs {
-		if e.Phase == audit.PhaseGap {
-			gaps = append(gaps, e)
+	for _, ev := range evs {
+		if ev.Phase == audit.PhaseGap {
+			gaps = append(gaps, ev)
 		}
 	}
 	if len(evs) != spooled+1 || len(gaps) != 1 || !strings.HasPrefix(gaps[0].Reason, itoa(lost)+" operations not recorded") {
@@ -79,7 +75,7 @@ func TestSpoolSurvivesARestart(t *testing.T) {
 	signer, wk := newKey(t)
 	heads := t.TempDir()
 	cfg := chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1, PublishTimeout: 300 * time.Millisecond}
-	r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+	r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +96,7 @@ func TestSpoolSurvivesARestart(t *testing.T) {
 		t.Fatalf("no spool file: %v", err)
 	}
 	srv.Restart()
-	r2, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+	r2, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +129,7 @@ func TestOperationNumbersAreNotReused(t *testing.T) {
 	heads := t.TempDir()
 	cfg := chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1}
 	open := func() *chain.Recorder {
-		r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, zap.NewNop())
+		r, err := chain.Open(t.Context(), natstest.Connect(t, srv.URL()), cfg, nopLog())
 		if err != nil {
 			t.Fatal(err)
 		}

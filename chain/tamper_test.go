@@ -8,12 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys"
-	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // genuineChain builds six blocks of ten events for writer gw-1, in memory,
@@ -70,14 +68,10 @@ func TestTamperingIsDetected(t *testing.T) {
 		}
 		return b
 	}
-	copyMsgs := func() []*chain.Msg {
-		out := make([]*chain.Msg, len(genuine))
-		for i, m := range genuine {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			out[i] = &cp
-		}
-		return out
+	resigned := func(s chain.BlockSigner) []*chain.Msg {
+		m := copyMsgs(genuine)
+		resign(t, m, 2, s)
+		return m
 	}
 	cases := []struct {
 		name   string
@@ -87,47 +81,30 @@ func TestTamperingIsDetected(t *testing.T) {
 		reason string
 	}{
 		{"edited event byte", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			d := m[2].Data
 			d[len(d)-30] ^= 0x01 // inside the last event of block 2
 			return m
 		}, 3, 2, "do not match the signed Merkle root"},
-		{"block re-signed with another key", func() []*chain.Msg {
-			m := copyMsgs()
-			b := block(2)
-			msg, hash, err := chain.EncodeBlock("gw-1", attacker, 2, b.Prev, b.Time, b.Events)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m[2].Data, m[2].MsgID = msg, hash.String()
-			return m
-		}, 3, 2, "not a pinned key"},
+		{"block re-signed with another key", func() []*chain.Msg { return resigned(attacker) }, 3, 2, "not a pinned key"},
 		{"header claims the pinned key id, signed by another", func() []*chain.Msg {
-			m := copyMsgs()
-			b := block(2)
-			forger := forgedKeyID{Signer: attacker, id: signer.KeyID}
-			msg, hash, err := chain.EncodeBlock("gw-1", forger, 2, b.Prev, b.Time, b.Events)
-			if err != nil {
-				t.Fatal(err)
-			}
-			m[2].Data, m[2].MsgID = msg, hash.String()
-			return m
+			return resigned(forgedKeyID{Signer: attacker, id: signer.KeyID})
 		}, 3, 2, "signature"},
 		{"removed block, stream rebuilt", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			return renumber(append(m[:3:3], m[4:]...))
 		}, 4, 4, "blocks 3..3 are missing"},
 		{"removed block, sequence gap", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			return append(m[:3:3], m[4:]...)
 		}, 4, 0, "stream sequence jumps from 3 to 5: messages are missing"},
 		{"reordered blocks", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			m[2], m[3] = m[3], m[2]
 			return renumber(m)
 		}, 3, 3, "blocks 2..2 are missing"},
 		{"forked height", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			b := block(3)
 			alt := append([][]byte(nil), b.Events[:5]...)
 			msg, hash, err := chain.EncodeBlock("gw-1", signer, 3, b.Prev, b.Time.Add(time.Millisecond), alt)
@@ -138,7 +115,7 @@ func TestTamperingIsDetected(t *testing.T) {
 			return renumber(append(append(m[:4:4], fork), m[4:]...))
 		}, 5, 3, "fork: block 3 appears again"},
 		{"truncated tail", func() []*chain.Msg {
-			return copyMsgs()[:4]
+			return copyMsgs(genuine)[:4]
 		}, 0, 4, "blocks 4..5 were truncated"},
 		{"whole stream rebuilt by another key", func() []*chain.Msg {
 			var out []*chain.Msg
@@ -155,7 +132,7 @@ func TestTamperingIsDetected(t *testing.T) {
 			return out
 		}, 1, 0, "not a pinned key"},
 		{"block moved to another writer's subject", func() []*chain.Msg {
-			m := copyMsgs()
+			m := copyMsgs(genuine)
 			m[1].Subject = chain.Subject("gw-2")
 			return m
 		}, 2, 1, "stored under gridseal.chain.gw-2"},
@@ -186,52 +163,31 @@ func (f forgedKeyID) PrimaryKeyID() uint32 { return f.id }
 // the genuine blocks minus the newest: verification through NATS catches it
 // against the head the writer kept locally.
 func TestDeletedAndRebuiltStream(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	heads := t.TempDir()
-	r := openRecorder(t, nc, "gw-1", signer, heads)
-	for i := uint64(0); i < 5; i++ {
-		if err := r.Record(t.Context(), event(i, audit.Allow), true); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
-	genuine := readAll(t, nc)
+	e := newChain(t)
+	heads := e.recordClosed(t, 5, 1)
+	genuine := readAll(t, e.nc)
 	if len(genuine) < 2 {
 		t.Fatalf("only %d blocks", len(genuine))
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx := t.Context()
-	if err := js.DeleteStream(ctx, chain.StreamName); err != nil {
+	if err := e.js.DeleteStream(ctx, chain.StreamName); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := js.CreateStream(ctx, chain.StreamConfig(1)); err != nil {
+	if _, err := e.js.CreateStream(ctx, chain.StreamConfig(1)); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range genuine[:len(genuine)-1] {
-		if _, err := js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Data: m.Data}); err != nil {
+		if _, err := e.js.PublishMsg(ctx, &nats.Msg{Subject: m.Subject, Data: m.Data}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{}}
-	h, ok, _ := chain.LoadHead(heads, "gw-1")
-	if !ok {
-		t.Fatal("no local head")
-	}
-	trust.Heads["gw-1"] = h
-	_, err = verify(trust, readAll(t, nc))
+	_, err := verify(e.trustHead(t, heads), readAll(t, e.nc))
 	var p *chain.Problem
 	if !errors.As(err, &p) || !strings.Contains(p.Reason, "truncated") {
 		t.Fatalf("rebuilt stream: %v, want truncation against the local head", err)
 	}
 	// The writer itself refuses to continue on the rebuilt stream.
-	_, err = chain.Open(context.Background(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads, LeaseTTL: -1}, nopLog())
+	_, err = chain.Open(context.Background(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrTruncated) {
 		t.Fatalf("recorder on a truncated stream: %v, want ErrTruncated", err)
 	}
@@ -240,26 +196,17 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 // A block injected on a writer's subject by someone without its key: the
 // writer refuses to build on it.
 func TestWriterRefusesAForeignHead(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, _ := newKey(t)
-	r := openRecorder(t, nc, "gw-1", signer, "")
-	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
+	e := newChain(t)
+	e.recordClosed(t, 1, 1)
 	attacker, _ := newKey(t)
 	msg, _, err := chain.EncodeBlock("gw-1", attacker, 1_000_000, chain.Hash{}, time.Now(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	js, _ := jetstream.New(nc)
-	if _, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
+	if _, err := e.js.PublishMsg(t.Context(), &nats.Msg{Subject: chain.Subject("gw-1"), Data: msg}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, LeaseTTL: -1}, nopLog())
+	_, err = chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, LeaseTTL: -1}, nopLog())
 	if !errors.Is(err, chain.ErrForeignHead) {
 		t.Fatalf("recorder on a forged head: %v, want ErrForeignHead", err)
 	}

@@ -3,11 +3,8 @@ package chain_test
 import (
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/natstest"
 )
 
 // TestVerifyStreamReportsAMissingStream: with writers pinned, a chain
@@ -23,30 +20,15 @@ func TestVerifyStreamReportsAMissingStream(t *testing.T) {
 		{name: "deleted after recording", record: true, wantProbs: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := natstest.RunJetStream(t)
-			nc := natstest.Connect(t, srv.URL())
-			js := jsOf(t, nc)
-			signer, wk := newKey(t)
-			trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{}}
+			e := newChain(t)
+			trust := e.trust()
 			if tc.record {
-				heads := t.TempDir()
-				r := openRecorder(t, nc, "gw-1", signer, heads)
-				if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
-					t.Fatal(err)
-				}
-				if err := r.Close(time.Second); err != nil {
-					t.Fatal(err)
-				}
-				h, ok, err := chain.LoadHead(heads, "gw-1")
-				if err != nil || !ok {
-					t.Fatalf("local head: %v %v", ok, err)
-				}
-				trust.Heads["gw-1"] = h
-				if err := js.DeleteStream(t.Context(), chain.StreamName); err != nil {
+				trust = e.trustHead(t, e.recordClosed(t, 1, 1))
+				if err := e.js.DeleteStream(t.Context(), chain.StreamName); err != nil {
 					t.Fatal(err)
 				}
 			}
-			rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{Trust: trust})
+			rep, err := chain.VerifyStream(t.Context(), e.js, chain.VerifyOptions{Trust: trust})
 			if err != nil {
 				t.Fatalf("a missing stream is a finding, not an error: %v", err)
 			}

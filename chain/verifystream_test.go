@@ -1,7 +1,6 @@
 package chain_test
 
 import (
-	"crypto/rand"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,36 +9,19 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"golang.org/x/mod/sumdb/note"
 
-	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 )
 
 // TestVerifyStreamCleanChain verifies what the recorder wrote: no problems,
 // every block and event counted, the writer's state, progress reported.
 func TestVerifyStreamCleanChain(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	signer, wk := newKey(t)
-	heads := t.TempDir()
-	r := openRecorder(t, nc, "gw-1", signer, heads)
-	for i := uint64(0); i < 25; i++ {
-		if err := r.Record(t.Context(), event(i, audit.Allow), i%10 == 9); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := r.Close(time.Second); err != nil {
-		t.Fatal(err)
-	}
-	h, ok, err := chain.LoadHead(heads, "gw-1")
-	if err != nil || !ok {
-		t.Fatalf("local head: %v %v", ok, err)
-	}
-	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Heads: map[string]chain.Head{"gw-1": h}}
+	e := newChain(t)
+	trust := e.trustHead(t, e.recordClosed(t, 25, 10))
+	h := trust.Heads["gw-1"]
 	var progress []uint64
-	rep, err := chain.VerifyStream(t.Context(), jsOf(t, nc), chain.VerifyOptions{
+	rep, err := chain.VerifyStream(t.Context(), e.js, chain.VerifyOptions{
 		Trust: trust, ProgressEvery: time.Nanosecond,
 		Progress: func(blocks, _ uint64) { progress = append(progress, blocks) },
 	})
@@ -95,37 +77,16 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 		t.Fatal(err)
 	}
 	head := chain.Head{Writer: "gw-1", Height: last.Height, Hash: last.Hash.String()}
-	var acc chain.RootAcc
-	for _, m := range genuine {
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, e := range b.Events {
-			acc.Append(chain.LeafHash(e))
-		}
-	}
-	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-1")
+	acc := rootOf(t, genuine)
+	cpk := keystest.NewCheckpointer(t, "checkpointer-1")
+	all, err := chain.SignCheckpoint(acc.Size(), acc.Root(), cpk.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, _ := note.NewSigner(skey)
-	nv, _ := note.NewVerifier(vkey)
-	all, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherKey, _, _ := note.GenerateKey(rand.Reader, "checkpointer-1")
-	other, _ := note.NewSigner(otherKey)
-	forged, _ := chain.SignCheckpoint(acc.Size(), acc.Root(), other)
+	forged, _ := chain.SignCheckpoint(acc.Size(), acc.Root(), keystest.NewCheckpointer(t, "checkpointer-1").Signer)
 
 	edited := func() []*chain.Msg {
-		out := make([]*chain.Msg, len(genuine))
-		for i, m := range genuine {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			out[i] = &cp
-		}
+		out := copyMsgs(genuine)
 		d := out[2].Data
 		d[len(d)-30] ^= 0x01 // inside the last event of block 2
 		return out
@@ -163,13 +124,12 @@ func TestVerifyStreamFindsTampering(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := natstest.RunJetStream(t)
-			js := jsOf(t, natstest.Connect(t, srv.URL()))
+			js := newChain(t).js
 			publish(t, js, tc.msgs)
 			opts := chain.VerifyOptions{Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk},
 				Heads: map[string]chain.Head{"gw-1": head}}}
 			if tc.checkpoints {
-				opts.Trust.Checkpointers = note.VerifierList(nv)
+				opts.Trust.Checkpointers = cpk.Verifiers()
 				opts.PinnedCheckpoint = filepath.Join(t.TempDir(), "checkpoint.pinned")
 			}
 			if tc.inStream != nil {
@@ -228,24 +188,13 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	signer, wk := newKey(t)
 	attacker, _ := newKey(t)
 	msgs := genuineChain(t, signer)
-	b, err := chain.ParseBlock(msgs[4].Data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resigned, hash, err := chain.EncodeBlock("gw-1", attacker, b.Height, b.Prev, b.Time, b.Events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cp := *msgs[4]
-	cp.Data, cp.MsgID = resigned, hash.String()
-	msgs[4] = &cp
+	resign(t, msgs, 4, attacker)
 	first := *msgs[1]
 	first.Data = append([]byte(nil), msgs[1].Data...)
 	first.Data[len(first.Data)-30] ^= 0x01
 	msgs[1] = &first
 
-	srv := natstest.RunJetStream(t)
-	js := jsOf(t, natstest.Connect(t, srv.URL()))
+	js := newChain(t).js
 	publish(t, js, msgs)
 	rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{
 		Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}})
@@ -272,19 +221,10 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 func TestVerifyStreamCheckpointAge(t *testing.T) {
 	signer, wk := newKey(t)
 	genuine := genuineChain(t, signer) // six blocks of ten events
-	ns, known := newCheckpointKey(t, "checkpointer-1")
+	cpk := keystest.NewCheckpointer(t, "checkpointer-1")
 	signed := func(blocks int) []byte {
-		var acc chain.RootAcc
-		for _, m := range genuine[:blocks] {
-			b, err := chain.ParseBlock(m.Data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, e := range b.Events {
-				acc.Append(chain.LeafHash(e))
-			}
-		}
-		cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), ns)
+		acc := rootOf(t, genuine[:blocks])
+		cp, err := chain.SignCheckpoint(acc.Size(), acc.Root(), cpk.Signer)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -306,8 +246,7 @@ func TestVerifyStreamCheckpointAge(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := natstest.RunJetStream(t)
-			js := jsOf(t, natstest.Connect(t, srv.URL()))
+			js := newChain(t).js
 			publish(t, js, genuine)
 			if err := chain.EnsureCheckpointStream(t.Context(), js, 1); err != nil {
 				t.Fatal(err)
@@ -318,7 +257,7 @@ func TestVerifyStreamCheckpointAge(t *testing.T) {
 				}
 			}
 			rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{MaxCheckpointAge: tc.maxAge,
-				Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Checkpointers: known}})
+				Trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}, Checkpointers: cpk.Verifiers()}})
 			if err != nil {
 				t.Fatal(err)
 			}

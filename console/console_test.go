@@ -3,7 +3,6 @@ package console_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -36,31 +35,6 @@ import (
 	"github.com/gridseal/gridseal/proxy"
 )
 
-var cpKeys = map[note.Signer]string{}
-
-// newCheckpointSigner returns a signed-note signer and remembers its
-// verifier key for startWith.
-func newCheckpointSigner(t testing.TB) note.Signer {
-	skey, vkey, err := note.GenerateKey(rand.Reader, "checkpointer-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cpKeys[s] = vkey
-	return s
-}
-
-func cpVerifierKey(t testing.TB, s note.Signer) string {
-	v, ok := cpKeys[s]
-	if !ok {
-		t.Fatal("checkpoint signer not made by newCheckpointSigner")
-	}
-	return v
-}
-
 // rig is a proxy recording to a real chain, with the console in front.
 type rig struct {
 	proxyAddr string
@@ -76,14 +50,11 @@ func start(t testing.TB) *rig { return startWith(t, nil) }
 
 // startWith starts the rig; with a checkpoint signer, a checkpointer signs
 // the tree every 50 ms and the console trusts its key.
-func startWith(t testing.TB, cp note.Signer) *rig {
+func startWith(t testing.TB, cp *keystest.Checkpointer) *rig {
 	t.Helper()
 	ns := natstest.RunJetStream(t)
 	nc := natstest.Connect(t, ns.URL())
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	k := keystest.New(t)
 	signer, ver := k.Signer, k.Verifier
 	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer}, zap.NewNop())
@@ -121,15 +92,11 @@ devices:
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	if cp != nil {
-		v, err := note.NewVerifier(cpVerifierKey(t, cp))
-		if err != nil {
-			t.Fatal(err)
-		}
-		trust.Checkpointers = note.VerifierList(v)
+		trust.Checkpointers = cp.Verifiers()
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			_ = (&chain.Checkpointer{Signer: cp, Every: 50 * time.Millisecond, Log: zap.NewNop()}).Run(ctx, js)
+			_ = (&chain.Checkpointer{Signer: cp.Signer, Every: 50 * time.Millisecond, Log: zap.NewNop()}).Run(ctx, js)
 		}()
 		t.Cleanup(func() { cancel(); <-done })
 	}
@@ -140,6 +107,19 @@ devices:
 	web := httptest.NewServer(c.Handler())
 	t.Cleanup(web.Close)
 	return &rig{proxyAddr: ln.Addr().String(), web: web, console: c, js: js, rec: rec}
+}
+
+// events opens the live event stream, with query, for at most 10 s.
+func (r *rig) events(t *testing.T, query string) *http.Response {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	t.Cleanup(cancel)
+	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events"+query, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 // traffic sends n reads and one forbidden write through the proxy.
@@ -234,13 +214,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 func TestEventStreamShowsDeniesLive(t *testing.T) {
 	r := start(t)
 	r.traffic(t, 3) // before the viewer connects: comes as backlog
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := r.events(t, "")
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
 		t.Fatalf("content type %q", ct)
@@ -286,13 +260,10 @@ func TestEventStreamShowsDeniesLive(t *testing.T) {
 // checkpoint's signature with the checkpointer's public key, and the audit
 // path from the event's own bytes to the signed root.
 func TestEventProofChecksIndependently(t *testing.T) {
-	cp := newCheckpointSigner(t)
-	r := startWith(t, cp)
+	cp := keystest.NewCheckpointer(t, "checkpointer-test")
+	r := startWith(t, &cp)
 	r.traffic(t, 5)
-	verifier, err := note.NewVerifier(cpVerifierKey(t, cp))
-	if err != nil {
-		t.Fatal(err)
-	}
+	verifier := cp.Verifier
 	get := func(q string, into any) int {
 		t.Helper()
 		resp, err := http.Get(r.web.URL + "/api/proof?" + q)
@@ -407,13 +378,7 @@ func TestEventProofWithoutCheckpointers(t *testing.T) {
 // firstDeny reads the live stream until the first denied event.
 func firstDeny(t *testing.T, r *rig) chain.Record {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events?verdict=deny", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := r.events(t, "?verdict=deny")
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(nil, 1<<20)
@@ -444,11 +409,7 @@ func TestBreakGlassIsFlaggedInTheEventStream(t *testing.T) {
 	if err := r.rec.Record(ctx, &ev, true); err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", r.web.URL+"/api/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := r.events(t, "")
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	var got chain.Record

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 	"golang.org/x/mod/sumdb/tlog"
 
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
 )
 
@@ -86,12 +87,9 @@ func (h httpTiles) checkpoint(v note.Verifier) tlog.Tree {
 // entry bundle, and a later checkpoint's consistency with an earlier one;
 // full tiles are cached as immutable, partial ones are not.
 func TestLogServesTiles(t *testing.T) {
-	cp := newCheckpointSigner(t)
-	r := startWith(t, cp)
-	v, err := note.NewVerifier(cpVerifierKey(t, cp))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cp := keystest.NewCheckpointer(t, "checkpointer-test")
+	r := startWith(t, &cp)
+	v := cp.Verifier
 	h := httpTiles{t: t, base: r.web.URL}
 	r.traffic(t, 1499)
 	var old tlog.Tree

@@ -3,7 +3,6 @@ package eve_test
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"fmt"
 	"net/netip"
 	"os"
@@ -15,6 +14,7 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/eve/evetest"
+	"github.com/gridseal/gridseal/internal/goldentest"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -333,22 +333,8 @@ func TestREADMETable(t *testing.T) {
 	}
 }
 
-var update = flag.Bool("update", false, "rewrite the golden files in testdata")
-
 // golden compares got with testdata/name (or writes it, with -update).
 func golden(t *testing.T, name string, got []byte) {
 	t.Helper()
-	path := "testdata/" + name
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./eve -update to create it)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("%s changed: the EVE export is a contract others parse\ngot:\n%s\nwant:\n%s", path, got, want)
-	}
+	goldentest.Check(t, name, got, "the EVE export is a contract others parse")
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -32,24 +31,18 @@ type approvalsFixture struct {
 	nc                *nats.Conn
 	js                jetstream.JetStream
 	pol               *policy.Policy
-	alice, bob, carol keystest.Key
+	alice, bob, carol *keystest.Person
 	recs              map[string]*chain.Recorder
 }
 
 func newApprovalsFixture(t *testing.T) *approvalsFixture {
 	t.Helper()
-	f := &approvalsFixture{t: t, alice: keystest.New(t), bob: keystest.New(t), carol: keystest.New(t), recs: map[string]*chain.Recorder{}}
+	f := &approvalsFixture{t: t, alice: keystest.NewPerson(t, "alice"), bob: keystest.NewPerson(t, "bob"),
+		carol: keystest.NewPerson(t, "carol"), recs: map[string]*chain.Recorder{}}
 	var b strings.Builder
 	b.WriteString("id: plant\nversion: 1\napprovers:\n")
-	for name, k := range map[string]keystest.Key{"alice": f.alice, "bob": f.bob, "carol": f.carol} {
-		pub, err := keys.PublicJSON(k.Handle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&b, "  - name: %s\n    groups: [operators]\n    keyset: |\n", name)
-		for _, line := range strings.Split(strings.TrimSpace(string(pub)), "\n") {
-			b.WriteString("      " + line + "\n")
-		}
+	for _, p := range []*keystest.Person{f.alice, f.bob, f.carol} {
+		policy.WriteKeysetEntry(&b, p.Name, []string{"operators"}, p.PublicJSON(t))
 	}
 	b.WriteString(`devices:
   - name: inverter-1
@@ -70,10 +63,37 @@ func newApprovalsFixture(t *testing.T) *approvalsFixture {
 	f.pol = pol
 	srv := natstest.RunJetStream(t)
 	f.nc = natstest.Connect(t, srv.URL())
-	if f.js, err = jetstream.New(f.nc); err != nil {
+	f.js = natstest.JetStream(t, f.nc)
+	return f
+}
+
+// bucket is the approvals bucket.
+func (f *approvalsFixture) bucket() jetstream.KeyValue {
+	f.t.Helper()
+	kv, err := f.js.KeyValue(f.t.Context(), approvals.Bucket)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return kv
+}
+
+// storedProposal reads proposal id's entry in the approvals bucket and
+// decodes its proposal.
+func storedProposal(t *testing.T, kv jetstream.KeyValue, id approvals.ID) (approvals.Entry, *approvals.Proposal) {
+	t.Helper()
+	kve, err := kv.Get(t.Context(), "p."+id.String())
+	if err != nil {
 		t.Fatal(err)
 	}
-	return f
+	var e approvals.Entry
+	if err := json.Unmarshal(kve.Value(), &e); err != nil {
+		t.Fatal(err)
+	}
+	pr, err := approvals.DecodeProposal(e.Proposal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e, pr
 }
 
 // recorder is writer's chain recorder, opened on first use.
@@ -105,14 +125,14 @@ func (f *approvalsFixture) open(writer string) (*policy.Engine, *approvals.Store
 	return engine, store
 }
 
-// propose stores a proposal by the proposer named for pdu, signed by key.
-func (f *approvalsFixture) propose(store *approvals.Store, name string, key keystest.Key, pdu []byte, start time.Time) approvals.ID {
+// propose stores p's proposal of pdu, signed by p.
+func (f *approvalsFixture) propose(store *approvals.Store, p *keystest.Person, pdu []byte, start time.Time) approvals.ID {
 	f.t.Helper()
-	pr, err := approvals.NewProposal(f.pol, "inverter-1", 1, pdu, 15*time.Minute, name, start)
+	pr, err := approvals.NewProposal(f.pol, "inverter-1", 1, pdu, 15*time.Minute, p.Name, start)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	sig, err := key.Signer.Sign(approvals.ProposeInput(pr.ID()))
+	sig, err := p.Signer.Sign(approvals.ProposeInput(pr.ID()))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -123,9 +143,9 @@ func (f *approvalsFixture) propose(store *approvals.Store, name string, key keys
 	return id
 }
 
-func (f *approvalsFixture) sign(store *approvals.Store, id approvals.ID, key keystest.Key) {
+func (f *approvalsFixture) sign(store *approvals.Store, id approvals.ID, p *keystest.Person) {
 	f.t.Helper()
-	sig, err := key.Signer.Sign(approvals.ApproveInput(id))
+	sig, err := p.Signer.Sign(approvals.ApproveInput(id))
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -191,14 +211,11 @@ func (f *approvalsFixture) decide(engine *policy.Engine, store *approvals.Store,
 func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 	f := newApprovalsFixture(t)
 	_, store := f.open("gw-1")
-	kv, err := f.js.KeyValue(t.Context(), approvals.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := f.bucket()
 	setpoint := func(v uint16) []byte { return modbus.AppendWriteSingleRegister(nil, 40127, v) }
 
 	t.Run("valid steps", func(t *testing.T) {
-		id := f.propose(store, "bob", f.bob, setpoint(10), time.Now())
+		id := f.propose(store, f.bob, setpoint(10), time.Now())
 		f.sign(store, id, f.alice)
 		got := f.waitSteps(id.String(), 2)
 		want := []string{"allow proposed by bob: ", fmt.Sprintf("allow signed by alice (key %d)", f.alice.Signer.KeyID)}
@@ -209,7 +226,7 @@ func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 		}
 	})
 	t.Run("junk behind carol's key id", func(t *testing.T) {
-		id := f.propose(store, "bob", f.bob, setpoint(11), time.Now())
+		id := f.propose(store, f.bob, setpoint(11), time.Now())
 		junk := make([]byte, 69)
 		_, _ = rand.Read(junk)
 		junk[0] = 1
@@ -224,20 +241,9 @@ func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 		}
 	})
 	t.Run("altered PDU under its new id", func(t *testing.T) {
-		id := f.propose(store, "alice", f.alice, setpoint(12), time.Now())
+		id := f.propose(store, f.alice, setpoint(12), time.Now())
 		f.sign(store, id, f.bob)
-		kve, err := kv.Get(t.Context(), "p."+id.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e approvals.Entry
-		if err := json.Unmarshal(kve.Value(), &e); err != nil {
-			t.Fatal(err)
-		}
-		pr, err := approvals.DecodeProposal(e.Proposal)
-		if err != nil {
-			t.Fatal(err)
-		}
+		e, pr := storedProposal(t, kv, id)
 		pr.PDU = setpoint(100)
 		e.Proposal = pr.SigningBytes()
 		data, _ := json.Marshal(e)
@@ -252,17 +258,9 @@ func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 		}
 	})
 	t.Run("altered PDU under the old id", func(t *testing.T) {
-		id := f.propose(store, "alice", f.alice, setpoint(13), time.Now())
+		id := f.propose(store, f.alice, setpoint(13), time.Now())
 		f.waitSteps(id.String(), 1)
-		kve, err := kv.Get(t.Context(), "p."+id.String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var e approvals.Entry
-		if err := json.Unmarshal(kve.Value(), &e); err != nil {
-			t.Fatal(err)
-		}
-		pr, _ := approvals.DecodeProposal(e.Proposal)
+		e, pr := storedProposal(t, kv, id)
 		pr.PDU = setpoint(99)
 		e.Proposal = pr.SigningBytes()
 		data, _ := json.Marshal(e)
@@ -275,7 +273,7 @@ func TestApprovalStepsAreVerifiedBeforeTheyAreRecorded(t *testing.T) {
 		}
 	})
 	t.Run("window starting in an hour", func(t *testing.T) {
-		id := f.propose(store, "bob", f.bob, setpoint(14), time.Now().Add(time.Hour))
+		id := f.propose(store, f.bob, setpoint(14), time.Now().Add(time.Hour))
 		got := f.waitSteps(id.String(), 1)
 		if !strings.HasPrefix(got[0], "deny refused: proposed by bob") || !strings.Contains(got[0], "starts in the future") {
 			t.Fatalf("steps:\n%s", strings.Join(got, "\n"))
@@ -297,7 +295,7 @@ func TestUsedApprovalStaysUsedWhenTheUseStreamIsDeleted(t *testing.T) {
 			f := newApprovalsFixture(t)
 			engine, store := f.open(tc.user)
 			pdu := modbus.AppendWriteSingleRegister(nil, 40127, 30)
-			id := f.propose(store, "bob", f.bob, pdu, time.Now())
+			id := f.propose(store, f.bob, pdu, time.Now())
 			f.sign(store, id, f.alice)
 			f.sign(store, id, f.carol)
 			v := f.decide(engine, store, id, pdu, 7)
@@ -312,17 +310,10 @@ func TestUsedApprovalStaysUsedWhenTheUseStreamIsDeleted(t *testing.T) {
 			}
 			f.waitSteps(id.String(), 4) // proposed, signed twice, used
 
-			kv, err := f.js.KeyValue(t.Context(), approvals.Bucket)
-			if err != nil {
-				t.Fatal(err)
-			}
-			kve, err := kv.Get(t.Context(), "p."+id.String())
-			if err != nil {
-				t.Fatal(err)
-			}
-			var e approvals.Entry
-			if err := json.Unmarshal(kve.Value(), &e); err != nil || e.Consumed == nil {
-				t.Fatalf("bucket entry before the attack: %+v %v", e, err)
+			kv := f.bucket()
+			e, _ := storedProposal(t, kv, id)
+			if e.Consumed == nil {
+				t.Fatalf("bucket entry before the attack: %+v", e)
 			}
 			if err := f.js.DeleteStream(t.Context(), approvals.UsedStream); err != nil {
 				t.Fatal(err)
@@ -348,7 +339,7 @@ func TestUsedApprovalStaysUsedWhenTheUseStreamIsDeleted(t *testing.T) {
 			}
 			// A fresh approval is still usable once.
 			fresh := modbus.AppendWriteSingleRegister(nil, 40127, 31)
-			nid := f.propose(store, "bob", f.bob, fresh, time.Now())
+			nid := f.propose(store, f.bob, fresh, time.Now())
 			f.sign(store, nid, f.alice)
 			f.sign(store, nid, f.carol)
 			if v := f.decide(engine, store, nid, fresh, 9); !v.Allowed() {

@@ -40,23 +40,12 @@ func TestReadyReportsCheckpointFailures(t *testing.T) {
 	if err := g.ready(); err != nil {
 		t.Fatalf("ready with a writable chain and no checkpointer: %v", err)
 	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := natstest.JetStream(t, nc)
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: chain.CheckpointStream,
 		Subjects: []string{"gridseal.checkpoint.someone-else"}}); err != nil {
 		t.Fatal(err)
 	}
-	skey, _, err := note.GenerateKey(rand.Reader, "cp-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := note.NewSigner(skey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.checkpointer = &chain.Checkpointer{Signer: s, Every: 50 * time.Millisecond, Log: zap.NewNop()}
+	g.checkpointer = &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "cp-1").Signer, Every: 50 * time.Millisecond, Log: zap.NewNop()}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- g.checkpointer.Run(ctx, js) }()

@@ -8,18 +8,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/policy"
 )
 
-func writeRoot(t *testing.T, dir string, threshold int, admins ...*person) string {
+func writeRoot(t *testing.T, dir string, threshold int, admins ...*keystest.Person) string {
 	t.Helper()
 	var b strings.Builder
 	fmt.Fprintf(&b, "threshold: %d\nadmins:\n", threshold)
 	for _, a := range admins {
-		fmt.Fprintf(&b, "  - name: %s\n    keyset: |\n", a.name)
-		for _, line := range strings.Split(strings.TrimSpace(a.publicJSON(t)), "\n") {
-			b.WriteString("      " + line + "\n")
-		}
+		policy.WriteKeysetEntry(&b, a.Name, nil, a.PublicJSON(t))
 	}
 	path := filepath.Join(dir, "policy-root.yaml")
 	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
@@ -30,8 +28,8 @@ func writeRoot(t *testing.T, dir string, threshold int, admins ...*person) strin
 
 func TestSignedPolicyBundle(t *testing.T) {
 	dir := t.TempDir()
-	a1, a2, a3 := newPerson(t, "admin-1"), newPerson(t, "admin-2"), newPerson(t, "admin-3")
-	a1second := a1.secondKey(t)
+	a1, a2, a3 := keystest.NewPerson(t, "admin-1"), keystest.NewPerson(t, "admin-2"), keystest.NewPerson(t, "admin-3")
+	a1second := a1.SecondKey(t)
 	root, err := policy.LoadRoot(writeRoot(t, dir, 2, a1, a2, a3))
 	if err != nil {
 		t.Fatal(err)
@@ -48,7 +46,7 @@ func TestSignedPolicyBundle(t *testing.T) {
 	if err := load(); !errors.Is(err, policy.ErrUnsigned) || !strings.Contains(err.Error(), "no signatures") {
 		t.Fatalf("unsigned: %v", err)
 	}
-	if err := policy.SignPolicy(path, a1.signer); err != nil {
+	if err := policy.SignPolicy(path, a1.Signer); err != nil {
 		t.Fatal(err)
 	}
 	if err := load(); !errors.Is(err, policy.ErrUnsigned) || !strings.Contains(err.Error(), "1 of 2") {
@@ -60,14 +58,14 @@ func TestSignedPolicyBundle(t *testing.T) {
 	if err := load(); !errors.Is(err, policy.ErrUnsigned) {
 		t.Fatalf("one admin with two keys counted twice: %v", err)
 	}
-	outsider := newPerson(t, "outsider")
-	if err := policy.SignPolicy(path, outsider.signer); err != nil {
+	outsider := keystest.NewPerson(t, "outsider")
+	if err := policy.SignPolicy(path, outsider.Signer); err != nil {
 		t.Fatal(err)
 	}
 	if err := load(); !errors.Is(err, policy.ErrUnsigned) {
 		t.Fatalf("a key outside the root counted: %v", err)
 	}
-	if err := policy.SignPolicy(path, a2.signer); err != nil {
+	if err := policy.SignPolicy(path, a2.Signer); err != nil {
 		t.Fatal(err)
 	}
 	p, names, err := policy.LoadSigned(path, root)

@@ -38,14 +38,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln, plcRoute()) }()
-	b.Cleanup(func() { _ = srv.Close() })
+	proxied, _ := serve(b, srv, plcRoute())
 
-	for _, target := range []struct{ name, addr string }{{"direct", up.addr()}, {"proxied", ln.Addr().String()}} {
+	for _, target := range []struct{ name, addr string }{{"direct", up.addr()}, {"proxied", proxied}} {
 		b.Run(target.name, func(b *testing.B) {
 			c, err := net.Dial("tcp", target.addr)
 			if err != nil {

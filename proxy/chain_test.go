@@ -3,14 +3,12 @@ package proxy_test
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
@@ -65,13 +63,8 @@ func startChainProxyWith(t *testing.T, up *upstream, cfg chain.Config) *chainFix
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(ln, plcRoute()) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	return &chainFixture{addr: ln.Addr().String(), srv: js, nc: nc, rec: rec, signer: signer,
+	addr, _ := serve(t, srv, plcRoute())
+	return &chainFixture{addr: addr, srv: js, nc: nc, rec: rec, signer: signer,
 		trust: chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: ver, KeyIDs: ver.KeyIDs}}}}
 }
 
@@ -81,10 +74,6 @@ func (f *chainFixture) chainEvents(t *testing.T) []audit.Event {
 	if err := f.rec.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	js, err := jetstream.New(f.nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	v := chain.NewVerifier(f.trust)
 	var evs []audit.Event
 	v.OnEvent = func(_ *chain.Msg, _ *chain.Block, _ int, e []byte) error {
@@ -92,7 +81,7 @@ func (f *chainFixture) chainEvents(t *testing.T) []audit.Event {
 		evs = append(evs, ev)
 		return err
 	}
-	if err := chain.Scan(t.Context(), js, 1, false, v.Add); err != nil {
+	if err := chain.Scan(t.Context(), natstest.JetStream(t, f.nc), 1, false, v.Add); err != nil {
 		t.Fatalf("chain does not verify: %v", err)
 	}
 	return evs

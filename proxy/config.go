@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/gridseal/gridseal/audit"
@@ -106,56 +107,17 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields from DefaultConfig and checks the rest.
 func (c Config) withDefaults() (Config, error) {
 	d := DefaultConfig()
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
+	if c.LogInterval == 0 {
+		c.LogInterval = d.LogInterval
 	}
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setEx := func(v *modbus.ExceptionCode, def modbus.ExceptionCode) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setDur(&c.LogInterval, d.LogInterval)
-	l, dl := &c.Limits, d.Limits
-	setInt(&l.MaxConnections, dl.MaxConnections)
-	setInt(&l.MaxConnectionsPerClient, dl.MaxConnectionsPerClient)
-	setDur(&l.IdleTimeout, dl.IdleTimeout)
-	setDur(&l.ReadTimeout, dl.ReadTimeout)
-	setDur(&l.WriteTimeout, dl.WriteTimeout)
-	if l.RequestsPerSecond == 0 {
-		l.RequestsPerSecond = dl.RequestsPerSecond
-	}
-	setInt(&l.Burst, dl.Burst)
-	setInt(&l.MaxPipeline, dl.MaxPipeline)
-	u, du := &c.Upstream, d.Upstream
-	setInt(&u.PoolSize, du.PoolSize)
-	setInt(&u.MaxInflight, du.MaxInflight)
-	setDur(&u.DialTimeout, du.DialTimeout)
-	setDur(&u.ResponseTimeout, du.ResponseTimeout)
-	setDur(&u.RetryBackoff, du.RetryBackoff)
-	e, de := &c.Exceptions, d.Exceptions
-	setEx(&e.Function, de.Function)
-	setEx(&e.Address, de.Address)
-	setEx(&e.Value, de.Value)
-	setEx(&e.Approval, de.Approval)
-	setEx(&e.Unrouted, de.Unrouted)
-	setEx(&e.RateLimit, de.RateLimit)
-	setEx(&e.Unrecorded, de.Unrecorded)
-	setEx(&e.Busy, de.Busy)
-	setEx(&e.BadReply, de.BadReply)
-	for name, code := range map[string]modbus.ExceptionCode{
-		"function": e.Function, "address": e.Address, "value": e.Value, "approval": e.Approval, "unrouted": e.Unrouted,
-		"rate_limit": e.RateLimit, "unrecorded": e.Unrecorded, "upstream_busy": e.Busy,
-		"bad_reply": e.BadReply,
-	} {
-		if !code.Valid() {
-			return c, fmt.Errorf("exceptions.%s: %d is not a Modbus exception code", name, code)
+	fillZero(&c.Limits, d.Limits)
+	fillZero(&c.Upstream, d.Upstream)
+	fillZero(&c.Exceptions, d.Exceptions)
+	l, u := &c.Limits, &c.Upstream
+	ev := reflect.ValueOf(c.Exceptions)
+	for i := range ev.NumField() {
+		if code := ev.Field(i).Interface().(modbus.ExceptionCode); !code.Valid() {
+			return c, fmt.Errorf("exceptions.%s: %d is not a Modbus exception code", ev.Type().Field(i).Tag.Get("yaml"), code)
 		}
 	}
 	if l.MaxConnections < 0 || l.MaxConnectionsPerClient < 0 || l.Burst < 0 || l.MaxPipeline < 0 ||
@@ -166,4 +128,14 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("upstream.pool_size %d: at most 64 (PLCs accept few connections)", u.PoolSize)
 	}
 	return c, nil
+}
+
+// fillZero sets each field of *v that is zero to the same field of def.
+func fillZero[T any](v *T, def T) {
+	rv, rd := reflect.ValueOf(v).Elem(), reflect.ValueOf(def)
+	for i := range rv.NumField() {
+		if f := rv.Field(i); f.IsZero() {
+			f.Set(rd.Field(i))
+		}
+	}
 }

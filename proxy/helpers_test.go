@@ -212,19 +212,29 @@ func startProxy(t testing.TB, cfg proxy.Config, policyYAML string, rt proxy.Rout
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln, rt) }()
+	addr, done := serve(t, srv, rt)
 	t.Cleanup(func() {
 		_ = srv.Close()
 		if err := <-done; !errors.Is(err, proxy.ErrClosed) {
 			t.Errorf("Serve returned %v, want ErrClosed", err)
 		}
 	})
-	return &fixture{addr: ln.Addr().String(), srv: srv, events: events}
+	return &fixture{addr: addr, srv: srv, events: events}
+}
+
+// serve runs srv on a fresh loopback listener, routed by rt, until the
+// caller or the test's end closes it; it returns the listener's address
+// and what Serve will return.
+func serve(t testing.TB, srv *proxy.Server, rt proxy.Route) (string, <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln, rt) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return ln.Addr().String(), done
 }
 
 // conn is a raw Modbus/TCP client connection for tests.

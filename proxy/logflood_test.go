@@ -3,7 +3,6 @@ package proxy_test
 import (
 	"errors"
 	"fmt"
-	"net"
 	"testing"
 	"time"
 
@@ -78,13 +77,8 @@ func TestFloodsOfWarningsAreSummarised(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- srv.Serve(ln, plcRoute()) }()
-			tc.flood(t, ln.Addr().String())
+			addr, done := serve(t, srv, plcRoute())
+			tc.flood(t, addr)
 			_ = srv.Close()
 			if err := <-done; !errors.Is(err, proxy.ErrClosed) {
 				t.Fatalf("Serve returned %v", err)

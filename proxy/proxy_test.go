@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/testtool"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/proxy"
@@ -598,11 +599,19 @@ func TestConnectionLimits(t *testing.T) {
 	d.roundTrip(1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1))
 }
 
-func TestRateLimit(t *testing.T) {
+// rateLimited is a proxy that allows each client a burst of 3 requests
+// and then rps a second, and the device behind it.
+func rateLimited(t *testing.T, rps float64) (*fixture, *upstream) {
+	t.Helper()
 	up := startUpstream(t, nil)
-	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 0.5, Burst: 3}}
+	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: rps, Burst: 3}}
 	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
 		proxy.Device{Name: "plc", Upstream: up.addr()})
+	return fx, up
+}
+
+func TestRateLimit(t *testing.T) {
+	fx, up := rateLimited(t, 0.5)
 	c := dial(t, fx.addr)
 	for tid := uint16(0); tid < 3; tid++ {
 		if resp := c.roundTrip(tid, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 1)); resp[0] != 3 {
@@ -623,10 +632,7 @@ func TestRateLimit(t *testing.T) {
 // other; past the burst they get the rate-limit exception, and a valid
 // request after them is refused too.
 func TestRateLimitCountsMalformedRequests(t *testing.T) {
-	up := startUpstream(t, nil)
-	cfg := proxy.Config{Limits: proxy.Limits{RequestsPerSecond: 0.001, Burst: 3}}
-	fx := startProxy(t, cfg, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
-		proxy.Device{Name: "plc", Upstream: up.addr()})
+	fx, up := rateLimited(t, 0.001)
 	c := dial(t, fx.addr)
 	cases := []struct {
 		name string
@@ -707,13 +713,7 @@ func TestUnroutedUnit(t *testing.T) {
 // TestMbpollThroughProxy drives the proxy with mbpoll, an independent Modbus
 // client (libmodbus), against the real simulators. `make test` installs it.
 func TestMbpollThroughProxy(t *testing.T) {
-	mbpoll, err := exec.LookPath("mbpoll")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("mbpoll not installed; `make test` installs it")
-		}
-		t.Fatal("mbpoll not installed in CI: the Makefile's tools target should have installed it")
-	}
+	mbpoll := testtool.Path(t, "mbpoll")
 	simAddr, plant := simtest.Start(t, simulators.Options{})
 	pol, err := readExamplePolicy(simAddr)
 	if err != nil {

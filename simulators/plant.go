@@ -87,47 +87,35 @@ func (p *Plant) Device(u uint8) Device {
 	return p.units[u]
 }
 
-func (p *Plant) device(u uint8) (Device, error) {
-	if d := p.Device(u); d != nil {
-		return d, nil
+// forward hands req to the device at unit with handle, or answers
+// gateway path unavailable when there is none.
+func forward[Req, Resp any](p *Plant, unit uint8, req Req, handle func(Device, Req) (Resp, error)) (Resp, error) {
+	d := p.Device(unit)
+	if d == nil {
+		var none Resp
+		return none, mbserver.ErrGWPathUnavailable
 	}
-	return nil, mbserver.ErrGWPathUnavailable
+	return handle(d, req)
 }
 
 // HandleCoils implements mbserver.RequestHandler.
 func (p *Plant) HandleCoils(req *mbserver.CoilsRequest) ([]bool, error) {
-	d, err := p.device(req.UnitId)
-	if err != nil {
-		return nil, err
-	}
-	return d.HandleCoils(req)
+	return forward(p, req.UnitId, req, Device.HandleCoils)
 }
 
 // HandleDiscreteInputs implements mbserver.RequestHandler.
 func (p *Plant) HandleDiscreteInputs(req *mbserver.DiscreteInputsRequest) ([]bool, error) {
-	d, err := p.device(req.UnitId)
-	if err != nil {
-		return nil, err
-	}
-	return d.HandleDiscreteInputs(req)
+	return forward(p, req.UnitId, req, Device.HandleDiscreteInputs)
 }
 
 // HandleHoldingRegisters implements mbserver.RequestHandler.
 func (p *Plant) HandleHoldingRegisters(req *mbserver.HoldingRegistersRequest) ([]uint16, error) {
-	d, err := p.device(req.UnitId)
-	if err != nil {
-		return nil, err
-	}
-	return d.HandleHoldingRegisters(req)
+	return forward(p, req.UnitId, req, Device.HandleHoldingRegisters)
 }
 
 // HandleInputRegisters implements mbserver.RequestHandler.
 func (p *Plant) HandleInputRegisters(req *mbserver.InputRegistersRequest) ([]uint16, error) {
-	d, err := p.device(req.UnitId)
-	if err != nil {
-		return nil, err
-	}
-	return d.HandleInputRegisters(req)
+	return forward(p, req.UnitId, req, Device.HandleInputRegisters)
 }
 
 // Server is a running simulator endpoint.

@@ -362,6 +362,16 @@ func approvalsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// loadRequired loads the file a required flag names, or says (missing)
+// that it is required.
+func loadRequired[T any](path, missing string, load func(string) (T, error)) (T, error) {
+	if path == "" {
+		var none T
+		return none, fmt.Errorf("%w: %s", errUsage, missing)
+	}
+	return load(path)
+}
+
 func policyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Sign and verify policy bundles"}
 	var keyPath, rootPath string
@@ -371,10 +381,7 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "Add a policy admin's signature to FILE.sig",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if keyPath == "" {
-				return fmt.Errorf("%w: --key KEY is required", errUsage)
-			}
-			s, err := keys.LoadSigner(keyPath)
+			s, err := loadRequired(keyPath, "--key KEY is required", keys.LoadSigner)
 			if err != nil {
 				return err
 			}
@@ -391,10 +398,7 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "Check FILE parses and carries enough admin signatures",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if rootPath == "" {
-				return fmt.Errorf("%w: --root ROOT is required", errUsage)
-			}
-			root, err := policy.LoadRoot(rootPath)
+			root, err := loadRequired(rootPath, "--root ROOT is required", policy.LoadRoot)
 			if err != nil {
 				return err
 			}

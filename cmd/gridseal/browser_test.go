@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/gridseal/gridseal/internal/demo"
+	"github.com/gridseal/gridseal/internal/testtool"
 	"github.com/gridseal/gridseal/simulators"
 )
 
@@ -25,13 +25,7 @@ import (
 // panel, and at 800 px wide nothing overflows. Screenshots go to
 // $GRIDSEAL_ARTIFACTS (or the test's temporary directory).
 func TestConsoleInHeadlessChromium(t *testing.T) {
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("chromium not installed; `make test` installs it")
-		}
-		t.Fatal("chromium not installed in CI: the Makefile's tools target should have installed it")
-	}
+	browser := testtool.Path(t, "chromium")
 	data := t.TempDir()
 	listen, web := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())

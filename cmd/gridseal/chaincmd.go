@@ -166,16 +166,12 @@ func chainTailCmd(g *globals) *cobra.Command {
 			if lastN < 1 {
 				return fmt.Errorf("%w: --lines %d: want at least 1", errUsage, lastN)
 			}
-			switch verdict {
-			case "":
-			case "allow":
-				f.Verdict = audit.Allow
-			case "deny":
-				f.Verdict = audit.Deny
-			case "malformed":
-				f.Verdict = audit.Malformed
-			default:
-				return fmt.Errorf("%w: --verdict %q: want allow, deny or malformed", errUsage, verdict)
+			if verdict != "" {
+				v, ok := audit.ParseVerdict(verdict)
+				if !ok {
+					return fmt.Errorf("%w: --verdict %q: want allow, deny or malformed", errUsage, verdict)
+				}
+				f.Verdict = v
 			}
 			conn, js, err := g.jetStream(cmd.Context(), "chain tail")
 			if err != nil {

@@ -22,11 +22,8 @@ func keysCheckpointCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "checkpoint NAME [--dir DIR]",
 		Short: "Create a checkpointer's signed-note key: NAME.checkpoint.key (0600) and NAME.checkpoint.vkey",
-		Args:  cobra.ExactArgs(1),
+		Args:  nameArg("key name"),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if err := chain.CheckWriterID(args[0]); err != nil {
-				return fmt.Errorf("%w: key name: %v", errUsage, err)
-			}
 			vkey, err := chain.NewCheckpointKey(dir, args[0])
 			if errors.Is(err, atomicfile.ErrExists) {
 				return fmt.Errorf("%v: choose another name", err)

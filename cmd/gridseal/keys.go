@@ -20,12 +20,9 @@ func keysCmd(g *globals) *cobra.Command {
 	newCmd := &cobra.Command{
 		Use:   "new NAME [--dir DIR]",
 		Short: "Create a keyset: NAME.private.json (0600) and NAME.public.json",
-		Args:  cobra.ExactArgs(1),
+		Args:  nameArg("key name"),
 		RunE: func(_ *cobra.Command, args []string) error {
 			name := args[0]
-			if err := chain.CheckWriterID(name); err != nil {
-				return fmt.Errorf("%w: key name: %v", errUsage, err)
-			}
 			h, err := keys.New(alg)
 			if err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
@@ -48,6 +45,20 @@ func keysCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
+// nameArg accepts one argument, a name (what calls it in the error) fit
+// for file names and writer ids.
+func nameArg(what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
+			return err
+		}
+		if err := chain.CheckWriterID(args[0]); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+}
+
 // keysConsoleTokenCmd adds a viewer's token to a console token file. The
 // file keeps only the token's SHA-256; the token is printed once.
 func keysConsoleTokenCmd(g *globals) *cobra.Command {
@@ -55,12 +66,9 @@ func keysConsoleTokenCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "console-token NAME --file FILE",
 		Short: "Create a console sign-in token for NAME (an analyst, or Prometheus) and list its hash in FILE (0600)",
-		Args:  cobra.ExactArgs(1),
+		Args:  nameArg("token name"),
 		RunE: func(_ *cobra.Command, args []string) error {
 			name := args[0]
-			if err := chain.CheckWriterID(name); err != nil {
-				return fmt.Errorf("%w: token name: %v", errUsage, err)
-			}
 			if file == "" {
 				return fmt.Errorf("%w: --file is required (the console's tokens: file)", errUsage)
 			}

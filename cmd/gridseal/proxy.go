@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
@@ -19,10 +18,7 @@ func proxyCmd(g *globals) *cobra.Command {
 		Short: "Run the firewall in front of the devices a configuration names",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configPath == "" {
-				return fmt.Errorf("%w: --config FILE is required (see deploy/examples/gridseal.yaml)", errUsage)
-			}
-			cfg, err := gateway.Load(configPath)
+			cfg, err := loadRequired(configPath, "--config FILE is required (see deploy/examples/gridseal.yaml)", gateway.Load)
 			if err != nil {
 				return err
 			}

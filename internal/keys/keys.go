@@ -108,15 +108,27 @@ func LoadSigner(path string) (*Signer, error) {
 	if fi.Mode().Perm()&0o077 != 0 {
 		return nil, fmt.Errorf("private keyset %s is readable by others (mode %o); chmod 600 it", path, fi.Mode().Perm())
 	}
-	data, err := os.ReadFile(path)
+	h, err := readKeyset(path, "private keyset", "a Tink keyset", func(r keyset.Reader) (*keyset.Handle, error) {
+		return insecurecleartextkeyset.Read(r)
+	})
 	if err != nil {
-		return nil, fmt.Errorf("private keyset: %w", err)
-	}
-	h, err := insecurecleartextkeyset.Read(keyset.NewJSONReader(bytes.NewReader(data)))
-	if err != nil {
-		return nil, fmt.Errorf("private keyset %s: not a Tink keyset", path)
+		return nil, err
 	}
 	return SignerFromHandle(h)
+}
+
+// readKeyset reads the JSON keyset at path with read; its errors name the
+// file as what (and, when it cannot be read as one, what it should be).
+func readKeyset(path, what, want string, read func(keyset.Reader) (*keyset.Handle, error)) (*keyset.Handle, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	h, err := read(keyset.NewJSONReader(bytes.NewReader(data)))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: not %s", what, path, want)
+	}
+	return h, nil
 }
 
 // Generate makes a fresh Ed25519 keyset in memory and returns its signer
@@ -163,13 +175,9 @@ type Verifier struct {
 
 // LoadVerifier reads a public keyset.
 func LoadVerifier(path string) (*Verifier, error) {
-	data, err := os.ReadFile(path)
+	h, err := readKeyset(path, "public keyset", "a Tink public keyset", keyset.ReadWithNoSecrets)
 	if err != nil {
-		return nil, fmt.Errorf("public keyset: %w", err)
-	}
-	h, err := keyset.ReadWithNoSecrets(keyset.NewJSONReader(bytes.NewReader(data)))
-	if err != nil {
-		return nil, fmt.Errorf("public keyset %s: not a Tink public keyset", path)
+		return nil, err
 	}
 	return VerifierFromHandle(h)
 }

@@ -25,59 +25,27 @@ type Device struct {
 	ServiceTime time.Duration
 	Serial      bool
 
-	mu     sync.Mutex // serializes service when Serial
-	wg     sync.WaitGroup
-	cmu    sync.Mutex
-	ln     net.Listener
-	closed bool
-	conns  map[net.Conn]struct{}
+	mu    sync.Mutex // serializes service when Serial
+	conns conns
 }
 
 // Serve answers on ln until Close.
 func (d *Device) Serve(ln net.Listener) {
-	d.cmu.Lock()
-	d.ln, d.conns = ln, map[net.Conn]struct{}{}
-	if d.closed {
-		_ = ln.Close()
-	}
-	d.cmu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+	d.conns.accept(ln, func(c net.Conn) bool {
+		if !d.conns.add(c) {
+			return false
 		}
-		d.cmu.Lock()
-		if d.closed {
-			d.cmu.Unlock()
-			_ = c.Close()
-			return
-		}
-		d.conns[c] = struct{}{}
-		d.wg.Add(1)
-		d.cmu.Unlock()
 		go func() {
-			defer d.wg.Done()
+			defer d.conns.wg.Done()
 			d.serve(c)
-			d.cmu.Lock()
-			delete(d.conns, c)
-			d.cmu.Unlock()
+			d.conns.forget(c)
 		}()
-	}
+		return true
+	})
 }
 
 // Close stops the device and its connections.
-func (d *Device) Close() {
-	d.cmu.Lock()
-	d.closed = true
-	if d.ln != nil {
-		_ = d.ln.Close()
-	}
-	for c := range d.conns {
-		_ = c.Close()
-	}
-	d.cmu.Unlock()
-	d.wg.Wait()
-}
+func (d *Device) Close() { d.conns.close() }
 
 func (d *Device) serve(c net.Conn) {
 	defer func() { _ = c.Close() }()
@@ -150,62 +118,100 @@ func answer(pdu, dst []byte) []byte {
 // at least.
 type Relay struct {
 	Upstream string
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	ln       net.Listener
-	closed   bool
-	conns    map[net.Conn]struct{}
+	conns    conns
 }
 
 // Serve relays connections from ln to Upstream until Close.
 func (r *Relay) Serve(ln net.Listener) {
-	r.mu.Lock()
-	r.ln, r.conns = ln, map[net.Conn]struct{}{}
-	if r.closed {
-		_ = ln.Close()
-	}
-	r.mu.Unlock()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
+	r.conns.accept(ln, func(c net.Conn) bool {
 		up, err := net.Dial("tcp", r.Upstream)
 		if err != nil {
 			_ = c.Close()
-			continue
+			return true
 		}
-		r.mu.Lock()
-		if r.closed {
-			r.mu.Unlock()
-			_ = c.Close()
-			_ = up.Close()
-			return
+		if !r.conns.add(c, up) {
+			return false
 		}
-		r.conns[c], r.conns[up] = struct{}{}, struct{}{}
-		r.wg.Add(2)
-		r.mu.Unlock()
 		pipe := func(dst, src net.Conn) {
-			defer r.wg.Done()
+			defer r.conns.wg.Done()
 			_, _ = io.Copy(dst, src)
 			_ = dst.Close()
 			_ = src.Close()
 		}
 		go pipe(up, c)
 		go pipe(c, up)
-	}
+		return true
+	})
 }
 
 // Close stops the relay.
-func (r *Relay) Close() {
-	r.mu.Lock()
-	r.closed = true
-	if r.ln != nil {
-		_ = r.ln.Close()
+func (r *Relay) Close() { r.conns.close() }
+
+// conns tracks a server's listener and open connections, and the
+// goroutines serving them, so that Close stops them all, even when it
+// comes before Serve.
+type conns struct {
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	ln     net.Listener
+	closed bool
+	open   map[net.Conn]struct{}
+}
+
+// accept keeps ln for close (after close it closes ln at once) and hands
+// each connection it accepts to handle, until ln is closed or handle
+// returns false.
+func (t *conns) accept(ln net.Listener, handle func(net.Conn) bool) {
+	t.mu.Lock()
+	t.ln, t.open = ln, map[net.Conn]struct{}{}
+	if t.closed {
+		_ = ln.Close()
 	}
-	for c := range r.conns {
+	t.mu.Unlock()
+	for {
+		c, err := ln.Accept()
+		if err != nil || !handle(c) {
+			return
+		}
+	}
+}
+
+// add keeps cs open, with a goroutine each (wg.Done when it ends). After
+// close it closes them instead and returns false.
+func (t *conns) add(cs ...net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		for _, c := range cs {
+			_ = c.Close()
+		}
+		return false
+	}
+	for _, c := range cs {
+		t.open[c] = struct{}{}
+	}
+	t.wg.Add(len(cs))
+	return true
+}
+
+// forget drops c, closed by its goroutine.
+func (t *conns) forget(c net.Conn) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.open, c)
+}
+
+// close closes the listener and every connection and waits for their
+// goroutines.
+func (t *conns) close() {
+	t.mu.Lock()
+	t.closed = true
+	if t.ln != nil {
+		_ = t.ln.Close()
+	}
+	for c := range t.open {
 		_ = c.Close()
 	}
-	r.mu.Unlock()
-	r.wg.Wait()
+	t.mu.Unlock()
+	t.wg.Wait()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -101,6 +102,16 @@ func Connect(t testing.TB, urls string) *nats.Conn {
 	}
 	t.Cleanup(nc.Close)
 	return nc
+}
+
+// JetStream returns nc's JetStream context.
+func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
 
 // RunCluster starts n clustered JetStream servers on loopback and waits
