@@ -12,19 +12,24 @@ import (
 
 // Event format versions. Version 2 adds the client's Modbus/TCP Security
 // role after the flags byte; version 3 gives flag bit 1 a meaning: the
-// write was allowed by a break-glass quorum. Versions 1 (no role) and 2 (bit
-// 1 must be 0) still decode.
+// write was allowed by a break-glass quorum; version 4 gives flag bit 2 a
+// meaning — observed: forwarded only because the device is in observe mode,
+// the rules would have denied it — and adds phase 6 (policy). Versions 1
+// (no role), 2 (bit 1 must be 0) and 3 (bit 2 must be 0, no phase 6) still
+// decode.
 const (
 	eventV1      = 1
 	eventV2      = 2
-	eventVersion = 3
+	eventV3      = 3
+	eventVersion = 4
 )
 
 // Event flag bits: the proxy closed the client connection; break-glass
-// (version 3 on).
+// (version 3 on); observed (version 4 on).
 const (
 	flagClosed     = 1 << 0
 	flagBreakGlass = 1 << 1
+	flagObserved   = 1 << 2
 )
 
 // AppendEvent appends the stored encoding of ev to dst.
@@ -59,6 +64,9 @@ func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	}
 	if ev.BreakGlass {
 		flags |= flagBreakGlass
+	}
+	if ev.Observed {
+		flags |= flagObserved
 	}
 	dst = append(dst, flags)
 	dst = append(dst, byte(min(len(ev.Role), 255)))
@@ -147,7 +155,7 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	r := reader{b: b}
 	var ev audit.Event
 	version := r.u8()
-	if r.err == nil && version != eventV1 && version != eventV2 && version != eventVersion {
+	if r.err == nil && (version < eventV1 || version > eventVersion) {
 		return ev, fmt.Errorf("%w: event version %d", ErrFormat, version)
 	}
 	ev.Time = time.Unix(0, int64(r.u64())).UTC()
@@ -177,9 +185,15 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	flags := r.u8()
 	ev.Closed = flags&flagClosed != 0
 	known := byte(flagClosed)
-	if version >= eventVersion {
+	if version >= eventV3 {
 		ev.BreakGlass = flags&flagBreakGlass != 0
 		known |= flagBreakGlass
+	}
+	lastPhase := audit.PhaseGap
+	if version >= eventVersion {
+		ev.Observed = flags&flagObserved != 0
+		known |= flagObserved
+		lastPhase = audit.PhasePolicy
 	}
 	if version >= eventV2 {
 		ev.Role = string(r.lp8())
@@ -190,7 +204,7 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 	if flags&^known != 0 {
 		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
 	}
-	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseGap ||
+	if ev.Phase < audit.PhaseRequest || ev.Phase > lastPhase ||
 		ev.Verdict < audit.Allow || ev.Verdict > audit.Malformed {
 		return ev, fmt.Errorf("%w: phase %d verdict %d", ErrFormat, ev.Phase, ev.Verdict)
 	}

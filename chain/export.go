@@ -49,6 +49,9 @@ type Record struct {
 	Closed    bool      `json:"closed,omitempty"`
 	// BreakGlass: allowed by a rule's break-glass quorum (event version 3).
 	BreakGlass bool `json:"break_glass,omitempty"`
+	// Observed: forwarded only because the device is in observe mode; the
+	// rules would have denied it, as Rule and Reason say (event version 4).
+	Observed bool `json:"observed,omitempty"`
 }
 
 // NewRecord builds the exported form of event i of block b stored at m.
@@ -61,6 +64,7 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,
 		Approval: ev.Approval, Exception: ev.Exception, Response: hex.EncodeToString(ev.Response),
 		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed, BreakGlass: ev.BreakGlass,
+		Observed: ev.Observed,
 	}
 	if ev.Client.IsValid() {
 		r.Client = ev.Client.String()
