@@ -97,7 +97,7 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 		}
 		m.approvals.WithLabelValues(step).Inc()
 		return nil
-	case audit.PhaseRequest:
+	case audit.PhaseRequest, audit.PhasePolicy:
 		return nil
 	case audit.PhaseDroppedReply:
 		kind := "unmatched"
