@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/gridseal/gridseal/audit"
 )
@@ -152,63 +153,117 @@ func (r *reader) end() error {
 
 // DecodeEvent parses one stored event. Byte slices in the result are copies.
 func DecodeEvent(b []byte) (audit.Event, error) {
+	var v EventView
+	err := ViewEvent(b, &v)
+	ev := audit.Event{
+		Time: time.Unix(0, v.Time).UTC(), Op: v.Op, Phase: v.Phase, Verdict: v.Verdict,
+		Listener: string(v.Listener), Device: string(v.Device), Unit: v.Unit, Function: v.Function,
+		Class: string(v.Class), Address: v.Address, Quantity: v.Quantity, PDU: clone(v.PDU),
+		Rule: string(v.Rule), Reason: string(v.Reason), Policy: string(v.Policy), Approval: string(v.Approval),
+		Exception: v.Exception, Response: clone(v.Response), Upstream: time.Duration(v.Upstream),
+		Closed: v.Flags&flagClosed != 0, BreakGlass: v.Flags&flagBreakGlass != 0, Observed: v.Flags&flagObserved != 0,
+		Role: string(v.Role), Client: v.Client,
+	}
+	return ev, err
+}
+
+// EventView is a stored event decoded in place, for readers that go
+// through many events and keep few (policy what-if): its byte slices alias
+// the encoding, which the caller must not change while it uses them.
+type EventView struct {
+	Version           byte
+	Time              int64 // Unix nanoseconds
+	Op                uint64
+	Phase             audit.Phase
+	Verdict           audit.Verdict
+	Client            netip.AddrPort
+	Listener, Device  []byte
+	Unit, Function    byte
+	Class             []byte
+	Address, Quantity uint16
+	PDU, Rule, Reason []byte
+	Policy, Approval  []byte
+	Exception         byte
+	Response          []byte
+	Upstream          uint64 // nanoseconds
+	Flags             byte
+	Role              []byte
+}
+
+// Closed reports the flag: the proxy closed the client connection.
+func (v *EventView) Closed() bool { return v.Flags&flagClosed != 0 }
+
+// BreakGlass reports the flag: allowed by a break-glass quorum.
+func (v *EventView) BreakGlass() bool { return v.Flags&flagBreakGlass != 0 }
+
+// Observed reports the flag: forwarded only because of observe mode.
+func (v *EventView) Observed() bool { return v.Flags&flagObserved != 0 }
+
+// ViewEvent decodes the stored event b into v, checking everything
+// DecodeEvent checks, without allocating.
+func ViewEvent(b []byte, v *EventView) error {
 	r := reader{b: b}
-	var ev audit.Event
+	*v = EventView{}
 	version := r.u8()
 	if r.err == nil && (version < eventV1 || version > eventVersion) {
-		return ev, fmt.Errorf("%w: event version %d", ErrFormat, version)
+		return fmt.Errorf("%w: event version %d", ErrFormat, version)
 	}
-	ev.Time = time.Unix(0, int64(r.u64())).UTC()
-	ev.Op = r.u64()
-	ev.Phase = audit.Phase(r.u8())
-	ev.Verdict = audit.Verdict(r.u8())
-	if c := string(r.lp16()); c != "" {
-		ap, err := netip.ParseAddrPort(c)
+	v.Version = version
+	v.Time = int64(r.u64())
+	v.Op = r.u64()
+	v.Phase = audit.Phase(r.u8())
+	v.Verdict = audit.Verdict(r.u8())
+	if c := r.lp16(); len(c) > 0 {
+		ap, err := parseAddrPort(c)
 		if err != nil && r.err == nil {
 			r.err = fmt.Errorf("%w: client %q", ErrFormat, c)
 		}
-		ev.Client = ap
+		v.Client = ap
 	}
-	ev.Listener = string(r.lp16())
-	ev.Device = string(r.lp16())
-	ev.Unit, ev.Function = r.u8(), r.u8()
-	ev.Class = string(r.lp8())
-	ev.Address, ev.Quantity = r.u16(), r.u16()
-	ev.PDU = clone(r.lp16())
-	ev.Rule = string(r.lp16())
-	ev.Reason = string(r.lp16())
-	ev.Policy = string(r.lp16())
-	ev.Approval = string(r.lp16())
-	ev.Exception = r.u8()
-	ev.Response = clone(r.lp16())
-	ev.Upstream = time.Duration(r.u64())
-	flags := r.u8()
-	ev.Closed = flags&flagClosed != 0
+	v.Listener = r.lp16()
+	v.Device = r.lp16()
+	v.Unit, v.Function = r.u8(), r.u8()
+	v.Class = r.lp8()
+	v.Address, v.Quantity = r.u16(), r.u16()
+	v.PDU = r.lp16()
+	v.Rule = r.lp16()
+	v.Reason = r.lp16()
+	v.Policy = r.lp16()
+	v.Approval = r.lp16()
+	v.Exception = r.u8()
+	v.Response = r.lp16()
+	v.Upstream = r.u64()
+	v.Flags = r.u8()
 	known := byte(flagClosed)
 	if version >= eventV3 {
-		ev.BreakGlass = flags&flagBreakGlass != 0
 		known |= flagBreakGlass
 	}
 	lastPhase := audit.PhaseGap
 	if version >= eventVersion {
-		ev.Observed = flags&flagObserved != 0
 		known |= flagObserved
 		lastPhase = audit.PhasePolicy
 	}
 	if version >= eventV2 {
-		ev.Role = string(r.lp8())
+		v.Role = r.lp8()
 	}
 	if err := r.end(); err != nil {
-		return ev, err
+		return err
 	}
-	if flags&^known != 0 {
-		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
+	if v.Flags&^known != 0 {
+		return fmt.Errorf("%w: unknown event flags %#x", ErrFormat, v.Flags)
 	}
-	if ev.Phase < audit.PhaseRequest || ev.Phase > lastPhase ||
-		ev.Verdict < audit.Allow || ev.Verdict > audit.Malformed {
-		return ev, fmt.Errorf("%w: phase %d verdict %d", ErrFormat, ev.Phase, ev.Verdict)
+	if v.Phase < audit.PhaseRequest || v.Phase > lastPhase ||
+		v.Verdict < audit.Allow || v.Verdict > audit.Malformed {
+		return fmt.Errorf("%w: phase %d verdict %d", ErrFormat, v.Phase, v.Verdict)
 	}
-	return ev, nil
+	return nil
+}
+
+// parseAddrPort parses a client address without copying it to a string:
+// the string aliases b only during the call (an error may hold it, so the
+// caller must drop the error, as ViewEvent does).
+func parseAddrPort(b []byte) (netip.AddrPort, error) {
+	return netip.ParseAddrPort(unsafe.String(unsafe.SliceData(b), len(b)))
 }
 
 func clone(b []byte) []byte {

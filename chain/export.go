@@ -103,11 +103,7 @@ func (f *Filter) Match(r *Record) bool {
 // stops the scan and is returned; so does a message the store cannot
 // return (an *UnreadableError naming it): no record is skipped silently.
 func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, f *Filter, fn func(*Record, *audit.Event) error) error {
-	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
-		b, err := ParseBlock(m.Data)
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", m.Seq, err)
-		}
+	return scanBlocks(ctx, js, from, follow, func(m *Msg, b *Block) error {
 		for i, e := range b.Events {
 			ev, err := DecodeEvent(e)
 			if err != nil {
@@ -121,6 +117,25 @@ func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follo
 			}
 		}
 		return nil
+	})
+}
+
+// ScanBlocks calls fn with each block of the chain stream from sequence
+// from up to its last message, in stream order, for readers that decode
+// events themselves (ViewEvent). Like ScanRecords it checks each block's
+// structure, not its signature, and no message is skipped silently. The
+// block's event bytes alias the message: fn must not keep them.
+func ScanBlocks(ctx context.Context, js jetstream.JetStream, from uint64, fn func(*Msg, *Block) error) error {
+	return scanBlocks(ctx, js, from, false, fn)
+}
+
+func scanBlocks(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, fn func(*Msg, *Block) error) error {
+	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
+		b, err := ParseBlock(m.Data)
+		if err != nil {
+			return fmt.Errorf("sequence %d: %w", m.Seq, err)
+		}
+		return fn(m, b)
 	})
 }
 

@@ -231,3 +231,33 @@ func FuzzParseBlock(f *testing.F) {
 		_ = blk.ComputeRoot()
 	})
 }
+
+// TestViewEventDoesNotAllocate: what-if reads millions of events through
+// ViewEvent; it must agree with DecodeEvent and allocate nothing.
+func TestViewEventDoesNotAllocate(t *testing.T) {
+	ev := event(42, audit.Allow)
+	ev.Observed, ev.Approval = true, "a1b2"
+	enc := chain.AppendEvent(nil, ev)
+	var v chain.EventView
+	if n := testing.AllocsPerRun(100, func() {
+		if err := chain.ViewEvent(enc, &v); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("ViewEvent allocates %.1f times", n)
+	}
+	back, err := chain.DecodeEvent(enc)
+	if err != nil || v.Client != back.Client || string(v.Device) != back.Device || !bytes.Equal(v.PDU, back.PDU) ||
+		!v.Observed() || v.Closed() != back.Closed || string(v.Approval) != "a1b2" || v.Time != back.Time.UnixNano() {
+		t.Fatalf("view %+v\ndecoded %+v (%v)", v, back, err)
+	}
+}
+
+func BenchmarkViewEvent(b *testing.B) {
+	enc := chain.AppendEvent(nil, event(42, audit.Allow))
+	var v chain.EventView
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = chain.ViewEvent(enc, &v)
+	}
+}

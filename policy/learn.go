@@ -455,7 +455,7 @@ func (l *Learner) rules(device, group string, m int) *yaml.Node {
 		addrs := &yaml.Node{Kind: yaml.SequenceNode}
 		for i, s := range spans {
 			total.merge(stats[i])
-			a := strNode(spanText(s))
+			a := spanNode(s)
 			a.LineComment = describe(stats[i])
 			addrs.Content = append(addrs.Content, a)
 		}
@@ -481,7 +481,7 @@ func (l *Learner) rules(device, group string, m int) *yaml.Node {
 			st := stats[i]
 			r := mapping("name", strNode(fmt.Sprintf("learned-write-%s-%s", k.space, spanText(s))), "allow", strNode("write"),
 				"functions", flowInts(functionInts(st.functions)...), "table", strNode(k.space.String()),
-				"units", unitsNode(st.units), "addresses", strNode(spanText(s)))
+				"units", unitsNode(st.units), "addresses", spanNode(s))
 			comment := describe(st)
 			if st.values && !st.unchecked {
 				r.Content = append(r.Content, strNode("values"), strNode(st.valueRange()))
@@ -610,6 +610,14 @@ func unitsNode(units map[byte]bool) *yaml.Node {
 }
 
 func strNode(s string) *yaml.Node { return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: s} }
+
+// spanNode is an address range as a policy writes it: a number, or "lo-hi".
+func spanNode(s addrSpan) *yaml.Node {
+	if s.lo == s.hi {
+		return intNode(s.lo)
+	}
+	return strNode(spanText(s))
+}
 
 func intNode(v int) *yaml.Node {
 	return &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: strconv.Itoa(v)}
