@@ -37,7 +37,7 @@ function matches(op, f) {
 const phaseName = { "request": "request", "complete": "complete", "dropped-reply": "reply dropped" };
 function rowHTML(op) {
   const first = op.phases[0], r = last(op);
-  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "request" ? r.verdict + " · recorded before forwarding"
+  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "policy" ? "policy mode" : r.phase === "request" ? r.verdict + " · recorded before forwarding"
     : r.phase === "dropped-reply" && op.phases.length === 1 ? "device reply dropped" : r.verdict;
   const vals = (first.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
