@@ -148,6 +148,9 @@ func TestCommissioningObserveLearnWhatIfEnforce(t *testing.T) {
 	master(t, c.listen, 20)
 	c.stop()
 
+	if code, tail, _ := c.cli("chain", "tail", "-n", "3"); code != 0 || !strings.Contains(tail, "WOULD-DENY") {
+		t.Fatalf("chain tail of observed writes: exit %d\n%s", code, tail)
+	}
 	code, candidate, stderr := c.cli("policy", "learn", "--standing-writes")
 	if code != 0 {
 		t.Fatalf("learn: exit %d: %s", code, stderr)
@@ -183,6 +186,32 @@ func TestCommissioningObserveLearnWhatIfEnforce(t *testing.T) {
 	if code != 0 || !strings.Contains(tail, "inverter-1") || !strings.Contains(tail, "40126") {
 		t.Fatalf("the refused write in the chain: %s", tail)
 	}
+
+	t.Run("bad requests", func(t *testing.T) {
+		c.write("broken.yaml", "id: x\ndevices:\n  - name: a\n    upstream: 127.0.0.1:1\n    mode: watch\n")
+		for _, tc := range []struct {
+			name string
+			args []string
+			code int
+			want string
+		}{
+			{"learn for a device not in the policy", []string{"policy", "learn", "--device", "pump-7"}, 2, `device "pump-7" is not in policy plant`},
+			{"learn since a bad time", []string{"policy", "learn", "--since", "yesterday"}, 2, `--since: "yesterday" is neither RFC 3339 nor a duration`},
+			{"learn with a negative gap", []string{"policy", "learn", "--gap", "-1"}, 2, "gap must not be negative"},
+			{"learn quorum rules from an unknown group", []string{"policy", "learn", "--group", "nobody"}, 1, `approver group "nobody" is not in policy plant`},
+			{"what-if without a candidate", []string{"policy", "what-if"}, 2, "accepts 1 arg"},
+			{"what-if with a missing candidate", []string{"policy", "what-if", filepath.Join(c.dir, "nope.yaml")}, 1, "no such file"},
+			{"what-if with a broken candidate", []string{"policy", "what-if", filepath.Join(c.dir, "broken.yaml")}, 1,
+				`broken.yaml:5: device "a": mode must be enforce or observe, not "watch"`},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				code, out, stderr := c.cli(tc.args...)
+				if code != tc.code || !strings.Contains(stderr, tc.want) || strings.Count(stderr, "\n") != 1 {
+					t.Fatalf("exit %d, stderr %q (stdout %.200q); want exit %d and one line with %q", code, stderr, out, tc.code, tc.want)
+				}
+			})
+		}
+	})
 
 	t.Run("a candidate that drops one rule reports exactly what that rule allowed", func(t *testing.T) {
 		learned, err := policy.Parse("candidate.yaml", []byte(candidate))
