@@ -82,6 +82,7 @@ test-deploy:
 # Micro-benchmarks, then the side-by-side table: direct, bare relay, gridseal.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./protocols/... ./policy/... ./approvals/... ./proxy/... ./chain/...
+	$(GO) test -run '^$$' -bench WhatIf -benchmem -benchtime 3x ./cmd/gridseal
 	./$(BIN) bench --clients 1,16,256 --duration 9s
 
 # Each fuzz target runs for FUZZTIME; the seed corpus under testdata/fuzz runs in `make test`.

@@ -620,3 +620,33 @@ func TestRefusedStoreConsumesNothing(t *testing.T) {
 		t.Fatalf("a refused store consumed the approval: %+v %v", used, err)
 	}
 }
+
+// TestObserveModeStillConsumesApprovals: on a device in observe mode an
+// approval that matches is judged and consumed as under enforcement; only
+// what the rules would deny is forwarded, flagged, and names no approval.
+func TestObserveModeStillConsumesApprovals(t *testing.T) {
+	r := newRig(t, false)
+	b := strings.Replace(string(r.pol.Bytes()), "    units: [1, 2]\n", "    units: [1, 2]\n    mode: observe\n", 1)
+	pol, err := policy.Parse("plant.yaml", []byte(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.pol = pol
+	r.engine = r.newEngine(r.store, "gw-1")
+	id := r.propose(r.bob, "inverter-1", 1, setpoint30, r.now, 15*time.Minute)
+	r.sign(id, r.alice.Signer)
+	r.sign(id, r.carol.Signer)
+	v := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
+	if !v.Allowed() || v.Observed || v.Approval != id.String() {
+		t.Fatalf("approved write in observe mode: %+v", v)
+	}
+	st, err := r.store.Get(t.Context(), id)
+	if err != nil || st.Entry.Consumed == nil {
+		t.Fatalf("approval not consumed: %+v %v", st, err)
+	}
+	again := r.decide(r.engine, r.store, "inverter-1", 1, setpoint30, id)
+	if !again.Allowed() || !again.Observed || again.Approval != "" || again.Denial != decision.DenyApproval ||
+		!strings.HasPrefix(again.Reason, "OBSERVE would deny: rule setpoint: approval") || !strings.Contains(again.Reason, "already used by gw-1") {
+		t.Fatalf("replay in observe mode: %+v", again)
+	}
+}

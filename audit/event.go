@@ -78,9 +78,14 @@ const (
 	// events it could not save. Reason says how many and when; the
 	// operations themselves were refused or are lost, never silently.
 	PhaseGap
+	// PhasePolicy records a change of how the policy in force treats a
+	// device: it enters or leaves observe mode (Class "policy", Device
+	// names it, Policy is the digest of the policy that changed it, Reason
+	// says which).
+	PhasePolicy
 )
 
-// String returns request, complete, approval, dropped-reply or gap.
+// String returns request, complete, approval, dropped-reply, gap or policy.
 func (p Phase) String() string {
 	switch p {
 	case PhaseRequest:
@@ -91,6 +96,8 @@ func (p Phase) String() string {
 		return "dropped-reply"
 	case PhaseGap:
 		return "gap"
+	case PhasePolicy:
+		return "policy"
 	}
 	return "complete"
 }
@@ -127,6 +134,10 @@ type Event struct {
 	// BreakGlass marks a write allowed by a rule's break-glass quorum:
 	// fewer approvers than the rule normally needs. SOC tools alert on it.
 	BreakGlass bool
+	// Observed marks a request forwarded only because its device is in
+	// observe mode: the rules would have denied it (Verdict is Allow; Rule
+	// and Reason say what would have denied it). SOC tools alert on it.
+	Observed bool
 }
 
 // LogRecorder records every event as one structured log line, except that
@@ -171,7 +182,7 @@ func (r *LogRecorder) Close() { r.malformed.Close() }
 
 // eventFields are ev's log fields but its reason, with room for it.
 func eventFields(ev *Event) []zap.Field {
-	return append(make([]zap.Field, 0, 18),
+	return append(make([]zap.Field, 0, 19),
 		zap.Uint64("op", ev.Op),
 		zap.Stringer("phase", ev.Phase),
 		zap.String("client", ev.Client.String()),
@@ -189,6 +200,7 @@ func eventFields(ev *Event) []zap.Field {
 		zap.Duration("upstream", ev.Upstream),
 		zap.Bool("closed", ev.Closed),
 		zap.Bool("break_glass", ev.BreakGlass),
+		zap.Bool("observed", ev.Observed),
 		zap.String("role", ev.Role),
 	)
 }

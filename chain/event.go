@@ -6,25 +6,31 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+	"unsafe"
 
 	"github.com/gridseal/gridseal/audit"
 )
 
 // Event format versions. Version 2 adds the client's Modbus/TCP Security
 // role after the flags byte; version 3 gives flag bit 1 a meaning: the
-// write was allowed by a break-glass quorum. Versions 1 (no role) and 2 (bit
-// 1 must be 0) still decode.
+// write was allowed by a break-glass quorum; version 4 gives flag bit 2 a
+// meaning — observed: forwarded only because the device is in observe mode,
+// the rules would have denied it — and adds phase 6 (policy). Versions 1
+// (no role), 2 (bit 1 must be 0) and 3 (bit 2 must be 0, no phase 6) still
+// decode.
 const (
 	eventV1      = 1
 	eventV2      = 2
-	eventVersion = 3
+	eventV3      = 3
+	eventVersion = 4
 )
 
 // Event flag bits: the proxy closed the client connection; break-glass
-// (version 3 on).
+// (version 3 on); observed (version 4 on).
 const (
 	flagClosed     = 1 << 0
 	flagBreakGlass = 1 << 1
+	flagObserved   = 1 << 2
 )
 
 // AppendEvent appends the stored encoding of ev to dst.
@@ -59,6 +65,9 @@ func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	}
 	if ev.BreakGlass {
 		flags |= flagBreakGlass
+	}
+	if ev.Observed {
+		flags |= flagObserved
 	}
 	dst = append(dst, flags)
 	dst = append(dst, byte(min(len(ev.Role), 255)))
@@ -144,57 +153,117 @@ func (r *reader) end() error {
 
 // DecodeEvent parses one stored event. Byte slices in the result are copies.
 func DecodeEvent(b []byte) (audit.Event, error) {
-	r := reader{b: b}
-	var ev audit.Event
-	version := r.u8()
-	if r.err == nil && version != eventV1 && version != eventV2 && version != eventVersion {
-		return ev, fmt.Errorf("%w: event version %d", ErrFormat, version)
+	var v EventView
+	err := ViewEvent(b, &v)
+	ev := audit.Event{
+		Time: time.Unix(0, v.Time).UTC(), Op: v.Op, Phase: v.Phase, Verdict: v.Verdict,
+		Listener: string(v.Listener), Device: string(v.Device), Unit: v.Unit, Function: v.Function,
+		Class: string(v.Class), Address: v.Address, Quantity: v.Quantity, PDU: clone(v.PDU),
+		Rule: string(v.Rule), Reason: string(v.Reason), Policy: string(v.Policy), Approval: string(v.Approval),
+		Exception: v.Exception, Response: clone(v.Response), Upstream: time.Duration(v.Upstream),
+		Closed: v.Flags&flagClosed != 0, BreakGlass: v.Flags&flagBreakGlass != 0, Observed: v.Flags&flagObserved != 0,
+		Role: string(v.Role), Client: v.Client,
 	}
-	ev.Time = time.Unix(0, int64(r.u64())).UTC()
-	ev.Op = r.u64()
-	ev.Phase = audit.Phase(r.u8())
-	ev.Verdict = audit.Verdict(r.u8())
-	if c := string(r.lp16()); c != "" {
-		ap, err := netip.ParseAddrPort(c)
+	return ev, err
+}
+
+// EventView is a stored event decoded in place, for readers that go
+// through many events and keep few (policy what-if): its byte slices alias
+// the encoding, which the caller must not change while it uses them.
+type EventView struct {
+	Version           byte
+	Time              int64 // Unix nanoseconds
+	Op                uint64
+	Phase             audit.Phase
+	Verdict           audit.Verdict
+	Client            netip.AddrPort
+	Listener, Device  []byte
+	Unit, Function    byte
+	Class             []byte
+	Address, Quantity uint16
+	PDU, Rule, Reason []byte
+	Policy, Approval  []byte
+	Exception         byte
+	Response          []byte
+	Upstream          uint64 // nanoseconds
+	Flags             byte
+	Role              []byte
+}
+
+// Closed reports the flag: the proxy closed the client connection.
+func (v *EventView) Closed() bool { return v.Flags&flagClosed != 0 }
+
+// BreakGlass reports the flag: allowed by a break-glass quorum.
+func (v *EventView) BreakGlass() bool { return v.Flags&flagBreakGlass != 0 }
+
+// Observed reports the flag: forwarded only because of observe mode.
+func (v *EventView) Observed() bool { return v.Flags&flagObserved != 0 }
+
+// ViewEvent decodes the stored event b into v, checking everything
+// DecodeEvent checks, without allocating.
+func ViewEvent(b []byte, v *EventView) error {
+	r := reader{b: b}
+	*v = EventView{}
+	version := r.u8()
+	if r.err == nil && (version < eventV1 || version > eventVersion) {
+		return fmt.Errorf("%w: event version %d", ErrFormat, version)
+	}
+	v.Version = version
+	v.Time = int64(r.u64())
+	v.Op = r.u64()
+	v.Phase = audit.Phase(r.u8())
+	v.Verdict = audit.Verdict(r.u8())
+	if c := r.lp16(); len(c) > 0 {
+		ap, err := parseAddrPort(c)
 		if err != nil && r.err == nil {
 			r.err = fmt.Errorf("%w: client %q", ErrFormat, c)
 		}
-		ev.Client = ap
+		v.Client = ap
 	}
-	ev.Listener = string(r.lp16())
-	ev.Device = string(r.lp16())
-	ev.Unit, ev.Function = r.u8(), r.u8()
-	ev.Class = string(r.lp8())
-	ev.Address, ev.Quantity = r.u16(), r.u16()
-	ev.PDU = clone(r.lp16())
-	ev.Rule = string(r.lp16())
-	ev.Reason = string(r.lp16())
-	ev.Policy = string(r.lp16())
-	ev.Approval = string(r.lp16())
-	ev.Exception = r.u8()
-	ev.Response = clone(r.lp16())
-	ev.Upstream = time.Duration(r.u64())
-	flags := r.u8()
-	ev.Closed = flags&flagClosed != 0
+	v.Listener = r.lp16()
+	v.Device = r.lp16()
+	v.Unit, v.Function = r.u8(), r.u8()
+	v.Class = r.lp8()
+	v.Address, v.Quantity = r.u16(), r.u16()
+	v.PDU = r.lp16()
+	v.Rule = r.lp16()
+	v.Reason = r.lp16()
+	v.Policy = r.lp16()
+	v.Approval = r.lp16()
+	v.Exception = r.u8()
+	v.Response = r.lp16()
+	v.Upstream = r.u64()
+	v.Flags = r.u8()
 	known := byte(flagClosed)
-	if version >= eventVersion {
-		ev.BreakGlass = flags&flagBreakGlass != 0
+	if version >= eventV3 {
 		known |= flagBreakGlass
 	}
+	lastPhase := audit.PhaseGap
+	if version >= eventVersion {
+		known |= flagObserved
+		lastPhase = audit.PhasePolicy
+	}
 	if version >= eventV2 {
-		ev.Role = string(r.lp8())
+		v.Role = r.lp8()
 	}
 	if err := r.end(); err != nil {
-		return ev, err
+		return err
 	}
-	if flags&^known != 0 {
-		return ev, fmt.Errorf("%w: unknown event flags %#x", ErrFormat, flags)
+	if v.Flags&^known != 0 {
+		return fmt.Errorf("%w: unknown event flags %#x", ErrFormat, v.Flags)
 	}
-	if ev.Phase < audit.PhaseRequest || ev.Phase > audit.PhaseGap ||
-		ev.Verdict < audit.Allow || ev.Verdict > audit.Malformed {
-		return ev, fmt.Errorf("%w: phase %d verdict %d", ErrFormat, ev.Phase, ev.Verdict)
+	if v.Phase < audit.PhaseRequest || v.Phase > lastPhase ||
+		v.Verdict < audit.Allow || v.Verdict > audit.Malformed {
+		return fmt.Errorf("%w: phase %d verdict %d", ErrFormat, v.Phase, v.Verdict)
 	}
-	return ev, nil
+	return nil
+}
+
+// parseAddrPort parses a client address without copying it to a string:
+// the string aliases b only during the call (an error may hold it, so the
+// caller must drop the error, as ViewEvent does).
+func parseAddrPort(b []byte) (netip.AddrPort, error) {
+	return netip.ParseAddrPort(unsafe.String(unsafe.SliceData(b), len(b)))
 }
 
 func clone(b []byte) []byte {

@@ -49,6 +49,9 @@ type Record struct {
 	Closed    bool      `json:"closed,omitempty"`
 	// BreakGlass: allowed by a rule's break-glass quorum (event version 3).
 	BreakGlass bool `json:"break_glass,omitempty"`
+	// Observed: forwarded only because the device is in observe mode; the
+	// rules would have denied it, as Rule and Reason say (event version 4).
+	Observed bool `json:"observed,omitempty"`
 }
 
 // NewRecord builds the exported form of event i of block b stored at m.
@@ -61,6 +64,7 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,
 		Approval: ev.Approval, Exception: ev.Exception, Response: hex.EncodeToString(ev.Response),
 		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed, BreakGlass: ev.BreakGlass,
+		Observed: ev.Observed,
 	}
 	if ev.Client.IsValid() {
 		r.Client = ev.Client.String()
@@ -99,11 +103,7 @@ func (f *Filter) Match(r *Record) bool {
 // stops the scan and is returned; so does a message the store cannot
 // return (an *UnreadableError naming it): no record is skipped silently.
 func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, f *Filter, fn func(*Record, *audit.Event) error) error {
-	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
-		b, err := ParseBlock(m.Data)
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", m.Seq, err)
-		}
+	return scanBlocks(ctx, js, from, follow, func(m *Msg, b *Block) error {
 		for i, e := range b.Events {
 			ev, err := DecodeEvent(e)
 			if err != nil {
@@ -117,6 +117,25 @@ func ScanRecords(ctx context.Context, js jetstream.JetStream, from uint64, follo
 			}
 		}
 		return nil
+	})
+}
+
+// ScanBlocks calls fn with each block of the chain stream from sequence
+// from up to its last message, in stream order, for readers that decode
+// events themselves (ViewEvent). Like ScanRecords it checks each block's
+// structure, not its signature, and no message is skipped silently. The
+// block's event bytes alias the message: fn must not keep them.
+func ScanBlocks(ctx context.Context, js jetstream.JetStream, from uint64, fn func(*Msg, *Block) error) error {
+	return scanBlocks(ctx, js, from, false, fn)
+}
+
+func scanBlocks(ctx context.Context, js jetstream.JetStream, from uint64, follow bool, fn func(*Msg, *Block) error) error {
+	return scanContiguous(ctx, js, from, follow, func(m *Msg) error {
+		b, err := ParseBlock(m.Data)
+		if err != nil {
+			return fmt.Errorf("sequence %d: %w", m.Seq, err)
+		}
+		return fn(m, b)
 	})
 }
 

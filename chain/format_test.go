@@ -22,22 +22,25 @@ func golden(t *testing.T, name string, got []byte) {
 	goldentest.Check(t, name, got, "the stored format is a contract; bump its version instead")
 }
 
-// TestEventGolden pins the stored encoding of an event (format version 3)
-// and its leaf hash, so another implementation can check itself; versions 1
-// and 2, already in chains, still decode.
+// TestEventGolden pins the stored encoding of an event (format version 4)
+// and its leaf hash, so another implementation can check itself; versions
+// 1, 2 and 3, already in chains, still decode.
 func TestEventGolden(t *testing.T) {
 	ev := event(42, audit.Allow)
 	ev.Approval = "a1b2"
 	ev.Closed = true
 	ev.Role = "operator"
 	ev.BreakGlass = true
+	ev.Observed = true
 	enc := chain.AppendEvent(nil, ev)
 	leaf := chain.LeafHash(enc)
-	golden(t, "event-v3.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	golden(t, "event-v4.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
 	for _, old := range []struct {
-		file string
-		role string
-	}{{"event-v1.txt", ""}, {"event-v2.txt", "operator"}} {
+		file       string
+		role       string
+		breakGlass bool
+		unknown    byte // the first flag bit this version gives no meaning
+	}{{"event-v1.txt", "", false, 2}, {"event-v2.txt", "operator", false, 2}, {"event-v3.txt", "operator", true, 4}} {
 		b, err := os.ReadFile("testdata/" + old.file)
 		if err != nil {
 			t.Fatal(err)
@@ -48,13 +51,14 @@ func TestEventGolden(t *testing.T) {
 		}
 		oldBytes, _ := hex.DecodeString(oldHex)
 		got, err := chain.DecodeEvent(oldBytes)
-		if err != nil || got.Op != 42 || got.Role != old.role || got.Approval != "a1b2" || !got.Closed || got.BreakGlass {
+		if err != nil || got.Op != 42 || got.Role != old.role || got.Approval != "a1b2" || !got.Closed ||
+			got.BreakGlass != old.breakGlass || got.Observed {
 			t.Fatalf("%s: %+v %v", old.file, got, err)
 		}
-		// Before version 3, flag bit 1 has no meaning: it is an error.
-		oldBytes[len(oldBytes)-1-len(old.role)-btoi(old.role != "")] |= 2
+		// A flag bit the version does not define is an error.
+		oldBytes[len(oldBytes)-1-len(old.role)-btoi(old.role != "")] |= old.unknown
 		if _, err := chain.DecodeEvent(oldBytes); !errors.Is(err, chain.ErrFormat) {
-			t.Fatalf("%s with the break-glass bit: %v, want a format error", old.file, err)
+			t.Fatalf("%s with flag bit %#x: %v, want a format error", old.file, old.unknown, err)
 		}
 	}
 	back, err := chain.DecodeEvent(enc)
@@ -78,7 +82,7 @@ func TestEventGolden(t *testing.T) {
 // phase or verdict outside the documented ones is a format error.
 func TestEventPhases(t *testing.T) {
 	phaseAt := 1 + 8 + 8 // version, time, op
-	for _, ph := range []audit.Phase{audit.PhaseRequest, audit.PhaseComplete, audit.PhaseApproval, audit.PhaseDroppedReply, audit.PhaseGap} {
+	for _, ph := range []audit.Phase{audit.PhaseRequest, audit.PhaseComplete, audit.PhaseApproval, audit.PhaseDroppedReply, audit.PhaseGap, audit.PhasePolicy} {
 		ev := event(7, audit.Deny)
 		ev.Phase = ph
 		enc := chain.AppendEvent(nil, ev)
@@ -91,12 +95,18 @@ func TestEventPhases(t *testing.T) {
 		}
 	}
 	enc := chain.AppendEvent(nil, event(7, audit.Deny))
-	for _, bad := range [][2]byte{{0, 2}, {6, 2}, {2, 0}, {2, 4}} {
+	for _, bad := range [][2]byte{{0, 2}, {7, 2}, {2, 0}, {2, 4}} {
 		b := bytes.Clone(enc)
 		b[phaseAt], b[phaseAt+1] = bad[0], bad[1]
 		if _, err := chain.DecodeEvent(b); !errors.Is(err, chain.ErrFormat) {
 			t.Fatalf("phase %d verdict %d: %v, want a format error", bad[0], bad[1], err)
 		}
+	}
+	// Phase 6 (policy) is new in version 4: a version 3 event cannot have it.
+	b := bytes.Clone(enc)
+	b[0], b[phaseAt] = 3, byte(audit.PhasePolicy)
+	if _, err := chain.DecodeEvent(b); !errors.Is(err, chain.ErrFormat) {
+		t.Fatalf("version 3 event with phase 6: %v, want a format error", err)
 	}
 }
 
@@ -183,7 +193,7 @@ func FuzzDecodeEvent(f *testing.F) {
 	f.Add(chain.AppendEvent(nil, event(1, audit.Allow)))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ev, err := chain.DecodeEvent(b)
-		if err != nil || b[0] != 3 { // versions 1 and 2 re-encode as version 3
+		if err != nil || b[0] != 4 { // versions 1 to 3 re-encode as version 4
 			return
 		}
 		if !bytes.Equal(chain.AppendEvent(nil, &ev), b) {
@@ -207,4 +217,34 @@ func FuzzParseBlock(f *testing.F) {
 		}
 		_ = blk.ComputeRoot()
 	})
+}
+
+// TestViewEventDoesNotAllocate: what-if reads millions of events through
+// ViewEvent; it must agree with DecodeEvent and allocate nothing.
+func TestViewEventDoesNotAllocate(t *testing.T) {
+	ev := event(42, audit.Allow)
+	ev.Observed, ev.Approval = true, "a1b2"
+	enc := chain.AppendEvent(nil, ev)
+	var v chain.EventView
+	if n := testing.AllocsPerRun(100, func() {
+		if err := chain.ViewEvent(enc, &v); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Fatalf("ViewEvent allocates %.1f times", n)
+	}
+	back, err := chain.DecodeEvent(enc)
+	if err != nil || v.Client != back.Client || string(v.Device) != back.Device || !bytes.Equal(v.PDU, back.PDU) ||
+		!v.Observed() || v.Closed() != back.Closed || string(v.Approval) != "a1b2" || v.Time != back.Time.UnixNano() {
+		t.Fatalf("view %+v\ndecoded %+v (%v)", v, back, err)
+	}
+}
+
+func BenchmarkViewEvent(b *testing.B) {
+	enc := chain.AppendEvent(nil, event(42, audit.Allow))
+	var v chain.EventView
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = chain.ViewEvent(enc, &v)
+	}
 }

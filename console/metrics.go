@@ -119,7 +119,7 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	case audit.PhaseApproval:
 		m.approvals.WithLabelValues(approvalStep(ev)).Inc()
 		return nil
-	case audit.PhaseRequest:
+	case audit.PhaseRequest, audit.PhasePolicy:
 		return nil
 	case audit.PhaseDroppedReply:
 		kind := "unmatched"

@@ -420,7 +420,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}{ChainStatus: st, Viewers: s.hub.viewerCount(), Checkpoint: s.checkpoint(r.Context())}
 	if s.cfg.Policy != nil {
 		if p := s.cfg.Policy(); p != nil {
-			out.Policy = map[string]any{"id": p.ID, "version": p.Version, "digest": p.Digest}
+			out.Policy = map[string]any{"id": p.ID, "version": p.Version, "digest": p.Digest, "observe": p.ObservedDevices()}
 		}
 	}
 	writeJSON(w, out)

@@ -55,6 +55,9 @@ type Options struct {
 	ConsoleFallback bool
 	// Build is what /metrics reports as gridseal_build_info.
 	Build console.BuildInfo
+	// ObserveLogEvery is how often a warning says which devices are in
+	// observe mode, while any is; 0: DefaultObserveLogEvery.
+	ObserveLogEvery time.Duration
 }
 
 // Gateway is a running deployment. Its methods are safe to call from any
@@ -72,6 +75,7 @@ type Gateway struct {
 	srv     *proxy.Server
 	opsLog  *audit.LogRecorder
 	eve     *eve.FileRecorder // nil without eve.path
+	observe *observeWatch
 	addrs   []string
 	errc    chan error
 	console string // the console's URL; "" when off
@@ -114,7 +118,8 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	if err != nil {
 		return nil, err
 	}
-	if err := g.acceptPolicy(pol); err != nil {
+	prev, err := g.acceptPolicy(pol)
+	if err != nil {
 		return nil, err
 	}
 	specs, err := routes(cfg.Listeners, pol)
@@ -141,6 +146,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		return nil, err
 	}
 	if err := g.openEVE(pol, reg); err != nil {
+		return nil, err
+	}
+	var before []string
+	if prev != nil {
+		before = prev.Observe
+	}
+	if err := g.recordModes(ctx, modeEvents(before, pol, true)); err != nil {
+		return nil, err
+	}
+	if err := g.saveAccepted(pol); err != nil {
 		return nil, err
 	}
 	g.engine = policy.NewEngine(pol, log.Named("policy"))
@@ -170,9 +185,16 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	// The chain first (its durable answer decides whether a write moves),
 	// then the EVE file, metrics, then the log line.
 	g.opsLog = audit.NewLogRecorder(opts.OpsLog.Named("ops"), audit.DefaultLogInterval)
-	recorders := audit.Tee{g.rec, metrics, g.opsLog}
+	g.observe = newObserveWatch()
+	g.observe.register(reg, g.engine.Policy)
+	every := opts.ObserveLogEvery
+	if every <= 0 {
+		every = DefaultObserveLogEvery
+	}
+	go g.observe.logEvery(ctx, every, g.engine.Policy, log.Named("observe"))
+	recorders := audit.Tee{g.rec, metrics, g.observe, g.opsLog}
 	if g.eve != nil {
-		recorders = audit.Tee{g.rec, g.eve, metrics, g.opsLog}
+		recorders = audit.Tee{g.rec, g.eve, metrics, g.observe, g.opsLog}
 	}
 	if err := g.startProxy(specs, upTLS, recorders); err != nil {
 		return nil, err
@@ -254,12 +276,18 @@ func (g *Gateway) Reload(ctx context.Context) error {
 	}
 	p, err := g.cfg.loadPolicy(g.log)
 	if err == nil {
-		err = g.acceptPolicy(p)
+		_, err = g.acceptPolicy(p)
 	}
 	if err != nil {
 		return err
 	}
 	old := g.engine.Policy()
+	if err := g.recordModes(ctx, modeEvents(old.ObservedDevices(), p, false)); err != nil {
+		return err
+	}
+	if err := g.saveAccepted(p); err != nil {
+		return err
+	}
 	for _, d := range p.Devices {
 		if od := old.Device(d.Name); od == nil || od.Upstream != d.Upstream {
 			g.log.Warn("device added or moved in the new policy: restart the proxy to route it", zap.String("device", d.Name))
@@ -296,19 +324,24 @@ func (c *Config) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
 }
 
 // acceptPolicy refuses a policy older than the newest this data directory
-// accepted (unless allow_policy_rollback is set) and remembers p as the
-// newest.
-func (g *Gateway) acceptPolicy(p *policy.Policy) error {
-	path := filepath.Join(g.opts.DataDir, "policy-in-force.json")
-	prev, err := policy.LoadAccepted(path)
+// accepted (unless allow_policy_rollback is set) and returns that record
+// (nil if none); saveAccepted then remembers p as the newest.
+func (g *Gateway) acceptPolicy(p *policy.Policy) (*policy.Accepted, error) {
+	prev, err := policy.LoadAccepted(g.acceptedPath())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := policy.CheckSuccession(prev, p); err != nil && !g.cfg.AllowPolicyRollback {
-		return fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
+		return nil, fmt.Errorf("%w (set allow_policy_rollback: true to go back on purpose)", err)
 	}
-	return policy.SaveAccepted(path, p)
+	return prev, nil
 }
+
+func (g *Gateway) saveAccepted(p *policy.Policy) error {
+	return policy.SaveAccepted(g.acceptedPath(), p)
+}
+
+func (g *Gateway) acceptedPath() string { return filepath.Join(g.opts.DataDir, "policy-in-force.json") }
 
 // openRecorder connects to NATS (or starts the embedded server) and opens
 // the writer's chain, keeping its head under the data directory.

@@ -5,11 +5,15 @@
 // diagnostics by function, address range and value range. Anything no rule
 // allows is denied: unknown and diagnostic function codes included. The
 // Engine answers each request with a decision.Result that names the rule or
-// the reason, and the digest of the policy that decided it.
+// the reason, and the digest of the policy that decided it. A device in
+// observe mode (commissioning) forwards what its rules deny, flagged
+// Observed with the reason it would have been denied.
 //
 // The package holds the rules and their parsing (file.go, ranges.go,
 // approvers.go), the engine (engine.go), signed policy bundles (bundle.go)
-// and succession, which refuses rollbacks (succession.go). A rule that
+// and succession, which refuses rollbacks (succession.go), the Learner
+// that builds a candidate policy from recorded requests (learn.go) and the
+// replay that compares two policies on them (whatif.go). A rule that
 // requires an m-of-n approval is decided through the Approvals interface
 // declared here; package approvals implements it.
 //

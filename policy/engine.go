@@ -62,6 +62,9 @@ func (e *Engine) Swap(p *Policy) {
 }
 
 // Decide returns the verdict for one request. Allowing does not allocate.
+// On a device in observe mode, a request the rules deny is allowed with
+// Observed set and the reason it would have been denied; an approval that
+// matches is still judged and consumed first.
 func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result {
 	p := e.cur.Load()
 	d := p.byName[in.Device]
@@ -69,35 +72,102 @@ func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result
 		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyDevice, Policy: p.Digest,
 			Reason: fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)}
 	}
+	r, m := d.judge(in)
+	var v decision.Result
+	switch {
+	case m.denial == 0 && r.Requires != nil:
+		v = e.decideApproval(ctx, p, r, in)
+	case m.denial == 0:
+		return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
+	default:
+		v = decision.Result{Verdict: audit.Deny, Denial: m.denial, Policy: p.Digest, Reason: d.explain(r, m, in)}
+		if r != nil {
+			v.Rule = r.Name
+		}
+	}
+	if d.Observe && !v.Allowed() {
+		v = observed(v)
+	}
+	return v
+}
+
+// observed turns the deny v of a device in observe mode into a forward
+// that says, loudly, what would have denied it. No approval was used.
+func observed(v decision.Result) decision.Result {
+	v.Verdict, v.Observed = audit.Allow, true
+	v.Approval, v.Approvers, v.BreakGlass = "", nil, false
+	v.Reason = "OBSERVE would deny: " + v.Reason
+	return v
+}
+
+// Judge is Decide without side effects, for replaying recorded requests:
+// it returns the rule that allows in's request (denial 0), or the rule
+// that nearly allowed it (nil if none) and why not. A rule that requires
+// a quorum allows only if approved says an approval was used for the
+// request; otherwise the denial is decision.DenyApproval. Observe mode is
+// not applied: Judge says what the rules decide. It does not allocate and
+// is safe for concurrent use.
+func (p *Policy) Judge(in *decision.Input, approved bool) (*Rule, decision.Denial) {
+	d := p.byName[in.Device]
+	if d == nil {
+		return nil, decision.DenyDevice
+	}
+	r, m := d.judge(in)
+	if m.denial == 0 && r.Requires != nil && !approved {
+		return r, decision.DenyApproval
+	}
+	return r, m.denial
+}
+
+// Explain says in words why p's rules deny in's request, as Decide's
+// reason would (without consulting approvals); "" if they allow it.
+func (p *Policy) Explain(in *decision.Input, approved bool) string {
+	d := p.byName[in.Device]
+	if d == nil {
+		return fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)
+	}
+	r, m := d.judge(in)
+	switch {
+	case m.denial == 0 && r.Requires != nil && !approved:
+		return fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command", r.Name, r.Requires.M, r.Requires.Group)
+	case m.denial == 0:
+		return ""
+	}
+	return d.explain(r, m, in)
+}
+
+// judge returns the first rule of d that allows in's request (m.denial 0),
+// or the rule that came nearest and why it does not: the one with the
+// worst denial, the first of those. It does not allocate.
+func (d *Device) judge(in *decision.Input) (*Rule, miss) {
 	req := &in.Request
 	cls := req.Class()
-	worst := decision.DenyFunction
+	worst := miss{denial: decision.DenyFunction}
 	var near *Rule
-	var detail string
 	for _, r := range d.Rules {
 		if r.Class != cls || !r.functions[req.Function] {
 			continue
 		}
-		denial, why := r.check(d, in)
-		if denial == 0 && r.Requires != nil {
-			return e.decideApproval(ctx, p, r, in)
+		m := r.check(d, in)
+		if m.denial == 0 {
+			return r, m
 		}
-		if denial == 0 {
-			return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
-		}
-		if denial > worst || near == nil {
-			worst, near, detail = denial, r, why
+		if m.denial > worst.denial || near == nil {
+			worst, near = m, r
 		}
 	}
-	v := decision.Result{Verdict: audit.Deny, Denial: worst, Policy: p.Digest}
+	return near, worst
+}
+
+// explain formats why near (nil: no rule of d names the function) does not
+// allow in's request.
+func (d *Device) explain(near *Rule, m miss, in *decision.Input) string {
+	req := &in.Request
 	if near == nil {
-		v.Reason = fmt.Sprintf("no rule of device %s allows function %d (%s, a %s)",
-			d.Name, req.Function, req.Function, cls)
-		return v
+		return fmt.Sprintf("no rule of device %s allows function %d (%s, a %s)",
+			d.Name, req.Function, req.Function, req.Class())
 	}
-	v.Rule = near.Name
-	v.Reason = fmt.Sprintf("rule %s: %s", near.Name, detail)
-	return v
+	return fmt.Sprintf("rule %s: %s", near.Name, near.why(m, in))
 }
 
 // decideApproval allows a command that rule r allows only with a quorum,
@@ -128,87 +198,154 @@ func (p *Policy) Match(in *decision.Input) *Rule {
 		if r.Class != req.Class() || !r.functions[req.Function] {
 			continue
 		}
-		if denial, _ := r.check(d, in); denial == 0 {
+		if r.check(d, in).denial == 0 {
 			return r
 		}
 	}
 	return nil
 }
 
-// check returns 0 if r allows the request, or the denial and why.
-func (r *Rule) check(d *Device, in *decision.Input) (decision.Denial, string) {
+// miss says why a rule does not allow a request, in few enough words that
+// judging does not allocate; why puts it in a sentence.
+type miss struct {
+	denial decision.Denial // 0: the rule allows the request
+	kind   missKind
+	at     int    // the offending coil or register
+	value  uint16 // its value
+}
+
+type missKind uint8
+
+const (
+	missNone missKind = iota
+	missRole
+	missUnit
+	missBroadcast
+	missSub
+	missReadTable
+	missFIFO
+	missReadRange
+	missFileValues
+	missWriteTable
+	missWriteRange
+	missCoilValue
+	missMaskAnd
+	missMaskValue
+	missRegisterValue
+	missReadPart
+)
+
+// check returns the zero miss if r allows the request, or why not.
+func (r *Rule) check(d *Device, in *decision.Input) miss {
 	req := &in.Request
 	if len(r.roles) > 0 && !contains(r.roles, in.Role) {
-		role := in.Role
-		if role == "" {
-			role = "none (plain TCP or no role in the certificate)"
-		}
-		return decision.DenyFunction, fmt.Sprintf("client role %s not allowed (rule is for %s)", role, strings.Join(r.roles, ", "))
+		return miss{denial: decision.DenyFunction, kind: missRole}
 	}
 	if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
-		return decision.DenyAddress, fmt.Sprintf("unit %d not allowed", in.Unit)
+		return miss{denial: decision.DenyAddress, kind: missUnit}
 	}
 	// Unit 0 is the broadcast address: on a gateway, every device behind
 	// it. A rule naming no units does not stretch to that.
 	if in.Unit == 0 && req.StateChanging() && len(r.units) == 0 {
-		return decision.DenyAddress, "unit 0 is a broadcast; a state-changing request to it needs a rule that names unit 0"
+		return miss{denial: decision.DenyAddress, kind: missBroadcast}
 	}
 	switch r.Class {
 	case modbus.ClassDiagnostic:
 		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {
-			return decision.DenyFunction, fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
+			return miss{denial: decision.DenyFunction, kind: missSub}
 		}
 	case modbus.ClassRead:
 		return r.checkRead(req)
 	case modbus.ClassWrite:
-		if denial, why := r.checkWrite(req); denial != 0 {
-			return denial, why
+		if m := r.checkWrite(req); m.denial != 0 {
+			return m
 		}
 		if req.Function == modbus.ReadWriteMultipleRegisters && !readAllowed(d, in) {
-			return decision.DenyAddress, fmt.Sprintf("read part %d+%d of function 23 is not allowed by any read rule",
-				req.Address, req.Quantity)
+			return miss{denial: decision.DenyAddress, kind: missReadPart}
 		}
 	}
-	return 0, ""
+	return miss{}
 }
 
-func (r *Rule) checkRead(req *modbus.Request) (decision.Denial, string) {
+// why says in words what m says about r and in's request.
+func (r *Rule) why(m miss, in *decision.Input) string {
+	req := &in.Request
+	switch m.kind {
+	case missRole:
+		role := in.Role
+		if role == "" {
+			role = "none (plain TCP or no role in the certificate)"
+		}
+		return fmt.Sprintf("client role %s not allowed (rule is for %s)", role, strings.Join(r.roles, ", "))
+	case missUnit:
+		return fmt.Sprintf("unit %d not allowed", in.Unit)
+	case missBroadcast:
+		return "unit 0 is a broadcast; a state-changing request to it needs a rule that names unit 0"
+	case missSub:
+		return fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
+	case missReadTable:
+		return fmt.Sprintf("reads %s, rule allows %s", req.Space, r.Table)
+	case missFIFO:
+		return fmt.Sprintf("fifo %d outside %s", req.Address, r.addresses)
+	case missReadRange:
+		return fmt.Sprintf("%s %d+%d outside %s", req.Space, req.Address, req.Quantity, r.addresses)
+	case missFileValues:
+		return "file record values cannot be checked against a value range"
+	case missWriteTable, missWriteRange:
+		space, addr, qty, _ := req.WriteRange()
+		if m.kind == missWriteTable {
+			return fmt.Sprintf("writes %s, rule allows %s", space, r.Table)
+		}
+		return fmt.Sprintf("%s %d+%d outside %s", space, addr, qty, r.addresses)
+	case missCoilValue:
+		return fmt.Sprintf("coil %d value %d outside %s", m.at, m.value, r.values)
+	case missMaskAnd:
+		return "mask write with a non-zero AND mask: the result depends on the current value"
+	case missMaskValue, missRegisterValue:
+		return fmt.Sprintf("register %d value %d outside %s", m.at, m.value, r.values)
+	case missReadPart:
+		return fmt.Sprintf("read part %d+%d of function 23 is not allowed by any read rule", req.Address, req.Quantity)
+	}
+	return m.denial.String() + " not allowed"
+}
+
+func (r *Rule) checkRead(req *modbus.Request) miss {
 	if r.Table != modbus.SpaceNone && req.Space != r.Table {
-		return decision.DenyAddress, fmt.Sprintf("reads %s, rule allows %s", req.Space, r.Table)
+		return miss{denial: decision.DenyAddress, kind: missReadTable}
 	}
 	if r.addresses == nil {
-		return 0, ""
+		return miss{}
 	}
 	switch req.Function {
 	case modbus.ReadFIFOQueue:
 		if !r.addresses.containsRange(req.Address, 1) {
-			return decision.DenyAddress, fmt.Sprintf("fifo %d outside %s", req.Address, r.addresses)
+			return miss{denial: decision.DenyAddress, kind: missFIFO}
 		}
 	case modbus.ReadFileRecord, modbus.EncapsulatedInterface:
 	default:
 		if !r.addresses.containsRange(req.Address, req.Quantity) {
-			return decision.DenyAddress, fmt.Sprintf("%s %d+%d outside %s", req.Space, req.Address, req.Quantity, r.addresses)
+			return miss{denial: decision.DenyAddress, kind: missReadRange}
 		}
 	}
-	return 0, ""
+	return miss{}
 }
 
-func (r *Rule) checkWrite(req *modbus.Request) (decision.Denial, string) {
+func (r *Rule) checkWrite(req *modbus.Request) miss {
 	space, addr, qty, ok := req.WriteRange()
 	if !ok { // function 21: file records, no addresses or values to check
 		if r.values != nil {
-			return decision.DenyValue, "file record values cannot be checked against a value range"
+			return miss{denial: decision.DenyValue, kind: missFileValues}
 		}
-		return 0, ""
+		return miss{}
 	}
 	if r.Table != modbus.SpaceNone && space != r.Table {
-		return decision.DenyAddress, fmt.Sprintf("writes %s, rule allows %s", space, r.Table)
+		return miss{denial: decision.DenyAddress, kind: missWriteTable}
 	}
 	if !r.addresses.containsRange(addr, qty) {
-		return decision.DenyAddress, fmt.Sprintf("%s %d+%d outside %s", space, addr, qty, r.addresses)
+		return miss{denial: decision.DenyAddress, kind: missWriteRange}
 	}
 	if r.values == nil {
-		return 0, ""
+		return miss{}
 	}
 	switch req.Function {
 	case modbus.WriteSingleCoil, modbus.WriteMultipleCoils:
@@ -218,24 +355,24 @@ func (r *Rule) checkWrite(req *modbus.Request) (decision.Denial, string) {
 				v = 1
 			}
 			if !r.values.containsValue(v) {
-				return decision.DenyValue, fmt.Sprintf("coil %d value %d outside %s", int(addr)+i, v, r.values)
+				return miss{denial: decision.DenyValue, kind: missCoilValue, at: int(addr) + i, value: v}
 			}
 		}
 	case modbus.MaskWriteRegister:
 		if req.AndMask != 0 {
-			return decision.DenyValue, "mask write with a non-zero AND mask: the result depends on the current value"
+			return miss{denial: decision.DenyValue, kind: missMaskAnd}
 		}
 		if !r.values.containsValue(req.OrMask) {
-			return decision.DenyValue, fmt.Sprintf("register %d value %d outside %s", addr, req.OrMask, r.values)
+			return miss{denial: decision.DenyValue, kind: missMaskValue, at: int(addr), value: req.OrMask}
 		}
 	default:
 		for i := 0; i < int(qty); i++ {
 			if v := req.RegisterValue(i); !r.values.containsValue(v) {
-				return decision.DenyValue, fmt.Sprintf("register %d value %d outside %s", int(addr)+i, v, r.values)
+				return miss{denial: decision.DenyValue, kind: missRegisterValue, at: int(addr) + i, value: v}
 			}
 		}
 	}
-	return 0, ""
+	return miss{}
 }
 
 // readAllowed reports whether a read rule allows function 23's read part,
@@ -250,7 +387,7 @@ func readAllowed(d *Device, in *decision.Input) bool {
 		if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {
 			continue
 		}
-		if denial, _ := r.checkRead(&req); denial == 0 {
+		if r.checkRead(&req).denial == 0 {
 			return true
 		}
 	}

@@ -40,6 +40,21 @@ type Device struct {
 	Upstream string // host:port of the PLC
 	Units    []byte // unit ids routed to this device; empty means any
 	Rules    []*Rule
+	// Observe is mode: observe: every well-formed request is forwarded and
+	// recorded with the verdict the rules would have given. For
+	// commissioning only; the zero value enforces.
+	Observe bool
+}
+
+// ObservedDevices lists the devices in observe mode, in policy order.
+func (p *Policy) ObservedDevices() []string {
+	var out []string
+	for _, d := range p.Devices {
+		if d.Observe {
+			out = append(out, d.Name)
+		}
+	}
+	return out
 }
 
 // Rule allows one class of request on a device.
@@ -206,7 +221,7 @@ func parse(data []byte) (*Policy, error) {
 }
 
 func parseDevice(n *yaml.Node) (*Device, error) {
-	f, err := fields(n, "device", "name", "kind", "upstream", "units", "rules")
+	f, err := fields(n, "device", "name", "kind", "upstream", "units", "mode", "rules")
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +253,15 @@ func parseDevice(n *yaml.Node) (*Device, error) {
 	if u := f["units"]; u != nil {
 		if d.Units, err = parseUnits(u); err != nil {
 			return nil, err
+		}
+	}
+	if mn := f["mode"]; mn != nil {
+		switch mn.Value {
+		case "enforce":
+		case "observe":
+			d.Observe = true
+		default:
+			return nil, lineErr(mn, "device %q: mode must be enforce or observe, not %q", d.Name, mn.Value)
 		}
 	}
 	if rn := f["rules"]; rn != nil {

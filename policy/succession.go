@@ -20,6 +20,9 @@ type Accepted struct {
 	ID      string `json:"id"`
 	Version int    `json:"version"`
 	Digest  string `json:"digest"`
+	// Observe lists its devices in observe mode, so a restart can tell a
+	// device entering or leaving observe mode from one that stays.
+	Observe []string `json:"observe,omitempty"`
 }
 
 // CheckSuccession refuses next if it is older than prev, or the same
@@ -56,7 +59,7 @@ func LoadAccepted(path string) (*Accepted, error) {
 
 // SaveAccepted records p at path as the newest policy accepted.
 func SaveAccepted(path string, p *Policy) error {
-	data, err := json.Marshal(Accepted{ID: p.ID, Version: p.Version, Digest: p.Digest})
+	data, err := json.Marshal(Accepted{ID: p.ID, Version: p.Version, Digest: p.Digest, Observe: p.ObservedDevices()})
 	if err != nil {
 		return err
 	}

@@ -190,6 +190,9 @@ func (ss *session) handle(c *call) bool {
 	v := s.dec.Decide(s.ctx, &c.in)
 	c.ev.Rule, c.ev.Reason, c.ev.Policy, c.ev.Approval = v.Rule, v.Reason, v.Policy, v.Approval
 	c.ev.BreakGlass = v.BreakGlass && v.Allowed()
+	// Observe mode: the rules deny it, the policy forwards it, the record
+	// says so (and a write is still durable before it moves).
+	c.ev.Observed = v.Observed && v.Allowed()
 	if !v.Allowed() {
 		c.ev.Verdict = audit.Deny
 		c.done(nil, s.exceptionFor(v.Denial))

@@ -373,7 +373,7 @@ func loadRequired[T any](path, missing string, load func(string) (T, error)) (T,
 }
 
 func policyCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{Use: "policy", Short: "Sign and verify policy bundles"}
+	cmd := &cobra.Command{Use: "policy", Short: "Sign, verify, learn and test policies"}
 	var keyPath, rootPath string
 	var threshold int
 	sign := &cobra.Command{
@@ -429,6 +429,6 @@ func policyCmd(g *globals) *cobra.Command {
 		},
 	}
 	root.Flags().IntVar(&threshold, "threshold", 2, "how many admins must sign")
-	cmd.AddCommand(sign, verify, root, policyApproversCmd(g))
+	cmd.AddCommand(sign, verify, root, policyApproversCmd(g), policyLearnCmd(g), policyWhatIfCmd(g))
 	return cmd
 }

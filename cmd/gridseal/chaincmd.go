@@ -240,6 +240,9 @@ func printRow(w io.Writer, r *chain.Record) {
 	case "dropped-reply":
 		verdict = "dropped-reply"
 	}
+	if r.Observed {
+		verdict = "WOULD-DENY"
+	}
 	fmt.Fprintf(w, tailRow, r.Time.Local().Format("15:04:05.000"), r.Client, r.Device, strconv.Itoa(int(r.Unit)),
 		strconv.Itoa(int(r.Function)), fmt.Sprintf("%d+%d", r.Address, r.Quantity), vals, verdict, exc, reason)
 }

@@ -37,14 +37,14 @@ function matches(op, f) {
 const phaseName = { "request": "request", "complete": "complete", "dropped-reply": "reply dropped" };
 function rowHTML(op) {
   const first = op.phases[0], r = last(op);
-  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "request" ? r.verdict + " · recorded before forwarding"
+  const verdict = r.phase === "approval" ? (r.verdict === "allow" ? "approval" : "approval refused") : r.phase === "policy" ? "policy mode" : r.phase === "request" ? r.verdict + " · recorded before forwarding"
     : r.phase === "dropped-reply" && op.phases.length === 1 ? "device reply dropped" : r.verdict;
   const vals = (first.values || []).join(",");
   const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
   const phases = op.phases.length > 1 ? `<br><span class="phases muted">${op.phases.map((p) => esc(phaseName[p.phase] || p.phase)).join(" → ")}</span>` : "";
   return `<td title="${esc(first.time)}">${fmtTime(first.time)}</td><td>${esc(first.client)}</td><td>${esc(first.device)}</td><td>${first.unit}</td>` +
     `<td>${first.fc} ${esc(first.function || "")}</td><td>${first.address}+${first.quantity}</td><td>${esc(vals)}</td>` +
-    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}${phases}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}${r.observed ? ' <span class="badge would-deny" title="forwarded only because the device is in observe mode: the rules deny it">WOULD DENY</span>' : ""}${phases}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
 }
 function render() {
   const f = filters();
@@ -185,6 +185,10 @@ async function refresh() {
     badge.textContent = st.verified ? (st.trust_pinned ? "chain verified" : "chain (no trust pinned)") : "CHAIN PROBLEM";
     badge.className = "badge " + (st.verified ? "ok" : "bad");
     if (st.policy) $("#policy").textContent = `policy ${st.policy.id} v${st.policy.version} ${st.policy.digest.slice(0, 12)}…`;
+    const observing = (st.policy && st.policy.observe) || [];
+    const banner = $("#observe-banner");
+    banner.hidden = observing.length === 0;
+    banner.textContent = observing.length ? `OBSERVE MODE: ${observing.join(", ")} ${observing.length > 1 ? "forward" : "forwards"} every request, including what the rules deny (marked WOULD DENY); nothing is enforced there` : "";
     const dl = [["blocks", st.blocks], ["events", st.events], ["last block", st.last_block ? fmtTime(st.last_block) : "-"],
       ["verification", st.verified ? "every block verified" : st.problem], ["viewers", st.viewers]];
     for (const [w, ws] of Object.entries(st.writers || {})) dl.push([`writer ${w}`, `height ${ws.height}, ${ws.hash.slice(0, 16)}…`]);

@@ -66,6 +66,9 @@ type Result struct {
 	Approval   string
 	Approvers  []string // who signed it
 	BreakGlass bool     // allowed by the rule's break-glass quorum: flag loudly
+	// Observed: allowed only because the device is in observe mode; the
+	// rules deny it (Denial, Rule and Reason say how). Record it loudly.
+	Observed bool
 }
 
 // Allowed reports whether the result allows the request. Anything but an
