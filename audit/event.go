@@ -138,6 +138,10 @@ type Event struct {
 	// observe mode: the rules would have denied it (Verdict is Allow; Rule
 	// and Reason say what would have denied it). SOC tools alert on it.
 	Observed bool
+	// CandidateDiffers marks a request the shadow candidate policy decides
+	// otherwise than the policy in force did (Verdict is the policy in
+	// force's); Reason ends with what the candidate says.
+	CandidateDiffers bool
 }
 
 // LogRecorder records every event as one structured log line, except that
@@ -201,6 +205,7 @@ func eventFields(ev *Event) []zap.Field {
 		zap.Bool("closed", ev.Closed),
 		zap.Bool("break_glass", ev.BreakGlass),
 		zap.Bool("observed", ev.Observed),
+		zap.Bool("candidate_differs", ev.CandidateDiffers),
 		zap.String("role", ev.Role),
 	)
 }

@@ -15,22 +15,26 @@ import (
 // role after the flags byte; version 3 gives flag bit 1 a meaning: the
 // write was allowed by a break-glass quorum; version 4 gives flag bit 2 a
 // meaning — observed: forwarded only because the device is in observe mode,
-// the rules would have denied it — and adds phase 6 (policy). Versions 1
-// (no role), 2 (bit 1 must be 0) and 3 (bit 2 must be 0, no phase 6) still
-// decode.
+// the rules would have denied it — and adds phase 6 (policy); version 5
+// gives flag bit 3 a meaning — candidate: the shadow candidate policy
+// decides the request otherwise, and the reason ends with what it says.
+// Versions 1 (no role), 2 (bit 1 must be 0), 3 (bit 2 must be 0, no
+// phase 6) and 4 (bit 3 must be 0) still decode.
 const (
 	eventV1      = 1
 	eventV2      = 2
 	eventV3      = 3
-	eventVersion = 4
+	eventV4      = 4
+	eventVersion = 5
 )
 
 // Event flag bits: the proxy closed the client connection; break-glass
-// (version 3 on); observed (version 4 on).
+// (version 3 on); observed (version 4 on); candidate differs (version 5 on).
 const (
 	flagClosed     = 1 << 0
 	flagBreakGlass = 1 << 1
 	flagObserved   = 1 << 2
+	flagCandidate  = 1 << 3
 )
 
 // AppendEvent appends the stored encoding of ev to dst.
@@ -68,6 +72,9 @@ func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	}
 	if ev.Observed {
 		flags |= flagObserved
+	}
+	if ev.CandidateDiffers {
+		flags |= flagCandidate
 	}
 	dst = append(dst, flags)
 	dst = append(dst, byte(min(len(ev.Role), 255)))
@@ -162,7 +169,8 @@ func DecodeEvent(b []byte) (audit.Event, error) {
 		Rule: string(v.Rule), Reason: string(v.Reason), Policy: string(v.Policy), Approval: string(v.Approval),
 		Exception: v.Exception, Response: clone(v.Response), Upstream: time.Duration(v.Upstream),
 		Closed: v.Flags&flagClosed != 0, BreakGlass: v.Flags&flagBreakGlass != 0, Observed: v.Flags&flagObserved != 0,
-		Role: string(v.Role), Client: v.Client,
+		CandidateDiffers: v.Flags&flagCandidate != 0,
+		Role:             string(v.Role), Client: v.Client,
 	}
 	return ev, err
 }
@@ -198,6 +206,9 @@ func (v *EventView) BreakGlass() bool { return v.Flags&flagBreakGlass != 0 }
 
 // Observed reports the flag: forwarded only because of observe mode.
 func (v *EventView) Observed() bool { return v.Flags&flagObserved != 0 }
+
+// CandidateDiffers reports the flag: the shadow candidate decides otherwise.
+func (v *EventView) CandidateDiffers() bool { return v.Flags&flagCandidate != 0 }
 
 // ViewEvent decodes the stored event b into v, checking everything
 // DecodeEvent checks, without allocating.
@@ -239,9 +250,12 @@ func ViewEvent(b []byte, v *EventView) error {
 		known |= flagBreakGlass
 	}
 	lastPhase := audit.PhaseGap
-	if version >= eventVersion {
+	if version >= eventV4 {
 		known |= flagObserved
 		lastPhase = audit.PhasePolicy
+	}
+	if version >= eventVersion {
+		known |= flagCandidate
 	}
 	if version >= eventV2 {
 		v.Role = r.lp8()

@@ -52,6 +52,9 @@ type Record struct {
 	// Observed: forwarded only because the device is in observe mode; the
 	// rules would have denied it, as Rule and Reason say (event version 4).
 	Observed bool `json:"observed,omitempty"`
+	// CandidateDiffers: the shadow candidate policy decides the request
+	// otherwise (event version 5); the reason ends with what it says.
+	CandidateDiffers bool `json:"candidate_differs,omitempty"`
 }
 
 // NewRecord builds the exported form of event i of block b stored at m.
@@ -64,7 +67,7 @@ func NewRecord(m *Msg, b *Block, i int, ev *audit.Event) Record {
 		Verdict: ev.Verdict.String(), Rule: ev.Rule, Reason: ev.Reason, Policy: ev.Policy,
 		Approval: ev.Approval, Exception: ev.Exception, Response: hex.EncodeToString(ev.Response),
 		Upstream: float64(ev.Upstream.Microseconds()) / 1000, Closed: ev.Closed, BreakGlass: ev.BreakGlass,
-		Observed: ev.Observed,
+		Observed: ev.Observed, CandidateDiffers: ev.CandidateDiffers,
 	}
 	if ev.Client.IsValid() {
 		r.Client = ev.Client.String()

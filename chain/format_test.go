@@ -22,9 +22,9 @@ func golden(t *testing.T, name string, got []byte) {
 	goldentest.Check(t, name, got, "the stored format is a contract; bump its version instead")
 }
 
-// TestEventGolden pins the stored encoding of an event (format version 4)
+// TestEventGolden pins the stored encoding of an event (format version 5)
 // and its leaf hash, so another implementation can check itself; versions
-// 1, 2 and 3, already in chains, still decode.
+// 1 to 4, already in chains, still decode.
 func TestEventGolden(t *testing.T) {
 	ev := event(42, audit.Allow)
 	ev.Approval = "a1b2"
@@ -32,15 +32,18 @@ func TestEventGolden(t *testing.T) {
 	ev.Role = "operator"
 	ev.BreakGlass = true
 	ev.Observed = true
+	ev.CandidateDiffers = true
 	enc := chain.AppendEvent(nil, ev)
 	leaf := chain.LeafHash(enc)
-	golden(t, "event-v4.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
+	golden(t, "event-v5.txt", fmt.Appendf(nil, "event %x\nleaf %x\n", enc, leaf[:]))
 	for _, old := range []struct {
 		file       string
 		role       string
 		breakGlass bool
+		observed   bool
 		unknown    byte // the first flag bit this version gives no meaning
-	}{{"event-v1.txt", "", false, 2}, {"event-v2.txt", "operator", false, 2}, {"event-v3.txt", "operator", true, 4}} {
+	}{{"event-v1.txt", "", false, false, 2}, {"event-v2.txt", "operator", false, false, 2}, {"event-v3.txt", "operator", true, false, 4},
+		{"event-v4.txt", "operator", true, true, 8}} {
 		b, err := os.ReadFile("testdata/" + old.file)
 		if err != nil {
 			t.Fatal(err)
@@ -52,7 +55,7 @@ func TestEventGolden(t *testing.T) {
 		oldBytes, _ := hex.DecodeString(oldHex)
 		got, err := chain.DecodeEvent(oldBytes)
 		if err != nil || got.Op != 42 || got.Role != old.role || got.Approval != "a1b2" || !got.Closed ||
-			got.BreakGlass != old.breakGlass || got.Observed {
+			got.BreakGlass != old.breakGlass || got.Observed != old.observed || got.CandidateDiffers {
 			t.Fatalf("%s: %+v %v", old.file, got, err)
 		}
 		// A flag bit the version does not define is an error.

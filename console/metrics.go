@@ -28,6 +28,7 @@ type Metrics struct {
 	upstream   *prometheus.HistogramVec
 	approvals  *prometheus.CounterVec
 	breakGlass prometheus.Counter
+	candidate  *prometheus.CounterVec
 	refusals   prometheus.Counter
 	dropped    *prometheus.CounterVec
 
@@ -71,6 +72,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		breakGlass: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gridseal_break_glass_total", Help: "Writes allowed by a break-glass quorum.",
 		}),
+		candidate: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gridseal_candidate_differs_total",
+			Help: "Requests the shadow candidate policy decides otherwise than the policy in force: candidate=allow (it would allow what was denied) or deny.",
+		}, []string{"device", "candidate"}),
 		refusals: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gridseal_chain_refusals_total", Help: "Requests refused because the chain could not record them.",
 		}),
@@ -79,7 +84,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"device", "kind"}),
 		devices: map[string]*DeviceStats{},
 	}
-	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.refusals, m.dropped)
+	reg.MustRegister(m.requests, m.exceptions, m.added, m.upstream, m.approvals, m.breakGlass, m.candidate, m.refusals, m.dropped)
 	// Every step from zero, so increase() and alerts see the first one.
 	for _, step := range approvalSteps {
 		m.approvals.WithLabelValues(step)
@@ -145,6 +150,13 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	}
 	if strings.HasPrefix(ev.Reason, "BREAK-GLASS") && ev.Verdict == audit.Allow {
 		m.breakGlass.Inc()
+	}
+	if ev.CandidateDiffers && ev.Phase == audit.PhaseComplete {
+		would := "deny"
+		if ev.Verdict != audit.Allow || ev.Observed {
+			would = "allow"
+		}
+		m.candidate.WithLabelValues(device, would).Inc()
 	}
 	if strings.HasPrefix(ev.Reason, "refused: the record") || strings.HasPrefix(ev.Reason, "write refused") {
 		m.refusals.Inc()

@@ -30,6 +30,11 @@ import (
 type Config struct {
 	Policy     string `yaml:"policy"`
 	PolicyRoot string `yaml:"policy_root"` // admins' root file; the policy must carry their m-of-n signatures
+	// Candidate is a shadow candidate policy, signed like the policy: it is
+	// evaluated beside the policy in force, which still decides; requests
+	// it decides otherwise are flagged in the chain, counted in /metrics
+	// and badged in the console — a dry run before the reload.
+	Candidate string `yaml:"candidate"`
 	// InsecureUnsignedPolicy runs a policy no admin signed. Tests and labs only.
 	InsecureUnsignedPolicy bool `yaml:"insecure_unsigned_policy"`
 	// AllowPolicyRollback accepts a policy older than one already in force.
@@ -453,6 +458,9 @@ func Load(path string) (*Config, error) {
 	}
 	if !filepath.IsAbs(c.Policy) {
 		c.Policy = filepath.Join(filepath.Dir(path), c.Policy)
+	}
+	if c.Candidate != "" && !filepath.IsAbs(c.Candidate) {
+		c.Candidate = filepath.Join(filepath.Dir(path), c.Candidate)
 	}
 	if c.PolicyRoot != "" && !filepath.IsAbs(c.PolicyRoot) {
 		c.PolicyRoot = filepath.Join(filepath.Dir(path), c.PolicyRoot)

@@ -159,6 +159,9 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 		return nil, err
 	}
 	g.engine = policy.NewEngine(pol, log.Named("policy"))
+	if err := g.useCandidate(); err != nil {
+		return nil, err
+	}
 	metrics := console.NewMetrics(reg)
 	// Approval steps go to the chain, then to the EVE file and the metrics.
 	steps := audit.Tee{g.rec, metrics}
@@ -295,8 +298,27 @@ func (g *Gateway) Reload(ctx context.Context) error {
 	}
 	g.engine.Swap(p)
 	g.log.Info("policy reloaded", zap.String("policy", p.ID), zap.Int("version", p.Version), zap.String("digest", p.Digest))
+	if err := g.useCandidate(); err != nil {
+		g.engine.SetCandidate(nil)
+		g.log.Error("shadow candidate not evaluated any more", zap.Error(err))
+	}
 	if err := g.store.PublishPolicy(ctx, p); err != nil {
 		g.log.Error("cannot publish the policy in force", zap.Error(err))
+	}
+	return nil
+}
+
+// useCandidate (re)loads the shadow candidate, if one is configured, and
+// has the engine evaluate it beside the policy in force.
+func (g *Gateway) useCandidate() error {
+	c, err := g.cfg.loadCandidate(g.log)
+	if err != nil {
+		return err
+	}
+	g.engine.SetCandidate(c)
+	if c != nil {
+		g.log.Warn("shadow candidate evaluated beside the policy in force: requests it decides otherwise are flagged, nothing it says is enforced",
+			zap.String("candidate", c.ID), zap.Int("version", c.Version), zap.String("digest", c.Digest))
 	}
 	return nil
 }
@@ -304,18 +326,35 @@ func (g *Gateway) Reload(ctx context.Context) error {
 // loadPolicy reads the policy, refusing it unless enough admins signed it
 // (or the configuration says, by name, to run an unsigned policy).
 func (c *Config) loadPolicy(log *zap.Logger) (*policy.Policy, error) {
+	return c.loadSigned(c.Policy, log)
+}
+
+// loadCandidate reads the shadow candidate policy, signed like the policy;
+// nil when the configuration names none.
+func (c *Config) loadCandidate(log *zap.Logger) (*policy.Policy, error) {
+	if c.Candidate == "" {
+		return nil, nil
+	}
+	p, err := c.loadSigned(c.Candidate, log)
+	if err != nil {
+		return nil, fmt.Errorf("candidate: %w", err)
+	}
+	return p, nil
+}
+
+func (c *Config) loadSigned(path string, log *zap.Logger) (*policy.Policy, error) {
 	if c.PolicyRoot == "" {
 		if !c.InsecureUnsignedPolicy {
-			return nil, fmt.Errorf("policy_root: name the admins' root file that signs %s (or set insecure_unsigned_policy: true, never in production)", c.Policy)
+			return nil, fmt.Errorf("policy_root: name the admins' root file that signs %s (or set insecure_unsigned_policy: true, never in production)", path)
 		}
-		log.Warn("running an UNSIGNED policy: insecure_unsigned_policy is set", zap.String("policy", c.Policy))
-		return policy.Load(c.Policy)
+		log.Warn("running an UNSIGNED policy: insecure_unsigned_policy is set", zap.String("policy", path))
+		return policy.Load(path)
 	}
 	root, err := policy.LoadRoot(c.PolicyRoot)
 	if err != nil {
 		return nil, err
 	}
-	p, signers, err := policy.LoadSigned(c.Policy, root)
+	p, signers, err := policy.LoadSigned(path, root)
 	if err != nil {
 		return nil, err
 	}

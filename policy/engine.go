@@ -19,6 +19,7 @@ import (
 // decided wholly under one policy.
 type Engine struct {
 	cur       atomic.Pointer[Policy]
+	candidate atomic.Pointer[Policy] // the shadow candidate; nil: none
 	log       *zap.Logger
 	approvals Approvals
 	now       func() time.Time
@@ -54,6 +55,34 @@ func (e *Engine) SetClock(now func() time.Time) { e.now = now }
 // Policy returns the policy in force.
 func (e *Engine) Policy() *Policy { return e.cur.Load() }
 
+// SetCandidate evaluates p, a signed candidate policy, beside the policy
+// in force: every request is still decided by the policy in force, and
+// one the candidate decides otherwise is flagged with what the candidate
+// says (a dry run in production before a reload). Nil stops it.
+func (e *Engine) SetCandidate(p *Policy) { e.candidate.Store(p) }
+
+// Candidate is the shadow candidate policy, or nil.
+func (e *Engine) Candidate() *Policy { return e.candidate.Load() }
+
+// shadow flags v when the candidate c decides in otherwise than the rules
+// in force did (an approval the policy in force consumed counts for the
+// candidate too). Nothing is allocated unless they differ.
+func shadow(c *Policy, in *decision.Input, v *decision.Result) {
+	approved := v.Approval != ""
+	_, denial := c.Judge(in, approved)
+	inForce := v.Allowed() && !v.Observed
+	if (denial == 0) == inForce {
+		return
+	}
+	v.CandidateDiffers = true
+	if denial == 0 {
+		r, _ := c.Judge(in, approved)
+		v.Reason += fmt.Sprintf(" | candidate %s v%d would allow (rule %s)", c.ID, c.Version, r.Name)
+		return
+	}
+	v.Reason += fmt.Sprintf(" | candidate %s v%d would deny: %s", c.ID, c.Version, c.Explain(in, approved))
+}
+
 // Swap puts p in force for every request decided after it returns.
 func (e *Engine) Swap(p *Policy) {
 	old := e.cur.Swap(p)
@@ -66,6 +95,14 @@ func (e *Engine) Swap(p *Policy) {
 // Observed set and the reason it would have been denied; an approval that
 // matches is still judged and consumed first.
 func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result {
+	v := e.decide(ctx, in)
+	if c := e.candidate.Load(); c != nil {
+		shadow(c, in, &v)
+	}
+	return v
+}
+
+func (e *Engine) decide(ctx context.Context, in *decision.Input) decision.Result {
 	p := e.cur.Load()
 	d := p.byName[in.Device]
 	if d == nil {

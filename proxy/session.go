@@ -193,6 +193,7 @@ func (ss *session) handle(c *call) bool {
 	// Observe mode: the rules deny it, the policy forwards it, the record
 	// says so (and a write is still durable before it moves).
 	c.ev.Observed = v.Observed && v.Allowed()
+	c.ev.CandidateDiffers = v.CandidateDiffers
 	if !v.Allowed() {
 		c.ev.Verdict = audit.Deny
 		c.done(nil, s.exceptionFor(v.Denial))

@@ -44,7 +44,7 @@ function rowHTML(op) {
   const phases = op.phases.length > 1 ? `<br><span class="phases muted">${op.phases.map((p) => esc(phaseName[p.phase] || p.phase)).join(" → ")}</span>` : "";
   return `<td title="${esc(first.time)}">${fmtTime(first.time)}</td><td>${esc(first.client)}</td><td>${esc(first.device)}</td><td>${first.unit}</td>` +
     `<td>${first.fc} ${esc(first.function || "")}</td><td>${first.address}+${first.quantity}</td><td>${esc(vals)}</td>` +
-    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}${r.observed ? ' <span class="badge would-deny" title="forwarded only because the device is in observe mode: the rules deny it">WOULD DENY</span>' : ""}${phases}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
+    `<td class="verdict">${esc(verdict)}${exc}${r.break_glass ? ' <span class="badge break-glass" title="allowed by a break-glass quorum: fewer approvers than the rule needs">BREAK-GLASS</span>' : ""}${r.observed ? ' <span class="badge would-deny" title="forwarded only because the device is in observe mode: the rules deny it">WOULD DENY</span>' : ""}${r.candidate_differs ? ' <span class="badge candidate" title="the shadow candidate policy decides this request otherwise: the reason ends with what it says">CANDIDATE DIFFERS</span>' : ""}${phases}</td><td class="reason">${esc(r.reason)}</td><td>${esc((r.approval || "").slice(0, 12))}</td>`;
 }
 function render() {
   const f = filters();

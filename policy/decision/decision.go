@@ -69,6 +69,10 @@ type Result struct {
 	// Observed: allowed only because the device is in observe mode; the
 	// rules deny it (Denial, Rule and Reason say how). Record it loudly.
 	Observed bool
+	// CandidateDiffers: the shadow candidate policy (if one is evaluated
+	// beside the policy in force) decides the request otherwise; Reason
+	// ends with what the candidate says. It changes nothing on the wire.
+	CandidateDiffers bool
 }
 
 // Allowed reports whether the result allows the request. Anything but an
