@@ -216,8 +216,9 @@ func (v *Verifier) add(m *Msg) error {
 	if root := MerkleRoot(v.leaves); root != b.Root {
 		return bad(b.Height, "events do not match the signed Merkle root: an event was altered, added or removed")
 	}
+	var view EventView
 	for i, e := range b.Events {
-		if _, err := DecodeEvent(e); err != nil {
+		if err := ViewEvent(e, &view); err != nil { // checks the format, copies nothing
 			return bad(b.Height, "event %d: %v", i, err)
 		}
 	}
