@@ -70,8 +70,9 @@ type Server struct {
 	mux     *http.ServeMux
 	handler http.Handler // mux, behind Auth if set
 
-	proving chan struct{} // one inclusion proof at a time: each reads the stream
-	tiles   logTiles
+	proving   chan struct{} // one inclusion proof at a time: each reads the stream
+	searching chan struct{} // searches, exports and charts at once: each reads the tiles
+	tiles     logTiles
 
 	cpMu sync.Mutex
 	cpAt time.Time
@@ -91,9 +92,15 @@ func New(cfg Config) *Server {
 	s.mux.HandleFunc("GET /api/devices", s.devices)
 	s.mux.HandleFunc("GET /api/approvals", s.approvals)
 	s.mux.HandleFunc("GET /api/proof", s.proof)
+	s.mux.HandleFunc("GET /api/search", s.search)
+	s.mux.HandleFunc("GET /api/event/{leaf}", s.event)
+	s.mux.HandleFunc("GET /api/export", s.export)
+	s.mux.HandleFunc("GET /api/chart", s.chart)
+	s.mux.HandleFunc("GET /e/{leaf}", permalink)
 	s.mux.HandleFunc("GET /log/checkpoint", s.serveCheckpoint)
 	s.mux.HandleFunc("GET /log/tile/{path...}", s.serveTile)
 	s.proving = make(chan struct{}, 1)
+	s.searching = make(chan struct{}, maxSearches)
 	s.handler = s.mux
 	if cfg.Auth != nil {
 		cfg.Auth.log = cfg.Log

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -49,7 +50,7 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	defer cancelAlloc()
 	bctx, cancelB := chromedp.NewContext(alloc)
 	defer cancelB()
-	bctx, cancelT := context.WithTimeout(bctx, 60*time.Second)
+	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
 	defer cancelT()
 	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
@@ -152,6 +153,100 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 		t.Fatalf("at 800 px wide, wider than the window or their box: %s", what)
 	}
 	saveShot(t, bctx, "console-800.png")
+
+	// Investigation: the whole chain searched from the tiles, its chart,
+	// a permanent link that opens the same event in a new page load, and
+	// the filter's export.
+	run("a wide window again", chromedp.EmulateViewport(1600, 1000))
+	run("open the investigation view", chromedp.Click("#v-investigate"), chromedp.WaitVisible("#results"))
+	for i := range 12 { // a few more operations to chart, two of them denied
+		if i%6 == 5 {
+			_ = c.WriteRegister(simulators.InverterConn, 0)
+		} else if _, err := c.ReadRegister(simulators.InverterPower, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run("the last two minutes", chromedp.Evaluate[chromedp.Void](`(() => {
+		const d = new Date(Date.now() - 120000);
+		document.querySelector('#s-since').value = new Date(d - d.getTimezoneOffset() * 60000).toISOString().slice(0, 19);
+		document.querySelector('#s-go').click(); })()`))
+	poll("every device's operations charted, the bars adding up", `(() => {
+		const gs = [...document.querySelectorAll('#chart-svg g.device')];
+		const inv = gs.find(g => g.dataset.device === 'inverter-1');
+		const ok = inv && +inv.dataset.total >= 15 && +inv.dataset.denied >= 3 && gs.every(g =>
+			[...g.querySelectorAll('.bar')].reduce((n, b) => n + +b.dataset.requests, 0) === +g.dataset.total &&
+			[...g.querySelectorAll('.bar')].reduce((n, b) => n + +b.dataset.denies, 0) === +g.dataset.denied);
+		if (!ok && Date.now() - (window.searched || 0) > 1000) { window.searched = Date.now(); document.querySelector('#s-go').click(); } // the tiles lag the chain by up to 200 ms
+		return ok; })()`, 5*time.Second)
+	saveShotOf(t, bctx, "#investigate", "console-chart.png")
+	run("search the denied writes to the inverter", chromedp.Evaluate[chromedp.Void](`(() => {
+		document.querySelector('#s-verdict').value = 'deny';
+		document.querySelector('#s-device').value = 'inverter-1';
+		document.querySelector('#s-go').click(); })()`))
+	poll("only the denied writes, each with its leaf, as many as the chart counts", `(() => {
+		const rows = [...document.querySelectorAll('#results tbody tr')];
+		const g = document.querySelector('#chart-svg g.device[data-device="inverter-1"]');
+		return rows.length > 0 && rows.every(r => r.dataset.verdict === 'deny' && r.textContent.includes('40126+1') && r.textContent.includes('outside 40127') && r.dataset.leaf) &&
+			g && +g.dataset.total === rows.length && document.querySelectorAll('#chart-svg g.device').length === 1; })()`, 5*time.Second)
+	run("open the newest", chromedp.Click("#results tbody tr:first-child td:nth-child(3)"))
+	poll("its detail with a permanent link", `!document.querySelector('#permalink').hidden && /\/e\/\d+$/.test(document.querySelector('#permalink-a').href) &&
+		document.querySelector('#detail-list').textContent.includes('stream sequence')`, 5*time.Second)
+	saveShot(t, bctx, "console-search.png")
+	detail, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('#detail-list').textContent`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.querySelector('#permalink-a').href`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exported, err := chromedp.Run(bctx, chromedp.Evaluate[string](`(async () => {
+		const r = await fetch(document.querySelector('#s-jsonl').href);
+		const lines = (await r.text()).trim().split('\n').map(JSON.parse);
+		return r.headers.get('Content-Disposition') + ' ' + lines.length + ' ' + lines.every(l => l.verdict === 'deny' && l.device === 'inverter-1'); })()`,
+		chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll('#results tbody tr').length`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf(`attachment; filename="gridseal-events.jsonl" %d true`, rows); exported != want {
+		t.Fatalf("the filter's JSONL export: %q, want %q", exported, want)
+	}
+	run("open the permanent link in a new page load", chromedp.Navigate(link), chromedp.WaitVisible("#detail"))
+	poll("the same event", `document.querySelector('#detail-list').textContent === `+strconv.Quote(detail)+` && !document.querySelector('#investigate').hidden`, 5*time.Second)
+	run("close the event", chromedp.Click("#close-detail"))
+	run("an 800 px window", chromedp.EmulateViewport(800, 1000))
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](overflow+` === ''`, chromedp.WithPollingTimeout(2*time.Second))); err != nil {
+		what, _ := chromedp.Run(bctx, chromedp.Evaluate[string](overflow))
+		t.Fatalf("investigating at 800 px wide, wider than the window or their box: %s", what)
+	}
+}
+
+// saveShotOf is saveShot of one element of the page.
+func saveShotOf(t *testing.T, bctx context.Context, sel, name string) {
+	t.Helper()
+	shot, err := chromedp.Run(bctx, chromedp.Screenshot(sel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := os.Getenv("GRIDSEAL_ARTIFACTS")
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if len(shot) < 5_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
+		t.Fatalf("screenshot of %s looks empty (%d bytes)", sel, len(shot))
+	}
+	t.Logf("screenshot: %s", path)
 }
 
 // saveShot writes a PNG of the page to $GRIDSEAL_ARTIFACTS (or a temporary

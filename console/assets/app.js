@@ -102,6 +102,8 @@ function showDetail(op) {
   $("#detail-list").innerHTML = fields.filter(([, v]) => v !== undefined && v !== "")
     .map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
   $("#detail").hidden = false;
+  $("#permalink").hidden = op.leaf === undefined; // events found by a search have a leaf: a permanent link
+  if (op.leaf !== undefined) { $("#permalink-a").href = new URL(`e/${op.leaf}`, location.href).href; $("#copied").textContent = ""; }
   if (detailFor !== op) { detailFor = op; showProof(first, false); }
 }
 // The proof that this event (an operation's first record: for a write, the
@@ -210,3 +212,139 @@ async function refresh() {
 connect();
 refresh();
 setInterval(refresh, 2000);
+
+// Investigation: a search over the whole chain (the tiles the console
+// keeps: no stream is read per viewer), one event by its permanent link,
+// the chart of requests and denies per device, and the filter's export.
+let searchParams = null, searchNext = -1;
+function searchQuery() {
+  const p = new URLSearchParams();
+  const t = (id) => { const v = $(id).value; return v ? new Date(v).toISOString() : ""; };
+  const fields = { since: t("#s-since"), until: t("#s-until"), device: $("#s-device").value.trim(), verdict: $("#s-verdict").value,
+    function: $("#s-function").value.trim(), address: $("#s-address").value.trim(), client: $("#s-client").value.trim(), approval: $("#s-approval").value.trim() };
+  for (const [k, v] of Object.entries(fields)) if (v) p.set(k, v);
+  return p;
+}
+async function getOK(u) {
+  const r = await fetch(u, { cache: "no-store" });
+  if (r.status === 401) { location.href = "login"; throw new Error("signed out"); }
+  if (!r.ok) throw new Error((await r.text()).trim() || `status ${r.status}`);
+  return r.json();
+}
+function resultHTML(r) {
+  const exc = r.exception ? ` (exc 0x${r.exception.toString(16).padStart(2, "0").toUpperCase()})` : "";
+  const verdict = r.phase === "approval" ? "approval" : r.phase === "request" ? r.verdict + " · request" : r.verdict;
+  return `<td title="${esc(r.time)}">${fmtTime(r.time)}</td><td>${esc(r.client)}</td><td>${esc(r.device)}</td>` +
+    `<td>${r.fc} ${esc(r.function || "")}</td><td>${r.address}+${r.quantity}</td><td>${esc((r.values || []).join(","))}</td>` +
+    `<td class="verdict">${esc(verdict)}${exc}</td><td class="reason">${esc(r.reason)}</td><td><a href="e/${r.leaf}" class="leaf">#${r.leaf}</a></td>`;
+}
+async function runSearch(more) {
+  const note = $("#s-note"), tb = $("#results tbody");
+  if (!more) {
+    searchParams = searchQuery();
+    tb.innerHTML = "";
+    for (const f of ["jsonl", "eve"]) { const p = new URLSearchParams(searchParams); p.set("format", f); $(`#s-${f}`).href = "api/export?" + p; }
+    drawChart(searchParams);
+  }
+  const p = new URLSearchParams(searchParams);
+  p.set("limit", "200");
+  if (more && searchNext >= 0) p.set("before", searchNext);
+  note.textContent = "searching…";
+  let res;
+  try { res = await getOK("api/search?" + p); } catch (e) { note.textContent = "search failed: " + e.message; return; }
+  for (const r of res.rows) {
+    const tr = document.createElement("tr");
+    tr.className = r.phase === "approval" ? "approval" : r.verdict;
+    tr.dataset.verdict = r.verdict;
+    tr.dataset.leaf = r.leaf;
+    tr.innerHTML = resultHTML(r);
+    tr.onclick = (e) => { if (e.target.tagName !== "A") showEvent(r.leaf); };
+    tb.appendChild(tr);
+  }
+  searchNext = res.next;
+  $("#s-more").hidden = res.next < 0;
+  $("#s-count").textContent = `· ${tb.rows.length} shown, newest first, of ${res.size} events in the chain`;
+  note.textContent = res.stopped ? `stopped: ${res.stopped}` : "";
+}
+// One event by its leaf, with its operation's other phases: the detail
+// panel as for the live stream, plus its permanent link.
+async function showEvent(leaf) {
+  let v;
+  try { v = await getOK(`api/event/${encodeURIComponent(leaf)}`); }
+  catch (e) { $("#s-note").textContent = `event ${leaf}: ${e.message}`; return; }
+  const op = { phases: v.phases, leaf: v.leaf };
+  detailFor = null;
+  showDetail(op);
+}
+$("#search").onsubmit = (e) => { e.preventDefault(); runSearch(false); };
+$("#s-more").onclick = () => runSearch(true);
+$("#copy-link").onclick = async () => {
+  const link = $("#permalink-a").href;
+  try { await navigator.clipboard.writeText(link); $("#copied").textContent = "copied"; }
+  catch (e) { $("#copied").textContent = link; } // no clipboard (plain http off loopback): the link to copy by hand
+};
+// The chart: per device, a row of bars, one per step — the operations
+// (grey) and among them those not allowed (red), on one scale — drawn
+// here as SVG, with each bar's numbers in its tooltip.
+const svgNS = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, text) {
+  const e = document.createElementNS(svgNS, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+async function drawChart(params) {
+  const box = $("#chart"), note = $("#chart-note");
+  let c;
+  try { c = await getOK("api/chart?" + params); } catch (e) { box.textContent = ""; note.textContent = "chart failed: " + e.message; return; }
+  const names = Object.keys(c.devices).sort();
+  const since = new Date(c.since).getTime(), step = c.step_s * 1000;
+  note.textContent = `${fmtTime(c.since)} to ${fmtTime(c.until)}, ${c.step_s >= 60 ? c.step_s / 60 + " min" : c.step_s + " s"} a bar` + (c.partial ? ` · partial: ${c.partial}` : "");
+  box.innerHTML = "";
+  if (!names.length) { box.textContent = "no operations in this range"; return; }
+  const W = 720, L = 120, rowH = 44, top = 4;
+  const max = Math.max(1, ...names.flatMap((n) => c.devices[n].requests));
+  const bw = (W - L - 8) / c.buckets;
+  const s = svg("svg", { id: "chart-svg", viewBox: `0 0 ${W} ${top + names.length * rowH + 18}`, role: "img" });
+  s.appendChild(svg("title", {}, "requests and denies per device over time"));
+  names.forEach((n, i) => {
+    const d = c.devices[n], y0 = top + i * rowH, base = y0 + rowH - 8;
+    const g = svg("g", { class: "device", "data-device": n, "data-total": d.total, "data-denied": d.denied });
+    g.appendChild(svg("text", { x: 0, y: y0 + 16, class: "label" }, n));
+    g.appendChild(svg("text", { x: 0, y: y0 + 30, class: "sum" }, `${d.total} req · ${d.denied} denied`));
+    g.appendChild(svg("line", { x1: L, x2: W - 8, y1: base, y2: base, class: "axis" }));
+    d.requests.forEach((v, k) => {
+      if (!v) return;
+      const x = L + k * bw, h = (v / max) * (rowH - 14), dh = (d.denies[k] / max) * (rowH - 14);
+      const bar = svg("g", { class: "bar", "data-requests": v, "data-denies": d.denies[k] });
+      bar.appendChild(svg("title", {}, `${n} ${fmtTime(since + k * step)}: ${v} requests, ${d.denies[k]} denied`));
+      bar.appendChild(svg("rect", { x: x + 0.5, y: base - h, width: Math.max(1, bw - 1), height: h, class: "req" }));
+      if (dh) bar.appendChild(svg("rect", { x: x + 0.5, y: base - dh, width: Math.max(1, bw - 1), height: dh, class: "deny" }));
+      g.appendChild(bar);
+    });
+    s.appendChild(g);
+  });
+  const yb = top + names.length * rowH + 12;
+  s.appendChild(svg("text", { x: L, y: yb, class: "tick" }, fmtTime(c.since)));
+  s.appendChild(svg("text", { x: W - 8, y: yb, class: "tick end" }, fmtTime(c.until)));
+  s.appendChild(svg("text", { x: L - 6, y: top + 10, class: "tick end" }, `max ${max}`));
+  box.appendChild(s);
+}
+function showView(name) {
+  const inv = name === "investigate";
+  $("#panels").hidden = inv;
+  $("#stream-panel").hidden = inv;
+  $("#investigate").hidden = !inv;
+  $("#v-live").classList.toggle("on", !inv);
+  $("#v-investigate").classList.toggle("on", inv);
+  if (inv) {
+    const dl = $("#s-devices"), known = new Set([...dl.options].map((o) => o.value));
+    for (const o of $("#f-device").options) if (o.value && !known.has(o.value)) dl.appendChild(new Option(o.value, o.value));
+  }
+}
+$("#v-live").onclick = () => showView("live");
+$("#v-investigate").onclick = () => { showView("investigate"); if (!searchParams) runSearch(false); };
+{ // A permanent link (/e/LEAF, which leads to ?event=LEAF) opens its event.
+  const leaf = new URLSearchParams(location.search).get("event");
+  if (leaf !== null && /^\d+$/.test(leaf)) { showView("investigate"); runSearch(false); showEvent(leaf); }
+}
