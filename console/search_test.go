@@ -23,6 +23,7 @@ import (
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/eve/evetest"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -227,8 +228,8 @@ func head(xs []int64) []int64 { return xs[:min(len(xs), 12)] }
 // with its operation's phases; its leaf is the tree's (the inclusion
 // proof names the same leaf); /e/LEAF leads to the page that shows it.
 func TestEventPermalink(t *testing.T) {
-	cp := newCheckpointSigner(t)
-	r := startWith(t, cp)
+	cp := keystest.NewCheckpointer(t, "checkpointer-test")
+	r := startWith(t, &cp)
 	h := recordHistory(t, r)
 	var res console.SearchResult
 	getJSON(t, r, "/api/search?approval="+approvalID(57)+"&limit=5", &res)

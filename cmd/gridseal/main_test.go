@@ -119,7 +119,7 @@ func TestCommandErrors(t *testing.T) {
 		{"proxy without config", []string{"proxy"}, 2, "--config FILE is required"},
 		{"missing config file", []string{"proxy", "--config", filepath.Join(dir, "nope.yaml")}, 1, "no such file"},
 		{"bad value in config", []string{"proxy", "--config", badYAML}, 1, badYAML + ":6:"},
-		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: unknown key "listners" (allowed: policy, policy_root, insecure_unsigned_policy, allow_policy_rollback, listeners, limits, upstream, exceptions, chain, upstream_tls, checkpoint, console, eve, log)`},
+		{"unknown config key", []string{"proxy", "--config", unknownKey}, 1, unknownKey + `:2: unknown key "listners" (allowed: policy, policy_root, candidate, insecure_unsigned_policy, allow_policy_rollback, listeners, limits, upstream, exceptions, chain, upstream_tls, checkpoint, console, eve, log)`},
 		{"bad value and unknown key", []string{"proxy", "--config", typeAndKey}, 1, typeAndKey + ":3: idle_timeout: \"soon\" is not a duration (e.g. 30s, 5m)"},
 		{"bad policy", []string{"proxy", "--config", badPolicyRef}, 1, `badpolicy.yaml:6: device "a" rule "r": allow must be read, write or diagnostic`},
 		{"device not in policy", []string{"proxy", "--config", unknownDevice}, 1, `device "b" is not in policy x`},
