@@ -22,6 +22,7 @@ type Engine struct {
 	log       *zap.Logger
 	approvals Approvals
 	now       func() time.Time
+	ss        sunspecEngine // devices' SunSpec maps and the rules compiled for them
 }
 
 // Approvals lets through the commands that a rule allows only with an m-of-n
@@ -45,6 +46,9 @@ func (e *Engine) UseApprovals(a Approvals) { e.approvals = a }
 func NewEngine(p *Policy, log *zap.Logger) *Engine {
 	e := &Engine{log: log, now: time.Now}
 	e.cur.Store(p)
+	e.ss.mu.Lock()
+	e.ss.compileLocked(p)
+	e.ss.mu.Unlock()
 	return e
 }
 
@@ -56,7 +60,10 @@ func (e *Engine) Policy() *Policy { return e.cur.Load() }
 
 // Swap puts p in force for every request decided after it returns.
 func (e *Engine) Swap(p *Policy) {
+	e.ss.mu.Lock()
+	e.ss.compileLocked(p) // before p is in force: its SunSpec rules never run uncompiled
 	old := e.cur.Swap(p)
+	e.ss.mu.Unlock()
 	e.log.Info("policy in force", zap.String("id", p.ID), zap.Int("version", p.Version),
 		zap.String("digest", p.Digest), zap.String("previous", old.Digest))
 }
@@ -78,12 +85,26 @@ func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result
 		if r.Class != cls || !r.functions[req.Function] {
 			continue
 		}
-		denial, why := r.check(d, in)
+		rule, rr, why := e.ss.rule(p, r, in.Unit)
+		if rule == nil { // a SunSpec rule not resolved for this unit
+			if decision.DenyAddress > worst || near == nil {
+				worst, near, detail = decision.DenyAddress, r, why
+			}
+			continue
+		}
+		denial, why := rule.check(d, in)
 		if denial == 0 && r.Requires != nil {
 			return e.decideApproval(ctx, p, r, in)
 		}
 		if denial == 0 {
-			return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
+			reason := r.Name
+			if rr != nil && req.StateChanging() {
+				reason = r.Name + ": " + rr.describe(req)
+			}
+			return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: reason, Policy: p.Digest}
+		}
+		if rr != nil && req.StateChanging() {
+			why = rr.describe(req) + ": " + why
 		}
 		if denial > worst || near == nil {
 			worst, near, detail = denial, r, why

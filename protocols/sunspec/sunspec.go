@@ -117,8 +117,24 @@ var Bases = []uint16{40000, 0, 50000}
 // maxModels bounds a walk: no real device has this many models.
 const maxModels = 256
 
-// ReadFunc reads n holding registers from addr.
+// ReadFunc reads n holding registers from addr. When the device answers
+// with a Modbus exception, the error has a method Exception() byte (see
+// Exception); any other error is a failure to ask, and ends a walk.
 type ReadFunc func(addr, n uint16) ([]uint16, error)
+
+// Exception is the error a ReadFunc returns for the device's exception
+// answer.
+type Exception byte
+
+func (e Exception) Error() string { return fmt.Sprintf("modbus exception %d", byte(e)) }
+
+// Exception returns the exception code.
+func (e Exception) Exception() byte { return byte(e) }
+
+func isException(err error) bool {
+	var ex interface{ Exception() byte }
+	return errors.As(err, &ex)
+}
 
 // ErrNoMap is the error when a device answers no "SunS" marker at any base.
 var ErrNoMap = errors.New("no SunSpec map")
@@ -138,11 +154,14 @@ type Map struct {
 
 // Walk finds the "SunS" marker at one of Bases and reads the chain of model
 // ids and lengths up to the end marker. A base the device cannot read (an
-// exception, say) is not a map; any other failure is returned as is.
+// exception) is not a map; any other failure is returned as is.
 func Walk(read ReadFunc) (*Map, error) {
 	var tried []string
 	for _, base := range Bases {
 		regs, err := read(base, 2)
+		if err != nil && !isException(err) {
+			return nil, fmt.Errorf("read %d: %w", base, err)
+		}
 		if err != nil {
 			tried = append(tried, fmt.Sprintf("%d: %v", base, err))
 			continue

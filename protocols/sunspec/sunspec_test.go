@@ -30,7 +30,13 @@ func reader(t *testing.T, addr string, unit uint8) sunspec.ReadFunc {
 	if err := c.SetUnitId(unit); err != nil {
 		t.Fatal(err)
 	}
-	return func(a, n uint16) ([]uint16, error) { return c.ReadRegisters(a, n, mbclient.HOLDING_REGISTER) }
+	return func(a, n uint16) ([]uint16, error) {
+		regs, err := c.ReadRegisters(a, n, mbclient.HOLDING_REGISTER)
+		if errors.Is(err, mbclient.ErrIllegalDataAddress) {
+			return nil, sunspec.Exception(2)
+		}
+		return regs, err
+	}
 }
 
 func TestWalkSimulators(t *testing.T) {
@@ -100,7 +106,7 @@ func memory(regs map[uint16]uint16) sunspec.ReadFunc {
 		for i := range out {
 			v, ok := regs[a+uint16(i)]
 			if !ok {
-				return nil, errors.New("illegal data address")
+				return nil, sunspec.Exception(2)
 			}
 			out[i] = v
 		}
@@ -125,10 +131,15 @@ func TestWalkBrokenChains(t *testing.T) {
 		{"common model too short", marker(40000, 1, 10, 0, 0), "model 1 at 40002 is 10 registers long, shorter than its 66"},
 		{"past the last register", marker(50000, 999, 15600), "runs past register 65535"},
 		{"nothing", map[uint16]uint16{}, "no SunSpec map"},
+		{"no answer", nil, "read 40000: connection lost"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := sunspec.Walk(memory(tc.regs))
+			read := memory(tc.regs)
+			if tc.regs == nil {
+				read = func(uint16, uint16) ([]uint16, error) { return nil, errors.New("connection lost") }
+			}
+			_, err := sunspec.Walk(read)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err = %v, want one containing %q", err, tc.want)
 			}
