@@ -23,6 +23,7 @@ type Engine struct {
 	log       *zap.Logger
 	approvals Approvals
 	now       func() time.Time
+	ss        sunspecEngine // devices' SunSpec maps and the rules compiled for them
 }
 
 // Approvals lets through the commands that a rule allows only with an m-of-n
@@ -46,6 +47,9 @@ func (e *Engine) UseApprovals(a Approvals) { e.approvals = a }
 func NewEngine(p *Policy, log *zap.Logger) *Engine {
 	e := &Engine{log: log, now: time.Now}
 	e.cur.Store(p)
+	e.ss.mu.Lock()
+	e.ss.compileLocked(p)
+	e.ss.mu.Unlock()
 	return e
 }
 
@@ -85,7 +89,10 @@ func shadow(c *Policy, in *decision.Input, v *decision.Result) {
 
 // Swap puts p in force for every request decided after it returns.
 func (e *Engine) Swap(p *Policy) {
+	e.ss.mu.Lock()
+	e.ss.compileLocked(p) // before p is in force: its SunSpec rules never run uncompiled
 	old := e.cur.Swap(p)
+	e.ss.mu.Unlock()
 	e.log.Info("policy in force", zap.String("id", p.ID), zap.Int("version", p.Version),
 		zap.String("digest", p.Digest), zap.String("previous", old.Digest))
 }
@@ -109,13 +116,17 @@ func (e *Engine) decide(ctx context.Context, in *decision.Input) decision.Result
 		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyDevice, Policy: p.Digest,
 			Reason: fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)}
 	}
-	r, m := d.judge(in)
+	r, m := d.judge(in, &e.ss, p)
 	var v decision.Result
 	switch {
 	case m.denial == 0 && r.Requires != nil:
 		v = e.decideApproval(ctx, p, r, in)
 	case m.denial == 0:
-		return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: r.Name, Policy: p.Digest}
+		reason := r.Name
+		if m.rr != nil && in.Request.StateChanging() {
+			reason = r.Name + ": " + m.rr.describe(&in.Request) // names the SunSpec point
+		}
+		return decision.Result{Verdict: audit.Allow, Rule: r.Name, Reason: reason, Policy: p.Digest}
 	default:
 		v = decision.Result{Verdict: audit.Deny, Denial: m.denial, Policy: p.Digest, Reason: d.explain(r, m, in)}
 		if r != nil {
@@ -149,7 +160,7 @@ func (p *Policy) Judge(in *decision.Input, approved bool) (*Rule, decision.Denia
 	if d == nil {
 		return nil, decision.DenyDevice
 	}
-	r, m := d.judge(in)
+	r, m := d.judge(in, nil, p)
 	if m.denial == 0 && r.Requires != nil && !approved {
 		return r, decision.DenyApproval
 	}
@@ -163,7 +174,7 @@ func (p *Policy) Explain(in *decision.Input, approved bool) string {
 	if d == nil {
 		return fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)
 	}
-	r, m := d.judge(in)
+	r, m := d.judge(in, nil, p)
 	switch {
 	case m.denial == 0 && r.Requires != nil && !approved:
 		return fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command", r.Name, r.Requires.M, r.Requires.Group)
@@ -175,8 +186,11 @@ func (p *Policy) Explain(in *decision.Input, approved bool) string {
 
 // judge returns the first rule of d that allows in's request (m.denial 0),
 // or the rule that came nearest and why it does not: the one with the
-// worst denial, the first of those. It does not allocate.
-func (d *Device) judge(in *decision.Input) (*Rule, miss) {
+// worst denial, the first of those. A SunSpec rule is judged as ss
+// compiled it for the request's unit from the device's map (p is the
+// policy it compiled); with no ss (replaying without a device), or not
+// resolved, it allows nothing. It does not allocate.
+func (d *Device) judge(in *decision.Input, ss *sunspecEngine, p *Policy) (*Rule, miss) {
 	req := &in.Request
 	cls := req.Class()
 	worst := miss{denial: decision.DenyFunction}
@@ -185,7 +199,22 @@ func (d *Device) judge(in *decision.Input) (*Rule, miss) {
 		if r.Class != cls || !r.functions[req.Function] {
 			continue
 		}
-		m := r.check(d, in)
+		rule, rr, why := r, (*resolvedRule)(nil), ""
+		if r.SunSpec != nil {
+			if ss == nil {
+				rule, why = nil, r.SunSpec.Label()+" not resolved: no device map to resolve it against here"
+			} else {
+				rule, rr, why = ss.rule(p, r, in.Unit)
+			}
+		}
+		if rule == nil { // a SunSpec rule not resolved for this unit
+			if decision.DenyAddress > worst.denial || near == nil {
+				worst, near = miss{denial: decision.DenyAddress, kind: missUnresolved, why: why}, r
+			}
+			continue
+		}
+		m := rule.check(d, in)
+		m.rr = rr
 		if m.denial == 0 {
 			return r, m
 		}
@@ -204,7 +233,15 @@ func (d *Device) explain(near *Rule, m miss, in *decision.Input) string {
 		return fmt.Sprintf("no rule of device %s allows function %d (%s, a %s)",
 			d.Name, req.Function, req.Function, req.Class())
 	}
-	return fmt.Sprintf("rule %s: %s", near.Name, near.why(m, in))
+	judged := near
+	if m.rr != nil {
+		judged = m.rr.Rule // its ranges are the compiled addresses and raw values
+	}
+	why := judged.why(m, in)
+	if m.rr != nil && req.StateChanging() {
+		why = m.rr.describe(req) + ": " + why // names the SunSpec point
+	}
+	return fmt.Sprintf("rule %s: %s", near.Name, why)
 }
 
 // decideApproval allows a command that rule r allows only with a quorum,
@@ -247,8 +284,10 @@ func (p *Policy) Match(in *decision.Input) *Rule {
 type miss struct {
 	denial decision.Denial // 0: the rule allows the request
 	kind   missKind
-	at     int    // the offending coil or register
-	value  uint16 // its value
+	at     int           // the offending coil or register
+	value  uint16        // its value
+	rr     *resolvedRule // the SunSpec rule as compiled for the unit, if one (rr.Rule judged it)
+	why    string        // missUnresolved: why the SunSpec rule is not resolved
 }
 
 type missKind uint8
@@ -258,6 +297,7 @@ const (
 	missRole
 	missUnit
 	missBroadcast
+	missUnresolved // a SunSpec rule not resolved for the request's unit
 	missSub
 	missReadTable
 	missFIFO
@@ -318,6 +358,8 @@ func (r *Rule) why(m miss, in *decision.Input) string {
 		return fmt.Sprintf("unit %d not allowed", in.Unit)
 	case missBroadcast:
 		return "unit 0 is a broadcast; a state-changing request to it needs a rule that names unit 0"
+	case missUnresolved:
+		return m.why
 	case missSub:
 		return fmt.Sprintf("diagnostics sub-function %d not allowed (rule allows %s)", req.Sub, r.subs)
 	case missReadTable:

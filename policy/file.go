@@ -69,6 +69,9 @@ type Rule struct {
 	values    ranges       // nil: any value
 	subs      ranges       // function 8 sub-functions a diagnostic rule allows
 	roles     []string     // Modbus/TCP Security roles the rule is for; empty: any client
+	// SunSpec names the rule's registers as points of a SunSpec model, in
+	// place of addresses: the engine resolves them per device unit.
+	SunSpec *SunSpecRef
 
 	Requires   *Quorum       // non-nil: a write needs an m-of-n approval
 	BreakGlass *Quorum       // fewer signatures that still pass, flagged loudly
@@ -315,7 +318,7 @@ var defaultFunctions = map[modbus.Class][]modbus.Function{
 
 func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 	f, err := fields(n, "rule", "name", "allow", "functions", "table", "units", "addresses", "values",
-		"requires", "break_glass", "max_ttl", "subfunctions", "roles")
+		"requires", "break_glass", "max_ttl", "subfunctions", "roles", "sunspec")
 	if err != nil {
 		return nil, err
 	}
@@ -396,10 +399,14 @@ func parseRule(n *yaml.Node, d *Device) (*Rule, error) {
 		if r.addresses, err = parseRanges(an, 0, 65535, nil); err != nil {
 			return nil, err
 		}
-	} else if r.Class == modbus.ClassWrite && !r.onlyFileRecords() {
+	} else if r.Class == modbus.ClassWrite && !r.onlyFileRecords() && f["sunspec"] == nil {
 		return nil, lineErr(n, "%s: a write rule must name its addresses", where)
 	}
-	if vn := f["values"]; vn != nil {
+	if sn := f["sunspec"]; sn != nil {
+		if err := parseSunSpec(r, sn, f, d, where); err != nil {
+			return nil, err
+		}
+	} else if vn := f["values"]; vn != nil {
 		if r.Class != modbus.ClassWrite {
 			return nil, lineErr(vn, "%s: values apply to write rules only", where)
 		}

@@ -22,6 +22,9 @@ type call struct {
 	start     time.Time
 	deadline  time.Time // upstream response deadline
 	silent    bool      // the device sends no reply, so neither does the proxy
+	// own completes a request the proxy itself sent (a SunSpec map read):
+	// there is no client to answer.
+	own func(pdu []byte, ex modbus.ExceptionCode)
 }
 
 func (c *call) reset(ss *session, f modbus.Frame) {
@@ -50,6 +53,10 @@ func (c *call) pdu() []byte { return c.frame[modbus.HeaderLen:c.n] }
 // is closing — and returns the call to the pool. It runs exactly once per
 // call.
 func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
+	if c.own != nil {
+		c.own(pdu, ex)
+		return
+	}
 	ss := c.ss
 	var buf [2]byte
 	reply := pdu

@@ -15,6 +15,7 @@ import (
 // What gridseal hands proxy.New satisfies the interfaces the proxy declares.
 var (
 	_ proxy.Decider  = (*policy.Engine)(nil)
+	_ proxy.Resolver = (*policy.Engine)(nil) // else SunSpec rules would never resolve
 	_ proxy.Recorder = (*chain.Recorder)(nil)
 	_ proxy.Recorder = (*audit.LogRecorder)(nil)
 	_ proxy.Recorder = audit.Tee(nil)

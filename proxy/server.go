@@ -34,6 +34,22 @@ type Decider interface {
 	Decide(ctx context.Context, in *decision.Input) decision.Result
 }
 
+// Resolver is implemented by a Decider whose rules name a device's
+// registers by the device's own map (SunSpec points; *policy.Engine is
+// one). The proxy walks the map over its own connection to the device when
+// it connects, and again after every reconnect; until then the Decider
+// refuses what those rules would allow, and says why.
+type Resolver interface {
+	// NeedsResolve reports whether device's rules need its map.
+	NeedsResolve(device string) bool
+	// Resolve reads device's map through read (holding registers of a
+	// unit). An exception from the device comes back as an error with a
+	// method Exception() byte.
+	Resolve(ctx context.Context, device string, read func(unit byte, addr, n uint16) ([]uint16, error)) error
+	// Unresolve forgets device's map: its connection was lost.
+	Unresolve(device string)
+}
+
 // Recorder records one event. With durable set it returns only once the
 // event is durable, or an error; the proxy then refuses the request. It must
 // not keep ev or its slices after returning, and must be safe for
@@ -85,7 +101,8 @@ type Server struct {
 	wg        sync.WaitGroup
 }
 
-// New returns a proxy for devices. It dials nothing until the first request.
+// New returns a proxy for devices. It dials nothing until the first request,
+// except to read the map of a device whose rules need one (see Resolver).
 func New(cfg Config, devices []Device, dec Decider, rec Recorder, log *zap.Logger) (*Server, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {

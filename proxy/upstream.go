@@ -24,6 +24,8 @@ type upstream struct {
 	addr  string
 	tls   *tls.Config
 	conns []*upconn
+	res   Resolver      // nil: the Decider needs no device map
+	kick  chan struct{} // the map is to be read (again)
 }
 
 func newUpstream(s *Server, d Device) *upstream {
@@ -38,6 +40,12 @@ func newUpstream(s *Server, d Device) *upstream {
 		}
 		u.conns = append(u.conns, uc)
 		go uc.reap()
+	}
+	if r, ok := s.dec.(Resolver); ok {
+		u.res, u.kick = r, make(chan struct{}, 1)
+		u.kick <- struct{}{}
+		s.wg.Add(1)
+		go u.resolveLoop()
 	}
 	return u
 }
@@ -377,6 +385,9 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 	closing := uc.closed
 	uc.mu.Unlock()
 	_ = conn.Close()
+	if !closing {
+		uc.up.remap()
+	}
 	switch {
 	case idle:
 		uc.up.s.log.Debug("device closed the idle upstream connection", zap.String("device", uc.up.name))

@@ -7,9 +7,11 @@
 // does: by default unit 1 is the inverter, unit 2 the battery and unit 3 the
 // breaker. Addresses below are 0-based protocol addresses (mbpoll: add -0).
 //
-// # PV inverter (SunSpec-like, models 1, 103 and 123)
+// # PV inverter (SunSpec: models 1, 103, 123, 120 and 121)
 //
-// Holding registers, read-only unless marked RW:
+// A SunSpec map from 40000 (Options.InverterLayout moves it, and orders its
+// models differently, as another firmware would). Holding registers,
+// read-only unless marked RW; the scale factors (SF) are exponents of ten:
 //
 //	40000-40001  "SunS" marker
 //	40002        1 (common model), 40003: 66 (length)
@@ -29,20 +31,35 @@
 //	40126        Conn: 1 connected, 0 disconnected (RW)
 //	40127        WMaxLimPct: active-power limit, % of 100 kW rated (RW, 0..100)
 //	40131        WMaxLim_Ena: 1 limit enabled (RW)
-//	40148-40149  end marker 0xFFFF, 0
+//	40145        WMaxLimPct_SF = 0
+//	40148        120 (nameplate), 40149: 26: DERTyp 4 (PV), WRtg 100 kW (WRtg_SF 3), ...
+//	40176        121 (settings), 40177: 30: WMax 100 kW (WMax_SF 3), VRef 230 V,
+//	             WGra 20 % WMax/s (the ramp), ECPNomHz 50 Hz, ...
+//	40208-40209  end marker 0xFFFF, 0
 //
 // Output follows a daylight curve (a compressed day; see Options.DayLength)
 // capped by the limit, ramping at 20 % of rated power per second.
 //
 // # Battery system
 //
-// Holding registers (RW): 0 power setpoint kW (int16, + discharge, − charge,
-// −100..100); 1 mode (0 standby, 1 run); 2 SoC floor %; 3 SoC ceiling %.
-// Input registers: 0 SoC in 0.1 %; 1 actual power kW (int16); 2 alarms (bit 0
-// SoC floor reached, bit 1 SoC ceiling reached, bit 2 setpoint above rating);
-// 3 capacity kWh; 4 rated power kW; 5 DC voltage 0.1 V; 6 temperature 0.1 °C;
-// 7-8 energy charged kWh (uint32); 9-10 energy discharged kWh (uint32);
-// 11 state (0 standby, 1 charging, 2 discharging, 3 held at a SoC limit).
+// Native registers: holding registers (RW): 0 power setpoint kW (int16,
+// + discharge, − charge, −100..100); 1 mode (0 standby, 1 run); 2 SoC floor
+// %; 3 SoC ceiling %. Input registers: 0 SoC in 0.1 %; 1 actual power kW
+// (int16); 2 alarms (bit 0 SoC floor reached, bit 1 SoC ceiling reached,
+// bit 2 setpoint above rating); 3 capacity kWh; 4 rated power kW; 5 DC
+// voltage 0.1 V; 6 temperature 0.1 °C; 7-8 energy charged kWh (uint32); 9-10
+// energy discharged kWh (uint32); 11 state (0 standby, 1 charging, 2
+// discharging, 3 held at a SoC limit).
+//
+// And a SunSpec map of the same state from 40000 (Options.BatteryLayout
+// moves it): the common model at 40002; model 124 (basic storage controls)
+// at 40070: WChaMax 100 kW (WChaMax_SF 3), StorCtl_Mod at 40075 (RW: bit 0
+// puts the charge limit InWRte in force, bit 1 the discharge limit OutWRte),
+// MinRsvPct 40077 (RW: the SoC floor), ChaState 40078 (SoC, ChaState_SF
+// -1), InBatV, ChaSt 40081 (1 off, 2 empty, 3 discharging, 4 charging, 5
+// full, 6 holding), OutWRte 40082 and InWRte 40083 (RW, % of the rating,
+// InOutWRte_SF -1: 0..1000); model 713 (DER storage capacity) at 40096:
+// WHRtg, WHAvail (WH_SF 2), SoC, SoH (Pct_SF -1); the end marker at 40105.
 //
 // # Breaker / recloser
 //

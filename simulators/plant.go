@@ -20,6 +20,9 @@ type Options struct {
 	Clock     Clock         // default time.Now
 	Speed     float64       // physics runs this many times faster than Clock; default 1
 	DayLength time.Duration // length of the inverter's compressed day; default 20 min
+	// InverterLayout and BatteryLayout move the devices' SunSpec maps, as
+	// another firmware would; nil: DefaultInverterLayout, DefaultBatteryLayout.
+	InverterLayout, BatteryLayout *Layout
 }
 
 func (o Options) withDefaults() Options {

@@ -204,3 +204,81 @@ func TestUnknownUnit(t *testing.T) {
 		t.Fatalf("unit 42: err = %v, want gateway path unavailable", err)
 	}
 }
+
+// Model 124 of the battery's SunSpec map limits what its setpoint asks:
+// with StorCtl_Mod's discharge bit, to OutWRte per cent of its rating; and
+// ChaState and MinRsvPct show the same state as the native registers.
+func TestBatteryStorageModel(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(0, 0)}
+	addr, _ := simtest.Start(t, simulators.Options{Clock: clk.Now})
+	c := client(t, addr, simulators.UnitBattery)
+	const m124 = 40070 // after "SunS" and the common model
+	hdr, err := c.ReadRegisters(m124, 2, mbclient.HOLDING_REGISTER)
+	if err != nil || hdr[0] != 124 || hdr[1] != 24 {
+		t.Fatalf("model 124 header = %v, %v", hdr, err)
+	}
+	if err := c.WriteRegisters(m124+12, []uint16{300}); err != nil { // OutWRte 30.0 %
+		t.Fatal(err)
+	}
+	if err := c.WriteRegister(m124+5, simulators.StorCtlDischarge); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteRegisters(simulators.BatterySetpoint, []uint16{80, 1}); err != nil { // discharge 80 kW, run
+		t.Fatal(err)
+	}
+	clk.Advance(10 * time.Second)
+	kw, err := c.ReadRegister(simulators.BatteryPower, mbclient.INPUT_REGISTER)
+	if err != nil || kw != 30 {
+		t.Fatalf("power = %d kW, %v; want the 30 kW limit of OutWRte", int16(kw), err)
+	}
+	if err := c.WriteRegister(m124+5, 0); err != nil { // limits off
+		t.Fatal(err)
+	}
+	clk.Advance(10 * time.Second)
+	if kw, _ := c.ReadRegister(simulators.BatteryPower, mbclient.INPUT_REGISTER); kw != 80 {
+		t.Fatalf("power without the limit = %d kW, want the 80 kW setpoint", int16(kw))
+	}
+	if err := c.WriteRegister(m124+7, 20); err != nil { // MinRsvPct 20 %
+		t.Fatal(err)
+	}
+	floor, _ := c.ReadRegister(simulators.BatterySoCMin, mbclient.HOLDING_REGISTER)
+	native, _ := c.ReadRegister(simulators.BatterySoC, mbclient.INPUT_REGISTER)
+	chaState, _ := c.ReadRegister(m124+8, mbclient.HOLDING_REGISTER)
+	if floor != 20 || chaState != native {
+		t.Fatalf("SoC floor %d (want 20 from MinRsvPct), ChaState %d vs native SoC %d", floor, chaState, native)
+	}
+	for name, w := range map[string]struct {
+		addr, v uint16
+		want    error
+	}{
+		"StorCtl_Mod bit 2": {m124 + 5, 4, mbclient.ErrIllegalDataValue},
+		"OutWRte 100.1 %":   {m124 + 12, 1001, mbclient.ErrIllegalDataValue},
+		"ChaState":          {m124 + 8, 1, mbclient.ErrIllegalDataAddress},
+	} {
+		if err := c.WriteRegister(w.addr, w.v); !errors.Is(err, w.want) {
+			t.Errorf("%s: err = %v, want %v", name, err, w.want)
+		}
+	}
+}
+
+// Another layout moves the inverter's controls with their model, and they
+// still work there; the old place is then no control.
+func TestInverterMovedLayout(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(0, 0)}
+	moved := simulators.Layout{Base: 50000, Models: []uint16{120, 123, 103}}
+	addr, _ := simtest.Start(t, simulators.Options{Clock: clk.Now, InverterLayout: &moved})
+	c := client(t, addr, simulators.UnitInverter)
+	const m123 = 50000 + 2 + 68 + 28 // "SunS", model 1, model 120
+	const m103 = m123 + 26
+	if err := c.WriteRegister(m123+5, 30); err != nil { // WMaxLimPct
+		t.Fatal(err)
+	}
+	clk.Advance(10 * time.Second)
+	w, err := c.ReadRegister(m103+14, mbclient.HOLDING_REGISTER)
+	if err != nil || w != 3000 {
+		t.Fatalf("W = %d (×10 W), %v; want the 30 kW limit", w, err)
+	}
+	if err := c.WriteRegister(simulators.InverterLimitPct, 30); !errors.Is(err, mbclient.ErrIllegalDataAddress) {
+		t.Fatalf("write to 40127 with the map at 50000: %v, want illegal data address", err)
+	}
+}
