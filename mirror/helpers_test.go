@@ -40,7 +40,7 @@ type keyring struct {
 	cosigner *chain.Cosigner
 }
 
-func newKeyring(t *testing.T) *keyring {
+func newKeyring(t testing.TB) *keyring {
 	t.Helper()
 	skey, vkey, err := note.GenerateKey(rand.Reader, "gridseal.test/checkpointer")
 	if err != nil {
