@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -378,9 +379,12 @@ func treeOf(t *testing.T, js jetstream.JetStream) *chain.Tree {
 	return tree
 }
 
-// copyDir copies directory from into to, keeping modes.
+// copyDir copies directory from into to, keeping modes. Both must be
+// under the temporary directory: a test copies only what it made.
 func copyDir(t *testing.T, from, to string) {
 	t.Helper()
+	mustBeTemp(t, from)
+	mustBeTemp(t, to)
 	if out, err := exec.Command("cp", "-a", from+"/.", to).CombinedOutput(); err != nil {
 		t.Fatalf("cp -a %s %s: %v\n%s", from, to, err, out)
 	}
@@ -389,6 +393,7 @@ func copyDir(t *testing.T, from, to string) {
 // replaceDir makes dir a copy of from.
 func replaceDir(t *testing.T, dir, from string) {
 	t.Helper()
+	mustBeTemp(t, dir)
 	if err := os.RemoveAll(dir); err != nil {
 		t.Fatal(err)
 	}
@@ -405,4 +410,17 @@ func testLog(t *testing.T) *zap.Logger {
 		return zap.NewNop()
 	}
 	return zaptest.NewLogger(t)
+}
+
+// mustBeTemp fails the test unless dir is a directory below the
+// temporary directory.
+func mustBeTemp(t *testing.T, dir string) {
+	t.Helper()
+	rel, err := filepath.Rel(os.TempDir(), dir)
+	if err != nil || !filepath.IsAbs(dir) || rel == "." || strings.HasPrefix(rel, "..") {
+		t.Fatalf("refusing to copy or replace %q: not below %s", dir, os.TempDir())
+	}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("%q is not a directory: %v", dir, err)
+	}
 }

@@ -211,9 +211,10 @@ func TestMirrorRefusesRollback(t *testing.T) {
 	o.connect(t, m.witness())
 	o.record(t, 10)
 	snap := t.TempDir()
+	store := o.srv.StoreDir() // asked while it runs: a stopped server has none
 	o.stop()
 	o.srv.Stop()
-	copyDir(t, o.srv.StoreDir(), snap)
+	copyDir(t, store, snap)
 	o.srv.Restart()
 	o.connect(t, m.witness())
 	o.record(t, 9)
@@ -224,7 +225,7 @@ func TestMirrorRefusesRollback(t *testing.T) {
 	})
 	o.stop()
 	o.srv.Stop()
-	replaceDir(t, o.srv.StoreDir(), snap)
+	replaceDir(t, store, snap)
 	o.srv.Restart()
 	o.connect(t, m.witness())
 	o.next = 3000

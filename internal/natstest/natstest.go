@@ -72,10 +72,6 @@ func RunConfig(t testing.TB, path string) *server.Server {
 // URL is the client URL; it stays the same across Restart.
 func (s *Server) URL() string { return fmt.Sprintf("nats://127.0.0.1:%d", s.opts.Port) }
 
-// StoreDir is the server's JetStream store: a test copies it to roll the
-// server back (Stop, replace it, Restart).
-func (s *Server) StoreDir() string { return s.opts.StoreDir }
-
 // Stop shuts the server down and waits for it.
 func (s *Server) Stop() {
 	s.Shutdown()
