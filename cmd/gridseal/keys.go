@@ -41,7 +41,7 @@ func keysCmd(g *globals) *cobra.Command {
 	}
 	newCmd.Flags().StringVar(&dir, "dir", ".", "directory to write the keyset files to")
 	newCmd.Flags().StringVar(&alg, "algorithm", keys.Ed25519, "ed25519 or ecdsa-p256")
-	cmd.AddCommand(newCmd, keysCheckpointCmd(g), keysConsoleTokenCmd(g))
+	cmd.AddCommand(newCmd, keysCheckpointCmd(g), keysWitnessCmd(g), keysConsoleTokenCmd(g))
 	return cmd
 }
 

@@ -89,7 +89,7 @@ func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, std
 	root.PersistentFlags().StringVar(&g.natsKey, "nats-tls-key", "", "client key for --nats-tls-cert")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
 	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), proposeCmd(g), approveCmd(g),
-		approvalsCmd(g), policyCmd(g), benchCmd(g), benchServeCmd(), versionCmd(g))
+		approvalsCmd(g), policyCmd(g), benchCmd(g), benchServeCmd(), versionCmd(g), mirrorCmd(g))
 	usageErrors(root)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
