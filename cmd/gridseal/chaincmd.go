@@ -34,6 +34,14 @@ func chainCmd(g *globals) *cobra.Command {
 func (g *globals) defaultTrust() string { return filepath.Join(g.dataDir, "trust.yaml") }
 func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads") }
 
+// trustOr is path, or the default trust file if path is empty.
+func (g *globals) trustOr(path string) string {
+	if path == "" {
+		return g.defaultTrust()
+	}
+	return path
+}
+
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads, eveFile string
 	var maxCheckpointAge time.Duration
