@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -648,5 +649,37 @@ func TestObserveModeStillConsumesApprovals(t *testing.T) {
 	if !again.Allowed() || !again.Observed || again.Approval != "" || again.Denial != decision.DenyApproval ||
 		!strings.HasPrefix(again.Reason, "OBSERVE would deny: rule setpoint: approval") || !strings.Contains(again.Reason, "already used by gw-1") {
 		t.Fatalf("replay in observe mode: %+v", again)
+	}
+}
+
+// TestPublishedDevices: the EVE export's device addresses are the policy a
+// proxy published, and nothing (nil, no error, no bucket created) before
+// there is a bucket or a published policy.
+func TestPublishedDevices(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	js, err := jetstream.New(natstest.Connect(t, srv.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := approvals.PublishedDevices(t.Context(), js); got != nil {
+		t.Fatalf("no bucket: %v", got)
+	}
+	if _, err := js.KeyValue(t.Context(), approvals.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("PublishedDevices created the bucket: %v", err)
+	}
+	r := newRig(t, false)
+	if got := approvals.PublishedDevices(t.Context(), r.js); got != nil {
+		t.Fatalf("nothing published: %v", got)
+	}
+	if err := r.store.PublishPolicy(t.Context(), r.pol); err != nil {
+		t.Fatal(err)
+	}
+	got := approvals.PublishedDevices(t.Context(), r.js)
+	want := map[string]string{}
+	for _, d := range r.pol.Devices {
+		want[d.Name] = d.Upstream
+	}
+	if len(got) != len(r.pol.Devices) || !maps.Equal(got, want) || got["inverter-1"] != "127.0.0.1:1" {
+		t.Fatalf("published devices %v, want %v", got, want)
 	}
 }
