@@ -230,3 +230,21 @@ func (r *Record) WriteRow(w io.Writer) {
 	fmt.Fprintf(w, tailRow, r.Time.Local().Format("15:04:05.000"), r.Client, r.Device, strconv.Itoa(int(r.Unit)),
 		strconv.Itoa(int(r.Function)), fmt.Sprintf("%d+%d", r.Address, r.Quantity), vals, verdict, exc, reason)
 }
+
+// ScanEvents calls fn with every event of the stream recorded at or after
+// from (zero: every one), decoded, in stream order, and returns at the
+// stream's end. An event that does not decode is an error naming it.
+func ScanEvents(ctx context.Context, js jetstream.JetStream, from time.Time, fn func(*audit.Event)) error {
+	return ScanBlocks(ctx, js, 1, func(m *Msg, b *Block) error {
+		for i, e := range b.Events {
+			ev, err := DecodeEvent(e)
+			if err != nil {
+				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+			}
+			if from.IsZero() || !ev.Time.Before(from) {
+				fn(&ev)
+			}
+		}
+		return nil
+	})
+}

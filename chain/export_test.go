@@ -131,3 +131,35 @@ func TestRecordWriteRow(t *testing.T) {
 		})
 	}
 }
+
+// TestScanEvents: every recorded event is handed over decoded, in order,
+// from a time on or from the start.
+func TestScanEvents(t *testing.T) {
+	e := newChain(t)
+	e.recordClosed(t, 12, 4)
+	for _, tc := range []struct {
+		name  string
+		from  time.Time
+		first uint64
+	}{{"all", time.Time{}, 0}, {"from op 5's time", event(5, audit.Allow).Time, 5}, {"after the last", event(12, audit.Allow).Time, 12}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ops []uint64
+			err := chain.ScanEvents(t.Context(), e.js, tc.from, func(ev *audit.Event) {
+				if ev.Device != "inverter-1" {
+					t.Errorf("op %d: device %q", ev.Op, ev.Device)
+				}
+				ops = append(ops, ev.Op)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []uint64
+			for op := tc.first; op < 12; op++ {
+				want = append(want, op)
+			}
+			if !slices.Equal(ops, want) {
+				t.Fatalf("ops %v, want %v", ops, want)
+			}
+		})
+	}
+}
