@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -648,5 +649,170 @@ func TestObserveModeStillConsumesApprovals(t *testing.T) {
 	if !again.Allowed() || !again.Observed || again.Approval != "" || again.Denial != decision.DenyApproval ||
 		!strings.HasPrefix(again.Reason, "OBSERVE would deny: rule setpoint: approval") || !strings.Contains(again.Reason, "already used by gw-1") {
 		t.Fatalf("replay in observe mode: %+v", again)
+	}
+}
+
+// TestPublishedDevices: the EVE export's device addresses are the policy a
+// proxy published, and nothing (nil, no error, no bucket created) before
+// there is a bucket or a published policy.
+func TestPublishedDevices(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	js, err := jetstream.New(natstest.Connect(t, srv.URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := approvals.PublishedDevices(t.Context(), js); got != nil {
+		t.Fatalf("no bucket: %v", got)
+	}
+	if _, err := js.KeyValue(t.Context(), approvals.Bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("PublishedDevices created the bucket: %v", err)
+	}
+	r := newRig(t, false)
+	if got := approvals.PublishedDevices(t.Context(), r.js); got != nil {
+		t.Fatalf("nothing published: %v", got)
+	}
+	if err := r.store.PublishPolicy(t.Context(), r.pol); err != nil {
+		t.Fatal(err)
+	}
+	got := approvals.PublishedDevices(t.Context(), r.js)
+	want := map[string]string{}
+	for _, d := range r.pol.Devices {
+		want[d.Name] = d.Upstream
+	}
+	if len(got) != len(r.pol.Devices) || !maps.Equal(got, want) || got["inverter-1"] != "127.0.0.1:1" {
+		t.Fatalf("published devices %v, want %v", got, want)
+	}
+}
+
+// TestParseWrite: each of propose's specs builds the PDU it names, and a
+// spec that is missing, doubled or wrong gets one line naming its flag.
+func TestParseWrite(t *testing.T) {
+	for _, tc := range []struct {
+		name, regs, coil, pdu string
+		want                  []byte
+		wantErr               string
+	}{
+		{"one register", "40127=30", "", "", modbus.AppendWriteSingleRegister(nil, 40127, 30), ""},
+		{"negative register value", "0x10=-1", "", "", modbus.AppendWriteSingleRegister(nil, 16, 0xffff), ""},
+		{"several registers", "0=20, 1", "", "", modbus.AppendWriteMultipleRegisters(nil, 0, []uint16{20, 1}), ""},
+		{"coil on", "", "7=on", "", modbus.AppendWriteSingleCoil(nil, 7, true), ""},
+		{"coil off", "", "7=FALSE", "", modbus.AppendWriteSingleCoil(nil, 7, false), ""},
+		{"pdu", "", "", "05 0001 ff00", modbus.AppendWriteSingleCoil(nil, 1, true), ""},
+		{"none", "", "", "", nil, "give exactly one of --write-register A=V[,V…], --write-coil A=on|off, --pdu HEX"},
+		{"two", "1=2", "1=on", "", nil, "give exactly one of"},
+		{"no value", "40127", "", "", nil, `--write-register "40127": want ADDRESS=VALUE`},
+		{"bad address", "", "70000=on", "", nil, `--write-coil: address "70000" is not 0..65535`},
+		{"bad value", "1=65536", "", "", nil, `--write-register: value "65536" is not -32768..65535`},
+		{"too many values", "0=" + strings.Repeat("1,", modbus.MaxWriteRegisters) + "1", "", "", nil, "--write-register: at most 123 values"},
+		{"bad coil value", "", "1=maybe", "", nil, `--write-coil: value "maybe": want on or off`},
+		{"not hex", "", "", "zz", nil, `--pdu: "zz" is not hex`},
+		{"not a request", "", "", "06 00", nil, "--pdu 0600: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := approvals.ParseWrite(tc.regs, tc.coil, tc.pdu)
+			if tc.wantErr != "" {
+				if err == nil || !strings.HasPrefix(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(got, tc.want) {
+				t.Fatalf("pdu %x, %v; want %x", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestApproverSigner: a keyset names its approver in the policy; a key of
+// no approver is refused naming the key and the policy.
+func TestApproverSigner(t *testing.T) {
+	r := newRig(t, false)
+	dir := t.TempDir()
+	bobPriv, _, err := keys.WritePair(dir, "bob", r.bob.Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, who, err := approvals.ApproverSigner(r.pol, bobPriv)
+	if err != nil || who != "bob" || s.KeyID != r.bob.Signer.KeyID {
+		t.Fatalf("signer %v, %q, %v; want bob's", s, who, err)
+	}
+	other, _, err := keys.WritePair(dir, "mallory", keystest.New(t).Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := approvals.ApproverSigner(r.pol, other); err == nil || !strings.Contains(err.Error(), "(mallory.private.json) belongs to no approver of policy") {
+		t.Fatalf("a stranger's key: %v", err)
+	}
+}
+
+// TestResolveAndShow: approvals are found by a unique prefix and listed
+// and shown with their state; a short or shared prefix is ErrBadID, an
+// unknown one ErrNotFound.
+func TestResolveAndShow(t *testing.T) {
+	r := newRig(t, false)
+	pdu := modbus.AppendWriteSingleRegister(nil, 40127, 30)
+	ids := []approvals.ID{
+		r.propose(r.alice, "inverter-1", 1, pdu, r.now, 10*time.Minute),
+		r.propose(r.alice, "inverter-1", 1, modbus.AppendWriteSingleRegister(nil, 40127, 31), r.now, 10*time.Minute),
+	}
+	common := 0
+	for common < 64 && ids[0].String()[common] == ids[1].String()[common] {
+		common++
+	}
+	for _, tc := range []struct {
+		name, prefix string
+		want         approvals.ID
+		err          error
+	}{
+		{"full id", ids[0].String(), ids[0], nil},
+		{"unique prefix", ids[1].String()[:max(8, common+1)], ids[1], nil},
+		{"upper case", strings.ToUpper(ids[0].String()[:max(8, common+1)]), ids[0], nil},
+		{"too short", ids[0].String()[:7], approvals.ID{}, approvals.ErrBadID},
+		{"unknown", "00000000", approvals.ID{}, approvals.ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.name == "unknown" && (strings.HasPrefix(ids[0].String(), "00000000") || strings.HasPrefix(ids[1].String(), "00000000")) {
+				t.Skip("an id starts with the unknown prefix")
+			}
+			got, err := r.store.Resolve(t.Context(), tc.prefix)
+			if !errors.Is(err, tc.err) || got != tc.want {
+				t.Fatalf("resolve %q: %s, %v; want %s, %v", tc.prefix, got, err, tc.want, tc.err)
+			}
+		})
+	}
+	if common >= 8 {
+		if _, err := r.store.Resolve(t.Context(), ids[0].String()[:common]); !errors.Is(err, approvals.ErrBadID) {
+			t.Errorf("a shared prefix: %v", err)
+		}
+	}
+	st, err := r.store.Get(t.Context(), ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := approvals.Evaluate(r.pol, st, r.now)
+	var b strings.Builder
+	st.WriteText(&b, r.pol, r.now)
+	for _, want := range []string{"approval " + ids[0].String() + "\n", "  PDU       " + "06" + "9cbf001e\n", "  proposer  alice\n",
+		"  status    " + ev.Summary() + "\n", "  rule      setpoint\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("show lacks %q:\n%s", want, b.String())
+		}
+	}
+	all, err := r.store.List(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	if err := approvals.WriteList(&b, r.pol, all, r.now); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "ID ") || !strings.HasSuffix(lines[0], "STATE") {
+		t.Fatalf("list:\n%s", b.String())
+	}
+	for _, id := range ids {
+		if !strings.Contains(b.String(), id.String()[:16]+"  ") {
+			t.Errorf("list lacks %s:\n%s", id.String()[:16], b.String())
+		}
 	}
 }

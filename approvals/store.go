@@ -456,6 +456,26 @@ func (s *Store) PublishedPolicy(ctx context.Context) (*policy.Policy, error) {
 	return policy.Parse("policy "+pf.ID+" (in force)", pf.YAML)
 }
 
+// PublishedDevices maps each device of the policy the proxies published to
+// its PLC's host:port, for the EVE export's PLC address; nil when no proxy
+// published one (or the bucket is not there). Unlike OpenStore it creates
+// nothing.
+func PublishedDevices(ctx context.Context, js jetstream.JetStream) map[string]string {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		return nil
+	}
+	p, err := (&Store{kv: kv}).PublishedPolicy(ctx)
+	if err != nil {
+		return nil
+	}
+	out := make(map[string]string, len(p.Devices))
+	for _, d := range p.Devices {
+		out[d.Name] = d.Upstream
+	}
+	return out
+}
+
 // Watch keeps the in-memory index up to date until ctx ends. It returns
 // once the index holds every approval stored when it was called.
 func (s *Store) Watch(ctx context.Context) error {

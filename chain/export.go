@@ -5,7 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -187,4 +190,64 @@ func LastRecords(ctx context.Context, js jetstream.JetStream, n int, f *Filter) 
 	}
 	slices.Reverse(recs)
 	return recs, last, nil
+}
+
+// tailRow is a row of chain tail's table: fixed column widths, so the rows
+// printed while following line up with the header printed first.
+const tailRow = "%-12s  %-21s  %-16s  %4s  %3s  %-11s  %-24s  %-13s  %-4s  %s\n"
+
+// WriteTailHeader writes the header of chain tail's table.
+func WriteTailHeader(w io.Writer) {
+	fmt.Fprintf(w, tailRow, "TIME", "CLIENT", "DEVICE", "UNIT", "FC", "ADDR+QTY", "VALUES", "VERDICT", "EXC", "REASON")
+}
+
+// WriteRow writes r as a row of chain tail's table, in local time: values
+// cut to their column, a request recorded before forwarding and a dropped
+// reply marked, an observed request shown as WOULD-DENY.
+func (r *Record) WriteRow(w io.Writer) {
+	vals := ""
+	if len(r.Values) > 0 {
+		parts := make([]string, len(r.Values))
+		for i, v := range r.Values {
+			parts[i] = fmt.Sprint(v)
+		}
+		vals = strings.Join(parts, ",")
+		if len(vals) > 24 {
+			vals = vals[:21] + "..."
+		}
+	}
+	exc := ""
+	if r.Exception != 0 {
+		exc = fmt.Sprintf("0x%02X", r.Exception)
+	}
+	reason, verdict := r.Reason, r.Verdict
+	switch r.Phase {
+	case "request":
+		reason = "(durable before forwarding) " + reason
+	case "dropped-reply":
+		verdict = "dropped-reply"
+	}
+	if r.Observed {
+		verdict = "WOULD-DENY"
+	}
+	fmt.Fprintf(w, tailRow, r.Time.Local().Format("15:04:05.000"), r.Client, r.Device, strconv.Itoa(int(r.Unit)),
+		strconv.Itoa(int(r.Function)), fmt.Sprintf("%d+%d", r.Address, r.Quantity), vals, verdict, exc, reason)
+}
+
+// ScanEvents calls fn with every event of the stream recorded at or after
+// from (zero: every one), decoded, in stream order, and returns at the
+// stream's end. An event that does not decode is an error naming it.
+func ScanEvents(ctx context.Context, js jetstream.JetStream, from time.Time, fn func(*audit.Event)) error {
+	return ScanBlocks(ctx, js, 1, func(m *Msg, b *Block) error {
+		for i, e := range b.Events {
+			ev, err := DecodeEvent(e)
+			if err != nil {
+				return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+			}
+			if from.IsZero() || !ev.Time.Before(from) {
+				fn(&ev)
+			}
+		}
+		return nil
+	})
 }

@@ -60,3 +60,41 @@ func TestTrustFileWitnesses(t *testing.T) {
 		})
 	}
 }
+
+// TestLoadCheckpointers: a trust file's checkpointer keys load; one that
+// lists none is refused by name.
+func TestLoadCheckpointers(t *testing.T) {
+	_, pub, err := keys.WritePair(t.TempDir(), "gw-1", keystest.New(t).Handle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpk := keystest.NewCheckpointer(t, "checkpointer-1")
+	for _, tc := range []struct {
+		name    string
+		vkeys   []string
+		wantErr string
+	}{
+		{"one checkpointer", []string{cpk.VerifierKey}, ""},
+		{"none", nil, "lists no checkpointers"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "trust.yaml")
+			if err := chain.WriteTrustFile(path, map[string]string{"gw-1": pub}, tc.vkeys...); err != nil {
+				t.Fatal(err)
+			}
+			known, err := chain.LoadCheckpointers(path)
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != "trust file "+path+" "+tc.wantErr {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := known.Verifier(cpk.Verifier.Name(), cpk.Verifier.KeyHash()); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -232,4 +233,50 @@ func checkWitnessed(newest *Checkpoint, trust Trust, now time.Time) ([]Cosignatu
 			newest.Size, at.UTC().Format(time.RFC3339), now.Sub(at).Round(time.Second), need)}
 	}
 	return cosigs, nil
+}
+
+// maxProblemsShown is how many problems WriteProblems lists before it
+// counts the rest.
+const maxProblemsShown = 20
+
+// WriteProblems lists rep's first problems, one a line, and counts the
+// others, as chain verify prints them.
+func (rep *Report) WriteProblems(w io.Writer) {
+	for i, p := range rep.Problems {
+		if i == maxProblemsShown {
+			fmt.Fprintf(w, "  … and %d more\n", len(rep.Problems)-maxProblemsShown)
+			break
+		}
+		fmt.Fprintf(w, "  problem %d: %v\n", i+1, p)
+	}
+}
+
+// WriteSummary writes what chain verify prints of a chain without
+// problems, verified in elapsed: writers, blocks, events and their times,
+// and the checkpoints confirmed and who cosigned the newest.
+func (rep *Report) WriteSummary(w io.Writer, elapsed time.Duration) {
+	fmt.Fprintf(w, "chain OK: %d writers, %d blocks, %d events", len(rep.Writers), rep.Blocks, rep.Events)
+	if rep.Blocks > 0 {
+		fmt.Fprintf(w, ", %s … %s", rep.First.Format(time.RFC3339), rep.Last.Format(time.RFC3339))
+	}
+	fmt.Fprintf(w, " (verified in %v)\n", elapsed.Round(time.Millisecond))
+	if cp := rep.Checkpoints; cp != nil {
+		fmt.Fprintf(w, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", cp.Confirmed, cp.Events)
+		for _, c := range cp.Cosignatures {
+			fmt.Fprintf(w, "  witness %s cosigned the newest checkpoint at %s\n", c.Witness, c.Time.UTC().Format(time.RFC3339))
+		}
+	}
+}
+
+// WriteWriters writes a line per writer, in id order: its height, events,
+// last hash and whether heads holds a local head for it.
+func (rep *Report) WriteWriters(w io.Writer, heads map[string]Head) {
+	for _, id := range slices.Sorted(maps.Keys(rep.Writers)) {
+		st := rep.Writers[id]
+		pinned := "no local head"
+		if h, ok := heads[id]; ok {
+			pinned = fmt.Sprintf("local head %d present", h.Height)
+		}
+		fmt.Fprintf(w, "  writer %-16s blocks 0..%d  events %d  last hash %s  (%s)\n", id, st.Height, st.Events, st.Hash.String()[:16], pinned)
+	}
 }

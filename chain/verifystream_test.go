@@ -274,3 +274,54 @@ func TestVerifyStreamCheckpointAge(t *testing.T) {
 		})
 	}
 }
+
+// TestReportText: chain verify's lines of a report — at most 20 problems
+// and a count of the rest, the summary with checkpoints and cosignatures,
+// a line per writer in id order saying whether a local head is kept.
+func TestReportText(t *testing.T) {
+	var problems []*chain.Problem
+	for i := range 22 {
+		problems = append(problems, &chain.Problem{Seq: uint64(i + 1), Reason: "bad signature"})
+	}
+	for _, tc := range []struct {
+		name  string
+		n     int
+		lines int
+		last  string
+	}{{"one", 1, 1, "  problem 1: " + problems[0].Error()}, {"twenty", 20, 20, "  problem 20: " + problems[19].Error()}, {"22", 22, 21, "  … and 2 more"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var b strings.Builder
+			(&chain.Report{Problems: problems[:tc.n]}).WriteProblems(&b)
+			lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+			if len(lines) != tc.lines || lines[len(lines)-1] != tc.last {
+				t.Fatalf("%d lines, last %q; want %d, %q", len(lines), lines[len(lines)-1], tc.lines, tc.last)
+			}
+		})
+	}
+	first, last := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC), time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)
+	rep := &chain.Report{
+		Writers: map[string]chain.WriterState{"gw-2": {Height: 3, Events: 7}, "gw-1": {Height: 9, Events: 40}},
+		Blocks:  14, Events: 47, First: first, Last: last,
+		Checkpoints: &chain.CheckpointReport{Confirmed: 4, Events: 47, Cosignatures: []chain.Cosignature{{Witness: "witness.test/w1", Time: last}}},
+	}
+	var b strings.Builder
+	rep.WriteSummary(&b, 1234567*time.Microsecond)
+	want := "chain OK: 2 writers, 14 blocks, 47 events, " + first.Format(time.RFC3339) + " … " + last.Format(time.RFC3339) + " (verified in 1.235s)\n" +
+		"  checkpoints: 4 signed checkpoints match the stream (47 events in the tree)\n" +
+		"  witness witness.test/w1 cosigned the newest checkpoint at 2026-11-25T13:00:00Z\n"
+	if b.String() != want {
+		t.Errorf("summary:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	(&chain.Report{Writers: map[string]chain.WriterState{}}).WriteSummary(&b, time.Millisecond)
+	if want := "chain OK: 0 writers, 0 blocks, 0 events (verified in 1ms)\n"; b.String() != want {
+		t.Errorf("empty chain's summary %q, want %q", b.String(), want)
+	}
+	b.Reset()
+	rep.WriteWriters(&b, map[string]chain.Head{"gw-2": {Height: 3}})
+	lines := strings.Split(b.String(), "\n")
+	if len(lines) != 3 || !strings.HasPrefix(lines[0], "  writer gw-1             blocks 0..9  events 40  last hash ") ||
+		!strings.HasSuffix(lines[0], "(no local head)") || !strings.HasSuffix(lines[1], "(local head 3 present)") {
+		t.Errorf("writers:\n%s", b.String())
+	}
+}

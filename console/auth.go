@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gridseal/gridseal/internal/atomicfile"
 	"go.uber.org/zap"
 )
 
@@ -54,6 +55,45 @@ func NewToken() (string, error) {
 		return "", err
 	}
 	return "gst_" + base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// AddToken creates a sign-in token for name and appends its line
+// (TokenLine) to the token file at path, created 0600 if missing; it
+// refuses a file others may read and a name the file already lists. The
+// token is returned to be shown once: the file keeps only its hash.
+func AddToken(path, name string) (string, error) {
+	old, err := os.ReadFile(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
+		return "", err
+	default:
+		fi, err := os.Stat(path)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			return "", fmt.Errorf("%s is readable by others; chmod 600 it first", path)
+		}
+		for _, line := range strings.Split(string(old), "\n") {
+			if f := strings.Fields(line); len(f) > 0 && f[0] == name {
+				return "", fmt.Errorf("%s already has a token in %s: remove its line to replace it", name, path)
+			}
+		}
+	}
+	tok, err := NewToken()
+	if err != nil {
+		return "", err
+	}
+	data := old
+	if len(data) > 0 && data[len(data)-1] != '\n' {
+		data = append(data, '\n')
+	}
+	data = append(data, TokenLine(name, tok)+"\n"...)
+	if err := atomicfile.Write(path, data, 0o600); err != nil {
+		return "", err
+	}
+	return tok, nil
 }
 
 // NewAuth returns an Auth admitting the tokens listed in tokenFile (one

@@ -321,3 +321,60 @@ func TestConsoleConnectionLimits(t *testing.T) {
 		t.Fatalf("unauthorized answer: %d, connection kept: %v", resp.StatusCode, !resp.Close)
 	}
 }
+
+// TestAddToken: a token is added to a new or existing file as its hash
+// only (the file stays 0600 and loads), after a last line without a
+// newline too; a name already listed and a file others may read are
+// refused.
+func TestAddToken(t *testing.T) {
+	for _, tc := range []struct {
+		name, old string
+		perm      os.FileMode
+		wantErr   string
+	}{
+		{"new file", "", 0, ""},
+		{"existing file", "# viewers\n" + console.TokenLine("soc-1", "gst_x") + "\n", 0o600, ""},
+		{"no final newline", console.TokenLine("soc-1", "gst_x"), 0o600, ""},
+		{"name taken", console.TokenLine("prometheus", "gst_x") + "\n", 0o600, "prometheus already has a token in "},
+		{"readable by others", "# viewers\n", 0o644, " is readable by others; chmod 600 it first"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "console-tokens")
+			if tc.perm != 0 {
+				if err := os.WriteFile(path, []byte(tc.old), tc.perm); err != nil {
+					t.Fatal(err)
+				}
+			}
+			tok, err := console.AddToken(path, "prometheus")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want %q", err, tc.wantErr)
+				}
+				if b, _ := os.ReadFile(path); string(b) != tc.old {
+					t.Fatalf("a refused token changed the file: %q", b)
+				}
+				return
+			}
+			if err != nil || !strings.HasPrefix(tok, "gst_") {
+				t.Fatalf("token %q, %v", tok, err)
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.old
+			if want != "" && !strings.HasSuffix(want, "\n") {
+				want += "\n"
+			}
+			if want += console.TokenLine("prometheus", tok) + "\n"; string(b) != want || strings.Contains(string(b), tok) {
+				t.Fatalf("file %q, want %q", b, want)
+			}
+			if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+				t.Fatalf("mode %v, %v", fi.Mode(), err)
+			}
+			if _, err := console.NewAuth(path, false); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

@@ -14,6 +14,7 @@ package eve
 import (
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"hash/fnv"
 	"net/netip"
@@ -238,6 +239,16 @@ func (m *Mapper) For(r *chain.Record, ev *audit.Event) []Event {
 		out = append(out, m.alert(base, sig, ev))
 	}
 	return out
+}
+
+// Encode writes the EVE lines of ev (For) with enc, one JSON object each.
+func (m *Mapper) Encode(enc *json.Encoder, r *chain.Record, ev *audit.Event) error {
+	for _, e := range m.For(r, ev) {
+		if err := enc.Encode(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // base is the line every output of ev starts from.

@@ -108,10 +108,8 @@ func export(t *testing.T) []byte {
 			ev.Client, ev.Listener = client, listener
 		}
 		rec := chain.Record{Writer: "gw-1", Seq: 7, Height: 6, Block: "b10c", Index: i}
-		for _, e := range mapper.For(&rec, &ev) {
-			if err := enc.Encode(e); err != nil {
-				t.Fatal(err)
-			}
+		if err := mapper.Encode(enc, &rec, &ev); err != nil {
+			t.Fatal(err)
 		}
 	}
 	return buf.Bytes()

@@ -266,6 +266,21 @@ func (g *Gateway) Close() {
 	})
 }
 
+// ReloadOn calls Reload for each signal sig delivers (SIGHUP) until ctx
+// ends; a refused reload is logged, and the policy in force stays.
+func (g *Gateway) ReloadOn(ctx context.Context, sig <-chan os.Signal) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-sig:
+		}
+		if err := g.Reload(ctx); err != nil {
+			g.log.Error("policy reload refused; the policy in force stays", zap.Error(err))
+		}
+	}
+}
+
 // Reload reopens the EVE file (for a log rotator that moved it), re-reads
 // the policy and puts it in force if it is valid, signed and not older than
 // the one in force; otherwise the policy in force stays and the error says

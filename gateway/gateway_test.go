@@ -19,6 +19,7 @@ import (
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
+	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
@@ -119,5 +120,48 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 	}
 	if n != 20 {
 		t.Fatalf("%d operations in the chain, want 20", n)
+	}
+}
+
+// TestInitStreams: chain init creates every stream once with the replicas
+// asked for and says so; run again, it finds them there and changes none;
+// a stream with other replicas than asked is noted.
+func TestInitStreams(t *testing.T) {
+	js, err := jetstream.New(natstest.Connect(t, natstest.RunJetStream(t).URL()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		existed bool
+	}{{"first run", false}, {"second run", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			streams, err := gateway.InitStreams(t.Context(), js, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(streams) != len(gateway.Streams()) {
+				t.Fatalf("%d streams, want %d", len(streams), len(gateway.Streams()))
+			}
+			var out strings.Builder
+			for i, st := range streams {
+				if st.Name != gateway.Streams()[i] || st.Existed != tc.existed || st.Replicas != 1 {
+					t.Errorf("stream %+v", st)
+				}
+				st.WriteText(&out, 1)
+			}
+			state := "created"
+			if tc.existed {
+				state = "already there"
+			}
+			if strings.Count(out.String(), " "+state+", 1 replicas\n") != len(streams) {
+				t.Errorf("output:\n%s", out.String())
+			}
+		})
+	}
+	var out strings.Builder
+	gateway.StreamState{Name: chain.StreamName, Existed: true, Replicas: 1}.WriteText(&out, 3)
+	if want := "stream GRIDSEAL_CHAIN           already there, 1 replicas (not 3: a NATS administrator changes that with nats stream edit)\n"; out.String() != want {
+		t.Errorf("%q, want %q", out.String(), want)
 	}
 }

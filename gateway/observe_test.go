@@ -1,12 +1,14 @@
 package gateway_test
 
 import (
+	"context"
 	"errors"
 	"io"
 	"log"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -166,4 +168,34 @@ func TestObserveModeIsLoud(t *testing.T) {
 	if got := modeSteps(t, dataDir); strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Fatalf("mode events in the chain:\n%q\nwant\n%q", got, want)
 	}
+}
+
+// TestReloadOn: each signal reloads the policy; one that cannot be put in
+// force is logged and the policy in force stays; ReloadOn ends with ctx.
+func TestReloadOn(t *testing.T) {
+	simAddr, _ := simtest.Start(t, simulators.Options{})
+	cfg := site(t, simAddr)
+	core, logs := observer.New(zapcore.InfoLevel)
+	gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: t.TempDir(), Log: zap.New(core)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	hup := make(chan os.Signal, 1)
+	done := make(chan struct{})
+	go func() { gw.ReloadOn(ctx, hup); close(done) }()
+	setMode(t, cfg, 2, "")
+	hup <- syscall.SIGHUP
+	testwait.For(t, "the reload of version 2", func() bool { return gw.Policy().Version == 2 })
+	setMode(t, cfg, 1, "")
+	hup <- syscall.SIGHUP
+	testwait.For(t, "the refused rollback logged", func() bool {
+		return logs.FilterMessage("policy reload refused; the policy in force stays").Len() == 1
+	})
+	if v := gw.Policy().Version; v != 2 {
+		t.Fatalf("version %d in force after a refused reload, want 2", v)
+	}
+	cancel()
+	<-done
 }

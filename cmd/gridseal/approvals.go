@@ -5,11 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,7 +14,6 @@ import (
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/policy"
-	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
 // approvalsEnv is a connection to the approvals bucket and the policy the
@@ -47,85 +42,6 @@ func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
 	return &approvalsEnv{conn: conn, store: store, pol: pol}, nil
 }
 
-// parseWrite builds the request PDU from exactly one of the command flags.
-func parseWrite(registers, coil, pduHex string) ([]byte, error) {
-	n := 0
-	for _, s := range []string{registers, coil, pduHex} {
-		if s != "" {
-			n++
-		}
-	}
-	if n != 1 {
-		return nil, fmt.Errorf("%w: give exactly one of --write-register A=V[,V…], --write-coil A=on|off, --pdu HEX", errUsage)
-	}
-	split := func(s, flag string) (uint16, string, error) {
-		a, v, ok := strings.Cut(s, "=")
-		if !ok {
-			return 0, "", fmt.Errorf("%w: %s %q: want ADDRESS=VALUE", errUsage, flag, s)
-		}
-		addr, err := strconv.ParseUint(strings.TrimSpace(a), 0, 16)
-		if err != nil {
-			return 0, "", fmt.Errorf("%w: %s: address %q is not 0..65535", errUsage, flag, a)
-		}
-		return uint16(addr), v, nil
-	}
-	switch {
-	case registers != "":
-		addr, vs, err := split(registers, "--write-register")
-		if err != nil {
-			return nil, err
-		}
-		var vals []uint16
-		for _, v := range strings.Split(vs, ",") {
-			x, err := strconv.ParseInt(strings.TrimSpace(v), 0, 32)
-			if err != nil || x < -32768 || x > 65535 {
-				return nil, fmt.Errorf("%w: --write-register: value %q is not -32768..65535", errUsage, v)
-			}
-			vals = append(vals, uint16(x))
-		}
-		if len(vals) == 1 {
-			return modbus.AppendWriteSingleRegister(nil, addr, vals[0]), nil
-		}
-		if len(vals) > modbus.MaxWriteRegisters {
-			return nil, fmt.Errorf("%w: --write-register: at most %d values", errUsage, modbus.MaxWriteRegisters)
-		}
-		return modbus.AppendWriteMultipleRegisters(nil, addr, vals), nil
-	case coil != "":
-		addr, v, err := split(coil, "--write-coil")
-		if err != nil {
-			return nil, err
-		}
-		switch strings.ToLower(v) {
-		case "on", "1", "true":
-			return modbus.AppendWriteSingleCoil(nil, addr, true), nil
-		case "off", "0", "false":
-			return modbus.AppendWriteSingleCoil(nil, addr, false), nil
-		}
-		return nil, fmt.Errorf("%w: --write-coil: value %q: want on or off", errUsage, v)
-	}
-	pdu, err := hex.DecodeString(strings.ReplaceAll(pduHex, " ", ""))
-	if err != nil {
-		return nil, fmt.Errorf("%w: --pdu: %q is not hex", errUsage, pduHex)
-	}
-	if _, err := modbus.ParseRequest(pdu); err != nil {
-		return nil, fmt.Errorf("%w: --pdu %x: %v", errUsage, pdu, err)
-	}
-	return pdu, nil
-}
-
-// approverSigner loads a private keyset and names its approver in pol.
-func approverSigner(pol *policy.Policy, path string) (*keys.Signer, string, error) {
-	s, err := keys.LoadSigner(path)
-	if err != nil {
-		return nil, "", err
-	}
-	a := pol.ApproverForKey(s.KeyID)
-	if a == nil {
-		return nil, "", fmt.Errorf("key %d (%s) belongs to no approver of policy %s", s.KeyID, filepath.Base(path), pol.ID)
-	}
-	return s, a.Name, nil
-}
-
 func proposeCmd(g *globals) *cobra.Command {
 	var (
 		device, regs, coil, pduHex, keyPath string
@@ -146,16 +62,16 @@ func proposeCmd(g *globals) *cobra.Command {
 			if unit == 0 {
 				fmt.Fprintln(g.stderr, "warning: unit 0 is the broadcast address: on a gateway the command reaches every device behind it, and only a rule that names unit 0 allows it")
 			}
-			pdu, err := parseWrite(regs, coil, pduHex)
+			pdu, err := approvals.ParseWrite(regs, coil, pduHex)
 			if err != nil {
-				return err
+				return fmt.Errorf("%w: %v", errUsage, err)
 			}
 			env, err := g.approvals(cmd)
 			if err != nil {
 				return err
 			}
 			defer env.conn.Close()
-			signer, proposer, err := approverSigner(env.pol, keyPath)
+			signer, proposer, err := approvals.ApproverSigner(env.pol, keyPath)
 			if err != nil {
 				return err
 			}
@@ -196,34 +112,6 @@ func proposeCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// resolveID accepts a full approval id or a unique prefix of at least 8 hex
-// digits, as `approvals list` prints them.
-func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (approvals.ID, error) {
-	if len(s) == 64 {
-		return approvals.ParseID(s)
-	}
-	if len(s) < 8 {
-		return approvals.ID{}, fmt.Errorf("%w: approval id %q: give at least 8 hex digits", errUsage, s)
-	}
-	all, err := env.store.List(cmd.Context())
-	if err != nil {
-		return approvals.ID{}, err
-	}
-	var found []approvals.ID
-	for _, st := range all {
-		if strings.HasPrefix(st.ID.String(), strings.ToLower(s)) {
-			found = append(found, st.ID)
-		}
-	}
-	switch len(found) {
-	case 0:
-		return approvals.ID{}, fmt.Errorf("%w: %s", approvals.ErrNotFound, s)
-	case 1:
-		return found[0], nil
-	}
-	return approvals.ID{}, fmt.Errorf("%w: approval id prefix %q matches %d approvals: give more digits", errUsage, s, len(found))
-}
-
 func approveCmd(g *globals) *cobra.Command {
 	var keyPath string
 	var yes bool
@@ -247,7 +135,7 @@ func approveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			signer, who, err := approverSigner(env.pol, keyPath)
+			signer, who, err := approvals.ApproverSigner(env.pol, keyPath)
 			if err != nil {
 				return err
 			}
@@ -255,7 +143,7 @@ func approveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			showApproval(g.stdout, env.pol, st)
+			st.WriteText(g.stdout, env.pol, time.Now())
 			if st.Entry.Consumed != nil {
 				return approvals.ErrConsumed
 			}
@@ -290,21 +178,6 @@ func approveCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// showApproval prints a proposal decoded for a human.
-func showApproval(w io.Writer, pol *policy.Policy, st *approvals.Stored) {
-	pr := st.Proposal
-	ev := approvals.Evaluate(pol, st, time.Now())
-	fmt.Fprintf(w, "approval %s\n  command   %s\n  PDU       %x\n  proposer  %s\n  window    %s to %s\n  policy    %s %x…\n  status    %s\n",
-		st.ID, pr.Describe(), pr.PDU, pr.Proposer, pr.NotBefore.Local().Format(time.RFC3339), pr.NotAfter.Local().Format(time.RFC3339),
-		pr.PolicyID, pr.PolicyDigest[:6], ev.Summary())
-	if ev.Rule != nil {
-		fmt.Fprintf(w, "  rule      %s\n", ev.Rule.Name)
-	}
-	for _, why := range ev.Ignored {
-		fmt.Fprintf(w, "  not counted: %s\n", why)
-	}
-}
-
 func approvalsCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "approvals", Short: "List and show m-of-n approvals"}
 	cmd.AddCommand(&cobra.Command{
@@ -321,18 +194,7 @@ func approvalsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCOMMAND\tPROPOSER\tUNTIL\tSTATE")
-			for _, st := range all {
-				ev := approvals.Evaluate(env.pol, st, time.Now())
-				state := ev.Summary()
-				if ev.Usable() {
-					state = "READY: " + state
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", st.ID.String()[:16], st.Proposal.Describe(), st.Proposal.Proposer,
-					st.Proposal.NotAfter.Local().Format("01-02 15:04"), state)
-			}
-			return tw.Flush()
+			return approvals.WriteList(g.stdout, env.pol, all, time.Now())
 		},
 	}, &cobra.Command{
 		Use:   "show ID",
@@ -355,11 +217,21 @@ func approvalsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			showApproval(g.stdout, env.pol, st)
+			st.WriteText(g.stdout, env.pol, time.Now())
 			return nil
 		},
 	})
 	return cmd
+}
+
+// resolveID is the approval s names (Store.Resolve); an id that names
+// none is a usage error.
+func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (approvals.ID, error) {
+	id, err := env.store.Resolve(cmd.Context(), s)
+	if errors.Is(err, approvals.ErrBadID) {
+		return id, fmt.Errorf("%w: %w", errUsage, err)
+	}
+	return id, err
 }
 
 // loadRequired loads the file a required flag names, or says (missing)

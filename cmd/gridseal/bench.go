@@ -2,12 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"net"
-	"os"
-	"runtime/pprof"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,63 +35,36 @@ func benchCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: --mix: %v", errUsage, err)
 			}
-			var counts []int
-			for _, f := range strings.Split(clients, ",") {
-				n, err := strconv.Atoi(strings.TrimSpace(f))
-				if err != nil || n < 1 || n > 4096 {
-					return fmt.Errorf("%w: --clients %q: want numbers 1..4096", errUsage, clients)
-				}
-				counts = append(counts, n)
+			counts, err := bench.ParseClients(clients)
+			if err != nil {
+				return fmt.Errorf("%w: --clients %q: %v", errUsage, clients, err)
 			}
 			if rounds < 1 || duration < 100*time.Millisecond || pipeline < 1 || pipeline > 512 {
 				return fmt.Errorf("%w: want --rounds ≥ 1, --duration ≥ 100ms, --pipeline 1..512", errUsage)
 			}
 			if cpuprof != "" {
-				f, err := os.Create(cpuprof)
+				stop, err := bench.StartCPUProfile(cpuprof, g.stderr)
 				if err != nil {
 					return err
 				}
-				if err := pprof.StartCPUProfile(f); err != nil {
-					_ = f.Close()
-					return err
-				}
-				defer func() {
-					if err := f.Close(); err != nil {
-						fmt.Fprintf(g.stderr, "gridseal: cpu profile %s: %v\n", cpuprof, err)
-					}
-				}()
-				defer pprof.StopCPUProfile()
+				defer stop()
 			}
 			b := &bench.Bencher{Stderr: g.stderr, Duration: duration, Rounds: rounds, Pipeline: pipeline, Quiet: asJSON}
 			if !inProcess && direct == "" && via == "" {
-				self, err := os.Executable()
+				procs, cleanup, err := bench.TempProcs()
 				if err != nil {
 					return err
 				}
-				dir, err := os.MkdirTemp("", "gridseal-bench-")
-				if err != nil {
-					return err
-				}
-				defer func() { _ = os.RemoveAll(dir) }() // the children's stores: nothing to keep
-				b.Procs = &bench.Procs{Self: self, Dir: dir}
+				defer cleanup()
+				b.Procs = procs
 			}
 			var rep bench.Report
 			if direct != "" || via != "" {
-				var targets []bench.Target
-				if direct != "" {
-					targets = append(targets, bench.Target{Name: "direct", Addr: direct})
-				}
-				if via != "" {
-					targets = append(targets, bench.Target{Name: "gridseal", Addr: via})
-				}
-				for _, n := range counts {
-					sr, err := b.Scenario(cmd.Context(), "custom", targets, n, writePct, nil)
-					if err != nil {
-						return err
-					}
-					rep.Scenarios = append(rep.Scenarios, *sr)
-				}
-			} else if rep, err = b.SelfHosted(cmd.Context(), counts, writePct, scenarios); err != nil {
+				rep, err = b.Custom(cmd.Context(), direct, via, counts, writePct)
+			} else {
+				rep, err = b.SelfHosted(cmd.Context(), counts, writePct, scenarios)
+			}
+			if err != nil {
 				return err
 			}
 			if asJSON {
@@ -133,30 +102,11 @@ func benchServeCmd() *cobra.Command {
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return err
+			err := bench.Serve(cmd.Context(), cmd.OutOrStdout(), args[0], listen, to, &loadgen.Device{ServiceTime: serviceTime, Serial: serial})
+			if ue := (*bench.UsageError)(nil); errors.As(err, &ue) {
+				return fmt.Errorf("%w: %w", errUsage, err)
 			}
-			switch args[0] {
-			case "device":
-				dev := &loadgen.Device{ServiceTime: serviceTime, Serial: serial}
-				go dev.Serve(ln)
-				defer dev.Close()
-			case "relay":
-				if to == "" {
-					_ = ln.Close()
-					return fmt.Errorf("%w: relay needs --to ADDR", errUsage)
-				}
-				rel := &loadgen.Relay{Upstream: to}
-				go rel.Serve(ln)
-				defer rel.Close()
-			default:
-				_ = ln.Close()
-				return fmt.Errorf("%w: bench-serve %q: want device or relay", errUsage, args[0])
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "listening %s\n", ln.Addr())
-			<-cmd.Context().Done()
-			return nil
+			return err
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to serve on")

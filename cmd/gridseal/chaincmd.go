@@ -2,19 +2,12 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/approvals"
@@ -22,7 +15,6 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/atomicfile"
-	"github.com/gridseal/gridseal/policy"
 )
 
 func chainCmd(g *globals) *cobra.Command {
@@ -33,6 +25,14 @@ func chainCmd(g *globals) *cobra.Command {
 
 func (g *globals) defaultTrust() string { return filepath.Join(g.dataDir, "trust.yaml") }
 func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads") }
+
+// trustOr is path, or the default trust file if path is empty.
+func (g *globals) trustOr(path string) string {
+	if path == "" {
+		return g.defaultTrust()
+	}
+	return path
+}
 
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads, eveFile string
@@ -77,42 +77,18 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 						return err
 					}
 				}
-				for i, p := range problems {
-					if i == 20 {
-						fmt.Fprintf(g.stdout, "  … and %d more\n", len(problems)-20)
-						break
-					}
-					fmt.Fprintf(g.stdout, "  problem %d: %v\n", i+1, p)
-				}
+				rep.WriteProblems(g.stdout)
 				return fmt.Errorf("chain verify FAILED at %v (%d problems in all)", problems[0], len(problems))
 			}
-			el := time.Since(start)
-			fmt.Fprintf(g.stdout, "chain OK: %d writers, %d blocks, %d events", len(rep.Writers), rep.Blocks, rep.Events)
-			if rep.Blocks > 0 {
-				fmt.Fprintf(g.stdout, ", %s … %s", rep.First.Format(time.RFC3339), rep.Last.Format(time.RFC3339))
-			}
-			fmt.Fprintf(g.stdout, " (verified in %v)\n", el.Round(time.Millisecond))
-			if cp := rep.Checkpoints; cp != nil {
-				fmt.Fprintf(g.stdout, "  checkpoints: %d signed checkpoints match the stream (%d events in the tree)\n", cp.Confirmed, cp.Events)
-				for _, c := range cp.Cosignatures {
-					fmt.Fprintf(g.stdout, "  witness %s cosigned the newest checkpoint at %s\n", c.Witness, c.Time.UTC().Format(time.RFC3339))
-				}
-				// The last checkpoint this verifier saw stays pinned even if
-				// the stream's checkpoints are removed.
-				if cp.Newest != nil {
-					if err := atomicfile.Write(pinnedPath, cp.Newest.Note, 0o644); err != nil {
-						return fmt.Errorf("pin checkpoint: %w", err)
-					}
+			rep.WriteSummary(g.stdout, time.Since(start))
+			// The last checkpoint this verifier saw stays pinned even if the
+			// stream's checkpoints are removed.
+			if cp := rep.Checkpoints; cp != nil && cp.Newest != nil {
+				if err := atomicfile.Write(pinnedPath, cp.Newest.Note, 0o644); err != nil {
+					return fmt.Errorf("pin checkpoint: %w", err)
 				}
 			}
-			for _, w := range slices.Sorted(maps.Keys(rep.Writers)) {
-				st := rep.Writers[w]
-				pinned := "no local head"
-				if h, ok := trust.Heads[w]; ok {
-					pinned = fmt.Sprintf("local head %d present", h.Height)
-				}
-				fmt.Fprintf(g.stdout, "  writer %-16s blocks 0..%d  events %d  last hash %s  (%s)\n", w, st.Height, st.Events, st.Hash.String()[:16], pinned)
-			}
+			rep.WriteWriters(g.stdout, trust.Heads)
 			return nil
 		},
 	}
@@ -182,7 +158,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 				if asJSON {
 					return json.NewEncoder(g.stdout).Encode(r)
 				}
-				printRow(g.stdout, r)
+				r.WriteRow(g.stdout)
 				return nil
 			}
 			// The newest N, read backwards from the end; then, following,
@@ -192,7 +168,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 				return err
 			}
 			if !asJSON {
-				fmt.Fprintf(g.stdout, tailRow, "TIME", "CLIENT", "DEVICE", "UNIT", "FC", "ADDR+QTY", "VALUES", "VERDICT", "EXC", "REASON")
+				chain.WriteTailHeader(g.stdout)
 			}
 			for i := range recs {
 				if err := out(&recs[i]); err != nil {
@@ -211,40 +187,6 @@ func chainTailCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&asJSON, "json", false, "JSON lines instead of a table")
 	cmd.Flags().IntVarP(&lastN, "lines", "n", 20, "how many of the newest operations to show")
 	return cmd
-}
-
-// tailRow is a row of chain tail's table: fixed column widths, so the rows
-// printed while following line up with the header printed first.
-const tailRow = "%-12s  %-21s  %-16s  %4s  %3s  %-11s  %-24s  %-13s  %-4s  %s\n"
-
-func printRow(w io.Writer, r *chain.Record) {
-	vals := ""
-	if len(r.Values) > 0 {
-		parts := make([]string, len(r.Values))
-		for i, v := range r.Values {
-			parts[i] = fmt.Sprint(v)
-		}
-		vals = strings.Join(parts, ",")
-		if len(vals) > 24 {
-			vals = vals[:21] + "..."
-		}
-	}
-	exc := ""
-	if r.Exception != 0 {
-		exc = fmt.Sprintf("0x%02X", r.Exception)
-	}
-	reason, verdict := r.Reason, r.Verdict
-	switch r.Phase {
-	case "request":
-		reason = "(durable before forwarding) " + reason
-	case "dropped-reply":
-		verdict = "dropped-reply"
-	}
-	if r.Observed {
-		verdict = "WOULD-DENY"
-	}
-	fmt.Fprintf(w, tailRow, r.Time.Local().Format("15:04:05.000"), r.Client, r.Device, strconv.Itoa(int(r.Unit)),
-		strconv.Itoa(int(r.Function)), fmt.Sprintf("%d+%d", r.Address, r.Quantity), vals, verdict, exc, reason)
 }
 
 func chainExportCmd(g *globals) *cobra.Command {
@@ -281,18 +223,13 @@ func chainExportCmd(g *globals) *cobra.Command {
 			enc := json.NewEncoder(g.stdout)
 			var m *eve.Mapper
 			if format == "eve" {
-				m = &eve.Mapper{Devices: publishedDevices(cmd.Context(), js)}
+				m = &eve.Mapper{Devices: approvals.PublishedDevices(cmd.Context(), js)}
 			}
 			err = chain.ScanRecords(cmd.Context(), js, from, follow, &f, func(r *chain.Record, ev *audit.Event) error {
 				if m == nil {
 					return enc.Encode(r)
 				}
-				for _, e := range m.For(r, ev) {
-					if err := enc.Encode(e); err != nil {
-						return err
-					}
-				}
-				return nil
+				return m.Encode(enc, r, ev)
 			})
 			if follow && cmd.Context().Err() != nil {
 				return nil // stopped by the user
@@ -306,33 +243,6 @@ func chainExportCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep going: write each block's operations as it is recorded, until interrupted")
 	cmd.Flags().Uint64Var(&from, "from", 1, "start at this chain stream sequence (an exported line's seq / gridseal_seq), to resume an export")
 	return cmd
-}
-
-// publishedDevices maps each device of the policy the proxies published to
-// its PLC's host:port, for the EVE export's PLC address; nil when no proxy
-// published one (the export then names devices only). It creates nothing.
-func publishedDevices(ctx context.Context, js jetstream.JetStream) map[string]string {
-	kv, err := js.KeyValue(ctx, approvals.Bucket)
-	if err != nil {
-		return nil
-	}
-	kve, err := kv.Get(ctx, "policy.current")
-	if err != nil {
-		return nil
-	}
-	var pub approvals.Published
-	if err := json.Unmarshal(kve.Value(), &pub); err != nil {
-		return nil
-	}
-	p, err := policy.Parse("policy "+pub.ID+" (in force)", pub.YAML)
-	if err != nil {
-		return nil
-	}
-	out := make(map[string]string, len(p.Devices))
-	for _, d := range p.Devices {
-		out[d.Name] = d.Upstream
-	}
-	return out
 }
 
 func parseTime(s string) (time.Time, error) {

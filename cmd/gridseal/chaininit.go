@@ -1,19 +1,15 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/gridseal/gridseal/gateway"
 	"github.com/spf13/cobra"
-
-	"github.com/gridseal/gridseal/approvals"
-	"github.com/gridseal/gridseal/chain"
 )
 
 // chainStreams are the streams gridseal chain init creates: the chain, the
 // checkpoints, the approvals bucket's stream and the approvals' uses.
-var chainStreams = []string{chain.StreamName, chain.CheckpointStream, "KV_" + approvals.Bucket, approvals.UsedStream, "KV_" + chain.LeaseBucket}
+var chainStreams = gateway.Streams()
 
 func chainInitCmd(g *globals) *cobra.Command {
 	var replicas int
@@ -31,41 +27,12 @@ func chainInitCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			existed := map[string]bool{}
-			for _, name := range chainStreams {
-				_, err := js.Stream(ctx, name)
-				if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-					return fmt.Errorf("stream %s: %w", name, err)
-				}
-				existed[name] = err == nil
-			}
-			if _, err := chain.EnsureStream(ctx, js, replicas); err != nil {
+			streams, err := gateway.InitStreams(ctx, js, replicas)
+			if err != nil {
 				return err
 			}
-			if err := chain.EnsureCheckpointStream(ctx, js, replicas); err != nil {
-				return fmt.Errorf("checkpoint stream %s: %w", chain.CheckpointStream, err)
-			}
-			if _, err := approvals.OpenStore(ctx, js, replicas, nopLogger()); err != nil {
-				return err
-			}
-			if _, err := chain.EnsureLeaseBucket(ctx, js, chain.DefaultLeaseTTL, replicas); err != nil {
-				return err
-			}
-			for _, name := range chainStreams {
-				s, err := js.Stream(ctx, name)
-				if err != nil {
-					return fmt.Errorf("stream %s: %w", name, err)
-				}
-				got := s.CachedInfo().Config.Replicas
-				state := "created"
-				if existed[name] {
-					state = "already there"
-				}
-				fmt.Fprintf(g.stdout, "stream %-24s %s, %d replicas", name, state, got)
-				if got != replicas {
-					fmt.Fprintf(g.stdout, " (not %d: a NATS administrator changes that with nats stream edit)", replicas)
-				}
-				fmt.Fprintln(g.stdout)
+			for _, st := range streams {
+				st.WriteText(g.stdout, replicas)
 			}
 			return nil
 		},

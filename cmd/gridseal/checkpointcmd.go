@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
@@ -73,15 +71,9 @@ signature) that "gridseal chain verify-proof" checks offline.`,
 			if consistency && (format != "text" || out != "") {
 				return fmt.Errorf("%w: --format and --out go with --seq/--index", errUsage)
 			}
-			if trustPath == "" {
-				trustPath = g.defaultTrust()
-			}
-			trust, err := chain.LoadTrust(trustPath, "")
+			known, err := chain.LoadCheckpointers(g.trustOr(trustPath))
 			if err != nil {
 				return err
-			}
-			if trust.Checkpointers == nil {
-				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
 			}
 			ts, err := g.openTiles(tilesDir)
 			if err != nil {
@@ -93,32 +85,20 @@ signature) that "gridseal chain verify-proof" checks offline.`,
 			}
 			defer conn.Close()
 			if consistency {
-				return g.proveConsistency(cmd.Context(), js, trust.Checkpointers, ts, fromCheckpoint, fromSize, update)
+				return g.proveConsistency(cmd.Context(), js, known, ts, fromCheckpoint, fromSize, update)
 			}
-			var inc *chain.Inclusion
-			if ts != nil {
-				inc, err = chain.ProveEventInTiles(cmd.Context(), js, trust.Checkpointers, ts, seq, index)
-			} else {
-				inc, err = chain.ProveEvent(cmd.Context(), js, trust.Checkpointers, seq, index)
-			}
+			inc, err := chain.ProveEventFrom(cmd.Context(), js, known, ts, seq, index)
 			if err != nil {
 				return err
 			}
 			if format == "tlog-proof" {
-				event, err := provedEvent(cmd.Context(), js, ts, inc, seq, index)
+				event, err := chain.ProvedEvent(cmd.Context(), js, ts, inc, seq, index)
 				if err != nil {
 					return err
 				}
 				return g.writeOut(out, chain.NewTlogProof(inc, event).Marshal())
 			}
-			var b strings.Builder
-			fmt.Fprintf(&b, "event %d of block %d is leaf %d of the signed tree of %d events\nleaf hash %s\nproof (%d hashes):\n",
-				index, seq, inc.Leaf, inc.Checkpoint.Size, inc.LeafHash, len(inc.Proof))
-			for _, h := range inc.Proof {
-				fmt.Fprintf(&b, "  %s\n", h)
-			}
-			fmt.Fprintf(&b, "checkpoint:\n%s", inc.Checkpoint.Note)
-			return g.writeOut(out, []byte(b.String()))
+			return g.writeOut(out, inc.Text(seq, index))
 		},
 	}
 	cmd.Flags().Uint64Var(&seq, "seq", 0, "stream sequence of the block (chain tail --json shows it)")
@@ -146,36 +126,6 @@ func (g *globals) openTiles(dir string) (*chain.Tiles, error) {
 	return ts, nil
 }
 
-// provedEvent returns the event inc proves, as recorded: from the tiles'
-// entry bundle, or the block at seq; it must hash to the proved leaf.
-func provedEvent(ctx context.Context, js jetstream.JetStream, ts *chain.Tiles, inc *chain.Inclusion, seq uint64, index int) ([]byte, error) {
-	var event []byte
-	if ts != nil {
-		var err error
-		if event, err = ts.Entry(inc.Leaf); err != nil {
-			return nil, err
-		}
-	} else {
-		s, err := js.Stream(ctx, chain.StreamName)
-		if err != nil {
-			return nil, err
-		}
-		m, err := s.GetMsg(ctx, seq)
-		if err != nil {
-			return nil, fmt.Errorf("read chain sequence %d: %w", seq, err)
-		}
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil || index >= len(b.Events) {
-			return nil, fmt.Errorf("sequence %d holds no event %d", seq, index)
-		}
-		event = b.Events[index]
-	}
-	if chain.LeafHash(event) != inc.LeafHash {
-		return nil, fmt.Errorf("%w: event %d of block %d does not hash to the proved leaf", chain.ErrCheckpointMismatch, index, seq)
-	}
-	return event, nil
-}
-
 // writeOut writes b to path, or to standard output if path is empty.
 func (g *globals) writeOut(path string, b []byte) error {
 	if path == "" {
@@ -197,43 +147,15 @@ rule and approval that allowed it and who approved it, the policy digest it was 
 Exit 1 if anything does not check.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			if trustPath == "" {
-				trustPath = g.defaultTrust()
-			}
-			trust, err := chain.LoadTrust(trustPath, "")
+			known, err := chain.LoadCheckpointers(g.trustOr(trustPath))
 			if err != nil {
 				return err
 			}
-			if trust.Checkpointers == nil {
-				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
-			}
-			data, err := os.ReadFile(args[0])
+			p, err := chain.CheckTlogProofFile(args[0], known)
 			if err != nil {
 				return err
 			}
-			p, err := chain.ParseTlogProof(data)
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			cp, err := p.Verify(trust.Checkpointers)
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], err)
-			}
-			ev, err := chain.DecodeEvent(p.Extra)
-			if err != nil {
-				return fmt.Errorf("%s: the proved entry is no gridseal event: %w", args[0], err)
-			}
-			w := g.stdout
-			fmt.Fprintf(w, "proof OK: leaf %d of the tree of %d events signed by %s\n", p.Index, cp.Size, strings.Join(cp.Signers, ", "))
-			fmt.Fprintf(w, "time      %s\n", ev.Time.Format(time.RFC3339Nano))
-			fmt.Fprintf(w, "command   %s unit %d function %d address %d quantity %d pdu %x\n", ev.Device, ev.Unit, ev.Function, ev.Address, ev.Quantity, ev.PDU)
-			fmt.Fprintf(w, "client    %s (role %q) via %s\n", ev.Client, ev.Role, ev.Listener)
-			fmt.Fprintf(w, "verdict   %s (phase %s), exception %d\n", ev.Verdict, ev.Phase, ev.Exception)
-			fmt.Fprintf(w, "rule      %s\nreason    %s\n", ev.Rule, ev.Reason)
-			fmt.Fprintf(w, "approval  %s\npolicy    %s\n", ev.Approval, ev.Policy)
-			if ev.BreakGlass {
-				fmt.Fprintln(w, "BREAK-GLASS: allowed by fewer approvers than the rule normally needs")
-			}
+			p.WriteText(g.stdout)
 			return nil
 		},
 	}
@@ -254,27 +176,12 @@ func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, 
 		if old, err = chain.OpenCheckpoint(b, known); err != nil {
 			return fmt.Errorf("%s: %w", oldPath, err)
 		}
-		size = old.Size
 	}
-	var c *chain.Consistency
-	var err error
-	if ts != nil {
-		c, err = chain.ProveConsistencyInTiles(ctx, js, known, ts, size)
-	} else {
-		c, err = chain.ProveConsistency(ctx, js, known, size)
-	}
+	c, err := chain.ProveExtends(ctx, js, known, ts, old, oldPath, size)
 	if err != nil {
 		return err
 	}
-	if old != nil && old.Root != c.OldRoot {
-		return fmt.Errorf("the stream's first %d events no longer have the root %s signed in %s: the chain was rewritten", old.Size, old.Root, oldPath)
-	}
-	fmt.Fprintf(g.stdout, "the signed tree of %d events extends the tree of %d events\nold root %s\nnew root %s\nproof (%d hashes):\n",
-		c.New.Size, c.OldSize, c.OldRoot, c.New.Root, len(c.Proof))
-	for _, h := range c.Proof {
-		fmt.Fprintf(g.stdout, "  %s\n", h)
-	}
-	fmt.Fprintf(g.stdout, "checkpoint:\n%s", c.New.Note)
+	c.WriteText(g.stdout)
 	if update && c.New.Size > c.OldSize {
 		if err := atomicfile.Write(oldPath, c.New.Note, 0o644); err != nil {
 			return err

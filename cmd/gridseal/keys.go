@@ -3,14 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
-	"github.com/gridseal/gridseal/internal/atomicfile"
 	"github.com/gridseal/gridseal/internal/keys"
 )
 
@@ -72,35 +69,8 @@ func keysConsoleTokenCmd(g *globals) *cobra.Command {
 			if file == "" {
 				return fmt.Errorf("%w: --file is required (the console's tokens: file)", errUsage)
 			}
-			old, err := os.ReadFile(file)
-			switch {
-			case errors.Is(err, os.ErrNotExist):
-			case err != nil:
-				return err
-			default:
-				fi, err := os.Stat(file)
-				if err != nil {
-					return err
-				}
-				if fi.Mode().Perm()&0o077 != 0 {
-					return fmt.Errorf("%s is readable by others; chmod 600 it first", file)
-				}
-				for _, line := range strings.Split(string(old), "\n") {
-					if f := strings.Fields(line); len(f) > 0 && f[0] == name {
-						return fmt.Errorf("%s already has a token in %s: remove its line to replace it", name, file)
-					}
-				}
-			}
-			tok, err := console.NewToken()
+			tok, err := console.AddToken(file, name)
 			if err != nil {
-				return err
-			}
-			data := old
-			if len(data) > 0 && data[len(data)-1] != '\n' {
-				data = append(data, '\n')
-			}
-			data = append(data, console.TokenLine(name, tok)+"\n"...)
-			if err := atomicfile.Write(file, data, 0o600); err != nil {
 				return err
 			}
 			fmt.Fprintf(g.stdout, "console token for %s (shown once; %s keeps only its hash):\n%s\n", name, file, tok)

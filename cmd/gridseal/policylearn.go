@@ -60,18 +60,7 @@ func policyLearnCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
 			}
-			err = chain.ScanBlocks(cmd.Context(), js, 1, func(m *chain.Msg, b *chain.Block) error {
-				for i, e := range b.Events {
-					ev, err := chain.DecodeEvent(e)
-					if err != nil {
-						return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
-					}
-					if from.IsZero() || !ev.Time.Before(from) {
-						l.Add(&ev)
-					}
-				}
-				return nil
-			})
+			err = chain.ScanEvents(cmd.Context(), js, from, l.Add)
 			if err != nil {
 				return err
 			}

@@ -6,7 +6,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/gateway"
 )
@@ -39,18 +38,7 @@ func proxyCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer gw.Close()
-			go func() {
-				for {
-					select {
-					case <-ctx.Done():
-						return
-					case <-hup:
-					}
-					if err := gw.Reload(ctx); err != nil {
-						log.Error("policy reload refused; the policy in force stays", zap.Error(err))
-					}
-				}
-			}()
+			go gw.ReloadOn(ctx, hup)
 			return gw.Run(ctx)
 		},
 	}

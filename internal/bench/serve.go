@@ -1,0 +1,116 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+
+	"github.com/gridseal/gridseal/internal/loadgen"
+)
+
+// UsageError is a bench command line that cannot be run as written.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+// Serve runs one of the bench's targets on listen until ctx ends: "device"
+// (dev's behaviour) or "relay" (a bare TCP relay to upstream). It writes
+// "listening ADDR" to w once it listens; Procs reads that line.
+func Serve(ctx context.Context, w io.Writer, kind, listen, upstream string, dev *loadgen.Device) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case "device":
+		go dev.Serve(ln)
+		defer dev.Close()
+	case "relay":
+		if upstream == "" {
+			_ = ln.Close()
+			return &UsageError{"relay needs --to ADDR"}
+		}
+		rel := &loadgen.Relay{Upstream: upstream}
+		go rel.Serve(ln)
+		defer rel.Close()
+	default:
+		_ = ln.Close()
+		return &UsageError{fmt.Sprintf("bench-serve %q: want device or relay", kind)}
+	}
+	fmt.Fprintf(w, "listening %s\n", ln.Addr())
+	<-ctx.Done()
+	return nil
+}
+
+// ParseClients parses a comma list of client counts, each 1..4096.
+func ParseClients(s string) ([]int, error) {
+	var counts []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 || n > 4096 {
+			return nil, errors.New("want numbers 1..4096")
+		}
+		counts = append(counts, n)
+	}
+	return counts, nil
+}
+
+// StartCPUProfile profiles this process's CPU into the file at path until
+// stop is called; stop reports a failure to close the file on stderr.
+func StartCPUProfile(path string, stderr io.Writer) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(stderr, "gridseal: cpu profile %s: %v\n", path, err)
+		}
+	}, nil
+}
+
+// TempProcs is Procs running self's children with their files in a fresh
+// temporary directory, which cleanup removes.
+func TempProcs() (p *Procs, cleanup func(), err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	dir, err := os.MkdirTemp("", "gridseal-bench-")
+	if err != nil {
+		return nil, nil, err
+	}
+	return &Procs{Self: self, Dir: dir}, func() { _ = os.RemoveAll(dir) }, nil // the children's stores: nothing to keep
+}
+
+// Custom measures the targets given by address, a device measured
+// directly and (or) a gridseal in front of it, at each client count.
+func (b *Bencher) Custom(ctx context.Context, direct, via string, counts []int, writePct int) (Report, error) {
+	var targets []Target
+	if direct != "" {
+		targets = append(targets, Target{Name: "direct", Addr: direct})
+	}
+	if via != "" {
+		targets = append(targets, Target{Name: "gridseal", Addr: via})
+	}
+	var rep Report
+	for _, n := range counts {
+		sr, err := b.Scenario(ctx, "custom", targets, n, writePct, nil)
+		if err != nil {
+			return rep, err
+		}
+		rep.Scenarios = append(rep.Scenarios, *sr)
+	}
+	return rep, nil
+}
