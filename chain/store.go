@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -163,9 +164,36 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 	if !follow && (info.State.Msgs == 0 || from > last) {
 		return nil
 	}
+	want := from // the next sequence not yet delivered
+	for attempt := 1; ; attempt++ {
+		err := scanFrom(ctx, s, &want, last, follow, fn)
+		if !errors.Is(err, errConsumerStalled) {
+			return err
+		}
+		if attempt == scanAttempts {
+			return fmt.Errorf("read chain at sequence %d (of %d): %w %d times", want, last, err, attempt)
+		}
+	}
+}
+
+// scanAttempts bounds how often Scan starts a new consumer after one
+// stalled.
+const scanAttempts = 3
+
+// errConsumerStalled: a consumer delivered nothing for scanStall while the
+// stream holds messages it has not delivered.
+var errConsumerStalled = errors.New("the chain consumer stalled")
+
+// scanStall is how long Scan lets a consumer deliver nothing, however it
+// is stuck, before it stops it and starts another where it was.
+const scanStall = 5 * scanIdle
+
+// scanFrom is one consumer's part of Scan, from *want on; it advances
+// *want as messages are delivered.
+func scanFrom(ctx context.Context, s jetstream.Stream, want *uint64, last uint64, follow bool, fn func(*Msg) error) error {
 	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:   from,
+		OptStartSeq:   *want,
 	})
 	if err != nil {
 		return fmt.Errorf("chain consumer: %w", err)
@@ -181,14 +209,30 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	var next []jetstream.NextOpt
+	var stalled atomic.Bool
+	kick := func() {}
 	if !follow {
 		next = append(next, jetstream.NextMaxWait(scanIdle))
+		// However the consumer is stuck (its Next not even timing out), a
+		// scan of what is stored never hangs: stop it, start another.
+		watchdog := time.AfterFunc(scanStall, func() { stalled.Store(true); it.Stop() })
+		defer watchdog.Stop()
+		kick = func() { watchdog.Reset(scanStall) }
 	}
-	want := from // the next sequence not yet delivered
+	return scanLoop(ctx, s, it, next, want, last, follow, fn, kick, &stalled)
+}
+
+// scanLoop reads it until the scan is done or fails; kick is called on
+// every message.
+func scanLoop(ctx context.Context, s jetstream.Stream, it jetstream.MessagesContext, next []jetstream.NextOpt, want *uint64, last uint64,
+	follow bool, fn func(*Msg) error, kick func(), stalled *atomic.Bool) error {
 	for {
 		m, err := it.Next(next...)
+		if stalled.Load() && ctx.Err() == nil {
+			return errConsumerStalled
+		}
 		if errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			if err := unreadable(ctx, s, want, last); err != nil {
+			if err := unreadable(ctx, s, *want, last); err != nil {
 				return err
 			}
 			continue
@@ -202,13 +246,14 @@ func Scan(ctx context.Context, js jetstream.JetStream, from uint64, follow bool,
 			}
 			return fmt.Errorf("read chain: %w", err)
 		}
+		kick()
 		md, err := m.Metadata()
 		if err != nil {
 			return fmt.Errorf("read chain: %w", err)
 		}
 		msg := &Msg{Seq: md.Sequence.Stream, Subject: m.Subject(), Data: m.Data(),
 			MsgID: m.Headers().Get(jetstream.MsgIDHeader), Stored: md.Timestamp}
-		want = msg.Seq + 1
+		*want = msg.Seq + 1
 		if err := fn(msg); err != nil {
 			return err
 		}
