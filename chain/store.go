@@ -61,6 +61,13 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 	s, err := js.Stream(ctx, StreamName)
 	if errors.Is(err, jetstream.ErrStreamNotFound) {
 		s, err = js.CreateStream(ctx, StreamConfig(replicas))
+		// Right after a stream of this name was deleted, the server may
+		// still be removing its files and refuse the new store for a
+		// moment (err_code 10049): try again, for up to two seconds.
+		for i := 0; i < 20 && isStoreCreateErr(err) && ctx.Err() == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+			s, err = js.CreateStream(ctx, StreamConfig(replicas))
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("chain stream %s: %w", StreamName, err)
@@ -69,6 +76,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 		return nil, err
 	}
 	return s, nil
+}
+
+func isStoreCreateErr(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10049 // JSStreamCreateErrF: error creating store for stream
 }
 
 // checkStream refuses a chain stream that could lose blocks: one that

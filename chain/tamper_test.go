@@ -173,7 +173,7 @@ func TestDeletedAndRebuiltStream(t *testing.T) {
 	if err := e.js.DeleteStream(ctx, chain.StreamName); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.js.CreateStream(ctx, chain.StreamConfig(1)); err != nil {
+	if _, err := chain.EnsureStream(ctx, e.js, 1); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range genuine[:len(genuine)-1] {

@@ -170,12 +170,9 @@ func TestTilerMatchesTree(t *testing.T) {
 // directly (no recorder), with op numbers from op on.
 func publishBlocks(t testing.TB, js jetstream.JetStream, s *keys.Signer, height uint64, prev chain.Hash, op uint64, sizes ...int) (uint64, chain.Hash, uint64) {
 	t.Helper()
-	// Right after a stream of that name was deleted, nats-server may still
-	// be removing its files and refuse to create the store: try again.
-	testwait.NoError(t, "the chain stream", func() error {
-		_, err := chain.EnsureStream(t.Context(), js, 1)
-		return err
-	})
+	if _, err := chain.EnsureStream(t.Context(), js, 1); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range sizes {
 		evs := make([][]byte, n)
 		for i := range evs {
