@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -303,35 +302,7 @@ func (ts *Tiles) LeafOf(seq uint64, index int) (int64, error) {
 		}
 		return binary.BigEndian.Uint64(rec[:8]), int64(binary.BigEndian.Uint64(rec[8:])), nil
 	}
-	var rerr error
-	i := int64(sort.Search(int(st.Blocks), func(i int) bool {
-		s, _, err := read(int64(i))
-		if err != nil {
-			rerr = err
-			return true
-		}
-		return s >= seq
-	}))
-	if rerr != nil {
-		return -1, rerr
-	}
-	if i >= st.Blocks {
-		return -1, nil
-	}
-	s, first, err := read(i)
-	if err != nil || s != seq {
-		return -1, err
-	}
-	end := st.Size
-	if i+1 < st.Blocks {
-		if _, end, err = read(i + 1); err != nil {
-			return -1, err
-		}
-	}
-	if first+int64(index) >= end {
-		return -1, nil
-	}
-	return first + int64(index), nil
+	return leafInIndex(read, st.Blocks, st.Size, seq, index)
 }
 
 // rootHex parses a state file's hex root.

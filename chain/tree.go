@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sort"
 	"sync"
 
 	"golang.org/x/mod/sumdb/tlog"
@@ -203,35 +202,7 @@ func (t *Tree) LeafOf(seq uint64, index int) (int64, error) {
 		}
 		return binary.BigEndian.Uint64(rec[:8]), int64(binary.BigEndian.Uint64(rec[8:])), nil
 	}
-	var rerr error
-	i := int64(sort.Search(int(t.nb), func(i int) bool {
-		s, _, err := read(int64(i))
-		if err != nil {
-			rerr = err
-			return true
-		}
-		return s >= seq
-	}))
-	if rerr != nil {
-		return -1, rerr
-	}
-	if i >= t.nb {
-		return -1, nil
-	}
-	s, first, err := read(i)
-	if err != nil || s != seq {
-		return -1, err
-	}
-	end := t.n
-	if i+1 < t.nb {
-		if _, end, err = read(i + 1); err != nil {
-			return -1, err
-		}
-	}
-	if first+int64(index) >= end {
-		return -1, nil
-	}
-	return first + int64(index), nil
+	return leafInIndex(read, t.nb, t.n, seq, index)
 }
 
 // lockedReader reads hashes while the caller holds t.mu.
