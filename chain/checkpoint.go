@@ -526,29 +526,7 @@ func ProveConsistency(ctx context.Context, js jetstream.JetStream, known note.Ve
 	if cp == nil {
 		return nil, errors.New("no signed checkpoint yet")
 	}
-	if oldSize > cp.Size {
-		return nil, fmt.Errorf("%w: a checkpoint of %d events was signed, the newest now covers %d: the chain was rolled back, or the checkpointer lags",
-			ErrCheckpointMismatch, oldSize, cp.Size)
-	}
-	if oldSize < 1 {
-		return nil, fmt.Errorf("old size %d: want 1..%d (the newest checkpoint's size)", oldSize, cp.Size)
-	}
-	oldRoot, err := tree.Root(oldSize)
-	if err != nil {
-		return nil, err
-	}
-	proof, err := tlog.ProveTree(cp.Size, oldSize, tree)
-	if err != nil {
-		return nil, err
-	}
-	if err := tlog.CheckTree(proof, cp.Size, tlog.Hash(cp.Root), oldSize, tlog.Hash(oldRoot)); err != nil {
-		return nil, fmt.Errorf("%w: consistency proof does not check: %v", ErrCheckpointMismatch, err)
-	}
-	c := &Consistency{OldSize: oldSize, OldRoot: oldRoot, New: cp, Proof: make([]Hash, len(proof))}
-	for i, h := range proof {
-		c.Proof[i] = Hash(h)
-	}
-	return c, nil
+	return ConsistencyInTree(tree, cp, oldSize)
 }
 
 // CheckConsistency checks a consistency proof between two tree heads.
