@@ -63,8 +63,10 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 		s, err = js.CreateStream(ctx, StreamConfig(replicas))
 		// Right after a stream of this name was deleted, the server may
 		// still be removing its files and refuse the new store for a
-		// moment (err_code 10049): try again, for up to two seconds.
-		for i := 0; i < 20 && isStoreCreateErr(err) && ctx.Err() == nil; i++ {
+		// moment (err_code 10049); right after a cluster starts, its meta
+		// leader may not yet see every peer online and refuse to place the
+		// replicas (10005): try again, for up to two seconds.
+		for i := 0; i < 20 && isTransientCreateErr(err) && ctx.Err() == nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 			s, err = js.CreateStream(ctx, StreamConfig(replicas))
 		}
@@ -78,9 +80,11 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, replicas int) (je
 	return s, nil
 }
 
-func isStoreCreateErr(err error) bool {
+func isTransientCreateErr(err error) bool {
 	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && apiErr.ErrorCode == 10049 // JSStreamCreateErrF: error creating store for stream
+	return errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == 10049 || // JSStreamCreateErrF: error creating store for stream
+			apiErr.ErrorCode == 10005) // JSClusterNoPeersErrF: no suitable peers for placement
 }
 
 // checkStream refuses a chain stream that could lose blocks: one that

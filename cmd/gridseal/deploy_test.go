@@ -170,16 +170,7 @@ func shippedCluster(t *testing.T, ca *testpki.CA, dir string) (urls []string, v 
 		s.SetLogger(v, false, false)
 		servers = append(servers, s)
 	}
-	testwait.For(t, "the shipped cluster to elect a JetStream meta leader", func() bool {
-		leader, current := false, 0
-		for _, s := range servers {
-			leader = leader || s.JetStreamIsLeader()
-			if s.JetStreamIsCurrent() {
-				current++
-			}
-		}
-		return leader && current == len(servers)
-	})
+	natstest.WaitClusterReady(t, servers)
 	return clients, v
 }
 

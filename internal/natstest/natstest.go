@@ -131,25 +131,28 @@ func RunCluster(t testing.TB, n int) []*Server {
 			Cluster: "gridseal-test", ClusterPort: ports[i], Routes: routes,
 		})
 	}
-	testwait.For(t, "the cluster to form a JetStream meta leader", func() bool {
-		ready := 0
-		for _, s := range out {
-			if s.Running() && s.JetStreamIsLeader() || s.JetStreamEnabled() && s.JetStreamIsCurrent() {
-				ready++
-			}
-		}
-		return ready == n && hasLeader(out)
-	})
+	ss := make([]*server.Server, n)
+	for i, s := range out {
+		ss[i] = s.Server
+	}
+	WaitClusterReady(t, ss)
 	return out
 }
 
-func hasLeader(ss []*Server) bool {
-	for _, s := range ss {
-		if s.Running() && s.JetStreamIsLeader() {
-			return true
+// WaitClusterReady waits until the cluster has a JetStream meta leader
+// and that leader sees every one of ss online with current stats: only
+// then will it place an R3 stream (before, a create is refused with
+// "no suitable peers for placement, peer offline").
+func WaitClusterReady(t testing.TB, ss []*server.Server) {
+	t.Helper()
+	testwait.For(t, "the cluster's meta leader to see every peer online", func() bool {
+		for _, s := range ss {
+			if s.Running() && s.JetStreamIsLeader() {
+				return len(s.JetStreamClusterPeers()) == len(ss)
+			}
 		}
-	}
-	return false
+		return false
+	})
 }
 
 // ClusterURLs joins the servers' client URLs for nats.Connect.
