@@ -427,18 +427,8 @@ func treeAtCheckpoint(ctx context.Context, js jetstream.JetStream, known note.Ve
 	if err != nil || cp == nil {
 		return nil, nil, err
 	}
-	tree := &Tree{}
-	done := errors.New("done")
-	err = scanContiguous(ctx, js, 1, false, func(m *Msg) error {
-		if tree.Size() >= cp.Size {
-			return done
-		}
-		if b, err := ParseBlock(m.Data); err == nil { // not a block: no leaves (verifiers skip it alike)
-			return tree.AppendBlock(m.Seq, b.Events)
-		}
-		return nil
-	})
-	if err != nil && !errors.Is(err, done) {
+	tree, err := readTree(ctx, js, cp.Size)
+	if err != nil {
 		return nil, nil, err
 	}
 	if tree.Size() < cp.Size {

@@ -2,6 +2,7 @@ package chain
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -25,6 +26,52 @@ func LoadCheckpointers(path string) (note.Verifiers, error) {
 		return nil, fmt.Errorf("trust file %s lists no checkpointers", path)
 	}
 	return trust.Checkpointers, nil
+}
+
+// ReadCheckpoint reads a signed checkpoint note from the file at path and
+// verifies it with the known keys.
+func ReadCheckpoint(path string, known note.Verifiers) (*Checkpoint, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	cp, err := OpenCheckpoint(b, known)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cp, nil
+}
+
+// ReadTree reads the whole chain stream into a tree of every event.
+func ReadTree(ctx context.Context, js jetstream.JetStream) (*Tree, error) {
+	tree, err := readTree(ctx, js, -1)
+	if err != nil {
+		return nil, fmt.Errorf("read the chain stream: %w", err)
+	}
+	return tree, nil
+}
+
+// readTree reads the stream from its start, block by block, into a tree
+// of at least size events (size < 0: all of them), or of all the stream
+// holds if that is fewer. A message that is not a block adds no leaves
+// (verifiers skip it alike).
+func readTree(ctx context.Context, js jetstream.JetStream, size int64) (*Tree, error) {
+	tree := &Tree{}
+	done := errors.New("done")
+	err := scanContiguous(ctx, js, 1, false, func(m *Msg) error {
+		if size >= 0 && tree.Size() >= size {
+			return done
+		}
+		if b, err := ParseBlock(m.Data); err == nil {
+			return tree.AppendBlock(m.Seq, b.Events)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, done) {
+		_ = tree.Close()
+		return nil, err
+	}
+	return tree, nil
 }
 
 // ProveEventFrom proves event index of the block at stream sequence seq is

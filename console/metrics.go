@@ -5,7 +5,6 @@ package console
 
 import (
 	"context"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -216,22 +215,6 @@ type DeviceView struct {
 	Upstream       string    `json:"upstream,omitempty"` // up, not answering, down, idle
 	UpstreamDetail string    `json:"upstream_detail,omitempty"`
 	UpstreamSince  time.Time `json:"upstream_since,omitzero"`
-}
-
-// BuildInfo names the binary that runs, as gridseal version prints it.
-type BuildInfo struct {
-	Version, Commit, Date string
-}
-
-// RegisterBuildInfo registers gridseal_build_info, always 1, whose labels
-// say which build runs: an alert or a dashboard can tell the instances of
-// a fleet that still run an old one.
-func RegisterBuildInfo(reg prometheus.Registerer, b BuildInfo) {
-	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "gridseal_build_info",
-		Help: "Always 1: the version, commit and build date of the gridseal that runs, and the Go it was built with."},
-		[]string{"version", "commit", "date", "goversion"})
-	g.WithLabelValues(b.Version, b.Commit, b.Date, runtime.Version()).Set(1)
-	reg.MustRegister(g)
 }
 
 // StateCollector reports, at each scrape, the policy in force and each

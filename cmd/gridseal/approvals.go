@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/internal/keys"
@@ -29,7 +30,7 @@ func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := approvals.OpenStore(cmd.Context(), js, 1, nopLogger())
+	store, err := approvals.OpenStore(cmd.Context(), js, 1, zap.NewNop())
 	if err != nil {
 		conn.Close()
 		return nil, err

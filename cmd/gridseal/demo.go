@@ -2,18 +2,14 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/demo"
 	"github.com/gridseal/gridseal/simulators"
@@ -53,7 +49,11 @@ func demoCmd(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.Console.Listen = httpAddr
-			if err := demoWitnesses(g, cfg, witnesses); err != nil {
+			ws, err := demo.ParseWitnesses(witnesses)
+			if err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
+			}
+			if err := demo.AddWitnesses(g.stdout, g.dataDir, cfg, ws); err != nil {
 				return err
 			}
 			opts := g.gatewayOptions(log)
@@ -99,39 +99,4 @@ func demoCmd(g *globals) *cobra.Command {
 	cmd.Flags().DurationVar(&duration, "duration", 0, "stop this long after the tour (0: run until interrupted)")
 	cmd.Flags().BoolVar(&tour, "tour", true, "run the guided tour of allowed, denied and approved commands at start")
 	return cmd
-}
-
-// demoWitnesses adds the --witness URL=VKEY witnesses to the demo's
-// checkpointer and trust file (all of them must cosign), and prints what a
-// witness's operator needs to add this log: its origin and verifier key.
-func demoWitnesses(g *globals, cfg *gateway.Config, flags []string) error {
-	_, vp := chain.CheckpointKeyPaths(filepath.Join(g.dataDir, "keys"), demo.Checkpointer)
-	vkey, err := os.ReadFile(vp)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(g.stdout, "checkpoint origin: %s\ncheckpoint verifier key: %s\n", chain.CheckpointOrigin, strings.TrimSpace(string(vkey)))
-	if len(flags) == 0 {
-		return nil
-	}
-	var trust strings.Builder
-	trust.WriteString("# Witnesses that must all cosign the newest checkpoint (gridseal demo --witness).\nwitnesses:\n")
-	for _, f := range flags {
-		u, k, ok := strings.Cut(f, "=")
-		if !ok {
-			return fmt.Errorf("%w: --witness %q: want URL=VKEY", errUsage, f)
-		}
-		if _, err := chain.NewCosignatureVerifier(k); err != nil {
-			return fmt.Errorf("%w: --witness %q: %v", errUsage, f, err)
-		}
-		cfg.Checkpoint.Witnesses = append(cfg.Checkpoint.Witnesses, gateway.WitnessConfig{URL: u, Key: k})
-		fmt.Fprintf(&trust, "  - %q\n", k)
-	}
-	fmt.Fprintf(&trust, "witness_quorum: %d\n", len(flags))
-	f, err := os.OpenFile(gateway.TrustPath(g.dataDir), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString(trust.String())
-	return errors.Join(err, f.Close())
 }

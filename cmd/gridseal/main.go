@@ -18,6 +18,8 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/gridseal/gridseal/internal/logging"
 )
 
 func main() {
@@ -168,8 +170,6 @@ func unknownSubcommand(cmd *cobra.Command, args []string) error {
 	return fmt.Errorf("%w: unknown command %q for %q%s", errUsage, args[0], cmd.CommandPath(), hint)
 }
 
-func nopLogger() *zap.Logger { return zap.NewNop() }
-
 // logger builds the process logger: console on a terminal, JSON otherwise.
 func (g *globals) logger(level, format string) (*zap.Logger, error) {
 	if level == "" || g.logSet {
@@ -178,31 +178,5 @@ func (g *globals) logger(level, format string) (*zap.Logger, error) {
 	if format == "" || format == "auto" || g.formatSet {
 		format = g.logFormat
 	}
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	if format == "auto" {
-		format = "json"
-		if f, ok := g.stderr.(*os.File); ok {
-			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-				format = "console"
-			}
-		}
-	}
-	var enc zapcore.Encoder
-	switch format {
-	case "json":
-		ec := zap.NewProductionEncoderConfig()
-		ec.EncodeTime = zapcore.ISO8601TimeEncoder
-		enc = zapcore.NewJSONEncoder(ec)
-	case "console":
-		ec := zap.NewDevelopmentEncoderConfig()
-		ec.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
-		enc = zapcore.NewConsoleEncoder(ec)
-	default:
-		return nil, fmt.Errorf("--log-format %q: want console, json or auto", format)
-	}
-	core := zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(g.stderr)), lvl)
-	return zap.New(core), nil
+	return logging.New(g.stderr, level, format)
 }

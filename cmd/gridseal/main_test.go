@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,10 +24,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	mbclient "github.com/simonvetter/modbus"
+	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/keys"
@@ -300,31 +299,6 @@ func TestVersion(t *testing.T) {
 	shape := regexp.MustCompile(`^gridseal \S+\ncommit: \S+\nbuilt:  \S+\ngo:     go\S+ ` + runtime.GOOS + `/` + runtime.GOARCH + `\n$`)
 	if code != 0 || !shape.MatchString(out) {
 		t.Fatalf("version: exit %d, %q", code, out)
-	}
-}
-
-// TestBuildInfo: the ldflags make release sets win; without them the Go
-// toolchain's VCS stamp (and a go install's module version) fills in;
-// without either the build says it is dev, of an unknown commit.
-func TestBuildInfo(t *testing.T) {
-	stamped := &debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{
-		{Key: "vcs.revision", Value: "0123abcd"}, {Key: "vcs.time", Value: "2026-03-01T10:00:00Z"}, {Key: "vcs.modified", Value: "true"}}}
-	for _, tc := range []struct {
-		name                  string
-		version, commit, date string
-		bi                    *debug.BuildInfo
-		want                  console.BuildInfo
-	}{
-		{"ldflags", "v1.2.0", "feedbeef", "2026-04-01T00:00:00Z", stamped, console.BuildInfo{Version: "v1.2.0", Commit: "feedbeef", Date: "2026-04-01T00:00:00Z"}},
-		{"vcs stamp of a dirty tree", "dev", "", "", stamped, console.BuildInfo{Version: "dev", Commit: "0123abcd-dirty", Date: "2026-03-01T10:00:00Z"}},
-		{"go install of a tag", "dev", "", "", &debug.BuildInfo{Main: debug.Module{Version: "v1.3.0"}}, console.BuildInfo{Version: "v1.3.0", Commit: "unknown", Date: "unknown"}},
-		{"nothing", "dev", "", "", nil, console.BuildInfo{Version: "dev", Commit: "unknown", Date: "unknown"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := buildInfo(tc.version, tc.commit, tc.date, tc.bi); got != tc.want {
-				t.Fatalf("got %+v, want %+v", got, tc.want)
-			}
-		})
 	}
 }
 
@@ -914,7 +888,7 @@ func TestProposeAndApproveCommands(t *testing.T) {
 
 	// Someone with access to the bucket writes a proposal whose window
 	// starts later (gridseal propose starts it now): approvers refuse it.
-	store, err := approvals.OpenStore(ctx, js, 1, nopLogger())
+	store, err := approvals.OpenStore(ctx, js, 1, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

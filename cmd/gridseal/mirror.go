@@ -1,21 +1,12 @@
 package main
 
 import (
-	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"os"
 	"path/filepath"
-	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -54,16 +45,11 @@ JetStream mirror an admin configured).`,
 			if keyPath == "" {
 				return fmt.Errorf("%w: --key is required: the witness key that cosigns (gridseal keys witness NAME)", errUsage)
 			}
-			knownSet := map[string]bool{}
-			for _, d := range known {
-				if b, err := hex.DecodeString(d); err != nil || len(b) != 32 {
-					return fmt.Errorf("%w: --known-policy %q: want the 64 hex digits of a policy's SHA-256 (sha256sum policy.yaml)", errUsage, d)
-				}
-				knownSet[strings.ToLower(d)] = true
+			knownSet, err := mirror.KnownPolicies(known)
+			if err != nil {
+				return fmt.Errorf("%w: --known-policy %v", errUsage, err)
 			}
-			if trustPath == "" {
-				trustPath = g.defaultTrust()
-			}
+			trustPath = g.trustOr(trustPath)
 			trust, err := chain.LoadTrust(trustPath, "")
 			if err != nil {
 				return err
@@ -104,32 +90,13 @@ JetStream mirror an admin configured).`,
 					return err
 				}
 			}
-			reg := prometheus.NewRegistry()
-			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			m, err := mirror.New(mirror.Config{Trust: trust, KnownPolicies: knownSet, Cosigner: cosigner, Dir: g.mirrorDir(),
-				Source: src, Local: local, Log: log.Named("mirror"), Metrics: reg})
-			if err != nil {
-				return err
-			}
-			defer func() { _ = m.Close() }()
-			ln, err := net.Listen("tcp", listen)
-			if err != nil {
-				return fmt.Errorf("--listen %s: %w", listen, err)
-			}
-			mux := http.NewServeMux()
-			mux.Handle("/", m.Handler())
-			mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{MaxRequestsInFlight: 8}))
-			srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-			go func() { _ = srv.Serve(ln) }()
-			defer func() {
-				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = srv.Shutdown(sctx)
-			}()
-			fmt.Fprintf(g.stdout, "mirror of %s, kept in %s\nwitness URL (checkpoint.witnesses url): http://%s\nwitness verifier key: %s\n",
-				natsembed.RedactURLs(source), g.dataDir, ln.Addr(), cosigner.Verifier())
-			log.Info("mirror running", zap.String("listen", ln.Addr().String()), zap.String("source", natsembed.RedactURLs(source)))
-			return m.Run(ctx)
+			cfg := mirror.Config{Trust: trust, KnownPolicies: knownSet, Cosigner: cosigner, Dir: g.mirrorDir(),
+				Source: src, Local: local, Log: log.Named("mirror")}
+			return mirror.Serve(ctx, cfg, listen, func(addr net.Addr) {
+				fmt.Fprintf(g.stdout, "mirror of %s, kept in %s\nwitness URL (checkpoint.witnesses url): http://%s\nwitness verifier key: %s\n",
+					natsembed.RedactURLs(source), g.dataDir, addr, cosigner.Verifier())
+				log.Info("mirror running", zap.String("listen", addr.String()), zap.String("source", natsembed.RedactURLs(source)))
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -152,28 +119,7 @@ func mirrorCheckCmd(g *globals) *cobra.Command {
 		Short: "Exit 1 if the mirror under --data-dir has recorded any alarm, listing them",
 		Args:  cobra.NoArgs,
 		RunE: func(_ *cobra.Command, _ []string) error {
-			dir := g.mirrorDir()
-			if _, err := os.Stat(dir); err != nil {
-				return fmt.Errorf("no mirror ran at %s: %w", g.dataDir, err)
-			}
-			alarms, err := mirror.ReadAlarms(dir)
-			if err != nil {
-				return err
-			}
-			size, _, err := mirror.ReadCosigned(dir)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(g.stdout, "mirror at %s: last cosigned a tree of %d events\n", g.dataDir, size)
-			if len(alarms) == 0 {
-				fmt.Fprintln(g.stdout, "no alarms")
-				return nil
-			}
-			for _, a := range alarms {
-				fmt.Fprintf(g.stdout, "ALARM %s\n", a)
-			}
-			return fmt.Errorf("the mirror has %d alarms (%s): the operator's chain or its checkpoints are inconsistent", len(alarms),
-				filepath.Join(dir, mirror.AlarmsFile))
+			return mirror.Check(g.mirrorDir(), g.stdout)
 		},
 	}
 }
@@ -194,27 +140,9 @@ default) — each the tree reaches must have its root. Exit 1 on a split view.`,
 			if tilesDir != "" && stream {
 				return fmt.Errorf("%w: --tiles and --stream: give one tree", errUsage)
 			}
-			if trustPath == "" {
-				trustPath = g.defaultTrust()
-			}
-			trust, err := chain.LoadTrust(trustPath, "")
+			known, err := chain.LoadCheckpointers(g.trustOr(trustPath))
 			if err != nil {
 				return err
-			}
-			if trust.Checkpointers == nil {
-				return fmt.Errorf("trust file %s lists no checkpointers", trustPath)
-			}
-			var cps []*chain.Checkpoint
-			for _, f := range args {
-				b, err := os.ReadFile(f)
-				if err != nil {
-					return err
-				}
-				cp, err := chain.OpenCheckpoint(b, trust.Checkpointers)
-				if err != nil {
-					return fmt.Errorf("%s: %w", f, err)
-				}
-				cps = append(cps, cp)
 			}
 			var tree mirror.Tree
 			switch {
@@ -225,65 +153,25 @@ default) — each the tree reaches must have its root. Exit 1 on a split view.`,
 				}
 				tree = ts
 			case stream:
-				t, err := g.streamTree(cmd.Context())
+				conn, js, err := g.jetStream(cmd.Context(), "mirror compare")
+				if err != nil {
+					return err
+				}
+				t, err := chain.ReadTree(cmd.Context(), js)
+				conn.Close()
 				if err != nil {
 					return err
 				}
 				defer func() { _ = t.Close() }()
 				tree = t
 			}
-			c, err := mirror.Compare(cps, tree)
-			if err != nil {
-				return err
-			}
-			name := map[*chain.Checkpoint]string{}
-			for i, cp := range cps {
-				name[cp] = args[i]
-			}
-			for _, s := range c.Splits {
-				who := name[s.A]
-				if s.B != nil {
-					who += " and " + name[s.B]
-				}
-				fmt.Fprintf(g.stdout, "SPLIT VIEW %s: %s\n", who, s.Reason)
-			}
-			for _, u := range c.Unchecked {
-				fmt.Fprintf(g.stdout, "not checked: %s\n", u)
-			}
-			if tree != nil {
-				fmt.Fprintf(g.stdout, "%d of %d checkpoints have the root of the tree (%d events)\n", c.Confirmed, len(cps), tree.Size())
-			}
-			if len(c.Splits) > 0 {
-				return fmt.Errorf("split view: %d disagreements among %d checkpoints signed by one key", len(c.Splits), len(cps))
-			}
-			fmt.Fprintf(g.stdout, "no split view among %d checkpoints\n", len(cps))
-			return nil
+			return mirror.CompareFiles(args, known, tree, g.stdout)
 		},
 	}
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with the checkpointers' keys (default DATA-DIR/trust.yaml)")
 	cmd.Flags().StringVar(&tilesDir, "tiles", "", "a console's tiles (DATA-DIR/console/tiles): compare each checkpoint with the tree")
 	cmd.Flags().BoolVar(&stream, "stream", false, "read the chain stream (a mirror's own, by default) into a tree and compare with it")
 	return cmd
-}
-
-// streamTree reads the chain stream the NATS flags name into a tree.
-func (g *globals) streamTree(ctx context.Context) (*chain.Tree, error) {
-	conn, js, err := g.jetStream(ctx, "mirror compare")
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	tree := &chain.Tree{}
-	err = chain.Scan(ctx, js, 1, false, func(m *chain.Msg) error {
-		if b, err := chain.ParseBlock(m.Data); err == nil {
-			return tree.AppendBlock(m.Seq, b.Events)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read the chain stream: %w", err)
-	}
-	return tree, nil
 }
 
 func keysWitnessCmd(g *globals) *cobra.Command {

@@ -1,37 +1,15 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
-	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
-	"github.com/gridseal/gridseal/approvals"
-	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/policy"
-	"github.com/gridseal/gridseal/policy/decision"
-	"github.com/gridseal/gridseal/protocols/modbus"
 )
-
-// inForce is the policy file given, or else the policy the proxies publish.
-func inForce(ctx context.Context, js jetstream.JetStream, file string) (*policy.Policy, error) {
-	if file != "" {
-		return policy.Load(file)
-	}
-	store, err := approvals.OpenStore(ctx, js, 1, nopLogger())
-	if err != nil {
-		return nil, err
-	}
-	p, err := store.PublishedPolicy(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("the policy in force: %w (or name a policy file with --policy)", err)
-	}
-	return p, nil
-}
 
 func policyLearnCmd(g *globals) *cobra.Command {
 	var (
@@ -52,7 +30,7 @@ func policyLearnCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			p, err := inForce(cmd.Context(), js, base)
+			p, err := gateway.PolicyInForce(cmd.Context(), js, base)
 			if err != nil {
 				return err
 			}
@@ -116,12 +94,12 @@ func policyWhatIfCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			cur, err := inForce(cmd.Context(), js, base)
+			cur, err := gateway.PolicyInForce(cmd.Context(), js, base)
 			if err != nil {
 				return err
 			}
 			w := &policy.WhatIf{Baseline: cur, Candidate: cand}
-			if err := replayChain(cmd.Context(), js, from, w); err != nil {
+			if err := gateway.ReplayChain(cmd.Context(), js, from, w); err != nil {
 				return err
 			}
 			r := w.Report()
@@ -144,63 +122,4 @@ func policyWhatIfCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&base, "baseline", "", "policy file to compare with (default: the policy the proxies publish as in force)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the report as one JSON object")
 	return cmd
-}
-
-// replayChain feeds every recorded request of the chain at or after from
-// to w: the completed record of each well-formed request routed to a
-// device. It decodes in place and allocates per block, not per event.
-func replayChain(ctx context.Context, js jetstream.JetStream, from time.Time, w *policy.WhatIf) error {
-	rp := newReplayer(from, w)
-	return chain.ScanBlocks(ctx, js, 1, rp.block)
-}
-
-// replayer turns stored events into policy.Recorded without allocating:
-// device and role names are interned.
-type replayer struct {
-	from  int64
-	w     *policy.WhatIf
-	names map[string]string
-	v     chain.EventView
-	q     policy.Recorded
-}
-
-func newReplayer(from time.Time, w *policy.WhatIf) *replayer {
-	rp := &replayer{w: w, names: map[string]string{}}
-	if !from.IsZero() {
-		rp.from = from.UnixNano()
-	}
-	return rp
-}
-
-func (rp *replayer) intern(b []byte) string {
-	if len(b) == 0 {
-		return ""
-	}
-	if s, ok := rp.names[string(b)]; ok {
-		return s
-	}
-	s := string(b)
-	rp.names[s] = s
-	return s
-}
-
-func (rp *replayer) block(m *chain.Msg, b *chain.Block) error {
-	v, q := &rp.v, &rp.q
-	for i, e := range b.Events {
-		if err := chain.ViewEvent(e, v); err != nil {
-			return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
-		}
-		if v.Phase != audit.PhaseComplete || v.Verdict == audit.Malformed || len(v.PDU) == 0 || len(v.Device) == 0 || v.Time < rp.from {
-			continue
-		}
-		req, err := modbus.ParseRequest(v.PDU)
-		if err != nil {
-			continue
-		}
-		q.In = decision.Input{Op: v.Op, Device: rp.intern(v.Device), Role: rp.intern(v.Role), Unit: v.Unit, Client: v.Client, Request: req}
-		q.Approved = len(v.Approval) > 0 && v.Verdict == audit.Allow && !v.Observed()
-		q.Time, q.Seq, q.Op = time.Unix(0, v.Time).UTC(), m.Seq, v.Op
-		rp.w.Add(q)
-	}
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
@@ -100,7 +101,7 @@ func BenchmarkWhatIfReplay(b *testing.B) {
 		msgs[i] = &chain.Msg{Seq: uint64(i + 1), Data: data}
 	}
 	w := &policy.WhatIf{Baseline: cur, Candidate: cand}
-	rp := newReplayer(time.Time{}, w)
+	rp := gateway.NewReplayer(time.Time{}, w)
 	b.ReportAllocs()
 	b.ResetTimer()
 	start := time.Now()
@@ -111,7 +112,7 @@ func BenchmarkWhatIfReplay(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := rp.block(m, blk); err != nil {
+		if err := rp.Block(m, blk); err != nil {
 			b.Fatal(err)
 		}
 		events += perBlock

@@ -189,3 +189,48 @@ and approve a command:
 `, sim, addr, pol.ID, pol.Version, pol.Digest[:12], Writer, d, d,
 		port, host, port, host, port, host, port, host, prog, d, d, prog, d, d, prog, d, prog, d)
 }
+
+// ParseWitnesses reads demo --witness flags, URL=VKEY each, VKEY the
+// witness's cosignature verifier key.
+func ParseWitnesses(flags []string) ([]gateway.WitnessConfig, error) {
+	var ws []gateway.WitnessConfig
+	for _, f := range flags {
+		u, k, ok := strings.Cut(f, "=")
+		if !ok {
+			return nil, fmt.Errorf("--witness %q: want URL=VKEY", f)
+		}
+		if _, err := chain.NewCosignatureVerifier(k); err != nil {
+			return nil, fmt.Errorf("--witness %q: %v", f, err)
+		}
+		ws = append(ws, gateway.WitnessConfig{URL: u, Key: k})
+	}
+	return ws, nil
+}
+
+// AddWitnesses adds witnesses to the demo's checkpointer and trust file
+// (all of them must cosign), and prints to w what a witness's operator
+// needs to add this log: its origin and verifier key.
+func AddWitnesses(w io.Writer, dataDir string, cfg *gateway.Config, ws []gateway.WitnessConfig) error {
+	_, vp := chain.CheckpointKeyPaths(dir(dataDir), Checkpointer)
+	vkey, err := os.ReadFile(vp)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "checkpoint origin: %s\ncheckpoint verifier key: %s\n", chain.CheckpointOrigin, strings.TrimSpace(string(vkey)))
+	if len(ws) == 0 {
+		return nil
+	}
+	var trust strings.Builder
+	trust.WriteString("# Witnesses that must all cosign the newest checkpoint (gridseal demo --witness).\nwitnesses:\n")
+	for _, wc := range ws {
+		cfg.Checkpoint.Witnesses = append(cfg.Checkpoint.Witnesses, wc)
+		fmt.Fprintf(&trust, "  - %q\n", wc.Key)
+	}
+	fmt.Fprintf(&trust, "witness_quorum: %d\n", len(ws))
+	f, err := os.OpenFile(gateway.TrustPath(dataDir), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(trust.String())
+	return errors.Join(err, f.Close())
+}
