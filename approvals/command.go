@@ -165,3 +165,86 @@ func WriteList(w io.Writer, pol *policy.Policy, all []*Stored, now time.Time) er
 	}
 	return tw.Flush()
 }
+
+// Proposed is what ProposeCommand stored: the proposal, its id, who
+// proposed it and the rule whose quorum it needs.
+type Proposed struct {
+	ID       ID
+	Proposal *Proposal
+	Proposer string
+	Rule     *policy.Rule
+}
+
+// ProposeCommand is gridseal propose: the approver whose private keyset
+// is at keyPath proposes pdu to device's unit, valid for ttl from now, and
+// signs the proposal. It refuses a command no rule of pol requires a
+// quorum for, and a ttl longer than that rule allows (ErrTTL).
+func ProposeCommand(ctx context.Context, s *Store, pol *policy.Policy, device string, unit byte, pdu []byte, ttl time.Duration, keyPath string) (*Proposed, error) {
+	signer, proposer, err := ApproverSigner(pol, keyPath)
+	if err != nil {
+		return nil, err
+	}
+	pr, err := NewProposal(pol, device, unit, pdu, ttl, proposer, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	rule, err := ApprovalRule(pol, device, unit, pdu)
+	if err != nil {
+		return nil, err
+	}
+	if rule.Requires == nil {
+		return nil, fmt.Errorf("rule %s already allows this command without approval", rule.Name)
+	}
+	if ttl > rule.MaxTTL {
+		return nil, fmt.Errorf("%w %v is longer than rule %s allows (%v)", ErrTTL, ttl, rule.Name, rule.MaxTTL)
+	}
+	sig, err := signer.Sign(ProposeInput(pr.ID()))
+	if err != nil {
+		return nil, err
+	}
+	id, err := s.Propose(ctx, pr, sig)
+	if err != nil {
+		return nil, err
+	}
+	return &Proposed{ID: id, Proposal: pr, Proposer: proposer, Rule: rule}, nil
+}
+
+// ErrTTL marks a proposal asked to stay valid longer than its rule allows.
+var ErrTTL = errors.New("--ttl")
+
+// SignCommand is gridseal approve: it shows approval id on w as it
+// stands, checks it can be signed (not used, its proposal verified, not
+// the proposer's own), asks confirm (nil: do not ask), and adds the
+// signature of the approver whose private keyset is at keyPath. It
+// returns who signed and the approval's state after.
+func SignCommand(ctx context.Context, s *Store, pol *policy.Policy, id ID, keyPath string, w io.Writer, confirm func(who string) bool) (string, Evaluation, error) {
+	signer, who, err := ApproverSigner(pol, keyPath)
+	if err != nil {
+		return "", Evaluation{}, err
+	}
+	st, err := s.Get(ctx, id)
+	if err != nil {
+		return "", Evaluation{}, err
+	}
+	st.WriteText(w, pol, time.Now())
+	if st.Entry.Consumed != nil {
+		return "", Evaluation{}, ErrConsumed
+	}
+	if err := VerifyProposal(pol, st); err != nil {
+		return "", Evaluation{}, fmt.Errorf("not signed: approval %s…: %w", id.String()[:16], err)
+	}
+	if who == st.Proposal.Proposer {
+		return "", Evaluation{}, fmt.Errorf("%s proposed this command: the proposer's signature never counts toward its quorum", who)
+	}
+	if confirm != nil && !confirm(who) {
+		return "", Evaluation{}, errors.New("not signed: approval not confirmed")
+	}
+	sig, err := signer.Sign(ApproveInput(id))
+	if err != nil {
+		return "", Evaluation{}, err
+	}
+	if st, err = s.AddSignature(ctx, id, sig); err != nil {
+		return "", Evaluation{}, err
+	}
+	return who, Evaluate(pol, st, time.Now()), nil
+}

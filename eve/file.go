@@ -2,6 +2,7 @@ package eve
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
 )
 
 // FileConfig says where the proxy writes its EVE file and when it rotates it.
@@ -265,4 +267,31 @@ func (r *FileRecorder) fail(what string, err error) {
 	}
 	r.errors.Add(1)
 	r.log.Warn("eve file: "+what+" failed", zap.String("path", r.cfg.Path), zap.Error(err))
+}
+
+// AppendVerifyAlerts appends one VerifyAlert per problem to the EVE file
+// at path (created 0644 if missing) and syncs it: chain verify --eve.
+func AppendVerifyAlerts(path string, problems []*chain.Problem, at time.Time) error {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for _, p := range problems {
+		if err := enc.Encode(VerifyAlert(p, at)); err != nil {
+			return err
+		}
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("--eve: %w", err)
+	}
+	_, err = f.Write(buf.Bytes())
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("--eve %s: %w", path, err)
+	}
+	return nil
 }

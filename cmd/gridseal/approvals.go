@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
+	"github.com/gridseal/gridseal/internal/cli"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/policy"
@@ -72,34 +73,16 @@ func proposeCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer env.conn.Close()
-			signer, proposer, err := approvals.ApproverSigner(env.pol, keyPath)
+			p, err := approvals.ProposeCommand(cmd.Context(), env.store, env.pol, device, byte(unit), pdu, ttl, keyPath)
+			if errors.Is(err, approvals.ErrTTL) {
+				return fmt.Errorf("%w: %w", errUsage, err)
+			}
 			if err != nil {
 				return err
 			}
-			pr, err := approvals.NewProposal(env.pol, device, byte(unit), pdu, ttl, proposer, time.Now())
-			if err != nil {
-				return err
-			}
-			rule, err := approvals.ApprovalRule(env.pol, device, byte(unit), pdu)
-			if err != nil {
-				return err
-			}
-			if rule.Requires == nil {
-				return fmt.Errorf("rule %s already allows this command without approval", rule.Name)
-			}
-			if ttl > rule.MaxTTL {
-				return fmt.Errorf("%w: --ttl %v is longer than rule %s allows (%v)", errUsage, ttl, rule.Name, rule.MaxTTL)
-			}
-			sig, err := signer.Sign(approvals.ProposeInput(pr.ID()))
-			if err != nil {
-				return err
-			}
-			id, err := env.store.Propose(cmd.Context(), pr, sig)
-			if err != nil {
-				return err
-			}
+			pr, rule := p.Proposal, p.Rule
 			fmt.Fprintf(g.stdout, "proposal %s\n  %s\n  by %s, valid until %s, needs %d of %s (rule %s)\n  approve with: %s approve %s --key KEY\n",
-				id, pr.Describe(), proposer, pr.NotAfter.Local().Format(time.RFC3339), rule.Requires.M, rule.Requires.Group, rule.Name, g.prog, id)
+				p.ID, pr.Describe(), p.Proposer, pr.NotAfter.Local().Format(time.RFC3339), rule.Requires.M, rule.Requires.Group, rule.Name, g.prog, p.ID)
 			return nil
 		},
 	}
@@ -136,40 +119,18 @@ func approveCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			signer, who, err := approvals.ApproverSigner(env.pol, keyPath)
-			if err != nil {
-				return err
-			}
-			st, err := env.store.Get(cmd.Context(), id)
-			if err != nil {
-				return err
-			}
-			st.WriteText(g.stdout, env.pol, time.Now())
-			if st.Entry.Consumed != nil {
-				return approvals.ErrConsumed
-			}
-			if err := approvals.VerifyProposal(env.pol, st); err != nil {
-				return fmt.Errorf("not signed: approval %s…: %w", id.String()[:16], err)
-			}
-			if who == st.Proposal.Proposer {
-				return fmt.Errorf("%s proposed this command: the proposer's signature never counts toward its quorum", who)
-			}
+			var confirm func(string) bool
 			if !yes {
-				fmt.Fprintf(g.stdout, "Sign this command as %s? Type yes: ", who)
-				line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
-				if strings.TrimSpace(line) != "yes" {
-					return errors.New("not signed: approval not confirmed")
+				confirm = func(who string) bool {
+					fmt.Fprintf(g.stdout, "Sign this command as %s? Type yes: ", who)
+					line, _ := bufio.NewReader(cmd.InOrStdin()).ReadString('\n')
+					return strings.TrimSpace(line) == "yes"
 				}
 			}
-			sig, err := signer.Sign(approvals.ApproveInput(id))
+			who, ev, err := approvals.SignCommand(cmd.Context(), env.store, env.pol, id, keyPath, g.stdout, confirm)
 			if err != nil {
 				return err
 			}
-			st, err = env.store.AddSignature(cmd.Context(), id, sig)
-			if err != nil {
-				return err
-			}
-			ev := approvals.Evaluate(env.pol, st, time.Now())
 			fmt.Fprintf(g.stdout, "signed as %s: %s\n", who, ev.Summary())
 			return nil
 		},
@@ -235,16 +196,6 @@ func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (approvals.ID, e
 	return id, err
 }
 
-// loadRequired loads the file a required flag names, or says (missing)
-// that it is required.
-func loadRequired[T any](path, missing string, load func(string) (T, error)) (T, error) {
-	if path == "" {
-		var none T
-		return none, fmt.Errorf("%w: %s", errUsage, missing)
-	}
-	return load(path)
-}
-
 func policyCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "policy", Short: "Sign, verify, learn and test policies"}
 	var keyPath, rootPath string
@@ -254,7 +205,7 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "Add a policy admin's signature to FILE.sig",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			s, err := loadRequired(keyPath, "--key KEY is required", keys.LoadSigner)
+			s, err := cli.LoadRequired(keyPath, "--key KEY is required", keys.LoadSigner)
 			if err != nil {
 				return err
 			}
@@ -271,7 +222,7 @@ func policyCmd(g *globals) *cobra.Command {
 		Short: "Check FILE parses and carries enough admin signatures",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(_ *cobra.Command, args []string) error {
-			root, err := loadRequired(rootPath, "--root ROOT is required", policy.LoadRoot)
+			root, err := cli.LoadRequired(rootPath, "--root ROOT is required", policy.LoadRoot)
 			if err != nil {
 				return err
 			}

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/internal/atomicfile"
+	"github.com/gridseal/gridseal/internal/cli"
 )
 
 func chainCmd(g *globals) *cobra.Command {
@@ -73,7 +72,7 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			}
 			if problems := rep.Problems; len(problems) > 0 {
 				if eveFile != "" {
-					if err := appendVerifyAlerts(eveFile, problems, time.Now()); err != nil {
+					if err := eve.AppendVerifyAlerts(eveFile, problems, time.Now()); err != nil {
 						return err
 					}
 				}
@@ -98,32 +97,6 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 		"with checkpointers in the trust file: fail if an event recorded longer ago than this is in no signed checkpoint (0: do not check)")
 	cmd.Flags().StringVar(&eveFile, "eve", "", "append a Suricata-EVE alert line (signature 9050014) per problem to this file, for the SIEM that tails it")
 	return cmd
-}
-
-// appendVerifyAlerts appends one EVE alert per problem to path and syncs it.
-func appendVerifyAlerts(path string, problems []*chain.Problem, at time.Time) error {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	for _, p := range problems {
-		if err := enc.Encode(eve.VerifyAlert(p, at)); err != nil {
-			return err
-		}
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
-	if err != nil {
-		return fmt.Errorf("--eve: %w", err)
-	}
-	_, err = f.Write(buf.Bytes())
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("--eve %s: %w", path, err)
-	}
-	return nil
 }
 
 func chainTailCmd(g *globals) *cobra.Command {
@@ -209,10 +182,10 @@ func chainExportCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%w: --from %d: stream sequences start at 1", errUsage, from)
 			}
 			var err error
-			if f.Since, err = parseTime(since); err != nil {
+			if f.Since, err = cli.ParseTime(since); err != nil {
 				return fmt.Errorf("%w: --since: %v", errUsage, err)
 			}
-			if f.Until, err = parseTime(until); err != nil {
+			if f.Until, err = cli.ParseTime(until); err != nil {
 				return fmt.Errorf("%w: --until: %v", errUsage, err)
 			}
 			conn, js, err := g.jetStream(cmd.Context(), "chain export")
@@ -243,18 +216,4 @@ func chainExportCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep going: write each block's operations as it is recorded, until interrupted")
 	cmd.Flags().Uint64Var(&from, "from", 1, "start at this chain stream sequence (an exported line's seq / gridseal_seq), to resume an export")
 	return cmd
-}
-
-func parseTime(s string) (time.Time, error) {
-	if s == "" {
-		return time.Time{}, nil
-	}
-	if d, err := time.ParseDuration(s); err == nil {
-		return time.Now().Add(-d), nil
-	}
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%q is neither RFC 3339 nor a duration", s)
-	}
-	return t, nil
 }

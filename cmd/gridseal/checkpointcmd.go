@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -16,21 +15,44 @@ import (
 )
 
 func keysCheckpointCmd(g *globals) *cobra.Command {
+	return noteKeyCmd(g, noteKey{kind: "checkpoint", what: "a checkpointer's signed-note key", secret: "signer key",
+		forWhom: "the trust file's checkpointers", args: nameArg("key name"), create: chain.NewCheckpointKey, paths: chain.CheckpointKeyPaths})
+}
+
+func keysWitnessCmd(g *globals) *cobra.Command {
+	// A witness's name is its origin-like name (mirror.example/m1):
+	// NewCosignerKey checks it.
+	return noteKeyCmd(g, noteKey{kind: "witness", what: "a mirror's witness key (cosignature/v1, Ed25519)", secret: "secret key",
+		forWhom: "the operator's checkpoint.witnesses and trust file witnesses", args: cobra.ExactArgs(1),
+		create: chain.NewCosignerKey, paths: chain.CosignerKeyPaths})
+}
+
+// noteKey says what keys checkpoint or keys witness writes.
+type noteKey struct {
+	kind, what, secret, forWhom string
+	args                        cobra.PositionalArgs
+	create                      func(dir, name string) (string, error)
+	paths                       func(dir, name string) (string, string)
+}
+
+// noteKeyCmd writes NAME.KIND.key (0600) and NAME.KIND.vkey and prints
+// the verifier key for whom it is for.
+func noteKeyCmd(g *globals, k noteKey) *cobra.Command {
 	var dir string
 	cmd := &cobra.Command{
-		Use:   "checkpoint NAME [--dir DIR]",
-		Short: "Create a checkpointer's signed-note key: NAME.checkpoint.key (0600) and NAME.checkpoint.vkey",
-		Args:  nameArg("key name"),
+		Use:   k.kind + " NAME [--dir DIR]",
+		Short: fmt.Sprintf("Create %s: NAME.%s.key (0600) and NAME.%s.vkey", k.what, k.kind, k.kind),
+		Args:  k.args,
 		RunE: func(_ *cobra.Command, args []string) error {
-			vkey, err := chain.NewCheckpointKey(dir, args[0])
+			vkey, err := k.create(dir, args[0])
 			if errors.Is(err, atomicfile.ErrExists) {
 				return fmt.Errorf("%v: choose another name", err)
 			}
 			if err != nil {
-				return err
+				return fmt.Errorf("%w: %v", errUsage, err)
 			}
-			sp, _ := chain.CheckpointKeyPaths(dir, args[0])
-			fmt.Fprintf(g.stdout, "signer key %s (mode 0600: keep it secret)\nverifier key, for the trust file's checkpointers:\n  %s\n", sp, vkey)
+			sp, _ := k.paths(dir, args[0])
+			fmt.Fprintf(g.stdout, "%s %s (mode 0600: keep it secret)\nverifier key, for %s:\n  %s\n", k.secret, sp, k.forWhom, vkey)
 			return nil
 		},
 	}
@@ -169,12 +191,9 @@ Exit 1 if anything does not check.`,
 func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *chain.Tiles, oldPath string, size int64, update bool) error {
 	var old *chain.Checkpoint
 	if oldPath != "" {
-		b, err := os.ReadFile(oldPath)
-		if err != nil {
+		var err error
+		if old, err = chain.ReadCheckpoint(oldPath, known); err != nil {
 			return err
-		}
-		if old, err = chain.OpenCheckpoint(b, known); err != nil {
-			return fmt.Errorf("%s: %w", oldPath, err)
 		}
 	}
 	c, err := chain.ProveExtends(ctx, js, known, ts, old, oldPath, size)

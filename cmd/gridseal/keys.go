@@ -8,6 +8,7 @@ import (
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/internal/cli"
 	"github.com/gridseal/gridseal/internal/keys"
 )
 
@@ -44,17 +45,7 @@ func keysCmd(g *globals) *cobra.Command {
 
 // nameArg accepts one argument, a name (what calls it in the error) fit
 // for file names and writer ids.
-func nameArg(what string) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if err := cobra.ExactArgs(1)(cmd, args); err != nil {
-			return err
-		}
-		if err := chain.CheckWriterID(args[0]); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
-		}
-		return nil
-	}
-}
+func nameArg(what string) cobra.PositionalArgs { return cli.OneName(what, chain.CheckWriterID) }
 
 // keysConsoleTokenCmd adds a viewer's token to a console token file. The
 // file keeps only the token's SHA-256; the token is printed once.

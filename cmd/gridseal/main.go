@@ -5,27 +5,25 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/gridseal/gridseal/internal/cli"
 	"github.com/gridseal/gridseal/internal/logging"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	wd, _ := os.Getwd()
-	code := runAs(ctx, commandName(os.Args[0], wd), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	code := runAs(ctx, cli.CommandName(os.Args[0], wd), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
@@ -77,7 +75,6 @@ func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, std
 		g.logSet, g.formatSet = cmd.Flags().Changed("log-level"), cmd.Flags().Changed("log-format")
 		return nil
 	}
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return fmt.Errorf("%w: %w", errUsage, err) })
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -92,83 +89,11 @@ func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, std
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
 	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), proposeCmd(g), approveCmd(g),
 		approvalsCmd(g), policyCmd(g), benchCmd(g), benchServeCmd(), versionCmd(g), mirrorCmd(g))
-	usageErrors(root)
-	err := root.ExecuteContext(ctx)
-	if err == nil {
-		return 0
-	}
-	msg := err.Error()
-	if i := strings.IndexByte(msg, '\n'); i >= 0 {
-		msg = msg[:i]
-	}
-	fmt.Fprintf(stderr, "gridseal: %s\n", msg)
-	if errors.Is(err, errUsage) {
-		return 2
-	}
-	return 1
-}
-
-// commandName is how to run this gridseal again from wd, given how it was
-// started (arg0): "gridseal" when the shell found it on PATH (or under go
-// run), else its path relative to wd ("bin/gridseal" for make demo, which
-// runs ./bin/gridseal) or, when shorter, absolute.
-func commandName(arg0, wd string) string {
-	if !strings.ContainsRune(arg0, filepath.Separator) || strings.Contains(arg0, "go-build") {
-		return "gridseal"
-	}
-	abs := arg0
-	if !filepath.IsAbs(abs) {
-		abs = filepath.Join(wd, abs)
-	}
-	rel, err := filepath.Rel(wd, abs)
-	if err != nil || len(rel) >= len(abs) {
-		return abs
-	}
-	if !strings.ContainsRune(rel, filepath.Separator) {
-		rel = "./" + rel // not a PATH lookup
-	}
-	return rel
+	return cli.Execute(ctx, root, stderr)
 }
 
 // errUsage marks a command line that cannot be run as written: exit 2.
-var errUsage = errors.New("usage")
-
-// usageErrors makes every wrong command line under c a usage error (exit
-// 2): a command that only groups others (chain, keys, …) refuses an unknown
-// subcommand, suggesting the nearest, and prints its help when given none;
-// a command given the wrong arguments says so.
-func usageErrors(c *cobra.Command) {
-	if c.HasSubCommands() {
-		c.Args = unknownSubcommand
-		if c.RunE == nil && c.Run == nil {
-			c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
-		}
-	} else if check := c.Args; check != nil {
-		c.Args = func(cmd *cobra.Command, args []string) error {
-			if err := check(cmd, args); err != nil {
-				return fmt.Errorf("%w: %w", errUsage, err)
-			}
-			return nil
-		}
-	}
-	for _, sub := range c.Commands() {
-		usageErrors(sub)
-	}
-}
-
-// unknownSubcommand refuses any argument to a command that only groups
-// subcommands: cobra hands it the words it found no subcommand for.
-func unknownSubcommand(cmd *cobra.Command, args []string) error {
-	if len(args) == 0 {
-		return nil
-	}
-	cmd.SuggestionsMinimumDistance = 2
-	hint := fmt.Sprintf(" (run %s --help)", cmd.CommandPath())
-	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-		hint = fmt.Sprintf("; did you mean %q?", s[0])
-	}
-	return fmt.Errorf("%w: unknown command %q for %q%s", errUsage, args[0], cmd.CommandPath(), hint)
-}
+var errUsage = cli.ErrUsage
 
 // logger builds the process logger: console on a terminal, JSON otherwise.
 func (g *globals) logger(level, format string) (*zap.Logger, error) {

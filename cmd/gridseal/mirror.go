@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -11,7 +10,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/atomicfile"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/mirror"
 )
@@ -171,28 +169,5 @@ default) — each the tree reaches must have its root. Exit 1 on a split view.`,
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with the checkpointers' keys (default DATA-DIR/trust.yaml)")
 	cmd.Flags().StringVar(&tilesDir, "tiles", "", "a console's tiles (DATA-DIR/console/tiles): compare each checkpoint with the tree")
 	cmd.Flags().BoolVar(&stream, "stream", false, "read the chain stream (a mirror's own, by default) into a tree and compare with it")
-	return cmd
-}
-
-func keysWitnessCmd(g *globals) *cobra.Command {
-	var dir string
-	cmd := &cobra.Command{
-		Use:   "witness NAME [--dir DIR]",
-		Short: "Create a mirror's witness key (cosignature/v1, Ed25519): NAME.witness.key (0600) and NAME.witness.vkey",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(_ *cobra.Command, args []string) error {
-			vkey, err := chain.NewCosignerKey(dir, args[0])
-			if errors.Is(err, atomicfile.ErrExists) {
-				return fmt.Errorf("%v: choose another name", err)
-			}
-			if err != nil {
-				return fmt.Errorf("%w: %v", errUsage, err)
-			}
-			sp, _ := chain.CosignerKeyPaths(dir, args[0])
-			fmt.Fprintf(g.stdout, "secret key %s (mode 0600: keep it secret)\nverifier key, for the operator's checkpoint.witnesses and trust file witnesses:\n  %s\n", sp, vkey)
-			return nil
-		},
-	}
-	cmd.Flags().StringVar(&dir, "dir", ".", "directory to write the key files to")
 	return cmd
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/cli"
 	"github.com/gridseal/gridseal/policy"
 )
 
@@ -21,7 +22,7 @@ func policyLearnCmd(g *globals) *cobra.Command {
 		Short: "Print a candidate policy built from what the chain recorded, on top of the policy in force",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			from, err := parseTime(since)
+			from, err := cli.ParseTime(since)
 			if err != nil {
 				return fmt.Errorf("%w: --since: %v", errUsage, err)
 			}
@@ -81,7 +82,7 @@ func policyWhatIfCmd(g *globals) *cobra.Command {
 		Short: "Replay the chain's recorded requests against a candidate policy; exit 1 if it denies what the policy in force allows",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			from, err := parseTime(since)
+			from, err := cli.ParseTime(since)
 			if err != nil {
 				return fmt.Errorf("%w: --since: %v", errUsage, err)
 			}

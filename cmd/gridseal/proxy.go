@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/cli"
 )
 
 func proxyCmd(g *globals) *cobra.Command {
@@ -17,7 +18,7 @@ func proxyCmd(g *globals) *cobra.Command {
 		Short: "Run the firewall in front of the devices a configuration names",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadRequired(configPath, "--config FILE is required (see deploy/examples/gridseal.yaml)", gateway.Load)
+			cfg, err := cli.LoadRequired(configPath, "--config FILE is required (see deploy/examples/gridseal.yaml)", gateway.Load)
 			if err != nil {
 				return err
 			}
