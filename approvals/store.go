@@ -456,6 +456,21 @@ func (s *Store) PublishedPolicy(ctx context.Context) (*policy.Policy, error) {
 	return policy.Parse("policy "+pf.ID+" (in force)", pf.YAML)
 }
 
+// OpenPublished opens the approvals bucket as a client (one replica, no
+// log) and reads the policy the proxies publish: what gridseal propose,
+// approve and the approvals commands work with.
+func OpenPublished(ctx context.Context, js jetstream.JetStream) (*Store, *policy.Policy, error) {
+	store, err := OpenStore(ctx, js, 1, zap.NewNop())
+	if err != nil {
+		return nil, nil, err
+	}
+	pol, err := store.PublishedPolicy(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return store, pol, nil
+}
+
 // PublishedDevices maps each device of the policy the proxies published to
 // its PLC's host:port, for the EVE export's PLC address; nil when no proxy
 // published one (or the bucket is not there). Unlike OpenStore it creates

@@ -106,6 +106,28 @@ func WriteTrust(path, writer, publicKeyset string, checkpointers ...string) erro
 	return WriteTrustFile(path, map[string]string{writer: publicKeyset}, checkpointers...)
 }
 
+// TrustArgs reads gridseal chain trust's arguments: writers as
+// ID=PUBLIC-KEYSET each, checkpointers as verifier keys or the .vkey files
+// that hold them (gridseal keys checkpoint writes NAME.checkpoint.vkey).
+func TrustArgs(writers, checkpointers []string) (map[string]string, []string, error) {
+	ws := map[string]string{}
+	for _, w := range writers {
+		id, path, ok := strings.Cut(w, "=")
+		if !ok || id == "" || path == "" {
+			return nil, nil, fmt.Errorf("--writer %q: want ID=PUBLIC-KEYSET", w)
+		}
+		ws[id] = path
+	}
+	var vkeys []string
+	for _, c := range checkpointers {
+		if b, err := os.ReadFile(c); err == nil {
+			c = strings.TrimSpace(string(b))
+		}
+		vkeys = append(vkeys, c)
+	}
+	return ws, vkeys, nil
+}
+
 // WriteTrustFile writes a trust file pinning each writer's public keyset
 // (writer id → keyset path, written relative to the file) and checkpointer
 // verifier keys. It checks what it pins: valid writer ids, keysets that

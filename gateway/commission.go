@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
@@ -23,11 +22,7 @@ func PolicyInForce(ctx context.Context, js jetstream.JetStream, file string) (*p
 	if file != "" {
 		return policy.Load(file)
 	}
-	store, err := approvals.OpenStore(ctx, js, 1, zap.NewNop())
-	if err != nil {
-		return nil, err
-	}
-	p, err := store.PublishedPolicy(ctx)
+	_, p, err := approvals.OpenPublished(ctx, js)
 	if err != nil {
 		return nil, fmt.Errorf("the policy in force: %w (or name a policy file with --policy)", err)
 	}

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/internal/cli"
@@ -31,12 +30,7 @@ func (g *globals) approvals(cmd *cobra.Command) (*approvalsEnv, error) {
 	if err != nil {
 		return nil, err
 	}
-	store, err := approvals.OpenStore(cmd.Context(), js, 1, zap.NewNop())
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	pol, err := store.PublishedPolicy(cmd.Context())
+	store, pol, err := approvals.OpenPublished(cmd.Context(), js)
 	if err != nil {
 		conn.Close()
 		return nil, err

@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -22,21 +20,9 @@ func chainTrustCmd(g *globals) *cobra.Command {
 			if len(writers) == 0 {
 				return fmt.Errorf("%w: --writer ID=PUBLIC-KEYSET is required (gridseal keys new ID writes ID.public.json)", errUsage)
 			}
-			ws := map[string]string{}
-			for _, w := range writers {
-				id, path, ok := strings.Cut(w, "=")
-				if !ok || id == "" || path == "" {
-					return fmt.Errorf("%w: --writer %q: want ID=PUBLIC-KEYSET", errUsage, w)
-				}
-				ws[id] = path
-			}
-			var vkeys []string
-			for _, c := range checkpointers {
-				// A verifier key file (gridseal keys checkpoint writes NAME.checkpoint.vkey) or the key itself.
-				if b, err := os.ReadFile(c); err == nil {
-					c = strings.TrimSpace(string(b))
-				}
-				vkeys = append(vkeys, c)
+			ws, vkeys, err := chain.TrustArgs(writers, checkpointers)
+			if err != nil {
+				return fmt.Errorf("%w: %v", errUsage, err)
 			}
 			if out == "" {
 				out = g.defaultTrust()

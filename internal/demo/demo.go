@@ -6,6 +6,7 @@ package demo
 
 import (
 	"bytes"
+	"context"
 	_ "embed"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/policy"
+	"github.com/gridseal/gridseal/simulators"
 )
 
 // policyTemplate is the demo's policy; Setup appends its approvers.
@@ -233,4 +235,67 @@ func AddWitnesses(w io.Writer, dataDir string, cfg *gateway.Config, ws []gateway
 	}
 	_, err = f.WriteString(trust.String())
 	return errors.Join(err, f.Close())
+}
+
+// Options are gridseal demo's: where the simulators, the proxy and the
+// console listen, the witnesses, whether to run the tour and for how long
+// to run after it (0: until ctx ends), and the gateway's options (its
+// DataDir is the demo's).
+type Options struct {
+	Out                   io.Writer
+	Prog                  string // how the user runs gridseal, for the commands printed
+	SimAddr, Listen, HTTP string
+	CheckpointEvery       time.Duration
+	Witnesses             []gateway.WitnessConfig
+	Tour                  bool
+	Duration              time.Duration
+	Gateway               gateway.Options
+}
+
+// Run is gridseal demo: the three simulators, the gateway in front of
+// them configured by Setup, the banner, the tour; then it serves until ctx
+// ends or o.Duration has passed.
+func Run(ctx context.Context, o Options) error {
+	plant, err := simulators.NewStandardPlant("all", simulators.Options{})
+	if err != nil {
+		return err
+	}
+	sim, err := simulators.Start(o.SimAddr, plant)
+	if err != nil {
+		return fmt.Errorf("start simulators: %w (is another demo running?)", err)
+	}
+	defer func() { _ = sim.Stop() }()
+	dataDir := o.Gateway.DataDir
+	cfg, err := Setup(dataDir, sim.Addr, o.Listen, o.CheckpointEvery)
+	if err != nil {
+		return err
+	}
+	cfg.Console.Listen = o.HTTP
+	if err := AddWitnesses(o.Out, dataDir, cfg, o.Witnesses); err != nil {
+		return err
+	}
+	gw, err := gateway.New(ctx, cfg, o.Gateway)
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	addr := gw.Addrs()[0]
+	PrintBanner(o.Out, o.Prog, dataDir, sim.Addr, addr, gw.Policy())
+	if u := gw.ConsoleURL(); u != "" {
+		fmt.Fprintf(o.Out, "\nSOC console: %s   (metrics: %smetrics)\n", u, u)
+	}
+	if o.Tour {
+		t := &Tour{W: o.Out, Addr: addr, Store: gw.Approvals(), Policy: gw.Policy(), Keys: dir(dataDir)}
+		if err := t.Run(ctx); err != nil {
+			return fmt.Errorf("demo tour: %w", err)
+		}
+		fmt.Fprintf(o.Out, "\nThe chain holds every step above:\n  %s chain tail --data-dir %s -n 40\n  %s chain verify --data-dir %s\n", o.Prog, dataDir, o.Prog, dataDir)
+		fmt.Fprintln(o.Out, "\nThe proxy keeps running; try the commands above. Ctrl-C stops it.")
+	}
+	if o.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, o.Duration)
+		defer cancel()
+	}
+	return gw.Run(ctx)
 }
