@@ -72,6 +72,21 @@ func (r *Result) Merge(o *Result) {
 	slices.Sort(r.latencies)
 }
 
+// Combine sums runs made at the same time (one per device): their counts
+// and latencies, over the longest of their times.
+func Combine(rs []*Result) *Result {
+	out := &Result{}
+	for _, r := range rs {
+		out.Requests += r.Requests
+		out.Errors += r.Errors
+		out.Exceptions += r.Exceptions
+		out.Elapsed = max(out.Elapsed, r.Elapsed)
+		out.latencies = append(out.latencies, r.latencies...)
+	}
+	slices.Sort(out.latencies)
+	return out
+}
+
 // totalSamples bounds the latency samples of a run (32 MiB of them).
 const totalSamples = 1 << 22
 
