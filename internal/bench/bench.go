@@ -201,16 +201,25 @@ func (b *Bencher) load(ctx context.Context, t Target, n int, d time.Duration, wr
 	}
 	rs := make([]*loadgen.Result, len(t.Devices))
 	errs := make([]error, len(t.Devices))
-	var wg sync.WaitGroup
+	// Every device's clients start once all are connected (a run that
+	// failed to connect counts as ready), so none runs alone at the end.
+	var wg, connected sync.WaitGroup
+	connected.Add(len(t.Devices))
+	begin := make(chan struct{})
+	go func() { connected.Wait(); close(begin) }()
 	for i, e := range t.Devices {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var once sync.Once
+			ready := func() { once.Do(connected.Done) }
 			c := cfg
 			c.Addr, c.Unit = e.Addr, e.Unit
+			c.Start = func() { ready(); <-begin }
 			if rs[i], errs[i] = loadgen.Run(ctx, c); errs[i] != nil {
 				errs[i] = fmt.Errorf("device %d: %w", i+1, errs[i])
 			}
+			ready()
 		}()
 	}
 	wg.Wait()

@@ -28,6 +28,9 @@ type Config struct {
 	WriteSpan uint16
 	MaxValue  uint16 // written values are 0..MaxValue
 	Progress  func(done uint64)
+	// Start, if set, is called once every client is connected; the clock
+	// starts when it returns (runs made at once start together).
+	Start func()
 }
 
 // Result of a run.
@@ -128,6 +131,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("connect to %s: %w", cfg.Addr, err)
 		}
 		conns[i] = c
+	}
+	if cfg.Start != nil {
+		cfg.Start()
 	}
 	var total atomic.Uint64
 	results := make([]*Result, cfg.Clients)

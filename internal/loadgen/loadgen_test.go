@@ -118,3 +118,19 @@ func TestDeviceAnswersItsUnitOnly(t *testing.T) {
 		t.Fatalf("combined %+v from %+v %+v", all, rs[0], rs[1])
 	}
 }
+
+// Start is called once, with every client connected and before the clock
+// starts: time spent in it is not measured.
+func TestStartBeforeTheClock(t *testing.T) {
+	dev := serve(t, &Device{})
+	calls := 0
+	var started time.Time
+	r, err := Run(t.Context(), Config{Addr: dev, Clients: 3, Duration: 50 * time.Millisecond, Unit: 1,
+		Start: func() { calls++; time.Sleep(100 * time.Millisecond); started = time.Now() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || r.Requests == 0 || r.Elapsed > time.Since(started) {
+		t.Fatalf("start called %d times; %d requests in %v, %v after start returned", calls, r.Requests, r.Elapsed, time.Since(started))
+	}
+}
