@@ -46,7 +46,8 @@ type DevicesReport struct {
 	RSSPerDeviceKiB      float64 `json:"rss_per_device_kib,omitempty"`
 	RSSAddedPerDeviceKiB float64 `json:"rss_added_per_device_kib,omitempty"`
 	// ChainEvents is what gridseal's chain recorded during the scenario;
-	// ChainKeptUp says it holds an event for every request answered.
+	// ChainKeptUp says it holds at least an event for every request
+	// answered (a read is one, a write two: before it is sent, and done).
 	ChainEvents uint64 `json:"chain_events,omitempty"`
 	ChainKeptUp *bool  `json:"chain_kept_up,omitempty"`
 }
