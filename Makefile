@@ -84,6 +84,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./protocols/... ./policy/... ./approvals/... ./proxy/... ./chain/...
 	$(GO) test -run '^$$' -bench WhatIf -benchmem -benchtime 3x ./cmd/gridseal
 	./$(BIN) bench --clients 1,16,256 --duration 9s
+	./$(BIN) bench --scenarios devices --devices 200 --duration 10s
 
 # Each fuzz target runs for FUZZTIME; the seed corpus under testdata/fuzz runs in `make test`.
 fuzz: deps

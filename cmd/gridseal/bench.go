@@ -25,6 +25,7 @@ func benchCmd(g *globals) *cobra.Command {
 		scenarios string
 		cpuprof   string
 		inProcess bool
+		devices   [2]int // the devices scenario: devices, clients each
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--clients N] [--duration D] [--direct ADDR] [--via ADDR]",
@@ -39,8 +40,8 @@ func benchCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: --clients %q: %v", errUsage, clients, err)
 			}
-			if rounds < 1 || duration < 100*time.Millisecond || pipeline < 1 || pipeline > 512 {
-				return fmt.Errorf("%w: want --rounds ≥ 1, --duration ≥ 100ms, --pipeline 1..512", errUsage)
+			if rounds < 1 || duration < 100*time.Millisecond || pipeline < 1 || pipeline > 512 || devices[0] < 1 || devices[0] > bench.MaxDevices || devices[1] < 1 {
+				return fmt.Errorf("%w: want --rounds ≥ 1, --duration ≥ 100ms, --pipeline 1..512, --devices 1..%d, --device-clients ≥ 1", errUsage, bench.MaxDevices)
 			}
 			if cpuprof != "" {
 				stop, err := bench.StartCPUProfile(cpuprof, g.stderr)
@@ -49,7 +50,7 @@ func benchCmd(g *globals) *cobra.Command {
 				}
 				defer stop()
 			}
-			b := &bench.Bencher{Stderr: g.stderr, Duration: duration, Rounds: rounds, Pipeline: pipeline, Quiet: asJSON}
+			b := &bench.Bencher{Stderr: g.stderr, Duration: duration, Rounds: rounds, Pipeline: pipeline, Quiet: asJSON, Devices: devices[0], DeviceClients: devices[1]}
 			if !inProcess && direct == "" && via == "" {
 				procs, cleanup, err := bench.TempProcs()
 				if err != nil {
@@ -84,7 +85,9 @@ func benchCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&via, "via", "", "a gridseal proxy in front of that device")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	cmd.Flags().IntVar(&rounds, "rounds", 3, "interleaved rounds, so machine noise hits every target alike")
-	cmd.Flags().StringVar(&scenarios, "scenarios", "overhead,plc,writes,approved,idle", "self-hosted scenarios to run")
+	cmd.Flags().StringVar(&scenarios, "scenarios", "overhead,plc,writes,approved,idle", "self-hosted scenarios to run (also: devices)")
+	cmd.Flags().IntVar(&devices[0], "devices", 200, "devices scenario: devices behind one gridseal, a listener each and all on one gateway listener")
+	cmd.Flags().IntVar(&devices[1], "device-clients", 4, "devices scenario: clients to each device")
 	cmd.Flags().StringVar(&cpuprof, "cpuprofile", "", "write a CPU profile of this process (the load generator; with --in-process also proxy and NATS) to this file")
 	cmd.Flags().BoolVar(&inProcess, "in-process", false, "run device, relay, gridseal and NATS in this process (for profiling) instead of each as a process of its own, as deployed")
 	return cmd
@@ -97,12 +100,13 @@ func benchServeCmd() *cobra.Command {
 	var listen, to string
 	var serviceTime time.Duration
 	var serial bool
+	var devices int
 	cmd := &cobra.Command{
 		Use:    "bench-serve device|relay",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			err := bench.Serve(cmd.Context(), cmd.OutOrStdout(), args[0], listen, to, &loadgen.Device{ServiceTime: serviceTime, Serial: serial})
+			err := bench.Serve(cmd.Context(), cmd.OutOrStdout(), args[0], listen, to, devices, &loadgen.Device{ServiceTime: serviceTime, Serial: serial})
 			if ue := (*bench.UsageError)(nil); errors.As(err, &ue) {
 				return fmt.Errorf("%w: %w", errUsage, err)
 			}
@@ -113,5 +117,6 @@ func benchServeCmd() *cobra.Command {
 	cmd.Flags().StringVar(&to, "to", "", "the relay's upstream")
 	cmd.Flags().DurationVar(&serviceTime, "service-time", 0, "the device's time per request")
 	cmd.Flags().BoolVar(&serial, "serial", false, "the device serves one request at a time, as a PLC's CPU does")
+	cmd.Flags().IntVar(&devices, "devices", 1, "devices to serve, each on a port of its own; above 1 the i-th answers unit id i only")
 	return cmd
 }

@@ -5,6 +5,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +36,15 @@ type Target struct {
 	Name string
 	Addr string
 	PID  int // the process serving Addr, for its CPU; 0: not measured
+	// Devices, when set, are the many devices the target serves instead
+	// of Addr: the scenario's clients go to each of them.
+	Devices []Endpoint
+}
+
+// Endpoint is one device of a target: where to connect, which unit to ask.
+type Endpoint struct {
+	Addr string
+	Unit byte
 }
 
 // Report is `gridseal bench --json`.
@@ -43,12 +54,15 @@ type Report struct {
 
 // ScenarioReport is one scenario's measurements.
 type ScenarioReport struct {
-	Name     string            `json:"name"`
-	Clients  int               `json:"clients"`
-	Pipeline int               `json:"pipeline"`
-	WritePct int               `json:"write_pct"`
-	Targets  []TargetReport    `json:"targets"`
-	Extra    map[string]string `json:"extra,omitempty"`
+	Name    string `json:"name"`
+	Clients int    `json:"clients"` // in all (devices scenario: devices × clients_per_device)
+	// Devices and ClientsPerDevice: the devices scenario's.
+	Devices          int               `json:"devices,omitempty"`
+	ClientsPerDevice int               `json:"clients_per_device,omitempty"`
+	Pipeline         int               `json:"pipeline"`
+	WritePct         int               `json:"write_pct"`
+	Targets          []TargetReport    `json:"targets"`
+	Extra            map[string]string `json:"extra,omitempty"`
 }
 
 // TargetReport is one target's numbers in a scenario.
@@ -68,6 +82,8 @@ type TargetReport struct {
 	// process used per 1 000 requests: the honest unit of overhead where
 	// CPU is the limit. Out-of-process only.
 	CPUPer1k float64 `json:"cpu_per_1k,omitempty"`
+	// Devices: the target's figures in the devices scenario.
+	Devices *DevicesReport `json:"devices,omitempty"`
 }
 
 // ParseMix reads a request mix such as "read=90,write=10" and returns the
@@ -109,11 +125,16 @@ type Bencher struct {
 	Rounds   int           // interleaved rounds, so machine noise hits every target alike
 	Pipeline int           // requests in flight per connection
 	Quiet    bool
+	// Devices and DeviceClients size the devices scenario: that many
+	// devices behind one gridseal, that many clients each.
+	Devices, DeviceClients int
 }
 
-// Scenario measures targets at n clients, interleaved in rounds.
+// Scenario measures targets at n clients (n to each device of a target
+// with Devices), interleaved in rounds.
 func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n, writePct int, extra map[string]string) (*ScenarioReport, error) {
 	res := make([]*loadgen.Result, len(targets))
+	perDev := make([][]devCount, len(targets))
 	cpu := make([]time.Duration, len(targets))
 	per := b.Duration / time.Duration(b.Rounds)
 	for round := 0; round < b.Rounds; round++ {
@@ -121,11 +142,10 @@ func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n
 			i := (k + round) % len(targets) // rotate who goes first
 			t := targets[i]
 			if !b.Quiet {
-				fmt.Fprintf(b.Stderr, "\r%-10s %4d clients  round %d/%d  %-9s", name, n, round+1, b.Rounds, t.Name)
+				fmt.Fprintf(b.Stderr, "\r%-10s %4d clients  round %d/%d  %-9s", name, n*max(1, len(t.Devices)), round+1, b.Rounds, t.Name)
 			}
 			cpu0, cerr := procCPU(t.PID)
-			r, err := loadgen.Run(ctx, loadgen.Config{Addr: t.Addr, Clients: n, Pipeline: b.Pipeline, Duration: per,
-				WritePct: writePct, Unit: 1, ReadSpan: 100, WriteSpan: 10, MaxValue: 100})
+			r, devs, err := b.load(ctx, t, n, per, writePct)
 			if err != nil {
 				return nil, fmt.Errorf("%s %s: %w", name, t.Name, err)
 			}
@@ -134,13 +154,18 @@ func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n
 			}
 			if res[i] == nil {
 				res[i] = r
+				perDev[i] = make([]devCount, len(devs))
 			} else {
 				res[i].Merge(r)
+			}
+			for d, dr := range devs {
+				perDev[i][d].own += dr.Requests - dr.Exceptions
+				perDev[i][d].elapsed += dr.Elapsed
 			}
 		}
 	}
 	if !b.Quiet {
-		fmt.Fprintf(b.Stderr, "\r%60s\r", "")
+		fmt.Fprintf(b.Stderr, "\r%80s\r", "")
 	}
 	sr := &ScenarioReport{Name: name, Clients: n, Pipeline: b.Pipeline, WritePct: writePct, Extra: extra}
 	var directRPS, relayRPS float64
@@ -157,9 +182,51 @@ func (b *Bencher) Scenario(ctx context.Context, name string, targets []Target, n
 		if t.PID != 0 && tr.Requests > 0 {
 			tr.CPUPer1k = cpu[i].Seconds() / (float64(tr.Requests) / 1000)
 		}
+		if len(t.Devices) > 0 {
+			tr.Devices = spread(perDev[i])
+		}
 		sr.Targets = append(sr.Targets, tr)
 	}
 	return sr, nil
+}
+
+// load runs n clients against t for d: on its address, or n on each of its
+// devices at once. For devices it also returns each device's result.
+func (b *Bencher) load(ctx context.Context, t Target, n int, d time.Duration, writePct int) (*loadgen.Result, []*loadgen.Result, error) {
+	cfg := loadgen.Config{Addr: t.Addr, Clients: n, Pipeline: b.Pipeline, Duration: d,
+		WritePct: writePct, Unit: 1, ReadSpan: 100, WriteSpan: 10, MaxValue: 100}
+	if len(t.Devices) == 0 {
+		r, err := loadgen.Run(ctx, cfg)
+		return r, nil, err
+	}
+	rs := make([]*loadgen.Result, len(t.Devices))
+	errs := make([]error, len(t.Devices))
+	// Every device's clients start once all are connected (a run that
+	// failed to connect counts as ready), so none runs alone at the end.
+	var wg, connected sync.WaitGroup
+	connected.Add(len(t.Devices))
+	begin := make(chan struct{})
+	go func() { connected.Wait(); close(begin) }()
+	for i, e := range t.Devices {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var once sync.Once
+			ready := func() { once.Do(connected.Done) }
+			c := cfg
+			c.Addr, c.Unit = e.Addr, e.Unit
+			c.Start = func() { ready(); <-begin }
+			if rs[i], errs[i] = loadgen.Run(ctx, c); errs[i] != nil {
+				errs[i] = fmt.Errorf("device %d: %w", i+1, errs[i])
+			}
+			ready()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	return loadgen.Combine(rs), rs, nil
 }
 
 // targetReport is r's line in a scenario, with its ratios to direct and to
@@ -337,6 +404,13 @@ func (b *Bencher) SelfHosted(ctx context.Context, counts []int, writePct int, wh
 		}
 		rep.Scenarios = append(rep.Scenarios, *sr)
 	}
+	if want["devices"] {
+		sr, err := b.manyDevices(ctx, writePct)
+		if err != nil {
+			return rep, err
+		}
+		rep.Scenarios = append(rep.Scenarios, *sr)
+	}
 	if want["idle"] {
 		st, err := newStack(ctx, &loadgen.Device{}, benchPol)
 		if err != nil {
@@ -509,6 +583,9 @@ func PrintReport(w io.Writer, rep *Report) {
 		}
 	}
 	_ = tw.Flush()
+	for i := range rep.Scenarios {
+		printDevices(w, &rep.Scenarios[i])
+	}
 	for _, s := range rep.Scenarios {
 		if len(s.Extra) == 0 {
 			continue

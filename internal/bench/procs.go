@@ -33,37 +33,56 @@ type Procs struct {
 
 // Device starts dev's behaviour in a child and returns its address and pid.
 func (p *Procs) Device(ctx context.Context, dev *loadgen.Device) (string, int, error) {
-	args := []string{"bench-serve", "device", "--service-time", dev.ServiceTime.String()}
+	addrs, pid, err := p.Devices(ctx, dev, 1)
+	if err != nil {
+		return "", 0, err
+	}
+	return addrs[0], pid, nil
+}
+
+// Devices starts n devices with dev's behaviour in one child, each on a
+// port of its own; above 1, the i-th answers unit id i only. It returns
+// their addresses in that order and the child's pid.
+func (p *Procs) Devices(ctx context.Context, dev *loadgen.Device, n int) ([]string, int, error) {
+	args := []string{"bench-serve", "device", "--service-time", dev.ServiceTime.String(), "--devices", strconv.Itoa(n)}
 	if dev.Serial {
 		args = append(args, "--serial")
 	}
-	return p.serve(ctx, args)
+	addrs, pid, err := p.serve(ctx, args)
+	if err == nil && len(addrs) != n {
+		err = fmt.Errorf("bench-serve device listed %d addresses, want %d", len(addrs), n)
+	}
+	return addrs, pid, err
 }
 
 // Relay starts a bare TCP relay to upstream in a child.
 func (p *Procs) Relay(ctx context.Context, upstream string) (string, int, error) {
-	return p.serve(ctx, []string{"bench-serve", "relay", "--to", upstream})
+	addrs, pid, err := p.serve(ctx, []string{"bench-serve", "relay", "--to", upstream})
+	if err != nil {
+		return "", 0, err
+	}
+	return addrs[0], pid, nil
 }
 
-// serve starts a bench-serve child and reads the address it prints.
-func (p *Procs) serve(ctx context.Context, args []string) (string, int, error) {
+// serve starts a bench-serve child and reads the addresses it prints.
+func (p *Procs) serve(ctx context.Context, args []string) ([]string, int, error) {
 	c := exec.CommandContext(ctx, p.Self, args...)
 	c.Env = append(os.Environ(), p.Env...)
 	c.Stderr = os.Stderr
 	out, err := c.StdoutPipe()
 	if err != nil {
-		return "", 0, err
+		return nil, 0, err
 	}
 	if err := c.Start(); err != nil {
-		return "", 0, fmt.Errorf("start %s: %w", strings.Join(args[:2], " "), err)
+		return nil, 0, fmt.Errorf("start %s: %w", strings.Join(args[:2], " "), err)
 	}
 	p.procs = append(p.procs, c)
 	line, err := bufio.NewReader(out).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
-	if err != nil || !ok {
-		return "", 0, fmt.Errorf("%s did not say where it listens: %q %v", strings.Join(args[:2], " "), line, err)
+	addrs, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
+	if err != nil || !ok || addrs == "" {
+		return nil, 0, fmt.Errorf("%s did not say where it listens: %q %v", strings.Join(args[:2], " "), line, err)
 	}
-	return addr, c.Process.Pid, nil
+	return strings.Fields(addrs), c.Process.Pid, nil
 }
 
 // Gridseal starts `gridseal proxy` in front of upstream with the policy
@@ -71,33 +90,48 @@ func (p *Procs) serve(ctx context.Context, args []string) (string, int, error) {
 // policy signatures), recording to its own embedded NATS. It returns the
 // proxy's address, its pid and its data directory.
 func (p *Procs) Gridseal(ctx context.Context, polYAML string) (string, int, string, error) {
+	addrs, pid, data, err := p.GridsealListeners(ctx, polYAML, [][]string{{"dev"}})
+	if err != nil {
+		return "", 0, "", err
+	}
+	return addrs[0], pid, data, nil
+}
+
+// GridsealListeners is Gridseal with a listener for each list of the
+// policy's devices (which take the unit ids the policy gives them); it
+// returns the listeners' addresses in that order.
+func (p *Procs) GridsealListeners(ctx context.Context, polYAML string, listeners [][]string) ([]string, int, string, error) {
 	p.n++
 	dir := filepath.Join(p.Dir, fmt.Sprintf("gridseal-%d", p.n))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
 	}
 	h, err := keys.New(keys.Ed25519)
 	if err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
 	}
 	if _, _, err := keys.WritePair(dir, "bench", h); err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
 	}
-	addr, err := freeAddr()
+	addrs, err := freeAddrs(len(listeners))
 	if err != nil {
-		return "", 0, "", err
+		return nil, 0, "", err
+	}
+	var ls strings.Builder
+	for i, devs := range listeners {
+		fmt.Fprintf(&ls, "  - {listen: %q, devices: [%s]}\n", addrs[i], strings.Join(devs, ", "))
 	}
 	cfg := fmt.Sprintf(`policy: policy.yaml
 insecure_unsigned_policy: true
-listeners: [{listen: %q, devices: [dev]}]
-limits: {requests_per_second: 1e9, burst: 1073741824, max_connections: 8192, max_connections_per_client: 8192}
+listeners:
+%slimits: {requests_per_second: 1e9, burst: 1073741824, max_connections: 8192, max_connections_per_client: 8192}
 chain: {writer: bench, key: bench.private.json}
 console: {listen: "off"}
 log: {level: error, format: json}
-`, addr)
+`, ls.String())
 	for name, body := range map[string]string{"gridseal.yaml": cfg, "policy.yaml": polYAML} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
-			return "", 0, "", err
+			return nil, 0, "", err
 		}
 	}
 	data := filepath.Join(dir, "data")
@@ -105,19 +139,23 @@ log: {level: error, format: json}
 	c.Env = append(os.Environ(), p.Env...)
 	c.Stdout, c.Stderr = os.Stderr, os.Stderr
 	if err := c.Start(); err != nil {
-		return "", 0, "", fmt.Errorf("start gridseal proxy: %w", err)
+		return nil, 0, "", fmt.Errorf("start gridseal proxy: %w", err)
 	}
 	p.procs = append(p.procs, c)
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		conn, err := net.Dial("tcp", addr)
-		if err == nil {
-			_ = conn.Close()
-			return addr, c.Process.Pid, data, nil
-		}
-		if time.Now().After(deadline) {
-			return "", 0, "", fmt.Errorf("gridseal proxy did not listen on %s within 20 s", addr)
+	deadline := time.Now().Add(20 * time.Second)
+	for _, addr := range addrs {
+		for ; ; time.Sleep(20 * time.Millisecond) {
+			conn, err := net.Dial("tcp", addr)
+			if err == nil {
+				_ = conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				return nil, 0, "", fmt.Errorf("gridseal proxy did not listen on %s within 20 s", addr)
+			}
 		}
 	}
+	return addrs, c.Process.Pid, data, nil
 }
 
 // Close stops every child (SIGTERM, so gridseal commits its spool) and
@@ -139,14 +177,24 @@ func (p *Procs) Close() {
 	p.procs = nil
 }
 
-// freeAddr returns a loopback address nothing listens on now.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// freeAddrs returns n distinct loopback addresses nothing listens on now.
+func freeAddrs(n int) ([]string, error) {
+	var addrs []string
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			_ = ln.Close()
+		}
+	}()
+	for i := 0; i < n; i++ { // held open until all are picked: no port twice
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		addrs = append(addrs, ln.Addr().String())
 	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().String(), nil
+	return addrs, nil
 }
 
 // clockTick is Linux's USER_HZ, the unit of /proc/PID/stat's times.
@@ -182,7 +230,14 @@ func procCPU(pid int) (time.Duration, error) {
 }
 
 // procRSS returns the resident set size of process pid (0: this one).
-func procRSS(pid int) int64 {
+func procRSS(pid int) int64 { return procStatus(pid, "VmRSS:") }
+
+// procPeakRSS returns the most process pid (0: this one) has held
+// resident since it started.
+func procPeakRSS(pid int) int64 { return procStatus(pid, "VmHWM:") }
+
+// procStatus returns a size in /proc/PID/status, in bytes; 0 if unread.
+func procStatus(pid int, field string) int64 {
 	path := "/proc/self/status"
 	if pid != 0 {
 		path = "/proc/" + strconv.Itoa(pid) + "/status"
@@ -192,7 +247,7 @@ func procRSS(pid int) int64 {
 		return 0
 	}
 	for _, line := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, field) {
 			f := strings.Fields(line)
 			if len(f) >= 2 {
 				kb, _ := strconv.ParseInt(f[1], 10, 64)

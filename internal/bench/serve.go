@@ -21,29 +21,43 @@ func (e *UsageError) Error() string { return e.Msg }
 
 // Serve runs one of the bench's targets on listen until ctx ends: "device"
 // (dev's behaviour) or "relay" (a bare TCP relay to upstream). It writes
-// "listening ADDR" to w once it listens; Procs reads that line.
-func Serve(ctx context.Context, w io.Writer, kind, listen, upstream string, dev *loadgen.Device) error {
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
+// "listening ADDR" to w once it listens; Procs reads that line. devices
+// above 1 serves that many devices, each on a port of its own (listen's
+// port must be 0), the i-th answering unit id i only, and lists their
+// addresses on the line in that order.
+func Serve(ctx context.Context, w io.Writer, kind, listen, upstream string, devices int, dev *loadgen.Device) error {
+	if devices < 1 || devices > MaxDevices || (devices > 1 && kind != "device") {
+		return &UsageError{fmt.Sprintf("--devices %d: want 1..%d, and only for a device", devices, MaxDevices)}
 	}
-	switch kind {
-	case "device":
-		go dev.Serve(ln)
-		defer dev.Close()
-	case "relay":
-		if upstream == "" {
-			_ = ln.Close()
-			return &UsageError{"relay needs --to ADDR"}
+	var addrs []string
+	for i := 0; i < devices; i++ {
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			return err
 		}
-		rel := &loadgen.Relay{Upstream: upstream}
-		go rel.Serve(ln)
-		defer rel.Close()
-	default:
-		_ = ln.Close()
-		return &UsageError{fmt.Sprintf("bench-serve %q: want device or relay", kind)}
+		addrs = append(addrs, ln.Addr().String())
+		switch kind {
+		case "device":
+			d := &loadgen.Device{ServiceTime: dev.ServiceTime, Serial: dev.Serial, Unit: dev.Unit}
+			if devices > 1 {
+				d.Unit = byte(i + 1)
+			}
+			go d.Serve(ln)
+			defer d.Close()
+		case "relay":
+			if upstream == "" {
+				_ = ln.Close()
+				return &UsageError{"relay needs --to ADDR"}
+			}
+			rel := &loadgen.Relay{Upstream: upstream}
+			go rel.Serve(ln)
+			defer rel.Close()
+		default:
+			_ = ln.Close()
+			return &UsageError{fmt.Sprintf("bench-serve %q: want device or relay", kind)}
+		}
 	}
-	fmt.Fprintf(w, "listening %s\n", ln.Addr())
+	fmt.Fprintf(w, "listening %s\n", strings.Join(addrs, " "))
 	<-ctx.Done()
 	return nil
 }

@@ -24,7 +24,7 @@ func serve(t *testing.T, kind, upstream string) string {
 	ctx, cancel := context.WithCancel(t.Context())
 	pr, pw := io.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- bench.Serve(ctx, pw, kind, "127.0.0.1:0", upstream, &loadgen.Device{}) }()
+	go func() { done <- bench.Serve(ctx, pw, kind, "127.0.0.1:0", upstream, 1, &loadgen.Device{}) }()
 	t.Cleanup(func() {
 		cancel()
 		_ = pr.Close()
@@ -72,7 +72,7 @@ func TestServe(t *testing.T) {
 		{"relay to nowhere", "relay", "", "relay needs --to ADDR"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := bench.Serve(t.Context(), io.Discard, tc.kind, "127.0.0.1:0", tc.upstream, &loadgen.Device{})
+			err := bench.Serve(t.Context(), io.Discard, tc.kind, "127.0.0.1:0", tc.upstream, 1, &loadgen.Device{})
 			var ue *bench.UsageError
 			if !errors.As(err, &ue) || err.Error() != tc.want {
 				t.Fatalf("err %v, want UsageError %q", err, tc.want)

@@ -28,6 +28,9 @@ type Config struct {
 	WriteSpan uint16
 	MaxValue  uint16 // written values are 0..MaxValue
 	Progress  func(done uint64)
+	// Start, if set, is called once every client is connected; the clock
+	// starts when it returns (runs made at once start together).
+	Start func()
 }
 
 // Result of a run.
@@ -72,6 +75,21 @@ func (r *Result) Merge(o *Result) {
 	slices.Sort(r.latencies)
 }
 
+// Combine sums runs made at the same time (one per device): their counts
+// and latencies, over the longest of their times.
+func Combine(rs []*Result) *Result {
+	out := &Result{}
+	for _, r := range rs {
+		out.Requests += r.Requests
+		out.Errors += r.Errors
+		out.Exceptions += r.Exceptions
+		out.Elapsed = max(out.Elapsed, r.Elapsed)
+		out.latencies = append(out.latencies, r.latencies...)
+	}
+	slices.Sort(out.latencies)
+	return out
+}
+
 // totalSamples bounds the latency samples of a run (32 MiB of them).
 const totalSamples = 1 << 22
 
@@ -113,6 +131,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("connect to %s: %w", cfg.Addr, err)
 		}
 		conns[i] = c
+	}
+	if cfg.Start != nil {
+		cfg.Start()
 	}
 	var total atomic.Uint64
 	results := make([]*Result, cfg.Clients)

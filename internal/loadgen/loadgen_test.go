@@ -93,3 +93,44 @@ func TestPLCLikeDeviceServesOneAtATime(t *testing.T) {
 		t.Fatalf("serial device served %.0f req/s with %d errors", rps, r.Errors)
 	}
 }
+
+// A device with a unit id answers that unit and refuses every other with
+// exception 0x0B; runs made at once combine over the longest of them.
+func TestDeviceAnswersItsUnitOnly(t *testing.T) {
+	dev := serve(t, &Device{Unit: 7})
+	var rs []*Result
+	for _, unit := range []byte{7, 8} {
+		r, err := Run(t.Context(), Config{Addr: dev, Clients: 2, Pipeline: 2, Duration: 100 * time.Millisecond, Unit: unit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Requests == 0 || r.Errors != 0 {
+			t.Fatalf("unit %d: %+v", unit, r)
+		}
+		if own := unit == 7; (r.Exceptions == 0) != own || (!own && r.Exceptions != r.Requests) {
+			t.Fatalf("unit %d: %d exceptions in %d replies", unit, r.Exceptions, r.Requests)
+		}
+		rs = append(rs, r)
+	}
+	all := Combine(rs)
+	if all.Requests != rs[0].Requests+rs[1].Requests || all.Exceptions != rs[1].Exceptions ||
+		all.Elapsed != max(rs[0].Elapsed, rs[1].Elapsed) || len(all.latencies) != len(rs[0].latencies)+len(rs[1].latencies) {
+		t.Fatalf("combined %+v from %+v %+v", all, rs[0], rs[1])
+	}
+}
+
+// Start is called once, with every client connected and before the clock
+// starts: time spent in it is not measured.
+func TestStartBeforeTheClock(t *testing.T) {
+	dev := serve(t, &Device{})
+	calls := 0
+	var started time.Time
+	r, err := Run(t.Context(), Config{Addr: dev, Clients: 3, Duration: 50 * time.Millisecond, Unit: 1,
+		Start: func() { calls++; time.Sleep(100 * time.Millisecond); started = time.Now() }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 1 || r.Requests == 0 || r.Elapsed > time.Since(started) {
+		t.Fatalf("start called %d times; %d requests in %v, %v after start returned", calls, r.Requests, r.Elapsed, time.Since(started))
+	}
+}

@@ -24,6 +24,10 @@ type Device struct {
 	// from all connections are served one at a time, as a PLC's CPU does.
 	ServiceTime time.Duration
 	Serial      bool
+	// Unit, when not 0, is the only unit id the device answers: a request
+	// for another gets exception 0x0B (the target did not respond), so a
+	// gateway that routes a unit to the wrong device is seen at once.
+	Unit byte
 
 	mu    sync.Mutex // serializes service when Serial
 	conns conns
@@ -58,7 +62,12 @@ func (d *Device) serve(c net.Conn) {
 		if err != nil {
 			return
 		}
-		resp := answer(f.PDU, pdu[:0])
+		var resp []byte
+		if d.Unit != 0 && f.Unit != d.Unit && len(f.PDU) > 0 {
+			resp = modbus.AppendException(pdu[:0], modbus.Function(f.PDU[0]), modbus.GatewayTargetDeviceFailedToRespond)
+		} else {
+			resp = answer(f.PDU, pdu[:0])
+		}
 		if d.ServiceTime > 0 {
 			if d.Serial {
 				d.mu.Lock()
