@@ -1,0 +1,77 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"time"
+)
+
+// Flags are gridseal bench's flags.
+type Flags struct {
+	Clients       string // comma list of client counts
+	Duration      time.Duration
+	Pipeline      int
+	Mix           string // read=N,write=M
+	Direct, Via   string // a device and a gridseal in front of it: measure those instead
+	JSON          bool
+	Rounds        int
+	Scenarios     string
+	CPUProfile    string
+	InProcess     bool
+	Devices       int // the devices scenario: devices behind one gridseal
+	DeviceClients int // and clients to each
+}
+
+// Run is gridseal bench: it checks f (a *UsageError if it cannot run as
+// given), runs the scenarios or the custom pair, and writes the report
+// to stdout, progress to stderr.
+func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
+	writePct, err := ParseMix(f.Mix)
+	if err != nil {
+		return &UsageError{Msg: "--mix: " + err.Error()}
+	}
+	counts, err := ParseClients(f.Clients)
+	if err != nil {
+		return &UsageError{Msg: fmt.Sprintf("--clients %q: %v", f.Clients, err)}
+	}
+	if f.Rounds < 1 || f.Duration < 100*time.Millisecond || f.Pipeline < 1 || f.Pipeline > 512 ||
+		f.Devices < 1 || f.Devices > MaxDevices || f.DeviceClients < 1 {
+		return &UsageError{Msg: fmt.Sprintf("want --rounds ≥ 1, --duration ≥ 100ms, --pipeline 1..512, --devices 1..%d, --device-clients ≥ 1", MaxDevices)}
+	}
+	if f.CPUProfile != "" {
+		stop, err := StartCPUProfile(f.CPUProfile, stderr)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	b := &Bencher{Stderr: stderr, Duration: f.Duration, Rounds: f.Rounds, Pipeline: f.Pipeline, Quiet: f.JSON,
+		Devices: f.Devices, DeviceClients: f.DeviceClients}
+	custom := f.Direct != "" || f.Via != ""
+	if !f.InProcess && !custom {
+		procs, cleanup, err := TempProcs()
+		if err != nil {
+			return err
+		}
+		defer cleanup()
+		b.Procs = procs
+	}
+	var rep Report
+	if custom {
+		rep, err = b.Custom(ctx, f.Direct, f.Via, counts, writePct)
+	} else {
+		rep, err = b.SelfHosted(ctx, counts, writePct, f.Scenarios)
+	}
+	if err != nil {
+		return err
+	}
+	if f.JSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	PrintReport(stdout, &rep)
+	return nil
+}
