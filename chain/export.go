@@ -3,6 +3,7 @@ package chain
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -250,4 +251,35 @@ func ScanEvents(ctx context.Context, js jetstream.JetStream, from time.Time, fn 
 		}
 		return nil
 	})
+}
+
+// Tail is gridseal chain tail: the newest n records f selects, then, with
+// follow, every one recorded after them until ctx ends — a table with a
+// header on w, or JSON lines.
+func Tail(ctx context.Context, js jetstream.JetStream, n int, f *Filter, follow, asJSON bool, w io.Writer) error {
+	out := func(r *Record) error {
+		if asJSON {
+			return json.NewEncoder(w).Encode(r)
+		}
+		r.WriteRow(w)
+		return nil
+	}
+	// The newest n, read backwards from the end; then, following, what is
+	// recorded after them.
+	recs, last, err := LastRecords(ctx, js, n, f)
+	if err != nil {
+		return err
+	}
+	if !asJSON {
+		WriteTailHeader(w)
+	}
+	for i := range recs {
+		if err := out(&recs[i]); err != nil {
+			return err
+		}
+	}
+	if !follow {
+		return nil
+	}
+	return ScanRecords(ctx, js, last+1, true, f, func(r *Record, _ *audit.Event) error { return out(r) })
 }

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
 // LoadCheckpointers reads the checkpointer keys of the trust file at path;
@@ -211,4 +212,32 @@ func (c *CheckedProof) WriteText(w io.Writer) {
 	if ev.BreakGlass {
 		fmt.Fprintln(w, "BREAK-GLASS: allowed by fewer approvers than the rule normally needs")
 	}
+}
+
+// ProveExtendsFile is gridseal chain prove --from-checkpoint / --from-size:
+// it writes to w the proof that the newest checkpoint extends the signed
+// checkpoint kept at oldPath (its signature and root checked too) or, with
+// oldPath empty, the stream's first size events. With update, a newer
+// checkpoint, once proved, replaces the one at oldPath (a witness's cron
+// job).
+func ProveExtendsFile(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *Tiles, oldPath string, size int64, update bool, w io.Writer) error {
+	var old *Checkpoint
+	if oldPath != "" {
+		var err error
+		if old, err = ReadCheckpoint(oldPath, known); err != nil {
+			return err
+		}
+	}
+	c, err := ProveExtends(ctx, js, known, ts, old, oldPath, size)
+	if err != nil {
+		return err
+	}
+	c.WriteText(w)
+	if update && c.New.Size > c.OldSize {
+		if err := atomicfile.Write(oldPath, c.New.Note, 0o644); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "%s now keeps the checkpoint of %d events\n", oldPath, c.New.Size)
+	}
+	return nil
 }

@@ -98,21 +98,14 @@ func approveCmd(g *globals) *cobra.Command {
 		Short: "Show a proposed command and sign it",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := hex.DecodeString(args[0]); err != nil || len(args[0]) > 64 {
-				return fmt.Errorf("%w: approval id %q: want hex digits", errUsage, args[0])
-			}
 			if keyPath == "" {
 				return fmt.Errorf("%w: --key FILE is required", errUsage)
 			}
-			env, err := g.approvals(cmd)
+			env, id, err := g.approval(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer env.conn.Close()
-			id, err := resolveID(cmd, env, args[0])
-			if err != nil {
-				return err
-			}
 			var confirm func(string) bool
 			if !yes {
 				confirm = func(who string) bool {
@@ -157,18 +150,11 @@ func approvalsCmd(g *globals) *cobra.Command {
 		Short: "Show one approval and its signatures",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := hex.DecodeString(args[0]); err != nil || len(args[0]) > 64 {
-				return fmt.Errorf("%w: approval id %q: want hex digits", errUsage, args[0])
-			}
-			env, err := g.approvals(cmd)
+			env, id, err := g.approval(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			defer env.conn.Close()
-			id, err := resolveID(cmd, env, args[0])
-			if err != nil {
-				return err
-			}
 			st, err := env.store.Get(cmd.Context(), id)
 			if err != nil {
 				return err
@@ -180,14 +166,26 @@ func approvalsCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// resolveID is the approval s names (Store.Resolve); an id that names
-// none is a usage error.
-func resolveID(cmd *cobra.Command, env *approvalsEnv, s string) (approvals.ID, error) {
+// approval opens the approvals and resolves the approval s names (a full
+// id or a unique prefix, Store.Resolve); an id that names none is a usage
+// error.
+func (g *globals) approval(cmd *cobra.Command, s string) (*approvalsEnv, approvals.ID, error) {
+	if _, err := hex.DecodeString(s); err != nil || len(s) > 64 {
+		return nil, approvals.ID{}, fmt.Errorf("%w: approval id %q: want hex digits", errUsage, s)
+	}
+	env, err := g.approvals(cmd)
+	if err != nil {
+		return nil, approvals.ID{}, err
+	}
 	id, err := env.store.Resolve(cmd.Context(), s)
 	if errors.Is(err, approvals.ErrBadID) {
-		return id, fmt.Errorf("%w: %w", errUsage, err)
+		err = fmt.Errorf("%w: %w", errUsage, err)
 	}
-	return id, err
+	if err != nil {
+		env.conn.Close()
+		return nil, id, err
+	}
+	return env, id, nil
 }
 
 func policyCmd(g *globals) *cobra.Command {

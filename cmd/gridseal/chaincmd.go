@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -12,7 +13,6 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
-	"github.com/gridseal/gridseal/internal/atomicfile"
 	"github.com/gridseal/gridseal/internal/cli"
 )
 
@@ -22,16 +22,8 @@ func chainCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-func (g *globals) defaultTrust() string { return filepath.Join(g.dataDir, "trust.yaml") }
-func (g *globals) headDir() string      { return filepath.Join(g.dataDir, "heads") }
-
 // trustOr is path, or the default trust file if path is empty.
-func (g *globals) trustOr(path string) string {
-	if path == "" {
-		return g.defaultTrust()
-	}
-	return path
-}
+func (g *globals) trustOr(path string) string { return cmp.Or(path, filepath.Join(g.dataDir, "trust.yaml")) }
 
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads, eveFile string
@@ -44,13 +36,7 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 			if maxCheckpointAge < 0 {
 				return fmt.Errorf("%w: --max-checkpoint-age %v: want 0 (do not check) or more", errUsage, maxCheckpointAge)
 			}
-			if trustPath == "" {
-				trustPath = g.defaultTrust()
-			}
-			if heads == "" {
-				heads = g.headDir()
-			}
-			trust, err := chain.LoadTrust(trustPath, heads)
+			trust, err := chain.LoadTrust(g.trustOr(trustPath), cmp.Or(heads, filepath.Join(g.dataDir, "heads")))
 			if err != nil {
 				return err
 			}
@@ -80,12 +66,8 @@ func chainVerifyCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("chain verify FAILED at %v (%d problems in all)", problems[0], len(problems))
 			}
 			rep.WriteSummary(g.stdout, time.Since(start))
-			// The last checkpoint this verifier saw stays pinned even if the
-			// stream's checkpoints are removed.
-			if cp := rep.Checkpoints; cp != nil && cp.Newest != nil {
-				if err := atomicfile.Write(pinnedPath, cp.Newest.Note, 0o644); err != nil {
-					return fmt.Errorf("pin checkpoint: %w", err)
-				}
+			if err := rep.Pin(pinnedPath); err != nil {
+				return err
 			}
 			rep.WriteWriters(g.stdout, trust.Heads)
 			return nil
@@ -127,31 +109,7 @@ func chainTailCmd(g *globals) *cobra.Command {
 				return err
 			}
 			defer conn.Close()
-			out := func(r *chain.Record) error {
-				if asJSON {
-					return json.NewEncoder(g.stdout).Encode(r)
-				}
-				r.WriteRow(g.stdout)
-				return nil
-			}
-			// The newest N, read backwards from the end; then, following,
-			// what is recorded after them.
-			recs, last, err := chain.LastRecords(cmd.Context(), js, lastN, &f)
-			if err != nil {
-				return err
-			}
-			if !asJSON {
-				chain.WriteTailHeader(g.stdout)
-			}
-			for i := range recs {
-				if err := out(&recs[i]); err != nil {
-					return err
-				}
-			}
-			if !follow {
-				return nil
-			}
-			return chain.ScanRecords(cmd.Context(), js, last+1, true, &f, func(r *chain.Record, _ *audit.Event) error { return out(r) })
+			return chain.Tail(cmd.Context(), js, lastN, &f, follow, asJSON, g.stdout)
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "stream new operations as they are recorded")

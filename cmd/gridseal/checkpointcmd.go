@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"path/filepath"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
-	"golang.org/x/mod/sumdb/note"
 
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/atomicfile"
@@ -107,7 +104,7 @@ signature) that "gridseal chain verify-proof" checks offline.`,
 			}
 			defer conn.Close()
 			if consistency {
-				return g.proveConsistency(cmd.Context(), js, known, ts, fromCheckpoint, fromSize, update)
+				return chain.ProveExtendsFile(cmd.Context(), js, known, ts, fromCheckpoint, fromSize, update, g.stdout)
 			}
 			inc, err := chain.ProveEventFrom(cmd.Context(), js, known, ts, seq, index)
 			if err != nil {
@@ -183,29 +180,4 @@ Exit 1 if anything does not check.`,
 	}
 	cmd.Flags().StringVar(&trustPath, "trust", "", "trust file with checkpointer keys (default DATA-DIR/trust.yaml)")
 	return cmd
-}
-
-// proveConsistency prints the proof that the newest checkpoint extends an
-// older tree: one the caller kept as a signed note (its signature and root
-// are checked too), or the stream's first size events.
-func (g *globals) proveConsistency(ctx context.Context, js jetstream.JetStream, known note.Verifiers, ts *chain.Tiles, oldPath string, size int64, update bool) error {
-	var old *chain.Checkpoint
-	if oldPath != "" {
-		var err error
-		if old, err = chain.ReadCheckpoint(oldPath, known); err != nil {
-			return err
-		}
-	}
-	c, err := chain.ProveExtends(ctx, js, known, ts, old, oldPath, size)
-	if err != nil {
-		return err
-	}
-	c.WriteText(g.stdout)
-	if update && c.New.Size > c.OldSize {
-		if err := atomicfile.Write(oldPath, c.New.Note, 0o644); err != nil {
-			return err
-		}
-		fmt.Fprintf(g.stdout, "%s now keeps the checkpoint of %d events\n", oldPath, c.New.Size)
-	}
-	return nil
 }

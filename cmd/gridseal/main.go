@@ -18,6 +18,7 @@ import (
 
 	"github.com/gridseal/gridseal/internal/cli"
 	"github.com/gridseal/gridseal/internal/logging"
+	"github.com/gridseal/gridseal/internal/natsembed"
 )
 
 func main() {
@@ -35,11 +36,7 @@ type globals struct {
 	// logSet and formatSet say --log-level and --log-format were given:
 	// they then win over a configuration file's log section.
 	logSet, formatSet bool
-	natsURL           string
-	natsCreds         string
-	natsCA            string
-	natsCert          string
-	natsKey           string
+	nats              natsembed.ConnectOptions // the --nats flags
 	dataDir           string
 	prog              string // how the user ran gridseal, for the commands we print
 	stdout            io.Writer
@@ -63,7 +60,7 @@ func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, std
 		SilenceErrors: true,
 	}
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
-		if (g.natsCert == "") != (g.natsKey == "") {
+		if (g.nats.Cert == "") != (g.nats.Key == "") {
 			return fmt.Errorf("%w: --nats-tls-cert and --nats-tls-key go together", errUsage)
 		}
 		if _, err := zapcore.ParseLevel(g.logLevel); err != nil {
@@ -81,11 +78,11 @@ func runAs(ctx context.Context, prog string, args []string, stdin io.Reader, std
 	root.SetArgs(args)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "auto", "log format: console, json, or auto (console on a terminal)")
-	root.PersistentFlags().StringVar(&g.natsURL, "nats", "", "NATS URL(s) of the chain's JetStream (default: the embedded server under --data-dir)")
-	root.PersistentFlags().StringVar(&g.natsCreds, "nats-creds", "", "NATS credentials file (JWT and nkey) for --nats")
-	root.PersistentFlags().StringVar(&g.natsCA, "nats-tls-ca", "", "CA bundle to verify the NATS servers of --nats")
-	root.PersistentFlags().StringVar(&g.natsCert, "nats-tls-cert", "", "client certificate for --nats (with --nats-tls-key)")
-	root.PersistentFlags().StringVar(&g.natsKey, "nats-tls-key", "", "client key for --nats-tls-cert")
+	root.PersistentFlags().StringVar(&g.nats.URL, "nats", "", "NATS URL(s) of the chain's JetStream (default: the embedded server under --data-dir)")
+	root.PersistentFlags().StringVar(&g.nats.Creds, "nats-creds", "", "NATS credentials file (JWT and nkey) for --nats")
+	root.PersistentFlags().StringVar(&g.nats.CA, "nats-tls-ca", "", "CA bundle to verify the NATS servers of --nats")
+	root.PersistentFlags().StringVar(&g.nats.Cert, "nats-tls-cert", "", "client certificate for --nats (with --nats-tls-key)")
+	root.PersistentFlags().StringVar(&g.nats.Key, "nats-tls-key", "", "client key for --nats-tls-cert")
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "gridseal-data", "directory for the embedded NATS store, keys, local chain heads and trust file")
 	root.AddCommand(proxyCmd(g), simCmd(g), demoCmd(g), keysCmd(g), chainCmd(g), proposeCmd(g), approveCmd(g),
 		approvalsCmd(g), policyCmd(g), benchCmd(g), benchServeCmd(), versionCmd(g), mirrorCmd(g))

@@ -12,8 +12,9 @@ import (
 
 // natsOptions are the NATS flags as connection options for a client named name.
 func (g *globals) natsOptions(name string) natsembed.ConnectOptions {
-	return natsembed.ConnectOptions{Name: name, URL: g.natsURL, Creds: g.natsCreds, CA: g.natsCA,
-		Cert: g.natsCert, Key: g.natsKey, DataDir: g.dataDir}
+	o := g.nats
+	o.Name, o.DataDir = name, g.dataDir
+	return o
 }
 
 // gatewayOptions are the global flags as a gateway's options.

@@ -24,9 +24,7 @@ func chainTrustCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
 			}
-			if out == "" {
-				out = g.defaultTrust()
-			}
+			out = g.trustOr(out)
 			if err := chain.WriteTrustFile(out, ws, vkeys...); err != nil {
 				return err
 			}
