@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/policy/decision"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/protocols/sunspec"
@@ -179,6 +181,69 @@ func TestSunSpecPointMovedByLayout(t *testing.T) {
 	}
 }
 
+// sunspecQuorumPolicy: inverter-1, in observe mode when observe is set,
+// may have its power limit (123.WMaxLimPct) set to 0..60 % with 2 of 3
+// operators' approval, or (standing) without one.
+func sunspecQuorumPolicy(t *testing.T, version int, observe, standing bool) *Policy {
+	t.Helper()
+	var b strings.Builder
+	fmt.Fprintf(&b, "id: plant\nversion: %d\napprovers:\n", version)
+	for _, name := range []string{"alice", "bob", "carol"} {
+		WriteKeysetEntry(&b, name, []string{"operators"}, keystest.NewPerson(t, name).PublicJSON(t))
+	}
+	b.WriteString("devices:\n  - name: inverter-1\n    upstream: 127.0.0.1:1\n    units: [1]\n")
+	if observe {
+		b.WriteString("    mode: observe\n")
+	}
+	b.WriteString("    rules:\n      - name: power-limit\n        allow: write\n        sunspec: {model: 123, point: WMaxLimPct}\n        values: 0..60 %\n")
+	if !standing {
+		b.WriteString("        requires: {group: operators, m: 2}\n")
+	}
+	p, err := Parse("plant.yaml", []byte(b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// A SunSpec rule that requires a quorum, on a device in observe mode and
+// beside a shadow candidate: observe mode forwards what it would deny,
+// saying why (the map not read; then the approval missing, naming the
+// point; a value out of range), and the candidate's SunSpec rules are
+// compiled for the device's map like those in force, so the candidate is
+// flagged only where it decides otherwise.
+func TestSunSpecQuorumRuleObservedAndShadowed(t *testing.T) {
+	e := NewEngine(sunspecQuorumPolicy(t, 1, true, false), zap.NewNop())
+	e.SetCandidate(sunspecQuorumPolicy(t, 2, false, true)) // the same point, standing
+	v := decideWrite(t, e, "inverter-1", 1, simulators.InverterLimitPct, 30)
+	if !v.Observed || !strings.HasPrefix(v.Reason, "OBSERVE would deny: rule power-limit: 123.WMaxLimPct not resolved") || v.CandidateDiffers {
+		t.Fatalf("before the map is read: %+v", v)
+	}
+	addr, _ := simtest.Start(t, simulators.Options{})
+	if err := e.Resolve(context.Background(), "inverter-1", simReader(t, addr)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		value   uint16
+		reason  string
+		differs bool
+	}{
+		{30, "OBSERVE would deny: rule power-limit: needs 2 of operators, and this proxy has no approval store; 123.WMaxLimPct = 30 % WMax" +
+			" | candidate plant v2 would allow (rule power-limit)", true},
+		{61, "OBSERVE would deny: rule power-limit: 123.WMaxLimPct = 61 % WMax: register 40127 value 61 outside 0..60", false},
+	} {
+		v := decideWrite(t, e, "inverter-1", 1, simulators.InverterLimitPct, tc.value)
+		if !v.Allowed() || !v.Observed || v.Reason != tc.reason || v.CandidateDiffers != tc.differs {
+			t.Errorf("%d %%: %+v\nwant reason %q, candidate differs %v", tc.value, v, tc.reason, tc.differs)
+		}
+	}
+	// Enforced, the candidate agrees with the standing rule it is.
+	e.Swap(sunspecQuorumPolicy(t, 1, false, true))
+	if v := decideWrite(t, e, "inverter-1", 1, simulators.InverterLimitPct, 30); !v.Allowed() || v.Observed || v.CandidateDiffers {
+		t.Fatalf("the same standing rule in force and in the candidate: %+v", v)
+	}
+}
+
 func TestSunSpecRuleErrors(t *testing.T) {
 	rule := func(body string) string {
 		return "id: x\ndevices:\n  - name: inv\n    upstream: 127.0.0.1:1\n    units: [1]\n    rules:\n      - name: r\n" + body
@@ -193,7 +258,6 @@ func TestSunSpecRuleErrors(t *testing.T) {
 		{"wrong units", rule("        allow: write\n        sunspec: {model: 123, point: WMaxLimPct}\n        values: 0..60 W\n"), `point 123.WMaxLimPct is in "% WMax", not W`},
 		{"mixed values", rule("        allow: write\n        sunspec: {model: 123, point: WMaxLimPct}\n        values: [0..60 %, 70]\n"), "give every value range in %"},
 		{"coils", rule("        allow: write\n        table: coils\n        sunspec: {model: 123, point: Conn}\n"), "sunspec points are holding registers"},
-		{"requires", rule("        allow: write\n        sunspec: {model: 123, point: Conn}\n        requires: {m: 1, of: ops}\n"), "requires is not supported with sunspec points"},
 		{"no units", "id: x\ndevices:\n  - name: inv\n    upstream: 127.0.0.1:1\n    rules:\n      - name: r\n        allow: write\n        sunspec: {model: 123, point: Conn}\n", "a sunspec rule needs units"},
 	}
 	for _, tc := range tests {
