@@ -56,11 +56,12 @@ func policyLearnCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			o.Since = from // map reads before it still name SunSpec points
 			l, err := policy.NewLearner(p, o)
 			if err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
 			}
-			err = chain.ScanEvents(cmd.Context(), js, from, l.Add)
+			err = chain.ScanEvents(cmd.Context(), js, time.Time{}, l.Add)
 			if err != nil {
 				return err
 			}
@@ -189,6 +190,10 @@ func (rp *replayer) block(m *chain.Msg, b *chain.Block) error {
 	for i, e := range b.Events {
 		if err := chain.ViewEvent(e, v); err != nil {
 			return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
+		}
+		if v.IsMapRead() { // the proxy's own read: SunSpec rules are judged for the map it read
+			rp.w.MapRead(rp.intern(v.Device), v.Unit, v.Address, v.Quantity, v.Response)
+			continue
 		}
 		if v.Phase != audit.PhaseComplete || v.Verdict == audit.Malformed || len(v.PDU) == 0 || len(v.Device) == 0 || v.Time < rp.from {
 			continue
