@@ -3,22 +3,16 @@ package gateway_test
 import (
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	mbclient "github.com/simonvetter/modbus"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
-	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -84,26 +78,6 @@ func approve(t *testing.T, store *approvals.Store, pol *policy.Policy, pdu []byt
 	return id
 }
 
-// chainEvents returns the events the chain of the gateway that ran on
-// dataDir holds, in order, once the gateway is closed.
-func chainEvents(t *testing.T, dataDir string) []audit.Event {
-	t.Helper()
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := conn.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Event
-	if err := chain.ScanEvents(t.Context(), js, time.Time{}, func(ev *audit.Event) { out = append(out, *ev) }); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // TestSunSpecQuorumRuleThroughGateway: a rule naming a SunSpec point may
 // require a quorum. Through the gateway, against the simulated inverter in
 // its standard layout and in one where the point has moved: a write of the
@@ -132,20 +106,8 @@ func TestSunSpecQuorumRuleThroughGateway(t *testing.T) {
 			if err := os.WriteFile(cfg.Policy, []byte(approvers.String()+fmt.Sprintf(sunspecQuorum, simAddr)), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			dataDir := t.TempDir()
-			gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: dataDir, Log: zap.NewNop()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer gw.Close()
-			c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := c.Open(); err != nil {
-				t.Fatal(err)
-			}
-			defer func() { _ = c.Close() }()
+			gw, dataDir := startGateway(t, cfg)
+			c := modbusClient(t, gw.Addrs()[0], 1)
 			limit := func() uint16 {
 				t.Helper()
 				v, err := c.ReadRegister(tc.at, mbclient.HOLDING_REGISTER)
