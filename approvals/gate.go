@@ -26,7 +26,7 @@ type Source interface {
 func Use(e *policy.Engine, src Source, writer string) {
 	e.UseApprovals(&gate{src: src, writer: writer})
 	if s, ok := src.(*Store); ok {
-		w := func(st *Stored) { warm(e.Policy(), st) }
+		w := func(st *Stored) { warm(e, st) }
 		s.warm.Store(&w)
 	}
 }
@@ -38,7 +38,8 @@ type gate struct {
 }
 
 // Approve finds an approval for exactly in's command, checks it under rule r
-// of p at now, and consumes it before answering Allow.
+// of p at now — the rule the engine found allows the command, SunSpec rules
+// compiled for the device's map — and consumes it before answering Allow.
 func (g *gate) Approve(ctx context.Context, p *policy.Policy, r *policy.Rule, in *decision.Input, now time.Time) decision.Result {
 	v := decision.Result{Verdict: audit.Deny, Denial: decision.DenyApproval, Rule: r.Name, Policy: p.Digest}
 	cands := g.src.Candidates(in.Device, in.Unit, in.Request.PDU)
@@ -65,10 +66,7 @@ func (g *gate) Approve(ctx context.Context, p *policy.Policy, r *policy.Rule, in
 	var best *Evaluation
 	var bestSt *Stored
 	for _, st := range live {
-		ev := Evaluate(p, st, now)
-		if ev.Rule != r { // judged under another rule: not for this request
-			continue
-		}
+		ev := evaluate(p, r, st, now)
 		better := best == nil || (ev.Usable() && !best.Usable()) ||
 			(ev.Usable() == best.Usable() && ev.Enough && !best.Enough) ||
 			(ev.Usable() == best.Usable() && ev.Enough == best.Enough && len(ev.Approvers) > len(best.Approvers))
@@ -76,10 +74,6 @@ func (g *gate) Approve(ctx context.Context, p *policy.Policy, r *policy.Rule, in
 			evCopy := ev
 			best, bestSt = &evCopy, st
 		}
-	}
-	if best == nil {
-		v.Reason = fmt.Sprintf("rule %s: no approval for this command under this rule", r.Name)
-		return v
 	}
 	v.Approval = bestSt.ID.String()
 	if !best.Usable() {

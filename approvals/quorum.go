@@ -48,7 +48,11 @@ func (ev *Evaluation) Summary() string {
 
 // ApprovalRule returns the rule of p under which an approval for this
 // command would be judged: the write rule that allows the command subject to
-// a quorum. It reports why if none does.
+// a quorum. It reports why if none does. Without the device's SunSpec map
+// (the CLI, the console) a rule naming SunSpec points is the one whose
+// functions and units admit the command (Policy.MatchUnresolved): the proxy
+// judges the points and values against the map, under the rule its engine
+// finds (Engine.Match).
 func ApprovalRule(p *policy.Policy, device string, unit byte, pdu []byte) (*policy.Rule, error) {
 	if p.Device(device) == nil {
 		return nil, fmt.Errorf("device %q is not in policy %s", device, p.ID)
@@ -57,7 +61,11 @@ func ApprovalRule(p *policy.Policy, device string, unit byte, pdu []byte) (*poli
 	if err != nil {
 		return nil, err
 	}
-	if r := p.Match(&decision.Input{Device: device, Unit: unit, Request: req}); r != nil {
+	in := &decision.Input{Device: device, Unit: unit, Request: req}
+	if r := p.Match(in); r != nil {
+		return r, nil
+	}
+	if r := p.MatchUnresolved(in); r != nil {
 		return r, nil
 	}
 	return nil, fmt.Errorf("no rule of device %s allows %s, even with approvals", device, (&Proposal{Device: device, Unit: unit, PDU: pdu}).Describe())
@@ -66,13 +74,17 @@ func ApprovalRule(p *policy.Policy, device string, unit byte, pdu []byte) (*poli
 // Evaluate judges a stored approval for its command under p at now.
 func Evaluate(p *policy.Policy, st *Stored, now time.Time) Evaluation {
 	pr := st.Proposal
-	ev := Evaluation{}
 	r, err := ApprovalRule(p, pr.Device, pr.Unit, pr.PDU)
 	if err != nil {
-		ev.Problem = err.Error()
-		return ev
+		return Evaluation{Problem: err.Error()}
 	}
-	ev.Rule = r
+	return evaluate(p, r, st, now)
+}
+
+// evaluate judges st under rule r of p at now.
+func evaluate(p *policy.Policy, r *policy.Rule, st *Stored, now time.Time) Evaluation {
+	pr := st.Proposal
+	ev := Evaluation{Rule: r}
 	if r.Requires == nil {
 		ev.Problem = "rule " + r.Name + " allows this command without approval"
 		return ev
@@ -115,11 +127,16 @@ func signatures(p *policy.Policy, st *Stored, r *policy.Rule) *sigResult {
 	return sr
 }
 
-// warm verifies st's signatures under p (the policy in force), so that
-// deciding a write does not pay for it.
-func warm(p *policy.Policy, st *Stored) {
-	if r, err := ApprovalRule(p, st.Proposal.Device, st.Proposal.Unit, st.Proposal.PDU); err == nil && r.Requires != nil {
-		signatures(p, st, r)
+// warm verifies st's signatures under the rule of e's policy in force that
+// its command would be decided by, so that deciding the write does not pay
+// for it.
+func warm(e *policy.Engine, st *Stored) {
+	req, err := modbus.ParseRequest(st.Proposal.PDU)
+	if err != nil {
+		return
+	}
+	if r := e.Match(&decision.Input{Device: st.Proposal.Device, Unit: st.Proposal.Unit, Request: req}); r != nil && r.Requires != nil {
+		signatures(e.Policy(), st, r)
 	}
 }
 

@@ -144,6 +144,18 @@ type Event struct {
 	CandidateDiffers bool
 }
 
+// MapReadReason is the reason of the proxy's own reads of a device's
+// SunSpec map: complete reads with no client, the device's answer in
+// Response. From them a device's map can be rebuilt from the chain alone
+// (gridseal policy learn and what-if do).
+const MapReadReason = "the proxy reads the device's SunSpec map"
+
+// IsMapRead reports whether ev records one of the proxy's own reads of a
+// device's SunSpec map.
+func (ev *Event) IsMapRead() bool {
+	return ev.Phase == PhaseComplete && !ev.Client.IsValid() && ev.Reason == MapReadReason
+}
+
 // LogRecorder records every event as one structured log line, except that
 // malformed operations — which any client can send at will — are logged
 // through a LogThrottle by reason: the first at once, repeats as one count

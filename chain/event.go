@@ -210,6 +210,12 @@ func (v *EventView) Observed() bool { return v.Flags&flagObserved != 0 }
 // CandidateDiffers reports the flag: the shadow candidate decides otherwise.
 func (v *EventView) CandidateDiffers() bool { return v.Flags&flagCandidate != 0 }
 
+// IsMapRead reports whether the event records one of the proxy's own
+// reads of a device's SunSpec map (audit.Event.IsMapRead).
+func (v *EventView) IsMapRead() bool {
+	return v.Phase == audit.PhaseComplete && !v.Client.IsValid() && string(v.Reason) == audit.MapReadReason
+}
+
 // ViewEvent decodes the stored event b into v, checking everything
 // DecodeEvent checks, without allocating.
 func ViewEvent(b []byte, v *EventView) error {

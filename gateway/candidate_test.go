@@ -2,22 +2,16 @@ package gateway_test
 
 import (
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	mbclient "github.com/simonvetter/modbus"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -44,24 +38,8 @@ func TestShadowCandidate(t *testing.T) {
 	}
 	cfg.Candidate = filepath.Join(dir, "candidate.yaml")
 	cfg.Console.Listen = "127.0.0.1:0"
-	dataDir := t.TempDir()
-	gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: dataDir, Log: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer gw.Close()
-
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if err := c.SetUnitId(1); err != nil {
-		t.Fatal(err)
-	}
+	gw, dataDir := startGateway(t, cfg)
+	c := modbusClient(t, gw.Addrs()[0], 1)
 	for _, v := range []uint16{30, 40, 60} { // 30 and 40: the candidate would deny
 		if err := c.WriteRegister(simulators.InverterLimitPct, v); err != nil {
 			t.Fatalf("write %d: the policy in force allows it, the candidate must change nothing: %v", v, err)
@@ -90,29 +68,16 @@ func TestShadowCandidate(t *testing.T) {
 	})
 	gw.Close()
 
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := conn.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var flagged []string
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	for _, ev := range chainEvents(t, dataDir) {
 		if ev.Phase != audit.PhaseComplete {
-			return nil
+			continue
 		}
 		if ev.CandidateDiffers {
 			flagged = append(flagged, ev.Verdict.String()+" "+ev.Reason)
 		} else if strings.Contains(ev.Reason, "candidate") {
 			t.Errorf("unflagged event names the candidate: %s", ev.Reason)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if len(flagged) != 3 || !strings.HasPrefix(flagged[0], "allow limit | candidate plant v2 would deny: ") ||
 		!strings.HasPrefix(flagged[2], "deny ") || !strings.HasSuffix(flagged[2], "| candidate plant v2 would allow (rule telemetry)") {

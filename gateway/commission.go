@@ -75,6 +75,10 @@ func (rp *Replayer) Block(m *chain.Msg, b *chain.Block) error {
 		if err := chain.ViewEvent(e, v); err != nil {
 			return fmt.Errorf("sequence %d event %d: %w", m.Seq, i, err)
 		}
+		if v.IsMapRead() { // the proxy's own read: SunSpec rules are judged for the map it read
+			rp.w.MapRead(rp.intern(v.Device), v.Unit, v.Address, v.Quantity, v.Response)
+			continue
+		}
 		if v.Phase != audit.PhaseComplete || v.Verdict == audit.Malformed || len(v.PDU) == 0 || len(v.Device) == 0 || v.Time < rp.from {
 			continue
 		}

@@ -47,7 +47,22 @@ func site(t *testing.T, simAddr string) *gateway.Config {
 		Chain:     gateway.ChainConfig{Writer: "gw-1", Key: priv}, Console: gateway.ConsoleConfig{Listen: "off"}}
 }
 
-func reads(t *testing.T, addr string, n int) {
+// startGateway runs cfg on a new data directory, which it returns, until
+// the test ends or it is closed.
+func startGateway(t *testing.T, cfg *gateway.Config) (*gateway.Gateway, string) {
+	t.Helper()
+	dataDir := t.TempDir()
+	gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: dataDir, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(gw.Close)
+	return gw, dataDir
+}
+
+// modbusClient is an open Modbus/TCP client of addr for unit, closed when
+// the test ends.
+func modbusClient(t *testing.T, addr string, unit byte) *mbclient.ModbusClient {
 	t.Helper()
 	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
 	if err != nil {
@@ -56,6 +71,36 @@ func reads(t *testing.T, addr string, n int) {
 	if err := c.Open(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = c.Close() })
+	if err := c.SetUnitId(unit); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// chainEvents returns the events the chain of the gateway that ran on
+// dataDir holds, in order, once the gateway is closed.
+func chainEvents(t *testing.T, dataDir string) []audit.Event {
+	t.Helper()
+	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	js, err := conn.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []audit.Event
+	if err := chain.ScanEvents(t.Context(), js, time.Time{}, func(ev *audit.Event) { out = append(out, *ev) }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func reads(t *testing.T, addr string, n int) {
+	t.Helper()
+	c := modbusClient(t, addr, 1)
 	defer func() { _ = c.Close() }()
 	for i := 0; i < n; i++ {
 		if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
@@ -96,27 +141,14 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 		}
 		gw.Close()
 	}
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := jetstream.New(conn.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[uint64]bool{}
 	n := 0
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	for _, ev := range chainEvents(t, dataDir) {
 		if seen[ev.Op] {
 			t.Errorf("operation %d recorded twice", ev.Op)
 		}
 		seen[ev.Op] = true
 		n++
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 	if n != 20 {
 		t.Fatalf("%d operations in the chain, want 20", n)

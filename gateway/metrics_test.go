@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,13 +17,13 @@ import (
 	mbclient "github.com/simonvetter/modbus"
 	"go.uber.org/zap"
 
-	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
+	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -70,18 +69,11 @@ func get(t *testing.T, url string) scrape {
 func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	simAddr, _ := simtest.Start(t, simulators.Options{})
 	dir := t.TempDir()
-	people := map[string]keystest.Key{"alice": keystest.New(t), "bob": keystest.New(t), "carol": keystest.New(t)}
+	alice, bob, carol := keystest.NewPerson(t, "alice"), keystest.NewPerson(t, "bob"), keystest.NewPerson(t, "carol")
 	var pol strings.Builder
 	pol.WriteString("id: plant\nversion: 3\napprovers:\n")
-	for _, name := range []string{"alice", "bob", "carol"} {
-		pub, err := keys.PublicJSON(people[name].Handle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fmt.Fprintf(&pol, "  - name: %s\n    groups: [operators]\n    keyset: |\n", name)
-		for _, line := range strings.Split(strings.TrimSpace(string(pub)), "\n") {
-			pol.WriteString("      " + line + "\n")
-		}
+	for _, p := range []*keystest.Person{alice, bob, carol} {
+		policy.WriteKeysetEntry(&pol, p.Name, []string{"operators"}, p.PublicJSON(t))
 	}
 	fmt.Fprintf(&pol, `devices:
   - name: inverter-1
@@ -133,56 +125,16 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 
 	store := gw.Approvals()
 	pdu := modbus.AppendWriteSingleRegister(nil, simulators.InverterLimitPct, 30)
-	pr, err := approvals.NewProposal(gw.Policy(), "inverter-1", 1, pdu, 15*time.Minute, "alice", time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig, err := people["alice"].Signer.Sign(approvals.ProposeInput(pr.ID()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := store.Propose(t.Context(), pr, sig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	junk := make([]byte, 69)
+	id := approve(t, store, gw.Policy(), pdu, alice, bob, carol)
+	junk := make([]byte, 69) // behind the proposer's key id
 	_, _ = rand.Read(junk)
 	junk[0] = 1
-	kid := people["alice"].Signer.KeyID
+	kid := alice.Signer.KeyID
 	copy(junk[1:5], []byte{byte(kid >> 24), byte(kid >> 16), byte(kid >> 8), byte(kid)})
 	if _, err := store.AddSignature(t.Context(), id, junk); err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"bob", "carol"} {
-		sig, err := people[name].Signer.Sign(approvals.ApproveInput(id))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := store.AddSignature(t.Context(), id, sig); err != nil {
-			t.Fatal(err)
-		}
-	}
-
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 3 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	last, err := store.Get(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testwait.For(t, "the proxy's approval index to hold every signature", func() bool {
-		for _, st := range store.Candidates("inverter-1", 1, pdu) {
-			if st.ID == id && st.Revision >= last.Revision {
-				return true
-			}
-		}
-		return false
-	})
+	c := modbusClient(t, gw.Addrs()[0], 1)
 	if err := c.WriteRegister(simulators.InverterLimitPct, 30); err != nil {
 		t.Fatalf("the approved write: %v", err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"strings"
@@ -111,17 +110,7 @@ func TestObserveModeIsLoud(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gw.Close()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if err := c.SetUnitId(simulators.UnitInverter); err != nil {
-		t.Fatal(err)
-	}
+	c := modbusClient(t, gw.Addrs()[0], simulators.UnitInverter)
 	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err != nil {
 		t.Fatalf("a write the rules deny, in observe mode: %v", err)
 	}

@@ -19,11 +19,10 @@ import (
 // decided wholly under one policy.
 type Engine struct {
 	cur       atomic.Pointer[Policy]
-	candidate atomic.Pointer[Policy] // the shadow candidate; nil: none
 	log       *zap.Logger
 	approvals Approvals
 	now       func() time.Time
-	ss        sunspecEngine // devices' SunSpec maps and the rules compiled for them
+	ss        sunspecEngine // devices' SunSpec maps, the rules compiled for them, the shadow candidate
 }
 
 // Approvals lets through the commands that a rule allows only with an m-of-n
@@ -48,7 +47,7 @@ func NewEngine(p *Policy, log *zap.Logger) *Engine {
 	e := &Engine{log: log, now: time.Now}
 	e.cur.Store(p)
 	e.ss.mu.Lock()
-	e.ss.compileLocked(p)
+	e.ss.compileLocked(p, nil)
 	e.ss.mu.Unlock()
 	return e
 }
@@ -62,35 +61,47 @@ func (e *Engine) Policy() *Policy { return e.cur.Load() }
 // SetCandidate evaluates p, a signed candidate policy, beside the policy
 // in force: every request is still decided by the policy in force, and
 // one the candidate decides otherwise is flagged with what the candidate
-// says (a dry run in production before a reload). Nil stops it.
-func (e *Engine) SetCandidate(p *Policy) { e.candidate.Store(p) }
+// says (a dry run in production before a reload). Its SunSpec rules are
+// compiled for the devices' maps as the policy in force's are. Nil stops
+// it.
+func (e *Engine) SetCandidate(p *Policy) {
+	e.ss.mu.Lock()
+	e.ss.cand.Store(compileState(p, e.ss.maps, notReadYet))
+	e.ss.mu.Unlock()
+}
 
 // Candidate is the shadow candidate policy, or nil.
-func (e *Engine) Candidate() *Policy { return e.candidate.Load() }
+func (e *Engine) Candidate() *Policy {
+	if st := e.ss.cand.Load(); st != nil {
+		return st.pol
+	}
+	return nil
+}
 
-// shadow flags v when the candidate c decides in otherwise than the rules
-// in force did (an approval the policy in force consumed counts for the
-// candidate too). Nothing is allocated unless they differ.
-func shadow(c *Policy, in *decision.Input, v *decision.Result) {
+// shadow flags v when the candidate (st.pol, its SunSpec rules compiled
+// in st) decides in otherwise than the rules in force did (an approval the
+// policy in force consumed counts for the candidate too). Nothing is
+// allocated unless they differ.
+func shadow(st *sunspecState, in *decision.Input, v *decision.Result) {
+	c := st.pol
 	approved := v.Approval != ""
-	_, denial := c.Judge(in, approved)
+	r, denial := c.judge(in, approved, st)
 	inForce := v.Allowed() && !v.Observed
 	if (denial == 0) == inForce {
 		return
 	}
 	v.CandidateDiffers = true
 	if denial == 0 {
-		r, _ := c.Judge(in, approved)
 		v.Reason += fmt.Sprintf(" | candidate %s v%d would allow (rule %s)", c.ID, c.Version, r.Name)
 		return
 	}
-	v.Reason += fmt.Sprintf(" | candidate %s v%d would deny: %s", c.ID, c.Version, c.Explain(in, approved))
+	v.Reason += fmt.Sprintf(" | candidate %s v%d would deny: %s", c.ID, c.Version, c.explain(in, approved, st))
 }
 
 // Swap puts p in force for every request decided after it returns.
 func (e *Engine) Swap(p *Policy) {
 	e.ss.mu.Lock()
-	e.ss.compileLocked(p) // before p is in force: its SunSpec rules never run uncompiled
+	e.ss.compileLocked(p, e.Candidate()) // before p is in force: its SunSpec rules never run uncompiled
 	old := e.cur.Swap(p)
 	e.ss.mu.Unlock()
 	e.log.Info("policy in force", zap.String("id", p.ID), zap.Int("version", p.Version),
@@ -103,8 +114,8 @@ func (e *Engine) Swap(p *Policy) {
 // matches is still judged and consumed first.
 func (e *Engine) Decide(ctx context.Context, in *decision.Input) decision.Result {
 	v := e.decide(ctx, in)
-	if c := e.candidate.Load(); c != nil {
-		shadow(c, in, &v)
+	if st := e.ss.cand.Load(); st != nil {
+		shadow(st, in, &v)
 	}
 	return v
 }
@@ -116,11 +127,14 @@ func (e *Engine) decide(ctx context.Context, in *decision.Input) decision.Result
 		return decision.Result{Verdict: audit.Deny, Denial: decision.DenyDevice, Policy: p.Digest,
 			Reason: fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)}
 	}
-	r, m := d.judge(in, &e.ss, p)
+	r, m := d.judge(in, e.ss.state.Load(), p)
 	var v decision.Result
 	switch {
 	case m.denial == 0 && r.Requires != nil:
 		v = e.decideApproval(ctx, p, r, in)
+		if m.rr != nil { // name the SunSpec point the approval is (or would be) for
+			v.Reason += "; " + m.rr.describe(&in.Request)
+		}
 	case m.denial == 0:
 		reason := r.Name
 		if m.rr != nil && in.Request.StateChanging() {
@@ -156,11 +170,17 @@ func observed(v decision.Result) decision.Result {
 // not applied: Judge says what the rules decide. It does not allocate and
 // is safe for concurrent use.
 func (p *Policy) Judge(in *decision.Input, approved bool) (*Rule, decision.Denial) {
+	return p.judge(in, approved, nil)
+}
+
+// judge is Judge with p's SunSpec rules as compiled in st (nil: none
+// resolved).
+func (p *Policy) judge(in *decision.Input, approved bool, st *sunspecState) (*Rule, decision.Denial) {
 	d := p.byName[in.Device]
 	if d == nil {
 		return nil, decision.DenyDevice
 	}
-	r, m := d.judge(in, nil, p)
+	r, m := d.judge(in, st, p)
 	if m.denial == 0 && r.Requires != nil && !approved {
 		return r, decision.DenyApproval
 	}
@@ -170,11 +190,15 @@ func (p *Policy) Judge(in *decision.Input, approved bool) (*Rule, decision.Denia
 // Explain says in words why p's rules deny in's request, as Decide's
 // reason would (without consulting approvals); "" if they allow it.
 func (p *Policy) Explain(in *decision.Input, approved bool) string {
+	return p.explain(in, approved, nil)
+}
+
+func (p *Policy) explain(in *decision.Input, approved bool, st *sunspecState) string {
 	d := p.byName[in.Device]
 	if d == nil {
 		return fmt.Sprintf("device %q is not in policy %s", in.Device, p.ID)
 	}
-	r, m := d.judge(in, nil, p)
+	r, m := d.judge(in, st, p)
 	switch {
 	case m.denial == 0 && r.Requires != nil && !approved:
 		return fmt.Sprintf("rule %s: needs an approval by %d of %s for exactly this command", r.Name, r.Requires.M, r.Requires.Group)
@@ -186,11 +210,11 @@ func (p *Policy) Explain(in *decision.Input, approved bool) string {
 
 // judge returns the first rule of d that allows in's request (m.denial 0),
 // or the rule that came nearest and why it does not: the one with the
-// worst denial, the first of those. A SunSpec rule is judged as ss
+// worst denial, the first of those. A SunSpec rule is judged as st
 // compiled it for the request's unit from the device's map (p is the
-// policy it compiled); with no ss (replaying without a device), or not
-// resolved, it allows nothing. It does not allocate.
-func (d *Device) judge(in *decision.Input, ss *sunspecEngine, p *Policy) (*Rule, miss) {
+// policy d is of); with no st (replaying without maps), or not resolved,
+// it allows nothing. It does not allocate.
+func (d *Device) judge(in *decision.Input, st *sunspecState, p *Policy) (*Rule, miss) {
 	req := &in.Request
 	cls := req.Class()
 	worst := miss{denial: decision.DenyFunction}
@@ -199,14 +223,7 @@ func (d *Device) judge(in *decision.Input, ss *sunspecEngine, p *Policy) (*Rule,
 		if r.Class != cls || !r.functions[req.Function] {
 			continue
 		}
-		rule, rr, why := r, (*resolvedRule)(nil), ""
-		if r.SunSpec != nil {
-			if ss == nil {
-				rule, why = nil, r.SunSpec.Label()+" not resolved: no device map to resolve it against here"
-			} else {
-				rule, rr, why = ss.rule(p, r, in.Unit)
-			}
-		}
+		rule, rr, why := st.rule(p, r, in.Unit)
 		if rule == nil { // a SunSpec rule not resolved for this unit
 			if decision.DenyAddress > worst.denial || near == nil {
 				worst, near = miss{denial: decision.DenyAddress, kind: missUnresolved, why: why}, r
@@ -261,18 +278,42 @@ func (e *Engine) decideApproval(ctx context.Context, p *Policy, r *Rule, in *dec
 
 // Match returns the first rule of in's device that allows in's request,
 // whether or not the rule also requires an approval; nil if none does or the
-// device is not in p. An approval is judged under this rule.
-func (p *Policy) Match(in *decision.Input) *Rule {
+// device is not in p. An approval is judged under this rule. A SunSpec rule
+// matches nothing here: only where the device's map is known (Engine.Match;
+// MatchUnresolved names the rule it may be).
+func (p *Policy) Match(in *decision.Input) *Rule { return p.match(in, nil) }
+
+func (p *Policy) match(in *decision.Input, st *sunspecState) *Rule {
+	d := p.byName[in.Device]
+	if d == nil {
+		return nil
+	}
+	if r, m := d.judge(in, st, p); m.denial == 0 {
+		return r
+	}
+	return nil
+}
+
+// Match is Policy.Match of the policy in force, with its SunSpec rules as
+// compiled for the devices' maps this engine read: the rule an approval for
+// in's command is judged under here.
+func (e *Engine) Match(in *decision.Input) *Rule {
+	return e.cur.Load().match(in, e.ss.state.Load())
+}
+
+// MatchUnresolved returns the first SunSpec rule of in's device that
+// requires a quorum and whose functions, units and roles admit in's
+// request, or nil: the rule an approval for it would be judged under if the
+// request's registers are its points and its values in range, which only
+// the device's map can tell (the proxy judges that when the write comes).
+func (p *Policy) MatchUnresolved(in *decision.Input) *Rule {
 	d := p.byName[in.Device]
 	if d == nil {
 		return nil
 	}
 	req := &in.Request
 	for _, r := range d.Rules {
-		if r.Class != req.Class() || !r.functions[req.Function] {
-			continue
-		}
-		if r.check(d, in).denial == 0 {
+		if r.SunSpec != nil && r.Requires != nil && r.Class == req.Class() && r.functions[req.Function] && r.admits(in).denial == 0 {
 			return r
 		}
 	}
@@ -314,6 +355,30 @@ const (
 
 // check returns the zero miss if r allows the request, or why not.
 func (r *Rule) check(d *Device, in *decision.Input) miss {
+	if m := r.admits(in); m.denial != 0 {
+		return m
+	}
+	switch r.Class {
+	case modbus.ClassDiagnostic:
+		req := &in.Request
+		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {
+			return miss{denial: decision.DenyFunction, kind: missSub}
+		}
+	case modbus.ClassRead:
+		return r.checkRead(&in.Request)
+	case modbus.ClassWrite:
+		if m := r.checkWrite(&in.Request); m.denial != 0 {
+			return m
+		}
+		if in.Request.Function == modbus.ReadWriteMultipleRegisters && !readAllowed(d, in) {
+			return miss{denial: decision.DenyAddress, kind: missReadPart}
+		}
+	}
+	return miss{}
+}
+
+// admits returns the zero miss if r is for in's client role and unit.
+func (r *Rule) admits(in *decision.Input) miss {
 	req := &in.Request
 	if len(r.roles) > 0 && !contains(r.roles, in.Role) {
 		return miss{denial: decision.DenyFunction, kind: missRole}
@@ -325,21 +390,6 @@ func (r *Rule) check(d *Device, in *decision.Input) miss {
 	// it. A rule naming no units does not stretch to that.
 	if in.Unit == 0 && req.StateChanging() && len(r.units) == 0 {
 		return miss{denial: decision.DenyAddress, kind: missBroadcast}
-	}
-	switch r.Class {
-	case modbus.ClassDiagnostic:
-		if req.Function == modbus.Diagnostics && !r.subs.containsValue(req.Sub) {
-			return miss{denial: decision.DenyFunction, kind: missSub}
-		}
-	case modbus.ClassRead:
-		return r.checkRead(req)
-	case modbus.ClassWrite:
-		if m := r.checkWrite(req); m.denial != 0 {
-			return m
-		}
-		if req.Function == modbus.ReadWriteMultipleRegisters && !readAllowed(d, in) {
-			return miss{denial: decision.DenyAddress, kind: missReadPart}
-		}
 	}
 	return miss{}
 }
@@ -454,13 +504,14 @@ func (r *Rule) checkWrite(req *modbus.Request) miss {
 	return miss{}
 }
 
-// readAllowed reports whether a read rule allows function 23's read part,
-// as a function 3 read of the same range.
+// readAllowed reports whether a read rule naming addresses allows function
+// 23's read part, as a function 3 read of the same range. (A SunSpec read
+// rule does not: its addresses are the unit's map's.)
 func readAllowed(d *Device, in *decision.Input) bool {
 	req := in.Request
 	req.Function = modbus.ReadHoldingRegisters
 	for _, r := range d.Rules {
-		if r.Class != modbus.ClassRead || !r.functions[modbus.ReadHoldingRegisters] {
+		if r.Class != modbus.ClassRead || !r.functions[modbus.ReadHoldingRegisters] || r.SunSpec != nil {
 			continue
 		}
 		if len(r.units) > 0 && !hasUnit(r.units, in.Unit) {

@@ -32,14 +32,22 @@ type LearnOptions struct {
 	// group and m 2 (fewer if the group is smaller).
 	Group string
 	M     int
+	// Since: learn only from requests at or after it (zero: all). The
+	// proxy's reads of SunSpec maps before it still count.
+	Since time.Time
 }
 
 // Learner builds a candidate policy from recorded requests: what each
-// device was asked and forwarded, as rules. Add the events, then Policy.
-// It is not safe for concurrent use.
+// device was asked and forwarded, as rules. Where the chain holds the
+// proxy's reads of a unit's SunSpec map, holding registers that are points
+// of a model gridseal knows are named by SunSpec rules, with values in the
+// points' units where they have a scale factor; other addresses stay
+// addresses. Add the events, in chain order, then Policy. It is not safe
+// for concurrent use.
 type Learner struct {
 	base        *Policy
 	opts        LearnOptions
+	maps        RecordedMaps
 	devs        map[string]*learnedDevice
 	first, last time.Time
 	learned     int
@@ -160,6 +168,7 @@ type tableKey struct {
 type learnedDevice struct {
 	reads     map[tableKey]map[addrSpan]*seen
 	writes    map[tableKey]map[addrSpan]*seen
+	held      map[heldKey]*seen      // function 3 reads and writes of holding registers, to be named by points
 	plain     map[modbus.Class]*seen // reads and diagnostics without addresses (20, 43, 7, 11, 12, 17)
 	subs      map[uint16]*seen       // function 8 sub-functions
 	fileWrite *seen                  // function 21
@@ -169,7 +178,7 @@ func (l *Learner) device(name string) *learnedDevice {
 	d := l.devs[name]
 	if d == nil {
 		d = &learnedDevice{reads: map[tableKey]map[addrSpan]*seen{}, writes: map[tableKey]map[addrSpan]*seen{},
-			plain: map[modbus.Class]*seen{}, subs: map[uint16]*seen{}}
+			held: map[heldKey]*seen{}, plain: map[modbus.Class]*seen{}, subs: map[uint16]*seen{}}
 		l.devs[name] = d
 	}
 	return d
@@ -192,11 +201,19 @@ func at(m map[tableKey]map[addrSpan]*seen, k tableKey, s addrSpan) *seen {
 // Add learns from one recorded event. Only the completed records of
 // requests that were forwarded teach: denied requests are counted, not
 // learned, and malformed ones never make a rule; other phases are ignored.
+// The proxy's own reads of SunSpec maps teach the map, not a rule.
 func (l *Learner) Add(ev *audit.Event) {
 	if ev.Phase != audit.PhaseComplete || ev.Device == "" {
 		return
 	}
 	if l.opts.Device != "" && ev.Device != l.opts.Device {
+		return
+	}
+	if ev.IsMapRead() {
+		l.maps.Add(ev.Device, ev.Unit, ev.Address, ev.Quantity, ev.Response)
+		return
+	}
+	if ev.Time.Before(l.opts.Since) {
 		return
 	}
 	if ev.Verdict == audit.Malformed || len(ev.PDU) == 0 {
@@ -232,6 +249,8 @@ func (l *Learner) Add(ev *audit.Event) {
 			d.plainSeen(modbus.ClassRead).add(ev, fc)
 		case modbus.ReadFIFOQueue:
 			at(d.reads, tableKey{fc: fc}, addrSpan{int(req.Address), int(req.Address)}).add(ev, fc)
+		case modbus.ReadHoldingRegisters:
+			l.learnHeld(d, ev.Device, ev.Unit, fc, int(req.Address), int(req.Address)+int(req.Quantity)-1).add(ev, fc)
 		default:
 			at(d.reads, tableKey{fc: fc, space: req.Space}, addrSpan{int(req.Address), int(req.Address) + int(req.Quantity) - 1}).add(ev, fc)
 		}
@@ -244,7 +263,12 @@ func (l *Learner) Add(ev *audit.Event) {
 			d.fileWrite.add(ev, fc)
 			return
 		}
-		st := at(d.writes, tableKey{space: space}, addrSpan{int(addr), int(addr) + int(qty) - 1})
+		var st *seen
+		if space == modbus.SpaceHoldingRegisters && fc != modbus.ReadWriteMultipleRegisters { // 23's read part needs an address rule
+			st = l.learnHeld(d, ev.Device, ev.Unit, 0, int(addr), int(addr)+int(qty)-1)
+		} else {
+			st = at(d.writes, tableKey{space: space}, addrSpan{int(addr), int(addr) + int(qty) - 1})
+		}
 		st.add(ev, fc)
 		if fc == modbus.MaskWriteRegister {
 			if req.AndMask != 0 {
@@ -352,6 +376,9 @@ func (l *Learner) Summary() string {
 		s += fmt.Sprintf(", %s to %s", stamp(l.first), stamp(l.last))
 	}
 	s += fmt.Sprintf("; %d denied and %d malformed not learned", l.denied, l.malformed)
+	if n := l.maps.mapped(); n > 0 {
+		s += fmt.Sprintf("; SunSpec points named by the maps of %d device units the chain recorded", n)
+	}
 	if len(l.unknown) > 0 {
 		names := make([]string, 0, len(l.unknown))
 		for n, c := range l.unknown {
@@ -421,6 +448,11 @@ func (l *Learner) Policy() ([]byte, error) {
 
 func (l *Learner) needsQuorum() bool {
 	for _, d := range l.devs {
+		for k := range d.held {
+			if k.fc == 0 {
+				return true
+			}
+		}
 		if len(d.writes) > 0 || d.fileWrite != nil {
 			return true
 		}
@@ -449,8 +481,10 @@ func (l *Learner) rules(device, group string, m int) *yaml.Node {
 		q.Style = yaml.FlowStyle
 		r.Content = append(r.Content, strNode("requires"), q)
 	}
-	for _, k := range sortedKeys(d.reads) {
-		spans, stats := merged(d.reads[k], l.opts.Gap)
+	reads, writes, pts := l.nameHeld(device, d)
+	pointReads, pointWrites := l.sunspecRules(pts, requires)
+	for _, k := range sortedKeys(reads) {
+		spans, stats := merged(reads[k], l.opts.Gap)
 		total := &seen{}
 		addrs := &yaml.Node{Kind: yaml.SequenceNode}
 		for i, s := range spans {
@@ -475,8 +509,9 @@ func (l *Learner) rules(device, group string, m int) *yaml.Node {
 		r.HeadComment = describe(st)
 		seq.Content = append(seq.Content, r)
 	}
-	for _, k := range sortedKeys(d.writes) {
-		spans, stats := merged(d.writes[k], 0)
+	seq.Content = append(seq.Content, pointReads...)
+	for _, k := range sortedKeys(writes) {
+		spans, stats := merged(writes[k], 0)
 		for i, s := range spans {
 			st := stats[i]
 			r := mapping("name", strNode(fmt.Sprintf("learned-write-%s-%s", k.space, spanText(s))), "allow", strNode("write"),
@@ -495,6 +530,7 @@ func (l *Learner) rules(device, group string, m int) *yaml.Node {
 			seq.Content = append(seq.Content, r)
 		}
 	}
+	seq.Content = append(seq.Content, pointWrites...)
 	if st := d.fileWrite; st != nil {
 		r := mapping("name", strNode("learned-write-file-records"), "allow", strNode("write"),
 			"functions", flowInts(int(modbus.WriteFileRecord)), "units", unitsNode(st.units))

@@ -85,6 +85,7 @@ devices:
       - {name: mask, allow: write, functions: [22], addresses: 50, values: 0-7}
       - {name: coils, allow: write, functions: [5, 15], addresses: 0-3, values: "off", units: [2]}
       - {name: fifo, allow: read, functions: [24], addresses: 7}
+      - {name: points, allow: read, functions: [3], units: [2], sunspec: {model: 103, point: W}}
 `
 
 func TestDecideFunctionVariants(t *testing.T) {
@@ -109,6 +110,7 @@ func TestDecideFunctionVariants(t *testing.T) {
 		{"fc23 in range", 1, fc23(0, 5, 100, 1, 2), 0},
 		{"fc23 value out of range", 1, fc23(0, 5, 100, 1, 11), decision.DenyValue},
 		{"fc23 read part not allowed", 1, fc23(20, 5, 100, 1), decision.DenyAddress},
+		{"fc23 read part beside a sunspec read rule", 2, fc23(20, 5, 100, 1), decision.DenyAddress},
 		{"fc23 write past range", 1, fc23(0, 5, 109, 1, 1), decision.DenyAddress},
 		{"fc22 set exact value", 1, []byte{22, 0, 50, 0, 0, 0, 5}, 0},
 		{"fc22 value out of range", 1, []byte{22, 0, 50, 0, 0, 0, 9}, decision.DenyValue},

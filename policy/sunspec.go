@@ -53,11 +53,6 @@ func parseSunSpec(r *Rule, n *yaml.Node, f map[string]*yaml.Node, d *Device, whe
 		return lineErr(f["table"], "%s: sunspec points are holding registers", where)
 	}
 	r.Table = modbus.SpaceHoldingRegisters
-	if f["requires"] != nil {
-		// Approvals are judged against the policy alone (approvals.Evaluate),
-		// which does not know a device's map.
-		return lineErr(f["requires"], "%s: requires is not supported with sunspec points yet: name the addresses", where)
-	}
 	ref := &SunSpecRef{}
 	mn := sf["model"]
 	if mn == nil {
@@ -209,22 +204,43 @@ type unitRule struct {
 	unit byte
 }
 
-// sunspecState is the compiled view for one policy; Decide reads it
-// without locking.
+// sunspecState is one policy's SunSpec rules compiled for a set of maps;
+// judging reads it without locking.
 type sunspecState struct {
 	pol      *Policy
 	resolved map[unitRule]*resolvedRule
 	why      map[unitRule]string // not resolved: why
 }
 
+// deviceMaps are the maps known: device → unit → map; a unit absent has
+// not been read.
+type deviceMaps map[string]map[byte]*sunspecMap
+
 type sunspecEngine struct {
 	mu    sync.Mutex
-	maps  map[string]map[byte]*sunspecMap // device → unit → map; absent: not read
-	state atomic.Pointer[sunspecState]
+	maps  deviceMaps
+	state atomic.Pointer[sunspecState] // the policy in force's
+	cand  atomic.Pointer[sunspecState] // the shadow candidate's; nil: none
 }
 
-// compile puts p's SunSpec rules in force for the maps known. Callers hold mu.
-func (s *sunspecEngine) compileLocked(p *Policy) {
+// notReadYet is why a rule is not resolved on a unit the engine has not
+// read the map of.
+const notReadYet = "the SunSpec map of unit %d has not been read yet (the proxy reads it when it connects to the device)"
+
+// compileLocked puts the SunSpec rules of p and of the candidate cand (nil:
+// none) in force for the maps known. Callers hold mu.
+func (s *sunspecEngine) compileLocked(p, cand *Policy) {
+	s.state.Store(compileState(p, s.maps, notReadYet))
+	s.cand.Store(compileState(cand, s.maps, notReadYet))
+}
+
+// compileState compiles p's SunSpec rules for maps; absent (a format with
+// the unit) says why a rule is not resolved on a unit with no map. Nil p:
+// nil.
+func compileState(p *Policy, maps deviceMaps, absent string) *sunspecState {
+	if p == nil {
+		return nil
+	}
 	st := &sunspecState{pol: p, resolved: map[unitRule]*resolvedRule{}, why: map[unitRule]string{}}
 	for _, d := range p.Devices {
 		for _, r := range d.Rules {
@@ -233,10 +249,10 @@ func (s *sunspecEngine) compileLocked(p *Policy) {
 			}
 			for _, u := range r.SunSpec.units {
 				k := unitRule{r, u}
-				sm := s.maps[d.Name][u]
+				sm := maps[d.Name][u]
 				switch {
 				case sm == nil:
-					st.why[k] = fmt.Sprintf("%s not resolved: the SunSpec map of unit %d has not been read yet (the proxy reads it when it connects to the device)", r.SunSpec.Label(), u)
+					st.why[k] = fmt.Sprintf("%s not resolved: "+absent, r.SunSpec.Label(), u)
 				case sm.err != nil:
 					st.why[k] = fmt.Sprintf("%s not resolved on unit %d: %v", r.SunSpec.Label(), u, sm.err)
 				default:
@@ -250,7 +266,7 @@ func (s *sunspecEngine) compileLocked(p *Policy) {
 			}
 		}
 	}
-	s.state.Store(st)
+	return st
 }
 
 func compileRule(r *Rule, sm *sunspecMap) (*resolvedRule, error) {
@@ -352,65 +368,81 @@ func (rr *resolvedRule) describe(req *modbus.Request) string {
 	return b.String()
 }
 
-// NeedsResolve reports whether rules of device name SunSpec points, so
-// the proxy should walk its map (Resolve) when it connects.
+// NeedsResolve reports whether the proxy should walk device's SunSpec map
+// (Resolve) when it connects: rules of the policy in force or of the
+// candidate name its SunSpec points, or it is in observe mode (so that
+// policy learn can name the points of what it was asked).
 func (e *Engine) NeedsResolve(device string) bool {
-	d := e.cur.Load().byName[device]
-	if d == nil {
-		return false
-	}
-	for _, r := range d.Rules {
-		if r.SunSpec != nil {
-			return true
-		}
-	}
-	return false
+	ruled, observed := e.mapUnits(device)
+	return len(ruled)+len(observed) > 0
 }
 
-// Resolve walks the SunSpec map of each unit of device that the policy's
-// SunSpec rules name, reading holding registers through read (the proxy's
-// connection to the device), and puts the rules in force for the maps
-// found. Until then, and for a unit whose map cannot be read, the rules
-// allow nothing and their denials say why. The error joins the units that
-// failed; a read error (the connection, not the device's answer) leaves
-// the unit unread, to be read on the next connection.
-func (e *Engine) Resolve(ctx context.Context, device string, read func(unit byte, addr, n uint16) ([]uint16, error)) error {
-	p := e.cur.Load()
-	d := p.byName[device]
-	if d == nil {
-		return fmt.Errorf("device %q is not in policy %s", device, p.ID)
-	}
-	var units []byte
-	for _, r := range d.Rules {
-		if r.SunSpec != nil {
-			for _, u := range r.SunSpec.units {
-				if !hasUnit(units, u) {
-					units = append(units, u)
+// mapUnits lists the units of device whose maps the SunSpec rules of the
+// policy in force and of the candidate name, and, apart, the other units
+// of a device in observe mode.
+func (e *Engine) mapUnits(device string) (ruled, observed []byte) {
+	for _, p := range []*Policy{e.cur.Load(), e.Candidate()} {
+		if p == nil {
+			continue
+		}
+		if d := p.Device(device); d != nil {
+			for _, r := range d.Rules {
+				if r.SunSpec == nil {
+					continue
+				}
+				for _, u := range r.SunSpec.units {
+					if !hasUnit(ruled, u) {
+						ruled = append(ruled, u)
+					}
 				}
 			}
 		}
 	}
+	if d := e.cur.Load().Device(device); d != nil && d.Observe {
+		for _, u := range d.Units {
+			if !hasUnit(ruled, u) {
+				observed = append(observed, u)
+			}
+		}
+	}
+	return ruled, observed
+}
+
+// Resolve walks the SunSpec map of each unit of device that SunSpec rules
+// name (and of each unit of a device in observe mode), reading holding
+// registers through read (the proxy's connection to the device), and puts
+// the rules in force for the maps found. Until then, and for a unit whose
+// map cannot be read, the rules allow nothing and their denials say why.
+// The error joins the units that failed (a unit read only because its
+// device observes fails silently when it has no map); a read error (the
+// connection, not the device's answer) leaves the unit unread, to be read
+// on the next connection.
+func (e *Engine) Resolve(ctx context.Context, device string, read func(unit byte, addr, n uint16) ([]uint16, error)) error {
+	p := e.cur.Load()
+	if p.byName[device] == nil {
+		return fmt.Errorf("device %q is not in policy %s", device, p.ID)
+	}
+	ruled, observed := e.mapUnits(device)
 	found := map[byte]*sunspecMap{}
 	var errs []string
-	for _, u := range units {
+	for _, u := range append(ruled, observed...) {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		sm, err := readMap(func(a, n uint16) ([]uint16, error) { return read(u, a, n) })
-		if err != nil {
+		if err != nil && (hasUnit(ruled, u) || sm == nil) {
 			errs = append(errs, fmt.Sprintf("unit %d: %v", u, err))
-			if sm == nil {
-				continue
-			}
 		}
-		found[u] = sm
+		if sm != nil {
+			found[u] = sm
+		}
 	}
 	e.ss.mu.Lock()
 	if e.ss.maps == nil { // the zero Engine of tests
-		e.ss.maps = map[string]map[byte]*sunspecMap{}
+		e.ss.maps = deviceMaps{}
 	}
 	e.ss.maps[device] = found
-	e.ss.compileLocked(e.cur.Load())
+	e.ss.compileLocked(e.cur.Load(), e.Candidate())
 	e.ss.mu.Unlock()
 	for u, sm := range found {
 		if sm.err == nil {
@@ -434,7 +466,7 @@ func (e *Engine) Unresolve(device string) {
 		return
 	}
 	delete(e.ss.maps, device)
-	e.ss.compileLocked(e.cur.Load())
+	e.ss.compileLocked(e.cur.Load(), e.Candidate())
 }
 
 // readMap walks one unit's chain and reads the scale factors of the models
@@ -476,13 +508,16 @@ func readMap(read sunspec.ReadFunc) (*sunspecMap, error) {
 
 // rule returns the rule to check a request on unit against: r itself, or
 // for a SunSpec rule its copy compiled for the unit's map (and that); nil
-// and why if the rule is not resolved for the unit.
-func (s *sunspecEngine) rule(p *Policy, r *Rule, unit byte) (*Rule, *resolvedRule, string) {
+// and why if the rule is not resolved for the unit. st is what p's rules
+// were compiled to; nil: no maps (judging without a device).
+func (st *sunspecState) rule(p *Policy, r *Rule, unit byte) (*Rule, *resolvedRule, string) {
 	if r.SunSpec == nil {
 		return r, nil, ""
 	}
-	st := s.state.Load()
-	if st == nil || st.pol != p {
+	if st == nil {
+		return nil, nil, r.SunSpec.Label() + " not resolved: no device map to resolve it against here"
+	}
+	if st.pol != p {
 		return nil, nil, r.SunSpec.Label() + " not resolved: the policy changed while deciding"
 	}
 	k := unitRule{r, unit}

@@ -1,10 +1,12 @@
 package policy
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -18,9 +20,10 @@ import (
 // and a Candidate and collects where their verdicts differ. Both judge a
 // request the same way (Judge): a rule that requires a quorum allows it
 // only if an approval was used for it when it was recorded. Observe mode
-// is not applied: what-if compares what the rules decide. Add does not
-// allocate unless the request starts a new group. It is not safe for
-// concurrent use.
+// is not applied: what-if compares what the rules decide. SunSpec rules
+// are judged for the maps the proxy read, replayed from the chain
+// (MapRead). Add does not allocate unless the request starts a new group
+// (or waits for its unit's first map). It is not safe for concurrent use.
 type WhatIf struct {
 	Baseline, Candidate *Policy
 	Examples            int // kept per group; 0: 3
@@ -28,7 +31,18 @@ type WhatIf struct {
 	replayed    int
 	first, last time.Time
 	groups      map[whatIfKey]*WhatIfGroup
+
+	maps       RecordedMaps
+	base, cand *Resolved // compiled when maps had made changes changes
+	changes    uint64
+	sunspec    map[unitKey]bool       // the units SunSpec rules of either policy name
+	waiting    map[unitKey][]Recorded // their requests recorded before their first map
+	nwaiting   int
 }
+
+// maxWaiting bounds the requests kept until their unit's first map comes
+// in the chain; past it they are judged without one.
+const maxWaiting = 1 << 16
 
 // Recorded is one recorded request as a replay needs it.
 type Recorded struct {
@@ -81,6 +95,23 @@ type WhatIfExample struct {
 	Reason string    `json:"reason"`
 }
 
+// MapRead replays one of the proxy's recorded reads of a device's SunSpec
+// map (chain.EventView.IsMapRead): n registers of the unit at addr,
+// answered resp (copied). A unit's requests recorded before its first map
+// are judged once the chain has it, or by Report without one.
+func (w *WhatIf) MapRead(device string, unit byte, addr, n uint16, resp []byte) {
+	if !w.maps.Add(device, unit, addr, n, resp) {
+		return
+	}
+	k := unitKey{device, unit}
+	q := w.waiting[k]
+	delete(w.waiting, k)
+	w.nwaiting -= len(q)
+	for i := range q {
+		w.judge(&q[i])
+	}
+}
+
 // Add replays one recorded request.
 func (w *WhatIf) Add(q *Recorded) {
 	if w.replayed == 0 || q.Time.Before(w.first) {
@@ -90,8 +121,59 @@ func (w *WhatIf) Add(q *Recorded) {
 		w.last = q.Time
 	}
 	w.replayed++
-	br, bd := w.Baseline.Judge(&q.In, q.Approved)
-	cr, cd := w.Candidate.Judge(&q.In, q.Approved)
+	if !w.waits(q) {
+		w.judge(q)
+	}
+}
+
+// waits keeps q, a request to a unit SunSpec rules name whose map the
+// chain has not shown yet, until it has; it reports whether it did.
+func (w *WhatIf) waits(q *Recorded) bool {
+	if w.sunspec == nil {
+		w.sunspec, w.waiting = map[unitKey]bool{}, map[unitKey][]Recorded{}
+		for _, p := range []*Policy{w.Baseline, w.Candidate} {
+			for _, d := range p.Devices {
+				for _, r := range d.Rules {
+					for _, u := range sunspecUnits(r) {
+						w.sunspec[unitKey{d.Name, u}] = true
+					}
+				}
+			}
+		}
+	}
+	k := unitKey{q.In.Device, q.In.Unit}
+	if !w.sunspec[k] || w.nwaiting >= maxWaiting {
+		return false
+	}
+	if sm, _ := w.maps.known(k.device, k.unit); sm != nil {
+		return false
+	}
+	req, err := modbus.ParseRequest(bytes.Clone(q.In.Request.PDU)) // q's PDU is the caller's buffer
+	if err != nil {
+		return false
+	}
+	kept := *q
+	kept.In.Request = req
+	w.waiting[k] = append(w.waiting[k], kept)
+	w.nwaiting++
+	return true
+}
+
+func sunspecUnits(r *Rule) []byte {
+	if r.SunSpec == nil {
+		return nil
+	}
+	return r.SunSpec.units
+}
+
+// judge replays q against both policies, their SunSpec rules compiled for
+// the maps read so far.
+func (w *WhatIf) judge(q *Recorded) {
+	if w.base == nil || w.changes != w.maps.changes {
+		w.base, w.cand, w.changes = w.maps.Resolve(w.Baseline), w.maps.Resolve(w.Candidate), w.maps.changes
+	}
+	br, bd := w.base.Judge(&q.In, q.Approved)
+	cr, cd := w.cand.Judge(&q.In, q.Approved)
 	if (bd == 0) == (cd == 0) {
 		return
 	}
@@ -129,9 +211,9 @@ func (w *WhatIf) Add(q *Recorded) {
 		g.Last = q.Time
 	}
 	if n := cmp.Or(w.Examples, 3); len(g.Examples) < n {
-		denier := w.Candidate
+		denier := w.cand
 		if !k.newlyDenied {
-			denier = w.Baseline
+			denier = w.base
 		}
 		ex := WhatIfExample{Seq: q.Seq, Op: q.Op, Time: q.Time, Unit: q.In.Unit, PDU: hex.EncodeToString(req.PDU),
 			Reason: denier.Explain(&q.In, q.Approved)}
@@ -173,6 +255,15 @@ func refOf(p *Policy) Ref { return Ref{ID: p.ID, Version: p.Version, Digest: p.D
 // Report returns what the replay found: the newly denied groups first,
 // then the newly allowed, each by device, then most requests first.
 func (w *WhatIf) Report() *WhatIfReport {
+	for _, k := range slices.SortedFunc(maps.Keys(w.waiting), func(a, b unitKey) int {
+		return cmp.Or(strings.Compare(a.device, b.device), cmp.Compare(a.unit, b.unit))
+	}) {
+		for i := range w.waiting[k] { // no map of the unit came: judged without
+			w.judge(&w.waiting[k][i])
+		}
+		delete(w.waiting, k)
+	}
+	w.nwaiting = 0
 	r := &WhatIfReport{InForce: refOf(w.Baseline), Candidate: refOf(w.Candidate), Replayed: w.replayed, Groups: []*WhatIfGroup{}}
 	if w.replayed > 0 {
 		r.From, r.To = &w.first, &w.last

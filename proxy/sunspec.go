@@ -100,7 +100,7 @@ func (u *upstream) read(unit byte, addr, n uint16) ([]uint16, error) {
 	c.in = decision.Input{Device: u.name, Unit: unit, Request: req}
 	c.ev = audit.Event{Time: c.start, Op: u.s.opSeq.Add(1), Phase: audit.PhaseComplete, Device: u.name, Unit: unit,
 		Function: byte(modbus.ReadHoldingRegisters), Class: req.Class().String(), Address: addr, Quantity: n,
-		PDU: pdu, Verdict: audit.Allow, Reason: "the proxy reads the device's SunSpec map"}
+		PDU: pdu, Verdict: audit.Allow, Reason: audit.MapReadReason}
 	type outcome struct {
 		pdu []byte
 		ex  modbus.ExceptionCode

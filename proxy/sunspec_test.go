@@ -86,7 +86,7 @@ func TestSunSpecRulesThroughProxy(t *testing.T) {
 	}
 	var own int
 	for _, ev := range fx.events.completed() {
-		if ev.Reason == "the proxy reads the device's SunSpec map" && ev.Verdict == audit.Allow && ev.Device == "inverter-1" {
+		if ev.IsMapRead() && ev.Verdict == audit.Allow && ev.Device == "inverter-1" {
 			own++
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -35,11 +36,12 @@ func policyLearnCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			o.Since = from // map reads before it still name SunSpec points
 			l, err := policy.NewLearner(p, o)
 			if err != nil {
 				return fmt.Errorf("%w: %v", errUsage, err)
 			}
-			err = chain.ScanEvents(cmd.Context(), js, from, l.Add)
+			err = chain.ScanEvents(cmd.Context(), js, time.Time{}, l.Add)
 			if err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 
 	mbclient "github.com/simonvetter/modbus"
 
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -135,7 +136,9 @@ devices:
 // TestCommissioningObserveLearnWhatIfEnforce is the commissioning of a
 // live plant: a scripted SCADA master runs over minutes of simulated time
 // against devices in observe mode; policy learn builds a candidate from the
-// chain; what-if shows it denies nothing the policy in force allows; the
+// chain, naming the inverter's power limit 123.WMaxLimPct by the SunSpec
+// map the observing proxy read and recorded; what-if (judging SunSpec
+// rules for that map) shows it denies nothing the policy in force allows; the
 // candidate, signed and enforced, lets the same script through and denies
 // one write the script never made. Then a candidate without the
 // inverter's write rule reports exactly the writes that rule allowed.
@@ -158,6 +161,19 @@ func TestCommissioningObserveLearnWhatIfEnforce(t *testing.T) {
 	if !strings.Contains(stderr, "100 forwarded requests learned") {
 		t.Fatalf("learn's summary: %s", stderr)
 	}
+	learned, err := policy.Parse("candidate.yaml", []byte(candidate))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var points []string
+	for _, r := range learned.Device("inverter-1").Rules {
+		if r.SunSpec != nil && r.Class.String() == "write" {
+			points = append(points, r.SunSpec.Label())
+		}
+	}
+	if len(points) != 1 || points[0] != "123.WMaxLimPct" { // from the map the observing proxy read
+		t.Fatalf("the inverter's learned write rules name points %v, want 123.WMaxLimPct\n%s", points, candidate)
+	}
 	c.write("candidate.yaml", candidate)
 	code, out, stderr := c.cli("policy", "what-if", filepath.Join(c.dir, "candidate.yaml"), "--json")
 	var rep policy.WhatIfReport
@@ -172,9 +188,14 @@ func TestCommissioningObserveLearnWhatIfEnforce(t *testing.T) {
 
 	c.sign(candidate)
 	c.start()
+	telemetry := modbusClient(t, c.listen, simulators.UnitInverter)
+	testwait.For(t, "the proxy to read the inverter's SunSpec map", func() bool {
+		_, err := telemetry.ReadRegisters(simulators.InverterCurrent, 16, mbclient.HOLDING_REGISTER)
+		return err == nil
+	})
 	master(t, c.listen, 20)
 	before := inv.Watts()
-	err := modbusClient(t, c.listen, simulators.UnitInverter).WriteRegister(simulators.InverterConn, 0)
+	err = modbusClient(t, c.listen, simulators.UnitInverter).WriteRegister(simulators.InverterConn, 0)
 	if !errors.Is(err, mbclient.ErrIllegalFunction) && !errors.Is(err, mbclient.ErrIllegalDataAddress) {
 		t.Fatalf("disconnecting the inverter under the learned policy: %v, want a refusal", err)
 	}
@@ -214,10 +235,6 @@ func TestCommissioningObserveLearnWhatIfEnforce(t *testing.T) {
 	})
 
 	t.Run("a candidate that drops one rule reports exactly what that rule allowed", func(t *testing.T) {
-		learned, err := policy.Parse("candidate.yaml", []byte(candidate))
-		if err != nil {
-			t.Fatal(err)
-		}
 		var drop string
 		for _, r := range learned.Device("inverter-1").Rules {
 			if r.Class.String() == "write" {
