@@ -1,6 +1,7 @@
 package chain_test
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/natstest"
 )
 
@@ -65,6 +67,22 @@ func BenchmarkRecordDurableEmbedded(b *testing.B) {
 func BenchmarkRecordDurableAlone(b *testing.B) {
 	srv := natstest.RunJetStream(b)
 	benchDurable(b, natstest.Connect(b, srv.URL()), 1, 1)
+}
+
+// BenchmarkRecordDurableOwner is the recorder as gridseal proxy runs it:
+// on the connection a data directory's owner opens to its own embedded
+// server (natsembed.Connect with Own), one write at a time and 16 at once.
+func BenchmarkRecordDurableOwner(b *testing.B) {
+	for _, par := range []int{1, 16} {
+		b.Run(fmt.Sprintf("writers=%d", par), func(b *testing.B) {
+			conn, err := natsembed.Connect(b.Context(), natsembed.ConnectOptions{Name: "bench", DataDir: b.TempDir(), Own: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			benchDurable(b, conn.NC, 1, par)
+		})
+	}
 }
 
 func BenchmarkRecordDurableCluster(b *testing.B) {

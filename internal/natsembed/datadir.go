@@ -178,7 +178,9 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 		stop()
 		return nil, fmt.Errorf("data directory: %w", err)
 	}
-	nc, err := nats.Connect(url, opts...)
+	// The owner talks to its own server in process; other processes (the
+	// CLI, a second proxy) connect to url.
+	nc, err := nats.Connect(url, append(opts, nats.InProcessServer(srv))...)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)

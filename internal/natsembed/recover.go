@@ -50,6 +50,16 @@ func (w *owned) ClientURL() string {
 	return w.srv.ClientURL()
 }
 
+// InProcessConn is a connection to the server that runs now, for the
+// owner's own client (nats.InProcessServer): no TCP, no syscalls, between
+// the recorder and its store. A client that reconnects after a restart
+// gets the new server.
+func (w *owned) InProcessConn() (net.Conn, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.srv.InProcessConn()
+}
+
 func (w *owned) storeError(msg string) {
 	if !w.broken.CompareAndSwap(false, true) {
 		return
