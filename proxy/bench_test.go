@@ -39,7 +39,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 		b.Fatal(err)
 	}
 	proxied, _ := serve(b, srv, plcRoute())
-
+	b.Run("proxied-16-clients", func(b *testing.B) { roundTrips(b, proxied, 8) })
 	for _, target := range []struct{ name, addr string }{{"direct", up.addr()}, {"proxied", proxied}} {
 		b.Run(target.name, func(b *testing.B) {
 			c, err := net.Dial("tcp", target.addr)
@@ -61,4 +61,32 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 		})
 	}
+}
+
+// roundTrips runs FC 3 reads through addr from 2*GOMAXPROCS*par clients at
+// once, each its own connection with one request in flight, as many
+// SCADA masters would: the proxy then shares one device connection among
+// them.
+func roundTrips(b *testing.B, addr string, par int) {
+	frame := modbus.AppendFrame(nil, 1, 1, modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 0, 10))
+	b.SetParallelism(par)
+	b.RunParallel(func(pb *testing.PB) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		rd := modbus.NewReader(c)
+		for pb.Next() {
+			if _, err := c.Write(frame); err != nil {
+				b.Error(err)
+				return
+			}
+			if f, err := rd.ReadFrame(); err != nil || f.PDU[0] != 3 {
+				b.Errorf("reply %x: %v", f.PDU, err)
+				return
+			}
+		}
+	})
 }
