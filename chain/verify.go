@@ -11,7 +11,8 @@ import (
 )
 
 // BlockVerifier checks writer signatures: a Tink verifier for the writer's
-// public keyset, and the ids of its keys.
+// public keyset, and the ids of its keys. VerifyStream calls Verify from
+// several goroutines at once, as Tink's verifiers allow.
 type BlockVerifier interface {
 	Verify(signature, data []byte) error
 }
