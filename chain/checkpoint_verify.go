@@ -30,8 +30,19 @@ func NewCheckpointCheck(cps []*Checkpoint) *CheckpointCheck {
 
 // Add folds one stream message's events into the tree.
 func (c *CheckpointCheck) Add(m *Msg) error {
-	for _, e := range leavesOf(m.Data) {
-		c.acc.Append(LeafHash(e))
+	events := leavesOf(m.Data)
+	leaves := make([]Hash, len(events))
+	for i, e := range events {
+		leaves[i] = LeafHash(e)
+	}
+	return c.addLeaves(m, leaves)
+}
+
+// addLeaves is Add with the leaf hashes of m's events (none if m is not a
+// readable block).
+func (c *CheckpointCheck) addLeaves(m *Msg, leaves []Hash) error {
+	for _, leaf := range leaves {
+		c.acc.Append(leaf)
 		for c.next < len(c.want) && c.want[c.next].Size == c.acc.Size() {
 			cp := c.want[c.next]
 			c.next++

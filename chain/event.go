@@ -100,17 +100,20 @@ type reader struct {
 }
 
 func (r *reader) take(n int) []byte {
-	if r.err != nil {
+	b := r.b
+	if r.err != nil || n > len(b) {
+		if r.err == nil {
+			r.err = errTruncated
+		}
 		return nil
 	}
-	if n > len(r.b) {
-		r.err = fmt.Errorf("%w: truncated", ErrFormat)
-		return nil
-	}
-	out := r.b[:n]
-	r.b = r.b[n:]
-	return out
+	r.b = b[n:]
+	return b[:n]
 }
+
+// errTruncated is take's error, made once so that take, some thirty
+// times an event, is inlined.
+var errTruncated = fmt.Errorf("%w: truncated", ErrFormat)
 
 func (r *reader) u8() byte {
 	if b := r.take(1); b != nil {

@@ -11,7 +11,8 @@ import (
 )
 
 // BlockVerifier checks writer signatures: a Tink verifier for the writer's
-// public keyset, and the ids of its keys.
+// public keyset, and the ids of its keys. VerifyStream calls Verify from
+// several goroutines at once, as Tink's verifiers allow.
 type BlockVerifier interface {
 	Verify(signature, data []byte) error
 }
@@ -105,7 +106,8 @@ type Verifier struct {
 	Last    time.Time
 	// OnEvent, if set, is called with each verified event's bytes.
 	OnEvent func(m *Msg, b *Block, i int, event []byte) error
-	leaves  []Hash
+	check   blockCheck // Add's
+	leaves  []Hash     // Add's scratch for the Merkle root
 }
 
 // link is what the verifier knows of a writer's chain beyond WriterState:
@@ -149,12 +151,18 @@ func (v *Verifier) Missing(first, last uint64, cause error) error {
 // Add verifies the next message. It returns a *Problem for a bad block, or
 // errors.Join of two when messages are missing before it and it is bad too.
 func (v *Verifier) Add(m *Msg) error {
+	checkBlock(&v.trust, m, &v.check, &v.leaves)
+	return v.addChecked(m, &v.check)
+}
+
+// addChecked is Add with what checkBlock found of m.
+func (v *Verifier) addChecked(m *Msg, c *blockCheck) error {
 	var gap error
 	if m.Seq != v.lastSeq+1 {
 		gap = v.Missing(v.lastSeq+1, m.Seq-1, nil)
 	}
 	v.lastSeq = m.Seq
-	return errors.Join(gap, v.add(m))
+	return errors.Join(gap, v.add(m, c))
 }
 
 func (v *Verifier) link(writer string) *link {
@@ -166,8 +174,79 @@ func (v *Verifier) link(writer string) *link {
 	return l
 }
 
-// add verifies m, whose sequence follows the last.
-func (v *Verifier) add(m *Msg) error {
+// blockCheck is what a block message shows on its own, apart from its
+// place in the writer's chain: checkBlock works it out, on any goroutine,
+// for add to judge in stream order.
+type blockCheck struct {
+	b          *Block // nil if unreadable
+	unreadable error  // why ParseBlock refused it
+	noKeys     bool   // the writer is not in the trust file
+	reason     string // the first check it fails on its own; "" if none
+	leaves     []Hash // its events' leaf hashes, if it could be read
+}
+
+// checkBlock checks m on its own against trust, in add's order, into c
+// (whose leaves it reuses); scratch is where it computes the Merkle root.
+// It only reads trust, so several may run at once.
+func checkBlock(trust *Trust, m *Msg, c *blockCheck, scratch *[]Hash) {
+	*c = blockCheck{leaves: c.leaves[:0]}
+	b, err := ParseBlock(m.Data)
+	if err != nil {
+		c.unreadable = err
+		return
+	}
+	c.b = b
+	for _, e := range b.Events {
+		c.leaves = append(c.leaves, LeafHash(e))
+	}
+	c.reason, c.noKeys = blockReason(trust, m, b, c.leaves, scratch)
+}
+
+// blockReason says why block b, stored as m, is bad in itself, or "";
+// noKeys says its writer is not in the trust file, which add judges.
+func blockReason(trust *Trust, m *Msg, b *Block, leaves []Hash, scratch *[]Hash) (reason string, noKeys bool) {
+	writer := m.Writer()
+	if b.Writer != writer {
+		return fmt.Sprintf("block names writer %q but was stored under %s", b.Writer, m.Subject), false
+	}
+	keys, ok := trust.Writers[writer]
+	if !ok {
+		return "", true
+	}
+	if !keys.KeyIDs[b.KeyID] {
+		return fmt.Sprintf("signed with key id %d, which is not a pinned key of this writer", b.KeyID), false
+	}
+	if len(b.Signature) < 5 || b.Signature[0] != 1 || binary.BigEndian.Uint32(b.Signature[1:5]) != b.KeyID {
+		return fmt.Sprintf("signature prefix does not name the header's key id %d", b.KeyID), false
+	}
+	if err := keys.Verifier.Verify(b.Signature, SigningInput(b.Hash)); err != nil {
+		return "signature does not verify with the writer's pinned keys", false
+	}
+	if m.MsgID != "" && m.MsgID != b.Hash.String() {
+		return fmt.Sprintf("message id %s is not the block hash %s", m.MsgID, b.Hash), false
+	}
+	if int(b.Count) != len(b.Events) {
+		return fmt.Sprintf("header counts %d events, block holds %d", b.Count, len(b.Events)), false
+	}
+	*scratch = append((*scratch)[:0], leaves...)
+	if root := MerkleRoot(*scratch); root != b.Root {
+		return "events do not match the signed Merkle root: an event was altered, added or removed", false
+	}
+	var view EventView
+	for i, e := range b.Events {
+		if err := ViewEvent(e, &view); err != nil { // checks the format, copies nothing
+			return fmt.Sprintf("event %d: %v", i, err), false
+		}
+	}
+	if h, ok := trust.Heads[writer]; ok && h.Height == b.Height && h.Hash != b.Hash.String() {
+		return fmt.Sprintf("block hash %s differs from the local head's %s: the chain was rewritten", b.Hash, h.Hash), false
+	}
+	return "", false
+}
+
+// add verifies m, whose sequence follows the last, with what checkBlock
+// found of it.
+func (v *Verifier) add(m *Msg, c *blockCheck) error {
 	writer := m.Writer()
 	l := v.link(writer)
 	defer func() { l.seen = m.Seq }()
@@ -176,58 +255,22 @@ func (v *Verifier) add(m *Msg) error {
 		l.broken, l.anchored = p, false
 		return p
 	}
-	bad := func(h uint64, format string, args ...any) error {
-		return broke(&Problem{Seq: m.Seq, Writer: writer, Height: h, HasHeight: true, Reason: fmt.Sprintf(format, args...)})
+	if c.unreadable != nil {
+		return broke(&Problem{Seq: m.Seq, Writer: writer, Reason: fmt.Sprintf("unreadable block: %v", c.unreadable)})
 	}
-	b, err := ParseBlock(m.Data)
-	if err != nil {
-		return broke(&Problem{Seq: m.Seq, Writer: writer, Reason: fmt.Sprintf("unreadable block: %v", err)})
-	}
-	if b.Writer != writer {
-		return bad(b.Height, "block names writer %q but was stored under %s", b.Writer, m.Subject)
-	}
-	keys, ok := v.trust.Writers[writer]
-	if !ok {
+	b, reason := c.b, c.reason
+	if c.noKeys {
 		if l.broken != nil {
 			l.broken.Later++
 			return nil
 		}
-		return bad(b.Height, "writer is not in the trust file")
+		reason = "writer is not in the trust file"
 	}
-	if !keys.KeyIDs[b.KeyID] {
-		return bad(b.Height, "signed with key id %d, which is not a pinned key of this writer", b.KeyID)
-	}
-	if len(b.Signature) < 5 || b.Signature[0] != 1 || binary.BigEndian.Uint32(b.Signature[1:5]) != b.KeyID {
-		return bad(b.Height, "signature prefix does not name the header's key id %d", b.KeyID)
-	}
-	if err := keys.Verifier.Verify(b.Signature, SigningInput(b.Hash)); err != nil {
-		return bad(b.Height, "signature does not verify with the writer's pinned keys")
-	}
-	if m.MsgID != "" && m.MsgID != b.Hash.String() {
-		return bad(b.Height, "message id %s is not the block hash %s", m.MsgID, b.Hash)
-	}
-	if int(b.Count) != len(b.Events) {
-		return bad(b.Height, "header counts %d events, block holds %d", b.Count, len(b.Events))
-	}
-	v.leaves = v.leaves[:0]
-	for _, e := range b.Events {
-		v.leaves = append(v.leaves, LeafHash(e))
-	}
-	if root := MerkleRoot(v.leaves); root != b.Root {
-		return bad(b.Height, "events do not match the signed Merkle root: an event was altered, added or removed")
-	}
-	var view EventView
-	for i, e := range b.Events {
-		if err := ViewEvent(e, &view); err != nil { // checks the format, copies nothing
-			return bad(b.Height, "event %d: %v", i, err)
-		}
-	}
-	if h, ok := v.trust.Heads[writer]; ok && h.Height == b.Height && h.Hash != b.Hash.String() {
-		return bad(b.Height, "block hash %s differs from the local head's %s: the chain was rewritten", b.Hash, h.Hash)
+	if reason != "" {
+		return broke(&Problem{Seq: m.Seq, Writer: writer, Height: b.Height, HasHeight: true, Reason: reason})
 	}
 	// The block is sound in itself; now its place in the writer's chain.
 	st := v.writers[writer]
-	var reason string
 	var skipped bool
 	if st == nil {
 		reason, skipped = linkReason(writer, false, 0, Hash{}, b)

@@ -108,7 +108,9 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 	}
 	checkAge := cpCheck != nil && opts.MaxCheckpointAge > 0
 	now := time.Now()
-	err := Scan(ctx, js, 1, false, func(m *Msg) error {
+	// Each block's checks on its own run on every core; the rest, here,
+	// in stream order.
+	pl := newPipeline(&v.trust, func(m *Msg, c *blockCheck) error {
 		if opts.Progress != nil && time.Since(lastProgress) > every {
 			lastProgress = time.Now()
 			opts.Progress(v.Blocks, v.Events)
@@ -117,12 +119,12 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 		next = m.Seq + 1
 		if cpCheck != nil && !gap {
 			var p *Problem
-			if err := cpCheck.Add(m); errors.As(err, &p) {
+			if err := cpCheck.addLeaves(m, c.leaves); errors.As(err, &p) {
 				rep.Problems = append(rep.Problems, p)
 			}
 		}
 		if checkAge {
-			events += int64(len(leavesOf(m.Data)))
+			events += int64(len(c.leaves))
 			if age := now.Sub(m.Stored); events > covered && age > opts.MaxCheckpointAge {
 				checkAge = false // the first such block says it
 				rep.Problems = append(rep.Problems, &Problem{Seq: m.Seq, Writer: m.Writer(), Reason: fmt.Sprintf(
@@ -130,11 +132,18 @@ func VerifyStream(ctx context.Context, js jetstream.JetStream, opts VerifyOption
 					age.Round(time.Second), covered, opts.MaxCheckpointAge)})
 			}
 		}
-		ps, err := problems(v.Add(m))
+		ps, err := problems(v.addChecked(m, c))
 		rep.Problems = append(rep.Problems, ps...)
 		return err
 	})
+	defer pl.close()
+	err := Scan(ctx, js, 1, false, pl.add)
 	var ue *UnreadableError
+	if err == nil || errors.As(err, &ue) {
+		if ferr := pl.flush(); ferr != nil {
+			err = ferr
+		}
+	}
 	switch {
 	case errors.As(err, &ue):
 		// The last messages never came: report them, then finish.

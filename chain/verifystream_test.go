@@ -1,15 +1,18 @@
 package chain_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 )
@@ -212,6 +215,75 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 	}
 	if want := "and 2 later blocks not verified because they follow this one"; !strings.HasSuffix(rep.Problems[0].Error(), want) {
 		t.Fatalf("first problem = %q, want it to end %q", rep.Problems[0], want)
+	}
+}
+
+// TestVerifyStreamReportsTheBadBlockInAWindow: VerifyStream checks blocks
+// on several goroutines at once, yet reports exactly what one block at a
+// time does, in stream order. A large edited block in the middle of the
+// blocks in flight takes far longer to check than the small ones after it
+// (one re-signed by another key, one edited): it is still the first
+// problem, and the later blocks are counted and reported as Verifier.Add
+// reports them.
+func TestVerifyStreamReportsTheBadBlockInAWindow(t *testing.T) {
+	signer, wk := newKey(t)
+	attacker, _ := newKey(t)
+	var msgs []*chain.Msg
+	prev := chain.GenesisPrev("gw-1")
+	for h := uint64(0); h < 30; h++ {
+		n := uint64(2)
+		if h == 12 {
+			n = 4000 // under 1 MB, NATS's largest message
+		}
+		var events [][]byte
+		for i := range n {
+			events = append(events, chain.AppendEvent(nil, event(h*10_000+i, audit.Allow)))
+		}
+		msg, hash, err := chain.EncodeBlock("gw-1", signer, h, prev, time.Unix(1764072000+int64(h), 0), events)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgs = append(msgs, &chain.Msg{Seq: h + 1, Subject: chain.Subject("gw-1"), Data: msg, MsgID: hash.String()})
+		prev = hash
+	}
+	for _, i := range []int{12, 21} {
+		msgs[i].Data[len(msgs[i].Data)-30] ^= 0x01 // inside the last event
+	}
+	resign(t, msgs, 14, attacker)
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": wk}}
+	var found []*chain.Problem
+	v := chain.NewVerifier(trust)
+	for _, m := range msgs {
+		var p *chain.Problem
+		if err := v.Add(m); errors.As(err, &p) {
+			found = append(found, p)
+		}
+	}
+	var want []string // once all are in: later blocks count in their Later
+	for _, p := range found {
+		want = append(want, p.Error())
+	}
+	if len(want) != 3 || !strings.HasPrefix(want[0], "sequence 13 (writer gw-1, block 12): events do not match the signed Merkle root") {
+		t.Fatalf("one block at a time: %q, want sequences 13, 15 and 22, the edited block 12 first", want)
+	}
+
+	js := newChain(t).js
+	publish(t, js, msgs)
+	for range 3 {
+		rep, err := chain.VerifyStream(t.Context(), js, chain.VerifyOptions{Trust: trust})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, p := range rep.Problems {
+			got = append(got, p.Error())
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("VerifyStream reports\n  %s\nwant, as one block at a time,\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+		}
+		if rep.Blocks != v.Blocks || rep.Events != v.Events {
+			t.Fatalf("VerifyStream verified %d blocks, %d events; one block at a time %d, %d", rep.Blocks, rep.Events, v.Blocks, v.Events)
+		}
 	}
 }
 

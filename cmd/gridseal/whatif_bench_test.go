@@ -15,6 +15,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
@@ -124,9 +125,10 @@ func BenchmarkWhatIfReplay(b *testing.B) {
 	}
 }
 
-// BenchmarkWhatIfCommand runs `gridseal policy what-if` on a chain of
-// GRIDSEAL_WHATIF_EVENTS events (default 1 000 000) in a JetStream server:
-// the end-to-end figure, reading the stream included.
+// BenchmarkWhatIfCommand runs `gridseal policy what-if`, and `gridseal
+// chain verify`, on a chain of GRIDSEAL_WHATIF_EVENTS events (default
+// 1 000 000) in a JetStream server: the end-to-end figures, reading the
+// stream included.
 func BenchmarkWhatIfCommand(b *testing.B) {
 	n := 1_000_000
 	if s := os.Getenv("GRIDSEAL_WHATIF_EVENTS"); s != "" {
@@ -138,7 +140,8 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 	inForce, candidate := benchPolicies(b, dir)
 	srv := natstest.RunJetStream(b)
 	nc := natstest.Connect(b, srv.URL())
-	rec, err := chain.Open(b.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(b), LeaseTTL: -1,
+	key := keystest.New(b)
+	rec, err := chain.Open(b.Context(), nc, chain.Config{Writer: "gw-1", Signer: key.Signer, LeaseTTL: -1,
 		DurableTimeout: time.Minute}, zap.NewNop())
 	if err != nil {
 		b.Fatal(err)
@@ -177,6 +180,29 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 		}
 	})
 	b.Run("what-if", func(b *testing.B) { benchWhatIf(b, n, srv.URL(), dir, inForce, candidate) })
+	b.Run("chain verify", func(b *testing.B) { benchChainVerify(b, n, srv.URL(), dir, key) })
+}
+
+func benchChainVerify(b *testing.B, n int, url, dir string, key keystest.Key) {
+	_, pub, err := keys.WritePair(dir, "gw-1", key.Handle)
+	if err != nil {
+		b.Fatal(err)
+	}
+	trust := filepath.Join(dir, "trust.yaml")
+	if err := chain.WriteTrust(trust, "gw-1", pub); err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		start := time.Now()
+		var out, errb strings.Builder
+		code := run(b.Context(), []string{"chain", "verify", "--trust", trust, "--nats", url, "--data-dir", dir},
+			strings.NewReader(""), &out, &errb)
+		took := time.Since(start)
+		if code != 0 || !strings.Contains(out.String(), fmt.Sprintf(" %d events", n)) {
+			b.Fatalf("chain verify: exit %d\n%.2000s%s", code, out.String(), errb.String())
+		}
+		b.ReportMetric(float64(n)/took.Seconds(), "events/s")
+	}
 }
 
 func benchWhatIf(b *testing.B, n int, url, dir, inForce, candidate string) {
