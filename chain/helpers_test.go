@@ -52,11 +52,17 @@ func (e *chainEnv) recorder(t testing.TB, headDir string) *chain.Recorder {
 
 // recordClosed records ops 0..n-1, allowed, every every-th one durable, as
 // gw-1 keeping its head in a fresh directory, closes the recorder and
-// returns that directory.
+// returns that directory. Each durable op closes a block: the others
+// linger for it however slow the machine (the default 2 ms linger could
+// end a block early under -race on a loaded machine).
 func (e *chainEnv) recordClosed(t testing.TB, n, every uint64) (headDir string) {
 	t.Helper()
 	headDir = t.TempDir()
-	r := e.recorder(t, headDir)
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: headDir,
+		DurableTimeout: 3 * time.Second, LeaseTTL: -1, Linger: time.Hour}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := uint64(0); i < n; i++ {
 		if err := r.Record(t.Context(), event(i, audit.Allow), i%every == every-1); err != nil {
 			t.Fatal(err)

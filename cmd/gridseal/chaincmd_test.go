@@ -53,8 +53,11 @@ func recordChain(t *testing.T, blocks, perBlock int) *recordedChain {
 		t.Fatal(err)
 	}
 	nc := natstest.Connect(t, c.srv.URL())
+	// Each block's last event is durable and closes it; the others linger
+	// for it however slow the machine (the default 2 ms linger ended a
+	// block early once under -race on a loaded machine).
 	c.rec, err = chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: t.TempDir(),
-		DurableTimeout: 3 * time.Second}, zap.NewNop())
+		DurableTimeout: 3 * time.Second, Linger: time.Hour}, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
