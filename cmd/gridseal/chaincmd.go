@@ -23,7 +23,9 @@ func chainCmd(g *globals) *cobra.Command {
 }
 
 // trustOr is path, or the default trust file if path is empty.
-func (g *globals) trustOr(path string) string { return cmp.Or(path, filepath.Join(g.dataDir, "trust.yaml")) }
+func (g *globals) trustOr(path string) string {
+	return cmp.Or(path, filepath.Join(g.dataDir, "trust.yaml"))
+}
 
 func chainVerifyCmd(g *globals) *cobra.Command {
 	var trustPath, heads, eveFile string
