@@ -292,11 +292,11 @@ func scanContiguous(ctx context.Context, js jetstream.JetStream, from uint64, fo
 	})
 }
 
-// followStream runs scanContiguous from from, following, in a goroutine of its
-// own and hands each message over msgs (a copy: the scan reuses nothing
-// of it after). errc has the scan's end, nil when ctx ended it; stop
-// cancels the scan and waits for it, so nothing of the follower outlives
-// its caller's call of stop.
+// followStream runs scanContiguous from from, following, in a goroutine
+// of its own, and hands over msgs a copy of each message (its data the
+// receiver's to keep). errc receives the scan's end; stop cancels the
+// scan and waits for it, so nothing of the follower outlives the caller's
+// call of stop.
 func followStream(ctx context.Context, js jetstream.JetStream, from uint64, buffer int) (msgs <-chan *Msg, errc <-chan error, stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	out := make(chan *Msg, buffer)
