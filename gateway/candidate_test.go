@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,9 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -50,18 +47,7 @@ func TestShadowCandidate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gw.Close()
-
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
-	if err := c.SetUnitId(1); err != nil {
-		t.Fatal(err)
-	}
+	c := simtest.Client(t, gw.Addrs()[0], 1, 5*time.Second)
 	for _, v := range []uint16{30, 40, 60} { // 30 and 40: the candidate would deny
 		if err := c.WriteRegister(simulators.InverterLimitPct, v); err != nil {
 			t.Fatalf("write %d: the policy in force allows it, the candidate must change nothing: %v", v, err)
@@ -90,17 +76,8 @@ func TestShadowCandidate(t *testing.T) {
 	})
 	gw.Close()
 
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := conn.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
 	var flagged []string
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		if ev.Phase != audit.PhaseComplete {
 			return nil
 		}
@@ -111,9 +88,6 @@ func TestShadowCandidate(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if len(flagged) != 3 || !strings.HasPrefix(flagged[0], "allow limit | candidate plant v2 would deny: ") ||
 		!strings.HasPrefix(flagged[2], "deny ") || !strings.HasSuffix(flagged[2], "| candidate plant v2 would allow (rule telemetry)") {
 		t.Fatalf("flagged events:\n%s", strings.Join(flagged, "\n"))

@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"errors"
-	"io"
-	"log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,45 +15,15 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
 
-// site writes an unsigned policy for the simulators at simAddr and a writer
-// key, and returns a configuration serving them on a free port.
-func site(t *testing.T, simAddr string) *gateway.Config {
-	t.Helper()
-	dir := t.TempDir()
-	pol := "id: plant\nversion: 1\ndevices:\n  - name: inverter-1\n    upstream: " + simAddr +
-		"\n    units: [1]\n    rules:\n      - {name: telemetry, allow: read, table: holding-registers, addresses: 40000-40149}\n"
-	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(pol), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, _, err := keys.WritePair(dir, "gw-1", h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &gateway.Config{Policy: filepath.Join(dir, "policy.yaml"), InsecureUnsignedPolicy: true,
-		Listeners: []gateway.ListenerConfig{{Listen: "127.0.0.1:0", Devices: []string{"inverter-1"}}},
-		Chain:     gateway.ChainConfig{Writer: "gw-1", Key: priv}, Console: gateway.ConsoleConfig{Listen: "off"}}
-}
-
 func reads(t *testing.T, addr string, n int) {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
+	c := simtest.Client(t, addr, 1, 5*time.Second)
 	defer func() { _ = c.Close() }()
 	for i := 0; i < n; i++ {
 		if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
@@ -96,18 +64,9 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 		}
 		gw.Close()
 	}
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := jetstream.New(conn.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[uint64]bool{}
 	n := 0
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		if seen[ev.Op] {
 			t.Errorf("operation %d recorded twice", ev.Op)
 		}
@@ -115,9 +74,6 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 		n++
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	if n != 20 {
 		t.Fatalf("%d operations in the chain, want 20", n)
 	}

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -99,14 +98,7 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(pol.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, _, err := keys.WritePair(dir, "gw-1", h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := writerKey(t, dir)
 	if _, err := chain.NewCheckpointKey(dir, "cp-1"); err != nil {
 		t.Fatal(err)
 	}
@@ -163,14 +155,7 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 		}
 	}
 
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + gw.Addrs()[0], Timeout: 3 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = c.Close() }()
+	c := simtest.Client(t, gw.Addrs()[0], 1, 3*time.Second)
 	last, err := store.Get(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)

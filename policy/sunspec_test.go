@@ -3,8 +3,6 @@ package policy
 import (
 	"context"
 	"errors"
-	"io"
-	"log"
 	"strings"
 	"testing"
 	"time"
@@ -55,16 +53,7 @@ devices:
 // proxy does over its upstream connection.
 func simReader(t *testing.T, addr string) func(unit byte, a, n uint16) ([]uint16, error) {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{
-		URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := simtest.Client(t, addr, 1, 2*time.Second)
 	return func(unit byte, a, n uint16) ([]uint16, error) {
 		if err := c.SetUnitId(unit); err != nil {
 			return nil, err
@@ -215,11 +204,7 @@ func BenchmarkDecideSunSpecWrite(b *testing.B) {
 	}
 	e := NewEngine(p, zap.NewNop())
 	addr, _ := simtest.Start(b, simulators.Options{})
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil || c.Open() != nil {
-		b.Fatal("simulator client")
-	}
-	defer func() { _ = c.Close() }()
+	c := simtest.Client(b, addr, 1, 2*time.Second)
 	read := func(unit byte, a, n uint16) ([]uint16, error) {
 		_ = c.SetUnitId(unit)
 		return c.ReadRegisters(a, n, mbclient.HOLDING_REGISTER)

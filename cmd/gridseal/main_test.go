@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -716,17 +715,7 @@ func waitListening(t *testing.T, what, addr string) {
 
 func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 3 * time.Second,
-		Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	_ = c.SetUnitId(unit)
-	return c
+	return simtest.Client(t, addr, unit, 3*time.Second)
 }
 
 // TestProposeAndApproveCommands drives the approval commands against a
