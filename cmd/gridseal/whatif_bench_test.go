@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/policy"
@@ -137,11 +137,7 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 	inForce, candidate := benchPolicies(b, dir)
 	srv := natstest.RunJetStream(b)
 	nc := natstest.Connect(b, srv.URL())
-	rec, err := chain.Open(b.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(b), LeaseTTL: -1,
-		DurableTimeout: time.Minute}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
+	rec := chaintest.Open(b, nc, chain.Config{LeaseTTL: -1, DurableTimeout: time.Minute})
 	for i := 0; i < n; i++ {
 		// Every 20 000th event durable: the writer waits for the chain, so
 		// its spool stays small.
@@ -152,15 +148,8 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 	if err := rec.Close(time.Minute); err != nil {
 		b.Fatal(err)
 	}
+	info := chaintest.StreamInfo(b, nc)
 	js, _ := jetstream.New(nc)
-	s, err := js.Stream(b.Context(), chain.StreamName)
-	if err != nil {
-		b.Fatal(err)
-	}
-	info, err := s.Info(b.Context())
-	if err != nil {
-		b.Fatal(err)
-	}
 	b.Logf("chain: %d events in %d blocks, %d MB", n, info.State.Msgs, info.State.Bytes>>20)
 	b.Run("stream only", func(b *testing.B) { // what reading the stream alone costs
 		for b.Loop() {
