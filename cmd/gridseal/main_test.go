@@ -31,6 +31,7 @@ import (
 	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/testnet"
 	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -691,15 +692,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // waitListening waits until something accepts connections on addr.
 func waitListening(t *testing.T, what, addr string) {
