@@ -228,32 +228,21 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 // saveShotOf is saveShot of one element of the page.
 func saveShotOf(t *testing.T, bctx context.Context, sel, name string) {
 	t.Helper()
-	shot, err := chromedp.Run(bctx, chromedp.Screenshot(sel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := os.Getenv("GRIDSEAL_ARTIFACTS")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if len(shot) < 5_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
-		t.Fatalf("screenshot of %s looks empty (%d bytes)", sel, len(shot))
-	}
-	t.Logf("screenshot: %s", path)
+	writeShot(t, bctx, chromedp.Screenshot(sel), "screenshot of "+sel, 5_000, name)
 }
 
 // saveShot writes a PNG of the page to $GRIDSEAL_ARTIFACTS (or a temporary
 // directory) and checks it is not blank.
 func saveShot(t *testing.T, bctx context.Context, name string) {
 	t.Helper()
-	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100) /* 100: PNG */)
+	writeShot(t, bctx, chromedp.FullScreenshot(100) /* 100: PNG */, "screenshot", 10_000, name)
+}
+
+// writeShot takes the screenshot take, of what, writes it as name and
+// checks it is a PNG of at least least bytes.
+func writeShot(t *testing.T, bctx context.Context, take chromedp.Action[[]byte], what string, least int, name string) {
+	t.Helper()
+	shot, err := chromedp.Run(bctx, take)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,8 +257,8 @@ func saveShot(t *testing.T, bctx context.Context, name string) {
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if len(shot) < 10_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
-		t.Fatalf("screenshot looks empty (%d bytes)", len(shot))
+	if len(shot) < least || !strings.HasPrefix(string(shot), "\x89PNG") {
+		t.Fatalf("%s looks empty (%d bytes)", what, len(shot))
 	}
 	t.Logf("screenshot: %s", path)
 }
