@@ -26,7 +26,6 @@ import (
 // panel, and at 800 px wide nothing overflows. Screenshots go to
 // $GRIDSEAL_ARTIFACTS (or the test's temporary directory).
 func TestConsoleInHeadlessChromium(t *testing.T) {
-	browser := testtool.Path(t, "chromium")
 	data := t.TempDir()
 	listen, web := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -42,28 +41,8 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	}()
 	waitListening(t, "the console", web)
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1600, 1000), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))...)
-	defer cancelAlloc()
-	bctx, cancelB := chromedp.NewContext(alloc)
-	defer cancelB()
-	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
-	defer cancelT()
-	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(bctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	poll := func(what, expr string, within time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(within))); err != nil {
-			t.Fatalf("%s (within %v): %v", what, within, err)
-		}
-	}
+	p := headless(t, ctx, 1600, 1000, 90*time.Second)
+	bctx, run, poll := p.ctx, p.run, p.poll
 	run("open the console", chromedp.Navigate("http://"+web+"/"), chromedp.WaitVisible("#stream"))
 	poll("the chain badge", `document.querySelector('#chain-badge').textContent.includes('verified')`, 10*time.Second)
 
@@ -222,6 +201,48 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](overflow+` === ''`, chromedp.WithPollingTimeout(2*time.Second))); err != nil {
 		what, _ := chromedp.Run(bctx, chromedp.Evaluate[string](overflow))
 		t.Fatalf("investigating at 800 px wide, wider than the window or their box: %s", what)
+	}
+}
+
+// page is a tab of a headless Chromium.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+// headless starts a headless Chromium (Debian's chromium, which `make
+// test` installs) below ctx, with a window of w×h px, and returns its
+// page; it is stopped when the test ends, and its actions fail once
+// within has passed.
+func headless(t *testing.T, ctx context.Context, w, h int, within time.Duration) page {
+	t.Helper()
+	browser := testtool.Path(t, "chromium")
+	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(w, h), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))...)
+	t.Cleanup(cancelAlloc)
+	bctx, cancelB := chromedp.NewContext(alloc)
+	t.Cleanup(cancelB)
+	bctx, cancelT := context.WithTimeout(bctx, within)
+	t.Cleanup(cancelT)
+	return page{t: t, ctx: bctx}
+}
+
+// run takes steps on the page; what names them if one fails.
+func (p page) run(what string, steps ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	if err := chromedp.Do(p.ctx, steps...); err != nil {
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// poll waits within for the page's JavaScript expr to be true.
+func (p page) poll(what, expr string, within time.Duration) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(within))); err != nil {
+		p.t.Fatalf("%s (within %v): %v", what, within, err)
 	}
 }
 
