@@ -8,7 +8,6 @@ import (
 	"time"
 
 	mbclient "github.com/simonvetter/modbus"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/policy/decision"
@@ -72,11 +71,7 @@ func decideWrite(t *testing.T, e *Engine, device string, unit byte, addr, v uint
 }
 
 func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	p, e := engine(t, "sunspec.yaml", sunspecPolicy)
 	addr, _ := simtest.Start(t, simulators.Options{})
 
 	v := decideWrite(t, e, "inverter-1", 1, simulators.InverterLimitPct, 30)
@@ -89,7 +84,7 @@ func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
 			t.Fatalf("resolve %s: %v", dev, err)
 		}
 	}
-	err = e.Resolve(context.Background(), "breaker-1", read)
+	err := e.Resolve(context.Background(), "breaker-1", read)
 	if err == nil || !strings.Contains(err.Error(), "no SunSpec map") {
 		t.Fatalf("resolve the breaker: %v; want no SunSpec map", err)
 	}
@@ -149,11 +144,7 @@ func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
 // A device whose firmware puts its models elsewhere: the point is found
 // where that layout has it, and its old place is no longer allowed.
 func TestSunSpecPointMovedByLayout(t *testing.T) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	_, e := engine(t, "sunspec.yaml", sunspecPolicy)
 	moved := simulators.Layout{Base: 50000, Models: []uint16{120, 121, 103, 123}}
 	addr, _ := simtest.Start(t, simulators.Options{InverterLayout: &moved})
 	if err := e.Resolve(context.Background(), "inverter-1", simReader(t, addr)); err != nil {
@@ -198,11 +189,7 @@ func TestSunSpecRuleErrors(t *testing.T) {
 // Deciding a write a resolved SunSpec rule allows: finding the compiled
 // rule does not allocate; naming the point in the reason does.
 func BenchmarkDecideSunSpecWrite(b *testing.B) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	_, e := engine(b, "sunspec.yaml", sunspecPolicy)
 	addr, _ := simtest.Start(b, simulators.Options{})
 	c := simtest.Client(b, addr, 1, 2*time.Second)
 	read := func(unit byte, a, n uint16) ([]uint16, error) {
