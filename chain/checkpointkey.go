@@ -27,30 +27,46 @@ func NewCheckpointKey(dir, name string) (vkey string, err error) {
 		return "", err
 	}
 	sp, vp := CheckpointKeyPaths(dir, name)
-	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	if err := atomicfile.Create(vp, []byte(vkey+"\n"), 0o644); err != nil {
+	if err := writeKeyPair(sp, skey, vp, vkey); err != nil {
 		return "", err
 	}
 	return vkey, nil
 }
 
-// LoadCheckpointSigner reads a checkpointer's signer key; a key file that
-// others may read is refused.
-func LoadCheckpointSigner(path string) (note.Signer, error) {
+// writeKeyPair writes a secret key to sp (0600) and its verifier key to
+// vp, replacing neither (atomicfile.ErrExists).
+func writeKeyPair(sp, skey, vp, vkey string) error {
+	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
+		return err
+	}
+	return atomicfile.Create(vp, []byte(vkey+"\n"), 0o644)
+}
+
+// readSecretKey reads the secret key in the file at path, what kind of
+// key it is named in errors; a key file that others may read is refused.
+func readSecretKey(path, what string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint key: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("checkpoint key %s is readable by others; chmod 600 it", path)
+		return "", fmt.Errorf("%s %s is readable by others; chmod 600 it", what, path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// LoadCheckpointSigner reads a checkpointer's signer key; a key file that
+// others may read is refused.
+func LoadCheckpointSigner(path string) (note.Signer, error) {
+	key, err := readSecretKey(path, "checkpoint key")
+	if err != nil {
 		return nil, err
 	}
-	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	s, err := note.NewSigner(key)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint key %s: not a signed-note signer key", path)
 	}
