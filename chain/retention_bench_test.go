@@ -47,7 +47,7 @@ func BenchmarkStreamBytesPerEvent(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.StopTimer()
-			info := chaintest.StreamInfo(b, nc)
+			info := chaintest.StreamInfo(b, natstest.JetStream(b, nc), chain.StreamName)
 			b.ReportMetric(float64(info.State.Bytes)/float64(b.N), "stream-B/event")
 			b.ReportMetric(float64(b.N)/float64(info.State.Msgs), "events/block")
 		})

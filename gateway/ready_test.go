@@ -114,15 +114,8 @@ func readyChain(t *testing.T) (*chain.Recorder, jetstream.JetStream) {
 // runCheckpointer runs c on js until the test ends, and fails the test if
 // it stops with an error.
 func runCheckpointer(t *testing.T, c *chain.Checkpointer, js jetstream.JetStream) {
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx, js) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	})
+	t.Helper()
+	testwait.Go(t, "checkpointer", func(ctx context.Context) error { return c.Run(ctx, js) })
 }
 
 // recordReads records n reads of inverter-1, operations 1 to n, durably.

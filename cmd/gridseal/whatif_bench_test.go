@@ -148,8 +148,8 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 	if err := rec.Close(time.Minute); err != nil {
 		b.Fatal(err)
 	}
-	info := chaintest.StreamInfo(b, nc)
 	js, _ := jetstream.New(nc)
+	info := chaintest.StreamInfo(b, js, chain.StreamName)
 	b.Logf("chain: %d events in %d blocks, %d MB", n, info.State.Msgs, info.State.Bytes>>20)
 	b.Run("stream only", func(b *testing.B) { // what reading the stream alone costs
 		for b.Loop() {

@@ -1,6 +1,6 @@
 // Package chaintest opens chain recorders for tests and benchmarks, on
 // the JetStream servers internal/natstest runs, and reads back what the
-// chain stream holds.
+// chain's streams hold.
 package chaintest
 
 import (
@@ -34,14 +34,11 @@ func Open(t testing.TB, nc *nats.Conn, cfg chain.Config) *chain.Recorder {
 	return rec
 }
 
-// StreamInfo is the chain stream's configuration and state on nc.
-func StreamInfo(t testing.TB, nc *nats.Conn) *jetstream.StreamInfo {
+// StreamInfo is the configuration and state of the stream named name
+// (chain.StreamName, chain.CheckpointStream) on js.
+func StreamInfo(t testing.TB, js jetstream.JetStream, name string) *jetstream.StreamInfo {
 	t.Helper()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := js.Stream(t.Context(), chain.StreamName)
+	s, err := js.Stream(t.Context(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
