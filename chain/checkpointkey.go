@@ -22,24 +22,25 @@ func CheckpointKeyPaths(dir, name string) (skey, vkey string) {
 // named name into dir and returns the verifier key. It refuses to replace
 // an existing key (atomicfile.ErrExists).
 func NewCheckpointKey(dir, name string) (vkey string, err error) {
-	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	sp, vp := CheckpointKeyPaths(dir, name)
+	return newKeyPair(sp, vp, func() (string, string, error) { return note.GenerateKey(rand.Reader, name) })
+}
+
+// newKeyPair writes a key pair that generate makes: the secret key to sp
+// (0600) and the verifier key to vp, replacing neither
+// (atomicfile.ErrExists). It returns the verifier key.
+func newKeyPair(sp, vp string, generate func() (skey, vkey string, err error)) (string, error) {
+	skey, vkey, err := generate()
 	if err != nil {
 		return "", err
 	}
-	sp, vp := CheckpointKeyPaths(dir, name)
-	if err := writeKeyPair(sp, skey, vp, vkey); err != nil {
+	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
+		return "", err
+	}
+	if err := atomicfile.Create(vp, []byte(vkey+"\n"), 0o644); err != nil {
 		return "", err
 	}
 	return vkey, nil
-}
-
-// writeKeyPair writes a secret key to sp (0600) and its verifier key to
-// vp, replacing neither (atomicfile.ErrExists).
-func writeKeyPair(sp, skey, vp, vkey string) error {
-	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
-		return err
-	}
-	return atomicfile.Create(vp, []byte(vkey+"\n"), 0o644)
 }
 
 // readSecretKey reads the secret key in the file at path, what kind of

@@ -96,15 +96,8 @@ func CosignerKeyPaths(dir, name string) (skey, vkey string) {
 // returns the verifier key. It refuses to replace an existing key
 // (atomicfile.ErrExists).
 func NewCosignerKey(dir, name string) (vkey string, err error) {
-	skey, vkey, err := GenerateCosignerKey(name)
-	if err != nil {
-		return "", err
-	}
 	sp, vp := CosignerKeyPaths(dir, name)
-	if err := writeKeyPair(sp, skey, vp, vkey); err != nil {
-		return "", err
-	}
-	return vkey, nil
+	return newKeyPair(sp, vp, func() (string, string, error) { return GenerateCosignerKey(name) })
 }
 
 // LoadCosigner reads a witness secret key file; a key file that others
