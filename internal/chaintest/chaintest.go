@@ -48,3 +48,25 @@ func StreamInfo(t testing.TB, js jetstream.JetStream, name string) *jetstream.St
 	}
 	return info
 }
+
+// OpenTiler opens the tiler of dir, failing the test if it cannot; the
+// caller closes it.
+func OpenTiler(t testing.TB, dir string) *chain.Tiler {
+	t.Helper()
+	tl, err := chain.OpenTiler(dir, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tl
+}
+
+// OpenTiles opens the tiles of dir for reading, failing the test if it
+// cannot.
+func OpenTiles(t testing.TB, dir string) *chain.Tiles {
+	t.Helper()
+	ts, err := chain.OpenTiles(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ts
+}
