@@ -344,31 +344,12 @@ func (c *Checkpointer) Run(ctx context.Context, js jetstream.JetStream) (err err
 		// A checkpoint signed for EveryEvents restarts the period.
 		tick.Reset(every)
 	}
-	// The scan ends with Run: Run cancels it and waits for it, so nothing
-	// of the checkpointer outlives the call.
-	ctx, cancel := context.WithCancel(ctx)
-	events := make(chan *Msg, 64)
-	errc := make(chan error, 1)
-	scanned := make(chan struct{})
-	defer func() {
-		cancel()
-		<-scanned
-	}()
-	go func() {
-		defer close(scanned)
-		// A message the store cannot return stops the checkpointer: a
-		// tree without its events must not be signed.
-		errc <- scanContiguous(ctx, js, 1, true, func(m *Msg) error {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			select {
-			case events <- &cp:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
+	// The scan ends with Run: Run stops it and waits for it, so nothing
+	// of the checkpointer outlives the call. A message the store cannot
+	// return stops the checkpointer: a tree without its events must not be
+	// signed.
+	events, errc, stop := followStream(ctx, js, 1, 64)
+	defer stop()
 	for {
 		select {
 		case <-ctx.Done():

@@ -13,6 +13,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -158,15 +159,7 @@ func TestCheckpointsPinTheStream(t *testing.T) {
 // checkpointMsgs is how many messages the checkpoint stream holds.
 func checkpointMsgs(t *testing.T, js jetstream.JetStream) uint64 {
 	t.Helper()
-	s, err := js.Stream(t.Context(), chain.CheckpointStream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := s.Info(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return info.State.Msgs
+	return chaintest.StreamInfo(t, js, chain.CheckpointStream).State.Msgs
 }
 
 // TestCheckpointerSignsEveryPeriod records an event every 20 ms for 2 s
@@ -247,15 +240,7 @@ func TestCheckpointerReportsFailures(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	cpr := &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "checkpointer-1").Signer, Every: 50 * time.Millisecond, Log: nopLog()}
 	cpr.RegisterMetrics(reg)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- cpr.Run(ctx, js) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	testwait.Go(t, "checkpointer", func(ctx context.Context) error { return cpr.Run(ctx, js) })
 	metric := func(name string) float64 {
 		mfs, err := reg.Gather()
 		if err != nil {

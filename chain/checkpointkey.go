@@ -22,11 +22,18 @@ func CheckpointKeyPaths(dir, name string) (skey, vkey string) {
 // named name into dir and returns the verifier key. It refuses to replace
 // an existing key (atomicfile.ErrExists).
 func NewCheckpointKey(dir, name string) (vkey string, err error) {
-	skey, vkey, err := note.GenerateKey(rand.Reader, name)
+	sp, vp := CheckpointKeyPaths(dir, name)
+	return newKeyPair(sp, vp, func() (string, string, error) { return note.GenerateKey(rand.Reader, name) })
+}
+
+// newKeyPair writes a key pair that generate makes: the secret key to sp
+// (0600) and the verifier key to vp, replacing neither
+// (atomicfile.ErrExists). It returns the verifier key.
+func newKeyPair(sp, vp string, generate func() (skey, vkey string, err error)) (string, error) {
+	skey, vkey, err := generate()
 	if err != nil {
 		return "", err
 	}
-	sp, vp := CheckpointKeyPaths(dir, name)
 	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
 		return "", err
 	}
@@ -36,21 +43,31 @@ func NewCheckpointKey(dir, name string) (vkey string, err error) {
 	return vkey, nil
 }
 
-// LoadCheckpointSigner reads a checkpointer's signer key; a key file that
-// others may read is refused.
-func LoadCheckpointSigner(path string) (note.Signer, error) {
+// readSecretKey reads the secret key in the file at path, what kind of
+// key it is named in errors; a key file that others may read is refused.
+func readSecretKey(path, what string) (string, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("checkpoint key: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("checkpoint key %s is readable by others; chmod 600 it", path)
+		return "", fmt.Errorf("%s %s is readable by others; chmod 600 it", what, path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// LoadCheckpointSigner reads a checkpointer's signer key; a key file that
+// others may read is refused.
+func LoadCheckpointSigner(path string) (note.Signer, error) {
+	key, err := readSecretKey(path, "checkpoint key")
+	if err != nil {
 		return nil, err
 	}
-	s, err := note.NewSigner(strings.TrimSpace(string(b)))
+	s, err := note.NewSigner(key)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint key %s: not a signed-note signer key", path)
 	}

@@ -6,13 +6,10 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/gridseal/gridseal/internal/atomicfile"
 )
 
 // Cosigner signs cosignature/v1 cosignatures (c2sp.org/tlog-cosignature)
@@ -99,35 +96,18 @@ func CosignerKeyPaths(dir, name string) (skey, vkey string) {
 // returns the verifier key. It refuses to replace an existing key
 // (atomicfile.ErrExists).
 func NewCosignerKey(dir, name string) (vkey string, err error) {
-	skey, vkey, err := GenerateCosignerKey(name)
-	if err != nil {
-		return "", err
-	}
 	sp, vp := CosignerKeyPaths(dir, name)
-	if err := atomicfile.Create(sp, []byte(skey+"\n"), 0o600); err != nil {
-		return "", err
-	}
-	if err := atomicfile.Create(vp, []byte(vkey+"\n"), 0o644); err != nil {
-		return "", err
-	}
-	return vkey, nil
+	return newKeyPair(sp, vp, func() (string, string, error) { return GenerateCosignerKey(name) })
 }
 
 // LoadCosigner reads a witness secret key file; a key file that others
 // may read is refused.
 func LoadCosigner(path string) (*Cosigner, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("witness key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("witness key %s is readable by others; chmod 600 it", path)
-	}
-	b, err := os.ReadFile(path)
+	key, err := readSecretKey(path, "witness key")
 	if err != nil {
 		return nil, err
 	}
-	c, err := NewCosigner(strings.TrimSpace(string(b)))
+	c, err := NewCosigner(key)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

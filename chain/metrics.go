@@ -131,25 +131,24 @@ func (c *Checkpointer) RegisterMetrics(reg prometheus.Registerer) {
 			func() float64 { n, _ := c.Status(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_last_success_timestamp_seconds",
 			Help: "Unix time of the last checkpoint published; 0 if none yet."},
-			func() float64 {
-				if _, t := c.Status(); !t.IsZero() {
-					return float64(t.UnixNano()) / 1e9
-				}
-				return 0
-			}),
+			func() float64 { _, t := c.Status(); return unixSeconds(t) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_cosignatures",
 			Help: "Witness cosignatures on the last checkpoint published."},
 			func() float64 { n, _ := c.Witnessed(); return float64(n) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_checkpoint_witnessed_timestamp_seconds",
 			Help: "Unix time of the last checkpoint published with a quorum of witness cosignatures; 0 if none yet."},
-			func() float64 {
-				if _, t := c.Witnessed(); !t.IsZero() {
-					return float64(t.UnixNano()) / 1e9
-				}
-				return 0
-			}),
+			func() float64 { _, t := c.Witnessed(); return unixSeconds(t) }),
 		newWitnessCollector(c),
 	)
+}
+
+// unixSeconds is t as a Unix time in seconds, 0 for the zero time (none
+// yet).
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
 }
 
 // witnessCollector reports each witness's state, labelled by its name.
@@ -178,14 +177,11 @@ func (w *witnessCollector) Describe(ch chan<- *prometheus.Desc) {
 // Collect reports every witness the checkpointer asks.
 func (w *witnessCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, st := range w.c.WitnessStatus() {
-		up, last := 0.0, 0.0
+		up := 0.0
 		if st.LastErr == nil && !st.LastCosigned.IsZero() {
 			up = 1
 		}
-		if !st.LastCosigned.IsZero() {
-			last = float64(st.LastCosigned.UnixNano()) / 1e9
-		}
-		for i, v := range []float64{up, float64(st.Size), last, float64(st.Failures), st.RoundTrip.Seconds()} {
+		for i, v := range []float64{up, float64(st.Size), unixSeconds(st.LastCosigned), float64(st.Failures), st.RoundTrip.Seconds()} {
 			kind := prometheus.GaugeValue
 			if i == 3 {
 				kind = prometheus.CounterValue

@@ -6,12 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
-
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
-	"github.com/gridseal/gridseal/internal/keys/keystest"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -31,11 +28,7 @@ func BenchmarkStreamBytesPerEvent(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			srv := natstest.RunJetStream(b)
 			nc := natstest.Connect(b, srv.URL())
-			rec, err := chain.Open(b.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(b),
-				DurableTimeout: 10 * time.Second, HeadDir: b.TempDir()}, zap.NewNop())
-			if err != nil {
-				b.Fatal(err)
-			}
+			rec := chaintest.Open(b, nc, chain.Config{DurableTimeout: 10 * time.Second, HeadDir: b.TempDir()})
 			resp := append([]byte{3, 20}, make([]byte, 20)...)
 			ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.20.1.15:50312"),
 				Listener: "0.0.0.0:502", Device: "inverter-1", Unit: 1, Function: 3, Class: "read", Address: 40070,
@@ -54,15 +47,7 @@ func BenchmarkStreamBytesPerEvent(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.StopTimer()
-			js, _ := jetstream.New(nc)
-			s, err := js.Stream(b.Context(), chain.StreamName)
-			if err != nil {
-				b.Fatal(err)
-			}
-			info, err := s.Info(b.Context())
-			if err != nil {
-				b.Fatal(err)
-			}
+			info := chaintest.StreamInfo(b, natstest.JetStream(b, nc), chain.StreamName)
 			b.ReportMetric(float64(info.State.Bytes)/float64(b.N), "stream-B/event")
 			b.ReportMetric(float64(b.N)/float64(info.State.Msgs), "events/block")
 		})

@@ -291,3 +291,32 @@ func scanContiguous(ctx context.Context, js jetstream.JetStream, from uint64, fo
 		return fn(m)
 	})
 }
+
+// followStream runs scanContiguous from from, following, in a goroutine
+// of its own, and hands over msgs a copy of each message (its data the
+// receiver's to keep). errc receives the scan's end; stop cancels the
+// scan and waits for it, so nothing of the follower outlives the caller's
+// call of stop.
+func followStream(ctx context.Context, js jetstream.JetStream, from uint64, buffer int) (msgs <-chan *Msg, errc <-chan error, stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	out := make(chan *Msg, buffer)
+	ec := make(chan error, 1)
+	scanned := make(chan struct{})
+	go func() {
+		defer close(scanned)
+		ec <- scanContiguous(ctx, js, from, true, func(m *Msg) error {
+			cp := *m
+			cp.Data = append([]byte(nil), m.Data...)
+			select {
+			case out <- &cp:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	return out, ec, func() {
+		cancel()
+		<-scanned
+	}
+}

@@ -242,27 +242,8 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 			return fmt.Errorf("%w: message %d of the stream is not the one tiled", ErrTilesMismatch, t.seq)
 		}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	msgs := make(chan *Msg, 256)
-	errc := make(chan error, 1)
-	scanned := make(chan struct{})
-	defer func() {
-		cancel()
-		<-scanned
-	}()
-	go func() {
-		defer close(scanned)
-		errc <- scanContiguous(ctx, js, t.seq+1, true, func(m *Msg) error {
-			cp := *m
-			cp.Data = append([]byte(nil), m.Data...)
-			select {
-			case msgs <- &cp:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-	}()
+	msgs, errc, stop := followStream(ctx, js, t.seq+1, 256)
+	defer stop()
 	tick := time.NewTicker(tilerFlushEvery)
 	defer tick.Stop()
 	for {

@@ -241,19 +241,10 @@ func (ts *Tiles) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 }
 
 // Root is the tree hash at size n (n at most Size).
-func (ts *Tiles) Root(n int64) (Hash, error) {
-	h, err := tlog.TreeHash(n, ts)
-	return Hash(h), err
-}
+func (ts *Tiles) Root(n int64) (Hash, error) { return rootOf(ts, n) }
 
 // LeafHash returns the hash of leaf i.
-func (ts *Tiles) LeafHash(i int64) (Hash, error) {
-	hs, err := ts.ReadHashes([]int64{tlog.StoredHashIndex(0, i)})
-	if err != nil {
-		return Hash{}, err
-	}
-	return Hash(hs[0]), nil
-}
+func (ts *Tiles) LeafHash(i int64) (Hash, error) { return leafHashOf(ts, i) }
 
 // Entry returns leaf i's event as recorded, from its entry bundle.
 func (ts *Tiles) Entry(i int64) ([]byte, error) {
@@ -290,19 +281,12 @@ func (ts *Tiles) LeafOf(seq uint64, index int) (int64, error) {
 	if index < 0 || st.Blocks == 0 {
 		return -1, nil
 	}
-	f, err := os.Open(filepath.Join(ts.dir, "blocks"))
+	bi, err := ts.openBlocks()
 	if err != nil {
-		return -1, fmt.Errorf("tiles blocks index: %w", err)
+		return -1, err
 	}
-	defer func() { _ = f.Close() }()
-	read := func(i int64) (uint64, int64, error) {
-		var rec [16]byte
-		if _, err := f.ReadAt(rec[:], 16*i); err != nil {
-			return 0, 0, fmt.Errorf("tiles blocks index record %d: %w", i, err)
-		}
-		return binary.BigEndian.Uint64(rec[:8]), int64(binary.BigEndian.Uint64(rec[8:])), nil
-	}
-	return leafInIndex(read, st.Blocks, st.Size, seq, index)
+	defer bi.close()
+	return leafInIndex(bi.read, st.Blocks, st.Size, seq, index)
 }
 
 // rootHex parses a state file's hex root.

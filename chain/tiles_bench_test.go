@@ -8,6 +8,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 )
 
 var benchLeaves = flag.Int64("tiles.leaves", 10_000_000, "leaves of the tree BenchmarkTilesProof builds")
@@ -25,10 +26,7 @@ func BenchmarkTilerAppend(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tl, err := chain.OpenTiler(b.TempDir(), nopLog())
-	if err != nil {
-		b.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(b, b.TempDir())
 	defer func() { _ = tl.Close() }()
 	seq := uint64(0)
 	start := time.Now()
@@ -57,10 +55,7 @@ func tilesOf(b *testing.B, n int64) *chain.Tiles {
 	b.Helper()
 	dir := b.TempDir()
 	signer, _ := newKey(b)
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		b.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(b, dir)
 	start := time.Now()
 	seq := uint64(0)
 	for done := int64(0); done < n; {
@@ -87,10 +82,7 @@ func tilesOf(b *testing.B, n int64) *chain.Tiles {
 	}
 	el := time.Since(start)
 	b.Logf("built tiles of %d leaves in %s (%.0f leaves/s)", n, el.Round(time.Millisecond), float64(n)/el.Seconds())
-	ts, err := chain.OpenTiles(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ts := chaintest.OpenTiles(b, dir)
 	return ts
 }
 

@@ -15,6 +15,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -74,10 +75,7 @@ func blockMsg(t testing.TB, s *keys.Signer, height uint64, events [][]byte) []by
 func TestTilerMatchesTree(t *testing.T) {
 	dir := t.TempDir()
 	signer, _ := newKey(t)
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(t, dir)
 	var tree chain.Tree
 	var where []placed
 	var events [][]byte
@@ -109,9 +107,7 @@ func TestTilerMatchesTree(t *testing.T) {
 			if err := tl.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if tl, err = chain.OpenTiler(dir, nopLog()); err != nil {
-				t.Fatal(err)
-			}
+			tl = chaintest.OpenTiler(t, dir)
 			if tl.Size() != tree.Size() {
 				t.Fatalf("reopened at %d leaves, want %d", tl.Size(), tree.Size())
 			}
@@ -120,10 +116,7 @@ func TestTilerMatchesTree(t *testing.T) {
 	if err := tl.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ts, err := chain.OpenTiles(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := chaintest.OpenTiles(t, dir)
 	size := int64(len(events))
 	if ts.Size() != size {
 		t.Fatalf("tiles hold %d leaves, want %d", ts.Size(), size)
@@ -211,10 +204,7 @@ func TestTilerFollowsAndRestarts(t *testing.T) {
 	signer, _ := newKey(t)
 	dir := t.TempDir()
 	h, prev, op := publishBlocks(t, js, signer, 0, chain.GenesisPrev("gw-1"), 0, 700, 300, 1, 1000)
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(t, dir)
 	stop := runTiler(t, tl, js)
 	testwait.For(t, "2001 events tiled", func() bool { return tl.Size() == 2001 })
 	h, prev, op = publishBlocks(t, js, signer, h, prev, op, 50, 49) // while it follows
@@ -229,10 +219,7 @@ func TestTilerFollowsAndRestarts(t *testing.T) {
 		t.Fatalf("read %d messages, want 6", tl.Read())
 	}
 	_, _, _ = publishBlocks(t, js, signer, h, prev, op, 900, 1, 99)
-	tl, err = chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl = chaintest.OpenTiler(t, dir)
 	stop = runTiler(t, tl, js)
 	testwait.For(t, "3100 events tiled", func() bool { return tl.Size() == 3100 })
 	if err := stop(); err != nil {
@@ -264,10 +251,7 @@ func TestTilerRefusesAnotherStream(t *testing.T) {
 	signer, _ := newKey(t)
 	dir := t.TempDir()
 	publishBlocks(t, js, signer, 0, chain.GenesisPrev("gw-1"), 0, 10, 10, 10)
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(t, dir)
 	stop := runTiler(t, tl, js)
 	testwait.For(t, "30 events tiled", func() bool { return tl.Size() == 30 })
 	if err := stop(); err != nil {
@@ -286,12 +270,9 @@ func TestTilerRefusesAnotherStream(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			publishBlocks(t, js, signer, 0, chain.GenesisPrev("gw-1"), 1000, tc.sizes...)
-			tl, err := chain.OpenTiler(dir, nopLog())
-			if err != nil {
-				t.Fatal(err)
-			}
+			tl := chaintest.OpenTiler(t, dir)
 			defer func() { _ = tl.Close() }()
-			err = tl.Run(t.Context(), js)
+			err := tl.Run(t.Context(), js)
 			if !errors.Is(err, chain.ErrTilesMismatch) || !errors.Is(tl.Err(), chain.ErrTilesMismatch) {
 				t.Fatalf("Run = %v, Err = %v; want ErrTilesMismatch", err, tl.Err())
 			}
@@ -311,7 +292,7 @@ func TestTilerRebuildsLostTiles(t *testing.T) {
 	signer, _ := newKey(t)
 	dir := t.TempDir()
 	publishBlocks(t, js, signer, 0, chain.GenesisPrev("gw-1"), 0, 300, 5)
-	tl, _ := chain.OpenTiler(dir, nopLog())
+	tl := chaintest.OpenTiler(t, dir)
 	stop := runTiler(t, tl, js)
 	testwait.For(t, "305 events tiled", func() bool { return tl.Size() == 305 })
 	_ = stop()
@@ -320,10 +301,7 @@ func TestTilerRebuildsLostTiles(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "tile", "0", "001.p")); err != nil {
 		t.Fatal(err)
 	}
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl = chaintest.OpenTiler(t, dir)
 	if tl.Size() != 0 {
 		t.Fatalf("continued from %d leaves without their tile", tl.Size())
 	}

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 )
 
 // TestTilesBlockOf: every leaf maps back to the block and index it was
@@ -14,10 +15,7 @@ import (
 func TestTilesBlockOf(t *testing.T) {
 	dir := t.TempDir()
 	signer, _ := newKey(t)
-	tl, err := chain.OpenTiler(dir, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(t, dir)
 	var where []placed
 	for seq, n := range []int{1, 0, 300, 1, 1, 0, 255, 2} { // 0: a message that is not a block
 		seq := uint64(seq + 1)
@@ -39,10 +37,7 @@ func TestTilesBlockOf(t *testing.T) {
 	if err := tl.Close(); err != nil {
 		t.Fatal(err)
 	}
-	ts, err := chain.OpenTiles(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ts := chaintest.OpenTiles(t, dir)
 	for i, w := range where {
 		seq, index, err := ts.BlockOf(int64(i))
 		if err != nil || seq != w.seq || index != w.index {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
 )
@@ -164,10 +165,7 @@ func TestProveFromStreamAndTiles(t *testing.T) {
 		cp, _ := chain.LatestCheckpoint(t.Context(), e.js, known)
 		return cp != nil && cp.Size == 40
 	})
-	tl, err := chain.OpenTiler(t.TempDir(), nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(t, t.TempDir())
 	stop := runTiler(t, tl, e.js)
 	testwait.For(t, "40 events tiled", func() bool { return tl.Size() == 40 })
 	if err := stop(); err != nil {

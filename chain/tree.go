@@ -239,14 +239,20 @@ func (t *Tree) Size() int64 {
 }
 
 // Root is the tree hash at size n.
-func (t *Tree) Root(n int64) (Hash, error) {
-	h, err := tlog.TreeHash(n, t)
+func (t *Tree) Root(n int64) (Hash, error) { return rootOf(t, n) }
+
+// LeafHash returns the stored hash of leaf i.
+func (t *Tree) LeafHash(i int64) (Hash, error) { return leafHashOf(t, i) }
+
+// rootOf is the tree hash at size n of the hashes r stores.
+func rootOf(r tlog.HashReader, n int64) (Hash, error) {
+	h, err := tlog.TreeHash(n, r)
 	return Hash(h), err
 }
 
-// LeafHash returns the stored hash of leaf i.
-func (t *Tree) LeafHash(i int64) (Hash, error) {
-	hs, err := t.ReadHashes([]int64{tlog.StoredHashIndex(0, i)})
+// leafHashOf is the hash of leaf i that r stores.
+func leafHashOf(r tlog.HashReader, i int64) (Hash, error) {
+	hs, err := r.ReadHashes([]int64{tlog.StoredHashIndex(0, i)})
 	if err != nil {
 		return Hash{}, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/internal/witnesstest"
@@ -40,13 +41,34 @@ type witnessedLog struct {
 
 func checkpointKey(t *testing.T) (note.Signer, note.Verifier, string) {
 	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "gridseal.test/checkpointer")
+	k := keystest.NewCheckpointer(t, "gridseal.test/checkpointer")
+	return k.Signer, k.Verifier, k.VerifierKey
+}
+
+// litewitnessed is a litewitness named witness.test/w1 that knows a
+// fresh checkpointer key (s, v), and the verifier of its cosignatures.
+type litewitnessed struct {
+	s  note.Signer
+	v  note.Verifier
+	lw *witnesstest.Litewitness
+	ws []*chain.CosignatureVerifier
+}
+
+func startLitewitness(t *testing.T) *litewitnessed {
+	t.Helper()
+	s, v, vkey := checkpointKey(t)
+	lw := witnesstest.Start(t, "witness.test/w1", chain.CheckpointOrigin, vkey)
+	wv, err := chain.NewCosignatureVerifier(lw.VKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, _ := note.NewSigner(skey)
-	v, _ := note.NewVerifier(vkey)
-	return s, v, vkey
+	return &litewitnessed{s: s, v: v, lw: lw, ws: []*chain.CosignatureVerifier{wv}}
+}
+
+// startLog starts a fresh chain whose checkpointer asks the witness.
+func (w *litewitnessed) startLog(t *testing.T) *witnessedLog {
+	t.Helper()
+	return startWitnessedLog(t, w.s, w.v, chain.Witness{URL: w.lw.URL, Verifier: w.ws[0]})
 }
 
 // startWitnessedLog runs a fresh JetStream server (a fresh chain) and a
@@ -102,16 +124,12 @@ func (l *witnessedLog) record(t *testing.T, n int) *chain.Checkpoint {
 // witness's key and not after the checkpoint is altered; a verifier that
 // knows only the checkpointer's key still accepts the note.
 func TestLitewitnessCosignsCheckpoints(t *testing.T) {
-	s, v, vkey := checkpointKey(t)
-	lw := witnesstest.Start(t, "witness.test/w1", chain.CheckpointOrigin, vkey)
-	wv, err := chain.NewCosignatureVerifier(lw.VKey)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := startLitewitness(t)
+	lw, wv := w.lw, w.ws[0]
 	if wv.String() != lw.VKey {
 		t.Fatalf("verifier key %s re-encodes as %s", lw.VKey, wv.String())
 	}
-	l := startWitnessedLog(t, s, v, chain.Witness{URL: lw.URL, Verifier: wv})
+	l := w.startLog(t)
 	for _, n := range []int{10, 7, 1, 33} {
 		cp := l.record(t, n)
 		before := time.Now().Add(-time.Minute)
@@ -168,17 +186,15 @@ func otherWitnessKey(t *testing.T, name string) *chain.CosignatureVerifier {
 // older than what the witness kept, the second does not extend it. The
 // checkpoints are still published, without a cosignature.
 func TestLitewitnessRefusesRollback(t *testing.T) {
-	s, v, vkey := checkpointKey(t)
-	lw := witnesstest.Start(t, "witness.test/w1", chain.CheckpointOrigin, vkey)
-	wv, _ := chain.NewCosignatureVerifier(lw.VKey)
-	ws := []*chain.CosignatureVerifier{wv}
-	first := startWitnessedLog(t, s, v, chain.Witness{URL: lw.URL, Verifier: wv})
+	w := startLitewitness(t)
+	ws := w.ws
+	first := w.startLog(t)
 	if cs, _ := chain.Cosignatures(first.record(t, 20).Note, ws); len(cs) != 1 {
 		t.Fatal("the first chain's checkpoint of 20 events is not cosigned")
 	}
 	first.stop()
 
-	rolled := startWitnessedLog(t, s, v, chain.Witness{URL: lw.URL, Verifier: wv})
+	rolled := w.startLog(t)
 	rolled.next = 1000 // other events: a tree of the same events would be the same tree
 	cp := rolled.record(t, 12)
 	if cs, _ := chain.Cosignatures(cp.Note, ws); len(cs) != 0 {
@@ -205,11 +221,9 @@ func TestLitewitnessRefusesRollback(t *testing.T) {
 // checkpointer still publishes checkpoints (uncosigned); once the witness
 // is back, the next checkpoint is cosigned again.
 func TestWitnessDownDoesNotStopCheckpoints(t *testing.T) {
-	s, v, vkey := checkpointKey(t)
-	lw := witnesstest.Start(t, "witness.test/w1", chain.CheckpointOrigin, vkey)
-	wv, _ := chain.NewCosignatureVerifier(lw.VKey)
-	ws := []*chain.CosignatureVerifier{wv}
-	l := startWitnessedLog(t, s, v, chain.Witness{URL: lw.URL, Verifier: wv})
+	w := startLitewitness(t)
+	lw, ws := w.lw, w.ws
+	l := w.startLog(t)
 	l.record(t, 5)
 	lw.Stop()
 	cp := l.record(t, 5)

@@ -270,15 +270,7 @@ func TestConsoleConnectionLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- c.Serve(ctx, ln) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("console: %v", err)
-		}
-	}()
+	testwait.Go(t, "console", func(ctx context.Context) error { return c.Serve(ctx, ln) })
 	addr := ln.Addr().String()
 	var held []net.Conn
 	for i := 0; i < 2; i++ {

@@ -1,7 +1,6 @@
 package console
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -35,27 +34,16 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("format %q: want jsonl or eve", format), http.StatusBadRequest)
 		return
 	}
-	from := int64(0)
-	if f := v.Get("from"); f != "" {
-		if from, err = strconv.ParseInt(f, 10, 64); err != nil || from < 0 {
-			http.Error(w, fmt.Sprintf("from %q: want a leaf index", f), http.StatusBadRequest)
-			return
-		}
-	}
-	release, ts, ok := s.investigation(w, r)
+	from, ok := leafParam(w, v, "from")
 	if !ok {
 		return
 	}
-	defer release()
-	ctx, cancel := context.WithTimeout(r.Context(), exportTimeout)
-	defer cancel()
-	l := newLeaves(ts)
-	lo, hi, err := l.bounds(q.since, q.until)
-	if err != nil {
-		http.Error(w, "export: "+err.Error(), http.StatusInternalServerError)
+	sc, ok := s.startScan(w, r, &q, exportTimeout, "export")
+	if !ok {
 		return
 	}
-	lo = max(lo, from)
+	defer sc.done()
+	sc.lo = max(sc.lo, from)
 	var m *eve.Mapper
 	name := "gridseal-events.jsonl"
 	if format == "eve" {
@@ -68,31 +56,17 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("Trailer", "Gridseal-Next, Gridseal-Events, Gridseal-Error")
 	enc := json.NewEncoder(w)
-	bs := &blocks{ctx: ctx, js: s.cfg.JetStream, ts: ts}
-	events, scanned := 0, 0
-	next := int64(-1)
-	for i := lo; i < hi; i++ {
-		if events >= exportMax || scanned >= exportMaxScan || ctx.Err() != nil {
-			next = i
-			break
-		}
-		e, ev, err := l.event(i)
-		if err == nil {
-			scanned++
-			if !q.match(&ev) {
-				continue
-			}
-			var row EventRow
-			if row, err = bs.row(i, e, &ev); err == nil {
-				events++
-				err = s.writeExport(enc, m, &row, &ev)
-			}
-		}
+	events := 0
+	next, _, err := sc.each(&q, false, exportMaxScan, func(i int64, e []byte, ev *audit.Event) (bool, error) {
+		row, err := sc.bs.row(i, e, ev)
 		if err != nil {
-			h.Set("Gridseal-Error", err.Error()) // the body so far is whole lines; the rest is missing
-			next = i
-			break
+			return false, err
 		}
+		events++
+		return events < exportMax, s.writeExport(enc, m, &row, ev)
+	})
+	if err != nil {
+		h.Set("Gridseal-Error", err.Error()) // the body so far is whole lines; the rest is missing
 	}
 	if next >= 0 {
 		h.Set("Gridseal-Next", strconv.FormatInt(next, 10))
@@ -104,12 +78,7 @@ func (s *Server) writeExport(enc *json.Encoder, m *eve.Mapper, row *EventRow, ev
 	if m == nil {
 		return enc.Encode(&row.Record)
 	}
-	for _, e := range m.For(&row.Record, ev) {
-		if err := enc.Encode(e); err != nil {
-			return err
-		}
-	}
-	return nil
+	return m.Encode(enc, &row.Record, ev)
 }
 
 // deviceAddrs maps each device of the policy in force to its PLC's
@@ -195,34 +164,16 @@ func (s *Server) chart(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("%v in steps of %v is %d steps: at most %d", span, step, buckets, chartMaxBuckets), http.StatusBadRequest)
 		return
 	}
-	release, ts, ok := s.investigation(w, r)
+	sc, ok := s.startScan(w, r, &q, searchTimeout, "chart")
 	if !ok {
 		return
 	}
-	defer release()
-	ctx, cancel := context.WithTimeout(r.Context(), searchTimeout)
-	defer cancel()
-	l := newLeaves(ts)
-	lo, hi, err := l.bounds(q.since, q.until)
-	if err != nil {
-		http.Error(w, "chart: "+err.Error(), http.StatusInternalServerError)
-		return
-	}
+	defer sc.done()
 	out := ChartView{Since: q.since, Until: q.until, StepS: step.Seconds(), Buckets: buckets, Devices: map[string]*DeviceChart{}}
-	for i := lo; i < hi; i++ {
-		if out.Scanned >= chartMaxScan || ctx.Err() != nil {
-			out.Partial = fmt.Sprintf("counted the first %d events of the range (a chart reads at most %d, for %v)", out.Scanned, chartMaxScan, searchTimeout)
-			break
-		}
-		_, ev, err := l.event(i)
-		if err != nil {
-			http.Error(w, "chart: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		out.Scanned++
+	_, cut, err := sc.each(&q, false, chartMaxScan, func(_ int64, _ []byte, ev *audit.Event) (bool, error) {
 		// One count per operation, as /metrics counts: its completion.
-		if ev.Phase != audit.PhaseComplete || !q.match(&ev) {
-			continue
+		if ev.Phase != audit.PhaseComplete {
+			return true, nil
 		}
 		device := ev.Device
 		if device == "" {
@@ -240,6 +191,15 @@ func (s *Server) chart(w http.ResponseWriter, r *http.Request) {
 			d.Denies[k]++
 			d.Denied++
 		}
+		return true, nil
+	})
+	if err != nil {
+		http.Error(w, "chart: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	out.Scanned = sc.scanned
+	if cut {
+		out.Partial = fmt.Sprintf("counted the first %d events of the range (a chart reads at most %d, for %v)", out.Scanned, chartMaxScan, searchTimeout)
 	}
 	writeJSON(w, out)
 }

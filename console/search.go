@@ -302,25 +302,109 @@ func (b *blocks) load(seq uint64, first int64) error {
 	return nil
 }
 
-// investigation is what every investigation handler starts with: a place
-// among the few that may run at once, and the tiles. ok false: the answer
-// was written.
-func (s *Server) investigation(w http.ResponseWriter, r *http.Request) (release func(), ts *chain.Tiles, ok bool) {
+// scan is an investigation under way — a search, an export, a chart or
+// one event: its place among the few that may run at once, its deadline,
+// the tiles' leaves and the blocks of its rows, and [lo, hi), the leaves
+// that may hold its query's time range.
+type scan struct {
+	ctx     context.Context
+	l       *leaves
+	bs      *blocks
+	lo, hi  int64
+	scanned int64 // leaves read
+	done    func()
+}
+
+// startScan is what every investigation handler starts with: a place
+// among the few that may run at once, for at most timeout, and the leaves
+// of q's time range; what names the investigation in an error. ok false:
+// the answer was written; otherwise the caller calls sc.done when it is
+// finished.
+func (s *Server) startScan(w http.ResponseWriter, r *http.Request, q *query, timeout time.Duration, what string) (sc *scan, ok bool) {
 	select {
 	case s.searching <- struct{}{}:
 	case <-time.After(searchWait):
 		http.Error(w, "the console is busy with other searches; try again", http.StatusServiceUnavailable)
-		return nil, nil, false
+		return nil, false
 	case <-r.Context().Done():
-		return nil, nil, false
+		return nil, false
 	}
 	ts, err := s.tiles.reader()
 	if err != nil {
 		<-s.searching
 		http.Error(w, "no events to search: "+err.Error(), http.StatusServiceUnavailable)
-		return nil, nil, false
+		return nil, false
 	}
-	return func() { <-s.searching }, ts, true
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	sc = &scan{ctx: ctx, l: newLeaves(ts), bs: &blocks{ctx: ctx, js: s.cfg.JetStream, ts: ts},
+		done: func() { cancel(); <-s.searching }}
+	if sc.lo, sc.hi, err = sc.l.bounds(q.since, q.until); err != nil {
+		sc.done()
+		http.Error(w, what+": "+err.Error(), http.StatusInternalServerError)
+		return nil, false
+	}
+	return sc, true
+}
+
+// each reads the leaves [lo, hi), oldest first (newest first when
+// backward), and calls f with each one whose event matches q, until f
+// says no more or fails (each returns its error), a leaf cannot be read
+// (that error), maxScan leaves are read or the deadline passes (cut). rest
+// is where the leaves it did not finish begin (forward) or end
+// (backward): the from= or before= of the rest; -1 when it finished them
+// all.
+func (sc *scan) each(q *query, backward bool, maxScan int64, f func(i int64, e []byte, ev *audit.Event) (more bool, err error)) (rest int64, cut bool, err error) {
+	i, step := sc.lo, int64(1)
+	if backward {
+		i, step = sc.hi-1, -1
+	}
+	in := func(i int64) bool { return i >= sc.lo && i < sc.hi }
+	// unread is the rest when leaf i is the first not finished.
+	unread := func(i int64) int64 {
+		if backward {
+			return i + 1
+		}
+		return i
+	}
+	for ; in(i); i += step {
+		if sc.scanned >= maxScan || sc.ctx.Err() != nil {
+			return unread(i), true, nil
+		}
+		e, ev, err := sc.l.event(i)
+		if err != nil {
+			return unread(i), false, err
+		}
+		sc.scanned++
+		if !q.match(&ev) {
+			continue
+		}
+		more, err := f(i, e, &ev)
+		if err != nil {
+			return unread(i), false, err
+		}
+		if !more {
+			if in(i + step) {
+				return unread(i + step), false, nil
+			}
+			break
+		}
+	}
+	return -1, false, nil
+}
+
+// leafParam is the leaf index query parameter name of v, -1 when it is
+// absent. ok false: it is not one, and the answer was written.
+func leafParam(w http.ResponseWriter, v url.Values, name string) (leaf int64, ok bool) {
+	s := v.Get(name)
+	if s == "" {
+		return -1, true
+	}
+	leaf, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || leaf < 0 {
+		http.Error(w, fmt.Sprintf("%s %q: want a leaf index", name, s), http.StatusBadRequest)
+		return 0, false
+	}
+	return leaf, true
 }
 
 // SearchResult is a page of a search, newest first.
@@ -351,60 +435,39 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	before := int64(-1)
-	if b := v.Get("before"); b != "" {
-		if before, err = strconv.ParseInt(b, 10, 64); err != nil || before < 0 {
-			http.Error(w, fmt.Sprintf("before %q: want a leaf index", b), http.StatusBadRequest)
-			return
-		}
-	}
-	release, ts, ok := s.investigation(w, r)
+	before, ok := leafParam(w, v, "before")
 	if !ok {
 		return
 	}
-	defer release()
-	ctx, cancel := context.WithTimeout(r.Context(), searchTimeout)
-	defer cancel()
-	l := newLeaves(ts)
-	lo, hi, err := l.bounds(q.since, q.until)
+	sc, ok := s.startScan(w, r, &q, searchTimeout, "search")
+	if !ok {
+		return
+	}
+	defer sc.done()
+	if before >= 0 {
+		sc.hi = min(sc.hi, before)
+	}
+	res := SearchResult{Rows: []EventRow{}, Next: -1, Size: sc.l.size}
+	rest, cut, err := sc.each(&q, true, searchMaxScan, func(i int64, e []byte, ev *audit.Event) (bool, error) {
+		row, err := sc.bs.row(i, e, ev)
+		if err != nil {
+			return false, err
+		}
+		res.Rows = append(res.Rows, row)
+		return len(res.Rows) < limit, nil
+	})
 	if err != nil {
 		http.Error(w, "search: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	if before >= 0 {
-		hi = min(hi, before)
-	}
-	res := SearchResult{Rows: []EventRow{}, Next: -1, Size: l.size}
-	bs := &blocks{ctx: ctx, js: s.cfg.JetStream, ts: ts}
-	for i := hi - 1; i >= lo; i-- {
-		if res.Scanned >= searchMaxScan || ctx.Err() != nil {
-			res.Next, res.Stopped = i+1, fmt.Sprintf("read %d events in %v; go on with the next page", res.Scanned, searchTimeout)
-			if res.Scanned >= searchMaxScan {
-				res.Stopped = fmt.Sprintf("read %d events, a search's most; go on with the next page", res.Scanned)
-			}
-			break
-		}
-		e, ev, err := l.event(i)
-		if err != nil {
-			http.Error(w, "search: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		res.Scanned++
-		if !q.match(&ev) {
-			continue
-		}
-		row, err := bs.row(i, e, &ev)
-		if err != nil {
-			http.Error(w, "search: "+err.Error(), http.StatusInternalServerError)
-			return
-		}
-		res.Rows = append(res.Rows, row)
-		if len(res.Rows) == limit {
-			if i > lo {
-				res.Next, res.Stopped = i, fmt.Sprintf("the first %d matches", limit)
-			}
-			break
-		}
+	res.Scanned = sc.scanned
+	switch {
+	case cut && res.Scanned >= searchMaxScan:
+		res.Next, res.Stopped = rest, fmt.Sprintf("read %d events, a search's most; go on with the next page", res.Scanned)
+	case cut:
+		res.Next, res.Stopped = rest, fmt.Sprintf("read %d events in %v; go on with the next page", res.Scanned, searchTimeout)
+	case rest >= 0:
+		res.Next, res.Stopped = rest, fmt.Sprintf("the first %d matches", limit)
 	}
 	writeJSON(w, res)
 }
@@ -429,14 +492,12 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "want /api/event/LEAF: the event's leaf index", http.StatusBadRequest)
 		return
 	}
-	release, ts, ok := s.investigation(w, r)
+	sc, ok := s.startScan(w, r, &query{}, searchTimeout, "event")
 	if !ok {
 		return
 	}
-	defer release()
-	ctx, cancel := context.WithTimeout(r.Context(), searchTimeout)
-	defer cancel()
-	l := newLeaves(ts)
+	defer sc.done()
+	l, bs := sc.l, sc.bs
 	if leaf >= l.size {
 		http.Error(w, fmt.Sprintf("no event %d: the console holds %d", leaf, l.size), http.StatusNotFound)
 		return
@@ -446,7 +507,6 @@ func (s *Server) event(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "event: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	bs := &blocks{ctx: ctx, js: s.cfg.JetStream, ts: ts}
 	row, err := bs.row(leaf, e, &ev)
 	if err != nil {
 		http.Error(w, "event: "+err.Error(), http.StatusInternalServerError)

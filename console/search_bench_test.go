@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
@@ -19,10 +18,7 @@ import (
 // most), over 100 000 events tiled in blocks of 50.
 func BenchmarkSearchScan(b *testing.B) {
 	dir := b.TempDir()
-	tl, err := chain.OpenTiler(dir, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
+	tl := chaintest.OpenTiler(b, dir)
 	k := keystest.New(b)
 	const n, per = 100_000, 50
 	base := time.Now().Add(-time.Hour)
@@ -49,10 +45,7 @@ func BenchmarkSearchScan(b *testing.B) {
 	if err := tl.Close(); err != nil {
 		b.Fatal(err)
 	}
-	ts, err := chain.OpenTiles(dir)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ts := chaintest.OpenTiles(b, dir)
 	q := query{device: "plc-3", client: "10.0.0.4", fc: -1, address: -1}
 	b.ResetTimer()
 	matched := 0

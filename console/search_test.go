@@ -23,6 +23,7 @@ import (
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/eve/evetest"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -433,17 +434,7 @@ func TestChartCountsWhatWasSent(t *testing.T) {
 func TestSearchesOpenNoConsumers(t *testing.T) {
 	r := start(t)
 	recordHistory(t, r)
-	consumers := func() int {
-		s, err := r.js.Stream(t.Context(), chain.StreamName)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := s.Info(t.Context())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return info.State.Consumers
-	}
+	consumers := func() int { return chaintest.StreamInfo(t, r.js, chain.StreamName).State.Consumers }
 	before := consumers()
 	if before != 2 {
 		t.Fatalf("%d consumers before any search; want 2 (the hub and the tiler)", before)

@@ -72,26 +72,25 @@ type Header struct {
 	// Data is what the schema's typed fields cannot hold, as hex: the
 	// values of a write of more than one value, function 22's masks, or
 	// the payload of a function with no typed field.
-	Data string `json:"data,omitempty"`
+	Data       string       `json:"data,omitempty"`
+	Diagnostic *SubFunction `json:"diagnostic,omitempty"`
 }
 
 // Request is the request side of a Modbus transaction.
 type Request struct {
 	Header
-	Diagnostic *SubFunction `json:"diagnostic,omitempty"`
-	MEI        *SubFunction `json:"mei,omitempty"`
-	Read       *ReadRange   `json:"read,omitempty"`
-	Write      *Write       `json:"write,omitempty"`
+	MEI   *SubFunction `json:"mei,omitempty"`
+	Read  *ReadRange   `json:"read,omitempty"`
+	Write *Write       `json:"write,omitempty"`
 }
 
 // Response is the response side (the device's reply, or the exception
 // gridseal answered).
 type Response struct {
 	Header
-	Diagnostic *SubFunction `json:"diagnostic,omitempty"`
-	Read       *ReadData    `json:"read,omitempty"`
-	Write      *Write       `json:"write,omitempty"`
-	Exception  *Exception   `json:"exception,omitempty"`
+	Read      *ReadData  `json:"read,omitempty"`
+	Write     *Write     `json:"write,omitempty"`
+	Exception *Exception `json:"exception,omitempty"`
 }
 
 // SubFunction is function 8's sub-function or function 43's MEI type, and
@@ -451,17 +450,10 @@ func request(ev *audit.Event) *Request {
 	case modbus.WriteSingleCoil, modbus.WriteSingleRegister:
 		v := binary.BigEndian.Uint16(req.Data)
 		out.Write = &Write{Address: req.Address, Data: &v}
-	case modbus.WriteMultipleRegisters:
-		out.Write = &Write{Address: req.Address}
-		if req.Quantity == 1 {
-			v := req.RegisterValue(0)
-			out.Write.Data = &v
-		} else {
-			out.Data = hex.EncodeToString(req.Data)
-		}
-	case modbus.ReadWriteMultipleRegisters:
-		out.Write = &Write{Address: req.WriteAddress}
-		if req.WriteQuantity == 1 {
+	case modbus.WriteMultipleRegisters, modbus.ReadWriteMultipleRegisters:
+		_, a, q, _ := req.WriteRange()
+		out.Write = &Write{Address: a}
+		if q == 1 {
 			v := req.RegisterValue(0)
 			out.Write.Data = &v
 		} else {

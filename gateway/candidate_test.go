@@ -8,10 +8,13 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	mbclient "github.com/simonvetter/modbus"
+	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -38,8 +41,13 @@ func TestShadowCandidate(t *testing.T) {
 	}
 	cfg.Candidate = filepath.Join(dir, "candidate.yaml")
 	cfg.Console.Listen = "127.0.0.1:0"
-	gw, dataDir := startGateway(t, cfg)
-	c := modbusClient(t, gw.Addrs()[0], 1)
+	dataDir := t.TempDir()
+	gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: dataDir, Log: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	c := simtest.Client(t, gw.Addrs()[0], 1, 5*time.Second)
 	for _, v := range []uint16{30, 40, 60} { // 30 and 40: the candidate would deny
 		if err := c.WriteRegister(simulators.InverterLimitPct, v); err != nil {
 			t.Fatalf("write %d: the policy in force allows it, the candidate must change nothing: %v", v, err)
@@ -69,16 +77,17 @@ func TestShadowCandidate(t *testing.T) {
 	gw.Close()
 
 	var flagged []string
-	for _, ev := range chainEvents(t, dataDir) {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		if ev.Phase != audit.PhaseComplete {
-			continue
+			return nil
 		}
 		if ev.CandidateDiffers {
 			flagged = append(flagged, ev.Verdict.String()+" "+ev.Reason)
 		} else if strings.Contains(ev.Reason, "candidate") {
 			t.Errorf("unflagged event names the candidate: %s", ev.Reason)
 		}
-	}
+		return nil
+	})
 	if len(flagged) != 3 || !strings.HasPrefix(flagged[0], "allow limit | candidate plant v2 would deny: ") ||
 		!strings.HasPrefix(flagged[2], "deny ") || !strings.HasSuffix(flagged[2], "| candidate plant v2 would allow (rule telemetry)") {
 		t.Fatalf("flagged events:\n%s", strings.Join(flagged, "\n"))

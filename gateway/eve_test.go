@@ -13,15 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/eve"
 	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/simulators"
@@ -193,18 +190,9 @@ func TestEVEFile(t *testing.T) {
 
 	// The file holds exactly what the chain holds, as the export renders
 	// it without the chain's position.
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := jetstream.New(conn.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	m := &eve.Mapper{Writer: "gw-1", Devices: map[string]string{"inverter-1": simAddr}}
 	var want []string
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		for _, e := range m.For(nil, ev) {
 			b, err := json.Marshal(e)
 			if err != nil {
@@ -214,9 +202,6 @@ func TestEVEFile(t *testing.T) {
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var got []string
 	for _, l := range eveLines(t, all...) {
 		got = append(got, string(l))

@@ -2,8 +2,6 @@ package gateway_test
 
 import (
 	"errors"
-	"io"
-	"log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,90 +15,15 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
 )
 
-// site writes an unsigned policy for the simulators at simAddr and a writer
-// key, and returns a configuration serving them on a free port.
-func site(t *testing.T, simAddr string) *gateway.Config {
-	t.Helper()
-	dir := t.TempDir()
-	pol := "id: plant\nversion: 1\ndevices:\n  - name: inverter-1\n    upstream: " + simAddr +
-		"\n    units: [1]\n    rules:\n      - {name: telemetry, allow: read, table: holding-registers, addresses: 40000-40149}\n"
-	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(pol), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, _, err := keys.WritePair(dir, "gw-1", h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &gateway.Config{Policy: filepath.Join(dir, "policy.yaml"), InsecureUnsignedPolicy: true,
-		Listeners: []gateway.ListenerConfig{{Listen: "127.0.0.1:0", Devices: []string{"inverter-1"}}},
-		Chain:     gateway.ChainConfig{Writer: "gw-1", Key: priv}, Console: gateway.ConsoleConfig{Listen: "off"}}
-}
-
-// startGateway runs cfg on a new data directory, which it returns, until
-// the test ends or it is closed.
-func startGateway(t *testing.T, cfg *gateway.Config) (*gateway.Gateway, string) {
-	t.Helper()
-	dataDir := t.TempDir()
-	gw, err := gateway.New(t.Context(), cfg, gateway.Options{DataDir: dataDir, Log: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(gw.Close)
-	return gw, dataDir
-}
-
-// modbusClient is an open Modbus/TCP client of addr for unit, closed when
-// the test ends.
-func modbusClient(t *testing.T, addr string, unit byte) *mbclient.ModbusClient {
-	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 5 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	if err := c.SetUnitId(unit); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// chainEvents returns the events the chain of the gateway that ran on
-// dataDir holds, in order, once the gateway is closed.
-func chainEvents(t *testing.T, dataDir string) []audit.Event {
-	t.Helper()
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := conn.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Event
-	if err := chain.ScanEvents(t.Context(), js, time.Time{}, func(ev *audit.Event) { out = append(out, *ev) }); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 func reads(t *testing.T, addr string, n int) {
 	t.Helper()
-	c := modbusClient(t, addr, 1)
+	c := simtest.Client(t, addr, 1, 5*time.Second)
 	defer func() { _ = c.Close() }()
 	for i := 0; i < n; i++ {
 		if _, err := c.ReadRegister(simulators.InverterPower, mbclient.HOLDING_REGISTER); err != nil {
@@ -143,13 +66,14 @@ func TestRestartedGatewayKeepsOperationNumbersUnique(t *testing.T) {
 	}
 	seen := map[uint64]bool{}
 	n := 0
-	for _, ev := range chainEvents(t, dataDir) {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		if seen[ev.Op] {
 			t.Errorf("operation %d recorded twice", ev.Op)
 		}
 		seen[ev.Op] = true
 		n++
-	}
+		return nil
+	})
 	if n != 20 {
 		t.Fatalf("%d operations in the chain, want 20", n)
 	}

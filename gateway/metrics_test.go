@@ -17,13 +17,13 @@ import (
 	mbclient "github.com/simonvetter/modbus"
 	"go.uber.org/zap"
 
+	"github.com/gridseal/gridseal/approvals"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/console"
 	"github.com/gridseal/gridseal/gateway"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/testwait"
-	"github.com/gridseal/gridseal/policy"
 	"github.com/gridseal/gridseal/protocols/modbus"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -69,11 +69,18 @@ func get(t *testing.T, url string) scrape {
 func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	simAddr, _ := simtest.Start(t, simulators.Options{})
 	dir := t.TempDir()
-	alice, bob, carol := keystest.NewPerson(t, "alice"), keystest.NewPerson(t, "bob"), keystest.NewPerson(t, "carol")
+	people := map[string]keystest.Key{"alice": keystest.New(t), "bob": keystest.New(t), "carol": keystest.New(t)}
 	var pol strings.Builder
 	pol.WriteString("id: plant\nversion: 3\napprovers:\n")
-	for _, p := range []*keystest.Person{alice, bob, carol} {
-		policy.WriteKeysetEntry(&pol, p.Name, []string{"operators"}, p.PublicJSON(t))
+	for _, name := range []string{"alice", "bob", "carol"} {
+		pub, err := keys.PublicJSON(people[name].Handle)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&pol, "  - name: %s\n    groups: [operators]\n    keyset: |\n", name)
+		for _, line := range strings.Split(strings.TrimSpace(string(pub)), "\n") {
+			pol.WriteString("      " + line + "\n")
+		}
 	}
 	fmt.Fprintf(&pol, `devices:
   - name: inverter-1
@@ -91,14 +98,7 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "policy.yaml"), []byte(pol.String()), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	h, err := keys.New(keys.Ed25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	priv, _, err := keys.WritePair(dir, "gw-1", h)
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv := writerKey(t, dir)
 	if _, err := chain.NewCheckpointKey(dir, "cp-1"); err != nil {
 		t.Fatal(err)
 	}
@@ -125,16 +125,49 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 
 	store := gw.Approvals()
 	pdu := modbus.AppendWriteSingleRegister(nil, simulators.InverterLimitPct, 30)
-	id := approve(t, store, gw.Policy(), pdu, alice, bob, carol)
-	junk := make([]byte, 69) // behind the proposer's key id
+	pr, err := approvals.NewProposal(gw.Policy(), "inverter-1", 1, pdu, 15*time.Minute, "alice", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig, err := people["alice"].Signer.Sign(approvals.ProposeInput(pr.ID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := store.Propose(t.Context(), pr, sig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	junk := make([]byte, 69)
 	_, _ = rand.Read(junk)
 	junk[0] = 1
-	kid := alice.Signer.KeyID
+	kid := people["alice"].Signer.KeyID
 	copy(junk[1:5], []byte{byte(kid >> 24), byte(kid >> 16), byte(kid >> 8), byte(kid)})
 	if _, err := store.AddSignature(t.Context(), id, junk); err != nil {
 		t.Fatal(err)
 	}
-	c := modbusClient(t, gw.Addrs()[0], 1)
+	for _, name := range []string{"bob", "carol"} {
+		sig, err := people[name].Signer.Sign(approvals.ApproveInput(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.AddSignature(t.Context(), id, sig); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	c := simtest.Client(t, gw.Addrs()[0], 1, 3*time.Second)
+	last, err := store.Get(t.Context(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the proxy's approval index to hold every signature", func() bool {
+		for _, st := range store.Candidates("inverter-1", 1, pdu) {
+			if st.ID == id && st.Revision >= last.Revision {
+				return true
+			}
+		}
+		return false
+	})
 	if err := c.WriteRegister(simulators.InverterLimitPct, 30); err != nil {
 		t.Fatalf("the approved write: %v", err)
 	}

@@ -11,16 +11,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	mbclient "github.com/simonvetter/modbus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/gridseal/gridseal/audit"
-	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
-	"github.com/gridseal/gridseal/internal/natsembed"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/simulators"
 	"github.com/gridseal/gridseal/simulators/simtest"
@@ -55,25 +52,13 @@ func setMode(t *testing.T, cfg *gateway.Config, v int, mode string) {
 // modeSteps returns the reasons of the chain's policy-phase events, by device.
 func modeSteps(t *testing.T, dataDir string) []string {
 	t.Helper()
-	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	js, err := jetstream.New(conn.NC)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var out []string
-	err = chain.ScanRecords(t.Context(), js, 1, false, nil, func(_ *chain.Record, ev *audit.Event) error {
+	recorded(t, dataDir, func(ev *audit.Event) error {
 		if ev.Phase == audit.PhasePolicy {
 			out = append(out, ev.Device+" "+strings.SplitN(ev.Reason, ":", 2)[0])
 		}
 		return nil
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	return out
 }
 
@@ -110,7 +95,8 @@ func TestObserveModeIsLoud(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer gw.Close()
-	c := modbusClient(t, gw.Addrs()[0], simulators.UnitInverter)
+	c := simtest.Client(t, gw.Addrs()[0], simulators.UnitInverter, 5*time.Second)
+	defer func() { _ = c.Close() }()
 	if err := c.WriteRegister(simulators.InverterLimitPct, 20); err != nil {
 		t.Fatalf("a write the rules deny, in observe mode: %v", err)
 	}

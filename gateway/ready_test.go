@@ -18,6 +18,7 @@ import (
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -28,40 +29,18 @@ import (
 // another subject, as when permissions deny it), though the chain itself
 // is writable.
 func TestReadyReportsCheckpointFailures(t *testing.T) {
-	srv := natstest.RunJetStream(t)
-	nc := natstest.Connect(t, srv.URL())
-	rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(t),
-		DurableTimeout: 3 * time.Second}, zap.NewNop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rec.Close(time.Second) })
+	rec, js := readyChain(t)
 	g := &Gateway{rec: rec}
 	if err := g.ready(); err != nil {
 		t.Fatalf("ready with a writable chain and no checkpointer: %v", err)
 	}
-	js := natstest.JetStream(t, nc)
 	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{Name: chain.CheckpointStream,
 		Subjects: []string{"gridseal.checkpoint.someone-else"}}); err != nil {
 		t.Fatal(err)
 	}
 	g.checkpointer = &chain.Checkpointer{Signer: keystest.NewCheckpointer(t, "cp-1").Signer, Every: 50 * time.Millisecond, Log: zap.NewNop()}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- g.checkpointer.Run(ctx, js) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	for i := uint64(1); i <= 3; i++ {
-		ev := &audit.Event{Time: time.Now(), Op: i, Phase: audit.PhaseComplete, Device: "inverter-1", Unit: 1,
-			Function: 3, Class: "read", Quantity: 1, PDU: []byte{3, 0, 0, 0, 1}, Verdict: audit.Allow}
-		if err := rec.Record(t.Context(), ev, true); err != nil {
-			t.Fatal(err)
-		}
-	}
+	runCheckpointer(t, g.checkpointer, js)
+	recordReads(t, rec, 3)
 	testwait.For(t, "not ready while checkpoints fail", func() bool { return g.ready() != nil })
 	if err := g.ready(); !strings.Contains(err.Error(), "checkpoints failing") {
 		t.Fatalf("ready() = %v, want the checkpoint failures", err)
@@ -83,18 +62,7 @@ func TestReadyWitnessPolicy(t *testing.T) {
 		{"require_witnessed", 200 * time.Millisecond, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			srv := natstest.RunJetStream(t)
-			nc := natstest.Connect(t, srv.URL())
-			rec, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: keystest.Signer(t),
-				DurableTimeout: 3 * time.Second}, zap.NewNop())
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = rec.Close(time.Second) })
-			js, err := jetstream.New(nc)
-			if err != nil {
-				t.Fatal(err)
-			}
+			rec, js := readyChain(t)
 			skey, _, _ := note.GenerateKey(rand.Reader, "cp-1")
 			s, _ := note.NewSigner(skey)
 			// A witness nobody runs: a closed loopback port.
@@ -113,20 +81,8 @@ func TestReadyWitnessPolicy(t *testing.T) {
 				Witnesses: []chain.Witness{{URL: down, Verifier: wv}}, WitnessQuorum: 1}
 			reg := prometheus.NewRegistry()
 			g.checkpointer.RegisterMetrics(reg)
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan error, 1)
-			go func() { done <- g.checkpointer.Run(ctx, js) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Error(err)
-				}
-			}()
-			ev := &audit.Event{Time: time.Now(), Op: 1, Phase: audit.PhaseComplete, Device: "inverter-1", Unit: 1,
-				Function: 3, Class: "read", Quantity: 1, PDU: []byte{3, 0, 0, 0, 1}, Verdict: audit.Allow}
-			if err := rec.Record(t.Context(), ev, true); err != nil {
-				t.Fatal(err)
-			}
+			runCheckpointer(t, g.checkpointer, js)
+			recordReads(t, rec, 1)
 			testwait.For(t, "a checkpoint published despite the witness", func() bool {
 				_, last := g.checkpointer.Status()
 				return !last.IsZero()
@@ -145,6 +101,32 @@ func TestReadyWitnessPolicy(t *testing.T) {
 				t.Fatalf("gridseal_witness_up = %v for a witness that is down", got)
 			}
 		})
+	}
+}
+
+// readyChain is a writer gw-1's recorder on a JetStream server of its own.
+func readyChain(t *testing.T) (*chain.Recorder, jetstream.JetStream) {
+	t.Helper()
+	nc := natstest.Connect(t, natstest.RunJetStream(t).URL())
+	return chaintest.Open(t, nc, chain.Config{DurableTimeout: 3 * time.Second}), natstest.JetStream(t, nc)
+}
+
+// runCheckpointer runs c on js until the test ends, and fails the test if
+// it stops with an error.
+func runCheckpointer(t *testing.T, c *chain.Checkpointer, js jetstream.JetStream) {
+	t.Helper()
+	testwait.Go(t, "checkpointer", func(ctx context.Context) error { return c.Run(ctx, js) })
+}
+
+// recordReads records n reads of inverter-1, operations 1 to n, durably.
+func recordReads(t *testing.T, rec *chain.Recorder, n uint64) {
+	t.Helper()
+	for i := uint64(1); i <= n; i++ {
+		ev := &audit.Event{Time: time.Now(), Op: i, Phase: audit.PhaseComplete, Device: "inverter-1", Unit: 1,
+			Function: 3, Class: "read", Quantity: 1, PDU: []byte{3, 0, 0, 0, 1}, Verdict: audit.Allow}
+		if err := rec.Record(t.Context(), ev, true); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

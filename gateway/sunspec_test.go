@@ -107,7 +107,7 @@ func TestSunSpecQuorumRuleThroughGateway(t *testing.T) {
 				t.Fatal(err)
 			}
 			gw, dataDir := startGateway(t, cfg)
-			c := modbusClient(t, gw.Addrs()[0], 1)
+			c := simtest.Client(t, gw.Addrs()[0], 1, 5*time.Second)
 			limit := func() uint16 {
 				t.Helper()
 				v, err := c.ReadRegister(tc.at, mbclient.HOLDING_REGISTER)

@@ -2,7 +2,6 @@ package mirror_test
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"net"
 	"net/http"
@@ -43,12 +42,7 @@ type keyring struct {
 
 func newKeyring(t testing.TB) *keyring {
 	t.Helper()
-	skey, vkey, err := note.GenerateKey(rand.Reader, "gridseal.test/checkpointer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, _ := note.NewSigner(skey)
-	v, _ := note.NewVerifier(vkey)
+	cp := keystest.NewCheckpointer(t, "gridseal.test/checkpointer")
 	wskey, _, err := chain.GenerateCosignerKey("mirror.test/m1")
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +51,7 @@ func newKeyring(t testing.TB) *keyring {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &keyring{writer: keystest.New(t), cpSigner: s, known: note.VerifierList(v), cosigner: c}
+	return &keyring{writer: keystest.New(t), cpSigner: cp.Signer, known: cp.Verifiers(), cosigner: c}
 }
 
 func (k *keyring) trust() chain.Trust {

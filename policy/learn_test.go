@@ -68,7 +68,8 @@ func learnedTraffic() []*audit.Event {
 	}
 }
 
-func learn(t *testing.T, base *policy.Policy, o policy.LearnOptions) *policy.Policy {
+// learnedYAML is what a learner from base learns of learnedTraffic.
+func learnedYAML(t *testing.T, base *policy.Policy, o policy.LearnOptions) []byte {
 	t.Helper()
 	l, err := policy.NewLearner(base, o)
 	if err != nil {
@@ -81,6 +82,12 @@ func learn(t *testing.T, base *policy.Policy, o policy.LearnOptions) *policy.Pol
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out
+}
+
+func learn(t *testing.T, base *policy.Policy, o policy.LearnOptions) *policy.Policy {
+	t.Helper()
+	out := learnedYAML(t, base, o)
 	p, err := policy.Parse("candidate.yaml", out)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -167,17 +174,7 @@ func TestLearnBuildsThePolicyTheTrafficNeeds(t *testing.T) {
 }
 
 func TestLearnedPolicySaysWhatItLearnedFrom(t *testing.T) {
-	l, err := policy.NewLearner(learnBase(t), policy.LearnOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ev := range learnedTraffic() {
-		l.Add(ev)
-	}
-	out, err := l.Policy()
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := learnedYAML(t, learnBase(t), policy.LearnOptions{})
 	for _, want := range []string{
 		"# 9 forwarded requests learned, 2026-11-30T12:00:00Z to 2026-11-30T12:00:10Z; 1 denied and 1 malformed not learned",
 		"# 2 requests, 2026-11-30T12:00:00Z to 2026-11-30T12:00:01Z, from 10.0.0.5",

@@ -88,12 +88,18 @@ devices:
       - {name: points, allow: read, functions: [3], units: [2], sunspec: {model: 103, point: W}}
 `
 
-func TestDecideFunctionVariants(t *testing.T) {
-	p, err := Parse("rules.yaml", []byte(rulesPolicy))
+// engine parses the policy src, named name, and starts an engine on it.
+func engine(t testing.TB, name, src string) (*Policy, *Engine) {
+	t.Helper()
+	p, err := Parse(name, []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := NewEngine(p, zap.NewNop())
+	return p, NewEngine(p, zap.NewNop())
+}
+
+func TestDecideFunctionVariants(t *testing.T) {
+	_, e := engine(t, "rules.yaml", rulesPolicy)
 	fc23 := func(raddr, rqty, waddr uint16, vals ...uint16) []byte {
 		b := []byte{23, byte(raddr >> 8), byte(raddr), byte(rqty >> 8), byte(rqty), byte(waddr >> 8), byte(waddr), 0, byte(len(vals)), byte(2 * len(vals))}
 		for _, v := range vals {
@@ -151,11 +157,7 @@ devices:
 // gateway a write to every device behind it; a state-changing request to
 // it passes only a rule that names unit 0, however the device is routed.
 func TestDecideUnitZeroIsABroadcast(t *testing.T) {
-	p, err := Parse("broadcast.yaml", []byte(broadcastPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	p, e := engine(t, "broadcast.yaml", broadcastPolicy)
 	cases := []struct {
 		name   string
 		unit   byte
@@ -287,7 +289,7 @@ func BenchmarkDecideAllowedRead(b *testing.B) {
 }
 
 func TestDiagnosticSubfunctions(t *testing.T) {
-	p, err := Parse("d.yaml", []byte(`id: d
+	_, e := engine(t, "d.yaml", `id: d
 devices:
   - name: plc
     upstream: 127.0.0.1:1
@@ -297,11 +299,7 @@ devices:
     upstream: 127.0.0.1:1
     rules:
       - {name: counters, allow: diagnostic, functions: [8], subfunctions: "0,10-14"}
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+`)
 	cases := []struct {
 		device string
 		sub    uint16

@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"log"
 	"net/netip"
 	"strings"
 	"testing"
@@ -59,16 +57,7 @@ devices:
 // proxy does over its upstream connection.
 func simReader(t *testing.T, addr string) func(unit byte, a, n uint16) ([]uint16, error) {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{
-		URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
+	c := simtest.Client(t, addr, 1, 2*time.Second)
 	return func(unit byte, a, n uint16) ([]uint16, error) {
 		if err := c.SetUnitId(unit); err != nil {
 			return nil, err
@@ -87,11 +76,7 @@ func decideWrite(t *testing.T, e *Engine, device string, unit byte, addr, v uint
 }
 
 func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	p, e := engine(t, "sunspec.yaml", sunspecPolicy)
 	addr, _ := simtest.Start(t, simulators.Options{})
 
 	v := decideWrite(t, e, "inverter-1", 1, simulators.InverterLimitPct, 30)
@@ -104,7 +89,7 @@ func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
 			t.Fatalf("resolve %s: %v", dev, err)
 		}
 	}
-	err = e.Resolve(context.Background(), "breaker-1", read)
+	err := e.Resolve(context.Background(), "breaker-1", read)
 	if err == nil || !strings.Contains(err.Error(), "no SunSpec map") {
 		t.Fatalf("resolve the breaker: %v; want no SunSpec map", err)
 	}
@@ -164,11 +149,7 @@ func TestSunSpecRulesResolveOnSimulators(t *testing.T) {
 // A device whose firmware puts its models elsewhere: the point is found
 // where that layout has it, and its old place is no longer allowed.
 func TestSunSpecPointMovedByLayout(t *testing.T) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	_, e := engine(t, "sunspec.yaml", sunspecPolicy)
 	moved := simulators.Layout{Base: 50000, Models: []uint16{120, 121, 103, 123}}
 	addr, _ := simtest.Start(t, simulators.Options{InverterLayout: &moved})
 	if err := e.Resolve(context.Background(), "inverter-1", simReader(t, addr)); err != nil {
@@ -275,17 +256,9 @@ func TestSunSpecRuleErrors(t *testing.T) {
 // Deciding a write a resolved SunSpec rule allows: finding the compiled
 // rule does not allocate; naming the point in the reason does.
 func BenchmarkDecideSunSpecWrite(b *testing.B) {
-	p, err := Parse("sunspec.yaml", []byte(sunspecPolicy))
-	if err != nil {
-		b.Fatal(err)
-	}
-	e := NewEngine(p, zap.NewNop())
+	_, e := engine(b, "sunspec.yaml", sunspecPolicy)
 	addr, _ := simtest.Start(b, simulators.Options{})
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0)})
-	if err != nil || c.Open() != nil {
-		b.Fatal("simulator client")
-	}
-	defer func() { _ = c.Close() }()
+	c := simtest.Client(b, addr, 1, 2*time.Second)
 	read := func(unit byte, a, n uint16) ([]uint16, error) {
 		_ = c.SetUnitId(unit)
 		return c.ReadRegisters(a, n, mbclient.HOLDING_REGISTER)

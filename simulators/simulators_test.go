@@ -2,8 +2,6 @@ package simulators_test
 
 import (
 	"errors"
-	"io"
-	"log"
 	"sync"
 	"testing"
 	"time"
@@ -34,20 +32,7 @@ func (c *fakeClock) Advance(d time.Duration) {
 
 func client(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{
-		URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	if err := c.SetUnitId(unit); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return simtest.Client(t, addr, unit, 2*time.Second)
 }
 
 func TestInverterFollowsPowerLimit(t *testing.T) {

@@ -26,7 +26,6 @@ import (
 // panel, and at 800 px wide nothing overflows. Screenshots go to
 // $GRIDSEAL_ARTIFACTS (or the test's temporary directory).
 func TestConsoleInHeadlessChromium(t *testing.T) {
-	browser := testtool.Path(t, "chromium")
 	data := t.TempDir()
 	listen, web := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -42,28 +41,8 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	}()
 	waitListening(t, "the console", web)
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1600, 1000), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))...)
-	defer cancelAlloc()
-	bctx, cancelB := chromedp.NewContext(alloc)
-	defer cancelB()
-	bctx, cancelT := context.WithTimeout(bctx, 90*time.Second)
-	defer cancelT()
-	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		if err := chromedp.Do(bctx, steps...); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	poll := func(what, expr string, within time.Duration) {
-		t.Helper()
-		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(within))); err != nil {
-			t.Fatalf("%s (within %v): %v", what, within, err)
-		}
-	}
+	p := headless(t, ctx, 1600, 1000, 90*time.Second)
+	bctx, run, poll := p.ctx, p.run, p.poll
 	run("open the console", chromedp.Navigate("http://"+web+"/"), chromedp.WaitVisible("#stream"))
 	poll("the chain badge", `document.querySelector('#chain-badge').textContent.includes('verified')`, 10*time.Second)
 
@@ -225,35 +204,66 @@ func TestConsoleInHeadlessChromium(t *testing.T) {
 	}
 }
 
+// page is a tab of a headless Chromium.
+type page struct {
+	t   *testing.T
+	ctx context.Context
+}
+
+// headless starts a headless Chromium (Debian's chromium, which `make
+// test` installs) below ctx, with a window of w×h px, and returns its
+// page; it is stopped when the test ends, and its actions fail once
+// within has passed.
+func headless(t *testing.T, ctx context.Context, w, h int, within time.Duration) page {
+	t.Helper()
+	browser := testtool.Path(t, "chromium")
+	alloc, cancelAlloc := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
+		chromedp.WindowSize(w, h), chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-quic", true), chromedp.Flag("no-first-run", true))...)
+	t.Cleanup(cancelAlloc)
+	bctx, cancelB := chromedp.NewContext(alloc)
+	t.Cleanup(cancelB)
+	bctx, cancelT := context.WithTimeout(bctx, within)
+	t.Cleanup(cancelT)
+	return page{t: t, ctx: bctx}
+}
+
+// run takes steps on the page; what names them if one fails.
+func (p page) run(what string, steps ...chromedp.Action[chromedp.Void]) {
+	p.t.Helper()
+	if err := chromedp.Do(p.ctx, steps...); err != nil {
+		p.t.Fatalf("%s: %v", what, err)
+	}
+}
+
+// poll waits within for the page's JavaScript expr to be true.
+func (p page) poll(what, expr string, within time.Duration) {
+	p.t.Helper()
+	if _, err := chromedp.Run(p.ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(within))); err != nil {
+		p.t.Fatalf("%s (within %v): %v", what, within, err)
+	}
+}
+
 // saveShotOf is saveShot of one element of the page.
 func saveShotOf(t *testing.T, bctx context.Context, sel, name string) {
 	t.Helper()
-	shot, err := chromedp.Run(bctx, chromedp.Screenshot(sel))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := os.Getenv("GRIDSEAL_ARTIFACTS")
-	if dir == "" {
-		dir = t.TempDir()
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, name)
-	if err := os.WriteFile(path, shot, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if len(shot) < 5_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
-		t.Fatalf("screenshot of %s looks empty (%d bytes)", sel, len(shot))
-	}
-	t.Logf("screenshot: %s", path)
+	writeShot(t, bctx, chromedp.Screenshot(sel), "screenshot of "+sel, 5_000, name)
 }
 
 // saveShot writes a PNG of the page to $GRIDSEAL_ARTIFACTS (or a temporary
 // directory) and checks it is not blank.
 func saveShot(t *testing.T, bctx context.Context, name string) {
 	t.Helper()
-	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100) /* 100: PNG */)
+	writeShot(t, bctx, chromedp.FullScreenshot(100) /* 100: PNG */, "screenshot", 10_000, name)
+}
+
+// writeShot takes the screenshot take, of what, writes it as name and
+// checks it is a PNG of at least least bytes.
+func writeShot(t *testing.T, bctx context.Context, take chromedp.Action[[]byte], what string, least int, name string) {
+	t.Helper()
+	shot, err := chromedp.Run(bctx, take)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,8 +278,8 @@ func saveShot(t *testing.T, bctx context.Context, name string) {
 	if err := os.WriteFile(path, shot, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if len(shot) < 10_000 || !strings.HasPrefix(string(shot), "\x89PNG") {
-		t.Fatalf("screenshot looks empty (%d bytes)", len(shot))
+	if len(shot) < least || !strings.HasPrefix(string(shot), "\x89PNG") {
+		t.Fatalf("%s looks empty (%d bytes)", what, len(shot))
 	}
 	t.Logf("screenshot: %s", path)
 }

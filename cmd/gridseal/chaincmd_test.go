@@ -107,6 +107,30 @@ func (c *recordedChain) cli(t *testing.T, args ...string) (code int, stdout, std
 	return code, stdout, stderr
 }
 
+// follow runs the following chain command args against the chain until
+// lines counts first lines of its output (what names them), records two
+// events in one block, waits until lines counts more, and stops it; it
+// returns what the command printed, and fails the test unless it exited 0.
+func (c *recordedChain) follow(t *testing.T, lines func(out string) int, what string, first, more int, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out, errb syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, append(args, "--nats", c.srv.URL(), "--data-dir", t.TempDir()), strings.NewReader(""), &out, &errb)
+	}()
+	testwait.For(t, what, func() bool { return lines(out.String()) >= first })
+	c.record(t, false)
+	c.record(t, true)
+	testwait.For(t, "what was recorded while following", func() bool { return lines(out.String()) >= more })
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	return out.String()
+}
+
 // jsonValues returns the first written value of each JSON line.
 func jsonValues(t *testing.T, out string) []string {
 	t.Helper()
@@ -214,25 +238,10 @@ func (s *syncBuffer) String() string {
 // not the whole chain.
 func TestChainTailFollow(t *testing.T) {
 	c := recordChain(t, 20, 3)
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out, errb syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"chain", "tail", "--follow", "-n", "2", "--nats", c.srv.URL(), "--data-dir", t.TempDir()},
-			strings.NewReader(""), &out, &errb)
-	}()
-	rows := func() int { return strings.Count(out.String(), "\n") - 1 }
-	testwait.For(t, "the newest two events", func() bool { return rows() >= 2 })
-	c.record(t, false)
-	c.record(t, true)
-	testwait.For(t, "the two recorded while following", func() bool { return rows() >= 4 })
-	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("exit %d: %s", code, errb.String())
-	}
-	if got := strings.Join(tableValues(t, out.String()), " "); got != "59 60 61 62" {
-		t.Fatalf("followed values %s, want 59 60 61 62\n%s", got, out.String())
+	rows := func(out string) int { return strings.Count(out, "\n") - 1 }
+	out := c.follow(t, rows, "the newest two events", 2, 4, "chain", "tail", "--follow", "-n", "2")
+	if got := strings.Join(tableValues(t, out), " "); got != "59 60 61 62" {
+		t.Fatalf("followed values %s, want 59 60 61 62\n%s", got, out)
 	}
 }
 
@@ -266,28 +275,13 @@ func TestChainCommandsOnUnreadableLastBlock(t *testing.T) {
 // line validates against Suricata's schema and names its block's sequence.
 func TestChainExportEVEFollow(t *testing.T) {
 	c := recordChain(t, 5, 2) // events 1..10, blocks at sequences 1..5
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out, errb syncBuffer
-	done := make(chan int, 1)
-	go func() {
-		done <- run(ctx, []string{"chain", "export", "--format", "eve", "--follow", "--from", "4", "--nats", c.srv.URL(), "--data-dir", t.TempDir()},
-			strings.NewReader(""), &out, &errb)
-	}()
-	lines := func() int { return strings.Count(out.String(), "\n") }
-	testwait.For(t, "blocks 4 and 5", func() bool { return lines() >= 4 })
-	c.record(t, false)
-	c.record(t, true)
-	testwait.For(t, "the block recorded while following", func() bool { return lines() >= 6 })
-	cancel()
-	if code := <-done; code != 0 {
-		t.Fatalf("exit %d: %s", code, errb.String())
-	}
-	if n := evetest.Check(t, []byte(out.String())); n != 6 {
-		t.Fatalf("%d lines, want 6:\n%s", n, out.String())
+	lines := func(out string) int { return strings.Count(out, "\n") }
+	out := c.follow(t, lines, "blocks 4 and 5", 4, 6, "chain", "export", "--format", "eve", "--follow", "--from", "4")
+	if n := evetest.Check(t, []byte(out)); n != 6 {
+		t.Fatalf("%d lines, want 6:\n%s", n, out)
 	}
 	var got []string
-	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
 		var e struct {
 			Metadata struct {
 				PktVars []map[string]string `json:"pktvars"`

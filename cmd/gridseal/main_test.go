@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/http"
 	"os"
@@ -31,6 +30,7 @@ import (
 	"github.com/gridseal/gridseal/eve/evetest"
 	"github.com/gridseal/gridseal/internal/bench"
 	"github.com/gridseal/gridseal/internal/keys"
+	"github.com/gridseal/gridseal/internal/testnet"
 	"github.com/gridseal/gridseal/internal/testpki"
 	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
@@ -645,15 +645,7 @@ func TestProxyCommandRecordsToTheChain(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
+func freeAddr(t *testing.T) string { return testnet.FreeAddr(t) }
 
 // waitListening waits until something accepts connections on addr.
 func waitListening(t *testing.T, what, addr string) {
@@ -669,17 +661,7 @@ func waitListening(t *testing.T, what, addr string) {
 
 func modbusClient(t *testing.T, addr string, unit uint8) *mbclient.ModbusClient {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{URL: "tcp://" + addr, Timeout: 3 * time.Second,
-		Logger: log.New(io.Discard, "", 0)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	_ = c.SetUnitId(unit)
-	return c
+	return simtest.Client(t, addr, unit, 3*time.Second)
 }
 
 // TestProposeAndApproveCommands drives the approval commands against a

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -19,13 +17,6 @@ import (
 // puts the inverter in observe mode, in headless Chromium: the banner names
 // the device, and a write its rules deny, forwarded, is marked WOULD DENY.
 func TestConsoleShowsObserveMode(t *testing.T) {
-	browser, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") == "" {
-			t.Skip("chromium not installed; `make test` installs it")
-		}
-		t.Fatal("chromium not installed in CI")
-	}
 	simAddr, _ := simtest.Start(t, simulators.Options{})
 	c := newCommissioning(t)
 	web := freeAddr(t)
@@ -39,23 +30,11 @@ func TestConsoleShowsObserveMode(t *testing.T) {
 	defer c.stop()
 	waitListening(t, "the console", web)
 
-	alloc, cancelAlloc := chromedp.NewExecAllocator(t.Context(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1200, 900), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("no-first-run", true))...)
-	defer cancelAlloc()
-	bctx, cancelB := chromedp.NewContext(alloc)
-	defer cancelB()
-	bctx, cancelT := context.WithTimeout(bctx, 60*time.Second)
-	defer cancelT()
+	p := headless(t, t.Context(), 1200, 900, 60*time.Second)
+	p.run("open the console", chromedp.Navigate("http://"+web+"/"), chromedp.WaitVisible("#stream"))
 	poll := func(what, expr string) {
 		t.Helper()
-		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(10*time.Second))); err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-	}
-	if err := chromedp.Do(bctx, chromedp.Navigate("http://"+web+"/"), chromedp.WaitVisible("#stream")); err != nil {
-		t.Fatal(err)
+		p.poll(what, expr, 10*time.Second)
 	}
 	poll("the device entering observe mode, in the stream", `[...document.querySelectorAll('#stream tbody tr')].some(r =>
 		r.cells[7].textContent === 'policy mode' && r.cells[8].textContent.startsWith('enters observe mode'))`)
@@ -66,5 +45,5 @@ func TestConsoleShowsObserveMode(t *testing.T) {
 	}
 	poll("the forwarded write marked WOULD DENY", `[...document.querySelectorAll('#stream tbody tr')].some(r =>
 		r.textContent.includes('40127+1') && r.querySelector('.badge.would-deny')?.textContent === 'WOULD DENY')`)
-	saveShot(t, bctx, "console-observe.png")
+	saveShot(t, p.ctx, "console-observe.png")
 }

@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/gateway"
+	"github.com/gridseal/gridseal/internal/chaintest"
 	"github.com/gridseal/gridseal/internal/keys"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
@@ -141,11 +141,7 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 	srv := natstest.RunJetStream(b)
 	nc := natstest.Connect(b, srv.URL())
 	key := keystest.New(b)
-	rec, err := chain.Open(b.Context(), nc, chain.Config{Writer: "gw-1", Signer: key.Signer, LeaseTTL: -1,
-		DurableTimeout: time.Minute}, zap.NewNop())
-	if err != nil {
-		b.Fatal(err)
-	}
+	rec := chaintest.Open(b, nc, chain.Config{Signer: key.Signer, LeaseTTL: -1, DurableTimeout: time.Minute})
 	for i := 0; i < n; i++ {
 		// Every 20 000th event durable: the writer waits for the chain, so
 		// its spool stays small.
@@ -157,14 +153,7 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 		b.Fatal(err)
 	}
 	js, _ := jetstream.New(nc)
-	s, err := js.Stream(b.Context(), chain.StreamName)
-	if err != nil {
-		b.Fatal(err)
-	}
-	info, err := s.Info(b.Context())
-	if err != nil {
-		b.Fatal(err)
-	}
+	info := chaintest.StreamInfo(b, js, chain.StreamName)
 	b.Logf("chain: %d events in %d blocks, %d MB", n, info.State.Msgs, info.State.Bytes>>20)
 	b.Run("stream only", func(b *testing.B) { // what reading the stream alone costs
 		for b.Loop() {

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/gridseal/gridseal/internal/natsembed"
+	"github.com/gridseal/gridseal/internal/testnet"
 	"github.com/gridseal/gridseal/internal/testwait"
 )
 
@@ -121,7 +122,7 @@ func RunCluster(t testing.TB, n int) []*Server {
 	ports := make([]int, n)
 	routes := make([]string, n)
 	for i := range ports {
-		ports[i] = freePort(t)
+		ports[i] = testnet.FreePort(t) // route ports must be known before any node starts
 		routes[i] = fmt.Sprintf("nats-route://127.0.0.1:%d", ports[i])
 	}
 	out := make([]*Server, n)
@@ -165,18 +166,6 @@ func ClusterURLs(ss []*Server) string {
 		u += s.URL()
 	}
 	return u
-}
-
-// freePort returns a loopback port free now: route ports must be known
-// before any node starts, as every node names all the routes.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // CorruptRecord stops the server, flips one byte inside the stored record

@@ -1,8 +1,10 @@
 // Package testwait is the one way gridseal's tests wait on a condition:
-// poll it, return as soon as it holds, fail the test after a deadline.
+// poll it, return as soon as it holds, fail the test after a deadline;
+// and how they wait for what they ran in the background (Go).
 package testwait
 
 import (
+	"context"
 	"testing"
 	"time"
 )
@@ -30,6 +32,22 @@ func NoError(t testing.TB, what string, try func() error) {
 	if !poll(func() bool { err = try(); return err == nil }) {
 		t.Fatalf("timed out waiting for %s: %v", what, err)
 	}
+}
+
+// Go runs run in a goroutine of its own until the test ends; then it
+// cancels run's context, waits for run to return and fails the test if it
+// returned an error, naming what.
+func Go(t testing.TB, what string, run func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	})
 }
 
 func poll(cond func() bool) bool {

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gridseal/gridseal/internal/testnet"
 	"github.com/gridseal/gridseal/internal/testwait"
 )
 
@@ -83,7 +84,7 @@ func Start(t testing.TB, name, origin, logVKey string) *Litewitness {
 	w.DB = filepath.Join(dir, "litewitness.db")
 	run(t, nil, filepath.Join(w.bin, "witnessctl"), "add-log", "-db", w.DB, "-origin", origin)
 	run(t, nil, filepath.Join(w.bin, "witnessctl"), "add-key", "-db", w.DB, "-origin", origin, "-key", logVKey)
-	w.addr = freeAddr(t)
+	w.addr = testnet.FreeAddr(t)
 	w.URL = "http://" + w.addr
 	w.start()
 	t.Cleanup(w.Stop)
@@ -228,14 +229,4 @@ func run(t testing.TB, env []string, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ln.Close() }()
-	return ln.Addr().String()
 }

@@ -139,12 +139,26 @@ func TestWriteValues(t *testing.T) {
 	}
 }
 
+// rejectCase is a PDU, in hex, and the error parsing it gives.
+type rejectCase struct {
+	name, pdu string
+	want      *Error
+}
+
+// checkRejects wants parse's error on each case's PDU to be the case's.
+func checkRejects(t *testing.T, cases []rejectCase, parse func(pdu []byte) error) {
+	t.Helper()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := parse(unhex(t, tc.pdu)); err != tc.want {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
 func TestParseRequestRejects(t *testing.T) {
-	cases := []struct {
-		name string
-		pdu  string
-		want *Error
-	}{
+	checkRejects(t, []rejectCase{
 		{"empty", "", ErrTruncated},
 		{"unknown function", "41 0000 0001", ErrFunction},
 		{"user-defined function 100", "64", ErrFunction},
@@ -172,36 +186,24 @@ func TestParseRequestRejects(t *testing.T) {
 		{"fc20 byte count not multiple of 7", "14 08 06 0004 0001 0002 00", ErrByteCount},
 		{"fc20 bad reference type", "14 07 05 0004 0001 0002", ErrAddress},
 		{"fc21 record overruns", "15 09 06 0004 0007 0003 06AF", ErrTruncated},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseRequest(unhex(t, tc.pdu))
-			if err != tc.want {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-		})
-	}
+	}, func(pdu []byte) error {
+		_, err := ParseRequest(pdu)
+		return err
+	})
 }
 
 func TestParseResponseRejects(t *testing.T) {
 	req, _ := ParseRequest(unhex(t, "03 006B 0003"))
-	cases := []struct {
-		name, pdu string
-		want      *Error
-	}{
+	checkRejects(t, []rejectCase{
 		{"other function", "04 06 022B 0000 0064", ErrResponseFunction},
 		{"short byte count", "03 04 022B 0000", ErrResponseLength},
 		{"byte count lies", "03 06 022B 0000", ErrResponseLength},
 		{"exception with data", "83 02 00", ErrResponseLength},
 		{"exception code 0", "83 00", ErrResponseCode},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			if _, err := ParseResponse(&req, unhex(t, tc.pdu)); err != tc.want {
-				t.Fatalf("err = %v, want %v", err, tc.want)
-			}
-		})
-	}
+	}, func(pdu []byte) error {
+		_, err := ParseResponse(&req, pdu)
+		return err
+	})
 	w, _ := ParseRequest(unhex(t, "06 0001 0003"))
 	if _, err := ParseResponse(&w, unhex(t, "06 0001 0004")); err != ErrResponseEcho {
 		t.Fatalf("altered echo: err = %v", err)

@@ -2,8 +2,6 @@ package sunspec_test
 
 import (
 	"errors"
-	"io"
-	"log"
 	"strings"
 	"testing"
 	"time"
@@ -17,19 +15,7 @@ import (
 
 func reader(t *testing.T, addr string, unit uint8) sunspec.ReadFunc {
 	t.Helper()
-	c, err := mbclient.NewClient(&mbclient.ClientConfiguration{
-		URL: "tcp://" + addr, Timeout: 2 * time.Second, Logger: log.New(io.Discard, "", 0),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Open(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Close() })
-	if err := c.SetUnitId(unit); err != nil {
-		t.Fatal(err)
-	}
+	c := simtest.Client(t, addr, unit, 2*time.Second)
 	return func(a, n uint16) ([]uint16, error) {
 		regs, err := c.ReadRegisters(a, n, mbclient.HOLDING_REGISTER)
 		if errors.Is(err, mbclient.ErrIllegalDataAddress) {
