@@ -14,8 +14,9 @@ import (
 	"github.com/gridseal/gridseal/chain"
 )
 
-// hub follows the chain once — verifying every block as it arrives — and
-// fans the decoded events out to the console's live viewers. A viewer that
+// hub follows the chain — verifying every block from the first, and
+// from the newest events on fanning the decoded events out to the
+// console's live viewers. A viewer that
 // cannot keep up is dropped, never waited for: viewers must not slow the
 // proxy or each other.
 type hub struct {
@@ -48,15 +49,20 @@ func (f *Filter) match(it *item) bool {
 
 // ChainStatus is what the console shows of the chain.
 type ChainStatus struct {
-	Writers      map[string]WriterStatus `json:"writers"`
-	Blocks       uint64                  `json:"blocks"`
-	Events       uint64                  `json:"events"`
-	LastBlock    time.Time               `json:"last_block"`
-	Verified     bool                    `json:"verified"` // every block so far verified
-	Problem      string                  `json:"problem,omitempty"`
-	VerifiedAt   time.Time               `json:"verified_at"`
-	TrustPinned  bool                    `json:"trust_pinned"`
-	FollowingErr string                  `json:"following_error,omitempty"`
+	Writers    map[string]WriterStatus `json:"writers"`
+	Blocks     uint64                  `json:"blocks"`
+	Events     uint64                  `json:"events"`
+	LastBlock  time.Time               `json:"last_block"`
+	Verified   bool                    `json:"verified"` // every block so far verified
+	Problem    string                  `json:"problem,omitempty"`
+	VerifiedAt time.Time               `json:"verified_at"`
+	// VerifiedSeq is the stream sequence of the last block verified: the
+	// status counts blocks and events up to it (at start the verifier reads
+	// the chain from its first block while the live view already shows the
+	// newest events).
+	VerifiedSeq  uint64 `json:"verified_seq"`
+	TrustPinned  bool   `json:"trust_pinned"`
+	FollowingErr string `json:"following_error,omitempty"`
 }
 
 // WriterStatus is one writer's chain.
@@ -77,41 +83,28 @@ func newHub(log *zap.Logger) *hub {
 		status: ChainStatus{Writers: map[string]WriterStatus{}}}
 }
 
-// follow verifies and fans out the chain until ctx ends, restarting the
-// scan after a NATS error.
+// follow verifies and fans out the chain until ctx ends, restarting each
+// scan after a NATS error. The live view starts at the newest events (read
+// backwards from the end, so the console shows the plant's present at
+// once at any chain size) and follows what is recorded after them; the
+// verifier reads every block from the first, in order, beside it, and the
+// status says how far it got.
 func (h *hub) follow(ctx context.Context, js jetstream.JetStream, trust chain.Trust) {
-	pinned := len(trust.Writers) > 0
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		h.retry(ctx, func() error { return h.verify(ctx, js, trust) })
+	}()
+	h.retry(ctx, func() error { return h.live(ctx, js) })
+	wg.Wait()
+}
+
+// retry runs scan until ctx ends, again a second after each failure, which
+// the status shows.
+func (h *hub) retry(ctx context.Context, scan func() error) {
 	for ctx.Err() == nil {
-		v := chain.NewVerifier(trust)
-		h.mu.Lock()
-		h.status = ChainStatus{Writers: map[string]WriterStatus{}, Verified: true, TrustPinned: pinned}
-		h.recent = h.recent[:0]
-		h.mu.Unlock()
-		err := chain.Scan(ctx, js, 1, true, func(m *chain.Msg) error {
-			b, err := chain.ParseBlock(m.Data)
-			if err != nil {
-				h.problem(m.Seq, err.Error())
-				return nil
-			}
-			if pinned {
-				var p *chain.Problem
-				if err := v.Add(m); errors.As(err, &p) {
-					h.problem(m.Seq, p.Error())
-				} else if err != nil {
-					return err
-				}
-			}
-			recs := make([]chain.Record, 0, len(b.Events))
-			for i, e := range b.Events {
-				ev, err := chain.DecodeEvent(e)
-				if err != nil {
-					continue
-				}
-				recs = append(recs, chain.NewRecord(m, b, i, &ev))
-			}
-			h.publish(b, recs)
-			return nil
-		})
+		err := scan()
 		if ctx.Err() != nil {
 			return
 		}
@@ -127,6 +120,82 @@ func (h *hub) follow(ctx context.Context, js jetstream.JetStream, trust chain.Tr
 	}
 }
 
+// live fans out the newest recentEvents events, then every event recorded
+// after them.
+func (h *hub) live(ctx context.Context, js jetstream.JetStream) error {
+	recs, last, err := chain.LastRecords(ctx, js, recentEvents, nil)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		// A newest block that does not read (the verifier reports it)
+		// leaves the live view without a backlog, not without a view.
+		h.log.Warn("console: the newest events do not read; following from the end", zap.Error(err))
+		if last, err = lastSeq(ctx, js); err != nil {
+			return err
+		}
+	}
+	h.mu.Lock()
+	h.recent = h.recent[:0]
+	h.mu.Unlock()
+	h.fanout(recs)
+	return chain.Scan(ctx, js, last+1, true, func(m *chain.Msg) error {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			return nil // the verifier reports it
+		}
+		recs := make([]chain.Record, 0, len(b.Events))
+		for i, e := range b.Events {
+			ev, err := chain.DecodeEvent(e)
+			if err != nil {
+				continue
+			}
+			recs = append(recs, chain.NewRecord(m, b, i, &ev))
+		}
+		h.fanout(recs)
+		return nil
+	})
+}
+
+// lastSeq is the chain stream's last sequence (0: empty).
+func lastSeq(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	st, err := js.Stream(ctx, chain.StreamName)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return info.State.LastSeq, nil
+}
+
+// verify checks every block from the first, in order, as it arrives, and
+// keeps the chain's status.
+func (h *hub) verify(ctx context.Context, js jetstream.JetStream, trust chain.Trust) error {
+	pinned := len(trust.Writers) > 0
+	v := chain.NewVerifier(trust)
+	h.mu.Lock()
+	h.status = ChainStatus{Writers: map[string]WriterStatus{}, Verified: true, TrustPinned: pinned}
+	h.mu.Unlock()
+	return chain.Scan(ctx, js, 1, true, func(m *chain.Msg) error {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			h.problem(m.Seq, err.Error())
+			return nil
+		}
+		if pinned {
+			var p *chain.Problem
+			if err := v.Add(m); errors.As(err, &p) {
+				h.problem(m.Seq, p.Error())
+			} else if err != nil {
+				return err
+			}
+		}
+		h.account(m.Seq, b)
+		return nil
+	})
+}
+
 func (h *hub) problem(seq uint64, why string) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -137,17 +206,23 @@ func (h *hub) problem(seq uint64, why string) {
 	h.log.Error("chain verification failed", zap.Uint64("seq", seq), zap.String("problem", why))
 }
 
-func (h *hub) publish(b *chain.Block, recs []chain.Record) {
+// account adds block b, stored at seq and verified, to the status.
+func (h *hub) account(seq uint64, b *chain.Block) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st := &h.status
 	st.Blocks++
-	st.Events += uint64(len(recs))
+	st.Events += uint64(len(b.Events))
 	st.LastBlock = b.Time
 	st.VerifiedAt = time.Now()
+	st.VerifiedSeq = seq
 	w := st.Writers[b.Writer]
-	w.Height, w.Hash, w.Events = b.Height, b.Hash.String(), w.Events+uint64(len(recs))
+	w.Height, w.Hash, w.Events = b.Height, b.Hash.String(), w.Events+uint64(len(b.Events))
 	st.Writers[b.Writer] = w
+}
+
+// fanout sends records to the live viewers and keeps the newest.
+func (h *hub) fanout(recs []chain.Record) {
 	// Encode each event once; send each viewer the block's events in one
 	// channel send, not one per event.
 	items := make([]item, 0, len(recs))
@@ -165,6 +240,8 @@ func (h *hub) publish(b *chain.Block, recs []chain.Record) {
 		}
 		items = append(items, item{device: r.Device, verdict: verdict, client: r.Client, fc: r.Function, msg: msg})
 	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.recent = append(h.recent, items...)
 	if len(items) > 0 {
 		for ch := range h.viewers {

@@ -429,15 +429,15 @@ func TestChartCountsWhatWasSent(t *testing.T) {
 
 // TestSearchesOpenNoConsumers: many viewers searching, exporting and
 // charting at once leave the stream with the consumers it had — the
-// console's one follower of the chain and its tiler — and each gets its
+// console's live view, its verifier and its tiler — and each gets its
 // answer or a clear "busy".
 func TestSearchesOpenNoConsumers(t *testing.T) {
 	r := start(t)
 	recordHistory(t, r)
 	consumers := func() int { return chaintest.StreamInfo(t, r.js, chain.StreamName).State.Consumers }
 	before := consumers()
-	if before != 2 {
-		t.Fatalf("%d consumers before any search; want 2 (the hub and the tiler)", before)
+	if before != 3 {
+		t.Fatalf("%d consumers before any search; want 3 (the live view, the verifier and the tiler)", before)
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex

@@ -1,0 +1,152 @@
+package console_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/console"
+	"github.com/gridseal/gridseal/internal/chaintest"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
+	"github.com/gridseal/gridseal/protocols/modbus"
+)
+
+// longChain records n reads as gw-1, in blocks of up to 4096, and returns
+// the stream and a trust that pins the writer's key.
+func longChain(t testing.TB, n int) (jetstream.JetStream, chain.Trust) {
+	t.Helper()
+	ns := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, ns.URL())
+	k := keystest.New(t)
+	rec := chaintest.Open(t, nc, chain.Config{Signer: k.Signer, MaxBlockEvents: 4096, SpoolBytes: 256 << 20, DurableTimeout: time.Minute})
+	ev := audit.Event{Time: time.Now(), Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
+		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 40000, Quantity: 2,
+		Verdict: audit.Allow, Rule: "reads", Reason: "rule reads allows it", Response: []byte{3, 4, 0, 1, 0, 2}}
+	ev.PDU = modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40000, 2)
+	for i := 1; i <= n; i++ {
+		ev.Op = uint64(i)
+		if err := rec.Record(t.Context(), &ev, i%100_000 == 0 || i == n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return natstest.JetStream(t, nc), chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}}}
+}
+
+// startConsole serves a console of js from now until the test ends.
+func startConsole(t testing.TB, js jetstream.JetStream, trust chain.Trust) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	c := console.New(console.Config{JetStream: js, Trust: trust, Log: zap.NewNop(), TreeDir: t.TempDir()})
+	done := make(chan struct{})
+	go func() { defer close(done); c.Run(ctx) }()
+	web := httptest.NewServer(c.Handler())
+	t.Cleanup(func() { web.Close(); cancel(); <-done })
+	return web.URL
+}
+
+// firstLiveOp opens the live event stream and returns the operation
+// number of the first event it sends.
+func firstLiveOp(t testing.TB, base string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		data, ok := strings.CutPrefix(sc.Text(), "data: ")
+		if !ok {
+			continue
+		}
+		var r chain.Record
+		if err := json.Unmarshal([]byte(data), &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Op
+	}
+	t.Fatalf("the live stream ended without an event: %v", sc.Err())
+	return 0
+}
+
+// TestConsoleStartsAtTheNewestEvents: a console started on a long chain
+// shows the newest events at once — a viewer that connects right away
+// gets the newest 500 first, not the chain's history replayed from its
+// start — while its verifier reads every block from the first and the
+// status ends up counting them all, verified.
+func TestConsoleStartsAtTheNewestEvents(t *testing.T) {
+	const n = 100_000
+	js, trust := longChain(t, n)
+	base := startConsole(t, js, trust)
+	if op := firstLiveOp(t, base); op <= n-500 {
+		t.Fatalf("the first live event is op %d: the console replays the chain from its start instead of showing its newest events (%d..%d)", op, n-499, n)
+	}
+	testwait.For(t, "the verifier to count every event", func() bool {
+		resp, err := http.Get(base + "/api/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		var st console.ChainStatus
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+			t.Fatal(err)
+		}
+		if !st.Verified {
+			t.Fatalf("the chain is not verified: %s", st.Problem)
+		}
+		return st.Events == n
+	})
+}
+
+// BenchmarkConsoleStart measures, on a chain of GRIDSEAL_CONSOLE_EVENTS
+// events (default 1 000 000), how long a console takes from its start to
+// a live viewer's first event (the newest 500), and how long chain tail
+// -n 10 takes (chain.LastRecords). Building the chain is not timed.
+func BenchmarkConsoleStart(b *testing.B) {
+	n := 1_000_000
+	if s := os.Getenv("GRIDSEAL_CONSOLE_EVENTS"); s != "" {
+		var err error
+		if n, err = strconv.Atoi(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+	js, trust := longChain(b, n)
+	b.Run(fmt.Sprintf("console-first-event/%d", n), func(b *testing.B) {
+		for b.Loop() {
+			start := time.Now()
+			base := startConsole(b, js, trust)
+			if op := firstLiveOp(b, base); op <= uint64(n-500) {
+				b.Fatalf("first live event op %d", op)
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000, "ms")
+		}
+	})
+	b.Run(fmt.Sprintf("tail-10/%d", n), func(b *testing.B) {
+		for b.Loop() {
+			recs, _, err := chain.LastRecords(b.Context(), js, 10, nil)
+			if err != nil || len(recs) != 10 || recs[9].Op != uint64(n) {
+				b.Fatalf("%d records: %v", len(recs), err)
+			}
+		}
+	})
+}
