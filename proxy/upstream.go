@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -74,8 +73,16 @@ type upconn struct {
 	mu        sync.Mutex
 	closed    bool
 	conn      net.Conn
-	bw        *bufio.Writer
 	pending   map[uint16]*call
+	// Requests are written by one sender at a time, the flusher: others
+	// append their frames to out meanwhile, and the flusher writes them all
+	// with its next write (one syscall for several requests under load, as
+	// many as before with one client). silent are the calls in out that no
+	// reply completes (force listen-only mode): the flusher completes them
+	// once written.
+	out, spare []byte
+	silent     []*call
+	flushing   bool
 	nextTID   uint16
 	downUntil time.Time
 	dialing   chan struct{} // closed when the dial in progress ends
@@ -166,27 +173,57 @@ func (uc *upconn) send(c *call) {
 		uc.pending[tid] = c
 	}
 	c.frame[0], c.frame[1] = byte(tid>>8), byte(tid)
-	conn := uc.conn
-	_ = conn.SetWriteDeadline(time.Now().Add(cfg.Upstream.ResponseTimeout))
-	_, err := uc.bw.Write(c.frame[:c.n])
-	if err == nil {
-		err = uc.bw.Flush()
-	}
-	uc.mu.Unlock()
+	uc.out = append(uc.out, c.frame[:c.n]...)
 	if silent {
-		<-uc.slots
+		uc.silent = append(uc.silent, c)
+	}
+	if uc.flushing {
+		uc.mu.Unlock()
+		return
+	}
+	uc.flush(cfg.Upstream.ResponseTimeout)
+}
+
+// flush writes what senders queued in out until there is nothing left,
+// as the flusher; mu is held on entry and released on return. A write
+// error drops the connection, which fails every pending call.
+func (uc *upconn) flush(timeout time.Duration) {
+	uc.flushing = true
+	conn := uc.conn
+	for len(uc.out) > 0 {
+		buf, silent := uc.out, uc.silent
+		uc.out, uc.silent, uc.spare = uc.spare[:0], nil, nil
+		uc.mu.Unlock()
+		_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+		_, err := conn.Write(buf)
+		for _, c := range silent {
+			<-uc.slots
+			if err != nil {
+				c.ev.Reason += "; not sent: " + err.Error()
+				c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+			} else {
+				c.ev.Reason += "; sent, and a device forced into listen-only mode does not answer"
+				c.silent = true
+				c.done(nil, 0)
+			}
+		}
+		uc.mu.Lock()
+		if uc.conn != conn {
+			// Dropped meanwhile (drop failed what was queued): the next
+			// connection has a flusher of its own.
+			uc.mu.Unlock()
+			return
+		}
+		uc.spare = buf[:0]
 		if err != nil {
-			c.ev.Reason += "; not sent: " + err.Error()
-			c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
-		} else {
-			c.ev.Reason += "; sent, and a device forced into listen-only mode does not answer"
-			c.silent = true
-			c.done(nil, 0)
+			uc.flushing = false
+			uc.mu.Unlock()
+			uc.drop(conn, err)
+			return
 		}
 	}
-	if err != nil {
-		uc.drop(conn, err)
-	}
+	uc.flushing = false
+	uc.mu.Unlock()
 }
 
 var errBackoff = errors.New("recent dial failed; retrying after backoff")
@@ -241,7 +278,6 @@ func (uc *upconn) dialLocked() error {
 		return errors.New("proxy closing")
 	}
 	uc.conn = conn
-	uc.bw = bufio.NewWriterSize(conn, 4096)
 	go uc.readLoop(conn)
 	uc.up.s.log.Info("upstream connected", zap.String("device", uc.up.name), zap.String("addr", uc.up.addr))
 	return nil
@@ -364,10 +400,14 @@ func lateRecord(c *call, reason string) *audit.Event {
 // 0x0B: they were sent, and their outcome on the device is unknown.
 func (uc *upconn) drop(conn net.Conn, cause error) {
 	uc.mu.Lock()
-	var failed []*call
+	var failed, unsent []*call
 	idle := false
 	if uc.conn == conn {
-		uc.conn, uc.bw = nil, nil
+		uc.conn = nil
+		// What was queued for conn goes nowhere: its calls are pending
+		// (failed below) or silent (failed here).
+		unsent = uc.silent
+		uc.out, uc.silent, uc.flushing = uc.out[:0], nil, false
 		idle = len(uc.pending) == 0 && (errors.Is(cause, io.EOF) || errors.Is(cause, syscall.ECONNRESET))
 		switch {
 		case uc.closed:
@@ -398,6 +438,11 @@ func (uc *upconn) drop(conn net.Conn, cause error) {
 	for _, c := range failed {
 		<-uc.slots
 		c.ev.Reason = "upstream connection lost before the reply"
+		c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
+	}
+	for _, c := range unsent {
+		<-uc.slots
+		c.ev.Reason += "; not sent: " + cause.Error()
 		c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
 	}
 }
