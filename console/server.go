@@ -349,11 +349,26 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	tick := time.NewTicker(viewerTick)
 	defer tick.Stop()
 	idle := 0
+	first := len(backlog) == 0 // nothing shown yet: show the first events as they come
 	for {
-		select {
-		case <-r.Context().Done():
-			return
-		case <-tick.C:
+		if first {
+			select {
+			case <-r.Context().Done():
+				return
+			case items, ok := <-ch:
+				if !ok || !send(items) || !flush() {
+					return
+				}
+				first = false
+				continue
+			case <-tick.C:
+			}
+		} else {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-tick.C:
+			}
 		}
 		wrote := false
 	drain:
