@@ -22,6 +22,11 @@ import (
 type hub struct {
 	log *zap.Logger
 
+	// liveNext is the stream sequence the live view fans out next (0: it
+	// has not started); only the live loop uses it. A restarted live scan
+	// goes on from there, so viewers see neither a repeat nor a gap.
+	liveNext uint64
+
 	mu      sync.Mutex
 	recent  []item // the newest events
 	viewers map[chan []item]struct{}
@@ -123,22 +128,37 @@ func (h *hub) retry(ctx context.Context, scan func() error) {
 // live fans out the newest recentEvents events, then every event recorded
 // after them.
 func (h *hub) live(ctx context.Context, js jetstream.JetStream) error {
-	recs, last, err := chain.LastRecords(ctx, js, recentEvents, nil)
-	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
-	case err != nil:
-		// A newest block that does not read (the verifier reports it)
-		// leaves the live view without a backlog, not without a view.
-		h.log.Warn("console: the newest events do not read; following from the end", zap.Error(err))
-		if last, err = lastSeq(ctx, js); err != nil {
+	if h.liveNext > 0 {
+		// A restart: go on where the last scan stopped, unless the stream
+		// is no longer the one it read (recreated, shorter).
+		last, err := lastSeq(ctx, js)
+		if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
 			return err
 		}
+		if last+1 < h.liveNext {
+			h.liveNext = 0
+		}
 	}
-	h.mu.Lock()
-	h.recent = h.recent[:0]
-	h.mu.Unlock()
-	h.fanout(recs)
-	return chain.Scan(ctx, js, last+1, true, func(m *chain.Msg) error {
+	if h.liveNext == 0 {
+		recs, last, err := chain.LastRecords(ctx, js, recentEvents, nil)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+		case err != nil:
+			// A newest block that does not read (the verifier reports it)
+			// leaves the live view without a backlog, not without a view.
+			h.log.Warn("console: the newest events do not read; following from the end", zap.Error(err))
+			if last, err = lastSeq(ctx, js); err != nil {
+				return err
+			}
+		}
+		h.mu.Lock()
+		h.recent = h.recent[:0]
+		h.mu.Unlock()
+		h.fanout(recs)
+		h.liveNext = last + 1
+	}
+	return chain.Scan(ctx, js, h.liveNext, true, func(m *chain.Msg) error {
+		h.liveNext = m.Seq + 1
 		b, err := chain.ParseBlock(m.Data)
 		if err != nil {
 			return nil // the verifier reports it
