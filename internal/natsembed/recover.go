@@ -1,6 +1,7 @@
 package natsembed
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -21,6 +22,12 @@ type owned struct {
 	log     *zap.Logger
 	minFree uint64
 
+	url string // ClientURL, the same across restarts
+
+	// mu guards srv, which is nil while a restart is under way: mu is never
+	// held while the server stops or starts, since the owner's in-process
+	// client asks InProcessConn for a connection holding its own lock, and
+	// everything that publishes would wait behind it.
 	mu  sync.Mutex
 	srv *server.Server
 
@@ -39,16 +46,17 @@ func startOwned(o Options, log *zap.Logger, minFree uint64) (*owned, error) {
 		return nil, err
 	}
 	w.opts.Port = srv.Addr().(*net.TCPAddr).Port // the same address after a restart
-	w.srv = srv
+	w.srv, w.url = srv, srv.ClientURL()
 	return w, nil
 }
 
 // ClientURL is where clients connect; it stays the same across restarts.
-func (w *owned) ClientURL() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.srv.ClientURL()
-}
+func (w *owned) ClientURL() string { return w.url }
+
+// errRestarting is InProcessConn's answer while the server restarts: the
+// client tries again after its reconnect wait, as it would after a refused
+// TCP connection.
+var errRestarting = errors.New("embedded NATS is restarting")
 
 // InProcessConn is a connection to the server that runs now, for the
 // owner's own client (nats.InProcessServer): no TCP, no syscalls, between
@@ -56,8 +64,12 @@ func (w *owned) ClientURL() string {
 // gets the new server.
 func (w *owned) InProcessConn() (net.Conn, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.srv.InProcessConn()
+	srv := w.srv
+	w.mu.Unlock()
+	if srv == nil {
+		return nil, errRestarting
+	}
+	return srv.InProcessConn()
 }
 
 func (w *owned) storeError(msg string) {
@@ -98,19 +110,25 @@ func (w *owned) recoverWhenRoom() {
 
 func (w *owned) restart() error {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	select {
-	case <-w.stop:
-		return nil
-	default:
+	old := w.srv
+	w.srv = nil
+	w.mu.Unlock()
+	if old != nil {
+		old.Shutdown()
+		old.WaitForShutdown()
 	}
-	w.srv.Shutdown()
-	w.srv.WaitForShutdown()
 	var err error
 	for i := 0; i < 50; i++ { // the old listener may take a moment to let go of the port
+		select {
+		case <-w.stop:
+			return nil
+		default:
+		}
 		var srv *server.Server
 		if srv, err = Start(w.opts); err == nil {
+			w.mu.Lock()
 			w.srv = srv
+			w.mu.Unlock()
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -123,7 +141,11 @@ func (w *owned) Shutdown() {
 	close(w.stop)
 	w.wg.Wait()
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.srv.Shutdown()
-	w.srv.WaitForShutdown()
+	srv := w.srv
+	w.srv = nil
+	w.mu.Unlock()
+	if srv != nil {
+		srv.Shutdown()
+		srv.WaitForShutdown()
+	}
 }

@@ -27,7 +27,8 @@ func TestRestartDoesNotHoldTheClient(t *testing.T) {
 	}
 	t.Cleanup(nc.Close)
 	// The store broke: the server goes down, and its port is someone
-	// else's for a while (restart retries for up to 5 s).
+	// else's for a while (restart tries again; a Start on a taken port
+	// waits 10 s for a server that never becomes ready).
 	w.srv.Shutdown()
 	w.srv.WaitForShutdown()
 	ln, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(w.opts.Port))
