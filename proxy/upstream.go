@@ -70,10 +70,10 @@ type upconn struct {
 	slots chan struct{} // one per outstanding request
 	stop  chan struct{}
 
-	mu        sync.Mutex
-	closed    bool
-	conn      net.Conn
-	pending   map[uint16]*call
+	mu      sync.Mutex
+	closed  bool
+	conn    net.Conn
+	pending map[uint16]*call
 	// Requests are written by one sender at a time, the flusher: others
 	// append their frames to out meanwhile, and the flusher writes them all
 	// with its next write (one syscall for several requests under load, as
@@ -83,9 +83,9 @@ type upconn struct {
 	out, spare []byte
 	silent     []*call
 	flushing   bool
-	nextTID   uint16
-	downUntil time.Time
-	dialing   chan struct{} // closed when the dial in progress ends
+	nextTID    uint16
+	downUntil  time.Time
+	dialing    chan struct{} // closed when the dial in progress ends
 	// What the console shows of this connection: the last failure, and
 	// when a reply or a timeout was last seen.
 	lastErr     string

@@ -11,7 +11,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"time"
 
@@ -24,7 +27,19 @@ var ErrUsage = errors.New("usage")
 // Execute runs root with ctx and returns the process exit code: 0, 1 for
 // a failure, 2 for a usage error. An error is printed as one line on
 // stderr, prefixed "gridseal: ".
+//
+// With GRIDSEAL_CPUPROFILE set, the whole run is CPU-profiled into that
+// file ("%p" in it becomes the process id, for the processes a bench
+// starts): how a proxy is profiled as deployed.
 func Execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
+	if path := os.Getenv("GRIDSEAL_CPUPROFILE"); path != "" {
+		stop, err := startCPUProfile(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+		if err != nil {
+			fmt.Fprintf(stderr, "gridseal: GRIDSEAL_CPUPROFILE: %v\n", err)
+			return 1
+		}
+		defer stop()
+	}
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return fmt.Errorf("%w: %w", ErrUsage, err) })
 	usageErrors(root)
 	err := root.ExecuteContext(ctx)
@@ -40,6 +55,18 @@ func Execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
 		return 2
 	}
 	return 1
+}
+
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
 }
 
 // CommandName is how to run this gridseal again from wd, given how it was
