@@ -156,18 +156,7 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	}
 
 	c := simtest.Client(t, gw.Addrs()[0], 1, 3*time.Second)
-	last, err := store.Get(t.Context(), id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testwait.For(t, "the proxy's approval index to hold every signature", func() bool {
-		for _, st := range store.Candidates("inverter-1", 1, pdu) {
-			if st.ID == id && st.Revision >= last.Revision {
-				return true
-			}
-		}
-		return false
-	})
+	waitIndexed(t, store, id, pdu)
 	if err := c.WriteRegister(simulators.InverterLimitPct, 30); err != nil {
 		t.Fatalf("the approved write: %v", err)
 	}

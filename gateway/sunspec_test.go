@@ -63,6 +63,14 @@ func approve(t *testing.T, store *approvals.Store, pol *policy.Policy, pdu []byt
 			t.Fatal(err)
 		}
 	}
+	waitIndexed(t, store, id, pdu)
+	return id
+}
+
+// waitIndexed waits until store's index of inverter-1 unit 1's candidates
+// for pdu holds approval id as it stands now: every signature added.
+func waitIndexed(t *testing.T, store *approvals.Store, id approvals.ID, pdu []byte) {
+	t.Helper()
 	last, err := store.Get(t.Context(), id)
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +83,6 @@ func approve(t *testing.T, store *approvals.Store, pol *policy.Policy, pdu []byt
 		}
 		return false
 	})
-	return id
 }
 
 // TestSunSpecQuorumRuleThroughGateway: a rule naming a SunSpec point may

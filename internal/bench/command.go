@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/gridseal/gridseal/internal/cli"
 )
 
 // Flags are gridseal bench's flags.
@@ -41,7 +43,7 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 		return &UsageError{Msg: fmt.Sprintf("want --rounds ≥ 1, --duration ≥ 100ms, --pipeline 1..512, --devices 1..%d, --device-clients ≥ 1", MaxDevices)}
 	}
 	if f.CPUProfile != "" {
-		stop, err := StartCPUProfile(f.CPUProfile, stderr)
+		stop, err := cli.StartCPUProfile(f.CPUProfile, stderr)
 		if err != nil {
 			return err
 		}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 
@@ -73,25 +72,6 @@ func ParseClients(s string) ([]int, error) {
 		counts = append(counts, n)
 	}
 	return counts, nil
-}
-
-// StartCPUProfile profiles this process's CPU into the file at path until
-// stop is called; stop reports a failure to close the file on stderr.
-func StartCPUProfile(path string, stderr io.Writer) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, err
-	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		_ = f.Close()
-		return nil, err
-	}
-	return func() {
-		pprof.StopCPUProfile()
-		if err := f.Close(); err != nil {
-			fmt.Fprintf(stderr, "gridseal: cpu profile %s: %v\n", path, err)
-		}
-	}, nil
 }
 
 // TempProcs is Procs running self's children with their files in a fresh

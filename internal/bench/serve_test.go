@@ -6,8 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -111,23 +109,6 @@ func TestParseClients(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// TestStartCPUProfile: the profile file is written once stopped; a path
-// that cannot be created is an error.
-func TestStartCPUProfile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "cpu.pprof")
-	stop, err := bench.StartCPUProfile(path, io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop()
-	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
-		t.Fatalf("profile %v, %v", fi, err)
-	}
-	if _, err := bench.StartCPUProfile(filepath.Join(t.TempDir(), "no", "such", "dir"), io.Discard); err == nil {
-		t.Fatal("a profile in a missing directory started")
 	}
 }
 

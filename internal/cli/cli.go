@@ -33,7 +33,7 @@ var ErrUsage = errors.New("usage")
 // starts): how a proxy is profiled as deployed.
 func Execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
 	if path := os.Getenv("GRIDSEAL_CPUPROFILE"); path != "" {
-		stop, err := startCPUProfile(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+		stop, err := StartCPUProfile(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())), stderr)
 		if err != nil {
 			fmt.Fprintf(stderr, "gridseal: GRIDSEAL_CPUPROFILE: %v\n", err)
 			return 1
@@ -57,7 +57,9 @@ func Execute(ctx context.Context, root *cobra.Command, stderr io.Writer) int {
 	return 1
 }
 
-func startCPUProfile(path string) (stop func(), err error) {
+// StartCPUProfile profiles this process's CPU into the file at path until
+// stop is called; stop reports a failure to close the file on stderr.
+func StartCPUProfile(path string, stderr io.Writer) (stop func(), err error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
@@ -66,7 +68,12 @@ func startCPUProfile(path string) (stop func(), err error) {
 		_ = f.Close()
 		return nil, err
 	}
-	return func() { pprof.StopCPUProfile(); _ = f.Close() }, nil
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			fmt.Fprintf(stderr, "gridseal: cpu profile %s: %v\n", path, err)
+		}
+	}, nil
 }
 
 // CommandName is how to run this gridseal again from wd, given how it was

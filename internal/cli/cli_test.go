@@ -1,6 +1,11 @@
 package cli
 
-import "testing"
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+)
 
 // TestCommandName: the commands gridseal prints for a user to run next
 // start the way they started it.
@@ -20,5 +25,22 @@ func TestCommandName(t *testing.T) {
 				t.Fatalf("commandName(%q, %q) = %q, want %q", tc.arg0, tc.wd, got, tc.want)
 			}
 		})
+	}
+}
+
+// TestStartCPUProfile: the profile file is written once stopped; a path
+// that cannot be created is an error.
+func TestStartCPUProfile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cpu.pprof")
+	stop, err := StartCPUProfile(path, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+		t.Fatalf("profile %v, %v", fi, err)
+	}
+	if _, err := StartCPUProfile(filepath.Join(t.TempDir(), "no", "such", "dir"), io.Discard); err == nil {
+		t.Fatal("a profile in a missing directory started")
 	}
 }
