@@ -153,6 +153,12 @@ func scanBlocks(ctx context.Context, js jetstream.JetStream, from uint64, follow
 // length of the chain. A block the store cannot return is an
 // *UnreadableError naming it.
 func LastRecords(ctx context.Context, js jetstream.JetStream, n int, f *Filter) (recs []Record, last uint64, err error) {
+	return LastCheckedRecords(ctx, js, n, f, nil)
+}
+
+// LastCheckedRecords is LastRecords over the blocks check (if not nil)
+// accepts, such as Trust.CheckParsed; a block it refuses is passed over.
+func LastCheckedRecords(ctx context.Context, js jetstream.JetStream, n int, f *Filter, check func(*Msg, *Block) error) (recs []Record, last uint64, err error) {
 	s, err := js.Stream(ctx, StreamName)
 	if err != nil {
 		return nil, 0, fmt.Errorf("chain stream %s: %w", StreamName, err)
@@ -178,6 +184,9 @@ func LastRecords(ctx context.Context, js jetstream.JetStream, n int, f *Filter) 
 		b, err := ParseBlock(m.Data)
 		if err != nil {
 			return nil, 0, fmt.Errorf("sequence %d: %w", m.Seq, err)
+		}
+		if check != nil && check(m, b) != nil {
+			continue // refused: not shown
 		}
 		for i := len(b.Events) - 1; i >= 0 && len(recs) < n; i-- {
 			ev, err := DecodeEvent(b.Events[i])

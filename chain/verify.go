@@ -202,6 +202,37 @@ func checkBlock(trust *Trust, m *Msg, c *blockCheck, scratch *[]Hash) {
 	c.reason, c.noKeys = blockReason(trust, m, b, c.leaves, scratch)
 }
 
+// CheckBlock parses block message m and checks what it shows on its own —
+// its writer is pinned, its signature verifies with a pinned key, its
+// events match the signed Merkle root and are well formed — but not its
+// place in the writer's chain, which only a Verifier reading the stream
+// in order can judge. The console checks the newest blocks it shows this
+// way while its Verifier is still reading from the first.
+func (t *Trust) CheckBlock(m *Msg) (*Block, error) {
+	b, err := ParseBlock(m.Data)
+	if err != nil {
+		return nil, err
+	}
+	return b, t.CheckParsed(m, b)
+}
+
+// CheckParsed is CheckBlock of a block already parsed from m.
+func (t *Trust) CheckParsed(m *Msg, b *Block) error {
+	leaves := make([]Hash, len(b.Events))
+	for i, e := range b.Events {
+		leaves[i] = LeafHash(e)
+	}
+	var scratch []Hash
+	reason, noKeys := blockReason(t, m, b, leaves, &scratch)
+	switch {
+	case noKeys:
+		return fmt.Errorf("sequence %d: writer %q is not in the trust file", m.Seq, m.Writer())
+	case reason != "":
+		return fmt.Errorf("sequence %d: %s", m.Seq, reason)
+	}
+	return nil
+}
+
 // blockReason says why block b, stored as m, is bad in itself, or "";
 // noKeys says its writer is not in the trust file, which add judges.
 func blockReason(trust *Trust, m *Msg, b *Block, leaves []Hash, scratch *[]Hash) (reason string, noKeys bool) {

@@ -243,14 +243,18 @@ func TestEventStreamShowsDeniesLive(t *testing.T) {
 	if !regexp.MustCompile(`no rule of device plc allows function 6`).MatchString(denies[1].Reason) || denies[1].Block == "" || denies[1].KeyID == 0 {
 		t.Fatalf("deny as streamed: %+v", denies[1])
 	}
-	st, err := http.Get(r.web.URL + "/api/status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The verifier reads beside the live view: its status catches up.
 	var status console.ChainStatus
-	_ = json.NewDecoder(st.Body).Decode(&status)
-	st.Body.Close()
-	if !status.Verified || status.Events < 7 || status.Writers["gw-1"].Hash == "" {
+	testwait.For(t, "the status to count the events streamed", func() bool {
+		st, err := http.Get(r.web.URL + "/api/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Body.Close()
+		_ = json.NewDecoder(st.Body).Decode(&status)
+		return status.Events >= 7
+	})
+	if !status.Verified || status.Writers["gw-1"].Hash == "" {
 		t.Fatalf("status: %+v", status)
 	}
 }

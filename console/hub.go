@@ -101,7 +101,7 @@ func (h *hub) follow(ctx context.Context, js jetstream.JetStream, trust chain.Tr
 		defer wg.Done()
 		h.retry(ctx, func() error { return h.verify(ctx, js, trust) })
 	}()
-	h.retry(ctx, func() error { return h.live(ctx, js) })
+	h.retry(ctx, func() error { return h.live(ctx, js, trust) })
 	wg.Wait()
 }
 
@@ -127,7 +127,15 @@ func (h *hub) retry(ctx context.Context, scan func() error) {
 
 // live fans out the newest recentEvents events, then every event recorded
 // after them.
-func (h *hub) live(ctx context.Context, js jetstream.JetStream) error {
+func (h *hub) live(ctx context.Context, js jetstream.JetStream, trust chain.Trust) error {
+	// With writers pinned, a block is shown only once it checks on its
+	// own (pinned key's signature, Merkle root, event format); its place
+	// in the chain is the verifier's to judge, and the status says how far
+	// it got.
+	var check func(*chain.Msg, *chain.Block) error
+	if len(trust.Writers) > 0 {
+		check = trust.CheckParsed
+	}
 	if h.liveNext > 0 {
 		// A restart: go on where the last scan stopped, unless the stream
 		// is no longer the one it read (recreated, shorter).
@@ -140,7 +148,7 @@ func (h *hub) live(ctx context.Context, js jetstream.JetStream) error {
 		}
 	}
 	if h.liveNext == 0 {
-		recs, last, err := chain.LastRecords(ctx, js, recentEvents, nil)
+		recs, last, err := chain.LastCheckedRecords(ctx, js, recentEvents, nil, check)
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 		case err != nil:
@@ -160,8 +168,8 @@ func (h *hub) live(ctx context.Context, js jetstream.JetStream) error {
 	return chain.Scan(ctx, js, h.liveNext, true, func(m *chain.Msg) error {
 		h.liveNext = m.Seq + 1
 		b, err := chain.ParseBlock(m.Data)
-		if err != nil {
-			return nil // the verifier reports it
+		if err != nil || check != nil && check(m, b) != nil {
+			return nil // not shown: the verifier reports it
 		}
 		recs := make([]chain.Record, 0, len(b.Events))
 		for i, e := range b.Events {

@@ -69,7 +69,7 @@ func TestLiveRestartResumes(t *testing.T) {
 			_, ch, _ := h.subscribe()
 			ctx, cancel := context.WithCancel(t.Context())
 			done := make(chan struct{})
-			go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js) }) }()
+			go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, chain.Trust{}) }) }()
 			defer func() { cancel(); <-done }()
 			var got []uint64
 			timeout := time.After(15 * time.Second)

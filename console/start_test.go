@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,17 +37,108 @@ func longChain(t testing.TB, n int) (jetstream.JetStream, chain.Trust) {
 	nc := natstest.Connect(t, ns.URL())
 	k := keystest.New(t)
 	rec := chaintest.Open(t, nc, chain.Config{Signer: k.Signer, MaxBlockEvents: 4096, SpoolBytes: 256 << 20, DurableTimeout: time.Minute})
+	recordReads(t, rec, 1, n)
+	return natstest.JetStream(t, nc), chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}}}
+}
+
+// recordReads records reads with operation numbers from..to, every
+// 100 000th and the last durable.
+func recordReads(t testing.TB, rec *chain.Recorder, from, to int) {
+	t.Helper()
 	ev := audit.Event{Time: time.Now(), Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
 		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 40000, Quantity: 2,
 		Verdict: audit.Allow, Rule: "reads", Reason: "rule reads allows it", Response: []byte{3, 4, 0, 1, 0, 2}}
 	ev.PDU = modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 40000, 2)
-	for i := 1; i <= n; i++ {
+	for i := from; i <= to; i++ {
 		ev.Op = uint64(i)
-		if err := rec.Record(t.Context(), &ev, i%100_000 == 0 || i == n); err != nil {
+		if err := rec.Record(t.Context(), &ev, i%100_000 == 0 || i == to); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return natstest.JetStream(t, nc), chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": {Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}}}
+}
+
+// TestConsoleShowsNoForgedBlock: a block signed by a key the trust file
+// does not pin never reaches the live view — not even before the
+// verifier, which reports it, gets there.
+func TestConsoleShowsNoForgedBlock(t *testing.T) {
+	js, trust := longChain(t, 10)
+	// Block 1 of gw-1 again, with op 1000, signed by a key the trust file
+	// does not pin: the newest block in the stream.
+	ev := audit.Event{Time: time.Now(), Op: 1000, Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
+		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Verdict: audit.Allow}
+	forged, hash, err := chain.EncodeBlock("gw-1", keystest.New(t).Signer, 1, chain.GenesisPrev("gw-1"), time.Now(), [][]byte{chain.AppendEvent(nil, &ev)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(t.Context(), chain.Subject("gw-1"), forged, jetstream.WithMsgID(hash.String())); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := startConsole(t, js, trust)
+	ops := liveOps(t, base, 10)
+	if ops[len(ops)-1] != 10 || slices.Contains(ops, 1000) {
+		t.Fatalf("live view shows ops %v: want the genuine 1..10 and not the forged block's 1000", ops)
+	}
+	testwait.For(t, "the verifier to report the forged block", func() bool {
+		var st console.ChainStatus
+		resp, err := http.Get(base + "/api/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = resp.Body.Close() }()
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		return !st.Verified && strings.Contains(st.Problem, "not a pinned key")
+	})
+}
+
+// liveOps opens the live event stream and returns the operation numbers
+// it sends until it has sent op last and then nothing for half a second
+// (a backlog comes in one write: what follows last in it comes at once).
+func liveOps(t testing.TB, base string, last uint64) []uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/events", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	lines := make(chan string)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+				select {
+				case lines <- data:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	var ops []uint64
+	var quiet <-chan time.Time
+	for {
+		select {
+		case data, ok := <-lines:
+			if !ok {
+				t.Fatalf("the live stream ended after ops %v", ops)
+			}
+			var r chain.Record
+			if err := json.Unmarshal([]byte(data), &r); err != nil {
+				t.Fatal(err)
+			}
+			ops = append(ops, r.Op)
+			if r.Op == last {
+				quiet = time.After(500 * time.Millisecond)
+			}
+		case <-quiet:
+			return ops
+		case <-ctx.Done():
+			t.Fatalf("no op %d on the live stream; got %v", last, ops)
+		}
+	}
 }
 
 // startConsole serves a console of js until stop is called or the test
