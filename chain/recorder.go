@@ -82,6 +82,7 @@ type Recorder struct {
 	spool      []entry
 	spoolBytes int
 	durable    int // durable entries in the spool
+	flushing   int // Flush calls waiting: the spool is urgent
 	closed     bool
 	failed     error // fatal: fenced or truncated
 	wake       chan struct{}
@@ -239,10 +240,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	}
 	r.mu.Unlock()
 	if signal {
-		select {
-		case r.wake <- struct{}{}:
-		default:
-		}
+		r.signal()
 	}
 	if !durable {
 		return nil
@@ -256,6 +254,14 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 		return ErrUnavailable
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// signal wakes the committer, if it is not awake already.
+func (r *Recorder) signal() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -302,6 +308,17 @@ func (r *Recorder) Stats() *Stats { return &r.stats }
 
 // Flush waits until every event recorded before it is acknowledged.
 func (r *Recorder) Flush(ctx context.Context) error {
+	// What is spooled goes out now, not when a block would have lingered
+	// to: the committer treats the spool as urgent while a Flush waits.
+	r.mu.Lock()
+	r.flushing++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.flushing--
+		r.mu.Unlock()
+	}()
+	r.signal()
 	for {
 		r.mu.Lock()
 		n, failed := len(r.spool), r.failed
@@ -332,7 +349,7 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	r.closed = true
 	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	err := r.Flush(ctx)
+	err := r.Flush(ctx) // closed: the committer publishes what is spooled at once
 	cancel()
 	close(r.stop)
 	<-r.done
@@ -474,7 +491,7 @@ func (r *Recorder) next() []entry {
 			}
 		}
 		full = full || n == r.cfg.MaxBlockEvents
-		urgent := r.durable > 0 || r.closed
+		urgent := r.durable > 0 || r.closed || r.flushing > 0
 		batch := r.spool[:n:n]
 		r.mu.Unlock()
 		var t *time.Timer

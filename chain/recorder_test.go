@@ -1,6 +1,7 @@
 package chain_test
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -196,5 +197,44 @@ func TestSecondWriterWithSameIDIsFenced(t *testing.T) {
 	evs, err := verify(e.trust(), readAll(t, e.nc))
 	if err != nil || ops(evs) != "1 4 " {
 		t.Fatalf("chain = %q, %v; want ops 1 4", ops(evs), err)
+	}
+}
+
+// TestFlushAndCloseDoNotWaitOutTheLinger: reads spooled into a block that
+// would linger (here an hour) go out as soon as Flush or Close asks, not
+// when the linger ends: a proxy that stops keeps its last reads.
+func TestFlushAndCloseDoNotWaitOutTheLinger(t *testing.T) {
+	e := newChain(t)
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, LeaseTTL: -1, Linger: time.Hour}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(from, to uint64) {
+		for i := from; i < to; i++ {
+			if err := r.Record(t.Context(), event(i, audit.Allow), false); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	record(0, 3)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if err := r.Flush(ctx); err != nil {
+		t.Fatalf("flush of a lingering block: %v", err)
+	}
+	record(3, 5)
+	if err := r.Close(2 * time.Second); err != nil {
+		t.Fatalf("close with a lingering block: %v", err)
+	}
+	events := 0
+	for _, m := range readAll(t, e.nc) {
+		b, err := chain.ParseBlock(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events += len(b.Events)
+	}
+	if events != 5 {
+		t.Fatalf("the stream holds %d events, want the 5 recorded", events)
 	}
 }
