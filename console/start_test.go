@@ -74,26 +74,21 @@ func TestConsoleShowsNoForgedBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	base, _ := startConsole(t, js, trust)
-	ops := liveOps(t, base, 10)
+	ops := liveOps(t, base, func(op uint64) bool { return op == 10 }, 500*time.Millisecond)
 	if ops[len(ops)-1] != 10 || slices.Contains(ops, 1000) {
 		t.Fatalf("live view shows ops %v: want the genuine 1..10 and not the forged block's 1000", ops)
 	}
 	testwait.For(t, "the verifier to report the forged block", func() bool {
-		var st console.ChainStatus
-		resp, err := http.Get(base + "/api/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = resp.Body.Close() }()
-		_ = json.NewDecoder(resp.Body).Decode(&st)
+		st := chainStatus(t, base)
 		return !st.Verified && strings.Contains(st.Problem, "not a pinned key")
 	})
 }
 
 // liveOps opens the live event stream and returns the operation numbers
-// it sends until it has sent op last and then nothing for half a second
-// (a backlog comes in one write: what follows last in it comes at once).
-func liveOps(t testing.TB, base string, last uint64) []uint64 {
+// it sends until done says so of one: then at once with quiet 0, else once
+// nothing more came for quiet (a backlog comes in one write: what follows
+// in it comes at once).
+func liveOps(t testing.TB, base string, done func(op uint64) bool, quiet time.Duration) []uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
@@ -107,6 +102,7 @@ func liveOps(t testing.TB, base string, last uint64) []uint64 {
 	go func() {
 		defer close(lines)
 		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
 			if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
 				select {
@@ -118,7 +114,7 @@ func liveOps(t testing.TB, base string, last uint64) []uint64 {
 		}
 	}()
 	var ops []uint64
-	var quiet <-chan time.Time
+	var silence <-chan time.Time
 	for {
 		select {
 		case data, ok := <-lines:
@@ -130,15 +126,40 @@ func liveOps(t testing.TB, base string, last uint64) []uint64 {
 				t.Fatal(err)
 			}
 			ops = append(ops, r.Op)
-			if r.Op == last {
-				quiet = time.After(500 * time.Millisecond)
+			if done(r.Op) {
+				if quiet == 0 {
+					return ops
+				}
+				silence = time.After(quiet)
 			}
-		case <-quiet:
+		case <-silence:
 			return ops
 		case <-ctx.Done():
-			t.Fatalf("no op %d on the live stream; got %v", last, ops)
+			t.Fatalf("the live stream did not finish in 30 s; got ops %v", ops)
 		}
 	}
+}
+
+// firstLiveOp opens the live event stream and returns the operation
+// number of the first event it sends.
+func firstLiveOp(t testing.TB, base string) uint64 {
+	t.Helper()
+	return liveOps(t, base, func(uint64) bool { return true }, 0)[0]
+}
+
+// chainStatus is the console's /api/status.
+func chainStatus(t testing.TB, base string) console.ChainStatus {
+	t.Helper()
+	resp, err := http.Get(base + "/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	var st console.ChainStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 // startConsole serves a console of js until stop is called or the test
@@ -156,35 +177,6 @@ func startConsole(t testing.TB, js jetstream.JetStream, trust chain.Trust) (base
 	return web.URL, stop
 }
 
-// firstLiveOp opens the live event stream and returns the operation
-// number of the first event it sends.
-func firstLiveOp(t testing.TB, base string) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/api/events", nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		data, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok {
-			continue
-		}
-		var r chain.Record
-		if err := json.Unmarshal([]byte(data), &r); err != nil {
-			t.Fatal(err)
-		}
-		return r.Op
-	}
-	t.Fatalf("the live stream ended without an event: %v", sc.Err())
-	return 0
-}
-
 // TestConsoleStartsAtTheNewestEvents: a console started on a long chain
 // shows the newest events at once — a viewer that connects right away
 // gets the newest 500 first, not the chain's history replayed from its
@@ -198,15 +190,7 @@ func TestConsoleStartsAtTheNewestEvents(t *testing.T) {
 		t.Fatalf("the first live event is op %d: the console replays the chain from its start instead of showing its newest events (%d..%d)", op, n-499, n)
 	}
 	testwait.For(t, "the verifier to count every event", func() bool {
-		resp, err := http.Get(base + "/api/status")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = resp.Body.Close() }()
-		var st console.ChainStatus
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-			t.Fatal(err)
-		}
+		st := chainStatus(t, base)
 		if !st.Verified {
 			t.Fatalf("the chain is not verified: %s", st.Problem)
 		}
