@@ -60,20 +60,11 @@ func TestFlushUnderDrops(t *testing.T) {
 			}()
 		}
 	}()
-	addr := ln.Addr().String()
-	pol := fmt.Sprintf(openPolicy, addr) + "      - {name: listen-only, allow: diagnostic, functions: [8], subfunctions: [4]}\n"
-	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{MaxInflight: 16, RetryBackoff: time.Millisecond, ResponseTimeout: time.Second}}
-	fx := startProxy(t, cfg, pol, plcRoute(), proxy.Device{Name: "plc", Upstream: addr})
+	fx := listenOnlyProxy(t, ln.Addr().String())
 	const clients, each = 8, 400
 	for range clients {
 		c := dial(t, fx.addr)
-		go func() {
-			for {
-				if _, err := c.recv(); err != nil {
-					return
-				}
-			}
-		}()
+		go drain(c)
 		go func() {
 			var b []byte
 			for i := range each {
@@ -150,19 +141,10 @@ func TestCloseMidFlush(t *testing.T) {
 			}()
 		}
 	}()
-	addr := ln.Addr().String()
-	pol := fmt.Sprintf(openPolicy, addr) + "      - {name: listen-only, allow: diagnostic, functions: [8], subfunctions: [4]}\n"
-	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{MaxInflight: 16, RetryBackoff: time.Millisecond, ResponseTimeout: time.Second}}
-	fx := startProxy(t, cfg, pol, plcRoute(), proxy.Device{Name: "plc", Upstream: addr})
+	fx := listenOnlyProxy(t, ln.Addr().String())
 	for range 8 {
 		c := dial(t, fx.addr)
-		go func() {
-			for {
-				if _, err := c.recv(); err != nil {
-					return
-				}
-			}
-		}()
+		go drain(c)
 		go func() {
 			for i := 0; ; i++ {
 				pdu := modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, uint16(i%100), 1)
@@ -182,5 +164,24 @@ func TestCloseMidFlush(t *testing.T) {
 	case <-closed:
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close hangs")
+	}
+}
+
+// listenOnlyProxy runs a proxy in front of the device at addr whose policy
+// allows reads and force listen-only mode, with a short response timeout
+// and retry backoff.
+func listenOnlyProxy(t *testing.T, addr string) *fixture {
+	t.Helper()
+	pol := fmt.Sprintf(openPolicy, addr) + "      - {name: listen-only, allow: diagnostic, functions: [8], subfunctions: [4]}\n"
+	cfg := proxy.Config{Upstream: proxy.UpstreamConfig{MaxInflight: 16, RetryBackoff: time.Millisecond, ResponseTimeout: time.Second}}
+	return startProxy(t, cfg, pol, plcRoute(), proxy.Device{Name: "plc", Upstream: addr})
+}
+
+// drain reads and discards c's replies until it fails.
+func drain(c *conn) {
+	for {
+		if _, err := c.recv(); err != nil {
+			return
+		}
 	}
 }
