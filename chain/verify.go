@@ -202,21 +202,12 @@ func checkBlock(trust *Trust, m *Msg, c *blockCheck, scratch *[]Hash) {
 	c.reason, c.noKeys = blockReason(trust, m, b, c.leaves, scratch)
 }
 
-// CheckBlock parses block message m and checks what it shows on its own —
-// its writer is pinned, its signature verifies with a pinned key, its
-// events match the signed Merkle root and are well formed — but not its
-// place in the writer's chain, which only a Verifier reading the stream
-// in order can judge. The console checks the newest blocks it shows this
-// way while its Verifier is still reading from the first.
-func (t *Trust) CheckBlock(m *Msg) (*Block, error) {
-	b, err := ParseBlock(m.Data)
-	if err != nil {
-		return nil, err
-	}
-	return b, t.CheckParsed(m, b)
-}
-
-// CheckParsed is CheckBlock of a block already parsed from m.
+// CheckParsed checks block b, parsed from message m, for what it shows on
+// its own — its writer is pinned, its signature verifies with a pinned
+// key, its events match the signed Merkle root and are well formed — but
+// not its place in the writer's chain, which only a Verifier reading the
+// stream in order can judge. The console checks the newest blocks it shows
+// this way while its Verifier is still reading from the first.
 func (t *Trust) CheckParsed(m *Msg, b *Block) error {
 	leaves := make([]Hash, len(b.Events))
 	for i, e := range b.Events {
