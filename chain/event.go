@@ -37,17 +37,33 @@ const (
 	flagCandidate  = 1 << 3
 )
 
+// maxClientLen is room for the text of a client's address and port:
+// "[" + IPv6 + "]:65535" and a short zone.
+const maxClientLen = 64
+
+// EventSize is the most that ev's stored encoding takes, unless its client
+// address has a zone longer than maxClientLen leaves room for: a caller
+// allocates once.
+func EventSize(ev *audit.Event) int {
+	return 1 + 8 + 8 + 2 + 2 + maxClientLen + 2 + len(ev.Listener) + 2 + len(ev.Device) + 2 +
+		1 + len(ev.Class) + 4 + 2 + len(ev.PDU) + 2 + len(ev.Rule) + 2 + len(ev.Reason) +
+		2 + len(ev.Policy) + 2 + len(ev.Approval) + 1 + 2 + len(ev.Response) + 8 + 1 + 1 + len(ev.Role)
+}
+
 // AppendEvent appends the stored encoding of ev to dst.
 func AppendEvent(dst []byte, ev *audit.Event) []byte {
 	dst = append(dst, eventVersion)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(ev.Time.UnixNano()))
 	dst = binary.BigEndian.AppendUint64(dst, ev.Op)
 	dst = append(dst, byte(ev.Phase), byte(ev.Verdict))
-	var client string
+	// The client's address as text, "" for none, 16-bit length first:
+	// written in place rather than through String, which allocates.
+	at := len(dst)
+	dst = append(dst, 0, 0)
 	if ev.Client.IsValid() {
-		client = ev.Client.String()
+		dst = ev.Client.AppendTo(dst)
 	}
-	dst = lp16(dst, client)
+	binary.BigEndian.PutUint16(dst[at:], uint16(len(dst)-at-2))
 	dst = lp16(dst, ev.Listener)
 	dst = lp16(dst, ev.Device)
 	dst = append(dst, ev.Unit, ev.Function)

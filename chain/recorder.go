@@ -202,7 +202,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 // soon as there is room. Callers that must not lose a record ask Admit
 // before they act.
 func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) error {
-	data := AppendEvent(make([]byte, 0, 96+len(ev.PDU)+len(ev.Reason)+len(ev.Response)+len(ev.Policy)), ev)
+	data := AppendEvent(make([]byte, 0, EventSize(ev)), ev)
 	var done chan error
 	if durable {
 		if !r.available.Load() {

@@ -144,7 +144,8 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	if ev.Upstream > 0 {
 		m.upstream.WithLabelValues(device).Observe(ev.Upstream.Seconds())
 	}
-	if total := time.Since(ev.Time); total > ev.Upstream {
+	now := time.Now()
+	if total := now.Sub(ev.Time); total > ev.Upstream {
 		m.added.Observe((total - ev.Upstream).Seconds())
 	}
 	if strings.HasPrefix(ev.Reason, "BREAK-GLASS") && ev.Verdict == audit.Allow {
@@ -169,7 +170,6 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 		d = &DeviceStats{}
 		m.devices[device] = d
 	}
-	now := time.Now()
 	d.Requests++
 	d.LastSeen = now
 	d.recent = append(d.recent, now)

@@ -27,11 +27,12 @@ type call struct {
 	own func(pdu []byte, ex modbus.ExceptionCode)
 }
 
-func (c *call) reset(ss *session, f modbus.Frame) {
+// reset readies c for frame f from ss, which arrived at now.
+func (c *call) reset(ss *session, f modbus.Frame, now time.Time) {
 	c.ss = ss
 	c.n = copy(c.frame[:], f.Raw)
 	c.clientTID = f.Transaction
-	c.start = time.Now()
+	c.start = now
 	c.in = decision.Input{Client: ss.client, Unit: f.Unit, Role: ss.role}
 	c.ev = audit.Event{
 		Time:     c.start,

@@ -34,9 +34,11 @@ type session struct {
 	pin      uint32        // upstream pool member, so one client's requests stay in order
 	role     string        // Modbus/TCP Security role from the client certificate
 	closed   atomic.Bool
+	rdl      deadline // the read deadline; only serve reads and sets it
 
 	wmu  sync.Mutex
 	wbuf []byte
+	wdl  deadline // the write deadline, under wmu
 }
 
 func newSession(s *Server, conn net.Conn, client netip.AddrPort, local string, rt *Route) *session {
@@ -76,7 +78,9 @@ func (ss *session) serve() {
 	}
 	for {
 		if ss.rd.Buffered() == 0 {
-			_ = ss.conn.SetReadDeadline(time.Now().Add(lim.IdleTimeout))
+			if now := time.Now(); ss.rdl.due(now, lim.IdleTimeout) {
+				_ = ss.conn.SetReadDeadline(ss.rdl.at)
+			}
 			if err := ss.rd.WaitByte(); err != nil {
 				if !errors.Is(err, io.EOF) && !ss.closed.Load() {
 					ss.s.log.Debug("client idle or gone", zap.String("client", ss.client.String()), zap.Error(err))
@@ -84,8 +88,12 @@ func (ss *session) serve() {
 				return
 			}
 		}
-		if ss.rd.Buffered() < modbus.MaxFrameLen {
-			_ = ss.conn.SetReadDeadline(time.Now().Add(lim.ReadTimeout))
+		// A frame that has begun must be whole within the read timeout;
+		// one that arrived whole needs no deadline for its rest.
+		now := time.Now()
+		ready := ss.rd.FrameReady()
+		if !ready && ss.rdl.due(now, lim.ReadTimeout) {
+			_ = ss.conn.SetReadDeadline(ss.rdl.at)
 		}
 		f, err := ss.rd.ReadFrame()
 		if err != nil {
@@ -94,13 +102,16 @@ func (ss *session) serve() {
 			}
 			return
 		}
+		if !ready {
+			now = time.Now() // the frame is whole only now
+		}
 		select {
 		case ss.slots <- struct{}{}:
 		case <-ss.s.ctx.Done():
 			return
 		}
 		c := ss.s.calls.Get().(*call)
-		c.reset(ss, f)
+		c.reset(ss, f, now)
 		if !ss.handle(c) {
 			return
 		}
@@ -254,7 +265,9 @@ func (ss *session) reply(tid uint16, unit byte, pdu []byte) {
 		return
 	}
 	ss.wbuf = modbus.AppendFrame(ss.wbuf[:0], tid, unit, pdu)
-	_ = ss.conn.SetWriteDeadline(time.Now().Add(ss.s.cfg.Limits.WriteTimeout))
+	if ss.wdl.due(time.Now(), ss.s.cfg.Limits.WriteTimeout) {
+		_ = ss.conn.SetWriteDeadline(ss.wdl.at)
+	}
 	if _, err := ss.conn.Write(ss.wbuf); err != nil {
 		ss.s.log.Debug("client write failed", zap.String("client", ss.client.String()), zap.Error(err))
 		ss.close()

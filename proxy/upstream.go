@@ -73,6 +73,7 @@ type upconn struct {
 	mu      sync.Mutex
 	closed  bool
 	conn    net.Conn
+	wdl     *deadline // conn's write deadline, the flusher's alone
 	pending map[uint16]*call
 	// Requests are written by one sender at a time, the flusher: others
 	// append their frames to out meanwhile, and the flusher writes them all
@@ -161,7 +162,8 @@ func (uc *upconn) send(c *call) {
 	}
 	uc.nextTID = tid + 1
 	c.upTID = tid
-	c.deadline = time.Now().Add(cfg.Upstream.ResponseTimeout)
+	now := time.Now()
+	c.deadline = now.Add(cfg.Upstream.ResponseTimeout)
 	// Force listen-only mode (function 8, sub-function 4) is never
 	// answered (Modbus Application Protocol 6.8.1): done once sent.
 	silent := c.in.Request.Function == modbus.Diagnostics && c.in.Request.Sub == 4
@@ -181,20 +183,26 @@ func (uc *upconn) send(c *call) {
 		uc.mu.Unlock()
 		return
 	}
-	uc.flush(cfg.Upstream.ResponseTimeout)
+	uc.flush(now, cfg.Upstream.ResponseTimeout)
 }
 
 // flush writes what senders queued in out until there is nothing left,
-// as the flusher; mu is held on entry and released on return. A write
-// error drops the connection, which fails every pending call.
-func (uc *upconn) flush(timeout time.Duration) {
+// as the flusher; mu is held on entry and released on return. now is the
+// time of the first write. A write error drops the connection, which fails
+// every pending call.
+func (uc *upconn) flush(now time.Time, timeout time.Duration) {
 	uc.flushing = true
-	conn := uc.conn
-	for len(uc.out) > 0 {
+	conn, wdl := uc.conn, uc.wdl
+	for first := true; len(uc.out) > 0; first = false {
 		buf, silent := uc.out, uc.silent
 		uc.out, uc.silent, uc.spare = uc.spare[:0], nil, nil
 		uc.mu.Unlock()
-		_ = conn.SetWriteDeadline(time.Now().Add(timeout))
+		if !first {
+			now = time.Now()
+		}
+		if wdl.due(now, timeout) {
+			_ = conn.SetWriteDeadline(wdl.at)
+		}
 		_, err := conn.Write(buf)
 		for _, c := range silent {
 			<-uc.slots
@@ -277,7 +285,7 @@ func (uc *upconn) dialLocked() error {
 		_ = conn.Close()
 		return errors.New("proxy closing")
 	}
-	uc.conn = conn
+	uc.conn, uc.wdl = conn, &deadline{}
 	go uc.readLoop(conn)
 	uc.up.s.log.Info("upstream connected", zap.String("device", uc.up.name), zap.String("addr", uc.up.addr))
 	return nil
@@ -299,9 +307,11 @@ func (uc *upconn) readLoop(conn net.Conn) {
 		if late != nil && late.Unit != f.Unit {
 			late = nil
 		}
+		var now time.Time
 		if c != nil && c.in.Unit == f.Unit {
 			delete(uc.pending, f.Transaction)
-			uc.lastReply = time.Now()
+			now = time.Now()
+			uc.lastReply = now
 		} else {
 			c = nil
 		}
@@ -349,7 +359,7 @@ func (uc *upconn) readLoop(conn net.Conn) {
 			continue
 		}
 		<-uc.slots
-		c.ev.Upstream = time.Since(c.start)
+		c.ev.Upstream = now.Sub(c.start)
 		if _, err := modbus.ParseResponse(&c.in.Request, f.PDU); err != nil {
 			// The frame was whole, so the stream is still in step: only
 			// this request failed. The client gets the configured

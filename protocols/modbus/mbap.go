@@ -85,6 +85,19 @@ func (r *Reader) WaitByte() error {
 	return err
 }
 
+// FrameReady reports whether ReadFrame would return without reading from
+// the stream: a whole frame is buffered, or a header that ReadFrame will
+// refuse. A caller that bounds a frame's arrival with a deadline need not
+// set one then.
+func (r *Reader) FrameReady() bool {
+	if r.br.Buffered() < HeaderLen {
+		return false
+	}
+	b, _ := r.br.Peek(HeaderLen)
+	h, err := ParseHeader(b)
+	return err != nil || r.br.Buffered() >= HeaderLen+int(h.Length)-1
+}
+
 // ReadFrame reads exactly one frame. It returns io.EOF on a clean end of
 // stream between frames, io.ErrUnexpectedEOF inside a frame, and a *Error
 // (with no exception code) when the header is inconsistent; in that case the

@@ -270,3 +270,47 @@ func TestReadFrameSequence(t *testing.T) {
 		t.Fatalf("after last frame: %v", err)
 	}
 }
+
+// chunks returns one chunk per Read, as a socket hands over segments.
+type chunks [][]byte
+
+func (c *chunks) Read(p []byte) (int, error) {
+	if len(*c) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, (*c)[0])
+	(*c)[0] = (*c)[0][n:]
+	if len((*c)[0]) == 0 {
+		*c = (*c)[1:]
+	}
+	return n, nil
+}
+
+func TestFrameReady(t *testing.T) {
+	frame := AppendFrame(nil, 7, 1, AppendReadRequest(nil, ReadHoldingRegisters, 0, 10))
+	bad := append([]byte{0, 1, 0, 9}, frame[4:]...) // protocol id 9
+	for _, tc := range []struct {
+		name           string
+		parts          [][]byte
+		ready, refused bool
+	}{
+		{"whole frame", [][]byte{frame}, true, false},
+		{"header cut", [][]byte{frame[:5], frame[5:]}, false, false},
+		{"pdu cut", [][]byte{frame[:9], frame[9:]}, false, false},
+		{"bad header, refused without more bytes", [][]byte{bad[:HeaderLen], bad[HeaderLen:]}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := chunks(tc.parts)
+			r := NewReader(&src)
+			if err := r.WaitByte(); err != nil {
+				t.Fatal(err)
+			}
+			if got := r.FrameReady(); got != tc.ready {
+				t.Fatalf("FrameReady = %v with %d bytes buffered, want %v", got, r.Buffered(), tc.ready)
+			}
+			if _, err := r.ReadFrame(); (err != nil) != tc.refused {
+				t.Fatalf("ReadFrame: %v, want refused %v", err, tc.refused)
+			}
+		})
+	}
+}
