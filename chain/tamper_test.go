@@ -18,12 +18,20 @@ import (
 // as the recorder would, and returns them as stored messages.
 func genuineChain(t *testing.T, s *keys.Signer) []*chain.Msg {
 	t.Helper()
+	return blocksInMemory(t, s, 6, 10, func(uint64) uint64 { return 10 })
+}
+
+// blocksInMemory builds blocks signed by s for writer gw-1, in memory, as
+// the recorder would: count(h) events in block h, numbered from h*stride,
+// and returns them as stored messages.
+func blocksInMemory(t *testing.T, s chain.BlockSigner, blocks, stride uint64, count func(h uint64) uint64) []*chain.Msg {
+	t.Helper()
 	var msgs []*chain.Msg
 	prev := chain.GenesisPrev("gw-1")
-	for h := uint64(0); h < 6; h++ {
+	for h := range blocks {
 		var events [][]byte
-		for i := uint64(0); i < 10; i++ {
-			events = append(events, chain.AppendEvent(nil, event(h*10+i, audit.Allow)))
+		for i := range count(h) {
+			events = append(events, chain.AppendEvent(nil, event(h*stride+i, audit.Allow)))
 		}
 		msg, hash, err := chain.EncodeBlock("gw-1", s, h, prev, time.Unix(1764072000+int64(h), 0), events)
 		if err != nil {

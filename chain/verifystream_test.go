@@ -12,7 +12,6 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/keys/keystest"
 )
@@ -228,24 +227,12 @@ func TestVerifyStreamReportsEveryProblem(t *testing.T) {
 func TestVerifyStreamReportsTheBadBlockInAWindow(t *testing.T) {
 	signer, wk := newKey(t)
 	attacker, _ := newKey(t)
-	var msgs []*chain.Msg
-	prev := chain.GenesisPrev("gw-1")
-	for h := uint64(0); h < 30; h++ {
-		n := uint64(2)
+	msgs := blocksInMemory(t, signer, 30, 10_000, func(h uint64) uint64 {
 		if h == 12 {
-			n = 4000 // under 1 MB, NATS's largest message
+			return 4000 // under 1 MB, NATS's largest message
 		}
-		var events [][]byte
-		for i := range n {
-			events = append(events, chain.AppendEvent(nil, event(h*10_000+i, audit.Allow)))
-		}
-		msg, hash, err := chain.EncodeBlock("gw-1", signer, h, prev, time.Unix(1764072000+int64(h), 0), events)
-		if err != nil {
-			t.Fatal(err)
-		}
-		msgs = append(msgs, &chain.Msg{Seq: h + 1, Subject: chain.Subject("gw-1"), Data: msg, MsgID: hash.String()})
-		prev = hash
-	}
+		return 2
+	})
 	for _, i := range []int{12, 21} {
 		msgs[i].Data[len(msgs[i].Data)-30] ^= 0x01 // inside the last event
 	}
