@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -130,9 +131,22 @@ func TestCustom(t *testing.T) {
 			t.Fatalf("scenario %+v", sc)
 		}
 		for _, tr := range sc.Targets {
-			if tr.Requests == 0 {
-				t.Errorf("%s at %d clients: no requests measured", tr.Name, sc.Clients)
+			if tr.Requests == 0 || tr.WriteP99us != 0 {
+				t.Errorf("%s at %d clients, reads only: %d requests, write p99 %v", tr.Name, sc.Clients, tr.Requests, tr.WriteP99us)
 			}
+		}
+	}
+	// In a mix the writes' own latency is reported beside that of all.
+	mix, err := b.Custom(t.Context(), dev, relay, []int{2}, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	bench.PrintReport(&out, &mix)
+	for _, tr := range mix.Scenarios[0].Targets {
+		if tr.WriteP50us <= 0 || tr.WriteP99us < tr.WriteP50us ||
+			!strings.Contains(out.String(), fmt.Sprintf("%s writes p50 %.0f µs, p99 %.0f µs", tr.Name, tr.WriteP50us, tr.WriteP99us)) {
+			t.Errorf("%s with 20 %% writes: write p50 %v p99 %v; report:\n%s", tr.Name, tr.WriteP50us, tr.WriteP99us, out.String())
 		}
 	}
 }

@@ -40,21 +40,28 @@ type Result struct {
 	Exceptions uint64 // exception replies
 	Elapsed    time.Duration
 	latencies  []time.Duration // sorted
+	writes     []time.Duration // the writes' among them, sorted
 }
 
 // RPS is requests per second.
 func (r *Result) RPS() float64 { return float64(r.Requests) / r.Elapsed.Seconds() }
 
 // Percentile returns the q-quantile (0..1) of reply latency.
-func (r *Result) Percentile(q float64) time.Duration {
-	if len(r.latencies) == 0 {
+func (r *Result) Percentile(q float64) time.Duration { return quantile(r.latencies, q) }
+
+// WritePercentile returns the q-quantile (0..1) of the writes' reply
+// latency, 0 if there were none: in a mix, what a write waits for its
+// durable record shows here, not in the reads' many samples.
+func (r *Result) WritePercentile(q float64) time.Duration { return quantile(r.writes, q) }
+
+// Writes is how many write latencies were sampled.
+func (r *Result) Writes() int { return len(r.writes) }
+
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
 		return 0
 	}
-	i := int(q * float64(len(r.latencies)))
-	if i >= len(r.latencies) {
-		i = len(r.latencies) - 1
-	}
-	return r.latencies[i]
+	return sorted[min(int(q*float64(len(sorted))), len(sorted)-1)]
 }
 
 // ResultOf builds a Result from latencies measured elsewhere (one request
@@ -67,12 +74,9 @@ func ResultOf(lat []time.Duration, errs, exceptions uint64, elapsed time.Duratio
 
 // Merge adds o into r (for interleaved rounds).
 func (r *Result) Merge(o *Result) {
-	r.Requests += o.Requests
-	r.Errors += o.Errors
-	r.Exceptions += o.Exceptions
+	r.add(o)
 	r.Elapsed += o.Elapsed
-	r.latencies = append(r.latencies, o.latencies...)
-	slices.Sort(r.latencies)
+	r.sort()
 }
 
 // Combine sums runs made at the same time (one per device): their counts
@@ -80,14 +84,25 @@ func (r *Result) Merge(o *Result) {
 func Combine(rs []*Result) *Result {
 	out := &Result{}
 	for _, r := range rs {
-		out.Requests += r.Requests
-		out.Errors += r.Errors
-		out.Exceptions += r.Exceptions
+		out.add(r)
 		out.Elapsed = max(out.Elapsed, r.Elapsed)
-		out.latencies = append(out.latencies, r.latencies...)
 	}
-	slices.Sort(out.latencies)
+	out.sort()
 	return out
+}
+
+// add sums o's counts and samples into r, unsorted.
+func (r *Result) add(o *Result) {
+	r.Requests += o.Requests
+	r.Errors += o.Errors
+	r.Exceptions += o.Exceptions
+	r.latencies = append(r.latencies, o.latencies...)
+	r.writes = append(r.writes, o.writes...)
+}
+
+func (r *Result) sort() {
+	slices.Sort(r.latencies)
+	slices.Sort(r.writes)
 }
 
 // totalSamples bounds the latency samples of a run (32 MiB of them).
@@ -166,12 +181,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	close(stopProgress)
 	out := &Result{Elapsed: time.Since(start)}
 	for _, r := range results {
-		out.Requests += r.Requests
-		out.Errors += r.Errors
-		out.Exceptions += r.Exceptions
-		out.latencies = append(out.latencies, r.latencies...)
+		out.add(r)
 	}
-	slices.Sort(out.latencies)
+	out.sort()
 	return out, nil
 }
 
@@ -242,6 +254,9 @@ func client(ctx context.Context, c net.Conn, cfg Config, seed uint64, deadline t
 			}
 			if len(res.latencies) < maxSamples {
 				res.latencies = append(res.latencies, now.Sub(in.sent))
+				if in.fn == modbus.WriteSingleRegister || in.fn == modbus.WriteMultipleRegisters {
+					res.writes = append(res.writes, now.Sub(in.sent))
+				}
 			}
 		}
 		in.tid = ^in.tid // spent: a duplicate reply will not match

@@ -40,6 +40,10 @@ func TestLoadCheckedReplies(t *testing.T) {
 		if r.Percentile(0.5) <= 0 || r.Percentile(0.99) < r.Percentile(0.5) {
 			t.Fatalf("percentiles p50 %v p99 %v", r.Percentile(0.5), r.Percentile(0.99))
 		}
+		// The writes' latencies are kept apart too: about 30 % of them.
+		if w := float64(r.Writes()) / float64(r.Requests); w < 0.2 || w > 0.4 || r.WritePercentile(0.99) < r.WritePercentile(0.5) || r.WritePercentile(0.5) <= 0 {
+			t.Fatalf("%d write samples in %d requests, p50 %v p99 %v", r.Writes(), r.Requests, r.WritePercentile(0.5), r.WritePercentile(0.99))
+		}
 	}
 }
 
