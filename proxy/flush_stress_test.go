@@ -20,46 +20,27 @@ import (
 // request completes (recorded), and afterwards the connection has all its
 // slots again.
 func TestFlushUnderDrops(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var flaky atomic.Bool
 	flaky.Store(true)
-	var wg sync.WaitGroup
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	ln := acceptEach(t, func(c net.Conn) {
+		rd := modbus.NewReader(c)
+		left := 1 + rand.IntN(30)
 		for {
-			c, err := ln.Accept()
+			f, err := rd.ReadFrame()
 			if err != nil {
 				return
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				rd := modbus.NewReader(c)
-				left := 1 + rand.IntN(30)
-				for {
-					f, err := rd.ReadFrame()
-					if err != nil {
-						return
-					}
-					if left--; flaky.Load() && left == 0 {
-						return
-					}
-					if f.PDU[0] == 8 {
-						continue
-					}
-					if _, err := c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f))); err != nil {
-						return
-					}
-				}
-			}()
+			if left--; flaky.Load() && left == 0 {
+				return
+			}
+			if f.PDU[0] == 8 {
+				continue
+			}
+			if _, err := c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f))); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	fx := listenOnlyProxy(t, ln.Addr().String())
 	const clients, each = 8, 400
 	for range clients {
@@ -114,33 +95,19 @@ func TestFlushUnderDrops(t *testing.T) {
 // connection that keeps dropping; Close returns and every request taken
 // completes.
 func TestCloseMidFlush(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
+	ln := acceptEach(t, func(c net.Conn) {
+		rd := modbus.NewReader(c)
+		for left := 1 + rand.IntN(30); left > 0; left-- {
+			f, err := rd.ReadFrame()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				rd := modbus.NewReader(c)
-				for left := 1 + rand.IntN(30); left > 0; left-- {
-					f, err := rd.ReadFrame()
-					if err != nil {
-						return
-					}
-					if f.PDU[0] != 8 {
-						time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
-						_, _ = c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f)))
-					}
-				}
-			}()
+			if f.PDU[0] != 8 {
+				time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond)
+				_, _ = c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f)))
+			}
 		}
-	}()
+	})
 	fx := listenOnlyProxy(t, ln.Addr().String())
 	for range 8 {
 		c := dial(t, fx.addr)

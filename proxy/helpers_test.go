@@ -77,48 +77,56 @@ type upstream struct {
 
 func startUpstream(t testing.TB, answer func(f modbus.Frame) []byte) *upstream {
 	t.Helper()
+	if answer == nil {
+		answer = registerEcho
+	}
+	u := &upstream{answer: answer}
+	u.ln = acceptEach(t, func(c net.Conn) {
+		u.mu.Lock()
+		u.conns++
+		u.mu.Unlock()
+		u.serve(c)
+	})
+	return u
+}
+
+// acceptEach listens on a loopback port and serves every connection on a
+// goroutine of its own until the test ends; then the listener and every
+// connection close, and the goroutines are waited for.
+func acceptEach(t testing.TB, serve func(c net.Conn)) net.Listener {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if answer == nil {
-		answer = registerEcho
-	}
-	u := &upstream{ln: ln, answer: answer}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
 	var conns []net.Conn
-	var cmu sync.Mutex
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	wg.Go(func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			cmu.Lock()
+			mu.Lock()
 			conns = append(conns, c)
-			cmu.Unlock()
-			u.mu.Lock()
-			u.conns++
-			u.mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				u.serve(c)
-			}()
+			mu.Unlock()
+			wg.Go(func() {
+				defer func() { _ = c.Close() }()
+				serve(c)
+			})
 		}
-	}()
+	})
 	t.Cleanup(func() {
 		_ = ln.Close()
-		cmu.Lock()
+		mu.Lock()
 		for _, c := range conns {
 			_ = c.Close()
 		}
-		cmu.Unlock()
+		mu.Unlock()
 		wg.Wait()
 	})
-	return u
+	return ln
 }
 
 func (u *upstream) addr() string { return u.ln.Addr().String() }

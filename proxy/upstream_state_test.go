@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -18,32 +17,13 @@ import (
 // (one that drops a connection with a request in flight).
 func hangUpDevice(t *testing.T, answer bool) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer func() { _ = c.Close() }()
-				f, err := modbus.NewReader(c).ReadFrame()
-				if err != nil || !answer {
-					return
-				}
-				_, _ = c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f)))
-			})
+	return acceptEach(t, func(c net.Conn) {
+		f, err := modbus.NewReader(c).ReadFrame()
+		if err != nil || !answer {
+			return
 		}
-	})
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+		_, _ = c.Write(modbus.AppendFrame(nil, f.Transaction, f.Unit, registerEcho(f)))
+	}).Addr().String()
 }
 
 // TestUpstreamStateAfterTheConnectionEnds: a device that closes an idle
