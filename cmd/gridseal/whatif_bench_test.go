@@ -173,11 +173,12 @@ func BenchmarkWhatIfCommand(b *testing.B) {
 }
 
 func benchChainVerify(b *testing.B, n int, url, dir string, key keystest.Key) {
-	_, pub, err := keys.WritePair(dir, "gw-1", key.Handle)
+	kd := b.TempDir() // its own: -count runs this again
+	_, pub, err := keys.WritePair(kd, "gw-1", key.Handle)
 	if err != nil {
 		b.Fatal(err)
 	}
-	trust := filepath.Join(dir, "trust.yaml")
+	trust := filepath.Join(kd, "trust.yaml")
 	if err := chain.WriteTrust(trust, "gw-1", pub); err != nil {
 		b.Fatal(err)
 	}
