@@ -1,6 +1,7 @@
 package chain_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -75,14 +76,49 @@ func BenchmarkRecordDurableAlone(b *testing.B) {
 func BenchmarkRecordDurableOwner(b *testing.B) {
 	for _, par := range []int{1, 16} {
 		b.Run(fmt.Sprintf("writers=%d", par), func(b *testing.B) {
-			conn, err := natsembed.Connect(b.Context(), natsembed.ConnectOptions{Name: "bench", DataDir: b.TempDir(), Own: true})
+			conn, err := natsembed.Connect(b.Context(), natsembed.ConnectOptions{Name: "bench", DataDir: b.TempDir(), Own: true, Recorder: true})
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer conn.Close()
-			benchDurable(b, conn.NC, 1, par)
+			benchDurable(b, conn.Recorder(), 1, par)
 		})
 	}
+}
+
+// BenchmarkRecordDurableBesideReader is the owner's recorder while a
+// reader of the chain (the console's verifier, a search or an export)
+// pulls the whole stream again and again on the same process's
+// connections: the writers' durable records must not queue behind it.
+func BenchmarkRecordDurableBesideReader(b *testing.B) {
+	conn, err := natsembed.Connect(b.Context(), natsembed.ConnectOptions{Name: "bench", DataDir: b.TempDir(), Own: true, Recorder: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	signer, _ := newKey(b)
+	fill, err := chain.Open(b.Context(), conn.NC, chain.Config{Writer: "fill", Signer: signer}, nopLog())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for i := range 200_000 {
+		if err := fill.Record(b.Context(), event(uint64(i), audit.Allow), false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := fill.Close(time.Minute); err != nil {
+		b.Fatal(err)
+	}
+	js := jsOf(b, conn.NC)
+	ctx, stop := context.WithCancel(b.Context())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			_ = chain.Scan(ctx, js, 1, false, func(*chain.Msg) error { return ctx.Err() })
+		}
+	})
+	defer func() { stop(); wg.Wait() }()
+	benchDurable(b, conn.Recorder(), 1, 16)
 }
 
 func BenchmarkRecordDurableCluster(b *testing.B) {

@@ -41,13 +41,15 @@ func TestDiskFullRecoversByItself(t *testing.T) {
 	dataDir := smallDisk(t, "6m")
 	core, logs := observer.New(zap.WarnLevel)
 	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir, Own: true,
-		Log: zap.New(core), MinFree: 1 << 20})
+		Recorder: true, Log: zap.New(core), MinFree: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(conn.Close)
 	signer, _ := newKey(t)
-	r, err := chain.Open(t.Context(), conn.NC, chain.Config{Writer: "gw-1", Signer: signer, DurableTimeout: time.Second,
+	// On the recorder's own connection, as gridseal proxy runs it: it too
+	// must find the restarted server.
+	r, err := chain.Open(t.Context(), conn.Recorder(), chain.Config{Writer: "gw-1", Signer: signer, DurableTimeout: time.Second,
 		PublishTimeout: 500 * time.Millisecond}, nopLog())
 	if err != nil {
 		t.Fatal(err)

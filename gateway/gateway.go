@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg *Config, opts Options) (_ *Gateway, err error)
 	if opts.OpsLog == nil {
 		opts.OpsLog = opts.Log
 	}
-	opts.NATS.DataDir, opts.NATS.Own, opts.NATS.Log = opts.DataDir, true, opts.Log.Named("nats")
+	opts.NATS.DataDir, opts.NATS.Own, opts.NATS.Recorder, opts.NATS.Log = opts.DataDir, true, true, opts.Log.Named("nats")
 	if opts.NATS.Name == "" {
 		opts.NATS.Name = "recorder " + cfg.Chain.Writer
 	}
@@ -406,7 +406,7 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 	}
 	g.conn = conn
 	c := g.cfg.Chain
-	g.rec, err = chain.Open(ctx, conn.NC, chain.Config{
+	g.rec, err = chain.Open(ctx, conn.Recorder(), chain.Config{
 		Writer: c.Writer, Signer: signer, Replicas: c.Replicas,
 		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes,
 		Observe: chain.BlockObserver(reg), HeadDir: HeadDir(g.opts.DataDir),

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,6 +47,9 @@ type ConnectOptions struct {
 	// about to go away. Only an owner creates the data directory; any
 	// other process gets ErrNoDataDir where it does not exist.
 	Own bool
+	// Recorder opens a second connection for the chain recorder
+	// (Conn.Recorder), for a process that records to the chain.
+	Recorder bool
 	// Log receives the embedded server's warnings and errors (a full disk
 	// among them), when this process runs it.
 	Log *zap.Logger
@@ -62,10 +66,28 @@ type Conn struct {
 	// Embedded is true when this process runs the embedded server.
 	Embedded bool
 	stop     func()
+	rec      *nats.Conn
+	// How NC was dialled, for the recorder's connection.
+	dialURL  string
+	dialOpts []nats.Option
+}
+
+// Recorder is the connection the chain recorder publishes on: one of its
+// own, so a block's publish and acknowledgement never wait behind what
+// readers of the chain (the console's verifier, a search, an export) pull
+// through NC.
+func (c *Conn) Recorder() *nats.Conn {
+	if c.rec != nil {
+		return c.rec
+	}
+	return c.NC
 }
 
 // Close disconnects and stops the embedded server this process runs, if any.
 func (c *Conn) Close() {
+	if c.rec != nil {
+		c.rec.Close()
+	}
 	c.NC.Close()
 	if c.stop != nil {
 		c.stop()
@@ -82,6 +104,21 @@ func (c *Conn) JetStream() (jetstream.JetStream, error) { return jetstream.New(c
 // DATA-DIR/nats/client.url while it runs). One process owns a data
 // directory at a time, by an exclusive lock on DATA-DIR/nats/LOCK.
 func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
+	c, err := connect(ctx, o)
+	if err != nil || !o.Recorder {
+		return c, err
+	}
+	// The chain recorder's connection of its own (see Conn.Recorder),
+	// named so in the server's connection list.
+	opts := append(slices.Clone(c.dialOpts), nats.Name("gridseal "+o.Name+" chain recorder"))
+	if c.rec, err = nats.Connect(c.dialURL, opts...); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("connect the chain recorder to NATS: %w", err)
+	}
+	return c, nil
+}
+
+func connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 	opts := []nats.Option{
 		nats.Name("gridseal " + o.Name),
 		nats.MaxReconnects(-1),
@@ -152,7 +189,7 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("connect to the embedded NATS of %s at %s: %w", o.DataDir, url, err)
 		}
-		return &Conn{NC: nc}, nil
+		return &Conn{NC: nc, dialURL: url, dialOpts: opts}, nil
 	}
 	_ = lock.Truncate(0)
 	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
@@ -180,12 +217,13 @@ func Connect(ctx context.Context, o ConnectOptions) (*Conn, error) {
 	}
 	// The owner talks to its own server in process; other processes (the
 	// CLI, a second proxy) connect to url.
-	nc, err := nats.Connect(url, append(opts, nats.InProcessServer(srv))...)
+	opts = append(opts, nats.InProcessServer(srv))
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		stop()
 		return nil, fmt.Errorf("connect to embedded NATS: %w", err)
 	}
-	return &Conn{NC: nc, Embedded: true, stop: stop}, nil
+	return &Conn{NC: nc, Embedded: true, stop: stop, dialURL: url, dialOpts: opts}, nil
 }
 
 func connectURL(o ConnectOptions, opts []nats.Option) (*Conn, error) {
@@ -201,11 +239,12 @@ func connectURL(o ConnectOptions, opts []nats.Option) (*Conn, error) {
 	if o.Cert != "" {
 		opts = append(opts, nats.ClientCert(o.Cert, o.Key))
 	}
-	nc, err := nats.Connect(o.URL, append(opts, nats.RetryOnFailedConnect(true))...)
+	opts = append(opts, nats.RetryOnFailedConnect(true))
+	nc, err := nats.Connect(o.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS %s: %w", RedactURLs(o.URL), err)
 	}
-	return &Conn{NC: nc}, nil
+	return &Conn{NC: nc, dialURL: o.URL, dialOpts: opts}, nil
 }
 
 // loadToken reads the embedded server's client token, creating a random

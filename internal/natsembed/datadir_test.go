@@ -74,3 +74,39 @@ func TestOnlyAnOwnerCreatesTheDataDirectory(t *testing.T) {
 		t.Fatalf("the data directory was created: %v", err)
 	}
 }
+
+// TestRecorderHasAConnectionOfItsOwn: a process that records gets a second
+// connection for the chain recorder, named for it, so a reader pulling the
+// whole chain through the first (the console's verifier, an export) never
+// holds up a durable write's block (BenchmarkRecordDurableBesideReader in
+// chain); Close closes both. Without Recorder it is the one connection.
+func TestRecorderHasAConnectionOfItsOwn(t *testing.T) {
+	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: t.TempDir(), Own: true, Recorder: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := conn.Recorder()
+	if rec == conn.NC || !rec.IsConnected() || rec.Opts.Name != "gridseal test chain recorder" {
+		t.Fatalf("recorder connection %p (main %p), connected %v, named %q", rec, conn.NC, rec.IsConnected(), rec.Opts.Name)
+	}
+	id1, _ := rec.GetClientID()
+	id2, _ := conn.NC.GetClientID()
+	if id1 == id2 {
+		t.Fatalf("both connections are client %d of the server", id1)
+	}
+	if err := rec.Publish("x", []byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if !rec.IsClosed() || !conn.NC.IsClosed() {
+		t.Fatal("Close left a connection open")
+	}
+	short, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: t.TempDir(), Own: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer short.Close()
+	if short.Recorder() != short.NC {
+		t.Fatal("a connection for the recorder opened without Recorder")
+	}
+}
