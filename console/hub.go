@@ -31,7 +31,17 @@ type hub struct {
 	recent  []item // the newest events
 	viewers map[chan []item]struct{}
 	status  ChainStatus
+	// While nobody watches, the live view keeps the newest blocks as they
+	// came (unwatched, at most recentEvents of them and unwatchedBytes),
+	// and reads, checks and encodes them only when a viewer arrives: an
+	// unwatched console costs the proxy no JSON per operation.
+	unwatched      []*chain.Msg
+	unwatchedBytes int
+	check          func(*chain.Msg, *chain.Block) error // the live view's, see live
 }
+
+// maxUnwatchedBytes bounds the blocks kept unread for the next viewer.
+const maxUnwatchedBytes = 16 << 20
 
 // item is one event, encoded once as an SSE message, with what viewers
 // filter on.
@@ -136,6 +146,9 @@ func (h *hub) live(ctx context.Context, js jetstream.JetStream, trust chain.Trus
 	if len(trust.Writers) > 0 {
 		check = trust.CheckParsed
 	}
+	h.mu.Lock()
+	h.check = check
+	h.mu.Unlock()
 	if h.liveNext > 0 {
 		// A restart: go on where the last scan stopped, unless the stream
 		// is no longer the one it read (recreated, shorter).
@@ -160,28 +173,71 @@ func (h *hub) live(ctx context.Context, js jetstream.JetStream, trust chain.Trus
 			}
 		}
 		h.mu.Lock()
-		h.recent = h.recent[:0]
+		h.recent, h.unwatched, h.unwatchedBytes = h.recent[:0], nil, 0
 		h.mu.Unlock()
 		h.fanout(recs)
 		h.liveNext = last + 1
 	}
 	return chain.Scan(ctx, js, h.liveNext, true, func(m *chain.Msg) error {
 		h.liveNext = m.Seq + 1
-		b, err := chain.ParseBlock(m.Data)
-		if err != nil || check != nil && check(m, b) != nil {
-			return nil // not shown: the verifier reports it
+		h.mu.Lock()
+		if len(h.viewers) == 0 {
+			h.keepUnwatchedLocked(m)
+			h.mu.Unlock()
+			return nil
 		}
-		recs := make([]chain.Record, 0, len(b.Events))
-		for i, e := range b.Events {
-			ev, err := chain.DecodeEvent(e)
-			if err != nil {
-				continue
-			}
-			recs = append(recs, chain.NewRecord(m, b, i, &ev))
-		}
-		h.fanout(recs)
+		h.mu.Unlock()
+		h.fanout(blockRecords(m, check))
 		return nil
 	})
+}
+
+// blockRecords reads the events of block m, nil if it does not read or
+// does not pass check (the verifier reports it).
+func blockRecords(m *chain.Msg, check func(*chain.Msg, *chain.Block) error) []chain.Record {
+	b, err := chain.ParseBlock(m.Data)
+	if err != nil || check != nil && check(m, b) != nil {
+		return nil
+	}
+	recs := make([]chain.Record, 0, len(b.Events))
+	for i, e := range b.Events {
+		ev, err := chain.DecodeEvent(e)
+		if err != nil {
+			continue
+		}
+		recs = append(recs, chain.NewRecord(m, b, i, &ev))
+	}
+	return recs
+}
+
+// keepUnwatchedLocked keeps block m for the next viewer, dropping the
+// oldest kept past the bounds. h.mu is held.
+func (h *hub) keepUnwatchedLocked(m *chain.Msg) {
+	h.unwatched = append(h.unwatched, m)
+	h.unwatchedBytes += len(m.Data)
+	drop := 0
+	for len(h.unwatched)-drop > recentEvents || (h.unwatchedBytes > maxUnwatchedBytes && len(h.unwatched)-drop > 1) {
+		h.unwatchedBytes -= len(h.unwatched[drop].Data)
+		drop++
+	}
+	if drop > 0 {
+		h.unwatched = append(h.unwatched[:0], h.unwatched[drop:]...)
+	}
+}
+
+// catchUpLocked reads, checks and encodes the blocks kept while nobody
+// watched into recent, newest recentEvents events at most. h.mu is held.
+func (h *hub) catchUpLocked() {
+	if len(h.unwatched) == 0 {
+		return
+	}
+	var recs []chain.Record
+	for i := len(h.unwatched) - 1; i >= 0 && len(recs) < recentEvents; i-- {
+		recs = append(blockRecords(h.unwatched[i], h.check), recs...)
+	}
+	h.unwatched, h.unwatchedBytes = nil, 0
+	h.recent = append(h.recent, encodeItems(recs)...)
+	h.trimRecentLocked()
 }
 
 // lastSeq is the chain stream's last sequence (0: empty).
@@ -253,6 +309,32 @@ func (h *hub) account(seq uint64, b *chain.Block) {
 func (h *hub) fanout(recs []chain.Record) {
 	// Encode each event once; send each viewer the block's events in one
 	// channel send, not one per event.
+	items := encodeItems(recs)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.catchUpLocked()
+	h.recent = append(h.recent, items...)
+	if len(items) > 0 {
+		for ch := range h.viewers {
+			select {
+			case ch <- items:
+			default: // too slow: this viewer is dropped
+				delete(h.viewers, ch)
+				close(ch)
+			}
+		}
+	}
+	h.trimRecentLocked()
+}
+
+func (h *hub) trimRecentLocked() {
+	if len(h.recent) > 2*recentEvents {
+		h.recent = append(h.recent[:0], h.recent[len(h.recent)-recentEvents:]...)
+	}
+}
+
+// encodeItems encodes each record as an SSE message.
+func encodeItems(recs []chain.Record) []item {
 	items := make([]item, 0, len(recs))
 	for i := range recs {
 		r := &recs[i]
@@ -268,22 +350,7 @@ func (h *hub) fanout(recs []chain.Record) {
 		}
 		items = append(items, item{device: r.Device, verdict: verdict, client: r.Client, fc: r.Function, msg: msg})
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.recent = append(h.recent, items...)
-	if len(items) > 0 {
-		for ch := range h.viewers {
-			select {
-			case ch <- items:
-			default: // too slow: this viewer is dropped
-				delete(h.viewers, ch)
-				close(ch)
-			}
-		}
-	}
-	if len(h.recent) > 2*recentEvents {
-		h.recent = append(h.recent[:0], h.recent[len(h.recent)-recentEvents:]...)
-	}
+	return items
 }
 
 // subscribe returns the newest events and a channel of the ones to come;
@@ -294,6 +361,7 @@ func (h *hub) subscribe() (backlog []item, ch chan []item, ok bool) {
 	if len(h.viewers) >= maxViewers {
 		return nil, nil, false
 	}
+	h.catchUpLocked()
 	n := min(len(h.recent), recentEvents)
 	backlog = append([]item(nil), h.recent[len(h.recent)-n:]...)
 	ch = make(chan []item, viewerBuffer)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,7 +16,9 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/chaintest"
+	"github.com/gridseal/gridseal/internal/keys/keystest"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 	"github.com/gridseal/gridseal/protocols/modbus"
 )
 
@@ -112,5 +115,89 @@ func TestLiveRestartResumes(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// itemOps decodes the operation numbers of live-view items.
+func itemOps(t *testing.T, items []item) []uint64 {
+	t.Helper()
+	var ops []uint64
+	for _, it := range items {
+		var r chain.Record
+		if err := json.Unmarshal(it.msg[len("data: "):], &r); err != nil {
+			t.Fatal(err)
+		}
+		ops = append(ops, r.Op)
+	}
+	return ops
+}
+
+// TestUnwatchedBlocksReachTheNextViewer: while nobody watches, the live
+// view keeps the blocks that come without reading or encoding them; the
+// next viewer gets them as its backlog, in order and checked against the
+// pinned keys (a forged block among them is not shown), and what comes
+// after it live.
+func TestUnwatchedBlocksReachTheNextViewer(t *testing.T) {
+	ns := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, ns.URL())
+	k := keystest.New(t)
+	rec := chaintest.Open(t, nc, chain.Config{Signer: k.Signer})
+	pinned := chain.WriterKeys{Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}
+	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": pinned, "gw-2": pinned}}
+	ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
+		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
+		Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
+	record := func(from, to uint64) {
+		for op := from; op <= to; op++ {
+			ev.Op, ev.Time = op, time.Now()
+			if err := rec.Record(t.Context(), &ev, true); err != nil { // a block each
+				t.Fatal(err)
+			}
+		}
+	}
+	record(1, 10)
+	js := natstest.JetStream(t, nc)
+	h := newHub(zap.NewNop())
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, trust) }) }()
+	defer func() { cancel(); <-done }()
+	kept := func() (unwatched, encoded int) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		return len(h.unwatched), len(h.recent)
+	}
+	testwait.For(t, "the live view's backlog", func() bool { _, n := kept(); return n == 10 })
+	record(11, 30)
+	forgedEv := ev
+	forgedEv.Op = 1000
+	// gw-2's, signed by a key the trust file does not pin for it.
+	forged, hash, err := chain.EncodeBlock("gw-2", keystest.New(t).Signer, 0, chain.GenesisPrev("gw-2"), time.Now(), [][]byte{chain.AppendEvent(nil, &forgedEv)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(t.Context(), chain.Subject("gw-2"), forged, jetstream.WithMsgID(hash.String())); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "the live view to keep the 21 blocks after its backlog", func() bool { n, _ := kept(); return n == 21 })
+	if _, encoded := kept(); encoded != 10 {
+		t.Fatalf("%d events encoded while nobody watched; want only the 10 of the backlog", encoded)
+	}
+	backlog, ch, ok := h.subscribe()
+	if !ok {
+		t.Fatal("subscribe refused")
+	}
+	got := itemOps(t, backlog)
+	if len(got) != 30 || got[0] != 1 || got[29] != 30 || slices.Contains(got, 1000) || !slices.IsSorted(got) {
+		t.Fatalf("the viewer's backlog is ops %v; want 1..30 without the forged 1000", got)
+	}
+	record(31, 31)
+	select {
+	case items := <-ch:
+		if ops := itemOps(t, items); len(ops) != 1 || ops[0] != 31 {
+			t.Fatalf("live after the backlog: ops %v, want [31]", ops)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no live event after the backlog")
 	}
 }
