@@ -24,9 +24,10 @@ import (
 
 // Tiler follows the chain stream, as the checkpointer does, and extends
 // the tiles in its directory as blocks land: each completed tile is
-// written once (and fsync'd), the partial ones as they grow, and the state
-// last, so a restart goes on from the last message tiled without reading
-// the stream before it. Tiles a crash left inconsistent (a partial tile
+// written once, the partial ones as they grow, and at each flush the
+// completed tiles are fsync'd together and the state written last, so a
+// restart goes on from the last message tiled without reading the stream
+// before it. Tiles a crash left inconsistent (a partial tile
 // not on disk, a root that does not match the state) are rebuilt from the
 // stream; a stream that no longer holds the message last tiled is
 // ErrTilesMismatch, and the tiler stops.
@@ -54,6 +55,11 @@ type Tiler struct {
 	bundleW int // width of the partial bundle last written
 	blocks  *os.File
 	dirty   bool
+	// full holds the completed tiles written since the last flush, made
+	// durable (together: one fsync each at a time the disk is quiet, not
+	// one between every two writes) before the state that covers them.
+	full atomicfile.Batch
+
 	read    atomic.Int64 // stream messages read by Run
 	err     atomic.Pointer[error]
 }
@@ -113,6 +119,9 @@ func (t *Tiler) load() error {
 		return err
 	}
 	n := st.Size
+	if err := t.removeFullBeyond(n); err != nil {
+		return err
+	}
 	for l := 0; n>>(TileHeight*l) > 0; l++ {
 		count := n >> (TileHeight * l)
 		var hs []Hash
@@ -351,7 +360,7 @@ func (t *Tiler) writeFull(tile tlog.Tile, data []byte) error {
 		if string(old) != string(data) {
 			return fmt.Errorf("%w: full tile %s differs from the one written before", ErrTilesMismatch, TilePath(tile))
 		}
-	} else if err := atomicfile.Write(path, data, 0o644); err != nil {
+	} else if err := t.full.Write(path, data, 0o644); err != nil {
 		return fmt.Errorf("tiles: %w", err)
 	}
 	if err := os.RemoveAll(path + ".p"); err != nil {
@@ -416,6 +425,9 @@ func (t *Tiler) Flush() error {
 	if err != nil {
 		return fmt.Errorf("tiles: root at %d: %w", t.n, err)
 	}
+	if err := t.full.Sync(); err != nil {
+		return fmt.Errorf("tiles: %w", err)
+	}
 	st := tilesState{Format: tilesFormat, Origin: CheckpointOrigin, Size: t.n, Root: root.String(),
 		Seq: t.seq, Msg: t.msgHash.String(), Blocks: t.nblocks}
 	b, err := json.Marshal(st)
@@ -429,5 +441,26 @@ func (t *Tiler) Flush() error {
 	t.flushed = st
 	t.mu.Unlock()
 	t.dirty = false
+	return nil
+}
+
+// removeFullBeyond removes the completed tiles a tree of n leaves does not
+// reach: written after the state of size n, they were not yet fsync'd, so
+// a crash may have cut them short. They are written again as the tree
+// grows past them.
+func (t *Tiler) removeFullBeyond(n int64) error {
+	for l := -1; l < 8; l++ { // 256^9 leaves: more than a chain holds
+		count := n >> (TileHeight * max(l, 0)) // leaves, or hashes at level l
+		for i := count / tileWidth; ; i++ {
+			path := filepath.Join(t.dir, filepath.FromSlash(TilePath(tlog.Tile{L: l, N: i, W: tileWidth})))
+			err := os.Remove(path)
+			if errors.Is(err, os.ErrNotExist) {
+				break // written in order: none further
+			}
+			if err != nil {
+				return fmt.Errorf("tiles: %w", err)
+			}
+		}
+	}
 	return nil
 }

@@ -68,3 +68,56 @@ func syncDir(dir string) error {
 	}
 	return err
 }
+
+// Batch writes files that need not be on disk one by one, only together
+// at a point the caller chooses: Write puts a file in place under its name
+// (written to a temporary name, then renamed) without waiting for the
+// disk, and Sync makes every file written since the last Sync durable,
+// with its directory entry. Until Sync, a crash may leave any of them
+// missing, empty or cut short. A Batch is not safe for concurrent use.
+type Batch struct {
+	files []string
+}
+
+// Write writes data to path by way of path.tmp.
+func (b *Batch) Write(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, mode); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	b.files = append(b.files, path)
+	return nil
+}
+
+// Sync fsyncs the files written since the last Sync, then their
+// directories.
+func (b *Batch) Sync() error {
+	dirs := map[string]bool{}
+	for _, path := range b.files {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+		dirs[filepath.Dir(path)] = true
+	}
+	for dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	b.files = b.files[:0]
+	return nil
+}
