@@ -60,8 +60,8 @@ type Tiler struct {
 	// one between every two writes) before the state that covers them.
 	full atomicfile.Batch
 
-	read    atomic.Int64 // stream messages read by Run
-	err     atomic.Pointer[error]
+	read atomic.Int64 // stream messages read by Run
+	err  atomic.Pointer[error]
 }
 
 // tilerFlushEvery bounds how long tiles lag the stream while blocks land,
