@@ -34,6 +34,7 @@ func benchCmd(g *globals) *cobra.Command {
 	fl.IntVar(&f.Devices, "devices", 200, "devices scenario: devices behind one gridseal, a listener each and all on one gateway listener")
 	fl.IntVar(&f.DeviceClients, "device-clients", 4, "devices scenario: clients to each device")
 	fl.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (the load generator; with --in-process also proxy and NATS) to this file")
+	fl.BoolVar(&f.Console, "console", false, "run gridseal with its console on, as its default configuration does (the console's verifier, tiler and live view read every block)")
 	fl.BoolVar(&f.InProcess, "in-process", false, "run device, relay, gridseal and NATS in this process (for profiling) instead of each as a process of its own, as deployed")
 	return cmd
 }

@@ -61,4 +61,29 @@ func TestBenchDevices(t *testing.T) {
 	if code, _, stderr := runCLI(t, t.Context(), "bench", "--scenarios", "devices", "--in-process"); code != 1 || !strings.Contains(stderr, "cannot run --in-process") {
 		t.Errorf("devices --in-process: exit %d %s", code, stderr)
 	}
+	if code, _, stderr := runCLI(t, t.Context(), "bench", "--console", "--in-process"); code != 2 || !strings.Contains(stderr, "--console goes with") {
+		t.Errorf("--console --in-process: exit %d %s", code, stderr)
+	}
+}
+
+// TestBenchWithConsole: --console measures gridseal with its console on,
+// as configured by default, and the report says so.
+func TestBenchWithConsole(t *testing.T) {
+	code, out, stderr := runCLI(t, t.Context(), "bench", "--scenarios", "overhead", "--clients", "2", "--duration", "300ms",
+		"--rounds", "1", "--console", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep bench.Report
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Console || len(rep.Scenarios) != 1 || rep.Scenarios[0].Extra["chain_kept_up"] != "true" {
+		t.Fatalf("report %+v", rep)
+	}
+	for _, tr := range rep.Scenarios[0].Targets {
+		if tr.Requests == 0 || tr.Errors != 0 {
+			t.Errorf("%s: %d requests, %d errors", tr.Name, tr.Requests, tr.Errors)
+		}
+	}
 }

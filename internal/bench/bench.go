@@ -50,6 +50,8 @@ type Endpoint struct {
 // Report is `gridseal bench --json`.
 type Report struct {
 	Scenarios []ScenarioReport `json:"scenarios"`
+	// Console says gridseal ran with its console on (--console).
+	Console bool `json:"console,omitempty"`
 }
 
 // ScenarioReport is one scenario's measurements.
@@ -601,6 +603,9 @@ func PrintReport(w io.Writer, rep *Report) {
 		}
 	}
 	_ = tw.Flush()
+	if rep.Console {
+		fmt.Fprintln(w, "gridseal ran with its console on (--console)")
+	}
 	for _, s := range rep.Scenarios {
 		for _, t := range s.Targets {
 			if t.WriteP99us > 0 {

@@ -22,6 +22,7 @@ type Flags struct {
 	Scenarios     string
 	CPUProfile    string
 	InProcess     bool
+	Console       bool // gridseal with its console on, as configured by default
 	Devices       int // the devices scenario: devices behind one gridseal
 	DeviceClients int // and clients to each
 }
@@ -52,12 +53,16 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 	b := &Bencher{Stderr: stderr, Duration: f.Duration, Rounds: f.Rounds, Pipeline: f.Pipeline, Quiet: f.JSON,
 		Devices: f.Devices, DeviceClients: f.DeviceClients}
 	custom := f.Direct != "" || f.Via != ""
+	if f.Console && (f.InProcess || custom) {
+		return &UsageError{Msg: "--console goes with the self-hosted scenarios, each target a process of its own"}
+	}
 	if !f.InProcess && !custom {
 		procs, cleanup, err := TempProcs()
 		if err != nil {
 			return err
 		}
 		defer cleanup()
+		procs.Console = f.Console
 		b.Procs = procs
 	}
 	var rep Report
@@ -69,6 +74,7 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	rep.Console = f.Console
 	if f.JSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")

@@ -26,6 +26,9 @@ type Procs struct {
 	Self string   // the gridseal binary to run
 	Env  []string // extra environment for the children
 	Dir  string   // where the children keep their files
+	// Console runs gridseal's console (on a free loopback port), as its
+	// default configuration does; off, gridseal records and nothing reads.
+	Console bool
 
 	n     int
 	procs []*exec.Cmd
@@ -117,6 +120,10 @@ func (p *Procs) GridsealListeners(ctx context.Context, polYAML string, listeners
 	if err != nil {
 		return nil, 0, "", err
 	}
+	consoleListen := "off"
+	if p.Console {
+		consoleListen = "127.0.0.1:0"
+	}
 	var ls strings.Builder
 	for i, devs := range listeners {
 		fmt.Fprintf(&ls, "  - {listen: %q, devices: [%s]}\n", addrs[i], strings.Join(devs, ", "))
@@ -126,9 +133,9 @@ insecure_unsigned_policy: true
 listeners:
 %slimits: {requests_per_second: 1e9, burst: 1073741824, max_connections: 8192, max_connections_per_client: 8192}
 chain: {writer: bench, key: bench.private.json}
-console: {listen: "off"}
+console: {listen: %q}
 log: {level: error, format: json}
-`, ls.String())
+`, ls.String(), consoleListen)
 	for name, body := range map[string]string{"gridseal.yaml": cfg, "policy.yaml": polYAML} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o600); err != nil {
 			return nil, 0, "", err
