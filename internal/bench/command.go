@@ -23,8 +23,8 @@ type Flags struct {
 	CPUProfile    string
 	InProcess     bool
 	Console       bool // gridseal with its console on, as configured by default
-	Devices       int // the devices scenario: devices behind one gridseal
-	DeviceClients int // and clients to each
+	Devices       int  // the devices scenario: devices behind one gridseal
+	DeviceClients int  // and clients to each
 }
 
 // Run is gridseal bench: it checks f (a *UsageError if it cannot run as
