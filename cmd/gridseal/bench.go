@@ -52,21 +52,20 @@ func usageOf(err error) error {
 // "listening ADDR" once it listens. Hidden: the bench starts it.
 func benchServeCmd() *cobra.Command {
 	var listen, to string
-	var serviceTime time.Duration
-	var serial bool
 	var devices int
+	var dev loadgen.Device
 	cmd := &cobra.Command{
 		Use:    "bench-serve device|relay",
 		Hidden: true,
 		Args:   cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return usageOf(bench.Serve(cmd.Context(), cmd.OutOrStdout(), args[0], listen, to, devices, &loadgen.Device{ServiceTime: serviceTime, Serial: serial}))
+			return usageOf(bench.Serve(cmd.Context(), cmd.OutOrStdout(), args[0], listen, to, devices, &dev))
 		},
 	}
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:0", "address to serve on")
 	cmd.Flags().StringVar(&to, "to", "", "the relay's upstream")
-	cmd.Flags().DurationVar(&serviceTime, "service-time", 0, "the device's time per request")
-	cmd.Flags().BoolVar(&serial, "serial", false, "the device serves one request at a time, as a PLC's CPU does")
+	cmd.Flags().DurationVar(&dev.ServiceTime, "service-time", 0, "the device's time per request")
+	cmd.Flags().BoolVar(&dev.Serial, "serial", false, "the device serves one request at a time, as a PLC's CPU does")
 	cmd.Flags().IntVar(&devices, "devices", 1, "devices to serve, each on a port of its own; above 1 the i-th answers unit id i only")
 	return cmd
 }
