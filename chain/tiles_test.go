@@ -332,7 +332,7 @@ func TestTilerRewritesTilesACrashCutShort(t *testing.T) {
 	// What a crash after the next tiles' writes, before their fsync and
 	// the state, may leave: the tiles that complete 512 leaves, empty or
 	// cut short.
-	for path, data := range map[string][]byte{"tile/0/001": nil, "tile/entries/001": []byte{0, 7}} {
+	for path, data := range map[string][]byte{"tile/0/001": nil, "tile/entries/001": {0, 7}} {
 		p := filepath.Join(dir, filepath.FromSlash(path))
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
