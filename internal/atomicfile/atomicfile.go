@@ -23,7 +23,7 @@ func Write(path string, data []byte, mode os.FileMode) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return syncPath(filepath.Dir(path))
 }
 
 // Create writes data to path, which must not exist yet, and fsyncs it.
@@ -35,7 +35,7 @@ func Create(path string, data []byte, mode os.FileMode) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return syncPath(filepath.Dir(path))
 }
 
 func writeSync(path string, data []byte, mode os.FileMode, flag int) error {
@@ -57,8 +57,9 @@ func writeSync(path string, data []byte, mode os.FileMode, flag int) error {
 	return f.Close()
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
+// syncPath fsyncs a file or directory.
+func syncPath(path string) error {
+	d, err := os.Open(path)
 	if err != nil {
 		return err
 	}
@@ -100,21 +101,13 @@ func (b *Batch) Write(path string, data []byte, mode os.FileMode) error {
 func (b *Batch) Sync() error {
 	dirs := map[string]bool{}
 	for _, path := range b.files {
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		err = f.Sync()
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := syncPath(path); err != nil {
 			return err
 		}
 		dirs[filepath.Dir(path)] = true
 	}
 	for dir := range dirs {
-		if err := syncDir(dir); err != nil {
+		if err := syncPath(dir); err != nil {
 			return err
 		}
 	}
