@@ -59,6 +59,9 @@ type Tiler struct {
 	// durable (together: one fsync each at a time the disk is quiet, not
 	// one between every two writes) before the state that covers them.
 	full atomicfile.Batch
+	// covered are the partial tiles' directories of the completed tiles
+	// written since the last flush, removed once the state covers them.
+	covered []string
 
 	read atomic.Int64 // stream messages read by Run
 	err  atomic.Pointer[error]
@@ -363,9 +366,9 @@ func (t *Tiler) writeFull(tile tlog.Tile, data []byte) error {
 	} else if err := t.full.Write(path, data, 0o644); err != nil {
 		return fmt.Errorf("tiles: %w", err)
 	}
-	if err := os.RemoveAll(path + ".p"); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
+	// Its partials go once a state covers it: until then a restart
+	// continues from them (and removes this tile, see removeFullBeyond).
+	t.covered = append(t.covered, path+".p")
 	return nil
 }
 
@@ -441,6 +444,12 @@ func (t *Tiler) Flush() error {
 	t.flushed = st
 	t.mu.Unlock()
 	t.dirty = false
+	for _, dir := range t.covered {
+		if err := os.RemoveAll(dir); err != nil {
+			return fmt.Errorf("tiles: %w", err)
+		}
+	}
+	t.covered = t.covered[:0]
 	return nil
 }
 

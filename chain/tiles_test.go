@@ -384,3 +384,40 @@ func FuzzParseTilePath(f *testing.F) {
 		}
 	})
 }
+
+// TestTilerContinuesAfterAKill: a process killed between a tile's
+// completion and the next flush (no Close, no crash of the disk) leaves
+// the state at the last flush; the tiler opens there, from the partial
+// tile the state names, instead of rebuilding every tile.
+func TestTilerContinuesAfterAKill(t *testing.T) {
+	signer, _ := newKey(t)
+	dir := t.TempDir()
+	tl := chaintest.OpenTiler(t, dir)
+	prev, op := chain.GenesisPrev("gw-1"), uint64(0)
+	block := func(seq uint64, n int) {
+		evs := make([][]byte, n)
+		for i := range evs {
+			evs[i] = chain.AppendEvent(nil, event(op, audit.Allow))
+			op++
+		}
+		msg, hash, err := chain.EncodeBlock("gw-1", signer, seq-1, prev, time.Now(), evs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tl.Append(seq, msg); err != nil {
+			t.Fatal(err)
+		}
+		prev = hash
+	}
+	block(1, 305)
+	if err := tl.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	block(2, 300) // completes the tiles that reach 512 leaves, not flushed
+	// Killed here: reopen without Close.
+	again := chaintest.OpenTiler(t, dir)
+	defer func() { _ = again.Close() }()
+	if again.Size() != 305 {
+		t.Fatalf("reopened at %d leaves, want the flushed 305", again.Size())
+	}
+}

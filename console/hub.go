@@ -222,6 +222,9 @@ func (h *hub) keepUnwatchedLocked(m *chain.Msg) {
 	}
 	if drop > 0 {
 		h.unwatched = append(h.unwatched[:0], h.unwatched[drop:]...)
+		// The events encoded before are older than the blocks dropped:
+		// shown with the kept ones, they would hide a gap.
+		h.recent = h.recent[:0]
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -199,5 +200,54 @@ func TestUnwatchedBlocksReachTheNextViewer(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no live event after the backlog")
+	}
+}
+
+// TestUnwatchedBacklogHasNoGap: when more blocks came unwatched than the
+// live view keeps, the next viewer's backlog is the newest events without
+// a hole: not the older events it had encoded, then a jump to the kept ones.
+func TestUnwatchedBacklogHasNoGap(t *testing.T) {
+	ns := natstest.RunJetStream(t)
+	nc := natstest.Connect(t, ns.URL())
+	rec := chaintest.Open(t, nc, chain.Config{})
+	ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
+		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
+		Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
+	record := func(from, to uint64) {
+		for op := from; op <= to; op++ {
+			ev.Op, ev.Time = op, time.Now()
+			if err := rec.Record(t.Context(), &ev, true); err != nil { // a block each
+				t.Fatal(err)
+			}
+		}
+	}
+	record(1, 10)
+	h := newHub(zap.NewNop())
+	js := natstest.JetStream(t, nc)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, chain.Trust{}) }) }()
+	defer func() { cancel(); <-done }()
+	testwait.For(t, "the live view's backlog", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return len(h.recent) == 10 })
+	// Blocks of 60 KiB: more bytes than the live view keeps unwatched, so
+	// it keeps fewer than recentEvents events.
+	ev.Reason = strings.Repeat("x", 60<<10)
+	last := uint64(10 + 300)
+	record(11, last)
+	testwait.For(t, "the live view to reach the last block", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		n := len(h.unwatched)
+		return n > 0 && len(blockRecords(h.unwatched[n-1], nil)) == 1 && blockRecords(h.unwatched[n-1], nil)[0].Op == last
+	})
+	backlog, _, _ := h.subscribe()
+	got := itemOps(t, backlog)
+	if len(got) == 0 || len(got) >= 300 || got[len(got)-1] != last {
+		t.Fatalf("backlog of %d events ending at op %v; want the newest ones the live view kept, ending at %d", len(got), got[max(0, len(got)-1):], last)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			t.Fatalf("the backlog jumps from op %d to %d", got[i-1], got[i])
+		}
 	}
 }

@@ -107,8 +107,13 @@ func (ss *session) serve() {
 		}
 		select {
 		case ss.slots <- struct{}{}:
-		case <-ss.s.ctx.Done():
-			return
+		default: // the client's pipeline is full: its request starts once a slot frees
+			select {
+			case ss.slots <- struct{}{}:
+				now = time.Now()
+			case <-ss.s.ctx.Done():
+				return
+			}
 		}
 		c := ss.s.calls.Get().(*call)
 		c.reset(ss, f, now)
