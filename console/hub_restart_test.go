@@ -39,6 +39,33 @@ func (f *failOnce) Stream(ctx context.Context, name string) (jetstream.Stream, e
 	return f.JetStream.Stream(ctx, name)
 }
 
+// readEvent is the read the live-view tests record, op by op.
+func readEvent() audit.Event {
+	return audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
+		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
+		Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
+}
+
+// recordOps records ev as ops from..to, each durable (a block each). It
+// may run on any goroutine: a failure is reported with t.Error.
+func recordOps(t *testing.T, rec *chain.Recorder, ev audit.Event, from, to uint64) {
+	for op := from; op <= to; op++ {
+		ev.Op, ev.Time = op, time.Now()
+		if err := rec.Record(t.Context(), &ev, true); err != nil {
+			t.Error(err)
+			return
+		}
+	}
+}
+
+// runLive runs h's live view of js until the test ends.
+func runLive(t *testing.T, h *hub, js jetstream.JetStream, trust chain.Trust) {
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, trust) }) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
 // TestLiveRestartResumes: a viewer connected while the live view's scan
 // fails and restarts sees every event once, in order — neither the newest
 // 500 a second time, nor a gap where more than 500 were recorded while the
@@ -52,42 +79,19 @@ func TestLiveRestartResumes(t *testing.T) {
 			ns := natstest.RunJetStream(t)
 			nc := natstest.Connect(t, ns.URL())
 			rec := chaintest.Open(t, nc, chain.Config{})
-			ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
-				Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
-				Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
-			var op uint64
-			record := func(n int) {
-				for range n {
-					op++
-					ev.Op, ev.Time = op, time.Now()
-					if err := rec.Record(t.Context(), &ev, true); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			}
-			record(10)
+			recordOps(t, rec, readEvent(), 1, 10)
 			total := uint64(10 + tc.during)
-			js := &failOnce{JetStream: natstest.JetStream(t, nc), before: func() { record(tc.during) }}
+			js := &failOnce{JetStream: natstest.JetStream(t, nc), before: func() { recordOps(t, rec, readEvent(), 11, total) }}
 			h := newHub(zap.NewNop())
 			_, ch, _ := h.subscribe()
-			ctx, cancel := context.WithCancel(t.Context())
-			done := make(chan struct{})
-			go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, chain.Trust{}) }) }()
-			defer func() { cancel(); <-done }()
+			runLive(t, h, js, chain.Trust{})
 			var got []uint64
 			timeout := time.After(15 * time.Second)
 		collect:
 			for len(got) == 0 || got[len(got)-1] != total {
 				select {
 				case items := <-ch:
-					for _, it := range items {
-						var r chain.Record
-						if err := json.Unmarshal(it.msg[len("data: "):], &r); err != nil {
-							t.Fatal(err)
-						}
-						got = append(got, r.Op)
-					}
+					got = append(got, itemOps(t, items)...)
 				case <-timeout:
 					break collect
 				}
@@ -98,11 +102,7 @@ func TestLiveRestartResumes(t *testing.T) {
 			for {
 				select {
 				case items := <-ch:
-					for _, it := range items {
-						var r chain.Record
-						_ = json.Unmarshal(it.msg[len("data: "):], &r)
-						got = append(got, r.Op)
-					}
+					got = append(got, itemOps(t, items)...)
 				default:
 					break more
 				}
@@ -145,31 +145,18 @@ func TestUnwatchedBlocksReachTheNextViewer(t *testing.T) {
 	rec := chaintest.Open(t, nc, chain.Config{Signer: k.Signer})
 	pinned := chain.WriterKeys{Verifier: k.Verifier, KeyIDs: k.Verifier.KeyIDs}
 	trust := chain.Trust{Writers: map[string]chain.WriterKeys{"gw-1": pinned, "gw-2": pinned}}
-	ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
-		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
-		Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
-	record := func(from, to uint64) {
-		for op := from; op <= to; op++ {
-			ev.Op, ev.Time = op, time.Now()
-			if err := rec.Record(t.Context(), &ev, true); err != nil { // a block each
-				t.Fatal(err)
-			}
-		}
-	}
-	record(1, 10)
+	ev := readEvent()
+	recordOps(t, rec, ev, 1, 10)
 	js := natstest.JetStream(t, nc)
 	h := newHub(zap.NewNop())
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, trust) }) }()
-	defer func() { cancel(); <-done }()
+	runLive(t, h, js, trust)
 	kept := func() (unwatched, encoded int) {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		return len(h.unwatched), len(h.recent)
 	}
 	testwait.For(t, "the live view's backlog", func() bool { _, n := kept(); return n == 10 })
-	record(11, 30)
+	recordOps(t, rec, ev, 11, 30)
 	forgedEv := ev
 	forgedEv.Op = 1000
 	// gw-2's, signed by a key the trust file does not pin for it.
@@ -192,7 +179,7 @@ func TestUnwatchedBlocksReachTheNextViewer(t *testing.T) {
 	if len(got) != 30 || got[0] != 1 || got[29] != 30 || slices.Contains(got, 1000) || !slices.IsSorted(got) {
 		t.Fatalf("the viewer's backlog is ops %v; want 1..30 without the forged 1000", got)
 	}
-	record(31, 31)
+	recordOps(t, rec, ev, 31, 31)
 	select {
 	case items := <-ch:
 		if ops := itemOps(t, items); len(ops) != 1 || ops[0] != 31 {
@@ -210,30 +197,16 @@ func TestUnwatchedBacklogHasNoGap(t *testing.T) {
 	ns := natstest.RunJetStream(t)
 	nc := natstest.Connect(t, ns.URL())
 	rec := chaintest.Open(t, nc, chain.Config{})
-	ev := audit.Event{Phase: audit.PhaseComplete, Client: netip.MustParseAddrPort("10.0.0.1:50000"),
-		Listener: "127.0.0.1:502", Device: "plc", Unit: 1, Function: 3, Class: "read", Address: 1, Quantity: 1,
-		Verdict: audit.Allow, PDU: modbus.AppendReadRequest(nil, modbus.ReadHoldingRegisters, 1, 1)}
-	record := func(from, to uint64) {
-		for op := from; op <= to; op++ {
-			ev.Op, ev.Time = op, time.Now()
-			if err := rec.Record(t.Context(), &ev, true); err != nil { // a block each
-				t.Fatal(err)
-			}
-		}
-	}
-	record(1, 10)
+	ev := readEvent()
+	recordOps(t, rec, ev, 1, 10)
 	h := newHub(zap.NewNop())
-	js := natstest.JetStream(t, nc)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan struct{})
-	go func() { defer close(done); h.retry(ctx, func() error { return h.live(ctx, js, chain.Trust{}) }) }()
-	defer func() { cancel(); <-done }()
+	runLive(t, h, natstest.JetStream(t, nc), chain.Trust{})
 	testwait.For(t, "the live view's backlog", func() bool { h.mu.Lock(); defer h.mu.Unlock(); return len(h.recent) == 10 })
 	// Blocks of 60 KiB: more bytes than the live view keeps unwatched, so
 	// it keeps fewer than recentEvents events.
 	ev.Reason = strings.Repeat("x", 60<<10)
 	last := uint64(10 + 300)
-	record(11, last)
+	recordOps(t, rec, ev, 11, last)
 	testwait.For(t, "the live view to reach the last block", func() bool {
 		h.mu.Lock()
 		defer h.mu.Unlock()
