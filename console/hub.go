@@ -32,7 +32,7 @@ type hub struct {
 	viewers map[chan []item]struct{}
 	status  ChainStatus
 	// While nobody watches, the live view keeps the newest blocks as they
-	// came (unwatched, at most recentEvents of them and unwatchedBytes),
+	// came (unwatched: at most recentEvents blocks and maxUnwatchedBytes),
 	// and reads, checks and encodes them only when a viewer arrives: an
 	// unwatched console costs the proxy no JSON per operation.
 	unwatched      []*chain.Msg
