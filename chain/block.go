@@ -121,9 +121,14 @@ func EncodeBlock(writer string, s BlockSigner, height uint64, prev Hash, t time.
 	return buildBlock(writer, s.PrimaryKeyID(), s, height, prev, t, events, nil)
 }
 
-// buildBlock encodes a signed block of events after prev; leaves is scratch space.
-func buildBlock(writer string, keyID uint32, s BlockSigner, height uint64, prev Hash, t time.Time, events [][]byte, leaves []Hash) (msg []byte, hash Hash, err error) {
-	leaves = leaves[:0]
+// buildBlock encodes a signed block of events after prev; *scratch, if
+// not nil, is reused for the leaf hashes and kept for the next block.
+func buildBlock(writer string, keyID uint32, s BlockSigner, height uint64, prev Hash, t time.Time, events [][]byte, scratch *[]Hash) (msg []byte, hash Hash, err error) {
+	var leaves []Hash
+	if scratch != nil {
+		leaves = (*scratch)[:0]
+		defer func() { *scratch = leaves }()
+	}
 	size := 0
 	for _, e := range events {
 		leaves = append(leaves, LeafHash(e))

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -126,6 +127,45 @@ func TestWriterLease(t *testing.T) {
 		testwait.For(t, "the recorder to notice its lease is gone", func() bool { return a.Failed() != nil })
 		if err := a.Record(t.Context(), event(3, audit.Allow), false); !errors.Is(err, chain.ErrFenced) {
 			t.Fatalf("record after the lease was taken: %v, want ErrFenced", err)
+		}
+	})
+
+	t.Run("a lease taken while blocks are in flight stops every writer and Close", func(t *testing.T) {
+		// The lease is lost in keepLease, concurrently with the committer:
+		// a block acknowledged just after must neither touch the emptied
+		// spool nor tell its waiters a second time.
+		srv := natstest.RunJetStream(t)
+		a, err := open(t, srv, 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kv, err := jsOf(t, natstest.Connect(t, srv.URL())).KeyValue(t.Context(), chain.LeaseBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for w := range 16 {
+			wg.Go(func() {
+				for i := range 20_000 { // bounded; the lease goes within a second
+					if a.Record(t.Context(), event(uint64(w*20_000+i), audit.Allow), true) != nil {
+						return
+					}
+				}
+			})
+		}
+		time.Sleep(150 * time.Millisecond)
+		if _, err := kv.Put(t.Context(), "gw-1", holder(t, "another-host", 1)); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan struct{})
+		go func() { wg.Wait(); _ = a.Close(time.Second); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(10 * time.Second):
+			t.Fatal("writers or Close still blocked 10 s after the lease was taken")
+		}
+		if !errors.Is(a.Failed(), chain.ErrFenced) {
+			t.Fatalf("recorder after its lease was taken: %v, want ErrFenced", a.Failed())
 		}
 	})
 }

@@ -440,7 +440,7 @@ func (r *Recorder) run() {
 		for i := range batch {
 			events[i] = batch[i].data
 		}
-		msg, hash, err := buildBlock(r.cfg.Writer, r.cfg.Signer.PrimaryKeyID(), r.cfg.Signer, r.height, r.prev, time.Now(), events, r.leaves)
+		msg, hash, err := buildBlock(r.cfg.Writer, r.cfg.Signer.PrimaryKeyID(), r.cfg.Signer, r.height, r.prev, time.Now(), events, &r.leaves)
 		if err != nil {
 			r.fail(err)
 			return
@@ -628,16 +628,18 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	r.available.Store(true)
 	r.stats.Blocks.Add(1)
 	r.stats.Events.Add(uint64(len(batch)))
-	for _, e := range batch {
-		if e.done != nil {
-			e.done <- nil
-		}
-	}
 	r.mu.Lock()
+	if r.failed != nil {
+		// fail, called by keepLease while this block was in flight, has
+		// emptied the spool and told every waiter already.
+		r.mu.Unlock()
+		return
+	}
 	n := len(batch)
 	for _, e := range batch {
 		r.spoolBytes -= len(e.data)
 		if e.done != nil {
+			e.done <- nil // buffered: only this or fail sends, under r.mu
 			r.durable--
 		}
 	}
