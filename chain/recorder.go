@@ -55,6 +55,15 @@ type Config struct {
 	// Observe, if set, is told of every acknowledged block: its event count
 	// and how long its publish took to be acknowledged (metrics).
 	Observe func(events int, ack time.Duration)
+	// Journal keeps every event in a journal under HeadDir (see
+	// journal.go), and a durable Record returns once its event is
+	// fsync'd there, its block published behind it, instead of waiting
+	// for the block's acknowledgement. Where the stream is on this host's
+	// disk (the embedded server) that is the same promise, kept at the
+	// speed of one fsync for all the durable records waiting; with a
+	// replicated stream it promises less (this host's disk, not the
+	// replicas'). Requires HeadDir.
+	Journal bool
 }
 
 // BlockSigner signs block hashes: a Tink signer and its primary key id.
@@ -91,7 +100,17 @@ type Recorder struct {
 	lost             uint64
 	lostFrom, lostTo time.Time
 	restored         int // entries at the spool's front loaded from the spool file
-	lastOp           uint64
+	// With a journal: the journal index of spool[0], and of the first
+	// spooled entry not yet written to the journal.
+	base, journaled uint64
+	lastOp          uint64
+
+	jr       *journal
+	jmu      sync.Mutex    // serialises journal appends (journalUpTo)
+	jevents  [][]byte      // journalUpTo's scratch, under jmu
+	jwake    chan struct{} // wakes the journaler: a durable event waits
+	jdone    chan struct{} // closed when the journaler returns
+	jrelease atomic.Uint64 // journal files below this index may go (a saved head says so)
 
 	lease     atomic.Pointer[lease]
 	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
@@ -151,6 +170,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	if cfg.LeaseTTL == 0 {
 		cfg.LeaseTTL = DefaultLeaseTTL
 	}
+	if cfg.Journal && cfg.HeadDir == "" {
+		return nil, errors.New("chain recorder: a journal needs a head directory")
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -169,7 +191,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	if err := r.loadJournal(); err != nil {
+		return nil, err
+	}
 	if err := r.loadSpool(); err != nil {
+		r.closeJournal()
 		return nil, err
 	}
 	// A first attempt to take the lease and read the head now, so a busy,
@@ -179,12 +205,18 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	err = r.syncHead(sctx)
 	cancel()
 	if errors.Is(err, ErrTruncated) || errors.Is(err, ErrForeignHead) || errors.Is(err, ErrWriterBusy) {
+		r.closeJournal()
 		return nil, err
 	}
 	if err != nil {
 		log.Warn("chain not reachable at start; spooling until it is", zap.Error(err))
 	}
 	go r.run()
+	if r.jr != nil {
+		r.jwake = make(chan struct{}, 1)
+		r.jdone = make(chan struct{})
+		go r.journaler()
+	}
 	if cfg.LeaseTTL > 0 {
 		r.leaseDone = make(chan struct{})
 		go r.keepLease()
@@ -233,14 +265,21 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	r.spoolBytes += len(data)
 	r.levelLocked()
 	// Wake the committer only when it has a reason to act now: the
-	// first event, a durable one, or a full block.
-	signal := len(r.spool) == 1 || durable || len(r.spool) == r.cfg.MaxBlockEvents
+	// first event, a durable one (unless the journal takes it), or a
+	// full block.
+	signal := len(r.spool) == 1 || (durable && r.jr == nil) || len(r.spool) == r.cfg.MaxBlockEvents
 	if durable {
 		r.durable++
 	}
 	r.mu.Unlock()
 	if signal {
 		r.signal()
+	}
+	if durable && r.jr != nil {
+		select {
+		case r.jwake <- struct{}{}:
+		default:
+		}
 	}
 	if !durable {
 		return nil
@@ -356,8 +395,28 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	if r.leaseDone != nil {
 		<-r.leaseDone
 	}
+	journaled := false
+	if r.jr != nil {
+		<-r.jdone
+		// What is still spooled stays in the journal for the next start.
+		jerr := r.journalUpTo(true)
+		journaled = jerr == nil
+		if jerr != nil && err != nil {
+			r.log.Error("chain events not journaled", zap.Error(jerr))
+		}
+	}
 	r.saveHead(true)
-	if err != nil {
+	if r.jr != nil {
+		r.jr.release(r.jrelease.Load())
+		r.closeJournal()
+	}
+	if err != nil && journaled {
+		r.mu.Lock()
+		n := len(r.spool)
+		r.mu.Unlock()
+		r.log.Warn("chain events kept in the journal for the next start", zap.Int("events", n))
+		err = nil
+	} else if err != nil {
 		if serr := r.saveSpool(); serr != nil {
 			err = fmt.Errorf("%w; %w", err, serr)
 		} else if r.cfg.HeadDir != "" {
@@ -476,14 +535,26 @@ func (r *Recorder) run() {
 func (r *Recorder) next() []entry {
 	var lingerUntil time.Time
 	for {
+		if r.jr != nil {
+			// A block holds only journaled events (so a crash cannot
+			// leave one in the stream the journal lacks, see
+			// dropLanded); the reads are written now, not fsync'd.
+			if err := r.journalUpTo(false); err != nil {
+				r.log.Warn("chain journal write failed", zap.Error(err))
+			}
+		}
 		r.mu.Lock()
-		n := len(r.spool)
+		spool := r.spool
+		if r.jr != nil {
+			spool = r.spool[:r.journaled-r.base]
+		}
+		n := len(spool)
 		full := false
 		if n > r.cfg.MaxBlockEvents || r.spoolBytes+4*n > r.cfg.MaxBlockBytes {
 			n, full = 0, true
 			size := 0
-			for n < len(r.spool) && n < r.cfg.MaxBlockEvents {
-				size += len(r.spool[n].data) + 4
+			for n < len(spool) && n < r.cfg.MaxBlockEvents {
+				size += len(spool[n].data) + 4
 				if n > 0 && size > r.cfg.MaxBlockBytes {
 					break
 				}
@@ -491,8 +562,10 @@ func (r *Recorder) next() []entry {
 			}
 		}
 		full = full || n == r.cfg.MaxBlockEvents
-		urgent := r.durable > 0 || r.closed || r.flushing > 0
-		batch := r.spool[:n:n]
+		// With a journal the durable events are durable already: their
+		// block lingers for company like any other.
+		urgent := (r.durable > 0 && r.jr == nil) || r.closed || r.flushing > 0
+		batch := spool[:n:n]
 		r.mu.Unlock()
 		var t *time.Timer
 		var wait <-chan time.Time
@@ -575,13 +648,19 @@ type lastBlock struct {
 // may answer, stale after a fail-over) for this writer's last message; nil
 // if it has none.
 func (r *Recorder) leaderLast(ctx context.Context) (*lastBlock, error) {
-	req, err := json.Marshal(struct {
+	return r.leaderGet(ctx, struct {
 		LastBySubj string `json:"last_by_subj"`
 	}{Subject(r.cfg.Writer)})
+}
+
+// leaderGet asks the stream's leader for the message req names (a
+// STREAM.MSG.GET request); nil if there is none.
+func (r *Recorder) leaderGet(ctx context.Context, req any) (*lastBlock, error) {
+	body, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
 	}
-	m, err := r.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+StreamName, req)
+	m, err := r.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+StreamName, body)
 	if err != nil {
 		return nil, fmt.Errorf("read the writer's last block from the stream leader: %w", err)
 	}
@@ -645,6 +724,7 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	}
 	clear(r.spool[:n]) // batch aliases these entries: release them to the GC
 	r.spool = r.spool[n:]
+	r.base += uint64(n)
 	restoredDone := r.restored > 0 && n >= r.restored
 	r.restored = max(r.restored-n, 0)
 	r.appendGapLocked("the recorder's spool was full")
@@ -683,6 +763,8 @@ func (r *Recorder) fail(err error) {
 	r.failed = err
 	spool := r.spool
 	r.spool, r.spoolBytes, r.durable = nil, 0, 0
+	r.base += uint64(len(spool))
+	r.journaled = max(r.journaled, r.base)
 	r.levelLocked()
 	r.mu.Unlock()
 	for _, e := range spool {
@@ -712,6 +794,10 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read head of %s: %w", r.cfg.Writer, err)
 	}
+	local, haveLocal, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrTruncated, err)
+	}
 	height, prev, seq := uint64(0), GenesisPrev(r.cfg.Writer), uint64(0)
 	if last != nil {
 		b, err := ParseBlock(last.Data)
@@ -730,16 +816,19 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 				r.noteOp(ev.Op)
 			}
 		}
-		r.dropLanded(b.Events)
+		if r.jr == nil || r.journaled == r.base {
+			r.dropLanded(b.Events) // a spool file's events, not journaled yet
+		}
 	}
-	local, ok, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
-	if err != nil {
-		return fmt.Errorf("%w: %v", ErrTruncated, err)
-	}
-	if ok {
+	if haveLocal {
 		if local.Height >= height || (local.Height == height-1 && local.Hash != prev.String()) {
 			return fmt.Errorf("%w: local head is block %d %s, the stream's is block %d", ErrTruncated,
 				local.Height, local.Hash, int64(height)-1)
+		}
+	}
+	if r.jr != nil && last != nil && last.Seq > local.Seq {
+		if err := r.dropJournaled(ctx, local.Seq, last.Seq); err != nil {
+			return err
 		}
 	}
 	r.height, r.prev, r.lastSeq, r.synced = height, prev, seq, true
@@ -756,6 +845,9 @@ type Head struct {
 	Height uint64 `json:"height"`
 	Hash   string `json:"hash"`
 	Seq    uint64 `json:"seq"`
+	// Journal is the journal index of the first event no committed block
+	// holds (see Config.Journal); the journal's records before it may go.
+	Journal uint64 `json:"journal,omitempty"`
 }
 
 func headPath(dir, writer string) string { return filepath.Join(dir, writer+".head.json") }
@@ -790,10 +882,15 @@ func (r *Recorder) saveHead(force bool) {
 		return
 	}
 	r.headSave = time.Now()
-	h := Head{Writer: r.cfg.Writer, Height: r.height - 1, Hash: r.prev.String(), Seq: r.lastSeq}
+	r.mu.Lock()
+	base := r.base
+	r.mu.Unlock()
+	h := Head{Writer: r.cfg.Writer, Height: r.height - 1, Hash: r.prev.String(), Seq: r.lastSeq, Journal: base}
 	data, _ := json.Marshal(h)
 	path := headPath(r.cfg.HeadDir, r.cfg.Writer)
 	if err := atomicfile.Write(path, data, 0o600); err != nil {
 		r.log.Warn("cannot keep local chain head", zap.String("path", path), zap.Error(err))
+		return
 	}
+	r.jrelease.Store(base)
 }

@@ -406,10 +406,13 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 	}
 	g.conn = conn
 	c := g.cfg.Chain
+	// On the embedded server the stream is on this disk: a durable record
+	// fsync'd in the local journal is the same promise, at fsync speed.
 	g.rec, err = chain.Open(ctx, conn.Recorder(), chain.Config{
 		Writer: c.Writer, Signer: signer, Replicas: c.Replicas,
 		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes,
 		Observe: chain.BlockObserver(reg), HeadDir: HeadDir(g.opts.DataDir),
+		Journal: conn.Embedded,
 	}, g.log.Named("chain"))
 	if err != nil {
 		return err

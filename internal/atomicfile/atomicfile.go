@@ -57,6 +57,10 @@ func writeSync(path string, data []byte, mode os.FileMode, flag int) error {
 	return f.Close()
 }
 
+// SyncDir fsyncs a directory: the names created or removed in it are on
+// the disk once it returns.
+func SyncDir(dir string) error { return syncPath(dir) }
+
 // syncPath fsyncs a file or directory.
 func syncPath(path string) error {
 	d, err := os.Open(path)

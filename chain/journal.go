@@ -1,0 +1,408 @@
+package chain
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+
+	"github.com/gridseal/gridseal/internal/atomicfile"
+)
+
+// The journal makes a durable record durable on the local disk, with one
+// write and one fdatasync for every record waiting (group commit), instead
+// of waiting for its block's JetStream acknowledgement: blocks are then
+// built and published behind it at the pace of reads. It keeps every
+// spooled event, in spool order, under DATA-DIR/heads as
+// <writer>.journal.<index of its first record>, each record
+//
+//	u32 length | u32 CRC-32C of the event | encoded event
+//
+// A file is removed once the local head (saved with the index of the first
+// event no committed block holds) is past its last record; a new one is
+// started past journalFileBytes. At Open the records past the local head
+// go back to the front of the spool, less those the stream's blocks after
+// the head hold already (a crash can come between a block's landing and
+// the head that says so). A torn last record (a crash during its write) is
+// cut off: it was never fsync'd, so no write waited on it.
+const journalFileBytes = 8 << 20
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// journalFile is one file of the journal: its records are the events with
+// indexes base .. base+n-1 (an index counts every event this writer ever
+// spooled since its journal began).
+type journalFile struct {
+	path string
+	base uint64
+	n    uint64
+}
+
+// journal is the writer's open journal. The recorder serialises its use.
+type journal struct {
+	dir, writer string
+	files       []journalFile // oldest first; the last is f
+	f           *os.File
+	size        int64
+	buf         []byte
+	broken      error // a failed append could not be cut back: append no more
+}
+
+func journalPath(dir, writer string, base uint64) string {
+	return filepath.Join(dir, fmt.Sprintf("%s.journal.%020d", writer, base))
+}
+
+// openJournal reads the writer's journal under dir and opens it for
+// appending. It returns the journal, the index of its first record and
+// every record in order.
+func openJournal(dir, writer string) (*journal, uint64, [][]byte, error) {
+	j := &journal{dir: dir, writer: writer}
+	names, err := filepath.Glob(filepath.Join(dir, writer+".journal.*"))
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	slices.Sort(names)
+	var first uint64
+	var events [][]byte
+	for i, name := range names {
+		base, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(name), writer+".journal."), 10, 64)
+		if err != nil {
+			return nil, 0, nil, fmt.Errorf("chain journal: unexpected file %s: move it away", name)
+		}
+		if i == 0 {
+			first = base
+		} else if last := j.files[i-1]; last.base+last.n != base {
+			return nil, 0, nil, fmt.Errorf("chain journal: %s does not follow %s (records %d..%d are missing): check the chain with gridseal chain verify, then move the journal away",
+				name, last.path, last.base+last.n, base)
+		}
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
+		}
+		recs, good := parseJournal(b)
+		if good < len(b) {
+			if i < len(names)-1 {
+				return nil, 0, nil, fmt.Errorf("chain journal: %s is corrupt at byte %d: check the chain with gridseal chain verify, then move the journal away", name, good)
+			}
+			// A torn last write: never fsync'd, so nobody waited on it.
+			if err := os.Truncate(name, int64(good)); err != nil {
+				return nil, 0, nil, fmt.Errorf("chain journal: cut its torn end: %w", err)
+			}
+		}
+		events = append(events, recs...)
+		j.files = append(j.files, journalFile{path: name, base: base, n: uint64(len(recs))})
+		j.size = int64(good)
+	}
+	if len(j.files) == 0 {
+		if err := j.start(0); err != nil {
+			return nil, 0, nil, err
+		}
+		return j, 0, nil, nil
+	}
+	f, err := os.OpenFile(j.files[len(j.files)-1].path, os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
+	}
+	j.f = f
+	return j, first, events, nil
+}
+
+// parseJournal returns the whole records at the front of b and how many
+// bytes they take.
+func parseJournal(b []byte) ([][]byte, int) {
+	var recs [][]byte
+	off := 0
+	for len(b)-off >= 8 {
+		n := int(binary.BigEndian.Uint32(b[off:]))
+		sum := binary.BigEndian.Uint32(b[off+4:])
+		if n > len(b)-off-8 {
+			break
+		}
+		data := b[off+8 : off+8+n : off+8+n]
+		if crc32.Checksum(data, castagnoli) != sum {
+			break
+		}
+		recs = append(recs, data)
+		off += 8 + n
+	}
+	return recs, off
+}
+
+// start begins a new journal file whose first record has index base.
+func (j *journal) start(base uint64) error {
+	if err := os.MkdirAll(j.dir, 0o700); err != nil {
+		return fmt.Errorf("chain journal: %w", err)
+	}
+	path := journalPath(j.dir, j.writer, base)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_TRUNC, 0o600)
+	if err != nil {
+		return fmt.Errorf("chain journal: %w", err)
+	}
+	if err := atomicfile.SyncDir(j.dir); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("chain journal: %w", err)
+	}
+	if j.f != nil {
+		_ = j.f.Close()
+	}
+	j.f, j.size = f, 0
+	j.files = append(j.files, journalFile{path: path, base: base})
+	return nil
+}
+
+// append writes events (whose first has index next) in one write, and
+// with sync set waits until they are on the disk.
+func (j *journal) append(events [][]byte, next uint64, sync bool) error {
+	if j.broken != nil {
+		return j.broken
+	}
+	if j.size > journalFileBytes {
+		if err := j.start(next); err != nil {
+			return err
+		}
+	}
+	b := j.buf[:0]
+	for _, e := range events {
+		b = binary.BigEndian.AppendUint32(b, uint32(len(e)))
+		b = binary.BigEndian.AppendUint32(b, crc32.Checksum(e, castagnoli))
+		b = append(b, e...)
+	}
+	j.buf = b
+	if len(b) > 0 {
+		if _, err := j.f.Write(b); err != nil {
+			return j.undo(fmt.Errorf("chain journal: %w", err))
+		}
+	}
+	if sync {
+		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
+			return j.undo(fmt.Errorf("chain journal: fsync: %w", err))
+		}
+	}
+	j.size += int64(len(b))
+	j.files[len(j.files)-1].n += uint64(len(events))
+	return nil
+}
+
+// undo cuts the journal back to its records before a failed append, so
+// the next append does not follow a torn record.
+func (j *journal) undo(err error) error {
+	if terr := j.f.Truncate(j.size); terr != nil {
+		j.broken = fmt.Errorf("%w; and not cut back: %w", err, terr)
+		return j.broken
+	}
+	return err
+}
+
+// release removes the files whose records all have indexes below
+// committed: a saved local head says their events are in the chain.
+func (j *journal) release(committed uint64) {
+	for len(j.files) > 1 && j.files[0].base+j.files[0].n <= committed {
+		if err := os.Remove(j.files[0].path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		j.files = j.files[1:]
+	}
+}
+
+func (j *journal) close() {
+	if j.f != nil {
+		_ = j.f.Close()
+	}
+}
+
+// loadJournal opens the writer's journal, with Config.Journal, and puts
+// the events of its records past the local head back at the front of the
+// spool; syncHead then drops those the stream holds already.
+func (r *Recorder) loadJournal() error {
+	if r.cfg.HeadDir == "" {
+		return nil
+	}
+	if !r.cfg.Journal {
+		// A journal an earlier run kept may hold durable records no
+		// block has yet: keep it, and journaling, for this run.
+		names, _ := filepath.Glob(filepath.Join(r.cfg.HeadDir, r.cfg.Writer+".journal.*"))
+		if len(names) == 0 {
+			return nil
+		}
+		r.log.Info("a chain journal from an earlier run is there: journaling in this run too", zap.String("dir", r.cfg.HeadDir))
+	}
+	head, _, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrTruncated, err)
+	}
+	j, first, events, err := openJournal(r.cfg.HeadDir, r.cfg.Writer)
+	if err != nil {
+		return err
+	}
+	start := max(first, head.Journal)
+	if skip := start - first; skip < uint64(len(events)) {
+		events = events[skip:]
+	} else {
+		events = nil
+	}
+	for _, data := range events {
+		ev, err := DecodeEvent(data)
+		if err != nil {
+			j.close()
+			return fmt.Errorf("chain journal of %s: %w", r.cfg.Writer, err)
+		}
+		r.noteOp(ev.Op)
+		r.spool = append(r.spool, entry{data: data})
+		r.spoolBytes += len(data)
+	}
+	if len(events) == 0 && len(j.files) > 0 && j.files[len(j.files)-1].base+j.files[len(j.files)-1].n < start {
+		// Every record is in the chain and the head is past the files:
+		// the next record starts a file of its own at the head's index.
+		if err := j.start(start); err != nil {
+			j.close()
+			return err
+		}
+	}
+	r.jr = j
+	r.base, r.journaled = start, start+uint64(len(events))
+	r.restored = len(r.spool)
+	r.levelLocked()
+	if len(events) > 0 {
+		r.log.Info("chain events from the journal spooled again", zap.Int("events", len(events)))
+	}
+	return nil
+}
+
+func (r *Recorder) closeJournal() {
+	if r.jr != nil {
+		r.jr.close()
+	}
+}
+
+// journaler writes and fsyncs the spooled events whenever a durable one
+// waits, all of them at once, until the recorder stops.
+func (r *Recorder) journaler() {
+	defer close(r.jdone)
+	for {
+		select {
+		case <-r.stop:
+			return
+		case <-r.jwake:
+		}
+		if err := r.journalUpTo(true); err != nil {
+			r.log.Error("chain journal: durable records refused", zap.Error(err))
+		}
+	}
+}
+
+// journalUpTo appends the spooled events not yet in the journal, fsync'd
+// if sync is set or a durable one is among them, and then releases the
+// durable records among them. If the append fails their records fail with
+// ErrUnavailable (their events stay spooled, to be journaled later).
+func (r *Recorder) journalUpTo(sync bool) error {
+	r.jmu.Lock()
+	defer r.jmu.Unlock()
+	r.jr.release(r.jrelease.Load())
+	r.mu.Lock()
+	if r.failed != nil {
+		r.mu.Unlock()
+		return nil
+	}
+	from := r.journaled
+	rest := r.spool[from-r.base:]
+	events := r.jevents[:0]
+	for _, e := range rest {
+		events = append(events, e.data)
+		sync = sync || e.done != nil
+	}
+	r.mu.Unlock()
+	r.jevents = events
+	if len(events) == 0 {
+		return nil
+	}
+	err := r.jr.append(events, from, sync)
+	clear(r.jevents)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failed != nil {
+		return err
+	}
+	if err == nil {
+		r.journaled = from + uint64(len(events))
+	}
+	// Entries from..from+len(events) are still spooled: commit drops only
+	// journaled ones, and fail was checked.
+	for i := range events {
+		e := &r.spool[from-r.base+uint64(i)]
+		if e.done == nil {
+			continue
+		}
+		if err == nil {
+			e.done <- nil
+		} else {
+			e.done <- fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		e.done = nil
+		r.durable--
+	}
+	return err
+}
+
+// dropJournaled drops from the front of the spool, put back from the
+// journal, the events the writer's blocks after sequence from (the local
+// head's) up to last hold already: blocks that landed while the head
+// saying so was not yet saved. Their events must be the journal's, in
+// order; anything else means another process wrote as this writer.
+func (r *Recorder) dropJournaled(ctx context.Context, from, last uint64) error {
+	r.mu.Lock()
+	restored := r.spool[:r.journaled-r.base]
+	r.mu.Unlock()
+	n := 0
+	for seq := from + 1; seq <= last && n < len(restored); {
+		m, err := r.leaderGet(ctx, struct {
+			Seq        uint64 `json:"seq"`
+			NextBySubj string `json:"next_by_subj"`
+		}{seq, Subject(r.cfg.Writer)})
+		if err != nil {
+			return fmt.Errorf("read %s's blocks after its local head: %w", r.cfg.Writer, err)
+		}
+		if m == nil || m.Seq > last {
+			break
+		}
+		b, err := ParseBlock(m.Data)
+		if err != nil {
+			return fmt.Errorf("%w: block of %s at sequence %d: %v", ErrForeignHead, r.cfg.Writer, m.Seq, err)
+		}
+		for _, e := range b.Events {
+			if n == len(restored) {
+				break // the rest was written, not fsync'd, when the power went
+			}
+			if !bytes.Equal(e, restored[n].data) {
+				return fmt.Errorf("%w: the block at sequence %d holds events the journal under %s does not: check the chain with gridseal chain verify, then move the journal away",
+					ErrForeignHead, m.Seq, r.cfg.HeadDir)
+			}
+			n++
+		}
+		seq = m.Seq + 1
+	}
+	if n == 0 {
+		return nil
+	}
+	r.mu.Lock()
+	for _, e := range r.spool[:n] {
+		r.spoolBytes -= len(e.data)
+	}
+	clear(r.spool[:n])
+	r.spool = r.spool[n:]
+	r.base += uint64(n)
+	r.restored = max(r.restored-n, 0)
+	r.levelLocked()
+	r.mu.Unlock()
+	r.log.Info("journaled chain events were recorded already by blocks after the local head", zap.Int("events", n))
+	return nil
+}

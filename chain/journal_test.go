@@ -1,0 +1,211 @@
+package chain_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/natstest"
+)
+
+// openJournaled opens gw-1's recorder with a journal under heads; its
+// blocks linger an hour unless a Flush or Close asks for them.
+func (e *chainEnv) openJournaled(t *testing.T, nc *nats.Conn, heads string) *chain.Recorder {
+	t.Helper()
+	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// wantOps checks that the chain holds ops first..last, each once, in order.
+func (e *chainEnv) wantOps(t *testing.T, first, last int) {
+	t.Helper()
+	evs, err := verify(e.trust(), readAll(t, e.nc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	for i := first; i <= last; i++ {
+		want.WriteString(itoa(i) + " ")
+	}
+	if got := ops(evs); got != want.String() {
+		t.Fatalf("chain holds ops %s\nwant %s", got, want.String())
+	}
+}
+
+func journalFiles(t *testing.T, heads string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(heads, "gw-1.journal.*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+// TestJournalKeepsReleasedWritesAcrossACrash: with a journal a durable
+// record returns once its event is fsync'd there, before any block holds
+// it; a process killed then loses none of them: the next start records
+// them, once each.
+func TestJournalKeepsReleasedWritesAcrossACrash(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	for i := 1; i <= 50; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i%10 == 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := r.Stats().Blocks.Load(); n != 0 {
+		t.Fatalf("%d blocks committed: the durable records waited for their block, not for the journal", n)
+	}
+	// Kill: the connection goes, no Close, nothing published.
+	nc.Close()
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 50)
+	// A third start finds nothing left to record.
+	r3 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if n := r3.Pending(); n != 0 {
+		t.Fatalf("%d events spooled again after they were committed", n)
+	}
+	if err := r3.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 50)
+}
+
+// TestJournalWithAStaleHead: a crash can come after blocks landed and
+// before the local head saying so was saved. Their events are still in
+// the journal past the saved head; the next start must find them in the
+// stream and not record them twice.
+func TestJournalWithAStaleHead(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	record := func(r *chain.Recorder, from, to int) {
+		t.Helper()
+		for i := from; i <= to; i++ {
+			if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == to); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := r.Flush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(r, 1, 20)
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	head := filepath.Join(heads, "gw-1.head.json")
+	stale, err := os.ReadFile(head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r = e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	record(r, 21, 40)
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(head, stale, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if n := r.Pending(); n != 0 {
+		t.Fatalf("%d events of blocks past the stale head spooled again", n)
+	}
+	record(r, 41, 45)
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 45)
+}
+
+// TestJournalCutsATornEnd: a crash during a journal write leaves a torn
+// last record, never fsync'd, so nobody waited on it: the next start cuts
+// it off and goes on.
+func TestJournalCutsATornEnd(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	for i := 1; i <= 10; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close() // killed
+	files := journalFiles(t, heads)
+	if len(files) != 1 {
+		t.Fatalf("journal files %v, want one", files)
+	}
+	before, err := os.Stat(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(files[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte{0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3}); err != nil { // a record cut short
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if after, err := os.Stat(files[0]); err != nil || after.Size() != before.Size() {
+		t.Fatalf("journal after its torn end was cut: %v, %v bytes; want %d", err, after.Size(), before.Size())
+	}
+	for i := 11; i <= 12; i++ {
+		if err := r2.Record(t.Context(), event(uint64(i), audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 12)
+}
+
+// TestJournalFilesGoOnceCommitted: the journal does not grow without end:
+// a file goes once the local head is past its last record.
+func TestJournalFilesGoOnceCommitted(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	r, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer,
+		HeadDir: heads, Journal: true, LeaseTTL: -1}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close(time.Second) })
+	const n = 150_000 // about 20 MiB of events: three journal files
+	for i := 1; i <= n; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i%5000 == 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	files := journalFiles(t, heads)
+	if len(files) != 1 {
+		t.Fatalf("journal files after every event was committed: %v, want only the newest", files)
+	}
+	evs, err := verify(e.trust(), readAll(t, e.nc))
+	if err != nil || len(evs) != n {
+		t.Fatalf("chain: %d events, %v; want %d", len(evs), err, n)
+	}
+}
