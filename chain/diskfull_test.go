@@ -38,6 +38,14 @@ func smallDisk(t *testing.T, size string) string {
 // out-of-space error reaches the log, and once space returns the recorder
 // records again without a restart of the process.
 func TestDiskFullRecoversByItself(t *testing.T) {
+	for _, journal := range []bool{false, true} {
+		t.Run(map[bool]string{false: "block acknowledged", true: "journal, as gridseal proxy runs it"}[journal], func(t *testing.T) {
+			diskFull(t, journal)
+		})
+	}
+}
+
+func diskFull(t *testing.T, journal bool) {
 	dataDir := smallDisk(t, "6m")
 	core, logs := observer.New(zap.WarnLevel)
 	conn, err := natsembed.Connect(t.Context(), natsembed.ConnectOptions{Name: "test", DataDir: dataDir, Own: true,
@@ -49,8 +57,11 @@ func TestDiskFullRecoversByItself(t *testing.T) {
 	signer, _ := newKey(t)
 	// On the recorder's own connection, as gridseal proxy runs it: it too
 	// must find the restarted server.
-	r, err := chain.Open(t.Context(), conn.Recorder(), chain.Config{Writer: "gw-1", Signer: signer, DurableTimeout: time.Second,
-		PublishTimeout: 500 * time.Millisecond}, nopLog())
+	cfg := chain.Config{Writer: "gw-1", Signer: signer, DurableTimeout: time.Second, PublishTimeout: 500 * time.Millisecond}
+	if journal {
+		cfg.HeadDir, cfg.Journal = filepath.Join(dataDir, "heads"), true
+	}
+	r, err := chain.Open(t.Context(), conn.Recorder(), cfg, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,6 +56,7 @@ type journal struct {
 	size        int64
 	buf         []byte
 	broken      error // a failed append could not be cut back: append no more
+	cut         int   // bytes of a torn end openJournal cut off
 }
 
 func journalPath(dir, writer string, base uint64) string {
@@ -64,7 +65,7 @@ func journalPath(dir, writer string, base uint64) string {
 
 // openJournal reads the writer's journal under dir and opens it for
 // appending. It returns the journal, the index of its first record and
-// every record in order.
+// every record in order; j.cut is how many bytes of a torn end it cut.
 func openJournal(dir, writer string) (*journal, uint64, [][]byte, error) {
 	j := &journal{dir: dir, writer: writer}
 	names, err := filepath.Glob(filepath.Join(dir, writer+".journal.*"))
@@ -98,6 +99,7 @@ func openJournal(dir, writer string) (*journal, uint64, [][]byte, error) {
 			if err := os.Truncate(name, int64(good)); err != nil {
 				return nil, 0, nil, fmt.Errorf("chain journal: cut its torn end: %w", err)
 			}
+			j.cut = len(b) - good
 		}
 		events = append(events, recs...)
 		j.files = append(j.files, journalFile{path: name, base: base, n: uint64(len(recs))})
@@ -267,6 +269,10 @@ func (r *Recorder) loadJournal() error {
 			j.close()
 			return err
 		}
+	}
+	if j.cut > 0 {
+		r.log.Warn("chain journal: a torn last write cut off", zap.String("file", j.files[len(j.files)-1].path),
+			zap.Int("bytes", j.cut), zap.Uint64("records_kept", j.files[len(j.files)-1].n))
 	}
 	r.jr = j
 	r.base, r.journaled = start, start+uint64(len(events))
