@@ -66,13 +66,27 @@ func journalPath(dir, writer string, base uint64) string {
 // openJournal reads the writer's journal under dir and opens it for
 // appending. It returns the journal, the index of its first record and
 // every record in order; j.cut is how many bytes of a torn end it cut.
-func openJournal(dir, writer string) (*journal, uint64, [][]byte, error) {
+// Files whose records all come before head (the local head's journal
+// index: in the chain) are removed unread, whatever their state.
+func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
 	j := &journal{dir: dir, writer: writer}
 	names, err := filepath.Glob(filepath.Join(dir, writer+".journal.*"))
 	if err != nil {
 		return nil, 0, nil, err
 	}
 	slices.Sort(names)
+	// A file is wholly before head when the next one starts at or before
+	// head: remove those (a power cut may have left them short).
+	for len(names) > 1 {
+		next, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(names[1]), writer+".journal."), 10, 64)
+		if err != nil || next > head {
+			break
+		}
+		if err := os.Remove(names[0]); err != nil {
+			return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
+		}
+		names = names[1:]
+	}
 	var first uint64
 	var events [][]byte
 	for i, name := range names {
@@ -127,8 +141,8 @@ func parseJournal(b []byte) ([][]byte, int) {
 	for len(b)-off >= 8 {
 		n := int(binary.BigEndian.Uint32(b[off:]))
 		sum := binary.BigEndian.Uint32(b[off+4:])
-		if n > len(b)-off-8 {
-			break
+		if n == 0 || n > len(b)-off-8 {
+			break // no event is empty: zeros are a torn end's
 		}
 		data := b[off+8 : off+8+n : off+8+n]
 		if crc32.Checksum(data, castagnoli) != sum {
@@ -155,6 +169,13 @@ func (j *journal) start(base uint64) error {
 		return fmt.Errorf("chain journal: %w", err)
 	}
 	if j.f != nil {
+		// Its reads may be in blocks already; a power cut must not leave
+		// a hole before the next file.
+		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
+			_ = f.Close()
+			j.broken = fmt.Errorf("chain journal: fsync: %w", err)
+			return j.broken
+		}
 		_ = j.f.Close()
 	}
 	j.f, j.size = f, 0
@@ -187,7 +208,10 @@ func (j *journal) append(events [][]byte, next uint64, sync bool) error {
 	}
 	if sync {
 		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
-			return j.undo(fmt.Errorf("chain journal: fsync: %w", err))
+			// After a failed fsync the kernel may have dropped earlier
+			// unsynced pages: nothing after it can be trusted.
+			j.broken = fmt.Errorf("chain journal: fsync: %w", err)
+			return j.broken
 		}
 	}
 	j.size += int64(len(b))
@@ -208,12 +232,25 @@ func (j *journal) undo(err error) error {
 // release removes the files whose records all have indexes below
 // committed: a saved local head says their events are in the chain.
 func (j *journal) release(committed uint64) {
+	removed := false
 	for len(j.files) > 1 && j.files[0].base+j.files[0].n <= committed {
 		if err := os.Remove(j.files[0].path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return
 		}
-		j.files = j.files[1:]
+		j.files, removed = j.files[1:], true
 	}
+	if removed {
+		_ = atomicfile.SyncDir(j.dir)
+	}
+}
+
+// removeAll removes every file of the journal (all committed).
+func (j *journal) removeAll() {
+	for _, f := range j.files {
+		_ = os.Remove(f.path)
+	}
+	j.files = nil
+	_ = atomicfile.SyncDir(j.dir)
 }
 
 func (j *journal) close() {
@@ -236,13 +273,14 @@ func (r *Recorder) loadJournal() error {
 		if len(names) == 0 {
 			return nil
 		}
-		r.log.Info("a chain journal from an earlier run is there: journaling in this run too", zap.String("dir", r.cfg.HeadDir))
+		r.log.Warn("a chain journal from an earlier run is there: it is replayed, and this run journals too (durable records still wait for their block) until it is committed",
+			zap.String("dir", r.cfg.HeadDir))
 	}
 	head, _, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrTruncated, err)
 	}
-	j, first, events, err := openJournal(r.cfg.HeadDir, r.cfg.Writer)
+	j, first, events, err := openJournal(r.cfg.HeadDir, r.cfg.Writer, head.Journal)
 	if err != nil {
 		return err
 	}
@@ -275,6 +313,7 @@ func (r *Recorder) loadJournal() error {
 			zap.Int("bytes", j.cut), zap.Uint64("records_kept", j.files[len(j.files)-1].n))
 	}
 	r.jr = j
+	r.jrelease.Store(head.Journal)
 	r.base, r.journaled = start, start+uint64(len(events))
 	r.restored = len(r.spool)
 	r.levelLocked()
@@ -317,7 +356,7 @@ func (r *Recorder) journalUpTo(sync bool) error {
 	r.mu.Lock()
 	if r.failed != nil {
 		r.mu.Unlock()
-		return nil
+		return r.failed
 	}
 	from := r.journaled
 	rest := r.spool[from-r.base:]
@@ -345,8 +384,8 @@ func (r *Recorder) journalUpTo(sync bool) error {
 	// journaled ones, and fail was checked.
 	for i := range events {
 		e := &r.spool[from-r.base+uint64(i)]
-		if e.done == nil {
-			continue
+		if e.done == nil || (err == nil && !r.cfg.Journal) {
+			continue // without Journal a durable record waits for its block
 		}
 		if err == nil {
 			e.done <- nil
@@ -400,6 +439,10 @@ func (r *Recorder) dropJournaled(ctx context.Context, from, last uint64) error {
 		return nil
 	}
 	r.mu.Lock()
+	if r.failed != nil || n > len(r.spool) {
+		r.mu.Unlock()
+		return r.failed
+	}
 	for _, e := range r.spool[:n] {
 		r.spoolBytes -= len(e.data)
 	}

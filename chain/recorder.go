@@ -267,7 +267,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	// Wake the committer only when it has a reason to act now: the
 	// first event, a durable one (unless the journal takes it), or a
 	// full block.
-	signal := len(r.spool) == 1 || (durable && r.jr == nil) || len(r.spool) == r.cfg.MaxBlockEvents
+	signal := len(r.spool) == 1 || (durable && !r.cfg.Journal) || len(r.spool) == r.cfg.MaxBlockEvents
 	if durable {
 		r.durable++
 	}
@@ -275,7 +275,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	if signal {
 		r.signal()
 	}
-	if durable && r.jr != nil {
+	if durable && r.cfg.Journal {
 		select {
 		case r.jwake <- struct{}{}:
 		default:
@@ -407,8 +407,16 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	}
 	r.saveHead(true)
 	if r.jr != nil {
+		r.jmu.Lock()
 		r.jr.release(r.jrelease.Load())
+		r.mu.Lock()
+		empty := len(r.spool) == 0 && r.failed == nil
+		r.mu.Unlock()
+		if !r.cfg.Journal && empty && err == nil {
+			r.jr.removeAll() // an earlier run's journal, replayed and committed
+		}
 		r.closeJournal()
+		r.jmu.Unlock()
 	}
 	if err != nil && journaled {
 		r.mu.Lock()
@@ -544,6 +552,10 @@ func (r *Recorder) next() []entry {
 			}
 		}
 		r.mu.Lock()
+		if r.failed != nil {
+			r.mu.Unlock()
+			return nil
+		}
 		spool := r.spool
 		if r.jr != nil {
 			spool = r.spool[:r.journaled-r.base]
@@ -564,7 +576,7 @@ func (r *Recorder) next() []entry {
 		full = full || n == r.cfg.MaxBlockEvents
 		// With a journal the durable events are durable already: their
 		// block lingers for company like any other.
-		urgent := (r.durable > 0 && r.jr == nil) || r.closed || r.flushing > 0
+		urgent := (r.durable > 0 && !r.cfg.Journal) || r.closed || r.flushing > 0
 		batch := spool[:n:n]
 		r.mu.Unlock()
 		var t *time.Timer
@@ -762,9 +774,9 @@ func (r *Recorder) fail(err error) {
 	r.mu.Lock()
 	r.failed = err
 	spool := r.spool
+	// r.base stays: journaled events no block holds stay in the journal,
+	// and the head saved at Close says so, for the next start to find.
 	r.spool, r.spoolBytes, r.durable = nil, 0, 0
-	r.base += uint64(len(spool))
-	r.journaled = max(r.journaled, r.base)
 	r.levelLocked()
 	r.mu.Unlock()
 	for _, e := range spool {
@@ -816,8 +828,8 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 				r.noteOp(ev.Op)
 			}
 		}
-		if r.jr == nil || r.journaled == r.base {
-			r.dropLanded(b.Events) // a spool file's events, not journaled yet
+		if r.jr == nil {
+			r.dropLanded(b.Events) // with a journal: dropJournaled below
 		}
 	}
 	if haveLocal {
@@ -833,6 +845,10 @@ func (r *Recorder) syncHead(ctx context.Context) error {
 	}
 	r.height, r.prev, r.lastSeq, r.synced = height, prev, seq, true
 	r.available.Store(true)
+	// The head and the journal index agree from here on, before anything
+	// new is journaled (an older run may have been killed before it saved
+	// its last head).
+	r.saveHead(true)
 	r.log.Info("chain head", zap.String("writer", r.cfg.Writer), zap.Uint64("next_height", height),
 		zap.Uint64("last_seq", seq))
 	return nil

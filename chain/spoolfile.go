@@ -30,6 +30,9 @@ func (r *Recorder) saveSpool() error {
 	r.mu.Lock()
 	r.appendGapLocked("the recorder's spool was full when it stopped")
 	spool := r.spool
+	if r.jr != nil && r.failed == nil {
+		spool = r.spool[r.journaled-r.base:] // the rest is in the journal
+	}
 	lost := r.lost
 	r.mu.Unlock()
 	if len(spool) == 0 && lost == 0 {
@@ -51,37 +54,92 @@ func (r *Recorder) saveSpool() error {
 	return nil
 }
 
-// loadSpool puts the events a previous run kept back into the spool.
+// loadSpool puts the events a previous run kept back into the spool (with
+// a journal, into the journal: see foldSpool).
 func (r *Recorder) loadSpool() error {
 	if r.cfg.HeadDir == "" {
 		return nil
 	}
-	path := spoolPath(r.cfg.HeadDir, r.cfg.Writer)
-	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
+	if r.jr != nil {
+		return r.foldSpool()
+	}
+	events, err := readSpoolFile(spoolPath(r.cfg.HeadDir, r.cfg.Writer))
+	if err != nil {
+		return err
+	}
+	if len(events) == 0 {
 		return nil
 	}
-	if err != nil {
-		return fmt.Errorf("chain spool file: %w", err)
-	}
-	for len(b) > 0 {
-		if len(b) < 4 || int(binary.BigEndian.Uint32(b)) > len(b)-4 {
-			return fmt.Errorf("chain spool file %s is truncated: check it, then move it away to start without it", path)
-		}
-		n := binary.BigEndian.Uint32(b)
-		data := b[4 : 4+n : 4+n]
-		ev, err := DecodeEvent(data)
-		if err != nil {
-			return fmt.Errorf("chain spool file %s: %w", path, err)
-		}
-		r.noteOp(ev.Op)
+	for _, data := range events {
+		r.noteEvent(data)
 		r.spool = append(r.spool, entry{data: data})
 		r.spoolBytes += len(data)
-		b = b[4+n:]
 	}
 	r.restored = len(r.spool)
 	r.levelLocked()
 	r.log.Info("chain events kept by the last run spooled again", zap.Int("events", r.restored))
+	return nil
+}
+
+// readSpoolFile returns the events of a spool file, none if there is none.
+func readSpoolFile(path string) ([][]byte, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("chain spool file: %w", err)
+	}
+	var events [][]byte
+	for len(b) > 0 {
+		if len(b) < 4 || int(binary.BigEndian.Uint32(b)) > len(b)-4 {
+			return nil, fmt.Errorf("chain spool file %s is truncated: check it, then move it away to start without it", path)
+		}
+		n := binary.BigEndian.Uint32(b)
+		data := b[4 : 4+n : 4+n]
+		if _, err := DecodeEvent(data); err != nil {
+			return nil, fmt.Errorf("chain spool file %s: %w", path, err)
+		}
+		events = append(events, data)
+		b = b[4+n:]
+	}
+	return events, nil
+}
+
+// foldSpool moves the events of a spool file (a run without a journal
+// left it) into the journal, fsync'd, then removes the file. After a crash
+// in between (nothing is committed before Open returns) the journal's
+// last records are those events: they are not appended twice.
+func (r *Recorder) foldSpool() error {
+	path := spoolPath(r.cfg.HeadDir, r.cfg.Writer)
+	events, err := readSpoolFile(path)
+	if err != nil || len(events) == 0 {
+		return err
+	}
+	folded := len(events) <= len(r.spool)
+	for i, e := range events {
+		folded = folded && bytes.Equal(e, r.spool[len(r.spool)-len(events)+i].data)
+	}
+	if !folded {
+		if err := r.jr.append(events, r.journaled, true); err != nil {
+			return err
+		}
+		for _, data := range events {
+			r.noteEvent(data)
+			r.spool = append(r.spool, entry{data: data})
+			r.spoolBytes += len(data)
+		}
+		r.journaled += uint64(len(events))
+		r.restored = len(r.spool)
+		r.levelLocked()
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("chain spool file: %w", err)
+	}
+	if err := atomicfile.SyncDir(r.cfg.HeadDir); err != nil {
+		return fmt.Errorf("chain spool file: %w", err)
+	}
+	r.log.Info("chain events kept by the last run moved to the journal", zap.Int("events", len(events)))
 	return nil
 }
 
@@ -93,7 +151,7 @@ func (r *Recorder) dropLanded(events [][]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := len(events)
-	if n == 0 || n > r.restored {
+	if n == 0 || n > r.restored || n > len(r.spool) {
 		return
 	}
 	for i, e := range events {
@@ -117,6 +175,13 @@ func (r *Recorder) dropLanded(events [][]byte) {
 func (r *Recorder) removeSpoolFile() {
 	if err := os.Remove(spoolPath(r.cfg.HeadDir, r.cfg.Writer)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		r.log.Warn("chain spool file not removed", zap.Error(err))
+	}
+}
+
+// noteEvent notes the operation number of an encoded event (noteOp).
+func (r *Recorder) noteEvent(data []byte) {
+	if ev, err := DecodeEvent(data); err == nil {
+		r.noteOp(ev.Op)
 	}
 }
 

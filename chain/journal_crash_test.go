@@ -1,0 +1,309 @@
+package chain_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/gridseal/gridseal/audit"
+	"github.com/gridseal/gridseal/chain"
+	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
+)
+
+// Crash and failure cases of the journal beyond journal_test.go's, found
+// by a second reader of the journal's first version (each failed then).
+
+func writeSpoolFile(t *testing.T, heads string, from, to int) {
+	var b []byte
+	for i := from; i <= to; i++ {
+		ev := event(uint64(i), audit.Allow)
+		d := chain.AppendEvent(nil, ev)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(d)))
+		b = append(b, d...)
+	}
+	if err := os.MkdirAll(heads, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(heads, "gw-1.spool"), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A spool file a non-journal run left is journaled by the next (journal)
+// run but stays on disk until its events are committed: a crash (or a
+// Close that cannot commit) in between spools its events twice next time.
+func TestJournalTakesASpoolFileOnceAcrossACrash(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	writeSpoolFile(t, heads, 1, 5)
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	for i := 6; i <= 10; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close() // killed
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	t.Logf("pending after restart: %d (want 10)", r2.Pending())
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 10)
+}
+
+// Same, without a crash: Close cannot commit (NATS away), journals the
+// spool and skips saveSpool, but leaves the old spool file.
+func TestJournalTakesASpoolFileOnceAcrossAFailedClose(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	writeSpoolFile(t, heads, 1, 5)
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	nc.Close() // NATS away
+	if err := r.Close(300 * time.Millisecond); err != nil {
+		t.Logf("close: %v", err)
+	}
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	t.Logf("pending after restart: %d (want 5)", r2.Pending())
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 5)
+}
+
+// A durable record returns nil once journaled; a fence (lease taken) then
+// drops it from the spool, Close saves a head past it, and the next start
+// does not restore it: a released write with no record.
+func TestJournalKeepsReleasedWritesOfAFencedWriter(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: 300 * time.Millisecond, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// one committed block first, so the recorder has a head to save
+	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for i := 2; i <= 10; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kv, err := e.js.KeyValue(t.Context(), chain.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(t.Context(), "gw-1", holder(t, "another-host", 1)); err != nil {
+		t.Fatal(err)
+	}
+	testwait.For(t, "fenced", func() bool { return errors.Is(r.Failed(), chain.ErrFenced) })
+	t.Logf("close: %v", r.Close(time.Second))
+	h, _, _ := chain.LoadHead(heads, "gw-1")
+	t.Logf("head after fence: %+v", h)
+	// the other process goes away
+	if err := kv.Delete(t.Context(), "gw-1"); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pending after restart: %d (want 9: ops 2..10 returned nil from Record)", r2.Pending())
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 10)
+}
+
+// A journal moved away (as the error messages advise) with the head kept:
+// the next run starts an empty journal.0 and journal.<head>; a crash
+// before its first head save leaves a journal the next Open refuses.
+func TestJournalShorterThanItsHead(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	for i := 1; i <= 10; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// power loss: the journal's last records (reads, written, not fsync'd,
+	// but in blocks the stream fsync'd, and below the fsync'd head) are gone
+	files := journalFiles(t, heads)
+	b, _ := os.ReadFile(files[0])
+	if err := os.Truncate(files[0], int64(len(b)/2)); err != nil {
+		t.Fatal(err)
+	}
+	nc := natstest.Connect(t, e.srv.URL())
+	r2 := e.openJournaled(t, nc, heads)
+	t.Logf("journal files: %v", journalFiles(t, heads))
+	if err := r2.Record(t.Context(), event(11, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close() // killed before any block
+	_, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1}, nopLog())
+	if err != nil {
+		t.Fatalf("restart refused, with op 11 durable only in the journal: %v", err)
+	}
+}
+
+// A leftover journal keeps journaling a run that did not ask for it: its
+// durable records return before any block is acknowledged (a replicated
+// stream's promise downgraded to this disk), and for ever, as the last
+// journal file is never removed.
+func TestLeftoverJournalKeepsDurableWaitingForBlocks(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if err := r.Record(t.Context(), event(1, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		LeaseTTL: -1, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r2.Close(time.Second) })
+	blocks := r2.Stats().Blocks.Load()
+	if err := r2.Record(t.Context(), event(2, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	if r2.Stats().Blocks.Load() == blocks {
+		t.Fatalf("Journal: false, yet a durable record returned before its block was acknowledged; journal files %v", journalFiles(t, heads))
+	}
+}
+
+// Close cannot commit (NATS away) and the journal cannot take the rest
+// (disk full): saveSpool writes the whole spool, journaled prefix
+// included, and the next start spools that prefix twice.
+func TestBrokenJournalAtCloseSpoolsOnlyTheRest(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	for i := 1; i <= 5; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	chain.BreakJournal(r, errors.New("no space left on device"))
+	for i := 6; i <= 8; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close() // NATS away
+	t.Logf("close: %v", r.Close(300*time.Millisecond))
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	t.Logf("pending after restart: %d (want 8)", r2.Pending())
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 8)
+}
+
+// Power loss can leave the journal's unsynced tail as zeros (size
+// persisted before data): 8 zero bytes parse as a valid empty record
+// (CRC-32C of nothing is 0), so Open fails decoding it instead of
+// cutting the torn end.
+func TestJournalCutsAZeroedEnd(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	for i := 1; i <= 3; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc.Close()
+	f, err := os.OpenFile(journalFiles(t, heads)[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(make([]byte, 4096)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1}, nopLog())
+	if err != nil {
+		t.Fatalf("restart refused over a zeroed tail: %v", err)
+	}
+}
+
+// The local head lags the stream (a non-journal run was killed within
+// saveHead's 200 ms), then the first journal run is killed before its
+// first block: its journal records are compared with the old run's
+// blocks after the head, and Open refuses (ErrForeignHead).
+func TestJournalAfterAStaleHeadOfARunWithout(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	plain := func() *chain.Recorder {
+		r, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+			LeaseTTL: -1, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	r := plain()
+	for i := 1; i <= 5; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	head := filepath.Join(heads, "gw-1.head.json")
+	stale, _ := os.ReadFile(head)
+	r = plain()
+	for i := 6; i <= 10; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Close(time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(head, stale, 0o600); err != nil { // killed before its head was saved
+		t.Fatal(err)
+	}
+	nc := natstest.Connect(t, e.srv.URL())
+	rj := e.openJournaled(t, nc, heads)
+	if err := rj.Record(t.Context(), event(11, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close() // killed before its first block
+	r3, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1}, nopLog())
+	if err != nil {
+		t.Fatalf("restart refused, op 11 durable only in the journal: %v", err)
+	}
+	if err := r3.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 11)
+}

@@ -1,0 +1,9 @@
+package chain
+
+// BreakJournal makes every later journal append of r fail with err, as a
+// full disk or an I/O error would (for the external tests).
+func BreakJournal(r *Recorder, err error) {
+	r.jmu.Lock()
+	r.jr.broken = err
+	r.jmu.Unlock()
+}
