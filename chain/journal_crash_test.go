@@ -42,11 +42,7 @@ func TestJournalTakesASpoolFileOnceAcrossACrash(t *testing.T) {
 	writeSpoolFile(t, heads, 1, 5)
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	for i := 6; i <= 10; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 6, 10, func(i int) bool { return i == 10 })
 	nc.Close() // killed
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
 	t.Logf("pending after restart: %d (want 10)", r2.Pending())
@@ -95,11 +91,7 @@ func TestJournalKeepsReleasedWritesOfAFencedWriter(t *testing.T) {
 	if err := r.Flush(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	for i := 2; i <= 10; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), true); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 2, 10, func(int) bool { return true })
 	kv, err := e.js.KeyValue(t.Context(), chain.LeaseBucket)
 	if err != nil {
 		t.Fatal(err)
@@ -134,11 +126,7 @@ func TestJournalShorterThanItsHead(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
 	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
-	for i := 1; i <= 10; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 10, func(i int) bool { return i == 10 })
 	if err := r.Close(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -200,17 +188,9 @@ func TestBrokenJournalAtCloseSpoolsOnlyTheRest(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	for i := 1; i <= 5; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 5); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 5, func(i int) bool { return i == 5 })
 	chain.BreakJournal(r, errors.New("no space left on device"))
-	for i := 6; i <= 8; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 6, 8, func(int) bool { return false })
 	nc.Close() // NATS away
 	t.Logf("close: %v", r.Close(300*time.Millisecond))
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
@@ -230,11 +210,7 @@ func TestJournalCutsAZeroedEnd(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	for i := 1; i <= 3; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 3); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 3, func(i int) bool { return i == 3 })
 	nc.Close()
 	f, err := os.OpenFile(journalFiles(t, heads)[0], os.O_WRONLY|os.O_APPEND, 0)
 	if err != nil {
@@ -269,22 +245,14 @@ func TestJournalAfterAStaleHeadOfARunWithout(t *testing.T) {
 		return r
 	}
 	r := plain()
-	for i := 1; i <= 5; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 5); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 5, func(i int) bool { return i == 5 })
 	if err := r.Close(time.Second); err != nil {
 		t.Fatal(err)
 	}
 	head := filepath.Join(heads, "gw-1.head.json")
 	stale, _ := os.ReadFile(head)
 	r = plain()
-	for i := 6; i <= 10; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 6, 10, func(i int) bool { return i == 10 })
 	if err := r.Close(time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,16 @@ func (e *chainEnv) wantOps(t *testing.T, first, last int) {
 	}
 }
 
+// recordOps records ops from..to, allowed, durable where durable says.
+func recordOps(t *testing.T, r *chain.Recorder, from, to int, durable func(i int) bool) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), durable(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func journalFiles(t *testing.T, heads string) []string {
 	t.Helper()
 	names, err := filepath.Glob(filepath.Join(heads, "gw-1.journal.*"))
@@ -60,11 +70,7 @@ func TestJournalKeepsReleasedWritesAcrossACrash(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	for i := 1; i <= 50; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i%10 == 0); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 50, func(i int) bool { return i%10 == 0 })
 	if n := r.Stats().Blocks.Load(); n != 0 {
 		t.Fatalf("%d blocks committed: the durable records waited for their block, not for the journal", n)
 	}
@@ -96,11 +102,7 @@ func TestJournalWithAStaleHead(t *testing.T) {
 	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
 	record := func(r *chain.Recorder, from, to int) {
 		t.Helper()
-		for i := from; i <= to; i++ {
-			if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == to); err != nil {
-				t.Fatal(err)
-			}
-		}
+		recordOps(t, r, from, to, func(i int) bool { return i == to })
 		if err := r.Flush(t.Context()); err != nil {
 			t.Fatal(err)
 		}
@@ -141,11 +143,7 @@ func TestJournalCutsATornEnd(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	for i := 1; i <= 10; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i == 10); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, 10, func(i int) bool { return i == 10 })
 	nc.Close() // killed
 	files := journalFiles(t, heads)
 	if len(files) != 1 {
@@ -169,11 +167,7 @@ func TestJournalCutsATornEnd(t *testing.T) {
 	if after, err := os.Stat(files[0]); err != nil || after.Size() != before.Size() {
 		t.Fatalf("journal after its torn end was cut: %v, %v bytes; want %d", err, after.Size(), before.Size())
 	}
-	for i := 11; i <= 12; i++ {
-		if err := r2.Record(t.Context(), event(uint64(i), audit.Allow), true); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r2, 11, 12, func(int) bool { return true })
 	if err := r2.Close(5 * time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -192,11 +186,7 @@ func TestJournalFilesGoOnceCommitted(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = r.Close(time.Second) })
 	const n = 150_000 // about 20 MiB of events: three journal files
-	for i := 1; i <= n; i++ {
-		if err := r.Record(t.Context(), event(uint64(i), audit.Allow), i%5000 == 0); err != nil {
-			t.Fatal(err)
-		}
-	}
+	recordOps(t, r, 1, n, func(i int) bool { return i%5000 == 0 })
 	if err := r.Close(10 * time.Second); err != nil {
 		t.Fatal(err)
 	}
