@@ -290,15 +290,9 @@ func (r *Recorder) loadJournal() error {
 	} else {
 		events = nil
 	}
-	for _, data := range events {
-		ev, err := DecodeEvent(data)
-		if err != nil {
-			j.close()
-			return fmt.Errorf("chain journal of %s: %w", r.cfg.Writer, err)
-		}
-		r.noteOp(ev.Op)
-		r.spool = append(r.spool, entry{data: data})
-		r.spoolBytes += len(data)
+	if err := r.respool(events); err != nil {
+		j.close()
+		return fmt.Errorf("chain journal of %s: %w", r.cfg.Writer, err)
 	}
 	if len(events) == 0 && len(j.files) > 0 && j.files[len(j.files)-1].base+j.files[len(j.files)-1].n < start {
 		// Every record is in the chain and the head is past the files:
@@ -315,8 +309,6 @@ func (r *Recorder) loadJournal() error {
 	r.jr = j
 	r.jrelease.Store(head.Journal)
 	r.base, r.journaled = start, start+uint64(len(events))
-	r.restored = len(r.spool)
-	r.levelLocked()
 	if len(events) > 0 {
 		r.log.Info("chain events from the journal spooled again", zap.Int("events", len(events)))
 	}
@@ -443,14 +435,7 @@ func (r *Recorder) dropJournaled(ctx context.Context, from, last uint64) error {
 		r.mu.Unlock()
 		return r.failed
 	}
-	for _, e := range r.spool[:n] {
-		r.spoolBytes -= len(e.data)
-	}
-	clear(r.spool[:n])
-	r.spool = r.spool[n:]
-	r.base += uint64(n)
-	r.restored = max(r.restored-n, 0)
-	r.levelLocked()
+	r.dropRestoredLocked(n)
 	r.mu.Unlock()
 	r.log.Info("journaled chain events were recorded already by blocks after the local head", zap.Int("events", n))
 	return nil

@@ -546,7 +546,7 @@ func (r *Recorder) next() []entry {
 		if r.jr != nil {
 			// A block holds only journaled events (so a crash cannot
 			// leave one in the stream the journal lacks, see
-			// dropLanded); the reads are written now, not fsync'd.
+			// dropJournaled); the reads are written now, not fsync'd.
 			if err := r.journalUpTo(false); err != nil {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}

@@ -70,14 +70,43 @@ func (r *Recorder) loadSpool() error {
 	if len(events) == 0 {
 		return nil
 	}
+	if err := r.respool(events); err != nil {
+		return fmt.Errorf("chain spool file %s: %w", spoolPath(r.cfg.HeadDir, r.cfg.Writer), err)
+	}
+	r.log.Info("chain events kept by the last run spooled again", zap.Int("events", r.restored))
+	return nil
+}
+
+// dropRestoredLocked drops n restored events, recorded already, from the
+// front of the spool. r.mu is held.
+func (r *Recorder) dropRestoredLocked(n int) {
+	for _, e := range r.spool[:n] {
+		r.spoolBytes -= len(e.data)
+	}
+	clear(r.spool[:n])
+	r.spool = r.spool[n:]
+	if r.jr != nil {
+		r.base += uint64(n) // they were journaled: dropJournaled
+	}
+	r.restored = max(r.restored-n, 0)
+	r.levelLocked()
+}
+
+// respool puts events a previous run kept (spool file or journal) back at
+// the end of the spool, noting their operation numbers. Before the
+// recorder runs: r.mu is not needed.
+func (r *Recorder) respool(events [][]byte) error {
 	for _, data := range events {
-		r.noteEvent(data)
+		ev, err := DecodeEvent(data)
+		if err != nil {
+			return err
+		}
+		r.noteOp(ev.Op)
 		r.spool = append(r.spool, entry{data: data})
 		r.spoolBytes += len(data)
 	}
 	r.restored = len(r.spool)
 	r.levelLocked()
-	r.log.Info("chain events kept by the last run spooled again", zap.Int("events", r.restored))
 	return nil
 }
 
@@ -96,11 +125,7 @@ func readSpoolFile(path string) ([][]byte, error) {
 			return nil, fmt.Errorf("chain spool file %s is truncated: check it, then move it away to start without it", path)
 		}
 		n := binary.BigEndian.Uint32(b)
-		data := b[4 : 4+n : 4+n]
-		if _, err := DecodeEvent(data); err != nil {
-			return nil, fmt.Errorf("chain spool file %s: %w", path, err)
-		}
-		events = append(events, data)
+		events = append(events, b[4:4+n:4+n])
 		b = b[4+n:]
 	}
 	return events, nil
@@ -121,17 +146,13 @@ func (r *Recorder) foldSpool() error {
 		folded = folded && bytes.Equal(e, r.spool[len(r.spool)-len(events)+i].data)
 	}
 	if !folded {
+		if err := r.respool(events); err != nil {
+			return fmt.Errorf("chain spool file %s: %w", path, err)
+		}
 		if err := r.jr.append(events, r.journaled, true); err != nil {
 			return err
 		}
-		for _, data := range events {
-			r.noteEvent(data)
-			r.spool = append(r.spool, entry{data: data})
-			r.spoolBytes += len(data)
-		}
 		r.journaled += uint64(len(events))
-		r.restored = len(r.spool)
-		r.levelLocked()
 	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("chain spool file: %w", err)
@@ -159,13 +180,7 @@ func (r *Recorder) dropLanded(events [][]byte) {
 			return
 		}
 	}
-	for _, e := range r.spool[:n] {
-		r.spoolBytes -= len(e.data)
-	}
-	clear(r.spool[:n])
-	r.spool = r.spool[n:]
-	r.restored -= n
-	r.levelLocked()
+	r.dropRestoredLocked(n)
 	r.log.Info("kept chain events were recorded already by the last run's last block", zap.Int("events", n))
 	if r.restored == 0 {
 		r.removeSpoolFile()
@@ -175,13 +190,6 @@ func (r *Recorder) dropLanded(events [][]byte) {
 func (r *Recorder) removeSpoolFile() {
 	if err := os.Remove(spoolPath(r.cfg.HeadDir, r.cfg.Writer)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		r.log.Warn("chain spool file not removed", zap.Error(err))
-	}
-}
-
-// noteEvent notes the operation number of an encoded event (noteOp).
-func (r *Recorder) noteEvent(data []byte) {
-	if ev, err := DecodeEvent(data); err == nil {
-		r.noteOp(ev.Op)
 	}
 }
 
