@@ -63,6 +63,11 @@ func journalPath(dir, writer string, base uint64) string {
 	return filepath.Join(dir, fmt.Sprintf("%s.journal.%020d", writer, base))
 }
 
+// journalBase is the index of the first record of the journal file path.
+func journalBase(path, writer string) (uint64, error) {
+	return strconv.ParseUint(strings.TrimPrefix(filepath.Base(path), writer+".journal."), 10, 64)
+}
+
 // openJournal reads the writer's journal under dir and opens it for
 // appending. It returns the journal, the index of its first record and
 // every record in order; j.cut is how many bytes of a torn end it cut.
@@ -78,7 +83,7 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 	// A file is wholly before head when the next one starts at or before
 	// head: remove those (a power cut may have left them short).
 	for len(names) > 1 {
-		next, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(names[1]), writer+".journal."), 10, 64)
+		next, err := journalBase(names[1], writer)
 		if err != nil || next > head {
 			break
 		}
@@ -90,7 +95,7 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 	var first uint64
 	var events [][]byte
 	for i, name := range names {
-		base, err := strconv.ParseUint(strings.TrimPrefix(filepath.Base(name), writer+".journal."), 10, 64)
+		base, err := journalBase(name, writer)
 		if err != nil {
 			return nil, 0, nil, fmt.Errorf("chain journal: unexpected file %s: move it away", name)
 		}
