@@ -12,6 +12,7 @@ import (
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/chain"
 	"github.com/gridseal/gridseal/internal/natstest"
+	"github.com/gridseal/gridseal/internal/testwait"
 )
 
 // openJournaled opens gw-1's recorder with a journal under heads; its
@@ -191,11 +192,47 @@ func TestJournalFilesGoOnceCommitted(t *testing.T) {
 		t.Fatal(err)
 	}
 	files := journalFiles(t, heads)
-	if len(files) != 1 {
-		t.Fatalf("journal files after every event was committed: %v, want only the newest", files)
+	if len(files) != 1 || strings.HasSuffix(files[0], ".journal.00000000000000000000") {
+		t.Fatalf("journal files after every event was committed: %v, want only the newest (not the first)", files)
 	}
 	evs, err := verify(e.trust(), readAll(t, e.nc))
 	if err != nil || len(evs) != n {
 		t.Fatalf("chain: %d events, %v; want %d", len(evs), err, n)
+	}
+}
+
+// TestJournalOfSeveralFilesAcrossACrash: a process killed with events
+// in several journal files, some of them in blocks already, some not:
+// the next start records each of them once.
+func TestJournalOfSeveralFilesAcrossACrash(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads) // full blocks go; the rest lingers
+	const n = 100_000                  // about 13 MiB: two files at least
+	recordOps(t, r, 1, n, func(i int) bool { return i == n })
+	testwait.For(t, "a full block committed", func() bool { return r.Stats().Blocks.Load() > 0 })
+	if r.Pending() == 0 {
+		t.Fatal("no event pending: want some only in the journal")
+	}
+	if files := journalFiles(t, heads); len(files) < 2 {
+		t.Fatalf("journal files %v, want several", files)
+	}
+	nc.Close() // killed
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if err := r2.Close(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := verify(e.trust(), readAll(t, e.nc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(evs) != n {
+		t.Fatalf("chain holds %d events after the restart, want %d", len(evs), n)
+	}
+	for i, ev := range evs {
+		if ev.Op != uint64(i+1) {
+			t.Fatalf("event %d is op %d, want %d", i, ev.Op, i+1)
+		}
 	}
 }
