@@ -57,6 +57,7 @@ type journal struct {
 	buf         []byte
 	broken      error // a failed append could not be cut back: append no more
 	cut         int   // bytes of a torn end openJournal cut off
+	lock        *os.File
 }
 
 func journalPath(dir, writer string, base uint64) string {
@@ -74,6 +75,44 @@ func journalBase(path, writer string) (uint64, error) {
 // Files whose records all come before head (the local head's journal
 // index: in the chain) are removed unread, whatever their state.
 func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
+	lock, err := lockJournal(dir, writer)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	j, first, events, err := readJournal(dir, writer, head)
+	if err != nil {
+		_ = lock.Close()
+		return nil, 0, nil, err
+	}
+	j.lock = lock
+	return j, first, events, nil
+}
+
+// lockJournal takes the writer's journal for this process (a POSIX
+// record lock on <writer>.journal-lock, gone with the process): a second
+// process started as the same writer on the same directory must not cut
+// the "torn end" of a write in progress, nor append beside it, before its
+// lease refuses it.
+func lockJournal(dir, writer string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("chain journal: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, writer+".journal-lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("chain journal: %w", err)
+	}
+	lk := syscall.Flock_t{Type: syscall.F_WRLCK, Whence: 0}
+	if err := syscall.FcntlFlock(f.Fd(), syscall.F_SETLK, &lk); err != nil {
+		_ = f.Close()
+		if errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EACCES) {
+			return nil, fmt.Errorf("%w: another process journals as %s in %s: stop that process first", ErrWriterBusy, writer, dir)
+		}
+		return nil, fmt.Errorf("chain journal: lock: %w", err)
+	}
+	return f, nil
+}
+
+func readJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
 	j := &journal{dir: dir, writer: writer}
 	names, err := filepath.Glob(filepath.Join(dir, writer+".journal.*"))
 	if err != nil {
@@ -261,6 +300,9 @@ func (j *journal) removeAll() {
 func (j *journal) close() {
 	if j.f != nil {
 		_ = j.f.Close()
+	}
+	if j.lock != nil {
+		_ = j.lock.Close()
 	}
 }
 

@@ -1,7 +1,13 @@
 package chain_test
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -235,4 +241,74 @@ func TestJournalOfSeveralFilesAcrossACrash(t *testing.T) {
 			t.Fatalf("event %d is op %d, want %d", i, ev.Op, i+1)
 		}
 	}
+}
+
+// TestJournalOfALiveProcessIsNotTouched: a second process started as the
+// same writer on the same directory (the lease off, so only the journal's
+// own lock stands in its way) is refused before it reads the journal, and
+// the first process's journal stays as it was.
+func TestJournalOfALiveProcessIsNotTouched(t *testing.T) {
+	if heads := os.Getenv("GRIDSEAL_TEST_JOURNAL_HOLDER"); heads != "" {
+		holdJournal(t, heads)
+		return
+	}
+	e := newChain(t)
+	heads := t.TempDir()
+	child := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestJournalOfALiveProcessIsNotTouched$")
+	child.Env = append(os.Environ(), "GRIDSEAL_TEST_JOURNAL_HOLDER="+heads, "GRIDSEAL_TEST_NATS="+e.srv.URL())
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = stdin.Close(); _ = child.Wait() })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "journaled") {
+		t.Fatalf("holder process: %q, %v", line, err)
+	}
+	before, err := os.ReadFile(journalFiles(t, heads)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer,
+		HeadDir: heads, Journal: true, LeaseTTL: -1}, nopLog())
+	if !errors.Is(err, chain.ErrWriterBusy) {
+		t.Fatalf("second process on a live journal: %v, want ErrWriterBusy", err)
+	}
+	after, err := os.ReadFile(journalFiles(t, heads)[0])
+	if err != nil || !bytes.Equal(before, after) {
+		t.Fatalf("the live process's journal changed (%d → %d bytes, %v)", len(before), len(after), err)
+	}
+}
+
+// holdJournal is the holder process: it journals a few events with a
+// record half written after them (as a write in progress looks), says so,
+// and keeps its journal until its stdin closes.
+func holdJournal(t *testing.T, heads string) {
+	nc, err := nats.Connect(os.Getenv("GRIDSEAL_TEST_NATS"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, _ := newKey(t)
+	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, Linger: time.Hour}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	recordOps(t, r, 1, 5, func(i int) bool { return i == 5 })
+	f, err := os.OpenFile(journalFiles(t, heads)[0], os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte{0, 0, 0, 40, 1, 2}); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("journaled")
+	_, _ = io.Copy(io.Discard, os.Stdin)
 }
