@@ -57,7 +57,6 @@ type journal struct {
 	buf         []byte
 	broken      error // a failed append could not be cut back: append no more
 	cut         int   // bytes of a torn end openJournal cut off
-	lock        *os.File
 }
 
 func journalPath(dir, writer string, base uint64) string {
@@ -74,26 +73,15 @@ func journalBase(path, writer string) (uint64, error) {
 // every record in order; j.cut is how many bytes of a torn end it cut.
 // Files whose records all come before head (the local head's journal
 // index: in the chain) are removed unread, whatever their state.
-func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
-	lock, err := lockJournal(dir, writer)
-	if err != nil {
-		return nil, 0, nil, err
-	}
-	j, first, events, err := readJournal(dir, writer, head)
-	if err != nil {
-		_ = lock.Close()
-		return nil, 0, nil, err
-	}
-	j.lock = lock
-	return j, first, events, nil
-}
-
-// lockJournal takes the writer's journal for this process (a POSIX
-// record lock on <writer>.journal-lock, gone with the process): a second
-// process started as the same writer on the same directory must not cut
-// the "torn end" of a write in progress, nor append beside it, before its
-// lease refuses it.
-func lockJournal(dir, writer string) (*os.File, error) {
+// lockHeads takes the writer's files in the head directory (journal,
+// spool file) for this process: a POSIX record lock on
+// <writer>.journal-lock, gone with the process. A second process started
+// as the same writer on the same directory must not cut the "torn end" of
+// a write in progress, append beside it or fold away a spool file before
+// its lease refuses it. (A record lock is the process's: a second
+// recorder in one process is not refused, as the tests' "killed" ones
+// rely on.)
+func lockHeads(dir, writer string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("chain journal: %w", err)
 	}
@@ -112,7 +100,7 @@ func lockJournal(dir, writer string) (*os.File, error) {
 	return f, nil
 }
 
-func readJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
+func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, error) {
 	j := &journal{dir: dir, writer: writer}
 	names, err := filepath.Glob(filepath.Join(dir, writer+".journal.*"))
 	if err != nil {
@@ -203,6 +191,14 @@ func (j *journal) start(base uint64) error {
 	if err := os.MkdirAll(j.dir, 0o700); err != nil {
 		return fmt.Errorf("chain journal: %w", err)
 	}
+	if j.f != nil {
+		// Its reads may be in blocks already: it is whole on the disk
+		// before the next file's name is, so a power cut leaves no hole.
+		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
+			j.broken = fmt.Errorf("chain journal: fsync: %w", err)
+			return j.broken
+		}
+	}
 	path := journalPath(j.dir, j.writer, base)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -213,13 +209,6 @@ func (j *journal) start(base uint64) error {
 		return fmt.Errorf("chain journal: %w", err)
 	}
 	if j.f != nil {
-		// Its reads may be in blocks already; a power cut must not leave
-		// a hole before the next file.
-		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
-			_ = f.Close()
-			j.broken = fmt.Errorf("chain journal: fsync: %w", err)
-			return j.broken
-		}
 		_ = j.f.Close()
 	}
 	j.f, j.size = f, 0
@@ -253,7 +242,9 @@ func (j *journal) append(events [][]byte, next uint64, sync bool) error {
 	if sync {
 		if err := syscall.Fdatasync(int(j.f.Fd())); err != nil {
 			// After a failed fsync the kernel may have dropped earlier
-			// unsynced pages: nothing after it can be trusted.
+			// unsynced pages: nothing after it can be trusted. Cut these
+			// records (not journaled, they stay spooled) and append no more.
+			_ = j.f.Truncate(j.size)
 			j.broken = fmt.Errorf("chain journal: fsync: %w", err)
 			return j.broken
 		}
@@ -301,9 +292,6 @@ func (j *journal) close() {
 	if j.f != nil {
 		_ = j.f.Close()
 	}
-	if j.lock != nil {
-		_ = j.lock.Close()
-	}
 }
 
 // loadJournal opens the writer's journal, with Config.Journal, and puts
@@ -313,6 +301,11 @@ func (r *Recorder) loadJournal() error {
 	if r.cfg.HeadDir == "" {
 		return nil
 	}
+	lock, err := lockHeads(r.cfg.HeadDir, r.cfg.Writer)
+	if err != nil {
+		return err
+	}
+	r.hlock = lock
 	if !r.cfg.Journal {
 		// A journal an earlier run kept may hold durable records no
 		// block has yet: keep it, and journaling, for this run.
@@ -325,10 +318,12 @@ func (r *Recorder) loadJournal() error {
 	}
 	head, _, err := LoadHead(r.cfg.HeadDir, r.cfg.Writer)
 	if err != nil {
+		r.unlockHeads()
 		return fmt.Errorf("%w: %v", ErrTruncated, err)
 	}
 	j, first, events, err := openJournal(r.cfg.HeadDir, r.cfg.Writer, head.Journal)
 	if err != nil {
+		r.unlockHeads()
 		return err
 	}
 	start := max(first, head.Journal)
@@ -339,6 +334,7 @@ func (r *Recorder) loadJournal() error {
 	}
 	if err := r.respool(events); err != nil {
 		j.close()
+		r.unlockHeads()
 		return fmt.Errorf("chain journal of %s: %w", r.cfg.Writer, err)
 	}
 	if len(events) == 0 && len(j.files) > 0 && j.files[len(j.files)-1].base+j.files[len(j.files)-1].n < start {
@@ -346,6 +342,7 @@ func (r *Recorder) loadJournal() error {
 		// the next record starts a file of its own at the head's index.
 		if err := j.start(start); err != nil {
 			j.close()
+			r.unlockHeads()
 			return err
 		}
 	}
@@ -362,9 +359,19 @@ func (r *Recorder) loadJournal() error {
 	return nil
 }
 
+// closeJournal closes the journal and gives the head directory up (Open
+// failing after loadJournal).
 func (r *Recorder) closeJournal() {
 	if r.jr != nil {
 		r.jr.close()
+	}
+	r.unlockHeads()
+}
+
+func (r *Recorder) unlockHeads() {
+	if r.hlock != nil {
+		_ = r.hlock.Close()
+		r.hlock = nil
 	}
 }
 
@@ -444,6 +451,10 @@ func (r *Recorder) journalUpTo(sync bool) error {
 // order; anything else means another process wrote as this writer.
 func (r *Recorder) dropJournaled(ctx context.Context, from, last uint64) error {
 	r.mu.Lock()
+	if r.failed != nil {
+		r.mu.Unlock()
+		return r.failed
+	}
 	restored := r.spool[:r.journaled-r.base]
 	r.mu.Unlock()
 	n := 0

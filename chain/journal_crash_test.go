@@ -72,6 +72,8 @@ func TestJournalTakesASpoolFileOnceAcrossAFailedClose(t *testing.T) {
 	e.wantOps(t, 1, 5)
 }
 
+// (The lease lives 3 s, renewed every second: the other holder written
+// below outlives the next renewal, which must find it.)
 // A durable record returns nil once journaled; a fence (lease taken) then
 // drops it from the spool, Close saves a head past it, and the next start
 // does not restore it: a released write with no record.
@@ -80,7 +82,7 @@ func TestJournalKeepsReleasedWritesOfAFencedWriter(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
-		Journal: true, LeaseTTL: 300 * time.Millisecond, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
+		Journal: true, LeaseTTL: 3 * time.Second, Linger: time.Hour, DurableTimeout: 3 * time.Second}, nopLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,4 +276,24 @@ func TestJournalAfterAStaleHeadOfARunWithout(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.wantOps(t, 1, 11)
+}
+
+// A crash after a spool file was folded into the journal and before it
+// was removed: the next start finds both, and records its events once.
+func TestJournalTakesASpoolFileOnceAcrossACrashWhileFolding(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	writeSpoolFile(t, heads, 1, 5)
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads) // folds the spool file into the journal
+	nc.Close()                         // killed
+	writeSpoolFile(t, heads, 1, 5)     // as if its removal had not reached the disk
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if n := r2.Pending(); n != 5 || r.Pending() != 5 {
+		t.Fatalf("pending after the restart %d (first run %d), want 5", n, r.Pending())
+	}
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 5)
 }

@@ -7,3 +7,6 @@ func BreakJournal(r *Recorder, err error) {
 	r.jr.broken = err
 	r.jmu.Unlock()
 }
+
+// FailForTest stops r as keepLease does when its lease was taken.
+func FailForTest(r *Recorder, err error) { r.fail(err) }

@@ -111,6 +111,7 @@ type Recorder struct {
 	jwake    chan struct{} // wakes the journaler: a durable event waits
 	jdone    chan struct{} // closed when the journaler returns
 	jrelease atomic.Uint64 // journal files below this index may go (a saved head says so)
+	hlock    *os.File      // this process's lock on the writer's files in HeadDir (lockHeads)
 
 	lease     atomic.Pointer[lease]
 	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
@@ -398,7 +399,11 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	journaled := false
 	if r.jr != nil {
 		<-r.jdone
-		// What is still spooled stays in the journal for the next start.
+		// What is still spooled stays in the journal for the next start,
+		// with a gap event for what could not be spooled.
+		r.mu.Lock()
+		r.appendGapLocked("the recorder's spool was full when it stopped")
+		r.mu.Unlock()
 		jerr := r.journalUpTo(true)
 		journaled = jerr == nil
 		if jerr != nil && err != nil {
@@ -415,9 +420,12 @@ func (r *Recorder) Close(timeout time.Duration) error {
 		if !r.cfg.Journal && empty && err == nil {
 			r.jr.removeAll() // an earlier run's journal, replayed and committed
 		}
-		r.closeJournal()
+		r.jr.close()
 		r.jmu.Unlock()
 	}
+	// The head directory stays this process's until its spool file is
+	// written and its lease given back.
+	defer r.unlockHeads()
 	if err != nil && journaled {
 		r.mu.Lock()
 		n := len(r.spool)
@@ -484,6 +492,9 @@ func (r *Recorder) run() {
 		}
 	}
 	for {
+		if r.Failed() != nil {
+			return // keepLease found the writer fenced
+		}
 		if !r.synced {
 			ctx, cancel := context.WithTimeout(context.Background(), r.cfg.PublishTimeout)
 			err := r.syncHead(ctx)
@@ -722,7 +733,10 @@ func (r *Recorder) commit(batch []entry, hash Hash, seq uint64) {
 	r.mu.Lock()
 	if r.failed != nil {
 		// fail, called by keepLease while this block was in flight, has
-		// emptied the spool and told every waiter already.
+		// emptied the spool and told every waiter already. The block
+		// landed: the head saved at Close has it, so its journal index
+		// must be past its events.
+		r.base += uint64(len(batch))
 		r.mu.Unlock()
 		return
 	}
