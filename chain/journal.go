@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -374,6 +375,11 @@ func (r *Recorder) unlockHeads() {
 		r.hlock = nil
 	}
 }
+
+// journalEvery is how often a lingering block's events are written to the
+// journal, fsync'd or not: the most a crash of the process (not of the
+// host) can lose of the reads recorded on the embedded server.
+const journalEvery = 2 * time.Millisecond
 
 // journaler writes and fsyncs the spooled events whenever a durable one
 // waits, all of them at once, until the recorder stops.

@@ -297,3 +297,43 @@ func TestJournalTakesASpoolFileOnceAcrossACrashWhileFolding(t *testing.T) {
 	}
 	e.wantOps(t, 1, 5)
 }
+
+// Reads lingering for company are written to the journal within
+// milliseconds, not only when their block is built: a process killed
+// during the linger (here an hour) loses none of them.
+func TestJournalKeepsLingeringReadsAcrossACrash(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	journaled := func(from, to int) func() bool {
+		want := 0
+		for i := from; i <= to; i++ {
+			want += 8 + len(chain.AppendEvent(nil, event(uint64(i), audit.Allow)))
+		}
+		return func() bool {
+			size := 0
+			for _, name := range journalFiles(t, heads) {
+				if fi, err := os.Stat(name); err == nil {
+					size += int(fi.Size())
+				}
+			}
+			return size >= want
+		}
+	}
+	// The first read wakes the committer, which journals what is spooled
+	// then; the later ones arrive during its linger.
+	recordOps(t, r, 1, 1, func(int) bool { return false })
+	testwait.For(t, "the first read in the journal", journaled(1, 1))
+	recordOps(t, r, 2, 5, func(int) bool { return false })
+	testwait.For(t, "the later reads in the journal", journaled(1, 5))
+	nc.Close() // killed
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if n := r2.Pending(); n != 5 {
+		t.Fatalf("pending after restart: %d, want the 5 reads", n)
+	}
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 5)
+}

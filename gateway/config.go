@@ -230,6 +230,7 @@ type ChainConfig struct {
 	Replicas       int           `yaml:"replicas"`        // stream replicas when creating it
 	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
 	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
+	Linger         time.Duration `yaml:"linger"`          // how long a block waits for more events (default 20ms)
 	DurableReads   bool          `yaml:"durable_reads"`   // reads too wait for their record
 	Trust          string        `yaml:"trust"`           // trust file the console verifies against (default DATA-DIR/trust.yaml)
 }
@@ -467,6 +468,9 @@ func Load(path string) (*Config, error) {
 	}
 	if c.Chain.Writer == "" {
 		return nil, fmt.Errorf("%s: chain.writer: name this proxy's chain (e.g. gw-1)", path)
+	}
+	if c.Chain.Linger < 0 || c.Chain.Linger > time.Second {
+		return nil, fmt.Errorf("%s: chain.linger: want 0 to 1s (how long a block waits for more events), not %v", path, c.Chain.Linger)
 	}
 	if c.Chain.Key == "" {
 		return nil, fmt.Errorf("%s: chain.key: the writer's private keyset (create one with: gridseal keys new %s --dir DIR)", path, c.Chain.Writer)

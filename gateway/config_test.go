@@ -56,3 +56,39 @@ func TestEVEConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestChainLinger: chain.linger is a duration from 0 to 1s; outside that
+// range the file is refused with one line naming the key.
+func TestChainLinger(t *testing.T) {
+	for _, tc := range []struct {
+		linger string
+		want   time.Duration
+		err    string
+	}{
+		{"50ms", 50 * time.Millisecond, ""},
+		{"0s", 0, ""},
+		{"-1ms", 0, "chain.linger: want 0 to 1s"},
+		{"2s", 0, "chain.linger: want 0 to 1s"},
+	} {
+		t.Run(tc.linger, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "gridseal.yaml")
+			yml := "policy: policy.yaml\nlisteners: [{listen: 127.0.0.1:0, devices: [d]}]\nchain: {writer: gw-1, key: k.json, linger: " + tc.linger + "}\n"
+			if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := Load(path)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("error %v, want one with %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Chain.Linger != tc.want {
+				t.Fatalf("linger %v, want %v", cfg.Chain.Linger, tc.want)
+			}
+		})
+	}
+}

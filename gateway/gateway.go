@@ -410,7 +410,7 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 	// fsync'd in the local journal is the same promise, at fsync speed.
 	g.rec, err = chain.Open(ctx, conn.Recorder(), chain.Config{
 		Writer: c.Writer, Signer: signer, Replicas: c.Replicas,
-		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes,
+		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes, Linger: c.Linger,
 		Observe: chain.BlockObserver(reg), HeadDir: HeadDir(g.opts.DataDir),
 		Journal: conn.Embedded,
 	}, g.log.Named("chain"))
