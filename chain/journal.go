@@ -381,6 +381,10 @@ func (r *Recorder) unlockHeads() {
 // host) can lose of the reads recorded on the embedded server.
 const journalEvery = 2 * time.Millisecond
 
+// journalRetry is how soon the committer tries again to journal events a
+// failed journal write left spooled (with nothing journaled to publish).
+const journalRetry = 50 * time.Millisecond
+
 // journaler writes and fsyncs the spooled events whenever a durable one
 // waits, all of them at once, until the recorder stops.
 func (r *Recorder) journaler() {

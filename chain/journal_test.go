@@ -312,3 +312,26 @@ func holdJournal(t *testing.T, heads string) {
 	fmt.Println("journaled")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 }
+
+// Events the journal refused while nothing else was spooled reach the
+// stream by themselves once it takes writes again: no Record wakes the
+// committer for them (only the first of a spool does), so it must look
+// again on its own.
+func TestJournalRetriesWhatItRefused(t *testing.T) {
+	e := newChain(t)
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: t.TempDir(),
+		Journal: true, LeaseTTL: -1, Linger: 5 * time.Millisecond, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(2 * time.Second)
+	chain.BreakJournal(r, errors.New("no space left on device"))
+	recordOps(t, r, 1, 3, func(int) bool { return false })
+	time.Sleep(100 * time.Millisecond) // the committer finds the journal refusing them
+	if n := r.Pending(); n != 3 {
+		t.Fatalf("pending with the journal refusing writes: %d, want 3", n)
+	}
+	chain.MendJournal(r)
+	testwait.For(t, "the refused reads in blocks", func() bool { return r.Pending() == 0 })
+	e.wantOps(t, 1, 3)
+}

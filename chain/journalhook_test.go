@@ -10,3 +10,11 @@ func BreakJournal(r *Recorder, err error) {
 
 // FailForTest stops r as keepLease does when its lease was taken.
 func FailForTest(r *Recorder, err error) { r.fail(err) }
+
+// MendJournal undoes BreakJournal, as space returning to a full disk does
+// for a write that failed (not an fsync: that breaks it for good).
+func MendJournal(r *Recorder) {
+	r.jmu.Lock()
+	r.jr.broken = nil
+	r.jmu.Unlock()
+}

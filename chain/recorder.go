@@ -128,6 +128,7 @@ type Recorder struct {
 	done      chan struct{}
 
 	// committer state, owned by run
+	jwarned  error // the journal write failure last logged
 	synced   bool
 	height   uint64 // next block's height
 	prev     Hash
@@ -563,9 +564,11 @@ func (r *Recorder) next() []entry {
 			// A block holds only journaled events (so a crash cannot
 			// leave one in the stream the journal lacks, see
 			// dropJournaled); the reads are written now, not fsync'd.
-			if err := r.journalUpTo(false); err != nil {
+			err := r.journalUpTo(false)
+			if err != nil && (r.jwarned == nil || err.Error() != r.jwarned.Error()) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}
+			r.jwarned = err // logged once, not at every retry
 		}
 		r.mu.Lock()
 		if r.failed != nil {
@@ -594,9 +597,16 @@ func (r *Recorder) next() []entry {
 		// block lingers for company like any other.
 		urgent := (r.durable > 0 && !r.cfg.Journal) || r.closed || r.flushing > 0
 		batch := spool[:n:n]
+		held := len(r.spool) > len(spool) // not journaled yet
 		r.mu.Unlock()
 		var t *time.Timer
 		var wait <-chan time.Time
+		if n == 0 && held {
+			// The journal refused them (a full disk): try again soon,
+			// no Record will wake the committer for them.
+			t = time.NewTimer(journalRetry)
+			wait = t.C
+		}
 		if n > 0 {
 			now := time.Now()
 			if lingerUntil.IsZero() {
