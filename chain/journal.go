@@ -376,9 +376,10 @@ func (r *Recorder) unlockHeads() {
 	}
 }
 
-// journalEvery is how often a lingering block's events are written to the
-// journal, fsync'd or not: the most a crash of the process (not of the
-// host) can lose of the reads recorded on the embedded server.
+// journalEvery is how soon an event is written to the journal, fsync'd or
+// not, whatever the committer does (lingering, or retrying a publish NATS
+// refuses): the most a crash of the process (not of the host) can lose of
+// the reads recorded on the embedded server.
 const journalEvery = 2 * time.Millisecond
 
 // journalRetry is how soon the committer tries again to journal events a
@@ -386,17 +387,41 @@ const journalEvery = 2 * time.Millisecond
 const journalRetry = 50 * time.Millisecond
 
 // journaler writes and fsyncs the spooled events whenever a durable one
-// waits, all of them at once, until the recorder stops.
+// waits, all of them at once, and writes them unsynced journalEvery after
+// the first it has not written, until the recorder stops.
 func (r *Recorder) journaler() {
 	defer close(r.jdone)
+	var t *time.Timer
+	var tick <-chan time.Time
+	var warned error
 	for {
+		sync := true
 		select {
 		case <-r.stop:
+			if t != nil {
+				t.Stop()
+			}
 			return
 		case <-r.jwake:
+		case <-r.jlazy:
+			if t == nil {
+				t = time.NewTimer(journalEvery)
+				tick = t.C
+			}
+			continue
+		case <-tick:
+			t, tick, sync = nil, nil, false
 		}
-		if err := r.journalUpTo(true); err != nil {
+		err := r.journalUpTo(sync)
+		switch {
+		case err == nil:
+		case sync:
 			r.log.Error("chain journal: durable records refused", zap.Error(err))
+		case warned == nil || err.Error() != warned.Error():
+			r.log.Warn("chain journal write failed", zap.Error(err))
+		}
+		if !sync {
+			warned = err
 		}
 	}
 }
@@ -435,6 +460,14 @@ func (r *Recorder) journalUpTo(sync bool) error {
 	}
 	if err == nil {
 		r.journaled = from + uint64(len(events))
+		if uint64(len(r.spool)) > r.journaled-r.base {
+			// Spooled meanwhile: their Record saw others unwritten and
+			// did not wake the journaler.
+			select {
+			case r.jlazy <- struct{}{}:
+			default:
+			}
+		}
 	}
 	// Entries from..from+len(events) are still spooled: commit drops only
 	// journaled ones, and fail was checked.

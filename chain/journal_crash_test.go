@@ -337,3 +337,43 @@ func TestJournalKeepsLingeringReadsAcrossACrash(t *testing.T) {
 	}
 	e.wantOps(t, 1, 5)
 }
+
+// While the committer retries a block NATS does not take, the reads that
+// keep coming are written to the journal all the same: a crash then loses
+// none of them either.
+func TestJournalKeepsReadsWhileABlockIsRetried(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r, err := chain.Open(t.Context(), nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, Linger: time.Millisecond, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc.Close() // NATS away: the first block is retried
+	recordOps(t, r, 1, 1, func(int) bool { return false })
+	time.Sleep(50 * time.Millisecond)
+	recordOps(t, r, 2, 5, func(int) bool { return false })
+	want := 0
+	for i := 1; i <= 5; i++ {
+		want += 8 + len(chain.AppendEvent(nil, event(uint64(i), audit.Allow)))
+	}
+	testwait.For(t, "the reads in the journal", func() bool {
+		size := 0
+		for _, name := range journalFiles(t, heads) {
+			if fi, err := os.Stat(name); err == nil {
+				size += int(fi.Size())
+			}
+		}
+		return size >= want
+	})
+	// killed
+	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if n := r2.Pending(); n != 5 {
+		t.Fatalf("pending after restart: %d, want the 5 reads", n)
+	}
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 5)
+}

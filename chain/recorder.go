@@ -114,6 +114,7 @@ type Recorder struct {
 	jmu      sync.Mutex    // serialises journal appends (journalUpTo)
 	jevents  [][]byte      // journalUpTo's scratch, under jmu
 	jwake    chan struct{} // wakes the journaler: a durable event waits
+	jlazy    chan struct{} // wakes the journaler: an event waits to be written, not fsync'd
 	jdone    chan struct{} // closed when the journaler returns
 	jrelease atomic.Uint64 // journal files below this index may go (a saved head says so)
 	hlock    *os.File      // this process's lock on the writer's files in HeadDir (lockHeads)
@@ -221,6 +222,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	go r.run()
 	if r.jr != nil {
 		r.jwake = make(chan struct{}, 1)
+		r.jlazy = make(chan struct{}, 1)
 		r.jdone = make(chan struct{})
 		go r.journaler()
 	}
@@ -275,12 +277,20 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	// first event, a durable one (unless the journal takes it), or a
 	// full block.
 	signal := len(r.spool) == 1 || (durable && !r.cfg.Journal) || len(r.spool) == r.cfg.MaxBlockEvents
+	// and the journaler when this is the first event it has not written.
+	lazy := r.jr != nil && !durable && uint64(len(r.spool)) == r.journaled-r.base+1
 	if durable {
 		r.durable++
 	}
 	r.mu.Unlock()
 	if signal {
 		r.signal()
+	}
+	if lazy {
+		select {
+		case r.jlazy <- struct{}{}:
+		default:
+		}
 	}
 	if durable && r.cfg.Journal {
 		select {
@@ -615,14 +625,7 @@ func (r *Recorder) next() []entry {
 			if full || urgent || r.cfg.Linger < 0 || !now.Before(lingerUntil) {
 				return batch
 			}
-			d := lingerUntil.Sub(now)
-			if r.jr != nil {
-				// Meanwhile the lingering events go to the journal
-				// (written, not fsync'd) every journalEvery, so a crash of
-				// the process loses none older than that.
-				d = min(d, journalEvery)
-			}
-			t = time.NewTimer(d)
+			t = time.NewTimer(lingerUntil.Sub(now))
 			wait = t.C
 		}
 		stopped := false

@@ -251,11 +251,17 @@ func TestReadsMillisecondsApartShareABlock(t *testing.T) {
 	}
 	defer r.Close(2 * time.Second)
 	const n = 5
+	start := time.Now()
 	for i := range uint64(n) {
 		if err := r.Record(t.Context(), event(i, audit.Allow), false); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond)
+		if i < n-1 {
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	if span := time.Since(start); span > 15*time.Millisecond {
+		t.Skipf("the five reads took %v on this loaded machine, not the ~8 ms the test needs", span)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for r.Pending() > 0 && time.Now().Before(deadline) {

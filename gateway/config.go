@@ -230,7 +230,7 @@ type ChainConfig struct {
 	Replicas       int           `yaml:"replicas"`        // stream replicas when creating it
 	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
 	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
-	Linger         time.Duration `yaml:"linger"`          // how long a block waits for more events (default 20ms)
+	Linger         time.Duration `yaml:"linger"`          // how long a block waits for more events, up to 1s (0 or unset: 20ms)
 	DurableReads   bool          `yaml:"durable_reads"`   // reads too wait for their record
 	Trust          string        `yaml:"trust"`           // trust file the console verifies against (default DATA-DIR/trust.yaml)
 }
