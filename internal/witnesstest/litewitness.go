@@ -121,7 +121,10 @@ func (w *Litewitness) start() {
 		}
 		_ = w.cmd.Wait()
 	}()
-	testwait.For(t, "litewitness to listen on "+w.addr, func() bool {
+	// Listening, and its key line read from its stderr: the port may
+	// answer before the reader goroutine has the line (or be another
+	// process's, when litewitness then exits unable to bind it).
+	testwait.For(t, "litewitness to listen on "+w.addr+" and print its key", func() bool {
 		c, err := net.Dial("tcp", w.addr)
 		if err == nil {
 			_ = c.Close()
@@ -131,7 +134,7 @@ func (w *Litewitness) start() {
 			t.Fatalf("litewitness exited:\n%s", w.Log())
 		default:
 		}
-		return err == nil
+		return err == nil && vkeyLine.MatchString(w.Log())
 	})
 	m := vkeyLine.FindStringSubmatch(w.Log())
 	if m == nil {
