@@ -306,27 +306,12 @@ func TestJournalKeepsLingeringReadsAcrossACrash(t *testing.T) {
 	heads := t.TempDir()
 	nc := natstest.Connect(t, e.srv.URL())
 	r := e.openJournaled(t, nc, heads)
-	journaled := func(from, to int) func() bool {
-		want := 0
-		for i := from; i <= to; i++ {
-			want += 8 + len(chain.AppendEvent(nil, event(uint64(i), audit.Allow)))
-		}
-		return func() bool {
-			size := 0
-			for _, name := range journalFiles(t, heads) {
-				if fi, err := os.Stat(name); err == nil {
-					size += int(fi.Size())
-				}
-			}
-			return size >= want
-		}
-	}
 	// The first read wakes the committer, which journals what is spooled
 	// then; the later ones arrive during its linger.
 	recordOps(t, r, 1, 1, func(int) bool { return false })
-	testwait.For(t, "the first read in the journal", journaled(1, 1))
+	testwait.For(t, "the first read in the journal", journalHolds(t, heads, 1))
 	recordOps(t, r, 2, 5, func(int) bool { return false })
-	testwait.For(t, "the later reads in the journal", journaled(1, 5))
+	testwait.For(t, "the later reads in the journal", journalHolds(t, heads, 5))
 	nc.Close() // killed
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
 	if n := r2.Pending(); n != 5 {
@@ -354,19 +339,7 @@ func TestJournalKeepsReadsWhileABlockIsRetried(t *testing.T) {
 	recordOps(t, r, 1, 1, func(int) bool { return false })
 	time.Sleep(50 * time.Millisecond)
 	recordOps(t, r, 2, 5, func(int) bool { return false })
-	want := 0
-	for i := 1; i <= 5; i++ {
-		want += 8 + len(chain.AppendEvent(nil, event(uint64(i), audit.Allow)))
-	}
-	testwait.For(t, "the reads in the journal", func() bool {
-		size := 0
-		for _, name := range journalFiles(t, heads) {
-			if fi, err := os.Stat(name); err == nil {
-				size += int(fi.Size())
-			}
-		}
-		return size >= want
-	})
+	testwait.For(t, "the reads in the journal", journalHolds(t, heads, 5))
 	// killed
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
 	if n := r2.Pending(); n != 5 {
@@ -376,4 +349,22 @@ func TestJournalKeepsReadsWhileABlockIsRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.wantOps(t, 1, 5)
+}
+
+// journalHolds reports whether the journal under heads is long enough to
+// hold the records of ops 1..last (as event makes them).
+func journalHolds(t *testing.T, heads string, last int) func() bool {
+	want := 0
+	for i := 1; i <= last; i++ {
+		want += 8 + len(chain.AppendEvent(nil, event(uint64(i), audit.Allow)))
+	}
+	return func() bool {
+		size := 0
+		for _, name := range journalFiles(t, heads) {
+			if fi, err := os.Stat(name); err == nil {
+				size += int(fi.Size())
+			}
+		}
+		return size >= want
+	}
 }
