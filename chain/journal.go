@@ -414,16 +414,20 @@ func (r *Recorder) journaler() {
 		}
 		err := r.journalUpTo(sync)
 		switch {
-		case err == nil:
-		case sync:
+		case sync && err != nil:
 			r.log.Error("chain journal: durable records refused", zap.Error(err))
-		case warned == nil || err.Error() != warned.Error():
+		case !sync && newFailure(&warned, err):
 			r.log.Warn("chain journal write failed", zap.Error(err))
 		}
-		if !sync {
-			warned = err
-		}
 	}
+}
+
+// newFailure reports whether err is a failure other than *last (so it is
+// logged once, not at every retry), and keeps it in *last.
+func newFailure(last *error, err error) bool {
+	isNew := err != nil && (*last == nil || err.Error() != (*last).Error())
+	*last = err
+	return isNew
 }
 
 // journalUpTo appends the spooled events not yet in the journal, fsync'd

@@ -574,11 +574,9 @@ func (r *Recorder) next() []entry {
 			// A block holds only journaled events (so a crash cannot
 			// leave one in the stream the journal lacks, see
 			// dropJournaled); the reads are written now, not fsync'd.
-			err := r.journalUpTo(false)
-			if err != nil && (r.jwarned == nil || err.Error() != r.jwarned.Error()) {
+			if err := r.journalUpTo(false); newFailure(&r.jwarned, err) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}
-			r.jwarned = err // logged once, not at every retry
 		}
 		r.mu.Lock()
 		if r.failed != nil {
