@@ -457,6 +457,11 @@ func (r *Recorder) journalUpTo(sync bool) error {
 	}
 	err := r.jr.append(events, from, sync)
 	clear(r.jevents)
+	if r.jr.broken != nil && r.jbroken.Load() == nil {
+		broken := r.jr.broken
+		r.jbroken.Store(&broken)
+		r.log.Error("chain journal broken: writes are refused until gridseal restarts (after the disk is fixed)", zap.Error(r.jr.broken))
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failed != nil {

@@ -335,3 +335,25 @@ func TestJournalRetriesWhatItRefused(t *testing.T) {
 	testwait.For(t, "the refused reads in blocks", func() bool { return r.Pending() == 0 })
 	e.wantOps(t, 1, 3)
 }
+
+// A journal broken for good (a failed fsync, or a write it could not cut
+// back) makes the recorder say so — not available, JournalBroken, so the
+// gateway's readiness and gridseal_chain_writable show it — and refuse
+// durable records at once.
+func TestBrokenJournalShowsAndRefusesAtOnce(t *testing.T) {
+	e := newChain(t)
+	r := e.openJournaled(t, e.nc, t.TempDir())
+	defer r.Close(2 * time.Second)
+	recordOps(t, r, 1, 1, func(int) bool { return true })
+	chain.BreakJournal(r, errors.New("fsync: input/output error"))
+	if err := r.Record(t.Context(), event(2, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) {
+		t.Fatalf("a write on a broken journal: %v, want ErrUnavailable", err)
+	}
+	if r.Available() || r.JournalBroken() == nil {
+		t.Fatalf("broken journal: Available %v, JournalBroken %v; want false and the error", r.Available(), r.JournalBroken())
+	}
+	pending := r.Pending()
+	if err := r.Record(t.Context(), event(3, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) || r.Pending() != pending {
+		t.Fatalf("the next write: %v, pending %d (was %d); want ErrUnavailable and nothing spooled", err, r.Pending(), pending)
+	}
+}

@@ -16,5 +16,6 @@ func FailForTest(r *Recorder, err error) { r.fail(err) }
 func MendJournal(r *Recorder) {
 	r.jmu.Lock()
 	r.jr.broken = nil
+	r.jbroken.Store(nil)
 	r.jmu.Unlock()
 }

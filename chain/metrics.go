@@ -47,7 +47,7 @@ func (r *Recorder) RegisterMetrics(reg prometheus.Registerer) {
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_spool_limit_bytes", Help: "The spool's limit (chain.spool_bytes)."},
 			func() float64 { return float64(r.cfg.SpoolBytes) }),
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_writable", Help: "1 when the last block was acknowledged and the recorder has not stopped."},
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "gridseal_chain_writable", Help: "1 when the last block was acknowledged, the local journal takes writes and the recorder has not stopped."},
 			func() float64 {
 				if r.Available() && r.Failed() == nil {
 					return 1

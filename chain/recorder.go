@@ -111,13 +111,14 @@ type Recorder struct {
 	lastOp          uint64
 
 	jr       *journal
-	jmu      sync.Mutex    // serialises journal appends (journalUpTo)
-	jevents  [][]byte      // journalUpTo's scratch, under jmu
-	jwake    chan struct{} // wakes the journaler: a durable event waits
-	jlazy    chan struct{} // wakes the journaler: an event waits to be written, not fsync'd
-	jdone    chan struct{} // closed when the journaler returns
-	jrelease atomic.Uint64 // journal files below this index may go (a saved head says so)
-	hlock    *os.File      // this process's lock on the writer's files in HeadDir (lockHeads)
+	jmu      sync.Mutex            // serialises journal appends (journalUpTo)
+	jevents  [][]byte              // journalUpTo's scratch, under jmu
+	jwake    chan struct{}         // wakes the journaler: a durable event waits
+	jlazy    chan struct{}         // wakes the journaler: an event waits to be written, not fsync'd
+	jdone    chan struct{}         // closed when the journaler returns
+	jrelease atomic.Uint64         // journal files below this index may go (a saved head says so)
+	jbroken  atomic.Pointer[error] // set once the journal is broken (see JournalBroken)
+	hlock    *os.File              // this process's lock on the writer's files in HeadDir (lockHeads)
 
 	lease     atomic.Pointer[lease]
 	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
@@ -246,7 +247,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	data := AppendEvent(make([]byte, 0, EventSize(ev)), ev)
 	var done chan error
 	if durable {
-		if !r.available.Load() {
+		if !r.Available() {
 			return ErrUnavailable
 		}
 		done = make(chan error, 1)
@@ -350,7 +351,17 @@ func (r *Recorder) Failed() error {
 }
 
 // Available reports whether the last publish succeeded.
-func (r *Recorder) Available() bool { return r.available.Load() }
+func (r *Recorder) Available() bool { return r.available.Load() && r.jbroken.Load() == nil }
+
+// JournalBroken returns why the journal takes no more writes (a failed
+// fsync, or a failed write it could not cut back), or nil: until a
+// restart the recorder then refuses durable records at once.
+func (r *Recorder) JournalBroken() error {
+	if p := r.jbroken.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
 
 // Pending returns the number of spooled events not yet acknowledged.
 func (r *Recorder) Pending() int {

@@ -677,6 +677,9 @@ func (g *Gateway) ready() error {
 			return err
 		}
 	}
+	if err := g.rec.JournalBroken(); err != nil {
+		return err
+	}
 	if !g.rec.Available() {
 		return errors.New("chain not writable")
 	}
