@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,14 +22,14 @@ import (
 )
 
 // Tiler follows the chain stream, as the checkpointer does, and extends
-// the tiles in its directory as blocks land: each completed tile is
-// written once, the partial ones as they grow, and at each flush the
-// completed tiles are fsync'd together and the state written last, so a
-// restart goes on from the last message tiled without reading the stream
-// before it. Tiles a crash left inconsistent (a partial tile
-// not on disk, a root that does not match the state) are rebuilt from the
-// stream; a stream that no longer holds the message last tiled is
-// ErrTilesMismatch, and the tiler stops.
+// the tiles in its directory as blocks land: hashes, entries and the
+// blocks index are appended to their files, and at each flush every file
+// that grew is fsync'd once and the state written last, so a restart goes
+// on from the last message tiled without reading the stream before it.
+// At open the files are cut back to what the state covers (a crash may
+// have left more, or torn); tiles that cannot give the state's root are
+// rebuilt from the stream; a stream that no longer holds the message last
+// tiled is ErrTilesMismatch, and the tiler stops.
 //
 // One Tiler writes a directory at a time (the console's process owns it);
 // Tiles reads it meanwhile.
@@ -44,24 +43,22 @@ type Tiler struct {
 	// directory see.
 	flushed tilesState
 
-	n       int64  // leaves appended
-	seq     uint64 // last message appended
-	msgHash Hash   // SHA-256 of its data
-	nblocks int64  // blocks index records
-	levels  [][]Hash
-	written []int // per level: width of the partial tile last written
-	bundle  []byte
-	bundleN int
-	bundleW int // width of the partial bundle last written
+	n       int64    // leaves appended
+	seq     uint64   // last message appended
+	msgHash Hash     // SHA-256 of its data
+	nblocks int64    // blocks index records
+	levels  [][]Hash // per level: the hashes of its partial tile
 	blocks  *os.File
 	dirty   bool
-	// full holds the completed tiles written since the last flush, made
-	// durable (together: one fsync each at a time the disk is quiet, not
-	// one between every two writes) before the state that covers them.
-	full atomicfile.Batch
-	// covered are the partial tiles' directories of the completed tiles
-	// written since the last flush, removed once the state covers them.
-	covered []string
+	// Appended since the last flush, not yet in the files: per level the
+	// hashes (and how many the level's file holds), the entries (and the
+	// entries' length in all), the bundle index records (and the file's).
+	pend    [][]byte
+	inFile  []int64
+	entries []byte
+	entLen  int64
+	index   []byte
+	indexN  int64
 
 	read atomic.Int64 // stream messages read by Run
 	err  atomic.Pointer[error]
@@ -108,7 +105,8 @@ func OpenTiler(dir string, log *zap.Logger) (*Tiler, error) {
 	return t, nil
 }
 
-// load restores the tiler from the state file and the partial tiles.
+// load restores the tiler from the state file, cutting each file back to
+// what the state covers.
 func (t *Tiler) load() error {
 	st, err := t.tiles.state()
 	if errors.Is(err, os.ErrNotExist) {
@@ -122,14 +120,20 @@ func (t *Tiler) load() error {
 		return err
 	}
 	n := st.Size
-	if err := t.removeFullBeyond(n); err != nil {
-		return err
-	}
-	for l := 0; n>>(TileHeight*l) > 0; l++ {
+	for l := 0; ; l++ {
 		count := n >> (TileHeight * l)
+		if err := cutTo(levelPath(t.dir, l), 32*count); err != nil {
+			return err
+		}
+		if count == 0 {
+			if _, err := os.Stat(levelPath(t.dir, l+1)); err != nil {
+				break
+			}
+			continue // a level a crash began above the state's: cut, and on
+		}
 		var hs []Hash
 		if w := int(count % tileWidth); w > 0 {
-			data, err := t.tiles.ReadTile(tlog.Tile{L: l, N: count / tileWidth, W: w})
+			data, err := t.tiles.readTile(tlog.Tile{L: l, N: count / tileWidth, W: w}, st)
 			if err != nil {
 				return err
 			}
@@ -138,14 +142,15 @@ func (t *Tiler) load() error {
 			}
 		}
 		t.levels = append(t.levels, hs)
-		t.written = append(t.written, len(hs))
+		t.pend = append(t.pend, nil)
+		t.inFile = append(t.inFile, count)
 	}
-	if w := int(n % tileWidth); w > 0 {
-		data, err := t.tiles.ReadTile(tlog.Tile{L: -1, N: n / tileWidth, W: w})
-		if err != nil {
-			return err
-		}
-		t.bundle, t.bundleN, t.bundleW = append([]byte(nil), data...), w, w
+	bundles := (n + tileWidth - 1) / tileWidth
+	if err := cutTo(entriesPath(t.dir), st.Entries); err != nil {
+		return err
+	}
+	if err := cutTo(entriesIndexPath(t.dir), 8*bundles); err != nil {
+		return err
 	}
 	if got, err := t.tiles.Root(n); err != nil || got != root {
 		return fmt.Errorf("the tiles' root at %d is not the state's (%v)", n, err)
@@ -157,11 +162,35 @@ func (t *Tiler) load() error {
 		return fmt.Errorf("%w: state message hash %q", ErrFormat, st.Msg)
 	}
 	t.n, t.seq, t.msgHash, t.nblocks, t.flushed = n, st.Seq, msg, st.Blocks, st
+	t.entLen, t.indexN = st.Entries, bundles
 	return nil
 }
 
+// cutTo cuts the file at path to size bytes, removing it at 0; a file
+// shorter than that (or missing, with size > 0) is an error.
+func cutTo(path string, size int64) error {
+	fi, err := os.Stat(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && size == 0:
+		return nil
+	case err != nil:
+		return fmt.Errorf("tiles: %w", err)
+	case fi.Size() < size:
+		return fmt.Errorf("tiles: %s holds %d bytes, the state covers %d", filepath.Base(path), fi.Size(), size)
+	case size == 0:
+		return os.Remove(path)
+	case fi.Size() > size:
+		return os.Truncate(path, size) // a crash after the writes, before the state
+	}
+	return nil
+}
+
+// tilerFiles are the tiler's files but the state and the levels' ("tile"
+// is the first format's directory of tiles).
+var tilerFiles = []string{"tile", "blocks", "entries", "entries.index", "hashes.0"}
+
 func (t *Tiler) resetIfLeftovers() error {
-	for _, name := range []string{"tile", "blocks"} {
+	for _, name := range tilerFiles {
 		if _, err := os.Stat(filepath.Join(t.dir, name)); err == nil {
 			return errors.New("tiles without a state file")
 		}
@@ -177,8 +206,12 @@ func (t *Tiler) emptyState() tilesState {
 // reset removes the tiler's files from its directory (nothing else) and
 // starts over from an empty tree.
 func (t *Tiler) reset() error {
-	for _, name := range []string{"state", "tile", "blocks"} {
-		if err := os.RemoveAll(filepath.Join(t.dir, name)); err != nil {
+	levels, err := filepath.Glob(filepath.Join(t.dir, "hashes.*"))
+	if err != nil {
+		return fmt.Errorf("tiles: %w", err)
+	}
+	for _, name := range append(append([]string{"state"}, tilerFiles...), levels...) {
+		if err := os.RemoveAll(filepath.Join(t.dir, filepath.Base(name))); err != nil {
 			return fmt.Errorf("tiles: %w", err)
 		}
 	}
@@ -318,85 +351,38 @@ func (t *Tiler) Append(seq uint64, data []byte) error {
 }
 
 func (t *Tiler) appendLeaf(e []byte) error {
-	t.bundle = binary.BigEndian.AppendUint16(t.bundle, uint16(len(e)))
-	t.bundle = append(t.bundle, e...)
-	t.bundleN++
-	if t.bundleN == tileWidth {
-		if err := t.writeFull(tlog.Tile{L: -1, N: t.n / tileWidth, W: tileWidth}, t.bundle); err != nil {
-			return err
-		}
-		t.bundle, t.bundleN, t.bundleW = t.bundle[:0], 0, 0
+	if t.n%tileWidth == 0 { // a bundle begins
+		t.index = binary.BigEndian.AppendUint64(t.index, uint64(t.entLen))
 	}
+	t.entries = binary.BigEndian.AppendUint16(t.entries, uint16(len(e)))
+	t.entries = append(t.entries, e...)
+	t.entLen += int64(2 + len(e))
 	t.n++
-	return t.addHash(0, LeafHash(e))
+	t.addHash(0, LeafHash(e))
+	return nil
 }
 
-// addHash adds h, the hash of a full subtree of 256^l leaves, to level l's
-// partial tile; a tile it completes is written and its root goes up.
-func (t *Tiler) addHash(l int, h Hash) error {
+// addHash adds h, the hash of a full subtree of 256^l leaves, to level l;
+// a tile it completes sends its root up.
+func (t *Tiler) addHash(l int, h Hash) {
 	if l == len(t.levels) {
 		t.levels = append(t.levels, nil)
-		t.written = append(t.written, 0)
+		t.pend = append(t.pend, nil)
+		t.inFile = append(t.inFile, 0)
 	}
 	t.levels[l] = append(t.levels[l], h)
+	t.pend[l] = append(t.pend[l], h[:]...)
 	if len(t.levels[l]) < tileWidth {
-		return nil
-	}
-	count := t.n >> (TileHeight * l) // hashes at level l, this one included
-	data := make([]byte, 0, 32*tileWidth)
-	for _, x := range t.levels[l] {
-		data = append(data, x[:]...)
-	}
-	if err := t.writeFull(tlog.Tile{L: l, N: count/tileWidth - 1, W: tileWidth}, data); err != nil {
-		return err
+		return
 	}
 	root := MerkleRoot(t.levels[l]) // 256: a perfect tree; reuses the slice
-	t.levels[l], t.written[l] = t.levels[l][:0], 0
-	return t.addHash(l+1, root)
+	t.levels[l] = t.levels[l][:0]
+	t.addHash(l+1, root)
 }
 
-// writeFull writes a completed tile, once: one already there must hold the
-// same bytes (a restart after a crash writes it again).
-func (t *Tiler) writeFull(tile tlog.Tile, data []byte) error {
-	path := filepath.Join(t.dir, filepath.FromSlash(TilePath(tile)))
-	if old, err := os.ReadFile(path); err == nil {
-		if string(old) != string(data) {
-			return fmt.Errorf("%w: full tile %s differs from the one written before", ErrTilesMismatch, TilePath(tile))
-		}
-	} else if err := t.full.Write(path, data, 0o644); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
-	// Its partials go once a state covers it: until then a restart
-	// continues from them (and removes this tile, see removeFullBeyond).
-	t.covered = append(t.covered, path+".p")
-	return nil
-}
-
-// writePartial replaces tile's partial with one w wide, and removes the
-// narrower ones (readers take a prefix of the widest).
-func (t *Tiler) writePartial(tile tlog.Tile, data []byte, old int) error {
-	full := filepath.Join(t.dir, filepath.FromSlash(TilePath(tlog.Tile{L: tile.L, N: tile.N, W: tileWidth})))
-	dir := full + ".p"
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
-	path := filepath.Join(dir, strconv.Itoa(tile.W))
-	// Not fsync'd: the state's root is checked against the partial tiles
-	// when the tiler opens them, and they are rebuilt if a crash lost one.
-	if err := os.WriteFile(path+".tmp", data, 0o644); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
-	if old > 0 && old != tile.W {
-		_ = os.Remove(filepath.Join(dir, strconv.Itoa(old)))
-	}
-	return nil
-}
-
-// Flush writes the partial tiles that grew, then the state: from then on
-// readers see the tiles at the new size. Run flushes on its own.
+// Flush appends what grew to the files, fsyncs each once, then writes the
+// state: from then on readers see the tiles at the new size. Run flushes
+// on its own.
 func (t *Tiler) Flush() error {
 	if !t.dirty {
 		return nil
@@ -404,35 +390,28 @@ func (t *Tiler) Flush() error {
 	if err := t.blocks.Sync(); err != nil {
 		return fmt.Errorf("tiles blocks index: %w", err)
 	}
-	for l, hs := range t.levels {
-		if len(hs) == 0 || len(hs) == t.written[l] {
-			continue
-		}
-		count := t.n >> (TileHeight * l)
-		data := make([]byte, 0, 32*len(hs))
-		for _, x := range hs {
-			data = append(data, x[:]...)
-		}
-		if err := t.writePartial(tlog.Tile{L: l, N: count / tileWidth, W: len(hs)}, data, t.written[l]); err != nil {
+	for l, hs := range t.pend {
+		if err := appendSync(levelPath(t.dir, l), 32*t.inFile[l], hs); err != nil {
 			return err
 		}
-		t.written[l] = len(hs)
+		t.inFile[l] += int64(len(hs) / 32)
+		t.pend[l] = hs[:0]
 	}
-	if t.bundleN > 0 && t.bundleN != t.bundleW {
-		if err := t.writePartial(tlog.Tile{L: -1, N: t.n / tileWidth, W: t.bundleN}, t.bundle, t.bundleW); err != nil {
-			return err
-		}
-		t.bundleW = t.bundleN
+	if err := appendSync(entriesPath(t.dir), t.entLen-int64(len(t.entries)), t.entries); err != nil {
+		return err
 	}
-	root, err := t.tiles.Root(t.n)
+	if err := appendSync(entriesIndexPath(t.dir), 8*t.indexN, t.index); err != nil {
+		return err
+	}
+	t.indexN += int64(len(t.index) / 8)
+	t.entries, t.index = t.entries[:0], t.index[:0]
+	st := tilesState{Format: tilesFormat, Origin: CheckpointOrigin, Size: t.n,
+		Seq: t.seq, Msg: t.msgHash.String(), Blocks: t.nblocks, Entries: t.entLen}
+	root, err := rootOf(t.tiles.at(st), t.n)
 	if err != nil {
 		return fmt.Errorf("tiles: root at %d: %w", t.n, err)
 	}
-	if err := t.full.Sync(); err != nil {
-		return fmt.Errorf("tiles: %w", err)
-	}
-	st := tilesState{Format: tilesFormat, Origin: CheckpointOrigin, Size: t.n, Root: root.String(),
-		Seq: t.seq, Msg: t.msgHash.String(), Blocks: t.nblocks}
+	st.Root = root.String()
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
@@ -444,32 +423,31 @@ func (t *Tiler) Flush() error {
 	t.flushed = st
 	t.mu.Unlock()
 	t.dirty = false
-	for _, dir := range t.covered {
-		if err := os.RemoveAll(dir); err != nil {
-			return fmt.Errorf("tiles: %w", err)
-		}
-	}
-	t.covered = t.covered[:0]
 	return nil
 }
 
-// removeFullBeyond removes the completed tiles a tree of n leaves does not
-// reach: written after the state of size n, they were not yet fsync'd, so
-// a crash may have cut them short. They are written again as the tree
-// grows past them.
-func (t *Tiler) removeFullBeyond(n int64) error {
-	for l := -1; l < 8; l++ { // 256^9 leaves: more than a chain holds
-		count := n >> (TileHeight * max(l, 0)) // leaves, or hashes at level l
-		for i := count / tileWidth; ; i++ {
-			path := filepath.Join(t.dir, filepath.FromSlash(TilePath(tlog.Tile{L: l, N: i, W: tileWidth})))
-			err := os.Remove(path)
-			if errors.Is(err, os.ErrNotExist) {
-				break // written in order: none further
-			}
-			if err != nil {
-				return fmt.Errorf("tiles: %w", err)
-			}
-		}
+// appendSync writes data at off of the file at path (its end) and fsyncs
+// it, and its directory when it is new.
+func appendSync(path string, off int64, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("tiles: %w", err)
+	}
+	_, err = f.WriteAt(data, off)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && off == 0 {
+		err = atomicfile.SyncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return fmt.Errorf("tiles: %w", err)
 	}
 	return nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -18,16 +17,22 @@ import (
 	"golang.org/x/mod/sumdb/tlog"
 )
 
-// Tiles: the tree of every event (see Checkpoint) kept as C2SP tlog-tiles
-// (c2sp.org/tlog-tiles) in a directory, laid out as the paths are served:
+// Tiles: the tree of every event (see Checkpoint) kept for C2SP tlog-tiles
+// (c2sp.org/tlog-tiles) in a directory of append-only files, one a level,
+// from which any tile is a slice:
 //
-//	tile/<L>/<N>            a full tile: 256 hashes of level 8·L
-//	tile/<L>/<N>.p/<W>      the newest partial tile, W < 256 hashes
-//	tile/entries/<N>[.p/<W>] entry bundles: each event as recorded, u16 length ‖ bytes
-//	blocks                  16-byte records: a block's stream sequence, its first leaf
-//	state                   JSON: the tiled size, root, and the last message tiled
+//	hashes.<L>     every hash of level 8·L, 32 bytes each, in order: tile
+//	               L/N of width W is bytes 32·256·N … +32·W
+//	entries        every event as recorded, u16 length ‖ bytes, in order
+//	entries.index  u64 offset in entries of leaf 256·N, a record per bundle
+//	blocks         16-byte records: a block's stream sequence, its first leaf
+//	state          JSON: the tiled size, root, entries' length, the last
+//	               message tiled
 //
-// A Tiler writes them; Tiles reads them, also from another process.
+// A Tiler appends to them and fsyncs each file once a flush, then writes
+// the state; Tiles reads them, also from another process, never past what
+// the state says (those bytes were on the disk before the state was, and
+// never change).
 
 // TileHeight is the height of a tile: 256 hashes, or entries, a full tile.
 const TileHeight = 8
@@ -83,16 +88,29 @@ type tilesState struct {
 	Seq    uint64 `json:"seq"`    // stream sequence of the last message tiled; 0: none
 	Msg    string `json:"msg"`    // hex SHA-256 of that message's data
 	Blocks int64  `json:"blocks"` // records of the blocks index that count
+	// Entries is the length of the entries file the Size leaves take.
+	Entries int64 `json:"entries"`
 }
 
-const tilesFormat = "gridseal-tiles-v1"
+// tilesFormat names the layout above. The first (gridseal-tiles-v1) kept
+// a file per tile; a directory in it is rebuilt from the stream.
+const tilesFormat = "gridseal-tiles-v2"
 
 // Tiles reads the tiles in a directory, as a Tiler left them. It is safe
 // for concurrent use, and while a Tiler (in this process or another)
-// extends them: every file it reads was written whole and renamed.
+// extends them: it reads no byte the state file does not cover.
 type Tiles struct {
 	dir string
 }
+
+// levelPath is the file of level l's hashes (tile level l: tree level 8·l).
+func levelPath(dir string, l int) string {
+	return filepath.Join(dir, "hashes."+strconv.Itoa(l))
+}
+
+// entriesPath and entriesIndexPath are the entries and their bundle index.
+func entriesPath(dir string) string      { return filepath.Join(dir, "entries") }
+func entriesIndexPath(dir string) string { return filepath.Join(dir, "entries.index") }
 
 // OpenTiles reads the tiles in dir; it fails if dir holds none.
 func OpenTiles(dir string) (*Tiles, error) {
@@ -129,53 +147,63 @@ func (ts *Tiles) Size() int64 {
 }
 
 // ReadTile returns the data of tile t, exactly t.W hashes (or entries)
-// wide: the full tile's or the newest partial's prefix, as tlog-tiles
-// allows (a tile's first W hashes never change). It returns an error
-// matching ErrNoTile if the tiles do not reach that far.
+// wide: a full tile's or a partial one's prefix, as tlog-tiles allows (a
+// tile's first W hashes never change). It returns an error matching
+// ErrNoTile if the tiles do not reach that far.
 func (ts *Tiles) ReadTile(t tlog.Tile) ([]byte, error) {
 	if t.W < 1 || t.W > tileWidth || t.N < 0 || t.L < -1 || t.L > 63 {
 		return nil, fmt.Errorf("%w: tile %+v", ErrNoTile, t)
 	}
-	full := filepath.Join(ts.dir, filepath.FromSlash(TilePath(tlog.Tile{L: t.L, N: t.N, W: tileWidth})))
-	// A partial may be replaced by a wider one, or by the full tile,
-	// between listing and reading it: look again, a few times.
-	for range 4 {
-		data, err := os.ReadFile(full)
-		if err == nil {
-			return tilePrefix(t, data)
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
-		ents, err := os.ReadDir(full + ".p")
-		if errors.Is(err, fs.ErrNotExist) {
-			if _, serr := os.Stat(full); serr == nil {
-				continue // completed meanwhile
-			}
-			return nil, fmt.Errorf("%w: %s", ErrNoTile, TilePath(t))
-		}
-		if err != nil {
-			return nil, err
-		}
-		best := 0
-		for _, e := range ents {
-			if w, err := strconv.Atoi(e.Name()); err == nil && w > best && w < tileWidth {
-				best = w
-			}
-		}
-		if best < t.W {
-			return nil, fmt.Errorf("%w: %s", ErrNoTile, TilePath(t))
-		}
-		data, err = os.ReadFile(filepath.Join(full+".p", strconv.Itoa(best)))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return tilePrefix(tlog.Tile{L: t.L, N: t.N, W: t.W}, data)
+	st, err := ts.state()
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("tile %s: it kept changing while read", TilePath(t))
+	return ts.readTile(t, st)
+}
+
+// readTile reads tile t of the tiles as of state st.
+func (ts *Tiles) readTile(t tlog.Tile, st tilesState) ([]byte, error) {
+	count := st.Size // leaves, or hashes at level t.L
+	if t.L >= 0 {
+		count = st.Size >> (TileHeight * t.L)
+	}
+	if t.N > count/tileWidth || t.N*tileWidth+int64(t.W) > count {
+		return nil, fmt.Errorf("%w: %s", ErrNoTile, TilePath(t))
+	}
+	if t.L >= 0 {
+		return readAt(levelPath(ts.dir, t.L), 32*tileWidth*t.N, 32*t.W)
+	}
+	bundles := (st.Size + tileWidth - 1) / tileWidth
+	idx, err := readAt(entriesIndexPath(ts.dir), 8*t.N, 8*int(min(2, bundles-t.N)))
+	if err != nil {
+		return nil, err
+	}
+	from, to := int64(binary.BigEndian.Uint64(idx)), st.Entries
+	if len(idx) == 16 {
+		to = int64(binary.BigEndian.Uint64(idx[8:]))
+	}
+	if from < 0 || to < from || to > st.Entries || to-from > int64(tileWidth*(2+maxEntry)) {
+		return nil, fmt.Errorf("%w: entry bundle %s at bytes %d..%d of %d", ErrFormat, TilePath(t), from, to, st.Entries)
+	}
+	data, err := readAt(entriesPath(ts.dir), from, int(to-from))
+	if err != nil {
+		return nil, err
+	}
+	return tilePrefix(t, data)
+}
+
+// readAt reads n bytes of the file at path from off; fewer is ErrFormat.
+func readAt(path string, off int64, n int) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("tiles: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+	b := make([]byte, n)
+	if _, err := f.ReadAt(b, off); err != nil {
+		return nil, fmt.Errorf("%w: %s holds no %d bytes at %d: %v", ErrFormat, filepath.Base(path), n, off, err)
+	}
+	return b, nil
 }
 
 // tilePrefix returns the first t.W hashes or entries of data.
@@ -219,6 +247,19 @@ func Entries(data []byte) ([][]byte, error) {
 // ReadHashes implements tlog.HashReader from the tiles, unverified: a
 // caller checks the root it computes against a signed checkpoint.
 func (ts *Tiles) ReadHashes(idx []int64) ([]tlog.Hash, error) {
+	st, err := ts.state()
+	if err != nil {
+		return nil, err
+	}
+	return ts.readHashes(idx, st)
+}
+
+// at reads the tiles as of state st (the Tiler's, before it writes it).
+func (ts *Tiles) at(st tilesState) tlog.HashReaderFunc {
+	return func(idx []int64) ([]tlog.Hash, error) { return ts.readHashes(idx, st) }
+}
+
+func (ts *Tiles) readHashes(idx []int64, st tilesState) ([]tlog.Hash, error) {
 	out := make([]tlog.Hash, len(idx))
 	cache := map[tlog.Tile][]byte{}
 	for i, x := range idx {
@@ -226,7 +267,7 @@ func (ts *Tiles) ReadHashes(idx []int64) ([]tlog.Hash, error) {
 		data, ok := cache[t]
 		if !ok {
 			var err error
-			if data, err = ts.ReadTile(t); err != nil {
+			if data, err = ts.readTile(t, st); err != nil {
 				return nil, fmt.Errorf("hash %d: %w", x, err)
 			}
 			cache[t] = data

@@ -14,8 +14,8 @@ import (
 var benchLeaves = flag.Int64("tiles.leaves", 10_000_000, "leaves of the tree BenchmarkTilesProof builds")
 
 // BenchmarkTilerAppend measures how fast the tiler tiles: blocks of 256
-// realistic events (225 bytes), each completed tile written and fsync'd,
-// partial tiles and the state written every 4096 events, as Run does.
+// realistic events (225 bytes), a flush (each file that grew written and
+// fsync'd, then the state) every 4096 events, as Run does.
 func BenchmarkTilerAppend(b *testing.B) {
 	signer, _ := newKey(b)
 	evs := make([][]byte, 256)

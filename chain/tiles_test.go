@@ -283,9 +283,9 @@ func TestTilerRefusesAnotherStream(t *testing.T) {
 	}
 }
 
-// TestTilerRebuildsLostTiles: a partial tile lost (a crash before it
-// reached the disk) makes the tiler start over from the stream, not serve
-// a tree the state does not describe.
+// TestTilerRebuildsLostTiles: hashes the state covers lost (a level's
+// file cut short) make the tiler start over from the stream, not serve a
+// tree the state does not describe.
 func TestTilerRebuildsLostTiles(t *testing.T) {
 	srv := natstest.RunJetStream(t)
 	js := jsOf(t, natstest.Connect(t, srv.URL()))
@@ -298,7 +298,7 @@ func TestTilerRebuildsLostTiles(t *testing.T) {
 	_ = stop()
 	_ = tl.Close()
 	want, _ := tl.Tiles().Root(305)
-	if err := os.RemoveAll(filepath.Join(dir, "tile", "0", "001.p")); err != nil {
+	if err := os.Truncate(filepath.Join(dir, "hashes.0"), 32*300); err != nil {
 		t.Fatal(err)
 	}
 	tl = chaintest.OpenTiler(t, dir)
@@ -314,11 +314,11 @@ func TestTilerRebuildsLostTiles(t *testing.T) {
 	}
 }
 
-// TestTilerRewritesTilesACrashCutShort: completed tiles are fsync'd
-// together before the state that covers them, so a crash may leave one
-// beyond the state cut short; the tiler writes it again instead of taking
-// it for another chain's tile, and serves the tree the stream holds.
-func TestTilerRewritesTilesACrashCutShort(t *testing.T) {
+// TestTilerCutsWhatACrashLeftPastTheState: each file is appended to and
+// fsync'd before the state that covers it, so a crash may leave any of
+// them longer than the state says, the excess torn; the tiler cuts it off,
+// goes on from the state, and serves the tree the stream holds.
+func TestTilerCutsWhatACrashLeftPastTheState(t *testing.T) {
 	srv := natstest.RunJetStream(t)
 	js := jsOf(t, natstest.Connect(t, srv.URL()))
 	signer, _ := newKey(t)
@@ -329,17 +329,18 @@ func TestTilerRewritesTilesACrashCutShort(t *testing.T) {
 	testwait.For(t, "305 events tiled", func() bool { return tl.Size() == 305 })
 	_ = stop()
 	_ = tl.Close()
-	// What a crash after the next tiles' writes, before their fsync and
-	// the state, may leave: the tiles that complete 512 leaves, empty or
-	// cut short.
-	for path, data := range map[string][]byte{"tile/0/001": nil, "tile/entries/001": {0, 7}} {
-		p := filepath.Join(dir, filepath.FromSlash(path))
-		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+	// What a crash after the next flush's writes, before its state, may
+	// leave: every file longer, its tail torn; a level begun above.
+	for name, tail := range map[string][]byte{"hashes.0": {1, 2, 3}, "hashes.1": make([]byte, 40), "hashes.2": {9},
+		"entries": {0, 7, 1}, "entries.index": {0, 0, 0, 0, 0, 0, 0x30}, "blocks": {1}} {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(p, data, 0o644); err != nil {
+		if _, err := f.Write(tail); err != nil {
 			t.Fatal(err)
 		}
+		_ = f.Close()
 	}
 	publishBlocks(t, js, signer, height, prev, op, 250, 50)
 	tl = chaintest.OpenTiler(t, dir)
@@ -360,14 +361,17 @@ func TestTilerRewritesTilesACrashCutShort(t *testing.T) {
 	_ = fresh.Close()
 	want, _ := fresh.Tiles().Root(605)
 	if got, err := tl.Tiles().Root(605); err != nil || got != want {
-		t.Fatalf("root %s after the rewrite, want %s (%v)", got, want, err)
+		t.Fatalf("root %s after the cut, want %s (%v)", got, want, err)
 	}
-	for _, path := range []string{"tile/0/001", "tile/entries/001"} {
-		a, _ := os.ReadFile(filepath.Join(dir, filepath.FromSlash(path)))
-		b, _ := os.ReadFile(filepath.Join(fresh.Tiles().Dir(), filepath.FromSlash(path)))
+	for _, name := range []string{"hashes.0", "hashes.1", "entries", "entries.index", "blocks"} {
+		a, _ := os.ReadFile(filepath.Join(dir, name))
+		b, _ := os.ReadFile(filepath.Join(fresh.Tiles().Dir(), name))
 		if len(a) == 0 || string(a) != string(b) {
-			t.Fatalf("%s holds %d bytes, not the %d of the stream's tile", path, len(a), len(b))
+			t.Fatalf("%s holds %d bytes, not the %d of the stream's", name, len(a), len(b))
 		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "hashes.2")); err == nil {
+		t.Fatal("hashes.2, a level the tree does not reach, is still there")
 	}
 }
 
