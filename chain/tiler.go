@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -126,10 +128,7 @@ func (t *Tiler) load() error {
 			return err
 		}
 		if count == 0 {
-			if _, err := os.Stat(levelPath(t.dir, l+1)); err != nil {
-				break
-			}
-			continue // a level a crash began above the state's: cut, and on
+			break // levels above the tree's: cut below, whatever their number
 		}
 		var hs []Hash
 		if w := int(count % tileWidth); w > 0 {
@@ -146,14 +145,17 @@ func (t *Tiler) load() error {
 		t.inFile = append(t.inFile, count)
 	}
 	bundles := (n + tileWidth - 1) / tileWidth
-	if err := cutTo(entriesPath(t.dir), st.Entries); err != nil {
-		return err
-	}
-	if err := cutTo(entriesIndexPath(t.dir), 8*bundles); err != nil {
-		return err
+	for path, size := range map[string]int64{entriesPath(t.dir): st.Entries, entriesIndexPath(t.dir): 8 * bundles,
+		filepath.Join(t.dir, "blocks"): 16 * st.Blocks} {
+		if err := cutTo(path, size); err != nil {
+			return err
+		}
 	}
 	if got, err := t.tiles.Root(n); err != nil || got != root {
 		return fmt.Errorf("the tiles' root at %d is not the state's (%v)", n, err)
+	}
+	if err := t.checkLastBundle(st); err != nil {
+		return err
 	}
 	var msg Hash
 	if b, err := hex.DecodeString(st.Msg); err == nil && len(b) == 32 {
@@ -163,6 +165,58 @@ func (t *Tiler) load() error {
 	}
 	t.n, t.seq, t.msgHash, t.nblocks, t.flushed = n, st.Seq, msg, st.Blocks, st
 	t.entLen, t.indexN = st.Entries, bundles
+	return nil
+}
+
+// checkLastBundle checks the entries of the last bundle the state covers:
+// they end where the state says and hash to the leaves' hashes (the root
+// check covers the hashes only).
+func (t *Tiler) checkLastBundle(st tilesState) error {
+	if st.Size == 0 {
+		return cutLevelsFrom(t.dir, 0)
+	}
+	tile := tlog.Tile{L: -1, N: (st.Size - 1) / tileWidth, W: int((st.Size-1)%tileWidth) + 1}
+	idx, err := readAt(entriesIndexPath(t.dir), 8*tile.N, 8)
+	if err != nil {
+		return err
+	}
+	data, err := t.tiles.readTile(tile, st)
+	if err != nil {
+		return err
+	}
+	if int64(binary.BigEndian.Uint64(idx))+int64(len(data)) != st.Entries {
+		return fmt.Errorf("%w: the entries do not end where the state says", ErrFormat)
+	}
+	es, err := Entries(data)
+	if err != nil {
+		return err
+	}
+	hashes, err := t.tiles.readTile(tlog.Tile{L: 0, N: tile.N, W: tile.W}, st)
+	if err != nil {
+		return err
+	}
+	for i, e := range es {
+		if LeafHash(e) != Hash(hashes[32*i:32*i+32]) {
+			return fmt.Errorf("%w: entry %d does not hash to its leaf", ErrFormat, tile.N*tileWidth+int64(i))
+		}
+	}
+	return cutLevelsFrom(t.dir, len(t.levels))
+}
+
+// cutLevelsFrom removes the level files from level l up: levels a crash
+// began above the state's tree.
+func cutLevelsFrom(dir string, l int) error {
+	names, err := tilerFiles(dir)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if k, err := strconv.Atoi(strings.TrimPrefix(name, "hashes.")); err == nil && k >= l {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil {
+				return fmt.Errorf("tiles: %w", err)
+			}
+		}
+	}
 	return nil
 }
 
@@ -185,12 +239,30 @@ func cutTo(path string, size int64) error {
 	return nil
 }
 
-// tilerFiles are the tiler's files but the state and the levels' ("tile"
-// is the first format's directory of tiles).
-var tilerFiles = []string{"tile", "blocks", "entries", "entries.index", "hashes.0"}
+// tilerFiles lists the tiler's files in dir but the state: the fixed
+// ones ("tile" is the first format's directory of tiles) and every
+// hashes.<L>, L a number.
+func tilerFiles(dir string) ([]string, error) {
+	names := []string{"tile", "blocks", "entries", "entries.index", "state.tmp"}
+	levels, err := filepath.Glob(filepath.Join(dir, "hashes.*"))
+	if err != nil {
+		return nil, fmt.Errorf("tiles: %w", err)
+	}
+	for _, path := range levels {
+		name := filepath.Base(path)
+		if l, err := strconv.Atoi(strings.TrimPrefix(name, "hashes.")); err == nil && l >= 0 && name == "hashes."+strconv.Itoa(l) {
+			names = append(names, name)
+		}
+	}
+	return names, nil
+}
 
 func (t *Tiler) resetIfLeftovers() error {
-	for _, name := range tilerFiles {
+	names, err := tilerFiles(t.dir)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
 		if _, err := os.Stat(filepath.Join(t.dir, name)); err == nil {
 			return errors.New("tiles without a state file")
 		}
@@ -206,12 +278,12 @@ func (t *Tiler) emptyState() tilesState {
 // reset removes the tiler's files from its directory (nothing else) and
 // starts over from an empty tree.
 func (t *Tiler) reset() error {
-	levels, err := filepath.Glob(filepath.Join(t.dir, "hashes.*"))
+	names, err := tilerFiles(t.dir)
 	if err != nil {
-		return fmt.Errorf("tiles: %w", err)
+		return err
 	}
-	for _, name := range append(append([]string{"state"}, tilerFiles...), levels...) {
-		if err := os.RemoveAll(filepath.Join(t.dir, filepath.Base(name))); err != nil {
+	for _, name := range append([]string{"state"}, names...) { // the state first: no state, no tiles
+		if err := os.RemoveAll(filepath.Join(t.dir, name)); err != nil {
 			return fmt.Errorf("tiles: %w", err)
 		}
 	}
@@ -321,8 +393,9 @@ func (t *Tiler) Run(ctx context.Context, js jetstream.JetStream) (err error) {
 // Append tiles the stream message at seq (its events, if it is a block;
 // a message that is not a block has no leaves). Sequences must follow one
 // another; Run calls it, and benchmarks and tools that tile without a
-// stream. What it appends is on disk after the next Flush (Close, or Run's
-// next tick).
+// stream. What it appends is held in memory and on disk after the next
+// Flush (Close, or Run's next tick): a caller that appends much flushes
+// now and then.
 func (t *Tiler) Append(seq uint64, data []byte) error {
 	if seq != t.seq+1 {
 		return fmt.Errorf("tiles: message %d after %d", seq, t.seq)
@@ -432,7 +505,11 @@ func appendSync(path string, off int64, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o644)
+	flag := os.O_WRONLY | os.O_CREATE
+	if off == 0 {
+		flag |= os.O_TRUNC // a leftover of a reset a crash cut short
+	}
+	f, err := os.OpenFile(path, flag, 0o644)
 	if err != nil {
 		return fmt.Errorf("tiles: %w", err)
 	}

@@ -2,6 +2,7 @@ package chain_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -423,5 +424,78 @@ func TestTilerContinuesAfterAKill(t *testing.T) {
 	defer func() { _ = again.Close() }()
 	if again.Size() != 305 {
 		t.Fatalf("reopened at %d leaves, want the flushed 305", again.Size())
+	}
+}
+
+// TestTilerRebuildsWhatItCannotTrust: a directory of the first format (a
+// file per tile), or a state whose entries' length the files do not bear
+// out, is tiled again from the stream — and what else the directory holds
+// stays.
+func TestTilerRebuildsWhatItCannotTrust(t *testing.T) {
+	srv := natstest.RunJetStream(t)
+	js := jsOf(t, natstest.Connect(t, srv.URL()))
+	signer, _ := newKey(t)
+	publishBlocks(t, js, signer, 0, chain.GenesisPrev("gw-1"), 0, 300, 5)
+	tileAll := func(dir string) *chain.Tiler {
+		tl := chaintest.OpenTiler(t, dir)
+		stop := runTiler(t, tl, js)
+		testwait.For(t, "305 events tiled", func() bool { return tl.Size() == 305 })
+		_ = stop()
+		_ = tl.Close()
+		return tl
+	}
+	want, _ := tileAll(t.TempDir()).Tiles().Root(305)
+	for name, spoil := range map[string]func(dir string) error{
+		"first format": func(dir string) error {
+			if err := os.MkdirAll(filepath.Join(dir, "tile", "0"), 0o700); err != nil {
+				return err
+			}
+			if err := os.WriteFile(filepath.Join(dir, "tile", "0", "000"), make([]byte, 8192), 0o644); err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(dir, "state"), []byte(`{"format":"gridseal-tiles-v1","origin":"`+chain.CheckpointOrigin+`","size":256}`), 0o644)
+		},
+		"entries' length off": func(dir string) error {
+			tileAll(dir)
+			b, err := os.ReadFile(filepath.Join(dir, "state"))
+			if err != nil {
+				return err
+			}
+			var st map[string]any
+			if err := json.Unmarshal(b, &st); err != nil {
+				return err
+			}
+			st["entries"] = st["entries"].(float64) - 1
+			b, _ = json.Marshal(st)
+			return os.WriteFile(filepath.Join(dir, "state"), b, 0o644)
+		},
+		"blocks index short": func(dir string) error {
+			tileAll(dir)
+			return os.Truncate(filepath.Join(dir, "blocks"), 16)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := spoil(dir); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "hashes.txt"), []byte("mine"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			tl := chaintest.OpenTiler(t, dir)
+			if tl.Size() != 0 {
+				t.Fatalf("continued from %d leaves", tl.Size())
+			}
+			_ = tl.Close()
+			if got, err := tileAll(dir).Tiles().Root(305); err != nil || got != want {
+				t.Fatalf("root %s, want %s (%v)", got, want, err)
+			}
+			if _, err := os.Stat(filepath.Join(dir, "tile")); err == nil {
+				t.Fatal("the first format's tile directory is still there")
+			}
+			if b, err := os.ReadFile(filepath.Join(dir, "hashes.txt")); err != nil || string(b) != "mine" {
+				t.Fatalf("a file not the tiler's: %q, %v", b, err)
+			}
+		})
 	}
 }
