@@ -313,14 +313,7 @@ func TestJournalKeepsLingeringReadsAcrossACrash(t *testing.T) {
 	recordOps(t, r, 2, 5, func(int) bool { return false })
 	testwait.For(t, "the later reads in the journal", journalHolds(t, heads, 5))
 	nc.Close() // killed
-	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
-	if n := r2.Pending(); n != 5 {
-		t.Fatalf("pending after restart: %d, want the 5 reads", n)
-	}
-	if err := r2.Close(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	e.wantOps(t, 1, 5)
+	e.restartRecords(t, heads, 5)
 }
 
 // While the committer retries a block NATS does not take, the reads that
@@ -341,14 +334,7 @@ func TestJournalKeepsReadsWhileABlockIsRetried(t *testing.T) {
 	recordOps(t, r, 2, 5, func(int) bool { return false })
 	testwait.For(t, "the reads in the journal", journalHolds(t, heads, 5))
 	// killed
-	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
-	if n := r2.Pending(); n != 5 {
-		t.Fatalf("pending after restart: %d, want the 5 reads", n)
-	}
-	if err := r2.Close(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	e.wantOps(t, 1, 5)
+	e.restartRecords(t, heads, 5)
 }
 
 // journalHolds reports whether the journal under heads is long enough to
@@ -367,4 +353,18 @@ func journalHolds(t *testing.T, heads string, last int) func() bool {
 		}
 		return size >= want
 	}
+}
+
+// restartRecords starts the writer again on heads (the last one killed):
+// it must spool the n reads the journal kept, and record ops 1..n.
+func (e *chainEnv) restartRecords(t *testing.T, heads string, n int) {
+	t.Helper()
+	r := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
+	if got := r.Pending(); got != n {
+		t.Fatalf("pending after restart: %d, want the %d reads", got, n)
+	}
+	if err := r.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, n)
 }
