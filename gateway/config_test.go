@@ -34,21 +34,9 @@ func TestEVEConfig(t *testing.T) {
 		{"negative", "{size: -1MB}", 0, `"-1MB" is not a size`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			path := filepath.Join(dir, "gridseal.yaml")
-			yml := "policy: policy.yaml\nlisteners: [{listen: 127.0.0.1:0, devices: [d]}]\nchain: {writer: gw-1, key: k.json}\neve:\n  path: eve.json\n  rotate: " + tc.rotate + "\n"
-			if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := Load(path)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one with %q", err, tc.err)
-				}
+			cfg, dir := loadText(t, "chain: {writer: gw-1, key: k.json}\neve:\n  path: eve.json\n  rotate: "+tc.rotate+"\n", tc.err)
+			if cfg == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if cfg.EVE.Path != filepath.Join(dir, "eve.json") || cfg.EVE.Rotate.Size != tc.size {
 				t.Fatalf("eve %+v", cfg.EVE)
@@ -71,24 +59,37 @@ func TestChainLinger(t *testing.T) {
 		{"2s", 0, "chain.linger: want 0 to 1s"},
 	} {
 		t.Run(tc.linger, func(t *testing.T) {
-			path := filepath.Join(t.TempDir(), "gridseal.yaml")
-			yml := "policy: policy.yaml\nlisteners: [{listen: 127.0.0.1:0, devices: [d]}]\nchain: {writer: gw-1, key: k.json, linger: " + tc.linger + "}\n"
-			if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := Load(path)
-			if tc.err != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.err) {
-					t.Fatalf("error %v, want one with %q", err, tc.err)
-				}
+			cfg, _ := loadText(t, "chain: {writer: gw-1, key: k.json, linger: "+tc.linger+"}\n", tc.err)
+			if cfg == nil {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if cfg.Chain.Linger != tc.want {
 				t.Fatalf("linger %v, want %v", cfg.Chain.Linger, tc.want)
 			}
 		})
 	}
+}
+
+// loadText loads a configuration of a policy, one listener and rest, from
+// a file in a new directory (returned). With wantErr set it expects an
+// error holding it, and returns a nil configuration.
+func loadText(t *testing.T, rest, wantErr string) (*Config, string) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gridseal.yaml")
+	yml := "policy: policy.yaml\nlisteners: [{listen: 127.0.0.1:0, devices: [d]}]\n" + rest
+	if err := os.WriteFile(path, []byte(yml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load(path)
+	if wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("error %v, want one with %q", err, wantErr)
+		}
+		return nil, dir
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg, dir
 }
