@@ -102,23 +102,7 @@ func TestJournalKeepsReleasedWritesOfAFencedWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	testwait.For(t, "fenced", func() bool { return errors.Is(r.Failed(), chain.ErrFenced) })
-	t.Logf("close: %v", r.Close(time.Second))
-	h, _, _ := chain.LoadHead(heads, "gw-1")
-	t.Logf("head after fence: %+v", h)
-	// the other process goes away
-	if err := kv.Delete(t.Context(), "gw-1"); err != nil {
-		t.Fatal(err)
-	}
-	r2, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
-		Journal: true, LeaseTTL: -1, DurableTimeout: 3 * time.Second}, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("pending after restart: %d (want 9: ops 2..10 returned nil from Record)", r2.Pending())
-	if err := r2.Close(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	e.wantOps(t, 1, 10)
+	e.reopenAfterFence(t, r, heads, "9: ops 2..10 returned nil from Record", 10)
 }
 
 // A journal moved away (as the error messages advise) with the head kept:
@@ -367,4 +351,31 @@ func (e *chainEnv) restartRecords(t *testing.T, heads string, n int) {
 		t.Fatal(err)
 	}
 	e.wantOps(t, 1, n)
+}
+
+// reopenAfterFence closes r, fenced by another holder of gw-1's lease,
+// lets that holder go and starts the writer again on heads: the chain must
+// then hold ops 1..last (want says what the restart should spool).
+func (e *chainEnv) reopenAfterFence(t *testing.T, r *chain.Recorder, heads, want string, last int) {
+	t.Helper()
+	t.Logf("close: %v", r.Close(time.Second))
+	h, _, _ := chain.LoadHead(heads, "gw-1")
+	t.Logf("head after fence: %+v", h)
+	kv, err := e.js.KeyValue(t.Context(), chain.LeaseBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(t.Context(), "gw-1"); err != nil { // the other process goes away
+		t.Fatal(err)
+	}
+	r2, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, DurableTimeout: 3 * time.Second}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("pending after restart: %d (want %s)", r2.Pending(), want)
+	if err := r2.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, last)
 }

@@ -59,21 +59,7 @@ func TestJournalOfABlockThatLandedAsTheWriterWasFenced(t *testing.T) {
 	recordOps(t, r, 2, 5, func(int) bool { return true })
 	go func() { _ = r.Flush(t.Context()) }()
 	testwait.For(t, "fenced", func() bool { return errors.Is(r.Failed(), chain.ErrFenced) })
-	t.Logf("close: %v", r.Close(time.Second))
-	h, _, _ := chain.LoadHead(heads, "gw-1")
-	t.Logf("head after fence: %+v", h)
-	kv, _ := e.js.KeyValue(t.Context(), chain.LeaseBucket)
-	_ = kv.Delete(t.Context(), "gw-1")
-	r2, err := chain.Open(t.Context(), natstest.Connect(t, e.srv.URL()), chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
-		Journal: true, LeaseTTL: -1, DurableTimeout: 3 * time.Second}, nopLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("pending after restart: %d (want 0)", r2.Pending())
-	if err := r2.Close(5 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	e.wantOps(t, 1, 5)
+	e.reopenAfterFence(t, r, heads, "0", 5)
 }
 
 // Journal events past a stale head, NATS away at Open (syncHead not done),
