@@ -3,6 +3,7 @@ package chain_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -20,9 +21,15 @@ import (
 // proxied writes would, and reports events/s and the p50/p99 time until a
 // write's record is durable.
 func benchDurable(b *testing.B, nc *nats.Conn, replicas, parallelism int) {
+	benchDurableWith(b, nc, chain.Config{Replicas: replicas}, parallelism)
+}
+
+// benchDurableWith is benchDurable with cfg's settings (Writer, Signer and
+// DurableTimeout are set here).
+func benchDurableWith(b *testing.B, nc *nats.Conn, cfg chain.Config, parallelism int) {
 	signer, _ := newKey(b)
-	r, err := chain.Open(b.Context(), nc, chain.Config{Writer: "bench", Signer: signer, Replicas: replicas,
-		DurableTimeout: 10 * time.Second}, nopLog())
+	cfg.Writer, cfg.Signer, cfg.DurableTimeout = "bench", signer, 10*time.Second
+	r, err := chain.Open(b.Context(), nc, cfg, nopLog())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -82,6 +89,25 @@ func BenchmarkRecordDurableOwner(b *testing.B) {
 			}
 			defer conn.Close()
 			benchDurable(b, conn.Recorder(), 1, par)
+		})
+	}
+}
+
+// BenchmarkRecordDurableJournaled is the recorder exactly as gridseal
+// proxy runs it: on its own embedded server, and a write durable once its
+// record is in the local journal (write + fdatasync, group commit), under
+// a directory on the disk the benchmark runs on (set TMPDIR to measure
+// another). One write at a time and 16 at once.
+func BenchmarkRecordDurableJournaled(b *testing.B) {
+	for _, par := range []int{1, 16} {
+		b.Run(fmt.Sprintf("writers=%d", par), func(b *testing.B) {
+			dir := b.TempDir()
+			conn, err := natsembed.Connect(b.Context(), natsembed.ConnectOptions{Name: "bench", DataDir: dir, Own: true, Recorder: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			benchDurableWith(b, conn.Recorder(), chain.Config{HeadDir: filepath.Join(dir, "heads"), Journal: true, LeaseTTL: -1}, par)
 		})
 	}
 }

@@ -29,6 +29,12 @@ import (
 //
 //	u32 length | u32 CRC-32C of the event | encoded event
 //
+// Each file is preallocated (fallocate) to journalFileBytes plus room for
+// one more write, so an fdatasync writes the records and nothing else: an
+// append that grew the file would make every fsync write the inode too (on
+// ext4, one more device write and wait). Past the last record a file
+// holds zeros, which end its records.
+//
 // A file is removed once the local head (saved with the index of the first
 // event no committed block holds) is past its last record; a new one is
 // started past journalFileBytes. At Open the records past the local head
@@ -37,6 +43,11 @@ import (
 // the head that says so). A torn last record (a crash during its write) is
 // cut off: it was never fsync'd, so no write waited on it.
 const journalFileBytes = 8 << 20
+
+// journalAlloc is the size a journal file is preallocated to: a write
+// starting just short of journalFileBytes fits too, unless it is larger
+// than the rest (the file then grows as any file does).
+const journalAlloc = journalFileBytes + 1<<20
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -138,7 +149,8 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 			return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
 		}
 		recs, good := parseJournal(b)
-		if good < len(b) {
+		// Zeros past the records are the file's preallocated room.
+		if end := len(bytes.TrimRight(b[good:], "\x00")); end > 0 {
 			if i < len(names)-1 {
 				return nil, 0, nil, fmt.Errorf("chain journal: %s is corrupt at byte %d: check the chain with gridseal chain verify, then move the journal away", name, good)
 			}
@@ -146,7 +158,7 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 			if err := os.Truncate(name, int64(good)); err != nil {
 				return nil, 0, nil, fmt.Errorf("chain journal: cut its torn end: %w", err)
 			}
-			j.cut = len(b) - good
+			j.cut = end
 		}
 		events = append(events, recs...)
 		j.files = append(j.files, journalFile{path: name, base: base, n: uint64(len(recs))})
@@ -158,11 +170,12 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 		}
 		return j, 0, nil, nil
 	}
-	f, err := os.OpenFile(j.files[len(j.files)-1].path, os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(j.files[len(j.files)-1].path, os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
 	}
 	j.f = f
+	preallocate(f)
 	return j, first, events, nil
 }
 
@@ -201,10 +214,11 @@ func (j *journal) start(base uint64) error {
 		}
 	}
 	path := journalPath(j.dir, j.writer, base)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("chain journal: %w", err)
 	}
+	preallocate(f)
 	if err := atomicfile.SyncDir(j.dir); err != nil {
 		_ = f.Close()
 		return fmt.Errorf("chain journal: %w", err)
@@ -236,7 +250,7 @@ func (j *journal) append(events [][]byte, next uint64, sync bool) error {
 	}
 	j.buf = b
 	if len(b) > 0 {
-		if _, err := j.f.Write(b); err != nil {
+		if _, err := j.f.WriteAt(b, j.size); err != nil {
 			return j.undo(fmt.Errorf("chain journal: %w", err))
 		}
 	}
@@ -253,6 +267,13 @@ func (j *journal) append(events [][]byte, next uint64, sync bool) error {
 	j.size += int64(len(b))
 	j.files[len(j.files)-1].n += uint64(len(events))
 	return nil
+}
+
+// preallocate gives f its room of journalAlloc bytes, where the disk has
+// it. Without (a file system without fallocate, or a disk too full for
+// it) the journal works as well, with a dearer fsync: appends grow the file.
+func preallocate(f *os.File) {
+	_ = syscall.Fallocate(int(f.Fd()), 0, 0, journalAlloc)
 }
 
 // undo cuts the journal back to its records before a failed append, so
