@@ -144,7 +144,10 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	if ev.Upstream > 0 {
 		m.upstream.WithLabelValues(device).Observe(ev.Upstream.Seconds())
 	}
-	now := time.Now()
+	now := ev.Done // the proxy read its clock as the operation completed
+	if now.IsZero() {
+		now = time.Now()
+	}
 	if total := now.Sub(ev.Time); total > ev.Upstream {
 		m.added.Observe((total - ev.Upstream).Seconds())
 	}

@@ -19,7 +19,8 @@ type call struct {
 	upTID     uint16
 	in        decision.Input
 	ev        audit.Event
-	start     time.Time
+	start     time.Time // when the request's frame was whole
+	sent      time.Time // when it was queued for the device
 	deadline  time.Time // upstream response deadline
 	silent    bool      // the device sends no reply, so neither does the proxy
 	// own completes a request the proxy itself sent (a SunSpec map read):
@@ -52,11 +53,16 @@ func (c *call) pdu() []byte { return c.frame[modbus.HeaderLen:c.n] }
 // done records the completed operation, then answers the client — with pdu
 // from the device, or with exception ex, or not at all when the connection
 // is closing — and returns the call to the pool. It runs exactly once per
-// call.
-func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
+// call, and returns when the operation completed (c.ev.Done, read from the
+// clock if the caller did not set it).
+func (c *call) done(pdu []byte, ex modbus.ExceptionCode) time.Time {
+	if c.ev.Done.IsZero() {
+		c.ev.Done = time.Now()
+	}
+	at := c.ev.Done
 	if c.own != nil {
 		c.own(pdu, ex)
-		return
+		return at
 	}
 	ss := c.ss
 	var buf [2]byte
@@ -78,7 +84,7 @@ func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	ss.s.record(&c.ev, false)
 	switch {
 	case reply != nil:
-		ss.reply(c.clientTID, c.in.Unit, reply)
+		ss.reply(c.clientTID, c.in.Unit, reply, at)
 	case !c.silent:
 		ss.close()
 	}
@@ -88,4 +94,5 @@ func (c *call) done(pdu []byte, ex modbus.ExceptionCode) {
 	c.ss = nil
 	ss.s.calls.Put(c)
 	<-ss.slots
+	return at
 }

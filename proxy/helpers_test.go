@@ -19,21 +19,29 @@ import (
 )
 
 // eventLog is a recorder that keeps copies of every event in memory, and can
-// be told to refuse durable records, as a chain that lost its quorum does.
+// be told to refuse durable records, as a chain that lost its quorum does,
+// or to take durableDelay over each, as a slow disk's fsync would.
 type eventLog struct {
 	mu            sync.Mutex
 	events        []audit.Event
 	refuseDurable bool
+	durableDelay  time.Duration
 }
 
 var errUnavailable = errors.New("record unavailable")
 
 func (l *eventLog) Record(_ context.Context, ev *audit.Event, durable bool) error {
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	if durable && l.refuseDurable {
+	refuse, delay := l.refuseDurable, l.durableDelay
+	l.mu.Unlock()
+	if durable && refuse {
 		return errUnavailable
 	}
+	if durable {
+		time.Sleep(delay)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	cp := *ev
 	cp.PDU = append([]byte(nil), ev.PDU...)
 	cp.Response = append([]byte(nil), ev.Response...)

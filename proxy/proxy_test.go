@@ -581,6 +581,37 @@ func TestWriteFailsClosedWhenItCannotBeRecorded(t *testing.T) {
 	}
 }
 
+// The device's time in a write's record (Upstream) is the device's alone:
+// the wait for the write's own durable record is the proxy's, as the
+// console's added-latency histogram shows it.
+func TestDeviceTimeLeavesOutTheDurableWait(t *testing.T) {
+	up := startUpstream(t, nil)
+	fx := startProxy(t, proxy.Config{}, fmt.Sprintf(openPolicy, up.addr()), plcRoute(),
+		proxy.Device{Name: "plc", Upstream: up.addr()})
+	const wait = 300 * time.Millisecond
+	fx.events.mu.Lock()
+	fx.events.durableDelay = wait
+	fx.events.mu.Unlock()
+	c := dial(t, fx.addr)
+	start := time.Now()
+	pdu := modbus.AppendWriteSingleRegister(nil, 7, 42)
+	if resp := c.roundTrip(1, 1, pdu); !bytes.Equal(resp, pdu) {
+		t.Fatalf("write reply %x", resp)
+	}
+	if took := time.Since(start); took < wait {
+		t.Fatalf("the write was answered in %v, before its durable record (%v)", took, wait)
+	}
+	var done []audit.Event
+	testwait.For(t, "the write's completion recorded", func() bool { done = fx.events.completed(); return len(done) == 1 })
+	ev := done[0]
+	if ev.Upstream <= 0 || ev.Upstream >= wait {
+		t.Fatalf("device time %v recorded; the device answers at once and the durable record took %v", ev.Upstream, wait)
+	}
+	if total := ev.Done.Sub(ev.Time); total < wait+ev.Upstream {
+		t.Fatalf("operation %v from arrival to completion, want at least the durable wait %v plus the device's %v", total, wait, ev.Upstream)
+	}
+}
+
 func TestConnectionLimits(t *testing.T) {
 	up := startUpstream(t, nil)
 	cfg := proxy.Config{Limits: proxy.Limits{MaxConnectionsPerClient: 2}}

@@ -76,9 +76,13 @@ func (ss *session) serve() {
 	if tc, ok := ss.conn.(*tls.Conn); ok && !ss.handshake(tc) {
 		return
 	}
+	// now is the newest time the session read from the clock: a request
+	// reads it once as its frame is whole, and handle returns a newer one
+	// if it waited (a write's durable record, a full device queue).
+	now := time.Now()
 	for {
 		if ss.rd.Buffered() == 0 {
-			if now := time.Now(); ss.rdl.due(now, lim.IdleTimeout) {
+			if ss.rdl.due(now, lim.IdleTimeout) {
 				_ = ss.conn.SetReadDeadline(ss.rdl.at)
 			}
 			if err := ss.rd.WaitByte(); err != nil {
@@ -90,7 +94,7 @@ func (ss *session) serve() {
 		}
 		// A frame that has begun must be whole within the read timeout;
 		// one that arrived whole needs no deadline for its rest.
-		now := time.Now()
+		now = time.Now()
 		ready := ss.rd.FrameReady()
 		if !ready && ss.rdl.due(now, lim.ReadTimeout) {
 			_ = ss.conn.SetReadDeadline(ss.rdl.at)
@@ -117,9 +121,11 @@ func (ss *session) serve() {
 		}
 		c := ss.s.calls.Get().(*call)
 		c.reset(ss, f, now)
-		if !ss.handle(c) {
+		ok, after := ss.handle(c)
+		if !ok {
 			return
 		}
+		now = after
 	}
 }
 
@@ -159,9 +165,10 @@ func (ss *session) malformed(f modbus.Frame, err error) {
 }
 
 // handle decides one request and forwards or answers it. It returns false
-// when the connection must close.
-func (ss *session) handle(c *call) bool {
-	s := ss.s
+// when the connection must close, and the time it last read from the
+// clock (the request's arrival if it read none).
+func (ss *session) handle(c *call) (bool, time.Time) {
+	s, arrived := ss.s, c.start
 	req, err := modbus.ParseRequest(c.pdu())
 	c.in.Request = req
 	if err != nil {
@@ -170,37 +177,31 @@ func (ss *session) handle(c *call) bool {
 		c.ev.Verdict, c.ev.Reason = audit.Malformed, err.Error()
 		if me == nil || me.Exception == 0 {
 			c.ev.Closed = true
-			c.done(nil, 0)
-			return false
+			return false, c.done(nil, 0)
 		}
 		// A request answered with the specification's exception costs the
 		// proxy a record like any other: it counts against the rate.
-		if !ss.limiter.Allow() {
+		if !ss.limiter.AllowN(arrived, 1) {
 			c.ev.Reason = "client over its request rate limit; the request also breaks the specification: " + err.Error()
-			c.done(nil, s.cfg.Exceptions.RateLimit)
-			return true
+			return true, c.done(nil, s.cfg.Exceptions.RateLimit)
 		}
-		c.done(nil, me.Exception)
-		return true
+		return true, c.done(nil, me.Exception)
 	}
 	c.ev.Class = req.Class().String()
 	c.ev.Address, c.ev.Quantity = req.Address, req.Quantity
-	if !ss.limiter.Allow() {
+	if !ss.limiter.AllowN(arrived, 1) {
 		c.ev.Verdict, c.ev.Reason = audit.Deny, "client over its request rate limit"
-		c.done(nil, s.cfg.Exceptions.RateLimit)
-		return true
+		return true, c.done(nil, s.cfg.Exceptions.RateLimit)
 	}
 	if err := s.recorderAdmits(); err != nil {
 		c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record cannot keep it ("+err.Error()+")"
-		c.done(nil, s.cfg.Exceptions.Unrecorded)
-		return true
+		return true, c.done(nil, s.cfg.Exceptions.Unrecorded)
 	}
 	name := ss.route.lookup(c.in.Unit)
 	up := s.upstreams[name]
 	if up == nil {
 		c.ev.Verdict, c.ev.Reason = audit.Deny, "no device routed for this unit id"
-		c.done(nil, s.cfg.Exceptions.Unrouted)
-		return true
+		return true, c.done(nil, s.cfg.Exceptions.Unrouted)
 	}
 	c.in.Device, c.ev.Device, c.in.Op = name, name, c.ev.Op
 	v := s.dec.Decide(s.ctx, &c.in)
@@ -212,8 +213,7 @@ func (ss *session) handle(c *call) bool {
 	c.ev.CandidateDiffers = v.CandidateDiffers
 	if !v.Allowed() {
 		c.ev.Verdict = audit.Deny
-		c.done(nil, s.exceptionFor(v.Denial))
-		return true
+		return true, c.done(nil, s.exceptionFor(v.Denial))
 	}
 	c.ev.Verdict = audit.Allow
 	if req.StateChanging() || s.cfg.DurableReads {
@@ -225,12 +225,10 @@ func (ss *session) handle(c *call) bool {
 			s.log.Error("request refused: cannot record it", zap.String("device", name),
 				zap.String("client", ss.client.String()), zap.Error(err))
 			c.ev.Verdict, c.ev.Reason = audit.Deny, "refused: the record is unavailable ("+err.Error()+")"
-			c.done(nil, s.cfg.Exceptions.Unrecorded)
-			return true
+			return true, c.done(nil, s.cfg.Exceptions.Unrecorded)
 		}
 	}
-	up.send(c, ss.pin)
-	return true
+	return true, up.send(c, ss.pin)
 }
 
 // recorderAdmits reports why the recorder could not keep the record of a
@@ -261,16 +259,16 @@ func (s *Server) exceptionFor(d decision.Denial) modbus.ExceptionCode {
 	return s.cfg.Exceptions.Function
 }
 
-// reply writes one frame to the client. A client that does not take its
-// reply within the write timeout is disconnected.
-func (ss *session) reply(tid uint16, unit byte, pdu []byte) {
+// reply writes one frame to the client, at now. A client that does not
+// take its reply within the write timeout is disconnected.
+func (ss *session) reply(tid uint16, unit byte, pdu []byte, now time.Time) {
 	ss.wmu.Lock()
 	defer ss.wmu.Unlock()
 	if ss.closed.Load() {
 		return
 	}
 	ss.wbuf = modbus.AppendFrame(ss.wbuf[:0], tid, unit, pdu)
-	if ss.wdl.due(time.Now(), ss.s.cfg.Limits.WriteTimeout) {
+	if ss.wdl.due(now, ss.s.cfg.Limits.WriteTimeout) {
 		_ = ss.conn.SetWriteDeadline(ss.wdl.at)
 	}
 	if _, err := ss.conn.Write(ss.wbuf); err != nil {

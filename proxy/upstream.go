@@ -51,9 +51,10 @@ func newUpstream(s *Server, d Device) *upstream {
 
 // send forwards c on the pool member pin selects. The call completes
 // asynchronously: with the device's reply, or with 0x0A (unreachable),
-// 0x0B (no reply in time) or the busy exception.
-func (u *upstream) send(c *call, pin uint32) {
-	u.conns[int(pin)%len(u.conns)].send(c)
+// 0x0B (no reply in time) or the busy exception. It returns the time it
+// last read from the clock (the caller's, after all it waited for).
+func (u *upstream) send(c *call, pin uint32) time.Time {
+	return u.conns[int(pin)%len(u.conns)].send(c)
 }
 
 func (u *upstream) close() {
@@ -117,7 +118,7 @@ const (
 	strayWindowLen = 10 * time.Second
 )
 
-func (uc *upconn) send(c *call) {
+func (uc *upconn) send(c *call) time.Time {
 	cfg := uc.up.s.cfg
 	select {
 	case uc.slots <- struct{}{}:
@@ -128,12 +129,10 @@ func (uc *upconn) send(c *call) {
 			t.Stop()
 		case <-t.C:
 			c.ev.Reason = "upstream queue full past the response timeout"
-			c.done(nil, cfg.Exceptions.Busy)
-			return
+			return c.done(nil, cfg.Exceptions.Busy)
 		case <-uc.stop:
 			t.Stop()
-			c.done(nil, modbus.GatewayPathUnavailable)
-			return
+			return c.done(nil, modbus.GatewayPathUnavailable)
 		}
 	}
 	uc.mu.Lock()
@@ -141,16 +140,14 @@ func (uc *upconn) send(c *call) {
 		uc.mu.Unlock()
 		<-uc.slots
 		c.ev.Reason = "proxy closing"
-		c.done(nil, modbus.GatewayPathUnavailable)
-		return
+		return c.done(nil, modbus.GatewayPathUnavailable)
 	}
 	for uc.conn == nil {
 		if err := uc.dialLocked(); err != nil {
 			uc.mu.Unlock()
 			<-uc.slots
 			c.ev.Reason = "upstream unreachable: " + err.Error()
-			c.done(nil, modbus.GatewayPathUnavailable)
-			return
+			return c.done(nil, modbus.GatewayPathUnavailable)
 		}
 	}
 	tid := uc.nextTID
@@ -163,7 +160,7 @@ func (uc *upconn) send(c *call) {
 	uc.nextTID = tid + 1
 	c.upTID = tid
 	now := time.Now()
-	c.deadline = now.Add(cfg.Upstream.ResponseTimeout)
+	c.sent, c.deadline = now, now.Add(cfg.Upstream.ResponseTimeout)
 	// Force listen-only mode (function 8, sub-function 4) is never
 	// answered (Modbus Application Protocol 6.8.1): done once sent.
 	silent := c.in.Request.Function == modbus.Diagnostics && c.in.Request.Sub == 4
@@ -181,9 +178,10 @@ func (uc *upconn) send(c *call) {
 	}
 	if uc.flushing {
 		uc.mu.Unlock()
-		return
+		return now
 	}
 	uc.flush(now, cfg.Upstream.ResponseTimeout)
+	return now
 }
 
 // flush writes what senders queued in out until there is nothing left,
@@ -359,7 +357,7 @@ func (uc *upconn) readLoop(conn net.Conn) {
 			continue
 		}
 		<-uc.slots
-		c.ev.Upstream = now.Sub(c.start)
+		c.ev.Upstream, c.ev.Done = now.Sub(c.sent), now
 		if _, err := modbus.ParseResponse(&c.in.Request, f.PDU); err != nil {
 			// The frame was whole, so the stream is still in step: only
 			// this request failed. The client gets the configured
@@ -488,7 +486,7 @@ func (uc *upconn) reap() {
 			}
 			for i, c := range expired {
 				<-uc.slots
-				c.ev.Upstream = time.Since(c.start)
+				c.ev.Upstream, c.ev.Done = now.Sub(c.sent), now
 				c.ev.Reason = "device did not answer within the response timeout"
 				c.done(nil, modbus.GatewayTargetDeviceFailedToRespond)
 				expired[i] = nil
