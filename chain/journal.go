@@ -476,7 +476,14 @@ func (r *Recorder) journalUpTo(sync bool) error {
 	if len(events) == 0 {
 		return nil
 	}
+	var t0 time.Time
+	if sync && r.cfg.ObserveJournal != nil {
+		t0 = time.Now()
+	}
 	err := r.jr.append(events, from, sync)
+	if !t0.IsZero() && err == nil {
+		r.cfg.ObserveJournal(time.Since(t0))
+	}
 	clear(r.jevents)
 	if r.jr.broken != nil && r.jbroken.Load() == nil {
 		broken := r.jr.broken

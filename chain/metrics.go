@@ -15,13 +15,23 @@ func BlockObserver(reg prometheus.Registerer) func(events int, ack time.Duration
 	size := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_block_events",
 		Help: "Events per block (group commit).", Buckets: prometheus.ExponentialBuckets(1, 2, 13)})
 	ack := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_record_seconds",
-		Help:    "Time from publishing a block to its durable acknowledgement: what a write waits for its record.",
+		Help:    "Time from publishing a block to its durable acknowledgement: what a write waits for its record on an external NATS (on the embedded one, see gridseal_chain_journal_sync_seconds).",
 		Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16)})
 	reg.MustRegister(size, ack)
 	return func(events int, d time.Duration) {
 		size.Observe(float64(events))
 		ack.Observe(d.Seconds())
 	}
+}
+
+// JournalObserver returns a histogram of the local journal's fsyncs,
+// registered with reg, as a function for Config.ObserveJournal.
+func JournalObserver(reg prometheus.Registerer) func(time.Duration) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_journal_sync_seconds",
+		Help:    "Time the local journal's write and fdatasync took for the durable records waiting (group commit): on the embedded NATS, what a write waits for its record once it is its turn. A slow disk shows here first.",
+		Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16)})
+	reg.MustRegister(h)
+	return func(d time.Duration) { h.Observe(d.Seconds()) }
 }
 
 // RegisterMetrics registers the recorder's counters and state with reg:

@@ -60,6 +60,9 @@ type Config struct {
 	// Observe, if set, is told of every acknowledged block: its event count
 	// and how long its publish took to be acknowledged (metrics).
 	Observe func(events int, ack time.Duration)
+	// ObserveJournal, if set, is told of every journal fsync that released
+	// durable records: how long its write and fdatasync took (metrics).
+	ObserveJournal func(sync time.Duration)
 	// Journal keeps every event in a journal under HeadDir (see
 	// journal.go), and a durable Record returns once its event is
 	// fsync'd there, its block published behind it, instead of waiting

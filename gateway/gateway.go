@@ -411,8 +411,8 @@ func (g *Gateway) openRecorder(ctx context.Context, signer *keys.Signer, reg pro
 	g.rec, err = chain.Open(ctx, conn.Recorder(), chain.Config{
 		Writer: c.Writer, Signer: signer, Replicas: c.Replicas,
 		DurableTimeout: c.DurableTimeout, SpoolBytes: c.SpoolBytes, Linger: c.Linger,
-		Observe: chain.BlockObserver(reg), HeadDir: HeadDir(g.opts.DataDir),
-		Journal: conn.Embedded,
+		Observe: chain.BlockObserver(reg), ObserveJournal: chain.JournalObserver(reg),
+		HeadDir: HeadDir(g.opts.DataDir), Journal: conn.Embedded,
 	}, g.log.Named("chain"))
 	if err != nil {
 		return err

@@ -196,6 +196,10 @@ func TestMetricsCountEveryApprovalStep(t *testing.T) {
 	if v := s.value(`gridseal_policy_info{digest="` + digest + `",id="plant",version="3"}`); v != 1 {
 		t.Errorf("policy info %v:\n%s", v, grep(s, "gridseal_policy"))
 	}
+	// The approved write waited for the embedded server's journal.
+	if v := s.value("gridseal_chain_journal_sync_seconds_count"); v < 1 {
+		t.Errorf("journal fsyncs counted %v after a write, want at least 1:\n%s", v, grep(s, "journal"))
+	}
 	if v := s.value("gridseal_chain_spool_bytes"); v < 0 || v > 3<<20 {
 		t.Errorf("spool bytes %v", v)
 	}
