@@ -60,15 +60,24 @@ type journalFile struct {
 	n    uint64
 }
 
-// journal is the writer's open journal. The recorder serialises its use.
+// journal is the writer's open journal. The recorder serialises its use
+// (jmu), but for the fsyncs of syncf, which may run beside it.
 type journal struct {
 	dir, writer string
 	files       []journalFile // oldest first; the last is f
 	f           *os.File
-	size        int64
-	buf         []byte
-	broken      error // a failed append could not be cut back: append no more
-	cut         int   // bytes of a torn end openJournal cut off
+	// syncf are f's file opened again, one for each fsync that may be in
+	// flight beside the others (journalSyncers): a write-back error is
+	// reported once per open file, so two fsyncs on one could see one
+	// report it and the other succeed over the lost pages.
+	syncf  [journalSyncers]*os.File
+	size   int64
+	buf    []byte
+	broken error // a failed append could not be cut back: append no more
+	cut    int   // bytes of a torn end openJournal cut off
+	// beforeSync, if set, runs before each fsync of syncf (tests: a slow
+	// disk).
+	beforeSync func()
 }
 
 func journalPath(dir, writer string, base uint64) string {
@@ -176,6 +185,10 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 	}
 	j.f = f
 	preallocate(f)
+	if err := j.openSyncFiles(j.files[len(j.files)-1].path); err != nil {
+		j.close()
+		return nil, 0, nil, err
+	}
 	return j, first, events, nil
 }
 
@@ -223,12 +236,53 @@ func (j *journal) start(base uint64) error {
 		_ = f.Close()
 		return fmt.Errorf("chain journal: %w", err)
 	}
+	if err := j.openSyncFiles(path); err != nil {
+		_ = f.Close()
+		return err
+	}
 	if j.f != nil {
 		_ = j.f.Close()
 	}
 	j.f, j.size = f, 0
 	j.files = append(j.files, journalFile{path: path, base: base})
 	return nil
+}
+
+// openSyncFiles opens path (the journal's new current file) for its
+// fsyncs, and closes those of the file before (a Close waits for an fsync
+// in flight on it: os.File counts its users).
+func (j *journal) openSyncFiles(path string) error {
+	var fs [journalSyncers]*os.File
+	for i := range fs {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			for _, f := range fs[:i] {
+				_ = f.Close()
+			}
+			return fmt.Errorf("chain journal: %w", err)
+		}
+		fs[i] = f
+	}
+	for _, f := range j.syncf {
+		if f != nil {
+			_ = f.Close()
+		}
+	}
+	j.syncf = fs
+	return nil
+}
+
+// datasync waits until what was written to f's file is on the disk.
+func datasync(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fdatasync(int(fd)) }); err != nil {
+		return err
+	}
+	return serr
 }
 
 // append writes events (whose first has index next) in one write, and
@@ -313,6 +367,11 @@ func (j *journal) removeAll() {
 func (j *journal) close() {
 	if j.f != nil {
 		_ = j.f.Close()
+	}
+	for _, f := range j.syncf {
+		if f != nil {
+			_ = f.Close()
+		}
 	}
 }
 
@@ -407,23 +466,72 @@ const journalEvery = 2 * time.Millisecond
 // failed journal write left spooled (with nothing journaled to publish).
 const journalRetry = 50 * time.Millisecond
 
-// journaler writes and fsyncs the spooled events whenever a durable one
-// waits, all of them at once, and writes them unsynced journalEvery after
-// the first it has not written, until the recorder stops.
+// journalSyncers is how many journal fsyncs may be in flight at once. A
+// write that comes while one is in flight waits for it to end and then
+// shares the next, unless the one in flight is slow — in flight for twice
+// the usual fsync (an average of the last ones) and at least hedgeAfter —
+// and then starts another at once: a disk that takes 1–2 ms over an fsync
+// now and then (another writer's flush ahead of it) would otherwise hold
+// the write for the rest of that one and then all of its own. Only slow
+// ones are hedged: a second fsync costs CPU and disk for every write.
+const (
+	journalSyncers = 2
+	hedgeAfter     = 250 * time.Microsecond
+)
+
+// jsync is a journal fsync's outcome: every record below upTo was written
+// before it began.
+type jsync struct {
+	slot  int
+	upTo  uint64
+	began time.Time
+	took  time.Duration
+	err   error
+}
+
+// journaler writes the spooled events whenever a durable one waits, and
+// journalEvery after the first it has not written (until the recorder
+// stops), and fsyncs them for the durable records waiting, up to
+// journalSyncers fsyncs in flight (see hedgeAfter): one is started when a
+// durable record waits and none is in flight, another when the one in
+// flight began hedgeAfter ago or more.
 func (r *Recorder) journaler() {
 	defer close(r.jdone)
 	var t *time.Timer
 	var tick <-chan time.Time
+	hedge := time.NewTimer(time.Hour)
+	hedge.Stop()
+	hedgeArmed := false
 	var warned error
+	var inflight [journalSyncers]*jsync // nil: the slot is free
+	var covered uint64                  // the highest upTo of the fsyncs started
+	var usual time.Duration             // fsyncs' moving average (1/16 each)
+	results := make(chan jsync, journalSyncers)
+	busy := func() int {
+		n := 0
+		for _, s := range inflight {
+			if s != nil {
+				n++
+			}
+		}
+		return n
+	}
+	wanted := false // a durable record waits to be written and fsync'd
 	for {
-		sync := true
 		select {
 		case <-r.stop:
 			if t != nil {
 				t.Stop()
 			}
+			hedge.Stop()
+			for busy() > 0 { // their waiters are told, one way or the other
+				res := <-results
+				inflight[res.slot] = nil
+				r.syncDone(res)
+			}
 			return
 		case <-r.jwake:
+			wanted = true
 		case <-r.jlazy:
 			if t == nil {
 				t = time.NewTimer(journalEvery)
@@ -431,16 +539,129 @@ func (r *Recorder) journaler() {
 			}
 			continue
 		case <-tick:
-			t, tick, sync = nil, nil, false
+			t, tick = nil, nil
+			if _, _, err := r.journalWrite(); newFailure(&warned, err) {
+				r.log.Warn("chain journal write failed", zap.Error(err))
+			}
+		case res := <-results:
+			inflight[res.slot] = nil
+			r.syncDone(res)
+			usual += (res.took - usual) / 16
+		case <-hedge.C:
+			hedgeArmed = false
 		}
-		err := r.journalUpTo(sync)
+		var oldest time.Time
+		free := -1
+		for i, s := range inflight {
+			switch {
+			case s == nil:
+				if free < 0 {
+					free = i
+				}
+			case oldest.IsZero() || s.began.Before(oldest):
+				oldest = s.began
+			}
+		}
+		now, slow := time.Now(), max(hedgeAfter, 2*usual)
+		start := free >= 0 && (oldest.IsZero() || now.Sub(oldest) >= slow)
+		if wanted && start {
+			// Written just before their fsync: the writes that come while
+			// one is in flight go together, in one write.
+			wanted = false
+			if _, _, err := r.journalWrite(); err != nil {
+				r.log.Error("chain journal: durable records refused", zap.Error(err))
+			}
+		}
+		r.jmu.Lock()
+		need := r.jneed
+		r.jmu.Unlock()
 		switch {
-		case sync && err != nil:
-			r.log.Error("chain journal: durable records refused", zap.Error(err))
-		case !sync && newFailure(&warned, err):
-			r.log.Warn("chain journal write failed", zap.Error(err))
+		case need <= covered && !wanted:
+		case start:
+			s := r.startSync(free, now, results)
+			inflight[free], covered = s, max(covered, s.upTo)
+		case free >= 0 && !hedgeArmed:
+			hedge.Reset(oldest.Add(slow).Sub(now))
+			hedgeArmed = true
 		}
 	}
+}
+
+// startSync starts an fsync of the journal in slot for every record
+// written so far, reporting to results.
+func (r *Recorder) startSync(slot int, now time.Time, results chan<- jsync) *jsync {
+	r.jmu.Lock()
+	defer r.jmu.Unlock()
+	r.mu.Lock()
+	s := &jsync{slot: slot, upTo: r.journaled, began: now}
+	r.mu.Unlock()
+	if err := r.jr.broken; err != nil {
+		s.err = err
+		results <- *s // buffered: one place for each slot
+		return s
+	}
+	f, before := r.jr.syncf[slot], r.jr.beforeSync
+	go func() {
+		res := *s
+		if before != nil {
+			before()
+		}
+		res.err = datasync(f)
+		res.took = time.Since(res.began)
+		results <- res
+	}()
+	return s
+}
+
+// syncDone releases the durable records a journal fsync covered, or fails
+// them if it failed (and then the journal is broken).
+func (r *Recorder) syncDone(s jsync) {
+	if s.err != nil {
+		r.jmu.Lock()
+		if r.jr.broken == nil {
+			r.jr.broken = fmt.Errorf("chain journal: fsync: %w", s.err)
+		}
+		r.noteBroken()
+		r.jmu.Unlock()
+	} else if r.cfg.ObserveJournal != nil {
+		r.cfg.ObserveJournal(s.took)
+	}
+	r.releaseDurable(s.upTo, s.err)
+}
+
+// noteBroken makes a broken journal known (JournalBroken, the log), once.
+// Callers hold jmu.
+func (r *Recorder) noteBroken() {
+	if r.jr.broken != nil && r.jbroken.Load() == nil {
+		broken := r.jr.broken
+		r.jbroken.Store(&broken)
+		r.log.Error("chain journal broken: writes are refused until gridseal restarts (after the disk is fixed)", zap.Error(r.jr.broken))
+	}
+}
+
+// releaseDurable tells the durable records below journal index upTo still
+// waiting that they are durable, or (err set) that they are not.
+func (r *Recorder) releaseDurable(upTo uint64, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failed != nil || (err == nil && !r.cfg.Journal) {
+		return // fail told every waiter; without Journal a durable record waits for its block
+	}
+	// Below base the entries are committed: commit told their waiters.
+	for i := max(r.jreleased, r.base); i < min(upTo, r.journaled); i++ {
+		e := &r.spool[i-r.base]
+		if e.done == nil {
+			continue
+		}
+		if err == nil {
+			e.done <- nil
+		} else {
+			e.done <- fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		e.done = nil
+		r.durable--
+	}
+	r.jreleased = max(r.jreleased, upTo)
 }
 
 // newFailure reports whether err is a failure other than *last (so it is
@@ -451,52 +672,48 @@ func newFailure(last *error, err error) bool {
 	return isNew
 }
 
-// journalUpTo appends the spooled events not yet in the journal, fsync'd
-// if sync is set or a durable one is among them, and then releases the
-// durable records among them. If the append fails their records fail with
+// journalWrite appends the spooled events not yet in the journal, not
+// fsync'd, and returns the journal index past them and whether a durable
+// one was among them: those wait for an fsync (jneed; the journaler's).
+// If the append fails, the durable records among them fail with
 // ErrUnavailable (their events stay spooled, to be journaled later).
-func (r *Recorder) journalUpTo(sync bool) error {
+func (r *Recorder) journalWrite() (uint64, bool, error) {
 	r.jmu.Lock()
 	defer r.jmu.Unlock()
 	r.jr.release(r.jrelease.Load())
 	r.mu.Lock()
 	if r.failed != nil {
 		r.mu.Unlock()
-		return r.failed
+		return 0, false, r.failed
 	}
 	from := r.journaled
 	rest := r.spool[from-r.base:]
 	events := r.jevents[:0]
+	durable := false
 	for _, e := range rest {
 		events = append(events, e.data)
-		sync = sync || e.done != nil
+		durable = durable || e.done != nil
 	}
 	r.mu.Unlock()
 	r.jevents = events
 	if len(events) == 0 {
-		return nil
+		return from, false, nil
 	}
-	var t0 time.Time
-	if sync && r.cfg.ObserveJournal != nil {
-		t0 = time.Now()
-	}
-	err := r.jr.append(events, from, sync)
-	if !t0.IsZero() && err == nil {
-		r.cfg.ObserveJournal(time.Since(t0))
-	}
+	err := r.jr.append(events, from, false)
 	clear(r.jevents)
-	if r.jr.broken != nil && r.jbroken.Load() == nil {
-		broken := r.jr.broken
-		r.jbroken.Store(&broken)
-		r.log.Error("chain journal broken: writes are refused until gridseal restarts (after the disk is fixed)", zap.Error(r.jr.broken))
-	}
+	r.noteBroken()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failed != nil {
-		return err
+		return 0, false, err
 	}
+	upTo := from + uint64(len(events))
 	if err == nil {
-		r.journaled = from + uint64(len(events))
+		r.journaled = upTo
+		durable = durable && r.cfg.Journal // without, it waits for its block
+		if durable {
+			r.jneed = upTo
+		}
 		if uint64(len(r.spool)) > r.journaled-r.base {
 			// Spooled meanwhile: their Record saw others unwritten and
 			// did not wake the journaler.
@@ -505,22 +722,41 @@ func (r *Recorder) journalUpTo(sync bool) error {
 			default:
 			}
 		}
+		return upTo, durable, nil
 	}
-	// Entries from..from+len(events) are still spooled: commit drops only
-	// journaled ones, and fail was checked.
+	// Entries from..upTo are still spooled: commit drops only journaled
+	// ones, and fail was checked.
 	for i := range events {
 		e := &r.spool[from-r.base+uint64(i)]
-		if e.done == nil || (err == nil && !r.cfg.Journal) {
-			continue // without Journal a durable record waits for its block
+		if e.done == nil {
+			continue
 		}
-		if err == nil {
-			e.done <- nil
-		} else {
-			e.done <- fmt.Errorf("%w: %v", ErrUnavailable, err)
-		}
+		e.done <- fmt.Errorf("%w: %v", ErrUnavailable, err)
 		e.done = nil
 		r.durable--
 	}
+	return upTo, false, err
+}
+
+// journalUpTo writes the spooled events not yet in the journal and fsyncs
+// the journal, then releases the durable records waiting (Close: no fsync
+// is in flight, the journaler has returned).
+func (r *Recorder) journalUpTo() error {
+	upTo, _, err := r.journalWrite()
+	if err != nil {
+		return err
+	}
+	r.jmu.Lock()
+	err = r.jr.broken
+	if err == nil {
+		if serr := datasync(r.jr.f); serr != nil {
+			r.jr.broken = fmt.Errorf("chain journal: fsync: %w", serr)
+			err = r.jr.broken
+			r.noteBroken()
+		}
+	}
+	r.jmu.Unlock()
+	r.releaseDurable(upTo, err)
 	return err
 }
 

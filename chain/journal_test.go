@@ -357,3 +357,38 @@ func TestBrokenJournalShowsAndRefusesAtOnce(t *testing.T) {
 		t.Fatalf("the next write: %v, pending %d (was %d); want ErrUnavailable and nothing spooled", err, r.Pending(), pending)
 	}
 }
+
+// A write made while an fsync of the journal is slow (a disk busy with
+// another writer's flush) does not wait for the rest of that fsync and then
+// its own: a second fsync starts for it, and its record is durable at the
+// pace of a disk that answers, the first write's too.
+func TestJournalWriteDoesNotWaitBehindASlowFsync(t *testing.T) {
+	e := newChain(t)
+	r := e.openJournaled(t, e.nc, t.TempDir())
+	t.Cleanup(func() { _ = r.Close(5 * time.Second) })
+	recordOps(t, r, 1, 1, func(int) bool { return true }) // the journal's first fsync, at the disk's pace
+	const slow = time.Second
+	chain.SlowJournalSync(r, slow)
+	first := make(chan error, 1)
+	go func() { first <- r.Record(t.Context(), event(2, audit.Allow), true) }()
+	time.Sleep(20 * time.Millisecond) // its fsync is slow
+	start := time.Now()
+	if err := r.Record(t.Context(), event(3, audit.Allow), true); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > slow/2 {
+		t.Fatalf("a write behind a slow fsync took %v to be durable, want a fsync of its own", took)
+	}
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(slow / 2):
+		t.Fatal("the first write still waits for the slow fsync, though the second one's covers it")
+	}
+	if err := r.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 3)
+}

@@ -1,5 +1,10 @@
 package chain
 
+import (
+	"sync/atomic"
+	"time"
+)
+
 // BreakJournal makes every later journal append of r fail with err, as a
 // full disk or an I/O error would (for the external tests).
 func BreakJournal(r *Recorder, err error) {
@@ -17,5 +22,18 @@ func MendJournal(r *Recorder) {
 	r.jmu.Lock()
 	r.jr.broken = nil
 	r.jbroken.Store(nil)
+	r.jmu.Unlock()
+}
+
+// SlowJournalSync makes r's next journal fsync take d longer, as a disk
+// busy with another writer's flush would.
+func SlowJournalSync(r *Recorder, d time.Duration) {
+	var n atomic.Int32
+	r.jmu.Lock()
+	r.jr.beforeSync = func() {
+		if n.Add(1) == 1 {
+			time.Sleep(d)
+		}
+	}
 	r.jmu.Unlock()
 }

@@ -113,15 +113,17 @@ type Recorder struct {
 	base, journaled uint64
 	lastOp          uint64
 
-	jr       *journal
-	jmu      sync.Mutex            // serialises journal appends (journalUpTo)
-	jevents  [][]byte              // journalUpTo's scratch, under jmu
-	jwake    chan struct{}         // wakes the journaler: a durable event waits
-	jlazy    chan struct{}         // wakes the journaler: an event waits to be written, not fsync'd
-	jdone    chan struct{}         // closed when the journaler returns
-	jrelease atomic.Uint64         // journal files below this index may go (a saved head says so)
-	jbroken  atomic.Pointer[error] // set once the journal is broken (see JournalBroken)
-	hlock    *os.File              // this process's lock on the writer's files in HeadDir (lockHeads)
+	jr        *journal
+	jmu       sync.Mutex            // serialises journal appends (journalWrite)
+	jevents   [][]byte              // journalWrite's scratch, under jmu
+	jneed     uint64                // under jmu: the journal index past the last durable event written, to be fsync'd
+	jreleased uint64                // under mu: durable records below this journal index were told
+	jwake     chan struct{}         // wakes the journaler: a durable event waits
+	jlazy     chan struct{}         // wakes the journaler: an event waits to be written, not fsync'd
+	jdone     chan struct{}         // closed when the journaler returns
+	jrelease  atomic.Uint64         // journal files below this index may go (a saved head says so)
+	jbroken   atomic.Pointer[error] // set once the journal is broken (see JournalBroken)
+	hlock     *os.File              // this process's lock on the writer's files in HeadDir (lockHeads)
 
 	lease     atomic.Pointer[lease]
 	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
@@ -434,7 +436,7 @@ func (r *Recorder) Close(timeout time.Duration) error {
 		r.mu.Lock()
 		r.appendGapLocked("the recorder's spool was full when it stopped")
 		r.mu.Unlock()
-		jerr := r.journalUpTo(true)
+		jerr := r.journalUpTo()
 		journaled = jerr == nil
 		if jerr != nil && err != nil {
 			r.log.Error("chain events not journaled", zap.Error(jerr))
@@ -588,8 +590,15 @@ func (r *Recorder) next() []entry {
 			// A block holds only journaled events (so a crash cannot
 			// leave one in the stream the journal lacks, see
 			// dropJournaled); the reads are written now, not fsync'd.
-			if err := r.journalUpTo(false); newFailure(&r.jwarned, err) {
+			_, durable, err := r.journalWrite()
+			if newFailure(&r.jwarned, err) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
+			}
+			if durable { // the journaler fsyncs them
+				select {
+				case r.jwake <- struct{}{}:
+				default:
+				}
 			}
 		}
 		r.mu.Lock()
