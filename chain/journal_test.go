@@ -368,7 +368,8 @@ func TestJournalWriteDoesNotWaitBehindASlowFsync(t *testing.T) {
 	t.Cleanup(func() { _ = r.Close(5 * time.Second) })
 	recordOps(t, r, 1, 1, func(int) bool { return true }) // the journal's first fsync, at the disk's pace
 	const slow = time.Second
-	chain.SlowJournalSync(r, slow)
+	release := chain.HoldJournalSync(r, slow)
+	defer release()
 	first := make(chan error, 1)
 	go func() { first <- r.Record(t.Context(), event(2, audit.Allow), true) }()
 	time.Sleep(20 * time.Millisecond) // its fsync is slow
@@ -391,4 +392,39 @@ func TestJournalWriteDoesNotWaitBehindASlowFsync(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.wantOps(t, 1, 3)
+}
+
+// A journal file that fills up while an fsync of it is in flight (the
+// journal moves on to the next file, closing the full one) neither fails
+// that fsync's write nor breaks the journal.
+func TestJournalMovesOnToItsNextFileDuringAnFsync(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	nc := natstest.Connect(t, e.srv.URL())
+	r := e.openJournaled(t, nc, heads)
+	t.Cleanup(func() { _ = r.Close(time.Second) })
+	nc.Close() // no block lands: only the journal makes the write durable
+	release := chain.HoldJournalSync(r, 10*time.Second)
+	defer release()
+	first := make(chan error, 1)
+	go func() { first <- r.Record(t.Context(), event(1, audit.Allow), true) }()
+	time.Sleep(20 * time.Millisecond) // its fsync is in flight
+	op := 2
+	for len(journalFiles(t, heads)) < 2 && op < 100_000 {
+		recordOps(t, r, op, op+999, func(int) bool { return false })
+		op += 1000
+		time.Sleep(3 * time.Millisecond) // written, a batch at a time
+	}
+	select {
+	case err := <-first:
+		t.Fatalf("the write's fsync ended (%v) before the journal moved on: the test shows nothing", err)
+	default:
+	}
+	release()
+	if err := <-first; err != nil {
+		t.Fatalf("the write whose fsync was in flight: %v", err)
+	}
+	if err := r.JournalBroken(); err != nil {
+		t.Fatalf("journal broken: %v", err)
+	}
 }

@@ -1,6 +1,7 @@
 package chain
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -25,15 +26,22 @@ func MendJournal(r *Recorder) {
 	r.jmu.Unlock()
 }
 
-// SlowJournalSync makes r's next journal fsync take d longer, as a disk
-// busy with another writer's flush would.
-func SlowJournalSync(r *Recorder, d time.Duration) {
+// HoldJournalSync makes r's next journal fsync wait, as a disk busy with
+// another writer's flush would, until the returned func is called (or at
+// most d).
+func HoldJournalSync(r *Recorder, d time.Duration) (release func()) {
 	var n atomic.Int32
+	ch := make(chan struct{})
+	var once sync.Once
 	r.jmu.Lock()
 	r.jr.beforeSync = func() {
 		if n.Add(1) == 1 {
-			time.Sleep(d)
+			select {
+			case <-ch:
+			case <-time.After(d):
+			}
 		}
 	}
 	r.jmu.Unlock()
+	return func() { once.Do(func() { close(ch) }) }
 }

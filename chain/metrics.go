@@ -28,7 +28,7 @@ func BlockObserver(reg prometheus.Registerer) func(events int, ack time.Duration
 // registered with reg, as a function for Config.ObserveJournal.
 func JournalObserver(reg prometheus.Registerer) func(time.Duration) {
 	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "gridseal_chain_journal_sync_seconds",
-		Help:    "Time the local journal's write and fdatasync took for the durable records waiting (group commit): on the embedded NATS, what a write waits for its record once it is its turn. A slow disk shows here first.",
+		Help:    "Time each fdatasync of the local journal took (one for all the durable records waiting, group commit; a second beside a slow one): on the embedded NATS, what a write waits for its record once its turn comes. A slow disk shows here first.",
 		Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16)})
 	reg.MustRegister(h)
 	return func(d time.Duration) { h.Observe(d.Seconds()) }
