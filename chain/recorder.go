@@ -60,8 +60,8 @@ type Config struct {
 	// Observe, if set, is told of every acknowledged block: its event count
 	// and how long its publish took to be acknowledged (metrics).
 	Observe func(events int, ack time.Duration)
-	// ObserveJournal, if set, is told of every journal fsync that released
-	// durable records: how long its write and fdatasync took (metrics).
+	// ObserveJournal, if set, is told of every journal fsync that succeeded
+	// in the journaler: how long its fdatasync took (metrics).
 	ObserveJournal func(sync time.Duration)
 	// Journal keeps every event in a journal under HeadDir (see
 	// journal.go), and a durable Record returns once its event is
