@@ -40,8 +40,7 @@ func TestJournalTakesASpoolFileOnceAcrossACrash(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
 	writeSpoolFile(t, heads, 1, 5)
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	recordOps(t, r, 6, 10, func(i int) bool { return i == 10 })
 	nc.Close() // killed
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
@@ -58,8 +57,7 @@ func TestJournalTakesASpoolFileOnceAcrossAFailedClose(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
 	writeSpoolFile(t, heads, 1, 5)
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	nc.Close() // NATS away
 	if err := r.Close(300 * time.Millisecond); err != nil {
 		t.Logf("close: %v", err)
@@ -172,8 +170,7 @@ func TestLeftoverJournalKeepsDurableWaitingForBlocks(t *testing.T) {
 func TestBrokenJournalAtCloseSpoolsOnlyTheRest(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	recordOps(t, r, 1, 5, func(i int) bool { return i == 5 })
 	chain.BreakJournal(r, errors.New("no space left on device"))
 	recordOps(t, r, 6, 8, func(int) bool { return false })
@@ -194,8 +191,7 @@ func TestBrokenJournalAtCloseSpoolsOnlyTheRest(t *testing.T) {
 func TestJournalCutsAZeroedEnd(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	recordOps(t, r, 1, 3, func(i int) bool { return i == 3 })
 	nc.Close()
 	f, err := os.OpenFile(journalFiles(t, heads)[0], os.O_WRONLY|os.O_APPEND, 0)
@@ -268,10 +264,9 @@ func TestJournalTakesASpoolFileOnceAcrossACrashWhileFolding(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
 	writeSpoolFile(t, heads, 1, 5)
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads) // folds the spool file into the journal
-	nc.Close()                         // killed
-	writeSpoolFile(t, heads, 1, 5)     // as if its removal had not reached the disk
+	r, nc := e.openKillable(t, heads) // folds the spool file into the journal
+	nc.Close()                        // killed
+	writeSpoolFile(t, heads, 1, 5)    // as if its removal had not reached the disk
 	r2 := e.openJournaled(t, natstest.Connect(t, e.srv.URL()), heads)
 	if n := r2.Pending(); n != 5 || r.Pending() != 5 {
 		t.Fatalf("pending after the restart %d (first run %d), want 5", n, r.Pending())
@@ -288,8 +283,7 @@ func TestJournalTakesASpoolFileOnceAcrossACrashWhileFolding(t *testing.T) {
 func TestJournalKeepsLingeringReadsAcrossACrash(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	// The first read wakes the committer, which journals what is spooled
 	// then; the later ones arrive during its linger.
 	recordOps(t, r, 1, 1, func(int) bool { return false })

@@ -33,6 +33,15 @@ func (e *chainEnv) openJournaled(t *testing.T, nc *nats.Conn, heads string) *cha
 	return r
 }
 
+// openKillable opens gw-1's journaled recorder under heads (as
+// openJournaled) on a connection of its own: the test closes it to kill
+// the process, or to take NATS away from it alone.
+func (e *chainEnv) openKillable(t *testing.T, heads string) (*chain.Recorder, *nats.Conn) {
+	t.Helper()
+	nc := natstest.Connect(t, e.srv.URL())
+	return e.openJournaled(t, nc, heads), nc
+}
+
 // wantOps checks that the chain holds ops first..last, each once, in order.
 func (e *chainEnv) wantOps(t *testing.T, first, last int) {
 	t.Helper()
@@ -75,8 +84,7 @@ func journalFiles(t *testing.T, heads string) []string {
 func TestJournalKeepsReleasedWritesAcrossACrash(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	recordOps(t, r, 1, 50, func(i int) bool { return i%10 == 0 })
 	if n := r.Stats().Blocks.Load(); n != 0 {
 		t.Fatalf("%d blocks committed: the durable records waited for their block, not for the journal", n)
@@ -148,8 +156,7 @@ func TestJournalWithAStaleHead(t *testing.T) {
 func TestJournalCutsATornEnd(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	recordOps(t, r, 1, 10, func(i int) bool { return i == 10 })
 	nc.Close() // killed
 	files := journalFiles(t, heads)
@@ -213,9 +220,8 @@ func TestJournalFilesGoOnceCommitted(t *testing.T) {
 func TestJournalOfSeveralFilesAcrossACrash(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads) // full blocks go; the rest lingers
-	const n = 100_000                  // about 13 MiB: two files at least
+	r, nc := e.openKillable(t, heads) // full blocks go; the rest lingers
+	const n = 100_000                 // about 13 MiB: two files at least
 	recordOps(t, r, 1, n, func(i int) bool { return i == n })
 	testwait.For(t, "a full block committed", func() bool { return r.Stats().Blocks.Load() > 0 })
 	if r.Pending() == 0 {
@@ -400,8 +406,7 @@ func TestJournalWriteDoesNotWaitBehindASlowFsync(t *testing.T) {
 func TestJournalMovesOnToItsNextFileDuringAnFsync(t *testing.T) {
 	e := newChain(t)
 	heads := t.TempDir()
-	nc := natstest.Connect(t, e.srv.URL())
-	r := e.openJournaled(t, nc, heads)
+	r, nc := e.openKillable(t, heads)
 	t.Cleanup(func() { _ = r.Close(time.Second) })
 	nc.Close() // no block lands: only the journal makes the write durable
 	release := chain.HoldJournalSync(r, 10*time.Second)
