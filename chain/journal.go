@@ -536,6 +536,14 @@ func (r *Recorder) journaler() {
 	var covered uint64                  // the highest upTo of the fsyncs started
 	var usual time.Duration             // fsyncs' moving average (1/16 each)
 	results := make(chan jsync, journalSyncers)
+	finish := func(res jsync) {
+		inflight[res.slot] = nil
+		r.syncDone(res)
+		if usual == 0 {
+			usual = res.took
+		}
+		usual += (res.took - usual) / 16
+	}
 	busy := func() int {
 		n := 0
 		for _, s := range inflight {
@@ -554,9 +562,7 @@ func (r *Recorder) journaler() {
 			}
 			hedge.Stop()
 			for busy() > 0 { // their waiters are told, one way or the other
-				res := <-results
-				inflight[res.slot] = nil
-				r.syncDone(res)
+				finish(<-results)
 			}
 			return
 		case <-r.jwake:
@@ -573,12 +579,7 @@ func (r *Recorder) journaler() {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}
 		case res := <-results:
-			inflight[res.slot] = nil
-			r.syncDone(res)
-			if usual == 0 {
-				usual = res.took
-			}
-			usual += (res.took - usual) / 16
+			finish(res)
 		case <-hedge.C:
 			hedgeArmed = false
 		}
