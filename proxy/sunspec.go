@@ -110,7 +110,9 @@ func (u *upstream) read(unit byte, addr, n uint16) ([]uint16, error) {
 	u.send(c, 0)
 	o := <-ch // every call completes: reply, exception, loss or timeout
 	c.ev.Response = o.pdu
-	c.ev.Upstream = c.ev.Done.Sub(c.sent)
+	if !c.sent.IsZero() { // not sent: no device time
+		c.ev.Upstream = c.ev.Done.Sub(c.sent)
+	}
 	switch {
 	case len(o.pdu) == 2 && o.pdu[0]&0x80 != 0:
 		c.ev.Exception = o.pdu[1]

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/gridseal/gridseal/audit"
 	"github.com/gridseal/gridseal/internal/testwait"
@@ -126,4 +127,20 @@ func TestSunSpecRulesThroughProxy(t *testing.T) {
 			t.Fatalf("write to 40127 on the moved map: %x, want exception 2", resp)
 		}
 	})
+
+	// Each operation's device time is the device's: none for one never
+	// sent (the device was away: the proxy's own map reads too), a sane
+	// one for the others.
+	unsent := 0
+	for _, ev := range fx.events.completed() {
+		if ev.Upstream < 0 || ev.Upstream > 10*time.Second {
+			t.Errorf("operation (exception %#x, %s) recorded with device time %v", ev.Exception, ev.Reason, ev.Upstream)
+		}
+		if !ev.Client.IsValid() && ev.Exception == byte(modbus.GatewayPathUnavailable) {
+			unsent++
+		}
+	}
+	if unsent == 0 {
+		t.Error("no map read of the away device recorded")
+	}
 }
