@@ -228,7 +228,7 @@ type ChainConfig struct {
 	Key            string        `yaml:"key"`             // the writer's private Tink keyset
 	NATS           string        `yaml:"nats"`            // NATS URL(s); default --nats, else embedded
 	Replicas       int           `yaml:"replicas"`        // stream replicas when creating it
-	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record
+	DurableTimeout time.Duration `yaml:"durable_timeout"` // how long a write waits for its record, up to 1m (0 or unset: 2s)
 	SpoolBytes     int           `yaml:"spool_bytes"`     // events held while NATS is away
 	Linger         time.Duration `yaml:"linger"`          // how long a block waits for more events, up to 1s (0 or unset: 20ms)
 	DurableReads   bool          `yaml:"durable_reads"`   // reads too wait for their record
@@ -471,6 +471,9 @@ func Load(path string) (*Config, error) {
 	}
 	if c.Chain.Linger < 0 || c.Chain.Linger > time.Second {
 		return nil, fmt.Errorf("%s: chain.linger: want 0 to 1s (how long a block waits for more events), not %v", path, c.Chain.Linger)
+	}
+	if c.Chain.DurableTimeout < 0 || c.Chain.DurableTimeout > time.Minute {
+		return nil, fmt.Errorf("%s: chain.durable_timeout: want 0 to 1m (how long a write waits for its record before it is refused; 0: 2s), not %v", path, c.Chain.DurableTimeout)
 	}
 	if c.Chain.Key == "" {
 		return nil, fmt.Errorf("%s: chain.key: the writer's private keyset (create one with: gridseal keys new %s --dir DIR)", path, c.Chain.Writer)

@@ -45,26 +45,32 @@ func TestEVEConfig(t *testing.T) {
 	}
 }
 
-// TestChainLinger: chain.linger is a duration from 0 to 1s; outside that
-// range the file is refused with one line naming the key.
-func TestChainLinger(t *testing.T) {
+// TestChainDurations: chain.linger is a duration from 0 to 1s and
+// chain.durable_timeout one from 0 to 1m; outside its range the file is
+// refused with one line naming the key.
+func TestChainDurations(t *testing.T) {
 	for _, tc := range []struct {
-		linger string
-		want   time.Duration
-		err    string
+		key, value string
+		want       time.Duration
+		err        string
 	}{
-		{"50ms", 50 * time.Millisecond, ""},
-		{"0s", 0, ""},
-		{"-1ms", 0, "chain.linger: want 0 to 1s"},
-		{"2s", 0, "chain.linger: want 0 to 1s"},
+		{"linger", "50ms", 50 * time.Millisecond, ""},
+		{"linger", "0s", 0, ""},
+		{"linger", "-1ms", 0, "chain.linger: want 0 to 1s"},
+		{"linger", "2s", 0, "chain.linger: want 0 to 1s"},
+		{"durable_timeout", "5s", 5 * time.Second, ""},
+		{"durable_timeout", "0s", 0, ""},
+		{"durable_timeout", "-1s", 0, "chain.durable_timeout: want 0 to 1m"},
+		{"durable_timeout", "2m", 0, "chain.durable_timeout: want 0 to 1m"},
 	} {
-		t.Run(tc.linger, func(t *testing.T) {
-			cfg, _ := loadText(t, "chain: {writer: gw-1, key: k.json, linger: "+tc.linger+"}\n", tc.err)
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			cfg, _ := loadText(t, "chain: {writer: gw-1, key: k.json, "+tc.key+": "+tc.value+"}\n", tc.err)
 			if cfg == nil {
 				return
 			}
-			if cfg.Chain.Linger != tc.want {
-				t.Fatalf("linger %v, want %v", cfg.Chain.Linger, tc.want)
+			got := map[string]time.Duration{"linger": cfg.Chain.Linger, "durable_timeout": cfg.Chain.DurableTimeout}[tc.key]
+			if got != tc.want {
+				t.Fatalf("%s %v, want %v", tc.key, got, tc.want)
 			}
 		})
 	}
