@@ -2,6 +2,7 @@ package chain_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -106,4 +107,23 @@ func diskFull(t *testing.T, journal bool) {
 	testwait.For(t, "a durable write to succeed once space returned", func() bool {
 		return r.Record(t.Context(), event(9999, audit.Allow), true) == nil
 	})
+}
+
+// A journal on a disk without room for a file's preallocation says so
+// once in the log, and works all the same (appending as the file grows).
+func TestJournalSaysWhenTheDiskHasNoRoomForIt(t *testing.T) {
+	heads := smallDisk(t, "6m") // under the 9 MiB a journal file takes
+	e := newChain(t)
+	core, logs := observer.New(zap.WarnLevel)
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close(time.Second) })
+	recordOps(t, r, 1, 20, func(i int) bool { return i%5 == 0 })
+	warned := logs.FilterMessageSnippet("no room preallocated").All()
+	if len(warned) != 1 || !strings.Contains(fmt.Sprint(warned[0].ContextMap()["error"]), "no space left") {
+		t.Fatalf("warnings %v, want one saying the disk had no room for the journal's file", logs.All())
+	}
 }

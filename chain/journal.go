@@ -83,6 +83,7 @@ type journal struct {
 	// beforeSync, if set, runs before each fsync of syncf (tests: a slow
 	// disk).
 	beforeSync func()
+	noRoom     error // why the file last started got no room (see preallocate)
 }
 
 func journalPath(dir, writer string, base uint64) string {
@@ -189,7 +190,7 @@ func openJournal(dir, writer string, head uint64) (*journal, uint64, [][]byte, e
 		return nil, 0, nil, fmt.Errorf("chain journal: %w", err)
 	}
 	j.f = f
-	preallocate(f)
+	j.noRoom = j.preallocate(f)
 	if err := j.openSyncFiles(j.files[len(j.files)-1].path); err != nil {
 		j.close()
 		return nil, 0, nil, err
@@ -236,7 +237,7 @@ func (j *journal) start(base uint64) error {
 	if err != nil {
 		return fmt.Errorf("chain journal: %w", err)
 	}
-	preallocate(f)
+	j.noRoom = j.preallocate(f)
 	if err := atomicfile.SyncDir(j.dir); err != nil {
 		_ = f.Close()
 		return fmt.Errorf("chain journal: %w", err)
@@ -353,9 +354,25 @@ func (j *journal) append(events [][]byte, next uint64, sync bool) error {
 
 // preallocate gives f its room of journalAlloc bytes, where the disk has
 // it. Without (a file system without fallocate, or a disk too full for
-// it) the journal works as well, with a dearer fsync: appends grow the file.
-func preallocate(f *os.File) {
-	_ = syscall.Fallocate(int(f.Fd()), 0, 0, journalAlloc)
+// it) the journal works as well, with a dearer fsync: appends grow the
+// file. A disk too full for a new file's room is kept in noRoom, for the
+// recorder to log (not when a failed write is cut back: that one the
+// write's own error says, at every retry).
+func (j *journal) preallocate(f *os.File) error {
+	err := syscall.Fallocate(int(f.Fd()), 0, 0, journalAlloc)
+	if err == nil || errors.Is(err, syscall.EOPNOTSUPP) {
+		return nil
+	}
+	return fmt.Errorf("chain journal: preallocate %s: %w", f.Name(), err)
+}
+
+// warnNoRoom logs, once for each time it happened, that a journal file
+// got no room. Callers hold jmu or own the journal.
+func (r *Recorder) warnNoRoom() {
+	if err := r.jr.noRoom; err != nil {
+		r.jr.noRoom = nil
+		r.log.Warn("chain journal: no room preallocated for its file (is the disk nearly full?): records are appended as it grows, each write's fsync dearer", zap.Error(err))
+	}
 }
 
 // undo cuts the journal back to its records before a failed append, so
@@ -365,7 +382,7 @@ func (j *journal) undo(err error) error {
 		j.broken = fmt.Errorf("%w; and not cut back: %w", err, terr)
 		return j.broken
 	}
-	preallocate(j.f)
+	_ = j.preallocate(j.f)
 	return err
 }
 
@@ -461,6 +478,7 @@ func (r *Recorder) loadJournal() error {
 			zap.Int("bytes", j.cut), zap.Uint64("records_kept", j.files[len(j.files)-1].n))
 	}
 	r.jr = j
+	r.warnNoRoom()
 	r.jrelease.Store(head.Journal)
 	r.base, r.journaled = start, start+uint64(len(events))
 	if len(events) > 0 {
@@ -750,6 +768,7 @@ func (r *Recorder) journalWrite() (uint64, bool, error) {
 	err := r.jr.append(events, from, false)
 	clear(r.jevents)
 	r.noteBroken()
+	r.warnNoRoom()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failed != nil {
