@@ -676,20 +676,18 @@ func (r *Recorder) startSync(slot int, now time.Time, results chan<- jsync) *jsy
 // syncDone releases the durable records a journal fsync covered, or fails
 // them if it failed (and then the journal is broken).
 func (r *Recorder) syncDone(s jsync) {
-	if s.err == nil {
-		// Once one fsync failed, none that ends after it is trusted.
-		r.jmu.Lock()
-		s.err = r.jr.broken
-		r.jmu.Unlock()
+	r.jmu.Lock()
+	switch {
+	case s.err == nil:
+		s.err = r.jr.broken // once one fsync failed, none that ends after it is trusted
+	case r.jr.broken == nil:
+		r.jr.broken = fmt.Errorf("chain journal: fsync: %w", s.err)
 	}
 	if s.err != nil {
-		r.jmu.Lock()
-		if r.jr.broken == nil {
-			r.jr.broken = fmt.Errorf("chain journal: fsync: %w", s.err)
-		}
 		r.noteBroken()
-		r.jmu.Unlock()
-	} else if r.cfg.ObserveJournal != nil {
+	}
+	r.jmu.Unlock()
+	if s.err == nil && r.cfg.ObserveJournal != nil {
 		r.cfg.ObserveJournal(s.took)
 	}
 	r.releaseDurable(s.upTo, s.err)
