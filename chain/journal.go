@@ -536,141 +536,152 @@ type jsync struct {
 	err   error
 }
 
-// journaler writes the spooled events whenever a durable one waits, and
-// journalEvery after the first it has not written (until the recorder
-// stops), and fsyncs them for the durable records waiting, up to
-// journalSyncers fsyncs in flight (see hedgeAfter): one is started when a
-// durable record waits and none is in flight, another when the one in
-// flight began hedgeAfter ago or more.
+// journaler writes the spooled events journalEvery after the first it has
+// not written, fsync'd or not, until the recorder stops. The durable
+// records' fsyncs are not its: the records waiting for one start it
+// (leadSync).
 func (r *Recorder) journaler() {
 	defer close(r.jdone)
 	var t *time.Timer
 	var tick <-chan time.Time
-	hedge := time.NewTimer(time.Hour)
-	hedge.Stop()
-	hedgeArmed := false
 	var warned error
-	var inflight [journalSyncers]*jsync // nil: the slot is free
-	var covered uint64                  // the highest upTo of the fsyncs started
-	var usual time.Duration             // fsyncs' moving average (1/16 each)
-	results := make(chan jsync, journalSyncers)
-	finish := func(res jsync) {
-		inflight[res.slot] = nil
-		r.syncDone(res)
-		if usual == 0 {
-			usual = res.took
-		}
-		usual += (res.took - usual) / 16
-	}
-	busy := func() int {
-		n := 0
-		for _, s := range inflight {
-			if s != nil {
-				n++
-			}
-		}
-		return n
-	}
-	wanted := false // a durable record waits to be written and fsync'd
 	for {
 		select {
 		case <-r.stop:
 			if t != nil {
 				t.Stop()
 			}
-			hedge.Stop()
-			for busy() > 0 { // their waiters are told, one way or the other
-				finish(<-results)
-			}
 			return
-		case <-r.jwake:
-			wanted = true
 		case <-r.jlazy:
 			if t == nil {
 				t = time.NewTimer(journalEvery)
 				tick = t.C
 			}
-			continue
 		case <-tick:
 			t, tick = nil, nil
-			if _, _, err := r.journalWrite(); newFailure(&warned, err) {
+			if err := r.journalWrite(); newFailure(&warned, err) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}
-		case res := <-results:
-			finish(res)
-		case <-hedge.C:
-			hedgeArmed = false
-		}
-		var oldest time.Time
-		free := -1
-		for i, s := range inflight {
-			switch {
-			case s == nil:
-				if free < 0 {
-					free = i
-				}
-			case oldest.IsZero() || s.began.Before(oldest):
-				oldest = s.began
-			}
-		}
-		now, slow := time.Now(), max(hedgeAfter, 2*usual)
-		start := free >= 0 && (oldest.IsZero() || now.Sub(oldest) >= slow)
-		if wanted && start {
-			// Written just before their fsync: the writes that come while
-			// one is in flight go together, in one write.
-			wanted = false
-			if _, _, err := r.journalWrite(); err != nil {
-				r.log.Error("chain journal: durable records refused", zap.Error(err))
-			}
-		}
-		r.jmu.Lock()
-		need := r.jneed
-		r.jmu.Unlock()
-		switch {
-		case need <= covered && !wanted:
-		case start:
-			s := r.startSync(free, now, results)
-			inflight[free], covered = s, max(covered, s.upTo)
-		case free >= 0 && !hedgeArmed:
-			hedge.Reset(oldest.Add(slow).Sub(now))
-			hedgeArmed = true
 		}
 	}
 }
 
-// startSync starts an fsync of the journal in slot for every record
-// written so far, reporting to results.
-func (r *Recorder) startSync(slot int, now time.Time, results chan<- jsync) *jsync {
-	r.jmu.Lock()
-	defer r.jmu.Unlock()
-	r.mu.Lock()
-	s := &jsync{slot: slot, upTo: r.journaled, began: now}
-	r.mu.Unlock()
-	if err := r.jr.broken; err != nil {
-		s.err = err
-		results <- *s // buffered: one place for each slot
-		return s
+// leadSync writes the spooled events and fsyncs the journal, on the
+// caller's goroutine, for the durable record below journal index mine
+// when no fsync started so far covers it and one may start: a slot is
+// free, and none is in flight or the one in flight is slow (see
+// journalSyncers); the fsync tells the records it covers (every one
+// written before it began, the caller's among them) as it ends. Else it
+// returns at once with how soon to try again (the fsync in flight turns
+// slow then; 0: no need) and a channel closed when a slot frees (nil: mine
+// is covered, an fsync in flight tells it). A durable record's Record calls
+// it until its record is told, so a write's fsync costs no hand-off to a
+// journaling goroutine and back.
+func (r *Recorder) leadSync(mine uint64) (time.Duration, <-chan struct{}) {
+	now := time.Now()
+	r.smu.Lock()
+	if mine <= r.scovered || r.sstop {
+		r.smu.Unlock()
+		return 0, nil
 	}
-	// A descriptor of its own, of the slot's open file: a rotation
-	// (journalWrite) may close the slot's before this fsync runs.
-	f, err := dupFile(r.jr.syncf[slot])
-	if err != nil {
-		s.err = err
-		results <- *s
-		return s
+	var oldest time.Time
+	free := -1
+	for i, s := range r.sflight {
+		switch {
+		case s == nil:
+			if free < 0 {
+				free = i
+			}
+		case oldest.IsZero() || s.began.Before(oldest):
+			oldest = s.began
+		}
 	}
-	before := r.jr.beforeSync
-	go func() {
-		res := *s
+	freed := r.sfreed
+	if free < 0 {
+		r.smu.Unlock()
+		return 0, freed
+	}
+	if slow := max(hedgeAfter, 2*r.susual); !oldest.IsZero() && now.Sub(oldest) < slow {
+		r.smu.Unlock()
+		return oldest.Add(slow).Sub(now), freed
+	}
+	s := &jsync{slot: free, began: now}
+	r.sflight[free] = s
+	r.swg.Add(1)
+	r.smu.Unlock()
+	// Written just before their fsync: the durable records that came
+	// while one was in flight go together, in one write.
+	if err := r.journalWrite(); err != nil {
+		r.log.Error("chain journal: durable records refused", zap.Error(err))
+	}
+	f, before := r.syncFile(s)
+	r.smu.Lock()
+	r.scovered = max(r.scovered, s.upTo)
+	r.smu.Unlock()
+	// On a goroutine of its own, so the caller's record may yet be told
+	// by a hedge while this fsync is slow.
+	go r.finishSync(s, f, before)
+	return 0, nil
+}
+
+// finishSync runs the fsync s (of f; none if nil, s.err says why), tells
+// its records, and frees its slot.
+func (r *Recorder) finishSync(s *jsync, f *os.File, before func()) {
+	defer r.swg.Done()
+	if f != nil {
 		if before != nil {
 			before()
 		}
-		res.err = datasync(f)
+		s.err = datasync(f)
 		_ = f.Close()
-		res.took = time.Since(res.began)
-		results <- res
-	}()
-	return s
+		s.took = time.Since(s.began)
+	}
+	r.syncDone(*s)
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	r.sflight[s.slot] = nil
+	if s.err == nil {
+		if r.susual == 0 {
+			r.susual = s.took
+		}
+		r.susual += (s.took - r.susual) / 16
+	}
+	// The durable records that came during this fsync wait for a slot:
+	// this one is free now.
+	close(r.sfreed)
+	r.sfreed = make(chan struct{})
+}
+
+// syncFile sets s.upTo to the journal index past every record written so
+// far and returns a descriptor of its own of the open file of s's slot to
+// fsync them (a rotation, in journalWrite, may close the slot's before the
+// fsync runs), and the test hook to run before it; or nil with s.err set
+// when there is none to fsync (the journal is broken).
+func (r *Recorder) syncFile(s *jsync) (*os.File, func()) {
+	r.jmu.Lock()
+	defer r.jmu.Unlock()
+	r.mu.Lock()
+	s.upTo = r.journaled
+	r.mu.Unlock()
+	if err := r.jr.broken; err != nil {
+		s.err = err
+		return nil, nil
+	}
+	f, err := dupFile(r.jr.syncf[s.slot])
+	if err != nil {
+		s.err = err
+		return nil, nil
+	}
+	return f, r.jr.beforeSync
+}
+
+// stopSyncs makes leadSync start no more fsyncs and waits for those in
+// flight (Close, before its last fsync).
+func (r *Recorder) stopSyncs() {
+	r.smu.Lock()
+	r.sstop = true
+	r.smu.Unlock()
+	r.swg.Wait()
 }
 
 // syncDone releases the durable records a journal fsync covered, or fails
@@ -737,31 +748,28 @@ func newFailure(last *error, err error) bool {
 }
 
 // journalWrite appends the spooled events not yet in the journal, not
-// fsync'd, and returns the journal index past them and whether a durable
-// one was among them: those wait for an fsync (jneed; the journaler's).
+// fsync'd: the durable ones among them wait for an fsync (leadSync).
 // If the append fails, the durable records among them fail with
 // ErrUnavailable (their events stay spooled, to be journaled later).
-func (r *Recorder) journalWrite() (uint64, bool, error) {
+func (r *Recorder) journalWrite() error {
 	r.jmu.Lock()
 	defer r.jmu.Unlock()
 	r.jr.release(r.jrelease.Load())
 	r.mu.Lock()
 	if r.failed != nil {
 		r.mu.Unlock()
-		return 0, false, r.failed
+		return r.failed
 	}
 	from := r.journaled
 	rest := r.spool[from-r.base:]
 	events := r.jevents[:0]
-	durable := false
 	for _, e := range rest {
 		events = append(events, e.data)
-		durable = durable || e.done != nil
 	}
 	r.mu.Unlock()
 	r.jevents = events
 	if len(events) == 0 {
-		return from, false, nil
+		return nil
 	}
 	err := r.jr.append(events, from, false)
 	clear(r.jevents)
@@ -770,15 +778,11 @@ func (r *Recorder) journalWrite() (uint64, bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.failed != nil {
-		return 0, false, err
+		return err
 	}
 	upTo := from + uint64(len(events))
 	if err == nil {
 		r.journaled = upTo
-		durable = durable && r.cfg.Journal // without, it waits for its block
-		if durable {
-			r.jneed = upTo
-		}
 		if uint64(len(r.spool)) > r.journaled-r.base {
 			// Spooled meanwhile: their Record saw others unwritten and
 			// did not wake the journaler.
@@ -787,7 +791,7 @@ func (r *Recorder) journalWrite() (uint64, bool, error) {
 			default:
 			}
 		}
-		return upTo, durable, nil
+		return nil
 	}
 	// Entries from..upTo are still spooled: commit drops only journaled
 	// ones, and fail was checked.
@@ -800,14 +804,14 @@ func (r *Recorder) journalWrite() (uint64, bool, error) {
 		e.done = nil
 		r.durable--
 	}
-	return upTo, false, err
+	return err
 }
 
 // journalUpTo writes the spooled events not yet in the journal and fsyncs
 // the journal, then releases the durable records waiting (Close: no fsync
 // is in flight, the journaler has returned).
 func (r *Recorder) journalUpTo() error {
-	_, _, werr := r.journalWrite()
+	werr := r.journalWrite()
 	// What was written before (a failed write wrote nothing) is fsync'd
 	// all the same: its durable records may wait for it still.
 	r.jmu.Lock()

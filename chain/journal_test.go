@@ -400,6 +400,44 @@ func TestJournalWriteDoesNotWaitBehindASlowFsync(t *testing.T) {
 	e.wantOps(t, 1, 3)
 }
 
+// A write that comes while every fsync the journal may run at once is in
+// flight, and slow, waits for one to end and is durable then, not at its
+// durable timeout.
+func TestJournalWriteWaitsForAFreeFsync(t *testing.T) {
+	e := newChain(t)
+	r := e.openJournaled(t, e.nc, t.TempDir())
+	t.Cleanup(func() { _ = r.Close(5 * time.Second) })
+	recordOps(t, r, 1, 1, func(int) bool { return true }) // the journal's first fsync, at the disk's pace
+	release := chain.HoldJournalSyncs(r, 2, 10*time.Second)
+	defer release()
+	waiting := make(chan error, 3)
+	for op := uint64(2); op <= 4; op++ {
+		go func() { waiting <- r.Record(t.Context(), event(op, audit.Allow), true) }()
+		time.Sleep(50 * time.Millisecond) // the one before is slow: the next hedges, or finds both taken
+	}
+	select {
+	case err := <-waiting:
+		t.Fatalf("a write was told (%v) while both fsyncs were held: the test shows nothing", err)
+	default:
+	}
+	release()
+	start := time.Now()
+	for range 3 {
+		select {
+		case err := <-waiting:
+			if err != nil {
+				t.Fatalf("%v after %v", err, time.Since(start))
+			}
+		case <-time.After(time.Second): // the durable timeout is 3 s
+			t.Fatal("the write that found no free fsync still waits, one having ended")
+		}
+	}
+	if err := r.Close(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.wantOps(t, 1, 4)
+}
+
 // A journal file that fills up while an fsync of it is in flight (the
 // journal moves on to the next file, closing the full one) neither fails
 // that fsync's write nor breaks the journal.

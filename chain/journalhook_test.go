@@ -30,12 +30,18 @@ func MendJournal(r *Recorder) {
 // another writer's flush would, until the returned func is called (or at
 // most d).
 func HoldJournalSync(r *Recorder, d time.Duration) (release func()) {
-	var n atomic.Int32
+	return HoldJournalSyncs(r, 1, d)
+}
+
+// HoldJournalSyncs holds r's next n journal fsyncs as HoldJournalSync
+// holds one.
+func HoldJournalSyncs(r *Recorder, n int32, d time.Duration) (release func()) {
+	var seen atomic.Int32
 	ch := make(chan struct{})
 	var once sync.Once
 	r.jmu.Lock()
 	r.jr.beforeSync = func() {
-		if n.Add(1) == 1 {
+		if seen.Add(1) <= n {
 			select {
 			case <-ch:
 			case <-time.After(d):

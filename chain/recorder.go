@@ -116,14 +116,24 @@ type Recorder struct {
 	jr        *journal
 	jmu       sync.Mutex            // serialises journal appends (journalWrite)
 	jevents   [][]byte              // journalWrite's scratch, under jmu
-	jneed     uint64                // under jmu: the journal index past the last durable event written, to be fsync'd
 	jreleased uint64                // under mu: durable records below this journal index were told
-	jwake     chan struct{}         // wakes the journaler: a durable event waits
 	jlazy     chan struct{}         // wakes the journaler: an event waits to be written, not fsync'd
 	jdone     chan struct{}         // closed when the journaler returns
 	jrelease  atomic.Uint64         // journal files below this index may go (a saved head says so)
 	jbroken   atomic.Pointer[error] // set once the journal is broken (see JournalBroken)
 	hlock     *os.File              // this process's lock on the writer's files in HeadDir (lockHeads)
+	// The journal's fsyncs in flight (leadSync), under smu: nil where a
+	// slot is free; the index below which the fsyncs started cover every
+	// record; their moving average (1/16 each); closed and made anew
+	// whenever a slot frees; and whether Close stopped them (swg: those
+	// still in flight).
+	smu      sync.Mutex
+	sflight  [journalSyncers]*jsync
+	scovered uint64
+	susual   time.Duration
+	sfreed   chan struct{}
+	sstop    bool
+	swg      sync.WaitGroup
 
 	lease     atomic.Pointer[lease]
 	leaseDone chan struct{} // closed when keepLease returns; nil without a lease
@@ -227,7 +237,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config, log *zap.Logger) (*Rec
 	}
 	go r.run()
 	if r.jr != nil {
-		r.jwake = make(chan struct{}, 1)
+		r.sfreed = make(chan struct{})
 		r.jlazy = make(chan struct{}, 1)
 		r.jdone = make(chan struct{})
 		go r.journaler()
@@ -285,6 +295,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	signal := len(r.spool) == 1 || (durable && !r.cfg.Journal) || len(r.spool) == r.cfg.MaxBlockEvents
 	// and the journaler when this is the first event it has not written.
 	lazy := r.jr != nil && !durable && uint64(len(r.spool)) == r.journaled-r.base+1
+	mine := r.base + uint64(len(r.spool)) // the journal index past this event
 	if durable {
 		r.durable++
 	}
@@ -298,24 +309,46 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 		default:
 		}
 	}
-	if durable && r.cfg.Journal {
-		select {
-		case r.jwake <- struct{}{}:
-		default:
-		}
-	}
 	if !durable {
 		return nil
 	}
+	return r.awaitDurable(ctx, done, mine)
+}
+
+// awaitDurable waits until the durable record below journal index mine,
+// spooled with done, is told, for at most cfg.DurableTimeout. With a
+// journal it starts the fsync its record needs itself, at once or as soon
+// as one may start (leadSync).
+func (r *Recorder) awaitDurable(ctx context.Context, done <-chan error, mine uint64) error {
+	deadline := time.Now().Add(r.cfg.DurableTimeout)
+	lead := r.cfg.Journal && r.jr != nil
+	var retry time.Duration
+	var freed <-chan struct{}
+	if lead {
+		retry, freed = r.leadSync(mine)
+	}
 	t := time.NewTimer(r.cfg.DurableTimeout)
 	defer t.Stop()
-	select {
-	case err := <-done:
-		return err
-	case <-t.C:
-		return ErrUnavailable
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		if retry > 0 { // or sooner: the fsync in flight turns slow then
+			t.Reset(min(retry, max(time.Until(deadline), 0)))
+		}
+		select {
+		case err := <-done:
+			return err
+		case <-freed:
+			retry, freed = r.leadSync(mine)
+		case <-t.C:
+			if !lead || !time.Now().Before(deadline) {
+				return ErrUnavailable
+			}
+			retry, freed = r.leadSync(mine)
+			if retry == 0 {
+				t.Reset(max(time.Until(deadline), 0))
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
@@ -431,6 +464,7 @@ func (r *Recorder) Close(timeout time.Duration) error {
 	journaled := false
 	if r.jr != nil {
 		<-r.jdone
+		r.stopSyncs()
 		// What is still spooled stays in the journal for the next start,
 		// with a gap event for what could not be spooled.
 		r.mu.Lock()
@@ -590,15 +624,10 @@ func (r *Recorder) next() []entry {
 			// A block holds only journaled events (so a crash cannot
 			// leave one in the stream the journal lacks, see
 			// dropJournaled); the reads are written now, not fsync'd.
-			_, durable, err := r.journalWrite()
-			if newFailure(&r.jwarned, err) {
+			// Durable ones among them are fsync'd by their waiters
+			// (leadSync).
+			if err := r.journalWrite(); newFailure(&r.jwarned, err) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
-			}
-			if durable { // the journaler fsyncs them
-				select {
-				case r.jwake <- struct{}{}:
-				default:
-				}
 			}
 		}
 		r.mu.Lock()
