@@ -45,6 +45,17 @@ type DeviceStats struct {
 	LastWriteAt time.Time `json:"last_write_at,omitempty"`
 	Approval    string    `json:"last_write_approval,omitempty"`
 	recent      []time.Time
+	// The device's series, looked up once: a label lookup hashes every
+	// label value under the vector's lock, which was the dearest part of
+	// a request's metrics.
+	upstream prometheus.Observer
+	requests map[requestSeries]prometheus.Counter
+}
+
+// requestSeries is one series of gridseal_requests_total within a device.
+type requestSeries struct {
+	function byte
+	verdict  audit.Verdict
 }
 
 // NewMetrics registers gridseal's metrics with reg.
@@ -137,16 +148,48 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	if device == "" {
 		device = "unrouted"
 	}
-	m.requests.WithLabelValues(device, functionLabels[ev.Function], ev.Verdict.String()).Inc()
+	now := ev.Done // the proxy read its clock as the operation completed
+	if now.IsZero() {
+		now = time.Now()
+	}
+	m.mu.Lock()
+	d := m.devices[device]
+	if d == nil {
+		d = &DeviceStats{
+			upstream: m.upstream.WithLabelValues(device),
+			requests: map[requestSeries]prometheus.Counter{},
+		}
+		m.devices[device] = d
+	}
+	key := requestSeries{ev.Function, ev.Verdict}
+	requests := d.requests[key]
+	if requests == nil {
+		requests = m.requests.WithLabelValues(device, functionLabels[ev.Function], ev.Verdict.String())
+		d.requests[key] = requests
+	}
+	d.Requests++
+	d.LastSeen = now
+	d.recent = append(d.recent, now)
+	if len(d.recent) > 512 {
+		d.recent = d.recent[len(d.recent)-256:]
+	}
+	if ev.Verdict != audit.Allow {
+		d.Denies++
+	}
+	if ev.Exception == 0x0A || ev.Exception == 0x0B {
+		d.Unreachable++
+	}
+	if ev.Class == "write" && ev.Verdict == audit.Allow && ev.Exception == 0 {
+		d.LastWrite, d.LastWriteAt, d.Approval = ev.Reason, ev.Time, ev.Approval
+	}
+	upstream := d.upstream
+	m.mu.Unlock()
+	requests.Inc()
 	if ev.Exception != 0 {
 		m.exceptions.WithLabelValues(functionLabels[ev.Exception]).Inc()
 	}
 	if ev.Upstream > 0 {
-		m.upstream.WithLabelValues(device).Observe(ev.Upstream.Seconds())
-	}
-	now := ev.Done // the proxy read its clock as the operation completed
-	if now.IsZero() {
-		now = time.Now()
+		upstream.Observe(ev.Upstream.Seconds())
 	}
 	if total := now.Sub(ev.Time); total > ev.Upstream {
 		m.added.Observe((total - ev.Upstream).Seconds())
@@ -167,28 +210,6 @@ func (m *Metrics) Record(_ context.Context, ev *audit.Event, _ bool) error {
 	if ev.Approval != "" && ev.Verdict == audit.Deny && ev.Class == "write" {
 		m.approvals.WithLabelValues("denied").Inc()
 	}
-	m.mu.Lock()
-	d := m.devices[device]
-	if d == nil {
-		d = &DeviceStats{}
-		m.devices[device] = d
-	}
-	d.Requests++
-	d.LastSeen = now
-	d.recent = append(d.recent, now)
-	if len(d.recent) > 512 {
-		d.recent = d.recent[len(d.recent)-256:]
-	}
-	if ev.Verdict != audit.Allow {
-		d.Denies++
-	}
-	if ev.Exception == 0x0A || ev.Exception == 0x0B {
-		d.Unreachable++
-	}
-	if ev.Class == "write" && ev.Verdict == audit.Allow && ev.Exception == 0 {
-		d.LastWrite, d.LastWriteAt, d.Approval = ev.Reason, ev.Time, ev.Approval
-	}
-	m.mu.Unlock()
 	return nil
 }
 
