@@ -256,7 +256,7 @@ func (j *journal) start(base uint64) error {
 
 // openSyncFiles opens path (the journal's new current file) for its
 // fsyncs, and closes those of the file before (an fsync in flight has a
-// descriptor of its own, see startSync).
+// descriptor of its own, see syncFile).
 func (j *journal) openSyncFiles(path string) error {
 	var fs [journalSyncers]*os.File
 	for i := range fs {
@@ -556,9 +556,13 @@ func (r *Recorder) journaler() {
 			if t == nil {
 				t = time.NewTimer(journalEvery)
 				tick = t.C
+				r.jarmed.Store(true)
 			}
 		case <-tick:
 			t, tick = nil, nil
+			// Before the write takes what is spooled: a Record that
+			// spools after it and sees this wakes the journaler again.
+			r.jarmed.Store(false)
 			if err := r.journalWrite(); newFailure(&warned, err) {
 				r.log.Warn("chain journal write failed", zap.Error(err))
 			}

@@ -315,6 +315,32 @@ func TestJournalKeepsReadsWhileABlockIsRetried(t *testing.T) {
 	e.restartRecords(t, heads, 5)
 }
 
+// A write that gives up waiting for an fsync (the disk holds every one in
+// flight) leaves its record spooled: it and the reads after it are still
+// written to the journal within its 2 ms, while the committer lingers.
+func TestJournalWritesWhatAWriteGaveUpOn(t *testing.T) {
+	e := newChain(t)
+	heads := t.TempDir()
+	r, err := chain.Open(t.Context(), e.nc, chain.Config{Writer: "gw-1", Signer: e.signer, HeadDir: heads,
+		Journal: true, LeaseTTL: -1, Linger: time.Hour, DurableTimeout: 500 * time.Millisecond}, nopLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close(5 * time.Second) })
+	recordOps(t, r, 1, 1, func(int) bool { return true }) // the journal's first fsync, at the disk's pace
+	release := chain.HoldJournalSyncs(r, 2, 10*time.Second)
+	defer release()
+	for op := uint64(2); op <= 3; op++ { // the second hedges the first: both held
+		go func() { _ = r.Record(t.Context(), event(op, audit.Allow), true) }()
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := r.Record(t.Context(), event(4, audit.Allow), true); !errors.Is(err, chain.ErrUnavailable) {
+		t.Fatalf("a write with no fsync free past its durable timeout: %v, want ErrUnavailable", err)
+	}
+	recordOps(t, r, 5, 5, func(int) bool { return false })
+	testwait.For(t, "the given-up write and the read after it in the journal", journalHolds(t, heads, 5))
+}
+
 // journalHolds reports whether the journal under heads has records enough
 // to hold ops 1..last (as event makes them): its files are preallocated,
 // so it walks their records' lengths up to the zeros that end them.

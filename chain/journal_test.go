@@ -413,7 +413,7 @@ func TestJournalWriteWaitsForAFreeFsync(t *testing.T) {
 	waiting := make(chan error, 3)
 	for op := uint64(2); op <= 4; op++ {
 		go func() { waiting <- r.Record(t.Context(), event(op, audit.Allow), true) }()
-		time.Sleep(50 * time.Millisecond) // the one before is slow: the next hedges, or finds both taken
+		time.Sleep(200 * time.Millisecond) // the one before is slow: the next hedges, or finds both taken
 	}
 	select {
 	case err := <-waiting:

@@ -118,6 +118,7 @@ type Recorder struct {
 	jevents   [][]byte              // journalWrite's scratch, under jmu
 	jreleased uint64                // under mu: durable records below this journal index were told
 	jlazy     chan struct{}         // wakes the journaler: an event waits to be written, not fsync'd
+	jarmed    atomic.Bool           // the journaler's timer is set: it writes what is spooled when it fires
 	jdone     chan struct{}         // closed when the journaler returns
 	jrelease  atomic.Uint64         // journal files below this index may go (a saved head says so)
 	jbroken   atomic.Pointer[error] // set once the journal is broken (see JournalBroken)
@@ -293,8 +294,10 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	// first event, a durable one (unless the journal takes it), or a
 	// full block.
 	signal := len(r.spool) == 1 || (durable && !r.cfg.Journal) || len(r.spool) == r.cfg.MaxBlockEvents
-	// and the journaler when this is the first event it has not written.
-	lazy := r.jr != nil && !durable && uint64(len(r.spool)) == r.journaled-r.base+1
+	// and the journaler when this is the first event it has not written
+	// (a durable one too: should its fsync not start before its Record
+	// gives up, it and the events after it are written all the same).
+	lazy := r.jr != nil && uint64(len(r.spool)) == r.journaled-r.base+1
 	mine := r.base + uint64(len(r.spool)) // the journal index past this event
 	if durable {
 		r.durable++
@@ -303,7 +306,7 @@ func (r *Recorder) Record(ctx context.Context, ev *audit.Event, durable bool) er
 	if signal {
 		r.signal()
 	}
-	if lazy {
+	if lazy && !r.jarmed.Load() { // armed: its write will take this one
 		select {
 		case r.jlazy <- struct{}{}:
 		default:
@@ -327,7 +330,7 @@ func (r *Recorder) awaitDurable(ctx context.Context, done <-chan error, mine uin
 	if lead {
 		retry, freed = r.leadSync(mine)
 	}
-	t := time.NewTimer(r.cfg.DurableTimeout)
+	t := time.NewTimer(max(time.Until(deadline), 0)) // leadSync may have written
 	defer t.Stop()
 	for {
 		if retry > 0 { // or sooner: the fsync in flight turns slow then
