@@ -81,6 +81,13 @@ func (c *commissioning) start() {
 			c.t.Fatalf("proxy exited %d: %s", code, stderr)
 		}
 	}
+	c.t.Cleanup(func() { // the test's context ends it, if the test failed first
+		<-done
+		if c.t.Failed() {
+			lines := strings.Split(stderr, "\n")
+			c.t.Logf("the proxy's log, last lines:\n%s", strings.Join(lines[max(0, len(lines)-40):], "\n"))
+		}
+	})
 	waitListening(c.t, "the proxy", c.listen)
 }
 
