@@ -35,6 +35,7 @@ func benchCmd(g *globals) *cobra.Command {
 	fl.IntVar(&f.DeviceClients, "device-clients", 4, "devices scenario: clients to each device")
 	fl.StringVar(&f.CPUProfile, "cpuprofile", "", "write a CPU profile of this process (the load generator; with --in-process also proxy and NATS) to this file")
 	fl.BoolVar(&f.Console, "console", false, "run gridseal with its console on, as its default configuration does (the console's verifier, tiler and live view read every block)")
+	fl.StringVar(&f.Dir, "dir", "", "directory for gridseal's journal and stores, on the disk it will have at the site (default: the system's temporary directory); the report gives that disk's fsync")
 	fl.BoolVar(&f.InProcess, "in-process", false, "run device, relay, gridseal and NATS in this process (for profiling) instead of each as a process of its own, as deployed")
 	return cmd
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -67,10 +69,12 @@ func TestBenchDevices(t *testing.T) {
 }
 
 // TestBenchWithConsole: --console measures gridseal with its console on,
-// as configured by default, and the report says so.
+// as configured by default, and the report says so. With --dir its files
+// go where a site's would, and the disk reported is that one.
 func TestBenchWithConsole(t *testing.T) {
+	dir := t.TempDir()
 	code, out, stderr := runCLI(t, t.Context(), "bench", "--scenarios", "overhead", "--clients", "2", "--duration", "300ms",
-		"--rounds", "1", "--console", "--json")
+		"--rounds", "1", "--console", "--json", "--dir", dir)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -80,6 +84,15 @@ func TestBenchWithConsole(t *testing.T) {
 	}
 	if !rep.Console || len(rep.Scenarios) != 1 || rep.Scenarios[0].Extra["chain_kept_up"] != "true" {
 		t.Fatalf("report %+v", rep)
+	}
+	if rep.Disk == nil || rep.Disk.Dir != dir || rep.Disk.Samples == 0 {
+		t.Errorf("disk %+v, want %s's", rep.Disk, dir)
+	}
+	if left, err := os.ReadDir(dir); err != nil || len(left) != 0 {
+		t.Errorf("the bench left %v in --dir (%v)", left, err)
+	}
+	if code, _, stderr := runCLI(t, t.Context(), "bench", "--dir", filepath.Join(dir, "missing")); code != 1 || !strings.Contains(stderr, "--dir: ") {
+		t.Errorf("a missing --dir: exit %d %s", code, stderr)
 	}
 	for _, tr := range rep.Scenarios[0].Targets {
 		if tr.Requests == 0 || tr.Errors != 0 {

@@ -920,6 +920,10 @@ func TestBenchJSON(t *testing.T) {
 			t.Errorf("scenario %s missing", want)
 		}
 	}
+	// The disk under the journal comes with the figures it decides.
+	if d := rep.Disk; d == nil || d.Dir != os.TempDir() || d.FS == "" || d.Samples == 0 || d.FsyncP99us < d.FsyncP50us {
+		t.Errorf("disk %+v, want the fsync of %s", rep.Disk, os.TempDir())
+	}
 	if code, _, stderr := runCLI(t, t.Context(), "bench", "--mix", "read=80,write=30"); code != 2 || !strings.Contains(stderr, "add up to 100") {
 		t.Fatalf("bad mix: exit %d %s", code, stderr)
 	}

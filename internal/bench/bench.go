@@ -52,6 +52,9 @@ type Report struct {
 	Scenarios []ScenarioReport `json:"scenarios"`
 	// Console says gridseal ran with its console on (--console).
 	Console bool `json:"console,omitempty"`
+	// Disk is the fsync of the disk under gridseal's journal (the
+	// self-hosted scenarios).
+	Disk *DiskReport `json:"disk,omitempty"`
 }
 
 // ScenarioReport is one scenario's measurements.
@@ -135,6 +138,9 @@ type Bencher struct {
 	// Devices and DeviceClients size the devices scenario: that many
 	// devices behind one gridseal, that many clients each.
 	Devices, DeviceClients int
+	// Dir is where the in-process stack keeps its store ("": the
+	// system's temporary directory).
+	Dir string
 }
 
 // Scenario measures targets at n clients (n to each device of a target
@@ -239,7 +245,6 @@ func (b *Bencher) load(ctx context.Context, t Target, n int, d time.Duration, wr
 // targetReport is r's line in a scenario, with its ratios to direct and to
 // the relay when those were measured (non-zero).
 func targetReport(name string, r *loadgen.Result, directRPS, relayRPS float64) TargetReport {
-	us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 	tr := TargetReport{Name: name, ThroughputRPS: r.RPS(), P50us: us(r.Percentile(0.5)), P90us: us(r.Percentile(0.9)),
 		P99us: us(r.Percentile(0.99)), P999us: us(r.Percentile(0.999)), Requests: r.Requests, Errors: r.Errors, Exceptions: r.Exceptions}
 	if r.Writes() > 0 && r.Writes() < int(r.Requests) {
@@ -509,7 +514,7 @@ func (b *Bencher) outOfProcess(ctx context.Context, dev *loadgen.Device, pol fun
 // all in this process.
 func (b *Bencher) inProcess(ctx context.Context, dev *loadgen.Device, pol func(upstream string) string) (_ *stack, err error) {
 	log := zap.NewNop()
-	dir, err := os.MkdirTemp("", "gridseal-bench-")
+	dir, err := os.MkdirTemp(b.Dir, "gridseal-bench-")
 	if err != nil {
 		return nil, err
 	}
@@ -606,6 +611,7 @@ func PrintReport(w io.Writer, rep *Report) {
 	if rep.Console {
 		fmt.Fprintln(w, "gridseal ran with its console on (--console)")
 	}
+	printDisk(w, rep.Disk)
 	for _, s := range rep.Scenarios {
 		for _, t := range s.Targets {
 			if t.WriteP99us > 0 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/gridseal/gridseal/internal/cli"
@@ -22,9 +23,10 @@ type Flags struct {
 	Scenarios     string
 	CPUProfile    string
 	InProcess     bool
-	Console       bool // gridseal with its console on, as configured by default
-	Devices       int  // the devices scenario: devices behind one gridseal
-	DeviceClients int  // and clients to each
+	Console       bool   // gridseal with its console on, as configured by default
+	Devices       int    // the devices scenario: devices behind one gridseal
+	DeviceClients int    // and clients to each
+	Dir           string // where gridseal's journal and store go ("": the system's temporary directory)
 }
 
 // Run is gridseal bench: it checks f (a *UsageError if it cannot run as
@@ -51,19 +53,34 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 		defer stop()
 	}
 	b := &Bencher{Stderr: stderr, Duration: f.Duration, Rounds: f.Rounds, Pipeline: f.Pipeline, Quiet: f.JSON,
-		Devices: f.Devices, DeviceClients: f.DeviceClients}
+		Devices: f.Devices, DeviceClients: f.DeviceClients, Dir: f.Dir}
 	custom := f.Direct != "" || f.Via != ""
 	if f.Console && (f.InProcess || custom) {
 		return &UsageError{Msg: "--console goes with the self-hosted scenarios, each target a process of its own"}
 	}
-	if !f.InProcess && !custom {
-		procs, cleanup, err := TempProcs()
-		if err != nil {
+	var disk *DiskReport
+	if !custom {
+		// Where gridseal's journal will be: the children's directory, or
+		// the in-process stack's parent.
+		base := f.Dir
+		if base == "" {
+			base = os.TempDir()
+		}
+		probe := base
+		if !f.InProcess {
+			procs, cleanup, err := TempProcs(f.Dir)
+			if err != nil {
+				return fmt.Errorf("--dir: %w", err)
+			}
+			defer cleanup()
+			procs.Console = f.Console
+			b.Procs = procs
+			probe = procs.Dir
+		}
+		if disk, err = ProbeDisk(probe); err != nil {
 			return err
 		}
-		defer cleanup()
-		procs.Console = f.Console
-		b.Procs = procs
+		disk.Dir = base
 	}
 	var rep Report
 	if custom {
@@ -74,6 +91,7 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	rep.Disk = disk
 	rep.Console = f.Console
 	if f.JSON {
 		enc := json.NewEncoder(stdout)

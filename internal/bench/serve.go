@@ -75,13 +75,14 @@ func ParseClients(s string) ([]int, error) {
 }
 
 // TempProcs is Procs running self's children with their files in a fresh
-// temporary directory, which cleanup removes.
-func TempProcs() (p *Procs, cleanup func(), err error) {
+// temporary directory under parent ("": the system's), which cleanup
+// removes.
+func TempProcs(parent string) (p *Procs, cleanup func(), err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
 	}
-	dir, err := os.MkdirTemp("", "gridseal-bench-")
+	dir, err := os.MkdirTemp(parent, "gridseal-bench-")
 	if err != nil {
 		return nil, nil, err
 	}
