@@ -60,13 +60,6 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 	}
 	var disk *DiskReport
 	if !custom {
-		// Where gridseal's journal will be: the children's directory, or
-		// the in-process stack's parent.
-		base := f.Dir
-		if base == "" {
-			base = os.TempDir()
-		}
-		probe := base
 		if !f.InProcess {
 			procs, cleanup, err := TempProcs(f.Dir)
 			if err != nil {
@@ -75,12 +68,16 @@ func Run(ctx context.Context, f Flags, stdout, stderr io.Writer) error {
 			defer cleanup()
 			procs.Console = f.Console
 			b.Procs = procs
-			probe = procs.Dir
 		}
-		if disk, err = ProbeDisk(probe); err != nil {
+		// Where gridseal's journal will be: the children's directory and
+		// the in-process stack's are made in it, on its file system.
+		base := f.Dir
+		if base == "" {
+			base = os.TempDir()
+		}
+		if disk, err = ProbeDisk(base); err != nil {
 			return err
 		}
-		disk.Dir = base
 	}
 	var rep Report
 	if custom {

@@ -5,11 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gridseal/gridseal/internal/loadgen"
 )
 
 // DiskReport is the disk under gridseal's journal, measured before the
@@ -66,9 +67,9 @@ func ProbeDisk(dir string) (*DiskReport, error) {
 		}
 		took = append(took, time.Since(t0))
 	}
-	slices.Sort(took)
-	at := func(q float64) float64 { return us(took[int(q*float64(len(took)-1))]) }
-	return &DiskReport{Dir: dir, FS: fsType(dir), Samples: len(took), FsyncP50us: at(0.5), FsyncP99us: at(0.99)}, nil
+	// The percentiles of the bench's other figures.
+	r := loadgen.ResultOf(took, 0, 0, time.Since(start))
+	return &DiskReport{Dir: dir, FS: fsType(dir), Samples: len(took), FsyncP50us: us(r.Percentile(0.5)), FsyncP99us: us(r.Percentile(0.99))}, nil
 }
 
 // fsType names the file system of dir by its magic number.
